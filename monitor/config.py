@@ -1,0 +1,133 @@
+"""Settings: one pydantic-settings ``Settings`` with one section per concern.
+
+Sources, highest priority first: explicit keyword arguments, environment
+variables ``RESTRAV_<SECTION>__<FIELD>`` (e.g. ``RESTRAV_MODEL__DEVICE=cuda``),
+then an optional YAML file given to :func:`load_settings`. Unknown keys are
+errors (``extra="forbid"``), so a typo never silently falls back to a default.
+
+Nothing here reads the environment at import time; :func:`load_settings` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "facebook/dinov2-small"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    """Backbone: where it loads from and how it runs."""
+
+    ref: str = Field(
+        DEFAULT_MODEL,
+        description="Hugging Face id, local transformers directory, torch.hub checkpoint "
+        "file (dinov2_vits14_pretrain.pth layout) or directory holding one.",
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = Field(8, ge=1, le=1024, description="Frames per forward pass.")
+    image_size: int = Field(224, ge=14, le=1022, description="Square input side, px.")
+    normalize: Literal["none", "imagenet"] = Field(
+        "none", description="Input normalisation; SPEC says none (paper and code agree)."
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default).")
+
+
+class DecodeSettings(_Section):
+    """Limits and timeouts for decoding files and URLs."""
+
+    open_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0)
+    max_file_bytes: int = Field(2 * 1024**3, ge=1)
+    max_duration_s: float = Field(4 * 3600.0, gt=0)
+    max_pixels: int = Field(8192 * 8192, ge=1, description="Width x height bound.")
+    threads: int = Field(0, ge=0, description="FFmpeg decode threads (0: auto).")
+
+
+class ClassifierSettings(_Section):
+    """Which classifier artifact scores windows (None: features only)."""
+
+    path: Path | None = None
+
+
+class RedisSettings(_Section):
+    """Redis connection (None: no Redis)."""
+
+    url: SecretStr | None = None
+    connect_timeout_s: float = Field(2.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """All settings of a restrav-monitor process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RESTRAV_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    model: ModelSettings = ModelSettings()
+    decode: DecodeSettings = DecodeSettings()
+    classifier: ClassifierSettings = ClassifierSettings()
+    redis: RedisSettings = RedisSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments win over the environment; no .env file is read."""
+        return (init_settings, env_settings)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from a YAML file, the environment and ``overrides``.
+
+    The environment overrides the file, ``overrides`` (nested dicts per section)
+    override both. Raises :class:`ConfigError` with the offending keys on any
+    validation problem.
+    """
+    file_data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read settings file {path}: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"settings file {path} must hold a mapping at the top level")
+        file_data = loaded
+    try:
+        env_only = Settings()
+        env_data = env_only.model_dump(exclude_unset=True)
+        merged = _deep_merge(_deep_merge(file_data, env_data), overrides)
+        return Settings(**merged)
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise ConfigError(f"invalid settings: {exc}") from exc

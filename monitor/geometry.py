@@ -1,0 +1,188 @@
+"""Trajectory geometry and the 21 ReStraV features (SPEC sections 4, 5 and 8).
+
+Pure math, no I/O. Two forms that must agree to float tolerance:
+
+* :func:`window_features` takes a whole window ``z`` of shape ``(24, D)`` and
+  computes everything in float64 (the batch reference of the product).
+* :class:`IncrementalTrajectory` takes one embedding at a time (``update(z)``),
+  adds one distance and one angle from the previous embedding and step, and
+  returns the features of the last 24 samples with ``get()``. It works on torch
+  tensors on any device and keeps its state there, preallocated.
+
+Zero-length steps (repeated frames): a step shorter than ``zero_step_eps`` (in
+embedding units) gives a turning angle of 0 degrees on both angles it touches,
+and is counted in ``repeated_frames``; the official code's spurious 90 degrees is
+not reproduced (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from .types import N_FEATURES, WINDOW_SAMPLES, FloatArray, StepGeometry, WindowFeatures
+
+ZERO_STEP_EPS = 1e-6
+"""Steps shorter than this (L2, embedding units) count as repeated frames."""
+
+N_DISTANCES = WINDOW_SAMPLES - 1
+N_ANGLES = WINDOW_SAMPLES - 2
+
+
+def features_from_steps(distances: FloatArray, angles_deg: FloatArray) -> FloatArray:
+    """Reduce 23 distances and 22 angles (degrees) to the 21 features, float64.
+
+    Order (SPEC section 5): d_0..d_6, theta_0..theta_5, then mean/min/max/population
+    variance of all distances, then the same of all angles.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    a = np.asarray(angles_deg, dtype=np.float64)
+    if d.shape != (N_DISTANCES,) or a.shape != (N_ANGLES,):
+        raise ValueError(
+            f"need {N_DISTANCES} distances and {N_ANGLES} angles, got {d.shape} and {a.shape}"
+        )
+    out = np.empty(N_FEATURES, dtype=np.float64)
+    out[0:7] = d[:7]
+    out[7:13] = a[:6]
+    out[13:17] = (d.mean(), d.min(), d.max(), d.var())
+    out[17:21] = (a.mean(), a.min(), a.max(), a.var())
+    return out
+
+
+def trajectory_steps(
+    z: npt.ArrayLike, zero_step_eps: float = ZERO_STEP_EPS
+) -> tuple[FloatArray, FloatArray, int]:
+    """Distances, turning angles (degrees) and zero-step count of a trajectory.
+
+    ``z`` is ``(T, D)``; the result has ``T-1`` distances and ``T-2`` angles,
+    computed in float64 whatever the input precision.
+    """
+    zz = np.asarray(z, dtype=np.float64)
+    if zz.ndim != 2 or zz.shape[0] < 3:
+        raise ValueError(f"z must be (T>=3, D), got shape {zz.shape}")
+    steps = np.diff(zz, axis=0)
+    d = np.linalg.norm(steps, axis=1)
+    zero = d < zero_step_eps
+    dots = np.einsum("ij,ij->i", steps[:-1], steps[1:])
+    denom = d[:-1] * d[1:]
+    safe = ~(zero[:-1] | zero[1:])
+    cos = np.zeros_like(dots)
+    cos[safe] = np.clip(dots[safe] / denom[safe], -1.0, 1.0)
+    theta = np.where(safe, np.degrees(np.arccos(cos)), 0.0)
+    return d, theta, int(zero.sum())
+
+
+def window_features(
+    z: npt.ArrayLike, zero_step_eps: float = ZERO_STEP_EPS, start_s: float = 0.0
+) -> WindowFeatures:
+    """The 21 features of one window ``z`` of shape ``(24, D)``, in float64.
+
+    Returns a :class:`WindowFeatures` with the features, the count of repeated
+    frames (zero-length steps), and the raw distances and angles.
+    """
+    zz = np.asarray(z)
+    if zz.ndim != 2 or zz.shape[0] != WINDOW_SAMPLES:
+        raise ValueError(f"a window is ({WINDOW_SAMPLES}, D), got shape {zz.shape}")
+    d, theta, repeats = trajectory_steps(zz, zero_step_eps)
+    return WindowFeatures(
+        features=features_from_steps(d, theta),
+        repeated_frames=repeats,
+        start_s=start_s,
+        distances=d,
+        angles_deg=theta,
+    )
+
+
+class IncrementalTrajectory:
+    """Sliding-window ReStraV geometry, one sample at a time (SPEC section 8).
+
+    State: the previous embedding and the previous step, each one preallocated
+    tensor of width ``dim`` on ``device``, plus the last 23 distances and 22
+    angles as Python floats. ``update(z)`` costs O(D); ``get()`` costs O(1) in D.
+    The math runs in float64 on the device so it matches :func:`window_features`.
+
+    ``reset()`` ends the window (a gap): the next sample starts a fresh one.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        device: torch.device | str = "cpu",
+        zero_step_eps: float = ZERO_STEP_EPS,
+    ) -> None:
+        self.dim = dim
+        self.device = torch.device(device)
+        self.zero_step_eps = zero_step_eps
+        self._prev_z = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        self._prev_step = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        self._step = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        self._d: deque[float] = deque(maxlen=N_DISTANCES)
+        self._a: deque[float] = deque(maxlen=N_ANGLES)
+        self._zero: deque[bool] = deque(maxlen=N_DISTANCES)
+        self._n = 0
+        self._prev_d = 0.0
+
+    @property
+    def samples(self) -> int:
+        """Samples seen since the last reset."""
+        return self._n
+
+    @property
+    def ready(self) -> bool:
+        """True once the last 24 samples form a complete window."""
+        return self._n >= WINDOW_SAMPLES
+
+    def reset(self) -> None:
+        """End the current window; the next ``update`` starts a new trajectory."""
+        self._d.clear()
+        self._a.clear()
+        self._zero.clear()
+        self._n = 0
+
+    def update(self, z: torch.Tensor) -> StepGeometry | None:
+        """Add one embedding (``(D,)``, any float dtype, any device).
+
+        Returns the step geometry it added, or None for the first sample.
+        """
+        zf = z.reshape(-1).to(device=self.device, dtype=torch.float64)
+        if zf.numel() != self.dim:
+            raise ValueError(f"embedding has {zf.numel()} values, expected {self.dim}")
+        self._n += 1
+        if self._n == 1:
+            self._prev_z.copy_(zf)
+            return None
+        torch.sub(zf, self._prev_z, out=self._step)
+        self._prev_z.copy_(zf)
+        d = float(torch.linalg.vector_norm(self._step))
+        zero = d < self.zero_step_eps
+        angle: float | None = None
+        if self._n >= 3:
+            if zero or self._zero[-1]:
+                angle = 0.0
+            else:
+                dot = float(torch.dot(self._prev_step, self._step))
+                cos = min(1.0, max(-1.0, dot / (self._prev_d * d)))
+                angle = float(np.degrees(np.arccos(cos)))
+            self._a.append(angle)
+        self._d.append(d)
+        self._zero.append(zero)
+        self._prev_d = d
+        # swap buffers instead of copying: the current step becomes the previous one
+        self._prev_step, self._step = self._step, self._prev_step
+        return StepGeometry(distance=d, angle_deg=angle, zero_step=zero)
+
+    def get(self) -> WindowFeatures | None:
+        """Features of the last 24 samples, or None before the window is full."""
+        if not self.ready:
+            return None
+        d = np.fromiter(self._d, dtype=np.float64, count=N_DISTANCES)
+        a = np.fromiter(self._a, dtype=np.float64, count=N_ANGLES)
+        return WindowFeatures(
+            features=features_from_steps(d, a),
+            repeated_frames=int(sum(self._zero)),
+            distances=d,
+            angles_deg=a,
+        )

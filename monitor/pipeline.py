@@ -1,0 +1,205 @@
+"""The stage order for scoring a clip: decode -> sample -> embed -> geometry -> classify.
+
+This is the only module that knows how the stages connect. :func:`score_file`
+decodes a clip once and computes
+
+* the paper's centred window (t0 = max(0, duration/2 - 1 s)), batch geometry;
+* optionally every window along the 11.5 Hz grid from the clip start, every
+  ``hop`` samples, with the incremental geometry (each frame embedded once,
+  whatever the overlap).
+
+Distinct frames are embedded once, in batches, even when both schedules or
+repeated samples show them. Memory is bounded by the batch size, not the clip.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .decode import DecodeLimits, VideoInfo, probe, sample_file
+from .embed import Embedder
+from .errors import NotEnoughFrames
+from .geometry import IncrementalTrajectory, window_features
+from .sampler import centre_window_start, grid_times, window_times
+from .types import (
+    FEATURE_NAMES,
+    WINDOW_SAMPLES,
+    Sample,
+    Score,
+    WindowClassifier,
+    WindowFeatures,
+)
+
+CENTRE = "centre"
+GRID = "grid"
+_EMBED_CACHE_FRAMES = 64
+
+
+@dataclass
+class ClipResult:
+    """What scoring one clip produced: its info, the centred window and, if asked, all windows."""
+
+    path: str
+    info: VideoInfo
+    centre: Score
+    windows: list[Score] | None = None
+    frames_embedded: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object `restrav score` prints for this clip."""
+        out: dict[str, Any] = {
+            "path": self.path,
+            "ok": True,
+            "video": self.info.as_dict(),
+            "window": score_json(self.centre),
+            "frames_embedded": self.frames_embedded,
+        }
+        if self.windows is not None:
+            out["windows"] = [score_json(s, features=True) for s in self.windows]
+        out.update(self.extra)
+        return out
+
+
+def score_json(score: Score, features: bool = True) -> dict[str, Any]:
+    """JSON view of one scored window."""
+    w = score.window
+    out: dict[str, Any] = {
+        "start_s": round(w.start_s, 6),
+        "repeated_frames": score.repeated_samples,
+        "zero_steps": w.repeated_frames,
+        "flagged": score.flagged,
+        "score": score.p_ai,
+        "threshold": score.threshold,
+        "is_ai": score.is_ai,
+    }
+    if features:
+        out["features"] = dict(zip(FEATURE_NAMES, (float(v) for v in w.features)))
+    return out
+
+
+def make_score(
+    window: WindowFeatures,
+    classifier: WindowClassifier | None,
+    source: str,
+    repeated_samples: int | None = None,
+) -> Score:
+    """Attach P(AI) (or None without a classifier) to a window's features."""
+    if classifier is None:
+        return Score(window=window, p_ai=None, source=source, repeated_samples=repeated_samples)
+    p = float(classifier.predict_proba(window.features[None, :])[0])
+    return Score(
+        window=window,
+        p_ai=p,
+        threshold=float(classifier.threshold),
+        source=source,
+        repeated_samples=repeated_samples,
+    )
+
+
+def score_file(
+    path: str | Path,
+    embedder: Embedder,
+    classifier: WindowClassifier | None = None,
+    limits: DecodeLimits = DecodeLimits(),
+    all_windows: bool = False,
+    hop: int = 1,
+    on_window: Callable[[Score], None] | None = None,
+) -> ClipResult:
+    """Score one clip. ``hop`` is in samples (1 = a window at every 11.5 Hz sample).
+
+    Raises :class:`~monitor.errors.InputError` subclasses for bad input.
+    """
+    if hop < 1:
+        raise ValueError("hop must be >= 1 sample")
+    source = str(path)
+    info = probe(path, limits)
+    schedules = {CENTRE: window_times(centre_window_start(info.duration_s))}
+    if all_windows:
+        schedules[GRID] = grid_times(info.duration_s)
+
+    cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+    pending: list[tuple[str, Sample]] = []
+    centre_z: list[torch.Tensor] = []
+    centre_times: list[float] = []
+    centre_repeats = 0
+    grid_repeats: deque[bool] = deque(maxlen=WINDOW_SAMPLES - 1)
+    traj = IncrementalTrajectory(embedder.embedding_dim, embedder.device)
+    grid_start_times: deque[float] = deque(maxlen=WINDOW_SAMPLES)
+    windows: list[Score] = []
+    embedded = 0
+
+    def flush() -> None:
+        nonlocal embedded, centre_repeats
+        todo: dict[int, Sample] = {}
+        for _, s in pending:
+            if s.frame.index not in cache and s.frame.index not in todo:
+                todo[s.frame.index] = s
+        if todo:
+            z = embedder.embed_tensor([s.frame.rgb for s in todo.values()])
+            embedded += len(todo)
+            for i, idx in enumerate(todo):
+                cache[idx] = z[i]
+        for name, s in pending:
+            zi = cache[s.frame.index]
+            cache.move_to_end(s.frame.index)
+            if name == CENTRE:
+                centre_z.append(zi)
+                centre_times.append(s.time_s)
+                centre_repeats += int(s.repeated and len(centre_z) > 1)
+            else:
+                if traj.samples > 0:
+                    grid_repeats.append(s.repeated)
+                traj.update(zi)
+                grid_start_times.append(s.time_s)
+                if traj.ready and (traj.samples - WINDOW_SAMPLES) % hop == 0:
+                    feats = traj.get()
+                    assert feats is not None
+                    wf = WindowFeatures(
+                        features=feats.features,
+                        repeated_frames=feats.repeated_frames,
+                        start_s=grid_start_times[0],
+                        distances=feats.distances,
+                        angles_deg=feats.angles_deg,
+                    )
+                    sc = make_score(wf, classifier, source, sum(grid_repeats))
+                    windows.append(sc)
+                    if on_window is not None:
+                        on_window(sc)
+        pending.clear()
+        while len(cache) > _EMBED_CACHE_FRAMES:
+            cache.popitem(last=False)
+
+    def on_sample(name: str, s: Sample) -> None:
+        pending.append((name, s))
+        distinct = {p.frame.index for _, p in pending}
+        if len(distinct) >= embedder.batch_size:
+            flush()
+
+    info = sample_file(path, schedules, on_sample, limits, info)
+    flush()
+    if len(centre_z) != WINDOW_SAMPLES:
+        raise NotEnoughFrames(f"{source}: only {len(centre_z)} of {WINDOW_SAMPLES} samples decoded")
+    z = torch.stack(centre_z).double().cpu().numpy()
+    centre = window_features(z, start_s=centre_times[0])
+    return ClipResult(
+        path=source,
+        info=info,
+        centre=make_score(centre, classifier, source, centre_repeats),
+        windows=windows if all_windows else None,
+        frames_embedded=embedded,
+    )
+
+
+def error_json(path: str, code: str, message: str) -> dict[str, Any]:
+    """The JSON object `restrav score` prints for a clip that failed."""
+    return {"path": path, "ok": False, "error": {"code": code, "message": message}}
+
+
+__all__ = ["ClipResult", "error_json", "make_score", "score_file", "score_json"]

@@ -1,0 +1,54 @@
+"""Credential redaction for anything that may be printed, logged, stored or labelled.
+
+``redact_url("rtsp://user:pw@cam/stream?token=abc")`` gives
+``"rtsp://***@cam/stream?token=***"``: user info and the values of query
+parameters that look like secrets are replaced. Leaf module.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+SECRET_PARAMS = frozenset(
+    {
+        "token",
+        "access_token",
+        "auth",
+        "key",
+        "apikey",
+        "api_key",
+        "password",
+        "pass",
+        "pwd",
+        "secret",
+        "signature",
+        "sig",
+        "x-amz-signature",
+        "jwt",
+        "session",
+        "credential",
+    }
+)
+MASK = "***"
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with user info and secret-looking query values masked.
+
+    Strings that do not parse as URLs are returned masked whole if they contain
+    an ``@`` (possible credentials), else unchanged.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK if "@" in url else url
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, MASK if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*"
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

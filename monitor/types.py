@@ -1,0 +1,158 @@
+"""Value types that flow between stages, and the Protocols of the seams.
+
+This is a leaf module: it imports nothing from the project. Every stage module
+(decode, sampler, embed, geometry, classifier, sinks) talks to the others only
+through these types, so the stages never import each other.
+
+Array conventions: RGB frames are ``uint8`` arrays of shape ``(H, W, 3)``;
+embeddings are ``(N, D)`` float arrays with ``D = tokens * hidden`` (98,688 for
+DINOv2 ViT-S/14 at 224 px); features are ``(21,)`` float64 in SPEC order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+RGBArray = npt.NDArray[np.uint8]
+FloatArray = npt.NDArray[np.float64]
+
+WINDOW_SAMPLES = 24
+"""T: samples per window (SPEC section 1)."""
+WINDOW_S = 2.0
+"""Span of a window in seconds, first to last sample."""
+SAMPLE_INTERVAL_S = WINDOW_S / (WINDOW_SAMPLES - 1)
+"""dt = 2/23 s, i.e. 11.5 Hz."""
+SAMPLE_HZ = 1.0 / SAMPLE_INTERVAL_S
+N_FEATURES = 21
+
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"d_{i}" for i in range(7)),
+    *(f"theta_{i}" for i in range(6)),
+    "d_mean",
+    "d_min",
+    "d_max",
+    "d_var",
+    "theta_mean",
+    "theta_min",
+    "theta_max",
+    "theta_var",
+)
+"""Names of the 21 features in the official order (SPEC section 5)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded video frame.
+
+    ``pts_s`` is the presentation time in seconds (pts * time_base), relative to
+    nothing: callers compare it with times on the same clock. ``index`` is the
+    decode order number within its source, used to recognise repeated samples.
+    """
+
+    rgb: RGBArray
+    pts_s: float
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The frame on screen at one sample time of the 11.5 Hz grid.
+
+    ``repeated`` is True when this sample shows the same frame as the previous
+    sample of its window (a source slower than 11.5 fps, or a stall).
+    """
+
+    time_s: float
+    frame: Frame
+    repeated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepGeometry:
+    """What one new sample adds to a trajectory: a distance and (from the second
+    step on) a turning angle in degrees. ``zero_step`` marks a step shorter than
+    the geometry epsilon (a repeated frame)."""
+
+    distance: float
+    angle_deg: float | None
+    zero_step: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFeatures:
+    """The 21 ReStraV features of one 24-sample window.
+
+    ``features`` is float64 ``(21,)`` in SPEC order; ``repeated_frames`` counts
+    zero-length steps (repeated frames) in the window; ``start_s`` is the time of
+    the first sample on the source's clock.
+    """
+
+    features: FloatArray
+    repeated_frames: int
+    start_s: float = 0.0
+    distances: FloatArray = field(default_factory=lambda: np.zeros(0))
+    angles_deg: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+    def as_dict(self) -> dict[str, float]:
+        """Return the features keyed by their SPEC names."""
+        return {n: float(v) for n, v in zip(FEATURE_NAMES, self.features)}
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """A scored window: the features and P(AI-generated), or None without a classifier.
+
+    ``flagged`` is set when the window had repeated frames (SPEC section 1: such
+    windows are flagged, never silently scored as normal).
+    """
+
+    window: WindowFeatures
+    p_ai: float | None
+    threshold: float | None = None
+    source: str = ""
+    repeated_samples: int | None = None
+    """Samples that showed the same frame as the sample before (from the sampler);
+    ``window.repeated_frames`` counts zero-length steps, which also catches
+    identical content (a frozen feed)."""
+
+    @property
+    def flagged(self) -> bool:
+        """True when the window had repeated frames or zero-length steps."""
+        return self.window.repeated_frames > 0 or bool(self.repeated_samples)
+
+    @property
+    def is_ai(self) -> bool | None:
+        """The decision at ``threshold``; None when there is no score or threshold."""
+        if self.p_ai is None or self.threshold is None:
+            return None
+        return self.p_ai >= self.threshold
+
+
+@runtime_checkable
+class FrameEmbedder(Protocol):
+    """Turns RGB frames into flattened token embeddings (the seam to the model)."""
+
+    @property
+    def embedding_dim(self) -> int:
+        """D, the width of one embedding (tokens * hidden)."""
+        ...
+
+    def embed(self, frames: Sequence[RGBArray]) -> npt.NDArray[np.float32]:
+        """Return a ``(len(frames), D)`` float32 array, one row per frame, in order."""
+        ...
+
+
+@runtime_checkable
+class WindowClassifier(Protocol):
+    """Turns feature rows into P(AI-generated)."""
+
+    threshold: float
+
+    def predict_proba(self, features: npt.NDArray[Any]) -> FloatArray:
+        """Return P(AI) for each row of an ``(N, 21)`` feature array."""
+        ...

@@ -1,0 +1,119 @@
+"""Helpers shared by the subcommands: settings from flags, model and classifier building,
+logging, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from monitor.classifier import Classifier, load_classifier
+from monitor.config import Settings, load_settings
+from monitor.decode import DecodeLimits
+from monitor.embed import Embedder, load_backbone
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+
+
+def add_settings_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every subcommand that loads a model."""
+    g = p.add_argument_group("model and settings")
+    g.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML settings file (environment RESTRAV_* overrides it, flags override both)",
+    )
+    g.add_argument(
+        "--model",
+        "-m",
+        metavar="M",
+        help="DINOv2: Hugging Face id, torch.hub name (dinov2_vits14), local "
+        "transformers directory, or torch.hub checkpoint .pth / its directory "
+        "(default: facebook/dinov2-small)",
+    )
+    g.add_argument(
+        "--classifier",
+        "-c",
+        type=Path,
+        metavar="C",
+        help="classifier artifact directory (from `restrav train`); without it, "
+        "features are printed and the score is null",
+    )
+    g.add_argument("--device", "-d", metavar="D", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="model precision (default float32; geometry is float64 regardless)",
+    )
+    g.add_argument(
+        "--batch-size", type=int, metavar="N", help="frames per forward pass (default 8)"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Merge the YAML file, the environment and the flags into one Settings."""
+    model: dict[str, Any] = {}
+    for flag, key in (
+        ("model", "ref"),
+        ("device", "device"),
+        ("dtype", "dtype"),
+        ("batch_size", "batch_size"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            model[key] = value
+    overrides: dict[str, Any] = {}
+    if model:
+        overrides["model"] = model
+    if getattr(args, "classifier", None) is not None:
+        overrides["classifier"] = {"path": args.classifier}
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    """DecodeLimits from the decode section."""
+    d = settings.decode
+    return DecodeLimits(
+        open_timeout_s=d.open_timeout_s,
+        read_timeout_s=d.read_timeout_s,
+        max_file_bytes=d.max_file_bytes,
+        max_duration_s=d.max_duration_s,
+        max_pixels=d.max_pixels,
+        threads=d.threads,
+    )
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """Load the backbone named by the settings and wrap it in an Embedder."""
+    m = settings.model
+    if m.threads:
+        import torch
+
+        torch.set_num_threads(m.threads)
+    backbone = load_backbone(m.ref, m.device, m.dtype, m.image_size)
+    return Embedder(backbone, batch_size=m.batch_size, normalize=m.normalize)
+
+
+def build_classifier(settings: Settings) -> Classifier | None:
+    """Load the classifier artifact, or None when none is configured."""
+    path = settings.classifier.path
+    return load_classifier(path) if path is not None else None
+
+
+def setup_logging(verbose: int) -> None:
+    """Log to stderr; -v for INFO, -vv for DEBUG."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def progress_enabled(flag: bool | None) -> bool:
+    """Progress bars by default only when stderr is a terminal."""
+    return sys.stderr.isatty() if flag is None else flag

@@ -1,0 +1,136 @@
+"""`restrav doctor`: versions, devices, where the model would load from, Redis reachability."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import EXIT_OK, EXIT_SOME_FAILED, settings_from_args
+
+HELP = "print versions, devices, model location and Redis reachability"
+
+
+def register(sub: Any) -> None:
+    """Add the `doctor` subcommand."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "doctor",
+        help=HELP,
+        description=HELP + ". Exits 1 when something needed to score is missing.",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
+    p.add_argument("--model", "-m", metavar="M", help="model reference to check")
+    p.add_argument("--redis-url", metavar="URL", help="Redis to check (default: settings)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run, classifier=None, device=None, dtype=None, batch_size=None)
+
+
+def _model_location(ref: str) -> dict[str, Any]:
+    from monitor.embed import HUB_NAMES
+
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return {"ref": ref, "kind": "torch.hub checkpoint file", "exists": True}
+    if path.is_dir():
+        kind = (
+            "transformers directory"
+            if (path / "config.json").is_file()
+            else "torch.hub cache directory"
+            if list(path.glob("**/*.pth"))
+            else "directory without a model"
+        )
+        return {"ref": ref, "kind": kind, "exists": kind != "directory without a model"}
+    hub_id = HUB_NAMES.get(ref, ref)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(hub_id, "config.json")
+    except Exception:  # noqa: BLE001  (boundary: a diagnostic must report, not crash)
+        cached = None
+    return {
+        "ref": ref,
+        "kind": "hub id",
+        "hub_id": hub_id,
+        "cached_locally": isinstance(cached, str),
+        "exists": isinstance(cached, str),
+    }
+
+
+def _redis(url: str | None) -> dict[str, Any]:
+    if not url:
+        return {"configured": False}
+    import redis
+
+    from monitor.redaction import redact_url
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client.ping()
+        return {
+            "configured": True,
+            "url": redact_url(url),
+            "reachable": True,
+            "version": client.info("server").get("redis_version"),
+        }
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return {
+            "configured": True,
+            "url": redact_url(url),
+            "reachable": False,
+            "error": type(exc).__name__,
+        }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report; exit 1 when the model cannot be found or Redis is unreachable."""
+    import av
+    import numpy
+    import torch
+    import transformers
+
+    settings = settings_from_args(args)
+    cuda = torch.cuda.is_available()
+    report: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "av": av.__version__,
+            "ffmpeg": {
+                k: ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+                for k, v in av.library_versions.items()
+            },
+            "numpy": numpy.__version__,
+        },
+        "devices": {
+            "cpu_threads": torch.get_num_threads(),
+            "cuda_available": cuda,
+            "cuda_version": torch.version.cuda,
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if cuda
+            else [],
+        },
+        "model": _model_location(settings.model.ref),
+        "redis": _redis(
+            args.redis_url
+            or (settings.redis.url.get_secret_value() if settings.redis.url else None)
+        ),
+    }
+    ok = report["model"]["exists"] and report["redis"].get("reachable", True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for section, value in report.items():
+            if isinstance(value, dict):
+                print(f"{section}:")
+                for k, v in value.items():
+                    print(f"  {k}: {v}")
+            else:
+                print(f"{section}: {value}")
+        if not report["model"]["exists"]:
+            print("\nmodel not found locally: see README 'DINOv2 weights on an offline machine'")
+    return EXIT_OK if ok else EXIT_SOME_FAILED

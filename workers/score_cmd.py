@@ -1,0 +1,98 @@
+"""`restrav score`: one JSON object per file on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from monitor.errors import RestravError
+from monitor.pipeline import error_json, score_file
+
+from .common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_settings_args,
+    build_classifier,
+    build_embedder,
+    decode_limits,
+    progress_enabled,
+    settings_from_args,
+)
+
+log = logging.getLogger("restrav.score")
+
+HELP = "score video files: features of the paper's centred window and P(AI)"
+DESCRIPTION = """\
+Score video files with ReStraV. For each PATH, prints one JSON object on stdout:
+the paper's centred 2 s window (24 samples at 11.5 Hz) with its 21 features, its
+repeated-frame count (sources slower than 11.5 fps repeat frames; such windows
+are flagged) and P(AI-generated), or null without --classifier. With --windows,
+also every window along the clip, one per --hop samples.
+
+A file that cannot be scored gets {"ok": false, "error": {"code", "message"}}
+and the others are still scored; the exit status is 1 if any failed.
+"""
+
+
+def register(sub: Any) -> None:
+    """Add the `score` subcommand."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "score",
+        help=HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="video files (any container FFmpeg reads)"
+    )
+    p.add_argument("--windows", action="store_true", help="also score every window along the clip")
+    p.add_argument(
+        "--hop",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --windows: one window every K samples (default 1 = every sample)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
+    add_settings_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score every path; exit 1 if any failed."""
+    settings = settings_from_args(args)
+    embedder = build_embedder(settings)
+    classifier = build_classifier(settings)
+    limits = decode_limits(settings)
+    failed = 0
+    bar = tqdm(
+        args.paths, unit="file", disable=not progress_enabled(args.progress), file=sys.stderr
+    )
+    for path in bar:
+        bar.set_postfix_str(str(path)[-40:])
+        try:
+            result = score_file(
+                path, embedder, classifier, limits, all_windows=args.windows, hop=args.hop
+            ).to_json()
+        except RestravError as exc:
+            failed += 1
+            result = error_json(path, exc.code, exc.message)
+        except Exception as exc:  # boundary: one file's bug must not lose the others' results
+            log.exception("internal error scoring %s", path)
+            failed += 1
+            result = error_json(
+                path, "internal", f"{type(exc).__name__}: {exc} (a bug; please report)"
+            )
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    return EXIT_SOME_FAILED if failed else EXIT_OK
