@@ -133,6 +133,28 @@ class Score:
         return self.p_ai >= self.threshold
 
 
+class SourceClosed(Exception):
+    """Raised by :meth:`FrameSource.recv` when the source has ended for good."""
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """A live or file source of decoded frames (the aiortc ``MediaStreamTrack`` shape).
+
+    ``recv`` returns the next frame in presentation order (``pts_s`` on the
+    source's own clock) and raises :class:`SourceClosed` at the end;
+    ``aclose`` stops any decode thread and releases the connection.
+    """
+
+    async def recv(self) -> Frame:
+        """Wait for and return the next frame."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop and release everything the source holds; idempotent."""
+        ...
+
+
 @runtime_checkable
 class FrameEmbedder(Protocol):
     """Turns RGB frames into flattened token embeddings (the seam to the model)."""
