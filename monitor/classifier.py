@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from . import FEATURE_SPEC_VERSION
@@ -139,7 +140,7 @@ def load_classifier(directory: Path) -> Classifier:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         tensors = load_file(str(tensor_path))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ArtifactError(f"{directory}: unreadable artifact: {exc}") from exc
     if meta.get("feature_spec") != FEATURE_SPEC_VERSION:
         raise ArtifactError(

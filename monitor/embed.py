@@ -170,11 +170,12 @@ def _config_from_hub_state(state: dict[str, torch.Tensor]) -> tuple[Any, bool]:
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(?:\d+\.)?(\d+)\.", k))}
     depth = max(blocks) + 1 if blocks else 0
     swiglu = any(".mlp.w12." in k for k in state)
-    if swiglu:
-        mlp_ratio = 4.0
-    else:
+    mlp_ratio: float = 4
+    if not swiglu:
         fc1 = next(v for k, v in state.items() if k.endswith("mlp.fc1.weight"))
-        mlp_ratio = fc1.shape[0] / hidden
+        ratio = fc1.shape[0] / hidden
+        # transformers 5 validates mlp_ratio as an int; every released DINOv2 has 4
+        mlp_ratio = int(ratio) if ratio.is_integer() else ratio
     grid = round(math.sqrt(n_pos))
     common: dict[str, Any] = dict(
         hidden_size=hidden,

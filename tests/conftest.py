@@ -22,18 +22,39 @@ SHARED_CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
 TINY_HIDDEN = 32
 
 
-def build_tiny_dinov2(directory: Path, hidden: int = TINY_HIDDEN, layers: int = 2,
-                      registers: int = 0, seed: int = 0) -> Path:
-    """Save a random DINOv2 (518 px pre-training grid, patch 14) in transformers layout."""
-    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig
-    from transformers import Dinov2WithRegistersModel
+def build_tiny_dinov2(
+    directory: Path,
+    hidden: int = TINY_HIDDEN,
+    layers: int = 2,
+    registers: int = 0,
+    seed: int = 0,
+    heads: int = 2,
+) -> Path:
+    """Save a random DINOv2 (518 px pre-training grid, patch 14) in transformers layout.
+
+    Released DINOv2 checkpoints all have 64-wide heads; torch.hub files do not
+    store the head count, so a model meant to round-trip through that layout
+    needs ``hidden == 64 * heads``."""
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
 
     torch.manual_seed(seed)
-    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                  mlp_ratio=2, image_size=518, patch_size=14)
+    common = dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        mlp_ratio=2,
+        image_size=518,
+        patch_size=14,
+    )
     if registers:
         model = Dinov2WithRegistersModel(
-            Dinov2WithRegistersConfig(num_register_tokens=registers, **common))
+            Dinov2WithRegistersConfig(num_register_tokens=registers, **common)
+        )
     else:
         model = Dinov2Model(Dinov2Config(**common))
     # the default init leaves layer scale at 1 and positions near 0; perturb so they matter
@@ -79,9 +100,21 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         pytest.fail("redis-server is not installed (apt-get install redis-server)")
     port = _free_port()
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -1,0 +1,99 @@
+"""Classifier training, thresholds and artifacts that load without executing code (SPEC 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor import FEATURE_SPEC_VERSION
+from monitor.classifier import (
+    META_FILE,
+    TENSOR_FILE,
+    Scaler,
+    fit_classifier,
+    load_classifier,
+    threshold_for_fpr,
+    threshold_max_f1,
+)
+from monitor.errors import ArtifactError
+
+
+def separable(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 21)) * 10 + 100
+    x[:, 17] += np.where(y == 1, 40.0, 0.0)  # AI: higher mean curvature
+    return x, y
+
+
+@pytest.mark.parametrize("kind", ["mlp", "logreg"])
+def test_fit_save_load_round_trip(tmp_path: Path, kind: str) -> None:
+    x, y = separable()
+    clf = fit_classifier(x, y, kind=kind, epochs=30, backbone="tiny")
+    p = clf.predict_proba(x)
+    assert p.shape == (len(y),) and np.all((p >= 0) & (p <= 1))
+    assert np.mean((p >= 0.5) == (y == 1)) > 0.9  # positive class = AI-generated
+    clf.save(tmp_path / "art")
+    files = sorted(f.name for f in (tmp_path / "art").iterdir())
+    assert files == [META_FILE, TENSOR_FILE]
+    meta = json.loads((tmp_path / "art" / META_FILE).read_text())
+    assert meta["feature_spec"] == FEATURE_SPEC_VERSION
+    assert meta["positive_class"] == "ai-generated"
+    assert meta["backbone"] == "tiny" and len(meta["feature_names"]) == 21
+    again = load_classifier(tmp_path / "art")
+    np.testing.assert_array_equal(again.predict_proba(x), p)
+    assert again.threshold == clf.threshold
+
+
+def test_fpr_threshold_holds_on_training_real_rows() -> None:
+    x, y = separable(400, seed=1)
+    clf = fit_classifier(x, y, kind="logreg", threshold_mode="fpr", target_fpr=0.05)
+    p = clf.predict_proba(x)
+    assert np.mean(p[y == 0] >= clf.threshold) <= 0.05
+    assert clf.threshold_mode == "fpr<=0.05"
+
+
+def test_threshold_helpers() -> None:
+    real = np.linspace(0, 1, 101)
+    t = threshold_for_fpr(real, 0.1)
+    assert np.mean(real >= t) <= 0.1 and np.mean(real >= np.nextafter(real[-11], -1)) > 0.1
+    assert threshold_for_fpr(real, 0.0) > 1.0
+    s = np.array([0.1, 0.4, 0.6, 0.9])
+    assert threshold_max_f1(s, np.array([0, 0, 1, 1])) == 0.6
+
+
+def test_scaler_is_fitted_on_what_it_is_given_only() -> None:
+    x = np.arange(42, dtype=float).reshape(2, 21)
+    s = Scaler.fit(x)
+    np.testing.assert_allclose(s.transform(x).mean(axis=0), 0.0)
+    np.testing.assert_allclose(s.mean, x.mean(axis=0))
+
+
+def test_bad_artifacts(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="not a classifier artifact"):
+        load_classifier(tmp_path)
+    x, y = separable()
+    fit_classifier(x, y, kind="logreg").save(tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / META_FILE).read_text())
+    meta["feature_spec"] = "restrav-21/0"
+    (tmp_path / "a" / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="feature spec"):
+        load_classifier(tmp_path / "a")
+    meta["feature_spec"], meta["kind"] = FEATURE_SPEC_VERSION, "pickle"
+    (tmp_path / "a" / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="unknown classifier kind"):
+        load_classifier(tmp_path / "a")
+    (tmp_path / "a" / TENSOR_FILE).write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ArtifactError):
+        load_classifier(tmp_path / "a")
+
+
+def test_fit_rejects_single_class_and_wrong_width() -> None:
+    x, _ = separable()
+    with pytest.raises(ValueError, match="both classes"):
+        fit_classifier(x, np.zeros(len(x)))
+    with pytest.raises(ValueError):
+        fit_classifier(x[:, :20], np.arange(len(x)) % 2)
