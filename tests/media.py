@@ -48,7 +48,7 @@ def write_clip(
     pts_s: Sequence[float] | None = None,
     motion: str = "linear",
     frame_fn: Callable[[int, int, int], np.ndarray] | None = None,
-    time_base: Fraction = Fraction(1, 90000),
+    time_base: Fraction | None = None,
 ) -> list[float]:
     """Encode a clip; return the presentation times (s) written, one per frame.
 
@@ -57,11 +57,18 @@ def write_clip(
     """
     width, height = size
     times = list(pts_s) if pts_s is not None else [i / fps for i in range(n_frames)]
+    if time_base is None:
+        # MPEG-2/MPEG-4 part 2 need a frame-rate time base; GIF counts in centiseconds
+        time_base = {
+            "mpeg4": Fraction(1, round(fps)),
+            "mpeg2video": Fraction(1, round(fps)),
+            "gif": Fraction(1, 100),
+        }.get(codec, Fraction(1, 90000))
     with av.open(str(path), mode="w") as container:
         rate = Fraction(fps).limit_denominator(1000)
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
+        stream.pix_fmt = {"libx264": "yuv444p", "gif": "rgb8"}.get(codec, "yuv420p")
         if codec == "libx264":
             stream.options = {"crf": "0", "preset": "ultrafast", "bf": "0"}
         stream.time_base = time_base
