@@ -361,6 +361,19 @@ def real_vs_real_floor(
     }
 
 
+def json_ready(obj: Any) -> Any:
+    """Replace NaN/inf by None and numpy scalars by Python ones, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 __all__ = [
     "METRIC_NAMES",
     "SHORTCUTS",
@@ -370,6 +383,7 @@ __all__ = [
     "bootstrap_ci",
     "ece",
     "evaluate_scores",
+    "json_ready",
     "per_generator",
     "pr_points",
     "real_vs_real_floor",

@@ -36,7 +36,7 @@ from . import FEATURE_SPEC_VERSION, __version__
 from .classifier import Classifier, ThresholdMode, fit_classifier
 from .dataset import CENTRE, GRID, FeatureTable
 from .errors import ConfigError
-from .evaluation import evaluate_scores, per_generator, shortcut_baselines
+from .evaluation import evaluate_scores, json_ready, per_generator, shortcut_baselines
 
 SplitMode = Literal["stratified", "group", "logo"]
 WindowMode = Literal["centre", "all"]
@@ -310,12 +310,14 @@ def train(
         **{k: v for k, v in hyper.items() if isinstance(v, int | float | str)},
     }
     ship.summary.update(
-        {
-            "split": mode,
-            "windows": windows,
-            "data": data_summary(table),
-            "test": {f.split.name: f.evaluation["metrics"] for f in folds},
-        }
+        json_ready(
+            {
+                "split": mode,
+                "windows": windows,
+                "data": data_summary(table),
+                "test": {f.split.name: f.evaluation["metrics"] for f in folds},
+            }
+        )
     )
     return TrainResult(ship, mode, windows, folds, data_summary(table), options)
 
@@ -458,15 +460,9 @@ def write_training_outputs(result: TrainResult, out_dir: Path) -> None:
         ],
     }
     (out_dir / TRAINING_FILE).write_text(
-        json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8"
+        json.dumps(json_ready(report), indent=2) + "\n", encoding="utf-8"
     )
     (out_dir / CARD_FILE).write_text(model_card(result), encoding="utf-8")
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def read_split(artifact_dir: Path) -> dict[str, Any] | None:
