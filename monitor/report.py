@@ -63,8 +63,10 @@ def evaluate_artifact(
         test_clips, train_clips = all_clips, all_clips
         split_name = "all rows"
         note = (
-            "no split.json with held-out clips next to the artifact: the metrics below are "
-            "on every row of the table, which may include the training rows (in-sample)"
+            "the artifact has no held-out clips (no split.json, or a leave-one-generator-out "
+            "artifact fitted on every clip: see its training.json for the per-fold metrics): "
+            "the metrics below are on every row of the table, which may include the "
+            "training rows (in-sample)"
         )
     test = select_rows(table, test_clips, win)
     train_rows = select_rows(table, train_clips, win)

@@ -146,10 +146,17 @@ def test_logo_ships_a_model_fitted_on_all_clips() -> None:
     assert result.classifier.summary["rows"] == len(table.windows("centre"))
 
 
-def test_training_free_kinds_train_on_real_only_tables() -> None:
+@pytest.mark.parametrize("kind", ["one_class", "mean_curvature"])
+def test_training_free_kinds_train_on_real_only_tables(kind: str, tmp_path: Path) -> None:
     table = synthetic_table()
     real = table.select(table.labels == 0)
-    result = train(real, kind="one_class", n_boot=0)
-    assert result.classifier.kind == "one_class"
+    result = train(real, kind=kind, n_boot=50)
+    assert result.classifier.kind == kind
+    write_training_outputs(result, tmp_path / kind)
+    back = load_classifier(tmp_path / kind)
+    # trained on real clips only, it still scores the (never seen) AI clips higher
+    p = back.predict_proba(table.features)
+    assert p[table.labels == 1].mean() > p[table.labels == 0].mean()
+    assert "Model card" in (tmp_path / kind / CARD_FILE).read_text()
     with pytest.raises(ValueError, match="both classes"):
-        train(real, kind="mlp", n_boot=0)
+        train(synthetic_table().select(synthetic_table().labels == 0), kind="mlp", n_boot=0)
