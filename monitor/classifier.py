@@ -127,24 +127,32 @@ def _nb_proba(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
 def forest_leaf_values(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
     """Leaf value reached by every row in every exported tree: ``(N, n_trees)``.
 
-    All trees are traversed at once, one level per step. Inputs are rounded to
-    float32 first, as scikit-learn's trees compare them.
+    All trees are traversed at once, one level per step, over blocks of rows
+    small enough to stay in cache. Inputs are rounded to float32 first, as
+    scikit-learn's trees compare them.
     """
     xr = x.astype(np.float32).astype(np.float64)
-    left = p["forest.left"].astype(np.int64)
-    right = p["forest.right"].astype(np.int64)
-    feature = p["forest.feature"].astype(np.int64)
+    left = p["forest.left"].astype(np.int32)
+    right = p["forest.right"].astype(np.int32)
+    feature = np.maximum(p["forest.feature"], 0).astype(np.int32)
     thresh = p["forest.threshold"]
-    node = np.broadcast_to(p["forest.roots"].astype(np.int64), (len(xr), p["forest.roots"].size))
-    node = node.copy()
-    rows = np.arange(len(xr))[:, None]
-    for _ in range(int(p["forest.depth"].reshape(()))):
-        leaf = left[node] < 0
-        if leaf.all():
-            break
-        go_left = xr[rows, np.maximum(feature[node], 0)] <= thresh[node]
-        node = np.where(leaf, node, np.where(go_left, left[node], right[node]))
-    out: FloatArray = p["forest.value"][node]
+    value = p["forest.value"]
+    roots = p["forest.roots"].astype(np.int32)
+    depth = int(p["forest.depth"].reshape(()))
+    out = np.empty((len(xr), roots.size), dtype=np.float64)
+    block = max(1, 65536 // max(roots.size, 1))
+    for i in range(0, len(xr), block):
+        xb = xr[i : i + block]
+        node = np.repeat(roots[None, :], len(xb), axis=0)
+        rows = np.arange(len(xb))[:, None]
+        for _ in range(depth):
+            lc = left[node]
+            leaf = lc < 0
+            if leaf.all():
+                break
+            go_left = xb[rows, feature[node]] <= thresh[node]
+            node = np.where(leaf, node, np.where(go_left, lc, right[node]))
+        out[i : i + block] = value[node]
     return out
 
 
@@ -163,9 +171,11 @@ def _svm_decision(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
     sv, coef = p["svm.support_vectors"], p["svm.dual_coef"].reshape(-1)
     gamma = p["svm.gamma"].reshape(())
     out = np.empty(len(x), dtype=np.float64)
-    for i in range(0, len(x), 1024):  # bounds the (rows, support vectors, 21) temporary
-        diff = x[i : i + 1024, None, :] - sv[None, :, :]
-        out[i : i + 1024] = np.exp(-gamma * np.einsum("ijk,ijk->ij", diff, diff)) @ coef
+    sv_sq = np.einsum("ij,ij->i", sv, sv)
+    for i in range(0, len(x), 4096):  # bounds the (rows, support vectors) temporary
+        xb = x[i : i + 4096]
+        d2 = np.einsum("ij,ij->i", xb, xb)[:, None] + sv_sq[None, :] - 2.0 * (xb @ sv.T)
+        out[i : i + 4096] = np.exp(-gamma * np.maximum(d2, 0.0)) @ coef
     res: FloatArray = out + p["svm.intercept"].reshape(())
     return res
 
