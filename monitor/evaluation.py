@@ -335,7 +335,8 @@ def real_vs_real_floor(
     train/test drawn by group), ``repeats`` times; report the test AUROCs.
 
     Near 0.5 means nothing but chance separates real from real; far from it, the
-    pipeline leaks (e.g. windows of one clip on both sides).
+    pipeline leaks (e.g. windows of one clip on both sides). ``chance_sd`` is the
+    spread of the mean AUROC expected from chance alone at these sizes.
     """
     real = table.select(table.labels == 0)
     groups = np.asarray(real.col("group"), dtype=object).astype(str)
@@ -344,6 +345,7 @@ def real_vs_real_floor(
         return {"auroc": math.nan, "aurocs": [], "note": f"needs >= 8 real groups, got {len(uniq)}"}
     rng = np.random.default_rng(seed)
     aurocs: list[float] = []
+    null_sds: list[float] = []
     for r in range(repeats):
         half = dict(zip(uniq, rng.permutation(len(uniq)) % 2))
         test_groups = set(rng.permutation(uniq)[: max(2, round(test_fraction * len(uniq)))])
@@ -354,10 +356,15 @@ def real_vs_real_floor(
             continue
         clf = fit(real.features[~is_test], ytr, kind=kind, seed=seed + r, **hyper)
         aurocs.append(auroc(yte, clf.predict_proba(real.features[is_test])))
+        n1, n0 = float(yte.sum()), float((1 - yte).sum())
+        null_sds.append(math.sqrt((n1 + n0 + 1) / (12 * n1 * n0)))
     return {
         "auroc": float(np.mean(aurocs)) if aurocs else math.nan,
         "aurocs": aurocs,
         "repeats": len(aurocs),
+        # AUROC's standard deviation under pure chance for these test sizes (Mann-Whitney),
+        # averaged over repeats: a floor within ~3 of these of 0.5 is chance
+        "chance_sd": float(np.mean(null_sds) / math.sqrt(len(null_sds))) if null_sds else math.nan,
     }
 
 
