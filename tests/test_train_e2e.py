@@ -89,6 +89,8 @@ IMAGE_SIZE = 112
 """A smaller model input than the paper's 224 px keeps this test quick on 2 CPU cores."""
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # five fresh processes, each importing torch, on 2 shared cores
 def test_extract_train_eval_score(
     labelled_clips: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
