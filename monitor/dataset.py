@@ -290,6 +290,8 @@ def _part_files(out_dir: Path) -> list[Path]:
 def load_table(path: Path) -> FeatureTable:
     """Read a feature table directory (or a single ``.parquet`` file)."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such feature table; run restrav extract first")
     files = [path] if path.is_file() else _part_files(path)
     meta: dict[str, Any] = {}
     if path.is_dir():

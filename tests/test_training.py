@@ -160,3 +160,29 @@ def test_training_free_kinds_train_on_real_only_tables(kind: str, tmp_path: Path
     assert "Model card" in (tmp_path / kind / CARD_FILE).read_text()
     with pytest.raises(ValueError, match="both classes"):
         train(synthetic_table().select(synthetic_table().labels == 0), kind="mlp", n_boot=0)
+
+
+def test_cli_train_and_eval_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from monitor.dataset import load_table, write_table
+    from workers.cli import main
+
+    table = synthetic_table(fps_shortcut=True)
+    write_table(table, tmp_path / "t")
+    assert len(load_table(tmp_path / "t")) == len(table)
+    assert main(["train", str(tmp_path / "t"), "--out", str(tmp_path / "a"), "--kind",
+                 "gaussian_nb", "--split", "group", "--bootstrap", "50"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["kind"] == "gaussian_nb" and "group" in out["test"]
+    assert main(["eval", str(tmp_path / "t"), "-c", str(tmp_path / "a"), "--out",
+                 str(tmp_path / "r"), "--bootstrap", "50", "--floor-repeats", "2"]) == 0
+    captured = capsys.readouterr()
+    # every AI clip is 8 fps and every real one 30 fps: the report must say so
+    assert "shortcut baseline fps_only reaches AUROC 1.000" in captured.err
+    assert "metadata alone separates" in (tmp_path / "r" / "report.md").read_text()
+    # bad data gets a clear message and exit status 3, not a traceback
+    real = table.select(table.labels == 0)
+    write_table(real, tmp_path / "real")
+    assert main(["train", str(tmp_path / "real"), "--out", str(tmp_path / "b")]) == 3
+    assert "cannot train mlp" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 3
+    assert "no such feature table" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from typing import Any
 
 from monitor.classifier import KINDS
 from monitor.dataset import discover, extract_features, load_table
+from monitor.errors import ConfigError
 from monitor.evaluation import json_ready
 from monitor.robustness import (
     DEFAULT_TRANSFORMS,
@@ -223,18 +224,21 @@ def run_train(args: argparse.Namespace) -> int:
     from monitor.training import train, write_training_outputs
 
     table = load_table(args.table)
-    result = train(
-        table,
-        kind=args.kind,
-        mode=args.split,
-        windows=args.windows,
-        threshold_mode=args.threshold,
-        target_fpr=args.target_fpr,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        n_boot=args.bootstrap,
-        epochs=args.epochs,
-    )
+    try:
+        result = train(
+            table,
+            kind=args.kind,
+            mode=args.split,
+            windows=args.windows,
+            threshold_mode=args.threshold,
+            target_fpr=args.target_fpr,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            n_boot=args.bootstrap,
+            epochs=args.epochs,
+        )
+    except ValueError as exc:  # data that cannot train this kind: say why, exit 3
+        raise ConfigError(f"cannot train {args.kind} on {args.table}: {exc}") from exc
     write_training_outputs(result, args.out)
     _emit(
         {
