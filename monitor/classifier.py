@@ -225,6 +225,21 @@ PROBA: dict[str, ParamFn] = {
 """Every kind an artifact may name: P(AI) as a pure function of its stored arrays
 and the scaled ``(N, 21)`` features."""
 
+_FOREST = ("forest.left", "forest.right", "forest.feature", "forest.threshold",
+           "forest.value", "forest.roots", "forest.depth")
+REQUIRED_PARAMS: dict[str, tuple[str, ...]] = {
+    "mlp": ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"),
+    "logreg": ("coef", "intercept"),
+    "gaussian_nb": ("nb.theta", "nb.var", "nb.log_prior"),
+    "random_forest": _FOREST,
+    "gradient_boosting": (*_FOREST, "gb.init", "gb.learning_rate"),
+    "svm_rbf": ("svm.support_vectors", "svm.dual_coef", "svm.intercept", "svm.gamma",
+                "svm.platt_a", "svm.platt_b"),
+    "mean_curvature": ("centre", "scale"),
+    "one_class": ("oc.loc", "oc.precision", "oc.log_d2_mean", "oc.log_d2_std"),
+}
+"""The arrays each kind's artifact must hold (checked when loading)."""
+
 KINDS: tuple[str, ...] = tuple(PROBA)
 SUPERVISED_KINDS: tuple[str, ...] = (
     "mlp",
@@ -307,6 +322,9 @@ def load_classifier(directory: Path) -> Classifier:
     kind = meta.get("kind")
     if kind not in PROBA:
         raise ArtifactError(f"{directory}: unknown classifier kind {kind!r}")
+    missing = [k for k in REQUIRED_PARAMS[str(kind)] if f"param.{k}" not in tensors]
+    if missing:
+        raise ArtifactError(f"{directory}: {kind} artifact lacks arrays {missing}")
     try:
         params = {k: tensors[f"param.{k}"] for k in meta["params"]}
         scaler = Scaler(mean=tensors["scaler.mean"], std=tensors["scaler.std"])

@@ -141,3 +141,17 @@ def test_mlp_and_logreg_keep_their_logit_form() -> None:
         clf: Classifier = fit_classifier(x, y, kind=kind, epochs=2)
         z = LOGITS[kind](clf.params, clf.scaler.transform(x))
         np.testing.assert_allclose(clf.predict_proba(x), 1 / (1 + np.exp(-z)), rtol=1e-12)
+
+
+def test_artifact_missing_an_array_is_refused(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    from monitor.errors import ArtifactError
+
+    x, y = _data()
+    fit_classifier(x, y, kind="gaussian_nb").save(tmp_path / "a")
+    tensors = load_file(str(tmp_path / "a" / "classifier.safetensors"))
+    del tensors["param.nb.var"]
+    save_file(tensors, str(tmp_path / "a" / "classifier.safetensors"))
+    with pytest.raises(ArtifactError, match=r"lacks arrays \['nb.var'\]"):
+        load_classifier(tmp_path / "a")
