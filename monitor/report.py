@@ -176,6 +176,12 @@ def _fig() -> Any:
     return plt
 
 
+def _legend(ax: Any, **kwargs: Any) -> None:
+    """A legend only where something is labelled (matplotlib warns otherwise)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _plot_roc_pr(report: dict[str, Any], out_dir: Path) -> None:
     plt = _fig()
     c = report["_curves"]
@@ -191,7 +197,7 @@ def _plot_roc_pr(report: dict[str, Any], out_dir: Path) -> None:
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     ax.set(xlabel="false-positive rate (real called AI)", ylabel="true-positive rate",
            title="ROC (held-out clips)")
-    ax.legend(loc="lower right", fontsize=8)
+    _legend(ax, loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "roc.png", dpi=100)
     plt.close(fig)
@@ -206,7 +212,7 @@ def _plot_roc_pr(report: dict[str, Any], out_dir: Path) -> None:
         ax.axhline(float(np.mean(y)), ls=":", color="grey", label="chance")
     ax.set(xlabel="recall (AI clips caught)", ylabel="precision", title="Precision-recall",
            ylim=(0, 1.02))
-    ax.legend(loc="lower left", fontsize=8)
+    _legend(ax, loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "pr.png", dpi=100)
     plt.close(fig)
@@ -229,7 +235,7 @@ def _plot_features(report: dict[str, Any], out_dir: Path) -> None:
         unit = {"theta_mean": " (degrees)", "theta_var": " (degrees²)"}.get(name, "")
         title = "mean curvature" if name == "theta_mean" else name
         ax.set(title=f"{title}{unit}", ylabel="windows")
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     fig.suptitle("Feature distributions by class (held-out rows)")
     fig.tight_layout()
     fig.savefig(out_dir / "features.png", dpi=100)
@@ -248,7 +254,7 @@ def _plot_timeline(report: dict[str, Any], out_dir: Path) -> None:
            title="Per-window score along chosen clips")
     if not report["_timeline"]:
         ax.text(0.5, 0.5, "no clips chosen", ha="center", transform=ax.transAxes)
-    ax.legend(fontsize=7, loc="best")
+    _legend(ax, fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(out_dir / "timeline.png", dpi=100)
     plt.close(fig)
