@@ -194,9 +194,10 @@ def bootstrap_ci(
     if clusters is None:
         members = [np.array([i]) for i in range(len(yy))]
     else:
-        c = np.asarray(clusters, dtype=object)
-        _, inv = np.unique(c.astype(str), return_inverse=True)
-        members = [np.nonzero(inv == k)[0] for k in range(inv.max() + 1)] if len(c) else []
+        c = np.asarray(clusters, dtype=object).astype(str)
+        _, inv, counts = np.unique(c, return_inverse=True, return_counts=True)
+        order = np.argsort(inv, kind="stable")
+        members = np.split(order, np.cumsum(counts)[:-1]) if len(c) else []
     if not members:
         return {m: (math.nan, math.nan) for m in METRIC_NAMES}
     draws: dict[str, list[float]] = {m: [] for m in METRIC_NAMES}

@@ -129,6 +129,10 @@ def evaluate_artifact(
         report["table_backbone"] != classifier.backbone
     ):
         warnings.append("the table's backbone differs from the artifact's: scores are invalid")
+    known = set(table.col("clip_id").astype(str).tolist())
+    for cid in timeline_clips or []:
+        if cid not in known:
+            warnings.append(f"timeline clip {cid!r} is not in the table (use its clip_id)")
     report["warnings"] = warnings
     report["_curves"] = {"y": y, "p": p, "curvature": curv, "test": test}
     report["_timeline"] = _timeline_data(table, classifier, test, timeline_clips)
