@@ -38,7 +38,9 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOTS = ("roc.png", "pr.png", "features.png", "timeline.png")
 SHORTCUT_WARN_AUROC_GAP = 0.05
-"""A shortcut baseline within this AUROC of the model gets a warning."""
+"""A shortcut baseline within this AUROC of the model gets a warning..."""
+SHORTCUT_WARN_MIN_AUROC = 0.6
+"""...provided it is itself above this (a chance-level baseline is no shortcut)."""
 
 
 def evaluate_artifact(
@@ -109,7 +111,11 @@ def evaluate_artifact(
     warnings = []
     model_auc = report["model"]["metrics"]["auroc"]
     for name, m in shortcuts.items():
-        if math.isfinite(m["auroc"]) and m["auroc"] >= model_auc - SHORTCUT_WARN_AUROC_GAP:
+        if (
+            math.isfinite(m["auroc"])
+            and m["auroc"] >= SHORTCUT_WARN_MIN_AUROC
+            and m["auroc"] >= model_auc - SHORTCUT_WARN_AUROC_GAP
+        ):
             warnings.append(
                 f"shortcut baseline {name} reaches AUROC {m['auroc']:.3f} (model "
                 f"{model_auc:.3f}): metadata alone separates these classes"

@@ -2,15 +2,16 @@
 retimed or smoothed? (The paper did not test this; SPEC section 7.)
 
 Each transformation re-encodes a clip with the ``ffmpeg`` command-line tool
-(H.264, ``yuv420p`` for the CRF ladder, lossless ``-qp 0`` ``yuv444p`` for the
-others so that only the named change acts), into a temporary folder that is
-removed afterwards. The original and every variant are scored with the same
-backbone and classifier, and :func:`robustness_report` aggregates per
-transformation: the mean absolute change of the mean curvature (degrees), of
-the mean step distance (relative), the mean relative change over all 21
-features, the mean absolute change of P(AI), and the share of clips whose
-decision flips. ``lossless`` (re-encode at ``-qp 0``) is the control: what
-moves there is decode/encode noise, not the transformation.
+(H.264, ``yuv420p`` for the CRF ladder; lossless ``-qp 0`` in the source's own
+pixel format, or RGB for palette/RGB sources, for the others so that only the
+named change acts), into a temporary folder that is removed afterwards. The
+original and every variant are scored with the same backbone and classifier,
+and :func:`robustness_report` aggregates per transformation: the mean absolute
+change of the mean curvature (degrees), of the mean step distance (relative),
+the mean relative change over all 21 features (``|a - b| / max(|a|, |b|)``, so
+in [0, 2]), the mean absolute change of P(AI), and the share of clips whose
+decision flips. ``lossless`` is the control: what moves there is decode and
+container noise, not the transformation.
 """
 
 from __future__ import annotations
@@ -35,41 +36,78 @@ from .types import FEATURE_NAMES, FloatArray
 
 log = logging.getLogger("restrav.robustness")
 
-_LOSSLESS = ["-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", "-pix_fmt", "yuv444p"]
+@dataclass(frozen=True)
+class Transform:
+    """An ffmpeg video filter (or none) and the encoding: ``crf`` for lossy H.264,
+    None for lossless (``-qp 0`` in the source's own pixel format)."""
+
+    vf: str | None
+    crf: int | None
 
 
-def _crf(n: int) -> list[str]:
-    return ["-c:v", "libx264", "-crf", str(n), "-preset", "veryfast", "-pix_fmt", "yuv420p"]
-
-
-TRANSFORMS: dict[str, list[str]] = {
-    "lossless": _LOSSLESS,
-    "h264_crf18": _crf(18),
-    "h264_crf23": _crf(23),
-    "h264_crf28": _crf(28),
-    "h264_crf35": _crf(35),
-    "downscale_half": ["-vf", "scale=trunc(iw/4)*2:trunc(ih/4)*2:flags=bicubic", *_LOSSLESS],
-    "fps_15": ["-vf", "fps=15", *_LOSSLESS],
-    "fps_10": ["-vf", "fps=10", *_LOSSLESS],
-    "blend_3": ["-vf", "tmix=frames=3", *_LOSSLESS],
+TRANSFORMS: dict[str, Transform] = {
+    "lossless": Transform(None, None),
+    "h264_crf18": Transform(None, 18),
+    "h264_crf23": Transform(None, 23),
+    "h264_crf28": Transform(None, 28),
+    "h264_crf35": Transform(None, 35),
+    "downscale_half": Transform("scale=trunc(iw/4)*2:trunc(ih/4)*2:flags=bicubic", None),
+    "fps_15": Transform("fps=15", None),
+    "fps_10": Transform("fps=10", None),
+    "blend_3": Transform("tmix=frames=3", None),
 }
-"""Transformation name -> ffmpeg output options. ``fps_10`` drops below the 11.5 Hz
-sample rate (its windows are flagged); ``blend_3`` averages each frame with its two
-neighbours (temporal smoothing)."""
+"""Transformation name -> what it does. The CRF ladder encodes ``yuv420p`` (what
+platforms serve); the others are lossless so that only the named change acts.
+``fps_10`` drops below the 11.5 Hz sample rate (its windows are flagged);
+``blend_3`` averages each frame with its two neighbours (temporal smoothing)."""
 
 DEFAULT_TRANSFORMS: tuple[str, ...] = tuple(TRANSFORMS)
 FFMPEG_TIMEOUT_S = 600.0
+_YUV_FORMATS = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p")
+
+
+def _tool(name: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        raise ConfigError(f"robustness runs need the {name} command (apt-get install ffmpeg)")
+    return exe
+
+
+def _source_pix_fmt(src: Path, timeout_s: float) -> str:
+    cmd = [_tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-show_entries",
+           "stream=pix_fmt", "-of", "csv=p=0", str(src)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise DecodeError(f"{src}: ffprobe took longer than {timeout_s:.0f} s") from exc
+    if proc.returncode != 0:
+        raise DecodeError(f"{src}: ffprobe failed: {proc.stderr.strip()[-300:]}")
+    return proc.stdout.strip()
+
+
+def _encoding(t: Transform, src: Path, timeout_s: float) -> list[str]:
+    if t.crf is not None:
+        return ["-c:v", "libx264", "-crf", str(t.crf), "-preset", "veryfast",
+                "-pix_fmt", "yuv420p"]
+    pix = _source_pix_fmt(src, timeout_s)
+    if pix in _YUV_FORMATS:  # lossless in the source's own format: no conversion at all
+        return ["-c:v", "libx264", "-qp", "0", "-preset", "ultrafast", "-pix_fmt", pix]
+    # palette / RGB sources (GIF, PNG sequences...): lossless RGB H.264
+    return ["-c:v", "libx264rgb", "-qp", "0", "-preset", "ultrafast", "-pix_fmt", "rgb24"]
 
 
 def transform_clip(src: Path, dst: Path, name: str, timeout_s: float = FFMPEG_TIMEOUT_S) -> None:
     """Write ``src`` transformed by ``TRANSFORMS[name]`` to ``dst`` (an .mp4)."""
     if name not in TRANSFORMS:
         raise ConfigError(f"unknown transformation {name!r}; use one of {', '.join(TRANSFORMS)}")
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        raise ConfigError("robustness runs need the ffmpeg command (apt-get install ffmpeg)")
-    cmd = [exe, "-nostdin", "-y", "-v", "error", "-i", str(src), "-an", "-sn",
-           *TRANSFORMS[name], str(dst)]
+    t = TRANSFORMS[name]
+    # passthrough: never duplicate or drop frames to fit a constant rate (the fps
+    # transforms change the rate with their filter, explicitly)
+    cmd = [_tool("ffmpeg"), "-nostdin", "-y", "-v", "error", "-i", str(src), "-an", "-sn",
+           "-fps_mode", "passthrough"]
+    if t.vf:
+        cmd += ["-vf", t.vf]
+    cmd += [*_encoding(t, src, timeout_s), str(dst)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -156,7 +194,9 @@ def robustness_report(
         if pairs:
             f0 = np.stack([a.features for a, _ in pairs])  # type: ignore[misc]
             f1 = np.stack([b.features for _, b in pairs])  # type: ignore[misc]
-            rel = np.abs(f1 - f0) / np.maximum(np.abs(f0), 1e-9)
+            # symmetric relative change in [0, 2]; 0 where both are 0 (e.g. theta_min)
+            scale = np.maximum(np.abs(f0), np.abs(f1))
+            rel = np.where(scale > 0, np.abs(f1 - f0) / np.where(scale > 0, scale, 1.0), 0.0)
             row.update(
                 mean_abs_delta_theta_mean_deg=float(np.mean(np.abs(f1 - f0)[:, THETA_MEAN])),
                 mean_rel_delta_d_mean=float(np.mean(rel[:, d_idx])),
