@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,39 @@ def test_robustness_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert [t["transform"] for t in report["transforms"]] == ["lossless", "fps_15"]
     assert report["threshold"] is None  # no classifier: features only
     assert (tmp_path / "rob" / "robustness.md").read_text().startswith("# ReStraV robustness")
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "gif"])
+def test_lossless_control_is_pixel_exact(codec: str, tmp_path: Path) -> None:
+    """The control re-encodes without changing a pixel or a timestamp (yuv420p and
+    palette sources alike), so whatever it moves is container noise."""
+    import av
+    import numpy as np
+
+    src = tmp_path / ("src.avi" if codec == "mpeg4" else "src.gif")
+    if codec == "gif":
+        with av.open(str(src), "w") as c:
+            s = c.add_stream("gif", rate=10)
+            s.width, s.height, s.pix_fmt = 64, 48, "rgb8"
+            for i in range(12):
+                img = np.zeros((48, 64, 3), np.uint8)
+                img[:, (i * 5) % 64 :] = (224, 32, 96)
+                for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(pkt)
+            for pkt in s.encode(None):
+                c.mux(pkt)
+    else:
+        write_clip(src, fps=25, n_frames=30, codec="mpeg4", time_base=Fraction(1, 25))
+    dst = tmp_path / "lossless.mp4"
+    transform_clip(src, dst, "lossless")
+
+    def frames(p: Path) -> list[tuple[float, np.ndarray]]:
+        with av.open(str(p)) as c:
+            return [(float(f.pts * f.time_base), f.to_ndarray(format="rgb24"))
+                    for f in c.decode(video=0)]
+
+    a, b = frames(src), frames(dst)
+    assert len(a) == len(b)
+    for (ta, fa), (tb, fb) in zip(a, b):
+        assert np.array_equal(fa, fb)
+        assert tb - b[0][0] == pytest.approx(ta - a[0][0], abs=1e-3)
