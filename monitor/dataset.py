@@ -386,8 +386,8 @@ def _check_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("feature_spec", "backbone", "all_windows", "hop"):
-        if old.get(key) != meta.get(key):
+    for key in ("feature_spec", "backbone", "backbone_options", "all_windows", "hop"):
+        if old.get(key, {} if key == "backbone_options" else None) != meta.get(key):
             raise ConfigError(
                 f"{out_dir}: existing table has {key}={old.get(key)!r}, this run "
                 f"{meta.get(key)!r}; use another output folder or the same options"
@@ -405,11 +405,14 @@ def extract_features(
     backbone: str = "",
     progress: bool = False,
     score: Callable[[ClipSpec], ClipResult] | None = None,
+    backbone_options: dict[str, Any] | None = None,
 ) -> ExtractSummary:
     """Compute the features of every clip into ``out_dir`` (see the module docstring).
 
     Clips already present in ``out_dir`` are skipped, so an interrupted run picks
-    up where it stopped. ``score`` replaces the default
+    up where it stopped. ``backbone_options`` (image size, normalisation, dtype:
+    anything that changes the features) are recorded with ``backbone`` and must
+    match on resume. ``score`` replaces the default
     ``score_file(spec.path, embedder, None, limits, all_windows, hop)`` (tests).
     Raises :class:`ConfigError` when ``out_dir`` holds a table made with other options.
     """
@@ -420,6 +423,7 @@ def extract_features(
     meta = {
         "feature_spec": FEATURE_SPEC_VERSION,
         "backbone": backbone,
+        "backbone_options": dict(backbone_options or {}),
         "all_windows": all_windows,
         "hop": hop,
         "columns": [*META_COLUMNS, *FEATURE_NAMES],

@@ -314,12 +314,17 @@ def train(
             {
                 "split": mode,
                 "windows": windows,
+                "backbone_options": table.meta.get("backbone_options", {}),
                 "data": data_summary(table),
                 "test": {f.split.name: f.evaluation["metrics"] for f in folds},
             }
         )
     )
     return TrainResult(ship, mode, windows, folds, data_summary(table), options)
+
+
+def _options(opts: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k} {v}" for k, v in opts.items()) + ")" if opts else ""
 
 
 def _fmt(v: Any) -> str:
@@ -346,8 +351,9 @@ def model_card(result: TrainResult) -> str:
         f"- Created: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by restrav-monitor "
         f"{__version__}",
         f"- Feature spec: `{FEATURE_SPEC_VERSION}` (21 trajectory features, SPEC section 5)",
-        f"- Backbone used for the features: `{clf.backbone or 'unknown'}`; score only with "
-        "the same backbone",
+        f"- Backbone used for the features: `{clf.backbone or 'unknown'}` "
+        f"{_options(clf.summary.get('backbone_options', {}))}; score only with the same "
+        "backbone and options",
         f"- Windows: `{result.windows}`; split: `{result.mode}`; seed {result.options['seed']}",
         f"- Decision threshold: **{clf.threshold:.6g}** ({clf.threshold_mode}); P(AI) >= "
         "threshold means AI-generated",

@@ -136,6 +136,8 @@ def test_extract_resumes_after_interruption(
     # a different backbone may not be appended to the same table
     with pytest.raises(ConfigError, match="backbone"):
         extract_features(clips, tiny_embedder, out, backbone="other")
+    with pytest.raises(ConfigError, match="backbone_options"):
+        extract_features(clips, tiny_embedder, out, backbone_options={"image_size": 112})
 
 
 def test_extract_smoke_on_shared_clips(

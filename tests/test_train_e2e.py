@@ -115,7 +115,8 @@ def test_extract_train_eval_score(
     assert r.returncode == 0, r.stderr
     trained = _last_json(r.stdout)
     assert trained["test"]["stratified"]["auroc"] >= 0.85
-    assert (art / "model_card.md").is_file() and (art / "classifier.safetensors").is_file()
+    assert (art / "classifier.safetensors").is_file()
+    assert "image_size 112" in (art / "model_card.md").read_text()
 
     r = _cli("eval", str(table_dir), "-c", str(art), "--out", str(rep), "--bootstrap", "200")
     assert r.returncode == 0, r.stderr

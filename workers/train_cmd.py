@@ -203,6 +203,11 @@ def run_extract(args: argparse.Namespace) -> int:
         chunk_clips=args.chunk,
         backbone=settings.model.ref,
         progress=progress_enabled(args.progress),
+        backbone_options={
+            "image_size": settings.model.image_size,
+            "normalize": settings.model.normalize,
+            "dtype": settings.model.dtype,
+        },
     )
     for e in summary.errors:
         print(f"restrav extract: {e['clip_id']}: {e['code']}: {e['message']}", file=sys.stderr)
