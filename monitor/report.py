@@ -57,10 +57,20 @@ def evaluate_artifact(
     win: WindowMode = windows or (split or {}).get("windows", "centre")
     all_clips = tuple(sorted(set(table.col("clip_id").astype(str).tolist())))
     note = ""
-    if split is not None and "test" in split:
+    trained_on: set[str] = set()
+    for part in [split or {}, *(split or {}).get("folds", [])]:
+        trained_on.update(part.get("train", []))
+    if split is not None and "test" in split and set(split["test"]) & set(all_clips):
         test_clips = tuple(split["test"])
         train_clips = tuple(split["train"])
         split_name = str(split.get("name", "split"))
+    elif trained_on and not trained_on & set(all_clips):
+        test_clips, train_clips = all_clips, all_clips
+        split_name = "external"
+        note = (
+            "none of this table's clips were used to train the artifact: every row is "
+            "evaluated (an external test set; the shortcut baselines use a split of it)"
+        )
     else:
         test_clips, train_clips = all_clips, all_clips
         split_name = "all rows"
@@ -72,7 +82,7 @@ def evaluate_artifact(
         )
     test = select_rows(table, test_clips, win)
     train_rows = select_rows(table, train_clips, win)
-    if split_name == "all rows":
+    if split_name in ("all rows", "external"):
         # shortcut baselines still need a train/test partition of their own
         s = stratified_split(table, 0.3, seed)
         train_rows = select_rows(table, s.train_clips, win)

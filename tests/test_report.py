@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import numpy as np
 
 from monitor.report import PLOTS, evaluate_artifact, write_report
 from monitor.training import read_split, train, write_training_outputs
@@ -48,3 +49,14 @@ def test_one_class_report_on_real_only_and_mixed_tables(tmp_path: Path) -> None:
     assert report["model"]["metrics"]["auroc"] > 0.7  # unseen AI clips fall outside
     write_report(report, tmp_path / "r2")
     _pngs_ok(tmp_path / "r2")
+
+
+def test_a_table_of_new_clips_is_evaluated_whole(tmp_path: Path) -> None:
+    train_table = synthetic_table(seed=0)
+    result = train(train_table, kind="logreg", n_boot=0)
+    write_training_outputs(result, tmp_path / "a")
+    new = synthetic_table(seed=5)
+    new.columns["clip_id"] = np.array(["new/" + c for c in new.col("clip_id")], dtype=object)
+    report = evaluate_artifact(new, result.classifier, read_split(tmp_path / "a"), n_boot=0)
+    assert report["split"] == "external" and report["test_clips"] == len(new.clip_ids())
+    assert report["model"]["metrics"]["auroc"] > 0.9
