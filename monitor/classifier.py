@@ -11,7 +11,27 @@ An artifact is a directory with two files:
 * ``classifier.safetensors``: every array (scaler mean/std and weights).
 
 Neither format can carry code, so loading an artifact never executes any.
-Kinds: ``mlp`` (the paper's 21-64-32-1 MLP) and ``logreg`` (logistic regression).
+
+Kinds (each a pure numpy function of its stored arrays, registered in :data:`PROBA`):
+
+* ``mlp``: the paper's 21-64-32-1 MLP; ``logreg``: logistic regression;
+* ``gaussian_nb``: Gaussian naive Bayes (class means, variances, log priors);
+* ``random_forest`` (400 trees, depth <= 6) and ``gradient_boosting`` (200 rounds,
+  lr 0.1): scikit-learn's fitted trees exported as flat node arrays (left/right
+  child, feature, threshold, leaf value) and traversed vectorised in numpy, with
+  the inputs rounded to float32 as scikit-learn does, so predictions are identical;
+* ``svm_rbf``: RBF support vectors, dual coefficients, intercept and gamma; its
+  decision value is mapped to P(AI) by a logistic (Platt) calibration fitted on
+  the training rows' decision values;
+* ``mean_curvature`` (training-free, SPEC section 6): the score is
+  ``sigmoid((theta_mean - centre) / scale)`` with ``theta_mean`` = feature 17 in
+  raw degrees and ``centre``/``scale`` the mean/std of feature 17 on the real
+  training rows. Monotone in the mean curvature, so its ranking (AUROC) is the
+  paper's training-free rule; the threshold is set on the real rows;
+* ``one_class``: learns known-real footage only. Squared Mahalanobis distance of
+  the z-scored features to the real rows (Ledoit-Wolf shrunk covariance), mapped
+  to [0, 1] by ``sigmoid((log d2 - m) / s)`` with m, s the mean/std of ``log d2``
+  on the real training rows; P(AI) here means "unlike the known-real footage".
 """
 
 from __future__ import annotations
@@ -32,6 +52,9 @@ from . import FEATURE_SPEC_VERSION
 from .errors import ArtifactError
 from .types import FEATURE_NAMES, N_FEATURES, FloatArray
 
+THETA_MEAN = FEATURE_NAMES.index("theta_mean")
+"""Index of the mean curvature (feature 17), the training-free score."""
+
 META_FILE = "classifier.json"
 TENSOR_FILE = "classifier.safetensors"
 ThresholdMode = Literal["fpr", "f1"]
@@ -50,6 +73,11 @@ class Scaler:
         a = np.asarray(x, dtype=np.float64)
         std = a.std(axis=0)
         return cls(mean=a.mean(axis=0), std=np.where(std > 1e-12, std, 1.0))
+
+    @classmethod
+    def identity(cls, width: int = N_FEATURES) -> Scaler:
+        """The scaler that leaves features in their raw units."""
+        return cls(mean=np.zeros(width), std=np.ones(width))
 
     def transform(self, x: npt.ArrayLike) -> FloatArray:
         """Standardise rows."""
@@ -74,11 +102,156 @@ def _logreg_logits(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
     return out
 
 
-LOGITS: dict[str, Callable[[dict[str, FloatArray], FloatArray], FloatArray]] = {
+ParamFn = Callable[[dict[str, FloatArray], FloatArray], FloatArray]
+
+LOGITS: dict[str, ParamFn] = {
     "mlp": _mlp_logits,
     "logreg": _logreg_logits,
 }
-"""Kinds an artifact may name, each a pure function of its stored arrays."""
+"""Kinds whose output is a logit (P(AI) = sigmoid(logit)); a subset of :data:`PROBA`."""
+
+
+def _nb_proba(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+    theta, var, log_prior = p["nb.theta"], p["nb.var"], p["nb.log_prior"]
+    jll = np.stack(
+        [
+            log_prior[c]
+            - 0.5 * np.sum(np.log(2.0 * np.pi * var[c]))
+            - 0.5 * np.sum((x - theta[c]) ** 2 / var[c], axis=1)
+            for c in range(2)
+        ],
+        axis=1,
+    )
+    return _sigmoid(jll[:, 1] - jll[:, 0])
+
+
+def forest_leaf_values(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+    """Leaf value reached by every row in every exported tree: ``(N, n_trees)``.
+
+    All trees are traversed at once, one level per step, over blocks of rows
+    small enough to stay in cache. Inputs are rounded to float32 first, as
+    scikit-learn's trees compare them.
+    """
+    xr = x.astype(np.float32).astype(np.float64)
+    left = p["forest.left"].astype(np.int32)
+    right = p["forest.right"].astype(np.int32)
+    feature = np.maximum(p["forest.feature"], 0).astype(np.int32)
+    thresh = p["forest.threshold"]
+    value = p["forest.value"]
+    roots = p["forest.roots"].astype(np.int32)
+    depth = int(p["forest.depth"].reshape(()))
+    out = np.empty((len(xr), roots.size), dtype=np.float64)
+    block = max(1, 65536 // max(roots.size, 1))
+    for i in range(0, len(xr), block):
+        xb = xr[i : i + block]
+        node = np.repeat(roots[None, :], len(xb), axis=0)
+        rows = np.arange(len(xb))[:, None]
+        for _ in range(depth):
+            lc = left[node]
+            leaf = lc < 0
+            if leaf.all():
+                break
+            go_left = xb[rows, feature[node]] <= thresh[node]
+            node = np.where(leaf, node, np.where(go_left, lc, right[node]))
+        out[i : i + block] = value[node]
+    return out
+
+
+def _rf_proba(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+    out: FloatArray = forest_leaf_values(p, x).mean(axis=1)
+    return out
+
+
+def _gb_logits(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+    raw = forest_leaf_values(p, x).sum(axis=1) * p["gb.learning_rate"].reshape(())
+    out: FloatArray = raw + p["gb.init"].reshape(())
+    return out
+
+
+def _svm_decision(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+    sv, coef = p["svm.support_vectors"], p["svm.dual_coef"].reshape(-1)
+    gamma = p["svm.gamma"].reshape(())
+    out = np.empty(len(x), dtype=np.float64)
+    sv_sq = np.einsum("ij,ij->i", sv, sv)
+    for i in range(0, len(x), 4096):  # bounds the (rows, support vectors) temporary
+        xb = x[i : i + 4096]
+        d2 = np.einsum("ij,ij->i", xb, xb)[:, None] + sv_sq[None, :] - 2.0 * (xb @ sv.T)
+        out[i : i + 4096] = np.exp(-gamma * np.maximum(d2, 0.0)) @ coef
+    res: FloatArray = out + p["svm.intercept"].reshape(())
+    return res
+
+
+def _svm_logits(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+    out: FloatArray = p["svm.platt_a"].reshape(()) * _svm_decision(p, x) + p[
+        "svm.platt_b"
+    ].reshape(())
+    return out
+
+
+def _curvature_logits(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+    out: FloatArray = (x[:, THETA_MEAN] - p["centre"].reshape(())) / p["scale"].reshape(())
+    return out
+
+
+def mahalanobis_sq(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+    """Squared Mahalanobis distance of (z-scored) rows to the one-class model's real rows."""
+    diff = x - p["oc.loc"]
+    out: FloatArray = np.einsum("ij,jk,ik->i", diff, p["oc.precision"], diff)
+    return out
+
+
+def _one_class_logits(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+    log_d2 = np.log(np.maximum(mahalanobis_sq(p, x), 1e-300))
+    out: FloatArray = (log_d2 - p["oc.log_d2_mean"].reshape(())) / p["oc.log_d2_std"].reshape(())
+    return out
+
+
+def _from_logits(fn: ParamFn) -> ParamFn:
+    def proba(p: dict[str, FloatArray], x: FloatArray) -> FloatArray:
+        return _sigmoid(fn(p, x))
+
+    return proba
+
+
+PROBA: dict[str, ParamFn] = {
+    "mlp": _from_logits(_mlp_logits),
+    "logreg": _from_logits(_logreg_logits),
+    "gaussian_nb": _nb_proba,
+    "random_forest": _rf_proba,
+    "gradient_boosting": _from_logits(_gb_logits),
+    "svm_rbf": _from_logits(_svm_logits),
+    "mean_curvature": _from_logits(_curvature_logits),
+    "one_class": _from_logits(_one_class_logits),
+}
+"""Every kind an artifact may name: P(AI) as a pure function of its stored arrays
+and the scaled ``(N, 21)`` features."""
+
+_FOREST = ("forest.left", "forest.right", "forest.feature", "forest.threshold",
+           "forest.value", "forest.roots", "forest.depth")
+REQUIRED_PARAMS: dict[str, tuple[str, ...]] = {
+    "mlp": ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"),
+    "logreg": ("coef", "intercept"),
+    "gaussian_nb": ("nb.theta", "nb.var", "nb.log_prior"),
+    "random_forest": _FOREST,
+    "gradient_boosting": (*_FOREST, "gb.init", "gb.learning_rate"),
+    "svm_rbf": ("svm.support_vectors", "svm.dual_coef", "svm.intercept", "svm.gamma",
+                "svm.platt_a", "svm.platt_b"),
+    "mean_curvature": ("centre", "scale"),
+    "one_class": ("oc.loc", "oc.precision", "oc.log_d2_mean", "oc.log_d2_std"),
+}
+"""The arrays each kind's artifact must hold (checked when loading)."""
+
+KINDS: tuple[str, ...] = tuple(PROBA)
+SUPERVISED_KINDS: tuple[str, ...] = (
+    "mlp",
+    "logreg",
+    "gaussian_nb",
+    "random_forest",
+    "gradient_boosting",
+    "svm_rbf",
+)
+"""Kinds that need both classes to train; the others learn from real rows only."""
+TRAINING_FREE_KINDS: tuple[str, ...] = ("mean_curvature", "one_class")
 
 
 @dataclass
@@ -101,7 +274,7 @@ class Classifier:
             x = x[None, :]
         if x.shape[1] != N_FEATURES:
             raise ValueError(f"expected {N_FEATURES} features per row, got {x.shape[1]}")
-        return _sigmoid(LOGITS[self.kind](self.params, self.scaler.transform(x)))
+        return PROBA[self.kind](self.params, self.scaler.transform(x))
 
     def save(self, directory: Path) -> None:
         """Write ``classifier.json`` and ``classifier.safetensors`` into ``directory``."""
@@ -148,8 +321,11 @@ def load_classifier(directory: Path) -> Classifier:
             "retrain on features from this version"
         )
     kind = meta.get("kind")
-    if kind not in LOGITS:
+    if kind not in PROBA:
         raise ArtifactError(f"{directory}: unknown classifier kind {kind!r}")
+    missing = [k for k in REQUIRED_PARAMS[str(kind)] if f"param.{k}" not in tensors]
+    if missing:
+        raise ArtifactError(f"{directory}: {kind} artifact lacks arrays {missing}")
     try:
         params = {k: tensors[f"param.{k}"] for k in meta["params"]}
         scaler = Scaler(mean=tensors["scaler.mean"], std=tensors["scaler.std"])
@@ -227,14 +403,149 @@ def _fit_mlp(
     }
 
 
-def _fit_logreg(x: FloatArray, y: FloatArray, seed: int) -> dict[str, FloatArray]:
-    from sklearn.linear_model import LogisticRegression
+def _scalar(v: float) -> FloatArray:
+    return np.array([float(v)], dtype=np.float64)
 
-    model = LogisticRegression(max_iter=1000, random_state=seed).fit(x, y)
+
+def export_trees(trees: list[Any], value_fn: Callable[[FloatArray], FloatArray]) -> dict[str, Any]:
+    """Pack scikit-learn fitted trees (``estimator.tree_``) into flat node arrays.
+
+    ``value_fn`` maps a tree's ``value`` array ``(nodes, outputs, classes)`` to one
+    float per node (P(class 1) for a forest, the raw leaf value for boosting).
+    Child indices are made global (offset per tree); leaves keep -1.
+    """
+    left, right, feature, thresh, value, roots = [], [], [], [], [], []
+    offset, depth = 0, 0
+    for tree in trees:
+        t = tree.tree_
+        cl = t.children_left.astype(np.int64)
+        cr = t.children_right.astype(np.int64)
+        left.append(np.where(cl >= 0, cl + offset, -1))
+        right.append(np.where(cr >= 0, cr + offset, -1))
+        feature.append(t.feature.astype(np.int64))
+        thresh.append(t.threshold.astype(np.float64))
+        value.append(value_fn(np.asarray(t.value, dtype=np.float64)))
+        roots.append(offset)
+        offset += t.node_count
+        depth = max(depth, int(t.max_depth))
     return {
-        "coef": model.coef_.astype(np.float64),
-        "intercept": model.intercept_.astype(np.float64),
+        "forest.left": np.concatenate(left).astype(np.float64),
+        "forest.right": np.concatenate(right).astype(np.float64),
+        "forest.feature": np.concatenate(feature).astype(np.float64),
+        "forest.threshold": np.concatenate(thresh),
+        "forest.value": np.concatenate(value),
+        "forest.roots": np.asarray(roots, dtype=np.float64),
+        "forest.depth": _scalar(depth),
     }
+
+
+def _class1_fraction(v: FloatArray) -> FloatArray:
+    counts = v[:, 0, :]
+    out: FloatArray = counts[:, 1] / np.maximum(counts.sum(axis=1), 1e-300)
+    return out
+
+
+def _raw_leaf(v: FloatArray) -> FloatArray:
+    out: FloatArray = v[:, 0, 0].copy()
+    return out
+
+
+def fit_kind(
+    kind: str, x: FloatArray, y: FloatArray, seed: int = 0, **hyper: Any
+) -> tuple[dict[str, FloatArray], Any]:
+    """Fit one kind on scaled training rows; return its arrays and the fitted
+    scikit-learn (or torch-free) model it was exported from (None when there is none).
+
+    ``hyper`` overrides the paper's hyper-parameters (``n_trees``, ``max_depth``,
+    ``rounds``, ``learning_rate``, ``epochs``, ``lr``, ``batch_size``).
+    """
+    if kind == "mlp":
+        params = _fit_mlp(
+            x,
+            y,
+            int(hyper.get("epochs", 10)),
+            float(hyper.get("lr", 1e-3)),
+            int(hyper.get("batch_size", 32)),
+            seed,
+        )
+        return params, None
+    if kind == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
+        lr_model = LogisticRegression(max_iter=1000, random_state=seed).fit(x, y)
+        return {
+            "coef": lr_model.coef_.astype(np.float64),
+            "intercept": lr_model.intercept_.astype(np.float64),
+        }, lr_model
+    if kind == "gaussian_nb":
+        from sklearn.naive_bayes import GaussianNB
+
+        nb = GaussianNB().fit(x, y)
+        return {
+            "nb.theta": nb.theta_.astype(np.float64),
+            "nb.var": nb.var_.astype(np.float64),
+            "nb.log_prior": np.log(nb.class_prior_.astype(np.float64)),
+        }, nb
+    if kind == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        rf = RandomForestClassifier(
+            n_estimators=int(hyper.get("n_trees", 400)),
+            max_depth=int(hyper.get("max_depth", 6)),
+            random_state=seed,
+            n_jobs=1,
+        ).fit(x, y)
+        return export_trees(list(rf.estimators_), _class1_fraction), rf
+    if kind == "gradient_boosting":
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        gb = GradientBoostingClassifier(
+            n_estimators=int(hyper.get("rounds", 200)),
+            learning_rate=float(hyper.get("learning_rate", 0.1)),
+            random_state=seed,
+        ).fit(x, y)
+        prior = float(gb.init_.class_prior_[1])
+        params = export_trees([e[0] for e in gb.estimators_], _raw_leaf)
+        params["gb.init"] = _scalar(np.log(prior / (1.0 - prior)))
+        params["gb.learning_rate"] = _scalar(gb.learning_rate)
+        return params, gb
+    if kind == "svm_rbf":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.svm import SVC
+
+        svc = SVC(kernel="rbf", gamma="scale", random_state=seed).fit(x, y)
+        params = {
+            "svm.support_vectors": svc.support_vectors_.astype(np.float64),
+            "svm.dual_coef": svc.dual_coef_.reshape(-1).astype(np.float64),
+            "svm.intercept": svc.intercept_.astype(np.float64).reshape(1),
+            "svm.gamma": _scalar(svc._gamma),
+        }
+        dec = _svm_decision(params, x)
+        platt = LogisticRegression(C=1e6, max_iter=1000).fit(dec[:, None], y)
+        params["svm.platt_a"] = _scalar(platt.coef_[0, 0])
+        params["svm.platt_b"] = _scalar(platt.intercept_[0])
+        return params, svc
+    if kind == "mean_curvature":
+        real = x[y == 0, THETA_MEAN]
+        sd = float(real.std())
+        return {"centre": _scalar(real.mean()), "scale": _scalar(sd if sd > 1e-9 else 1.0)}, None
+    if kind == "one_class":
+        from sklearn.covariance import LedoitWolf
+
+        real_rows = x[y == 0]
+        if len(real_rows) < 2:
+            raise ValueError("one_class needs at least 2 real rows")
+        lw = LedoitWolf().fit(real_rows)
+        params = {
+            "oc.loc": lw.location_.astype(np.float64),
+            "oc.precision": lw.precision_.astype(np.float64),
+        }
+        log_d2 = np.log(np.maximum(mahalanobis_sq(params, real_rows), 1e-300))
+        sd = float(log_d2.std())
+        params["oc.log_d2_mean"] = _scalar(log_d2.mean())
+        params["oc.log_d2_std"] = _scalar(sd if sd > 1e-9 else 1.0)
+        return params, lw
+    raise ValueError(f"unknown classifier kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
 def fit_classifier(
@@ -248,27 +559,41 @@ def fit_classifier(
     batch_size: int = 32,
     seed: int = 0,
     backbone: str = "",
+    **hyper: Any,
 ) -> Classifier:
     """Train on the given (training) rows only: scaler, model and threshold.
 
-    ``labels``: 1 = AI-generated, 0 = real. ``threshold_mode="fpr"`` sets the
-    threshold for ``target_fpr`` on the real training rows (the default for
-    operators); ``"f1"`` maximises F1 on the training rows (the paper).
+    ``labels``: 1 = AI-generated, 0 = real. Supervised kinds need both classes;
+    ``mean_curvature`` and ``one_class`` learn from the real rows only (AI rows,
+    if any, are ignored except by ``threshold_mode="f1"``). The scaler is fitted
+    on exactly the rows the model learns from (identity for ``mean_curvature``,
+    which works in raw degrees). ``threshold_mode="fpr"`` sets the threshold for
+    ``target_fpr`` on the real training rows (the default for operators);
+    ``"f1"`` maximises F1 on the training rows (the paper).
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     if x.ndim != 2 or x.shape[1] != N_FEATURES or len(x) != len(y):
         raise ValueError(f"need (N, {N_FEATURES}) features and N labels, got {x.shape}, {y.shape}")
-    if not set(np.unique(y)) <= {0.0, 1.0} or len(np.unique(y)) < 2:
+    if kind not in PROBA:
+        raise ValueError(f"unknown classifier kind {kind!r}; use one of {', '.join(KINDS)}")
+    classes = set(np.unique(y).tolist())
+    if not classes <= {0.0, 1.0}:
+        raise ValueError("labels must be 0 (real) or 1 (AI-generated)")
+    if kind in SUPERVISED_KINDS and len(classes) < 2:
         raise ValueError("labels must contain both classes, 0 (real) and 1 (AI-generated)")
-    scaler = Scaler.fit(x)
-    xs = scaler.transform(x)
-    if kind == "mlp":
-        params = _fit_mlp(xs, y, epochs, lr, batch_size, seed)
-    elif kind == "logreg":
-        params = _fit_logreg(xs, y, seed)
+    if 0.0 not in classes:
+        raise ValueError(f"{kind} needs real rows (label 0) to learn from")
+    if threshold_mode == "f1" and len(classes) < 2:
+        raise ValueError("threshold_mode='f1' needs both classes; use 'fpr'")
+    if kind == "mean_curvature":
+        scaler = Scaler.identity()
+    elif kind == "one_class":
+        scaler = Scaler.fit(x[y == 0])
     else:
-        raise ValueError(f"unknown classifier kind {kind!r}; use mlp or logreg")
+        scaler = Scaler.fit(x)
+    hyper = {"epochs": epochs, "lr": lr, "batch_size": batch_size, **hyper}
+    params, _ = fit_kind(kind, scaler.transform(x), y, seed, **hyper)
     clf = Classifier(kind=kind, scaler=scaler, params=params, backbone=backbone)
     p = clf.predict_proba(x)
     if threshold_mode == "fpr":

@@ -1,0 +1,316 @@
+"""`restrav extract | train | eval | robustness`: build, check and stress your own classifier.
+
+No trained ReStraV classifier is published: these commands turn a folder of
+labelled clips into a classifier artifact, a model card and an evaluation
+report that says how far to trust it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from monitor.classifier import KINDS
+from monitor.dataset import discover, extract_features, load_table
+from monitor.errors import ConfigError
+from monitor.evaluation import json_ready
+from monitor.robustness import (
+    DEFAULT_TRANSFORMS,
+    TRANSFORMS,
+    robustness_markdown,
+    robustness_report,
+    run_robustness,
+)
+
+from .common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_settings_args,
+    build_classifier,
+    build_embedder,
+    decode_limits,
+    progress_enabled,
+    settings_from_args,
+)
+
+log = logging.getLogger("restrav.train")
+
+EXTRACT_DESCRIPTION = """\
+Compute the 21 ReStraV features of every clip into a feature table (Parquet).
+
+SOURCE is a folder laid out as
+    real/...                 real footage (any depth; a first sub-folder, e.g.
+                             real/camera-3/, is the clip's group)
+    ai/<generator>/...       AI-generated clips, one folder per generator
+or a CSV manifest with a header: path,label[,generator][,group]
+(label: real/0 or ai/1; relative paths are read from the CSV's folder).
+
+Writes OUT/part-*.parquet (one row per window, with per-clip metadata: fps,
+duration, resolution, codec, repeated frames), OUT/table.json and
+OUT/errors.jsonl (clips that could not be read, with their error; they do not
+stop the run). Re-running with the same OUT resumes: finished clips are
+skipped. Exit status 1 if any clip failed.
+"""
+
+TRAIN_DESCRIPTION = """\
+Train a classifier on a feature table and write an artifact directory:
+classifier.json + classifier.safetensors (load with `restrav score -c OUT`),
+split.json (the held-out clips, read by `restrav eval`), training.json and
+model_card.md. The scaler and model see the training clips only.
+
+Kinds: mlp (the paper's), logreg, gaussian_nb, random_forest, gradient_boosting,
+svm_rbf; training-free: mean_curvature (feature 17, the paper's rule; needs only
+real clips to set its threshold) and one_class (learns known-real footage only).
+Splits: stratified (by generator), group (no group on both sides), logo (leave
+one generator out: one fold per generator, the artifact is fitted on all clips).
+"""
+
+EVAL_DESCRIPTION = """\
+Evaluate an artifact on a feature table: accuracy, balanced accuracy, F1,
+AUROC, average precision, TPR at 1 % and 0.1 % FPR, calibration error, each with
+a bootstrap 95 % interval over clips; a per-generator table; shortcut baselines
+trained on metadata alone (fps only, duration only, all metadata) and the
+real-vs-real floor. Uses the held-out clips of the artifact's split.json.
+Writes OUT/report.json, OUT/report.md and roc.png, pr.png, features.png,
+timeline.png. If a shortcut baseline comes close to the model, the data lets
+metadata alone separate the classes: the model's numbers are not to be trusted.
+"""
+
+ROBUSTNESS_DESCRIPTION = """\
+Re-encode each clip (H.264 CRF 18/23/28/35, lossless control), downscale it by
+half, convert its frame rate (15 and 10 fps), blend frames (temporal smoothing),
+score every variant and report how far the features and P(AI) move.
+Needs the ffmpeg command. Writes OUT/robustness.json and OUT/robustness.md.
+"""
+
+
+def _progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
+
+
+def register(sub: Any) -> None:
+    """Add the `extract`, `train`, `eval` and `robustness` subcommands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "extract",
+        help="labelled clips -> feature table (Parquet), resumable",
+        description=EXTRACT_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    p.add_argument("source", type=Path, metavar="SOURCE", help="folder (real/, ai/<gen>/) or CSV")
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="DIR", help="table folder")
+    p.add_argument(
+        "--all-windows",
+        action="store_true",
+        help="also every window along each clip (default: the paper's centred window only)",
+    )
+    p.add_argument("--hop", type=int, default=1, metavar="K", help="with --all-windows: "
+                   "one window every K samples (default 1)")
+    p.add_argument("--chunk", type=int, default=16, metavar="N",
+                   help="clips per Parquet part (work lost on interruption; default 16)")
+    _progress_flag(p)
+    add_settings_args(p)
+    p.set_defaults(func=run_extract)
+
+    p = sub.add_parser(
+        "train",
+        help="feature table -> classifier artifact + model card",
+        description=TRAIN_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    p.add_argument("table", type=Path, metavar="TABLE", help="feature table from restrav extract")
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="DIR", help="artifact folder")
+    p.add_argument("--kind", choices=KINDS, default="mlp", help="classifier (default mlp)")
+    p.add_argument("--split", choices=["stratified", "group", "logo"], default="stratified",
+                   help="how clips are held out (default stratified)")
+    p.add_argument("--windows", choices=["centre", "all"], default="centre",
+                   help="train on centred windows (paper) or every extracted window")
+    p.add_argument("--threshold", choices=["fpr", "f1"], default="fpr",
+                   help="fpr: target false-positive rate on real clips (default); "
+                   "f1: maximise F1 (paper)")
+    p.add_argument("--target-fpr", type=float, default=0.01, metavar="R",
+                   help="with --threshold fpr (default 0.01)")
+    p.add_argument("--test-fraction", type=float, default=0.25, metavar="F",
+                   help="share of clips held out (default 0.25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=10, help="mlp epochs (default 10, paper)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples for the intervals (default 1000)")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="metrics with intervals, shortcut baselines, Markdown report and plots",
+        description=EVAL_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    p.add_argument("table", type=Path, metavar="TABLE", help="feature table from restrav extract")
+    p.add_argument("--classifier", "-c", type=Path, required=True, metavar="C",
+                   help="artifact folder from restrav train")
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="DIR", help="report folder")
+    p.add_argument("--windows", choices=["centre", "all"], default=None,
+                   help="rows to evaluate (default: as trained)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--floor-repeats", type=int, default=3, metavar="N",
+                   help="real-vs-real floor repeats (0 to skip)")
+    p.add_argument("--timeline", nargs="+", metavar="CLIP_ID",
+                   help="clips to plot window by window (default: up to 2 per class)")
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser(
+        "robustness",
+        help="re-encode / downscale / retime / smooth clips and measure the drift",
+        description=ROBUSTNESS_DESCRIPTION,
+        formatter_class=fmt,
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="video files")
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="DIR", help="report folder")
+    p.add_argument("--transforms", nargs="+", choices=list(TRANSFORMS),
+                   default=list(DEFAULT_TRANSFORMS), metavar="T",
+                   help=f"subset of: {', '.join(TRANSFORMS)}")
+    _progress_flag(p)
+    add_settings_args(p)
+    p.set_defaults(func=run_robustness_cmd)
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(json_ready(obj)) + "\n")
+    sys.stdout.flush()
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Discover clips, extract their features; exit 1 if any clip failed."""
+    settings = settings_from_args(args)
+    clips = discover(args.source)
+    embedder = build_embedder(settings)
+    summary = extract_features(
+        clips,
+        embedder,
+        args.out,
+        decode_limits(settings),
+        all_windows=args.all_windows,
+        hop=args.hop,
+        chunk_clips=args.chunk,
+        backbone=settings.model.ref,
+        progress=progress_enabled(args.progress),
+        backbone_options={
+            "image_size": settings.model.image_size,
+            "normalize": settings.model.normalize,
+            "dtype": settings.model.dtype,
+        },
+    )
+    for e in summary.errors:
+        print(f"restrav extract: {e['clip_id']}: {e['code']}: {e['message']}", file=sys.stderr)
+    _emit(
+        {
+            "table": str(args.out),
+            "clips": summary.clips,
+            "skipped_already_done": summary.skipped,
+            "extracted": summary.extracted,
+            "failed": summary.failed,
+            "rows": summary.rows,
+        }
+    )
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, write the artifact, print the held-out metrics."""
+    from monitor.training import train, write_training_outputs
+
+    table = load_table(args.table)
+    try:
+        result = train(
+            table,
+            kind=args.kind,
+            mode=args.split,
+            windows=args.windows,
+            threshold_mode=args.threshold,
+            target_fpr=args.target_fpr,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            n_boot=args.bootstrap,
+            epochs=args.epochs,
+        )
+    except ValueError as exc:  # data that cannot train this kind: say why, exit 3
+        raise ConfigError(f"cannot train {args.kind} on {args.table}: {exc}") from exc
+    write_training_outputs(result, args.out)
+    _emit(
+        {
+            "artifact": str(args.out),
+            "kind": args.kind,
+            "threshold": result.classifier.threshold,
+            "threshold_mode": result.classifier.threshold_mode,
+            "test": {
+                f.split.name: {
+                    k: f.evaluation["metrics"][k]
+                    for k in ("n", "accuracy", "balanced_accuracy", "f1", "auroc")
+                }
+                for f in result.folds
+            },
+        }
+    )
+    return EXIT_OK
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Evaluate and write the report."""
+    from monitor.classifier import load_classifier
+    from monitor.report import evaluate_artifact, write_report
+    from monitor.training import read_split
+
+    table = load_table(args.table)
+    clf = load_classifier(args.classifier)
+    report = evaluate_artifact(
+        table,
+        clf,
+        read_split(args.classifier),
+        windows=args.windows,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        floor_repeats=args.floor_repeats,
+        timeline_clips=args.timeline,
+    )
+    paths = write_report(report, args.out)
+    for w in report["warnings"]:
+        print(f"restrav eval: warning: {w}", file=sys.stderr)
+    _emit({"report": [str(p) for p in paths], "model": report["model"]["metrics"],
+           "warnings": report["warnings"]})
+    return EXIT_OK
+
+
+def run_robustness_cmd(args: argparse.Namespace) -> int:
+    """Transform, score, report; exit 1 if any variant failed."""
+    from monitor.pipeline import score_file
+
+    settings = settings_from_args(args)
+    embedder = build_embedder(settings)
+    clf = build_classifier(settings)
+    limits = decode_limits(settings)
+    outcomes = run_robustness(
+        args.paths,
+        lambda p: score_file(p, embedder, clf, limits),
+        args.transforms,
+        progress=progress_enabled(args.progress),
+    )
+    report = robustness_report(outcomes, clf.threshold if clf is not None else None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "robustness.json").write_text(
+        json.dumps(json_ready(report), indent=2) + "\n", encoding="utf-8"
+    )
+    (args.out / "robustness.md").write_text(robustness_markdown(report), encoding="utf-8")
+    _emit({"report": str(args.out), "transforms": report["transforms"]})
+    failed = [o for o in outcomes if o.error]
+    for o in failed:
+        print(f"restrav robustness: {o.clip} [{o.transform}]: {o.error}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
