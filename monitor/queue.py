@@ -405,7 +405,8 @@ def queue_stats(client: redis.Redis, group: str, now_s: float | None = None) -> 
 class WorkerHooks:
     """Test seams (off by default; the CLI enables them only under RESTRAV_TESTING=1)."""
 
-    before_score: Callable[[Job], None] | None = None
+    before_score: Callable[[Job, int], None] | None = None
+    """Called with the job and its delivery number just before its source is fetched."""
 
 
 @dataclass
@@ -472,6 +473,7 @@ class Worker:
         self.hooks = hooks or WorkerHooks()
         self.group = settings.group
         self._inflight: dict[str, _Entry] = {}
+        self._released: set[str] = set()
         self._threads: dict[str, threading.Thread] = {}
         self._mutex = threading.Lock()
         self._slot_freed = threading.Event()
@@ -670,7 +672,7 @@ class Worker:
         self.client.incr(keys.runs_key(job.job_id))
         self.client.expire(keys.runs_key(job.job_id), self.settings.result_ttl_s)
         if self.hooks.before_score is not None:
-            self.hooks.before_score(job)
+            self.hooks.before_score(job, entry.deliveries)
 
         shown = redact_url(job.source)
         started = time.time()
@@ -696,6 +698,11 @@ class Worker:
             )
             self.client.delete(keys.lock_key(job.job_id))
             return  # not acknowledged: retried after the visibility timeout, then dead-lettered
+        with self._mutex:
+            if entry.id in self._released:
+                # handed back at shutdown: another worker owns it now, do not answer twice
+                log.info("entry %s finished after it was released; result dropped", entry.id)
+                return
         result["started_at"] = started
         result["finished_at"] = time.time()
         result["duration_s"] = result["finished_at"] - started
@@ -834,18 +841,26 @@ class Worker:
             threads[0].join(timeout=max(0.0, deadline - time.monotonic()))
         with self._mutex:
             left = list(self._inflight.values())
+            self._released.update(e.id for e in left)
         if left:
             # make them reclaimable at once instead of after the visibility timeout
+            # and give the delivery back: a release is not a failed attempt
             try:
-                self.client.xclaim(
-                    keys.JOBS,
-                    self.group,
-                    self.name,
-                    0,
-                    [e.id for e in left],
-                    idle=self._visibility_ms,
-                    justid=True,
-                )
+                pipe = self.client.pipeline(transaction=False)
+                for e in left:
+                    pipe.xclaim(
+                        keys.JOBS,
+                        self.group,
+                        self.name,
+                        0,
+                        [e.id],
+                        idle=self._visibility_ms,
+                        retrycount=max(0, e.deliveries - 1),
+                        justid=True,
+                    )
+                    if e.job_id is not None:
+                        pipe.delete(keys.lock_key(e.job_id))
+                pipe.execute()
             except redis.RedisError as exc:
                 log.warning("could not release %d job(s): %s", len(left), exc)
             for e in left:

@@ -219,7 +219,8 @@ def testing_hooks(env: dict[str, str]) -> WorkerHooks:
     * ``RESTRAV_TESTING_CRASH_JOB=ID``: the worker process exits at once
       (``os._exit(70)``, no cleanup, like a segfault) when it starts scoring job ``ID``;
     * ``RESTRAV_TESTING_SLOW_JOB=ID:SECONDS`` (``*`` for every job): sleep that long
-      before scoring, to make a job slow enough to kill mid-way.
+      before scoring a job's first delivery, to make it slow enough to kill mid-way
+      (a redelivery runs at normal speed).
     """
     if env.get("RESTRAV_TESTING") != "1":
         return WorkerHooks()
@@ -227,11 +228,11 @@ def testing_hooks(env: dict[str, str]) -> WorkerHooks:
     slow_id, _, slow_s = env.get("RESTRAV_TESTING_SLOW_JOB", "").partition(":")
     delay = float(slow_s) if slow_s else 0.0
 
-    def before_score(job: Job) -> None:
+    def before_score(job: Job, attempt: int) -> None:
         if crash and job.job_id == crash:
             log.error("RESTRAV_TESTING_CRASH_JOB: crashing on job %s", job.job_id)
             os._exit(70)
-        if delay and slow_id in ("*", job.job_id):
+        if delay and attempt == 1 and slow_id in ("*", job.job_id):
             time.sleep(delay)
 
     return WorkerHooks(before_score=before_score)
