@@ -72,7 +72,7 @@ class Workers:
     def wait_ready(self, client: redis.Redis) -> None:
         for name, proc in self.procs.items():
             wait_for(
-                lambda: client.exists(keys.heartbeat_key(name)) or proc.poll() is not None,
+                lambda n=name, p=proc: client.exists(keys.heartbeat_key(n)) or p.poll() is not None,
                 START_TIMEOUT_S,
                 f"worker {name} to start",
             )
