@@ -484,6 +484,7 @@ class Worker:
         self._own_cursor: str | None = "0"
         self._reclaim_cursor = "0-0"
         self._last_tick = 0.0
+        self._last_reclaim = 0.0
 
     # -- keys and small Redis operations --
 
@@ -581,7 +582,8 @@ class Worker:
         if code:
             self.metrics.errors.labels(code).inc()
         self.metrics.duration.labels(outcome).observe(time.monotonic() - entry.picked_at)
-        self.done += 1
+        with self._mutex:
+            self.done += 1
 
     def _error_result(
         self, entry: _Entry, job_id: str | None, source: str | None, code: str, message: str
@@ -761,9 +763,8 @@ class Worker:
                 return [_Entry(i, f or {}, self._deliveries(i)) for i, f in rows]
             self._own_cursor = None
         now = time.monotonic()
-        if now - self._last_tick >= self.settings.reclaim_interval_s:
-            self._last_tick = now
-            self._tick()
+        if now - self._last_reclaim >= self.settings.reclaim_interval_s:
+            self._last_reclaim = now
             auto: Any = self.client.xautoclaim(
                 keys.JOBS,
                 self.group,
@@ -789,6 +790,12 @@ class Worker:
         fresh: list[Any] = new[0][1] if new else []
         return [_Entry(i, f or {}, 1) for i, f in fresh]
 
+    def _maybe_tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_tick >= self.settings.reclaim_interval_s:
+            self._last_tick = now
+            self._tick()
+
     def _tick(self) -> None:
         """Periodic housekeeping: queue gauges and trimming."""
         stats = queue_stats(self.client, self.group)
@@ -808,6 +815,11 @@ class Worker:
         try:
             while not stop.is_set():
                 self._loop_at = time.time()
+                try:
+                    self._maybe_tick()
+                except redis.RedisError as exc:
+                    self.metrics.redis_errors.inc()
+                    log.warning("redis error in housekeeping: %s", exc)
                 free = self._free_slots()
                 if free <= 0:
                     self._slot_freed.wait(0.5)

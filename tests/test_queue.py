@@ -285,6 +285,13 @@ def test_worker_pulls_only_what_it_works_on(
         stats = queue_stats(client, "workers")
         assert stats.pending == 2 and stats.lag == 4
         assert stats.oldest_pending_age_s >= 0
+        # the worker's gauges follow, though it has no free slot
+        wait_for(lambda: sample(metrics, "restrav_queue_pending") == 2, 10, "pending gauge")
+        assert sample(metrics, "restrav_queue_lag") == 4
+        assert sample(metrics, "restrav_queue_jobs_in_progress") == 2
+        wait_for(
+            lambda: sample(metrics, "restrav_queue_oldest_pending_age_seconds") > 0, 10, "age"
+        )
         gate.set()
         results_of(client, [f"bp-{i}" for i in range(6)])
         wait_for(lambda: jobs(metrics, "scored") == 6, 10, "six scored")
