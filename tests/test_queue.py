@@ -456,3 +456,32 @@ def test_url_sources_within_policy(
     # the downloaded clip scores like the local file
     local = scorer(clip_dir / "a.mp4", JobOptions(hop=12), "x")
     assert got["url-ok"]["clip"]["windows"] == local["clip"]["windows"]
+
+
+HTTP_ONLY = SourcePolicy(allowed_url_schemes=("http",))
+
+
+@pytest.mark.parametrize(
+    ("url", "policy"),
+    [
+        ("http://example.com/a.mp4", SourcePolicy()),
+        (
+            "http://other.example/a.mp4",
+            SourcePolicy(allowed_url_schemes=("http",), allowed_url_hosts=("example.com",)),
+        ),
+        ("gopher://example.com/a", SourcePolicy(allowed_url_schemes=("gopher",))),
+        ("http://169.254.169.254/latest", HTTP_ONLY),
+        ("http://10.0.0.7/a.mp4", HTTP_ONLY),
+        ("http://[::1]:8080/a.mp4", HTTP_ONLY),
+        ("http://localhost/a.mp4", HTTP_ONLY),
+        ("http://user:pw@127.0.0.1/a.mp4", HTTP_ONLY),
+    ],
+)
+def test_url_policy_refusals(url: str, policy: SourcePolicy) -> None:
+    """Refused before any connection: scheme, host list, internal addresses (no network)."""
+    from monitor.errors import InputError
+
+    with pytest.raises(InputError) as info, local_source(url, policy, 10**6):
+        pass
+    assert info.value.code == "unsupported_source"
+    assert "pw@" not in info.value.message
