@@ -7,10 +7,10 @@ Protocol (key names in :mod:`monitor.keys`):
 * Workers read with ``XREADGROUP`` in one consumer group, at most as many
   entries as they have free slots (``concurrency``): a worker never holds work
   it is not doing.
-* For each entry a worker: moves it to the dead-letter stream if it was
-  delivered more than ``max_deliveries`` times; answers an invalid payload with
-  an ``invalid_job`` error; answers a job id whose result exists with that
-  result without scoring again (idempotency); otherwise takes the job id's lock,
+* For each entry a worker: answers an invalid payload with an ``invalid_job``
+  error; answers a job id whose result exists with that result without scoring
+  again (idempotency); moves the entry to the dead-letter stream if it was
+  delivered more than ``max_deliveries`` times; otherwise takes the job id's lock,
   counts the run, fetches the source within the configured bounds, scores the
   whole clip, writes ``restrav:results:{job_id}`` (TTL), appends to the results
   stream and the job's reply stream, and only then ``XACK``\\s.
@@ -539,13 +539,25 @@ class Worker:
 
     # -- answering --
 
-    def _publish(self, entry: _Entry, result: dict[str, Any], reply_to: str | None) -> None:
-        """Write the result, notify, and only then acknowledge (one ordered pipeline)."""
+    def _publish(
+        self,
+        entry: _Entry,
+        result: dict[str, Any],
+        reply_to: str | None,
+        keep_existing: bool = False,
+    ) -> None:
+        """Write the result, notify, and only then acknowledge (one ordered pipeline).
+
+        ``keep_existing``: never replace a stored result of the same job id (for
+        answers that are not a scoring: an invalid payload or a dead letter).
+        """
         body = json.dumps(result)
         pipe = self.client.pipeline(transaction=False)
         job_id = result.get("job_id")
         if job_id:
-            pipe.set(keys.result_key(job_id), body, ex=self.settings.result_ttl_s)
+            pipe.set(
+                keys.result_key(job_id), body, ex=self.settings.result_ttl_s, nx=keep_existing
+            )
         error = result.get("error") or {}
         pipe.xadd(
             keys.RESULTS,
@@ -627,7 +639,7 @@ class Worker:
         )
         result = self._error_result(entry, job_id, source, DEAD_LETTERED, message)
         result["last_error"] = last
-        self._publish(entry, result, reply_to)
+        self._publish(entry, result, reply_to, keep_existing=True)
         self.metrics.dead_lettered.inc()
         self._finish(entry, OUTCOME_DEAD, DEAD_LETTERED)
         log.warning("job %s (entry %s) dead-lettered: %s", job_id, entry.id, message)
@@ -641,9 +653,6 @@ class Worker:
             self.client.xack(keys.JOBS, self.group, entry.id)
             self._finish(entry, OUTCOME_ERROR, INVALID_JOB)
             return
-        if entry.deliveries > self.settings.max_deliveries:
-            self._dead_letter(entry)
-            return
         raw = entry.fields.get(keys.JOB_FIELD)
         try:
             if raw is None:
@@ -655,7 +664,10 @@ class Worker:
             job_id, source, reply_to = _peek(raw or "")
             message = f"invalid job: {_short(exc)}"
             self._publish(
-                entry, self._error_result(entry, job_id, source, INVALID_JOB, message), reply_to
+                entry,
+                self._error_result(entry, job_id, source, INVALID_JOB, message),
+                reply_to,
+                keep_existing=True,
             )
             self._finish(entry, OUTCOME_ERROR, INVALID_JOB)
             return
@@ -664,6 +676,9 @@ class Worker:
         existing: Any = self.client.get(keys.result_key(job.job_id))
         if existing is not None:
             self._answer_duplicate(entry, job, existing)
+            return
+        if entry.deliveries > self.settings.max_deliveries:
+            self._dead_letter(entry)
             return
         held = self.client.set(keys.lock_key(job.job_id), self.name, nx=True, px=self._lock_ms)
         if not held and self.client.get(keys.lock_key(job.job_id)) != self.name:

@@ -224,6 +224,11 @@ def test_same_job_id_is_scored_once(
         first = results_of(client, ["twice"])["twice"]
         submit(client, str(clip_dir / "a.mp4"), "twice", hop=6)
         wait_for(lambda: jobs(metrics, "duplicate") == 1, 30, "duplicate")
+        # an invalid payload under the same job id is answered but replaces nothing
+        client.xadd(keys.JOBS, {keys.JOB_FIELD: json.dumps({"job_id": "twice", "bad": 1})})
+        wait_for(lambda: jobs(metrics, "error") == 1, 30, "invalid payload answered")
+    assert get_result(client, "twice") == first
+    assert [n[1]["code"] for n in client.xrange(keys.RESULTS)] == ["", "invalid_job"]
     assert client.get(keys.runs_key("twice")) == "1"
     replies = client.xrange("restrav:replies:twice")
     assert [json.loads(r[1]["result"]) for r in replies] == [first, first]
