@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -117,6 +117,15 @@ class QueueSettings(_Section):
         default_factory=dict,
         description="Named classifier artifacts a job may pick with options.classifier.",
     )
+
+    @model_validator(mode="after")
+    def _lease_renewed_in_time(self) -> QueueSettings:
+        if self.heartbeat_interval_s * 2 > self.visibility_timeout_s:
+            raise ValueError(
+                "queue.heartbeat_interval_s must be at most half of queue.visibility_timeout_s "
+                "(leases are renewed on each heartbeat)"
+            )
+        return self
 
 
 class Settings(BaseSettings):
