@@ -5,8 +5,9 @@ calling the scorer directly on the same clips in one process.
 
 Starts a private redis-server, writes N clips, then measures side by side:
 
-* direct: ``ClipScorer`` called in this process on each clip in turn (model loaded
-  beforehand, as a worker has it); torch limited to one thread per process;
+* direct: ``ClipScorer`` called on each clip in turn in a fresh process (model
+  loaded and warmed up beforehand, as a worker has it), once before and once after
+  the queue runs; torch limited to one thread per process;
 * queue, 1 worker and 2 workers: ``python -m workers.cli worker`` processes (one
   torch thread each) started and ready before the clock starts; the clock runs from
   the first XADD to the last result. Every job scores the whole clip (every window,
@@ -131,7 +132,32 @@ def run_queue(
         client.close()
 
 
+def direct_child(model: str, clips: list[str]) -> None:
+    """Child process of the direct measurement: built like a worker, prints seconds."""
+    torch.set_num_threads(1)
+    scorer = ClipScorer(
+        Embedder(load_backbone(model, "cpu"), batch_size=8), None, DecodeLimits()
+    )
+    scorer(Path(clips[0]), JobOptions(), "warm-up")
+    t0 = time.perf_counter()
+    for c in clips:
+        scorer(Path(c), JobOptions(), c)
+    print(time.perf_counter() - t0)
+
+
+def run_direct_child(model: Path, clips: list[Path]) -> float:
+    """The direct measurement in a fresh process, so it starts like a worker does."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--direct-child", str(model), *map(str, clips)],
+        check=True, capture_output=True, text=True, cwd=REPO,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--direct-child":
+        direct_child(sys.argv[2], sys.argv[3:])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--arch", choices=sorted(ARCHS), default="tiny")
     ap.add_argument("--clips", type=int, default=40, help="clips per run (default 40)")
@@ -149,22 +175,11 @@ def main() -> None:
                        motion=("linear", "jitter")[i % 2])
         clips = [distinct[i % len(distinct)] for i in range(args.clips)]
 
-        torch.set_num_threads(1)
-        scorer = ClipScorer(Embedder(load_backbone(str(model), "cpu"), batch_size=8),
-                            None, DecodeLimits())
-        scorer(clips[0], JobOptions(), "warm-up")
-
-        def run_direct() -> float:
-            t0 = time.perf_counter()
-            for c in clips:
-                scorer(c, JobOptions(), str(c))
-            return time.perf_counter() - t0
-
         # direct before and after the queue runs: their spread shows the machine's noise
-        direct = run_direct()
+        direct = run_direct_child(model, clips)
         one = run_queue(1, clips, model, url, root, "q1")
         two = run_queue(2, clips, model, url, root, "q2")
-        direct_after = run_direct()
+        direct_after = run_direct_child(model, clips)
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)

@@ -757,6 +757,8 @@ class Worker:
             target=self._run_entry, args=(entry,), name=f"job-{entry.id}", daemon=True
         )
         with self._mutex:
+            if entry.id in self._inflight:
+                return  # reclaimed from ourselves (a late lease renewal): already running
             self._inflight[entry.id] = entry
             self._threads[entry.id] = thread
             self.metrics.in_progress.set(len(self._inflight))
