@@ -358,7 +358,7 @@ def trim_jobs(client: redis.Redis) -> int:
     bounds: list[tuple[int, int]] = []
     for g in groups:
         summary = client.xpending(keys.JOBS, g["name"])
-        pending_min = str(summary["min"]) if summary["pending"] else None
+        pending_min = str(summary["min"]) if summary["pending"] and summary["min"] else None
         bound = pending_min or _next_id(str(g["last-delivered-id"]))
         ms, seq = bound.split("-", 1)
         bounds.append((int(ms), int(seq)))
@@ -393,8 +393,10 @@ def queue_stats(client: redis.Redis, group: str, now_s: float | None = None) -> 
             lag = int(g["lag"]) if g.get("lag") is not None else length
             pending = int(g["pending"])
             if pending:
+                # read separately: the job may be acknowledged in between (min is then None)
                 summary = client.xpending(keys.JOBS, group)
-                age = max(0.0, now_s - _entry_ms(str(summary["min"])) / 1000.0)
+                if summary["pending"] and summary["min"]:
+                    age = max(0.0, now_s - _entry_ms(str(summary["min"])) / 1000.0)
     return QueueStats(length, lag, pending, age, int(client.xlen(keys.JOBS_DEAD)))
 
 
