@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -68,6 +68,66 @@ class RedisSettings(_Section):
     connect_timeout_s: float = Field(2.0, gt=0)
 
 
+class QueueSettings(_Section):
+    """The Redis Streams clip queue: consumer group, leases, limits on what a job may name."""
+
+    group: str = Field("workers", min_length=1, description="Consumer group of the workers.")
+    concurrency: int = Field(
+        1, ge=1, le=64, description="Jobs a worker scores at once (it pulls no more than this)."
+    )
+    visibility_timeout_s: float = Field(
+        60.0, gt=0, description="A job whose worker stopped renewing it for this long is "
+        "handed to another worker (XAUTOCLAIM)."
+    )
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, description="Heartbeat and lease renewal period; keep well under the "
+        "visibility timeout."
+    )
+    reclaim_interval_s: float = Field(5.0, gt=0, description="How often an idle worker reclaims.")
+    block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK while waiting for jobs.")
+    max_deliveries: int = Field(
+        3, ge=1, description="Attempts before a job moves to the dead-letter stream."
+    )
+    result_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="TTL of restrav:results:{job_id}.")
+    results_maxlen: int = Field(100_000, ge=1, description="Cap of the results stream (~).")
+    dead_maxlen: int = Field(100_000, ge=1, description="Cap of the dead-letter stream (~).")
+    max_queue_length: int = Field(
+        1_000_000, ge=1, description="`restrav submit` refuses to enqueue beyond this many entries."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, wait this long for current jobs, then release them."
+    )
+    allow_local_paths: bool = Field(True, description="Accept local file paths as job sources.")
+    local_roots: tuple[Path, ...] = Field(
+        (), description="If set, local paths must lie under one of these directories."
+    )
+    allowed_url_schemes: tuple[str, ...] = Field(
+        (), description="URL schemes a job may use (http, https); empty: no URLs."
+    )
+    allowed_url_hosts: tuple[str, ...] = Field(
+        (), description="If set, URL hosts must be one of these (exact names)."
+    )
+    allow_private_addresses: bool = Field(
+        False, description="Allow URLs that resolve to loopback, private or link-local addresses."
+    )
+    max_download_bytes: int = Field(512 * 1024**2, ge=1, description="Bound on a URL download.")
+    download_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout of a download.")
+    max_hop: int = Field(1000, ge=1, description="Largest `hop` option a job may ask for.")
+    classifiers: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Named classifier artifacts a job may pick with options.classifier.",
+    )
+
+    @model_validator(mode="after")
+    def _lease_renewed_in_time(self) -> QueueSettings:
+        if self.heartbeat_interval_s * 2 > self.visibility_timeout_s:
+            raise ValueError(
+                "queue.heartbeat_interval_s must be at most half of queue.visibility_timeout_s "
+                "(leases are renewed on each heartbeat)"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """All settings of a restrav-monitor process."""
 
@@ -82,6 +142,7 @@ class Settings(BaseSettings):
     decode: DecodeSettings = DecodeSettings()
     classifier: ClassifierSettings = ClassifierSettings()
     redis: RedisSettings = RedisSettings()
+    queue: QueueSettings = QueueSettings()
 
     @classmethod
     def settings_customise_sources(

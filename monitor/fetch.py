@@ -1,0 +1,230 @@
+"""Turn a job's ``source`` into a local file, within the bounds configuration allows.
+
+Contract of :func:`local_source`: a context manager that yields a readable
+local path for ``source`` or raises a typed :class:`~monitor.errors.InputError`:
+
+* a local path must be absolute, local paths must be enabled
+  (``allow_local_paths``) and, when ``local_roots`` is set, the resolved path
+  (symlinks followed) must lie under one of them;
+* a URL's scheme must be in ``allowed_url_schemes`` (only ``http`` and
+  ``https`` are implemented; ``file://`` is refused unless listed *and* local
+  paths are enabled), its host in ``allowed_url_hosts`` when that is set, and
+  every address the host resolves to must be public unless
+  ``allow_private_addresses``: loopback, private, link-local, multicast and
+  reserved addresses are refused. The connection goes to the address that
+  was checked (no second DNS lookup), so DNS rebinding cannot bypass the check.
+  Redirects are followed (at most :data:`MAX_REDIRECTS`), each one checked again;
+* a download is bounded in bytes and time and lands in a temporary file that
+  is removed when the context exits.
+
+Credentials in URLs never appear in error messages (:func:`redact_url`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+from .errors import InputError, InputTooLarge, SourceNotFound, UnsupportedSource
+from .redaction import redact_url
+
+MAX_REDIRECTS = 3
+CHUNK_BYTES = 1 << 16
+IMPLEMENTED_SCHEMES = frozenset({"http", "https"})
+
+
+class DownloadFailed(InputError):
+    """A URL could not be fetched (HTTP error status, network error, timeout)."""
+
+    code = "download_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePolicy:
+    """What a job may name as its source (built from ``QueueSettings``)."""
+
+    allow_local_paths: bool = True
+    local_roots: tuple[Path, ...] = ()
+    allowed_url_schemes: tuple[str, ...] = ()
+    allowed_url_hosts: tuple[str, ...] = ()
+    allow_private_addresses: bool = False
+    max_download_bytes: int = 512 * 1024**2
+    download_timeout_s: float = 30.0
+
+
+def _check_local(source: str, policy: SourcePolicy) -> Path:
+    if not policy.allow_local_paths:
+        raise UnsupportedSource("local paths are not accepted by this queue (allow_local_paths)")
+    path = Path(source)
+    if not path.is_absolute():
+        raise UnsupportedSource(f"{source}: local paths must be absolute")
+    if policy.local_roots:
+        real = Path(os.path.realpath(path))
+        roots = [Path(os.path.realpath(r)) for r in policy.local_roots]
+        if not any(real == r or r in real.parents for r in roots):
+            raise UnsupportedSource(
+                f"{source}: outside the directories this queue reads (queue.local_roots)"
+            )
+    return path
+
+
+def _check_address(host: str, port: int, policy: SourcePolicy, shown: str) -> str:
+    """Resolve ``host`` and return an address to connect to, refusing internal ones."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise DownloadFailed(f"{shown}: cannot resolve host {host!r}") from exc
+    addresses = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if not policy.allow_private_addresses and not ip.is_global:
+            raise UnsupportedSource(
+                f"{shown}: host {host!r} resolves to a non-public address ({ip}); "
+                "internal addresses are refused (queue.allow_private_addresses)"
+            )
+        addresses.append(str(ip))
+    if not addresses:
+        raise DownloadFailed(f"{shown}: host {host!r} has no address")
+    return addresses[0]
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to a pre-resolved address, with the URL's host in the Host header."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a pre-resolved address; the certificate is checked against the URL's host."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def check_url(url: str, policy: SourcePolicy) -> tuple[str, str, int]:
+    """Check a URL's scheme and host against the policy; return (scheme, host, port)."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsupportedSource(f"{shown}: not a valid URL ({exc})") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in policy.allowed_url_schemes:
+        allowed = ", ".join(policy.allowed_url_schemes) or "none"
+        raise UnsupportedSource(
+            f"{shown}: URL scheme {scheme!r} is not allowed (allowed: {allowed}; "
+            "queue.allowed_url_schemes)"
+        )
+    if scheme not in IMPLEMENTED_SCHEMES:
+        raise UnsupportedSource(f"{shown}: URL scheme {scheme!r} is not supported (http, https)")
+    host = parts.hostname
+    if not host:
+        raise UnsupportedSource(f"{shown}: URL has no host")
+    if policy.allowed_url_hosts and host not in policy.allowed_url_hosts:
+        raise UnsupportedSource(
+            f"{shown}: host {host!r} is not in queue.allowed_url_hosts"
+        )
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def download(url: str, dest: Path, policy: SourcePolicy, max_bytes: int) -> int:
+    """Fetch ``url`` into ``dest`` (bounded by ``max_bytes`` and the policy's timeout).
+
+    Returns the number of bytes written. Raises :class:`UnsupportedSource`,
+    :class:`SourceNotFound` (HTTP 404/410), :class:`InputTooLarge` or
+    :class:`DownloadFailed`.
+    """
+    limit = min(max_bytes, policy.max_download_bytes)
+    shown = redact_url(url)
+    for _ in range(MAX_REDIRECTS + 1):
+        scheme, host, port = check_url(url, policy)
+        address = _check_address(host, port, policy, shown)
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = _PinnedHTTPSConnection(host, port, address, policy.download_timeout_s)
+        else:
+            conn = _PinnedHTTPConnection(host, port, address, policy.download_timeout_s)
+        try:
+            conn.request("GET", target, headers={"User-Agent": "restrav-monitor"})
+            resp = conn.getresponse()
+            if resp.status in (301, 302, 303, 307, 308):
+                location = resp.getheader("Location")
+                if not location:
+                    raise DownloadFailed(f"{shown}: redirect without a Location")
+                url = urljoin(url, location)
+                shown = redact_url(url)
+                continue
+            if resp.status in (404, 410):
+                raise SourceNotFound(f"{shown}: HTTP {resp.status} (no such resource)")
+            if resp.status != 200:
+                raise DownloadFailed(f"{shown}: HTTP {resp.status} {resp.reason}")
+            declared = resp.getheader("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise InputTooLarge(
+                    f"{shown}: {declared} bytes exceeds the download limit of {limit} bytes"
+                )
+            total = 0
+            with dest.open("wb") as fh:
+                while chunk := resp.read(CHUNK_BYTES):
+                    total += len(chunk)
+                    if total > limit:
+                        raise InputTooLarge(
+                            f"{shown}: more than the download limit of {limit} bytes"
+                        )
+                    fh.write(chunk)
+            return total
+        except (OSError, http.client.HTTPException) as exc:
+            raise DownloadFailed(f"{shown}: download failed ({type(exc).__name__}: {exc})") from exc
+        finally:
+            conn.close()
+    raise DownloadFailed(f"{shown}: more than {MAX_REDIRECTS} redirects")
+
+
+@contextmanager
+def local_source(source: str, policy: SourcePolicy, max_bytes: int) -> Iterator[Path]:
+    """Yield a local path holding ``source`` (see the module docstring for the checks)."""
+    if "://" not in source:
+        yield _check_local(source, policy)
+        return
+    scheme = source.split("://", 1)[0].lower()
+    if scheme == "file":
+        if "file" not in policy.allowed_url_schemes:
+            raise UnsupportedSource(
+                f"{redact_url(source)}: file:// URLs are not allowed (queue.allowed_url_schemes)"
+            )
+        yield _check_local(urlsplit(source).path, policy)
+        return
+    check_url(source, policy)
+    fd, name = tempfile.mkstemp(prefix="restrav-dl-", suffix=".video")
+    os.close(fd)
+    path = Path(name)
+    try:
+        download(source, path, policy, max_bytes)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["DownloadFailed", "SourcePolicy", "check_url", "download", "local_source"]

@@ -1,0 +1,53 @@
+"""Every Redis key and stream name of restrav-monitor, in one place (leaf module).
+
+Conventions (DESIGN.md): ``restrav:`` prefix; ``{...}`` is a Redis Cluster hash
+tag, so all keys of one job id land in one slot. Keys with a ``{job_id}`` part
+carry a TTL; streams are capped.
+"""
+
+from __future__ import annotations
+
+PREFIX = "restrav"
+
+JOBS = f"{PREFIX}:jobs"
+"""The clip queue: a stream of ``job`` fields (JSON, see :class:`monitor.queue.Job`)."""
+
+JOBS_DEAD = f"{PREFIX}:jobs:dead"
+"""Dead letters: jobs delivered ``max_deliveries`` times without completing."""
+
+JOBS_ERRORS = f"{PREFIX}:jobs:errors"
+"""Hash: stream entry id -> last error of a job that failed without a result (a bug)."""
+
+RESULTS = f"{PREFIX}:results"
+"""Stream of result notifications (job id, ok, error code); the full result is in
+:func:`result_key`."""
+
+REPLY_PREFIX = f"{PREFIX}:replies:"
+"""Reply streams named by a job's ``reply_to`` must start with this."""
+
+WORKERS_PREFIX = f"{PREFIX}:workers:"
+
+JOB_FIELD = "job"
+"""The stream field that holds a job's JSON."""
+
+DEFAULT_GROUP = "workers"
+
+
+def result_key(job_id: str) -> str:
+    """The string key holding one job's result JSON (with a TTL)."""
+    return f"{PREFIX}:results:{{{job_id}}}"
+
+
+def runs_key(job_id: str) -> str:
+    """Counter of scoring runs started for a job id (with a TTL): proves at-most-once scoring."""
+    return f"{PREFIX}:runs:{{{job_id}}}"
+
+
+def lock_key(job_id: str) -> str:
+    """Lock held by the worker scoring a job id (SET NX with a TTL renewed by its heartbeat)."""
+    return f"{PREFIX}:lock:{{{job_id}}}"
+
+
+def heartbeat_key(worker: str) -> str:
+    """One worker's heartbeat (JSON, TTL a few heartbeat intervals)."""
+    return f"{WORKERS_PREFIX}{worker}"
