@@ -132,7 +132,9 @@ def run_engine(
     return {sid: c.scores for sid, c in cols.items()}
 
 
-def test_streamed_features_equal_batch_for_every_window(clip: Path, small_embedder: Embedder) -> None:
+def test_streamed_features_equal_batch_for_every_window(
+    clip: Path, small_embedder: Embedder
+) -> None:
     frames = decoded(clip)
     samples = live_samples(frames, "a")
     assert len(samples) >= 50

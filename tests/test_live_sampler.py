@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -51,7 +52,7 @@ def test_slow_source_repeats_frames_and_says_so() -> None:
     times = [i / 8 for i in range(24)]  # 8 fps < 11.5 Hz
     _, out = feed(LiveSampler(), times)
     assert any(s.repeated for s in out)
-    for a, b in zip(out, out[1:]):
+    for a, b in itertools.pairwise(out):
         assert b.repeated == (a.frame == b.frame)
 
 
@@ -95,7 +96,7 @@ def test_property_samples_are_consecutive_and_causal(deltas: list[float]) -> Non
         t += d
         times.append(t)
     _, out = feed(LiveSampler(gap_tolerance_s=0.5), times)
-    for a, b in zip(out, out[1:]):
+    for a, b in itertools.pairwise(out):
         assert b.k == a.k + 1 and b.frame >= a.frame
         assert b.time_s - a.time_s == pytest.approx(SAMPLE_INTERVAL_S)
     for s in out:
