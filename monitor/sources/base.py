@@ -140,7 +140,12 @@ def kind_for(spec: StreamSpec) -> str:
                 f"unknown source kind {spec.kind!r}; known: {', '.join(registered_kinds())}"
             )
         return spec.kind
-    scheme = urlsplit(spec.url).scheme.lower() if "://" in spec.url else "file"
+    try:
+        scheme = urlsplit(spec.url).scheme.lower()
+    except ValueError:
+        raise UnsupportedSource("malformed URL") from None
+    if len(scheme) <= 1:  # a bare path (or a drive letter)
+        scheme = "file"
     kind = _SCHEMES.get(scheme)
     if kind is None:
         raise UnsupportedSource(
