@@ -9,6 +9,7 @@ SIGTERM drains cleanly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -183,7 +184,7 @@ def test_rtsp_stream_survives_publisher_restart(
 
         status = api(api_port, "/streams/cam")
         after_kill = [h["state"] for h in status["history"] if h["at"] >= t_kill - 0.5]
-        pairs = list(zip(after_kill, after_kill[1:]))
+        pairs = list(itertools.pairwise(after_kill))
         assert ("stalled", "reconnecting") in pairs, after_kill
         i = pairs.index(("stalled", "reconnecting"))
         assert "running" in after_kill[i + 2 :], after_kill
