@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -29,7 +30,9 @@ def test_serve_help_explains() -> None:
 
 
 @pytest.mark.slow
-def test_serve_stdout_looping_file_then_sigterm_drains(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_serve_stdout_looping_file_then_sigterm_drains(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     clip = tmp_path / "loop.mp4"
     write_clip(clip, fps=25, n_frames=75, size=(64, 48))  # 3 s: every loop is a gap
     cfg = {
@@ -66,7 +69,7 @@ def test_serve_stdout_looping_file_then_sigterm_drains(tmp_path: Path, tiny_mode
     assert {x["type"] for x in lines} == {"score"}
     scores = [x for x in lines if x["stream"] == "demo"]
     assert len({x["segment"] for x in scores}) >= 2  # the loop restarted time: a new window
-    for a, b in zip(scores, scores[1:]):
+    for a, b in itertools.pairwise(scores):
         if a["segment"] == b["segment"]:
             assert b["seq"] == a["seq"] + 1
             assert b["start_s"] == pytest.approx(a["start_s"] + 2 * 2 / 23, abs=1e-5)  # hop 2
