@@ -139,6 +139,9 @@ class EngineSettings(_Section):
     )
     hop: int = Field(1, ge=1, le=1000, description="Score every k samples (1: every sample).")
     zero_step_eps: float = Field(1e-6, ge=0)
+    convert_threads: int = Field(
+        4, ge=1, le=64, description="Threads converting sampled frames to RGB (GIL released)."
+    )
 
 
 class AlertSettings(_Section):

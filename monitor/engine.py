@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import os
 import queue
@@ -215,6 +216,11 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = True
         self._batches = 0
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(settings.convert_threads, "restrav-convert")
+            if settings.convert_threads > 1
+            else None
+        )
         self.windows_scored = 0
         self.samples_embedded = 0
         self.error: BaseException | None = None
@@ -306,6 +312,8 @@ class Engine:
         await asyncio.to_thread(t.join, remaining)
         # let callbacks scheduled by the last batch run
         await asyncio.sleep(0)
+        if not t.is_alive():
+            self.close()
         return not t.is_alive()
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -315,6 +323,12 @@ class Engine:
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout_s)
+        self.close()
+
+    def close(self) -> None:
+        """Release the conversion threads (after the worker stopped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     # --- worker side -----------------------------------------------------------------
 
@@ -369,14 +383,27 @@ class Engine:
         t_start = time.monotonic()
         samples: list[EngineSample] = []
         rgbs: list[RGBArray] = []
+        todo: list[EngineSample] = []
         for item in batch:
             if isinstance(item, _Unregister):
                 self._states.pop(item.stream_id, None)
-                continue
-            try:
-                rgb = item.frame.rgb()
-            except Exception:
-                log.warning("stream %s: frame conversion failed", item.stream_id, exc_info=True)
+            else:
+                todo.append(item)
+        # one conversion per distinct frame (repeated samples share one; a PyAV frame must
+        # not be converted by two threads at once), in parallel across frames
+        distinct = list({id(s.frame): s.frame for s in todo}.values())
+        rgb_of = dict(
+            zip(
+                (id(f) for f in distinct),
+                self._pool.map(_convert, distinct)
+                if self._pool is not None and len(distinct) > 1
+                else map(_convert, distinct),
+            )
+        )
+        converted = [rgb_of[id(s.frame)] for s in todo]
+        for item, rgb in zip(todo, converted):
+            if rgb is None:
+                log.warning("stream %s: frame conversion failed", item.stream_id)
                 if m is not None:
                     m.frames_dropped.labels(item.stream_id, "convert_error").inc()
                 continue
@@ -505,6 +532,15 @@ class Engine:
             m.device_memory.labels(dev, "reserved").set(torch.cuda.memory_reserved(self.device))
         else:
             m.device_memory.labels(dev, "rss").set(rss_bytes())
+
+
+def _convert(frame: RGBFrame) -> RGBArray | None:
+    """RGB pixels of a frame; None when the frame cannot be converted."""
+    try:
+        return frame.rgb()
+    except Exception:  # one bad frame must not cost the batch; counted by the caller
+        log.debug("conversion failed", exc_info=True)
+        return None
 
 
 def rss_bytes() -> int:
