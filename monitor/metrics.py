@@ -38,12 +38,14 @@ class StreamMetrics:
     - ``restrav_stream_frames_decoded_total{stream}``: frames received from the source.
     - ``restrav_stream_frames_sampled_total{stream}``: samples on the 11.5 Hz grid.
     - ``restrav_stream_frames_dropped_total{stream,reason}``: ``buffer_full`` (decode
-      buffer kept the latest), ``overload`` (whole window skipped), ``gap`` (sample
-      times left unresolved by a gap), ``shutdown``.
+      buffer kept the latest), ``overload`` (a sample of a skipped window),
+      ``convert_error`` (a frame that could not be converted to RGB), ``shutdown``
+      (submitted while draining or after removal).
     - ``restrav_stream_windows_scored_total{stream}``
     - ``restrav_stream_windows_skipped_total{stream,reason}``: ``overload``.
     - ``restrav_stream_gaps_total{stream,reason}``: windows ended by ``pts_jump``,
-      ``pts_backwards``, ``reconnect``, ``stall``, ``drop``.
+      ``pts_backwards``, ``reconnect``, ``stall``, ``drop`` (frames dropped by the
+      decode buffer), ``pause``.
     - ``restrav_stream_reconnects_total{stream}``
     - ``restrav_stream_source_errors_total{stream,code}``
     - ``restrav_stream_state{stream,state}``: 1 for the current state, 0 for the others.
