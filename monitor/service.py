@@ -534,6 +534,10 @@ class StreamManager:
                 self._error(st, exc.code, exc.message)
                 self._set_state(st, "failed")
                 return
+            except Exception as exc:  # noqa: BLE001 - source reconnect loop boundary: retry
+                log.exception("stream %s: opening the source failed unexpectedly", st.spec.id)
+                self._error(st, "internal", f"{type(exc).__name__} while opening (see logs)")
+                continue
             connected_at = time.monotonic()
             try:
                 await self._consume(st, source)
@@ -542,6 +546,10 @@ class StreamManager:
             except SourceError as exc:
                 self._error(st, exc.code, exc.message)
                 log.warning("stream %s: %s", st.spec.id, redact_url(exc.message))
+                self._gap(st, "reconnect")
+            except Exception as exc:  # noqa: BLE001 - source reconnect loop boundary: retry
+                log.exception("stream %s: reading the source failed unexpectedly", st.spec.id)
+                self._error(st, "internal", f"{type(exc).__name__} while reading (see logs)")
                 self._gap(st, "reconnect")
             finally:
                 with contextlib.suppress(Exception):  # closing must never mask the cause
