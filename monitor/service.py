@@ -534,7 +534,7 @@ class StreamManager:
                 self._error(st, exc.code, exc.message)
                 self._set_state(st, "failed")
                 return
-            except Exception as exc:  # noqa: BLE001 - source reconnect loop boundary: retry
+            except Exception as exc:  # source reconnect loop boundary: log, count, retry
                 log.exception("stream %s: opening the source failed unexpectedly", st.spec.id)
                 self._error(st, "internal", f"{type(exc).__name__} while opening (see logs)")
                 continue
@@ -547,7 +547,7 @@ class StreamManager:
                 self._error(st, exc.code, exc.message)
                 log.warning("stream %s: %s", st.spec.id, redact_url(exc.message))
                 self._gap(st, "reconnect")
-            except Exception as exc:  # noqa: BLE001 - source reconnect loop boundary: retry
+            except Exception as exc:  # source reconnect loop boundary: log, count, retry
                 log.exception("stream %s: reading the source failed unexpectedly", st.spec.id)
                 self._error(st, "internal", f"{type(exc).__name__} while reading (see logs)")
                 self._gap(st, "reconnect")
