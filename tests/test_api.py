@@ -284,3 +284,31 @@ async def test_token_from_file(tmp_path: Path) -> None:
     assert resolve_token(ApiSettings(token_file=f)) == "from-file"
     assert resolve_token(ApiSettings(token=SecretStr("x"))) == "x"
     assert resolve_token(ApiSettings()) is None
+
+
+async def test_missing_file_fails_the_stream_and_a_finished_file_stops(
+    h: Harness, tmp_path: Path
+) -> None:
+    r = await h.client.put("/streams/gone", json={"url": str(tmp_path / "nope.mp4")},
+                           headers=AUTH)
+    assert r.status == 201
+
+    async def state(sid: str) -> dict[str, Any]:
+        return dict(await (await h.client.get(f"/streams/{sid}", headers=AUTH)).json())
+
+    for _ in range(100):
+        st = await state("gone")
+        if st["state"] == "failed":
+            break
+        await asyncio.sleep(0.1)
+    assert st["state"] == "failed" and st["error"]["code"] == "not_found"
+    short = tmp_path / "short.mp4"
+    write_clip(short, fps=25, n_frames=30, size=(64, 48))  # 1.2 s: no full window
+    await h.client.put("/streams/short", json={"url": f"file://{short}"}, headers=AUTH)
+    for _ in range(100):
+        st = await state("short")
+        if st["state"] == "stopped":
+            break
+        await asyncio.sleep(0.1)
+    assert st["state"] == "stopped" and st["frames"] == 30 and st["windows_scored"] == 0
+    assert [x["state"] for x in st["history"]] == ["starting", "running", "stopped"]
