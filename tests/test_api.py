@@ -312,3 +312,25 @@ async def test_missing_file_fails_the_stream_and_a_finished_file_stops(
         await asyncio.sleep(0.1)
     assert st["state"] == "stopped" and st["frames"] == 30 and st["windows_scored"] == 0
     assert [x["state"] for x in st["history"]] == ["starting", "running", "stopped"]
+
+
+async def test_connection_errors_never_show_credentials(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    await h.client.put("/streams/ref", json={"url": "rtsp://127.0.0.1:9/b",
+                                             "credentials_ref": "cam"}, headers=AUTH)
+    await h.client.put("/streams/inline", json={"url": "rtsp://admin:pw123@127.0.0.1:9/a"},
+                       headers=AUTH)
+    statuses: dict[str, Any] = {}
+    for _ in range(100):
+        listing = await (await h.client.get("/streams", headers=AUTH)).json()
+        statuses = {s["id"]: s for s in listing["streams"]}
+        if all(s["error"] for s in statuses.values()):
+            break
+        await asyncio.sleep(0.1)
+    for s in statuses.values():
+        assert s["error"] is not None and s["state"] in ("reconnecting", "starting")
+        assert "127.0.0.1:9" in s["error"]["message"]  # says where, not who
+    text = json.dumps(statuses) + caplog.text + await (await h.client.get("/metrics")).text()
+    assert "pw123" not in text and "hunter2" not in text and "admin" not in text

@@ -80,7 +80,11 @@ class AVSource:
         try:
             self._video = await asyncio.to_thread(self._open_video)
         except InputError as exc:
-            raise SourceError(exc.message, code=exc.code, permanent=self._permanent(exc)) from None
+            raise SourceError(
+                exc.message.replace(self._url, self.description),
+                code=exc.code,
+                permanent=self._permanent(exc),
+            ) from None
         self._buffer = FrameBuffer(asyncio.get_running_loop(), self._buffer_frames, self._policy)
         self._thread = threading.Thread(
             target=self._run, name=f"decode:{self.description[:40]}", daemon=True
@@ -120,7 +124,8 @@ class AVSource:
                 if self.live and not self._quit.is_set():
                     error = SourceError(f"{self.description}: stream ended", code="eof")
         except DecodeError as exc:
-            error = SourceError(exc.message, code=exc.code)
+            # FFmpeg's own message names the URL it was given: keep only the redacted form
+            error = SourceError(exc.message.replace(self._url, self.description), code=exc.code)
         finally:
             video.close()
             if self._video is not video:  # a looped file reopened itself
