@@ -68,9 +68,9 @@ class Harness:
 
 
 async def build(embedder: Embedder, redis_url: str, settings: ServeSettings,
-                token: str | None = TOKEN) -> tuple[Harness, Engine, Any]:
+                token: str | None = TOKEN, classifier: Any = None) -> tuple[Harness, Engine, Any]:
     metrics = StreamMetrics(CollectorRegistry())
-    engine = Engine(embedder, None, settings.engine, metrics)
+    engine = Engine(embedder, classifier, settings.engine, metrics)
     engine.start(asyncio.get_running_loop())
     sink = MemorySink()
     await sink.start()
@@ -334,3 +334,63 @@ async def test_connection_errors_never_show_credentials(
         assert "127.0.0.1:9" in s["error"]["message"]  # says where, not who
     text = json.dumps(statuses) + caplog.text + await (await h.client.get("/metrics")).text()
     assert "pw123" not in text and "hunter2" not in text and "admin" not in text
+
+
+async def test_hls_source_scores_and_alerts_reach_the_sink(
+    embedder: Embedder, redis_url: str, tmp_path: Path
+) -> None:
+    """An HLS playlist over real HTTP, a classifier that always says AI: scores and one alert."""
+    import subprocess
+
+    import numpy as np
+    from aiohttp import web
+
+    from monitor.classifier import Classifier, Scaler
+
+    hls = tmp_path / "hls"
+    hls.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc2=size=160x120:rate=25", "-t", "4", "-c:v", "libx264", "-g", "25",
+         "-pix_fmt", "yuv420p", "-preset", "ultrafast", "-f", "hls", "-hls_time", "1",
+         "-hls_playlist_type", "vod", str(hls / "index.m3u8")],
+        check=True,
+    )
+    app = web.Application()
+    app.router.add_static("/live", hls)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    always_ai = Classifier(kind="logreg", scaler=Scaler(np.zeros(21), np.ones(21)),
+                           params={"coef": np.zeros((1, 21)), "intercept": np.array([5.0])},
+                           threshold=0.5)
+    settings = load_settings(serve={"alerts": {"enter": 0.8, "leave": 0.6,
+                                               "min_duration_s": 0}}).serve
+    harness, engine, client = await build(embedder, redis_url, settings, classifier=always_ai)
+    try:
+        r = await harness.client.put(
+            "/streams/hls", json={"url": f"http://127.0.0.1:{port}/live/index.m3u8"},
+            headers=AUTH)
+        assert r.status == 201
+        assert await harness.sink.wait_for(3, timeout_s=60, stream="hls")
+        sc = harness.sink.scores[0]
+        assert sc.p_ai == pytest.approx(1 / (1 + np.exp(-5.0)))
+        assert sc.score.is_ai is True
+        for _ in range(50):
+            if harness.sink.events:
+                break
+            await asyncio.sleep(0.1)
+        ev = harness.sink.events[0]
+        assert ev.kind == "alert_start" and ev.stream_id == "hls"
+        st = await (await harness.client.get("/streams/hls", headers=AUTH)).json()
+        assert st["alert_active"] is True and st["kind"] == "http"
+        assert harness.metrics.registry.get_sample_value(
+            "restrav_stream_alert_active", {"stream": "hls"}) == 1
+    finally:
+        await harness.manager.stop()
+        await engine.drain(10)
+        await harness.client.close()
+        await client.aclose()
+        await runner.cleanup()
