@@ -31,15 +31,18 @@ Other components (WHIP) add their routes to the application returned by
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from .config import ApiSettings, StreamSpec
 from .errors import InputError, RestravError
@@ -284,6 +287,19 @@ def create_app(ctx: ApiContext) -> web.Application:
     return app
 
 
+def redis_ready_check(client: Any, timeout_s: float) -> ReadyCheck:
+    """A /readyz check that PINGs Redis through ``client`` (a redis.asyncio client)."""
+
+    async def check() -> tuple[bool, str]:
+        try:
+            await asyncio.wait_for(client.ping(), timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return False, f"redis unreachable ({type(exc).__name__})"
+        return True, ""
+
+    return check
+
+
 def resolve_token(settings: ApiSettings) -> str | None:
     """The bearer token from ``token`` or ``token_file`` (stripped); None if neither."""
     if settings.token is not None:
@@ -306,6 +322,7 @@ __all__ = [
     "check_bearer",
     "create_app",
     "json_error",
+    "redis_ready_check",
     "resolve_token",
 ]
 

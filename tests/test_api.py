@@ -394,3 +394,34 @@ async def test_hls_source_scores_and_alerts_reach_the_sink(
         await harness.client.close()
         await client.aclose()
         await runner.cleanup()
+
+
+async def test_readyz_reports_redis_down_and_draining(embedder: Embedder, tmp_path: Path) -> None:
+    from monitor.api import CTX_KEY, redis_ready_check
+
+    from .redisproc import RedisProcess
+
+    rp = RedisProcess(tmp_path)
+    rp.start()
+    harness, engine, client = await build(embedder, rp.url, serve_settings())
+    assert harness.client.app is not None
+    api_ctx = harness.client.app[CTX_KEY]
+    api_ctx.ready_checks["redis"] = redis_ready_check(client, 0.5)
+    try:
+        r = await harness.client.get("/readyz")
+        assert r.status == 200
+        rp.stop()
+        r = await harness.client.get("/readyz")
+        body = await r.json()
+        assert r.status == 503 and "redis unreachable" in body["reasons"]["redis"]
+        rp.start()
+        assert (await harness.client.get("/readyz")).status == 200
+        api_ctx.draining = True
+        r = await harness.client.get("/readyz")
+        assert r.status == 503 and "draining" in (await r.json())["reasons"]
+        assert (await harness.client.get("/healthz")).status == 200
+    finally:
+        await engine.drain(5)
+        await harness.client.close()
+        await client.aclose()
+        rp.stop()

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from monitor.api import ApiContext, ReadyCheck, create_app, resolve_token
+from monitor.api import ApiContext, ReadyCheck, create_app, redis_ready_check, resolve_token
 from monitor.config import Settings, StreamSpec
 from monitor.engine import Engine
 from monitor.errors import ConfigError
@@ -157,16 +157,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     async def model_ready() -> tuple[bool, str]:
         return (engine.running, "" if engine.running else "device worker not running")
 
-    async def redis_ready() -> tuple[bool, str]:
-        try:
-            await asyncio.wait_for(redis_client.ping(), settings.redis.connect_timeout_s)
-            return True, ""
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
-            return False, f"redis unreachable ({type(exc).__name__})"
-
     checks: dict[str, ReadyCheck] = {"model": model_ready}
     if redis_client is not None:
-        checks["redis"] = redis_ready
+        checks["redis"] = redis_ready_check(redis_client, settings.redis.connect_timeout_s)
     ctx = ApiContext(manager=manager, metrics=metrics, settings=s.api, token=token,
                      ready_checks=checks)
     if token is None:
