@@ -1,8 +1,10 @@
 """Every Redis key and stream name of restrav-monitor, in one place (leaf module).
 
 Conventions (DESIGN.md): ``restrav:`` prefix; ``{...}`` is a Redis Cluster hash
-tag, so all keys of one job id land in one slot. Keys with a ``{job_id}`` part
-carry a TTL; streams are capped.
+tag: it keeps one stream's keys (or one job's keys) in one slot, so the score
+append and the ``latest`` update can run in one MULTI/EXEC. Keys with a
+``{job_id}`` part carry a TTL; streams are capped. Stream ids are validated
+(letters, digits, ``_ . -``) before they reach these functions.
 """
 
 from __future__ import annotations
@@ -51,3 +53,19 @@ def lock_key(job_id: str) -> str:
 def heartbeat_key(worker: str) -> str:
     """One worker's heartbeat (JSON, TTL a few heartbeat intervals)."""
     return f"{WORKERS_PREFIX}{worker}"
+
+
+EVENTS = f"{PREFIX}:events"
+"""Alert events of every stream (a capped Redis stream)."""
+STREAMS_DESIRED = f"{PREFIX}:streams"
+"""Hash: stream id -> JSON spec of the desired set of live streams (credentials stripped)."""
+
+
+def stream_scores(stream_id: str) -> str:
+    """The capped score stream of one live feed: ``restrav:{stream}:scores``."""
+    return f"{PREFIX}:{{{stream_id}}}:scores"
+
+
+def stream_latest(stream_id: str) -> str:
+    """The hash with the latest score of one live feed: ``restrav:{stream}:latest``."""
+    return f"{PREFIX}:{{{stream_id}}}:latest"

@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "workers.doctor_cmd",
     "workers.queue_cmd",
     "workers.train_cmd",
+    "workers.serve_cmd",
 )
 """Modules that add subcommands, in --help order."""
 
