@@ -1,0 +1,1 @@
+"""Frame sources: each an async ``recv() -> Frame`` plus ``aclose()`` (see monitor.types)."""
