@@ -449,15 +449,6 @@ class WhepSource:
             if pc.connectionState in ("failed", "closed"):
                 self._failed.set()
 
-        self.track_source = TrackSource(
-            video.receiver.track,
-            self.stream,
-            capacity=self._capacity,
-            policy=self._policy,
-            max_gap_s=self._max_gap_s,
-            max_pixels=self._max_pixels,
-            metrics=self.metrics,
-        )
         await pc.setLocalDescription(await pc.createOffer())
         offer = pc.localDescription.sdp
         safe_url = redact_url(self.url)
@@ -492,9 +483,20 @@ class WhepSource:
             if "video" not in parse_sdp_kinds(answer):
                 raise ValueError("the answer has no video section")
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, AssertionError) as exc:
+            # aiortc reports malformed SDP with ValueError and bare asserts
             self._count("bad_answer")
             raise WebRTCError(f"WHEP server {safe_url} sent a bad SDP answer: {exc}") from exc
+        # the receiver's track exists once the answer is applied
+        self.track_source = TrackSource(
+            video.receiver.track,
+            self.stream,
+            capacity=self._capacity,
+            policy=self._policy,
+            max_gap_s=self._max_gap_s,
+            max_pixels=self._max_pixels,
+            metrics=self.metrics,
+        )
         self.track_source.start()
         first = asyncio.ensure_future(self.track_source.first_frame.wait())
         failed = asyncio.ensure_future(self._failed.wait())
