@@ -74,16 +74,14 @@ class WebRTCSettings(_Section):
     whip_enabled: bool = Field(True, description="Mount POST /whip/{stream_id} and /publish.")
     whip_token: SecretStr | None = Field(
         None,
-        description="Bearer token WHIP publishers must present (None: the endpoint refuses "
-        "every publisher with 401 until a token is set).",
-    )
-    whip_streams: list[str] = Field(
-        default_factory=list,
-        description="Stream ids publishers may use; any other id gets 404 "
-        "(unless whip_any_stream).",
+        description="Bearer token WHIP publishers present (None: the API token; with "
+        "neither, every publisher gets 401).",
     )
     whip_any_stream: bool = Field(
-        False, description="Accept any well-formed stream id (demos; ids become metric labels)."
+        False,
+        description="Accept publishers on any free, well-formed stream id, creating the "
+        "stream for the session's lifetime (else only streams of kind whip declared in "
+        "serve.streams or through the API accept publishers).",
     )
     max_sessions: int = Field(8, ge=1, le=1024, description="WebRTC peer connections at once.")
     max_offer_bytes: int = Field(64 * 1024, ge=256, le=1024**2, description="SDP offer bound.")
@@ -94,25 +92,16 @@ class WebRTCSettings(_Section):
         10.0, gt=0, description="A publisher silent this long is disconnected and cleaned up."
     )
     buffer_frames: int = Field(
-        8, ge=1, le=1024, description="Decoded frames held per track between aiortc and us."
+        8, ge=1, le=1024, description="Decoded frames held per WHIP track (keeps the latest)."
     )
-    drop_policy: Literal["drop_oldest", "drop_newest"] = Field(
-        "drop_oldest", description="When the buffer is full: keep the latest (live) or the oldest."
-    )
-    max_frame_gap_s: float = Field(
-        0.25,
-        gt=0,
-        description="An RTP-clock jump between frames larger than this (packet loss, a "
-        "freeze) ends the window.",
-    )
-    video_codecs: list[Literal["VP8", "H264"]] = Field(
-        default_factory=list, description="Preferred receive codecs, in order (empty: offer's)."
+    video_codecs: tuple[Literal["VP8", "H264"], ...] = Field(
+        (), description="Preferred receive codecs, in order (empty: the offer's order)."
     )
     start_bitrate_kbps: int = Field(
         1500, ge=0, le=100_000, description="x-google-start/min-bitrate hint in answers (0: none)."
     )
-    cors_origins: list[str] = Field(
-        default_factory=lambda: ["*"], description="Origins allowed to call the WHIP endpoint."
+    cors_origins: tuple[str, ...] = Field(
+        ("*",), description="Origins allowed to call the WHIP endpoint from a browser."
     )
     whep_timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of WHEP requests.")
     max_pixels: int = Field(

@@ -100,13 +100,6 @@ class WebRTCMetrics:
             ["stream", "reason"],
             registry=registry,
         )
-        self.gaps = Counter(
-            "restrav_webrtc_gaps_total",
-            "Discontinuities that end a window, by reason (loss: RTP-clock jump; "
-            "backwards: the clock went back; dropped: our buffer dropped frames).",
-            ["stream", "reason"],
-            registry=registry,
-        )
         self.audio_tracks_ignored = Counter(
             "restrav_webrtc_audio_tracks_ignored_total",
             "Audio tracks offered by peers and answered inactive.",

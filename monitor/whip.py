@@ -42,20 +42,27 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from importlib import resources
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from prometheus_client import CollectorRegistry
 
-from .config import WebRTCSettings
+from .config import StreamSpec, WebRTCSettings
+from .errors import RestravError
 from .metrics import WebRTCMetrics
+from .service import StreamManager
+from .sources.base import LiveSource, SourceContext, register_source_kind
 from .sources.webrtc import (
     SDP_MIME,
+    WHEP_SCHEMES,
     TrackSource,
     add_bitrate_hints,
     ice_config,
     parse_sdp_kinds,
     set_codec_preferences,
+    whep_opener,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 PublishHook = Callable[[str, TrackSource], Awaitable[None]]
 UnpublishHook = Callable[[str, str], Awaitable[None]]
+StatusHook = Callable[[str], dict[str, Any] | None]
 
 
 class WhipRefused(Exception):
@@ -111,29 +119,31 @@ async def _no_unpublish(stream: str, reason: str) -> None:
 class WhipEndpoint:
     """WHIP sessions and their HTTP handlers (see the module docstring).
 
-    ``is_known(stream_id)`` decides which ids may be published (default: those
-    in ``settings.whip_streams``, or any well-formed id with
-    ``whip_any_stream``). ``score_url`` is the URL template the publisher page
-    polls for the latest score (``{id}`` is replaced by the stream id).
+    ``token`` is the bearer token publishers present (None: every POST gets
+    401). ``is_known(stream_id)`` decides which ids accept publishers (404
+    otherwise); ``status_of(stream_id)`` gives the JSON the score route returns
+    (None: 404). :class:`WhipHub` supplies all three from the stream manager.
     """
 
     def __init__(
         self,
         settings: WebRTCSettings,
         *,
+        token: str | None,
         metrics: WebRTCMetrics | None = None,
         on_publish: PublishHook = _no_publish,
         on_unpublish: UnpublishHook = _no_unpublish,
-        is_known: Callable[[str], bool] | None = None,
-        score_url: str = "/streams/{id}",
+        is_known: Callable[[str], bool] = lambda stream: False,
+        status_of: StatusHook = lambda stream: None,
         watchdog_interval_s: float = 0.25,
     ) -> None:
         self.settings = settings
+        self._token = token
         self.metrics = metrics
         self.on_publish = on_publish
         self.on_unpublish = on_unpublish
-        self._is_known = is_known
-        self.score_url = score_url
+        self.is_known = is_known
+        self.status_of = status_of
         self.watchdog_interval_s = watchdog_interval_s
         self.sessions: dict[str, WhipSession] = {}
         self._by_stream: dict[str, str] = {}
@@ -142,24 +152,21 @@ class WhipEndpoint:
 
     # --- policy -------------------------------------------------------------------------
 
-    def is_known(self, stream: str) -> bool:
-        """True when publishers may use ``stream``."""
-        if self._is_known is not None and self._is_known(stream):
-            return True
-        return self.settings.whip_any_stream or stream in self.settings.whip_streams
-
     def _authorize(self, request: web.Request) -> None:
-        token = self.settings.whip_token
+        token = self._token
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         ok = (
             token is not None
             and scheme.lower() == "bearer"
-            and hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+            and hmac.compare_digest(
+                given.strip().encode("utf-8", "replace"), token.encode("utf-8")
+            )
         )
         if not ok:
             msg = (
-                "the WHIP endpoint has no token configured (set webrtc.whip_token)"
+                "the WHIP endpoint has no token configured (set webrtc.whip_token or "
+                "serve.api.token)"
                 if token is None
                 else "missing or wrong bearer token (send Authorization: Bearer <token>)"
             )
@@ -177,8 +184,8 @@ class WhipEndpoint:
             raise WhipRefused(
                 404,
                 "unknown_stream",
-                f"no stream {stream!r} accepts publishers here; declare it first "
-                "(webrtc.whip_streams or the streams API)",
+                f"no stream {stream!r} accepts publishers here; declare it first with "
+                'kind "whip" (serve.streams or POST /streams), or set webrtc.whip_any_stream',
             )
 
     # --- CORS ---------------------------------------------------------------------------
@@ -221,6 +228,7 @@ class WhipEndpoint:
         """Mount the WHIP routes (and the publisher page) on ``app``; close sessions on cleanup."""
         app.router.add_route("OPTIONS", "/whip/{stream}", self.handle_options)
         app.router.add_route("POST", "/whip/{stream}", self.handle_post)
+        app.router.add_route("GET", "/whip/{stream}/score", self.handle_score)
         app.router.add_route("OPTIONS", "/whip/{stream}/{session}", self.handle_options)
         app.router.add_route("DELETE", "/whip/{stream}/{session}", self.handle_delete)
         app.router.add_route("PATCH", "/whip/{stream}/{session}", self.handle_patch)
@@ -246,10 +254,23 @@ class WhipEndpoint:
             headers={**self._cors(request), "Allow": "OPTIONS, POST, DELETE"},
         )
 
+    async def handle_score(self, request: web.Request) -> web.Response:
+        """The stream's state and latest score, for publishers (WHIP token, not the API's)."""
+        stream = request.match_info["stream"]
+        try:
+            self._authorize(request)
+            status = self.status_of(stream) if STREAM_ID_RE.match(stream) else None
+            if status is None:
+                raise WhipRefused(404, "unknown_stream", f"no stream {stream!r}")
+        except WhipRefused as exc:
+            return self._refuse(request, exc)
+        return web.json_response(
+            status, headers={**self._cors(request), "Cache-Control": "no-store"}
+        )
+
     async def handle_page(self, request: web.Request) -> web.Response:
-        """The publisher page, with the score URL template filled in."""
+        """The publisher page (static HTML and JavaScript)."""
         html = resources.files("monitor").joinpath("static/publish.html").read_text("utf-8")
-        html = html.replace("__SCORE_URL__", self.score_url)
         return web.Response(
             text=html,
             content_type="text/html",
@@ -373,11 +394,11 @@ class WhipEndpoint:
         source = TrackSource(
             video.receiver.track,
             stream,
+            description=f"whip:{stream}",
             capacity=s.buffer_frames,
-            policy=s.drop_policy,
-            max_gap_s=s.max_frame_gap_s,
             max_pixels=s.max_pixels,
             metrics=self.metrics,
+            end_message="the publisher left",
         )
         session = WhipSession(
             id=session_id, stream=stream, pc=pc, source=source, etag=secrets.token_hex(8)
@@ -391,7 +412,11 @@ class WhipEndpoint:
         )
         if self.metrics is not None:
             self.metrics.sessions_started.labels("whip").inc()
-        await self.on_publish(stream, source)
+        try:
+            await self.on_publish(stream, source)
+        except RestravError as exc:
+            await self.end(session_id, "refused")
+            raise WhipRefused(503, exc.code, f"the stream cannot start: {exc.message}") from exc
         sdp = add_bitrate_hints(pc.localDescription.sdp, s.start_bitrate_kbps)
         log.info("WHIP %s: session %s… started", stream, session_id[:6])
         return session, sdp
@@ -478,3 +503,130 @@ class WhipEndpoint:
         self._closed = True
         for sid in list(ids if ids is not None else self.sessions):
             await self.end(sid, "shutdown")
+
+
+class WhipHub:
+    """Joins WHIP sessions to the stream manager, so a published stream is a stream like
+    any other (API, metrics, Redis).
+
+    * Streams of kind ``whip`` (declared in ``serve.streams`` or through the
+      API, URL ``whip://ID``) accept publishers: their runner's opener
+      (:meth:`open`, registered for the kind) waits for a session and reads its
+      track; when the publisher leaves, ``recv`` fails, the window ends and the
+      runner waits for the next publisher (counted as a reconnect).
+    * With ``whip_any_stream``, a POST to a free id creates a ``whip`` stream
+      for the session's lifetime (not persisted) and the session's end removes
+      it.
+    * ``GET /whip/{id}/score`` shows the stream's state and latest score.
+    """
+
+    def __init__(
+        self,
+        manager: StreamManager,
+        settings: WebRTCSettings,
+        token: str | None,
+        metrics: WebRTCMetrics | None = None,
+    ) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.metrics = metrics
+        self.endpoint = WhipEndpoint(
+            settings,
+            token=token,
+            metrics=metrics,
+            on_publish=self._publish,
+            on_unpublish=self._unpublish,
+            is_known=self._known,
+            status_of=self._status,
+        )
+        self._sources: dict[str, TrackSource] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._ephemeral: set[str] = set()
+
+    def register(self) -> None:
+        """Register :meth:`open` as the opener of the ``whip`` source kind."""
+        register_source_kind(WHIP_KIND, self.open, (WHIP_KIND,))
+
+    def _declared(self, stream: str) -> bool:
+        spec = self.manager.spec(stream)
+        return spec is not None and (spec.kind == WHIP_KIND or spec.url.startswith("whip:"))
+
+    def _known(self, stream: str) -> bool:
+        if self._declared(stream):
+            return True
+        return self.settings.whip_any_stream and stream not in self.manager
+
+    def _status(self, stream: str) -> dict[str, Any] | None:
+        if not self._declared(stream):
+            return None
+        st = self.manager.get(stream)
+        if st is None:
+            return None
+        return {
+            "stream": st.id,
+            "state": st.state,
+            "windows_scored": st.windows_scored,
+            "alert_active": st.alert_active,
+            "last_score": st.last_score,
+        }
+
+    async def _publish(self, stream: str, source: TrackSource) -> None:
+        if not self._declared(stream):
+            spec = StreamSpec(id=stream, url=f"whip://{stream}", kind=WHIP_KIND)
+            await self.manager.add(spec, persist=False)
+            self._ephemeral.add(stream)
+        self._sources[stream] = source
+        for ev in self._waiters.get(stream, ()):
+            ev.set()
+
+    async def _unpublish(self, stream: str, reason: str) -> None:
+        self._sources.pop(stream, None)
+        if stream in self._ephemeral:
+            self._ephemeral.discard(stream)
+            await self.manager.remove(stream)
+
+    async def open(self, spec: StreamSpec, ctx: SourceContext) -> LiveSource:
+        """Opener of ``whip`` streams: wait for a publisher's session and return its track."""
+        while True:
+            src = self._sources.get(spec.id)
+            if src is not None and not src.claimed and not src.ended:
+                src.claimed = True
+                return src
+            ev = asyncio.Event()
+            waiters = self._waiters.setdefault(spec.id, set())
+            waiters.add(ev)
+            try:
+                await ev.wait()
+            finally:
+                waiters.discard(ev)
+                if not waiters:
+                    self._waiters.pop(spec.id, None)
+
+    async def aclose(self) -> None:
+        """End every WHIP session (before the stream manager stops)."""
+        await self.endpoint.aclose()
+
+
+WHIP_KIND = "whip"
+"""Source kind of streams fed by WHIP publishers (URL ``whip://ID``)."""
+
+
+def attach_webrtc(
+    app: web.Application,
+    manager: StreamManager,
+    settings: WebRTCSettings,
+    registry: CollectorRegistry,
+    api_token: str | None,
+) -> WhipHub:
+    """Wire WebRTC into `restrav serve`: WebRTC metrics on ``registry``, the ``whep``
+    and ``whip`` source kinds, and (``whip_enabled``) the WHIP routes and publisher
+    page on ``app``. The WHIP token is ``webrtc.whip_token``, else the API token.
+    Call :meth:`WhipHub.aclose` before stopping the manager."""
+    metrics = WebRTCMetrics(registry)
+    register_source_kind("whep", whep_opener(settings, metrics), WHEP_SCHEMES)
+    token = settings.whip_token.get_secret_value() if settings.whip_token else api_token
+    hub = WhipHub(manager, settings, token, metrics)
+    hub.register()
+    if settings.whip_enabled:
+        hub.endpoint.add_routes(app)
+    return hub

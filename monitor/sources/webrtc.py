@@ -1,24 +1,26 @@
-"""WebRTC frame sources: aiortc tracks drained into our bounded buffer, and a WHEP pull client.
+"""WebRTC sources: aiortc tracks drained into our bounded buffer, and a WHEP pull client.
 
-Contract:
+Contract (the live source contract of :mod:`monitor.sources.base`):
 
 * :class:`TrackSource` wraps one aiortc video track (a remote
-  ``MediaStreamTrack``) as a :class:`~monitor.types.FrameSource`. A drain task
-  pulls every decoded frame out of aiortc *at once* (aiortc's own queues are
-  unbounded, so a slow consumer would make them grow and lag) into a
-  :class:`FrameBuffer` of ``capacity`` frames with a named :class:`DropPolicy`;
-  every drop is counted. Frames stay in YUV until :meth:`TrackSource.recv`
-  converts the one asked for to RGB.
+  ``MediaStreamTrack``) as a live source. A drain task pulls every decoded
+  frame out of aiortc *at once* (aiortc's own queues are unbounded, so a slow
+  consumer would make them grow and lag behind real time) into a
+  :class:`~monitor.sources.base.FrameBuffer` that keeps the latest
+  ``capacity`` frames; drops are counted and reach the stream runner as
+  ``dropped_before``, which ends the window. Frames stay in YUV until the
+  engine converts the few the 11.5 Hz grid samples.
 * Timestamps come from the RTP clock: ``pts * time_base`` of the decoded frame
-  (aiortc rebases the 90 kHz RTP timestamp to 0 and unwraps it). :class:`RtpClock`
-  turns them into seconds on a monotonic clock and classifies discontinuities:
-  a jump larger than ``max_gap_s`` (packet loss, a frozen publisher) or a clock
-  going backwards marks the next frame with ``gap_before``; so does a frame the
-  buffer dropped. The engine ends the window there (SPEC section 8).
+  (aiortc rebases the 90 kHz RTP timestamp to 0 and unwraps it), never from
+  arrival times. The stream's :class:`~monitor.sampler.LiveSampler` ends the
+  window on a jump beyond ``gap_tolerance_s`` (packet loss, a frozen
+  publisher) or a clock going back, like any gap.
 * :class:`WhepSource` pulls one stream from a WHEP server (an HTTP POST of an
-  SDP offer with receive-only transceivers, optional bearer token; DELETE of the
-  session URL on close). One instance is one session: the stream runner
-  reconnects by building a new one, with its backoff and watchdog.
+  SDP offer with receive-only transceivers, optional bearer token; DELETE of
+  the session URL on close). One instance is one session: the stream runner
+  reconnects by opening a new one, with the same backoff and watchdog as RTSP.
+  :func:`whep_opener` is the opener of the ``whep`` source kind
+  (``whep+https://[:TOKEN@]host/path``).
 
 Audio is accepted and ignored: audio transceivers are answered or offered
 ``inactive``, so no audio is sent, decoded or queued.
@@ -29,14 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 from aiortc import (
@@ -48,10 +45,19 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from ..errors import InputError, InputTooLarge
+from ..config import StreamSpec, WebRTCSettings
 from ..metrics import WebRTCMetrics
 from ..redaction import redact_url
-from ..types import Frame, SourceClosed
+from ..types import RGBArray, SourceClosed
+from .base import (
+    DropPolicy,
+    FrameBuffer,
+    LiveSource,
+    SourceContext,
+    SourceError,
+    SourceFrame,
+    SourceOpener,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,161 +66,46 @@ MAX_ANSWER_BYTES = 256 * 1024
 """Bound on a WHEP server's SDP answer."""
 
 
-class WebRTCError(InputError):
-    """A WebRTC peer misbehaved: bad SDP, a refused WHEP request, ICE failure."""
+class WebRTCError(SourceError):
+    """A WebRTC peer misbehaved or went away: a refused WHEP request, a bad SDP
+    answer, ICE failure, a publisher that left. Retried unless ``permanent``."""
 
-    code = "webrtc"
-
-
-class DropPolicy(StrEnum):
-    """What a full :class:`FrameBuffer` does with one more frame."""
-
-    DROP_OLDEST = "drop_oldest"
-    """Live default: discard the oldest queued frame, keep the latest."""
-    DROP_NEWEST = "drop_newest"
-    """Discard the arriving frame, keep what is queued."""
+    def __init__(self, message: str, code: str = "webrtc", permanent: bool = False) -> None:
+        super().__init__(message, code=code, permanent=permanent)
 
 
-class GapReason(StrEnum):
-    """Why a frame starts a new window."""
-
-    LOSS = "loss"
-    """The RTP clock jumped by more than the gap bound (lost frames, a freeze)."""
-    BACKWARDS = "backwards"
-    """The RTP clock went back (a new SSRC, a publisher restart)."""
-    DROPPED = "dropped"
-    """Our buffer dropped frames just before this one."""
+def frame_to_rgb(frame: Any) -> RGBArray:
+    """An aiortc (PyAV) video frame as RGB ``uint8`` ``(H, W, 3)``."""
+    rgb: RGBArray = frame.to_ndarray(format="rgb24")
+    return rgb
 
 
-@dataclass(slots=True)
-class _Item:
-    frame: Any  # av.VideoFrame; kept in YUV until asked for
-    pts_s: float
-    gap: GapReason | None
+def rtp_seconds(frame: Any) -> float:
+    """A decoded frame's time on the RTP clock: ``pts * time_base`` in seconds.
 
-
-class FrameBuffer:
-    """A bounded FIFO of decoded frames between a drain task and one consumer.
-
-    ``put`` never blocks: when full, :attr:`policy` decides which frame goes, and
-    the next frame handed out is marked with a ``DROPPED`` gap. ``get`` waits for
-    a frame and raises :class:`SourceClosed` once the buffer is closed and empty.
+    aiortc rebases the 90 kHz RTP timestamp of each receiver to 0 and unwraps
+    it, so this is seconds since the first frame of the connection.
     """
-
-    def __init__(self, capacity: int, policy: DropPolicy = DropPolicy.DROP_OLDEST) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
-        self.capacity = capacity
-        self.policy = policy
-        self._items: deque[_Item] = deque()
-        self._ready = asyncio.Event()
-        self._closed = False
-        self._gap_pending: GapReason | None = None
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._closed
-
-    def put(self, item: _Item) -> bool:
-        """Queue ``item``; return False when a frame had to be dropped to stay bounded."""
-        if self._closed:
-            return True
-        ok = True
-        if len(self._items) >= self.capacity:
-            ok = False
-            self.dropped += 1
-            if self.policy is DropPolicy.DROP_NEWEST:
-                self._gap_pending = GapReason.DROPPED
-                return False
-            self._items.popleft()
-            # the frame after the dropped one starts a new window
-            head = self._items[0] if self._items else item
-            head.gap = head.gap or GapReason.DROPPED
-        if self._gap_pending is not None:
-            item.gap = item.gap or self._gap_pending
-            self._gap_pending = None
-        self._items.append(item)
-        self._ready.set()
-        return ok
-
-    async def get(self) -> _Item:
-        """Wait for the next frame; :class:`SourceClosed` when closed and drained."""
-        while not self._items:
-            if self._closed:
-                raise SourceClosed("track ended")
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-    def close(self) -> None:
-        """No more frames will come; waiting consumers wake up."""
-        self._closed = True
-        self._ready.set()
-
-    def clear(self) -> None:
-        """Drop every queued frame (on close: release the decoded pictures)."""
-        self._items.clear()
-
-
-class RtpClock:
-    """RTP frame timestamps to monotonic seconds, with discontinuity detection.
-
-    ``update(pts, time_base)`` returns ``(seconds, gap)``: seconds since the first
-    frame of this clock, never decreasing; ``gap`` is a :class:`GapReason` when
-    the step from the previous frame exceeds ``max_gap_s`` or goes backwards
-    (the time line is then continued one nominal step after the last frame, so
-    the sampler never sees time go back).
-    """
-
-    NOMINAL_STEP_S = 1.0 / 30.0
-
-    def __init__(self, max_gap_s: float) -> None:
-        if not max_gap_s > 0:
-            raise ValueError("max_gap_s must be > 0")
-        self.max_gap_s = max_gap_s
-        self._last_raw: float | None = None
-        self._offset = 0.0
-        self._last_s = 0.0
-
-    def update(self, pts: int | None, time_base: Any) -> tuple[float, GapReason | None]:
-        """Map one frame's ``pts * time_base`` (None: no timestamp) to seconds."""
-        raw = float(pts * time_base) if pts is not None and time_base is not None else math.nan
-        if not math.isfinite(raw):
-            raise WebRTCError("decoded frame without a timestamp")
-        if self._last_raw is None:
-            self._offset = -raw
-            self._last_raw = raw
-            self._last_s = 0.0
-            return 0.0, None
-        step = raw - self._last_raw
-        gap: GapReason | None = None
-        if step < 0:
-            gap = GapReason.BACKWARDS
-        elif step > self.max_gap_s:
-            gap = GapReason.LOSS
-        if gap is GapReason.BACKWARDS:
-            self._offset = self._last_s + self.NOMINAL_STEP_S - raw
-        self._last_raw = raw
-        self._last_s = raw + self._offset
-        return self._last_s, gap
-
-
-Counter_ = Callable[[str], None]
+    if frame.pts is None or frame.time_base is None:
+        raise WebRTCError("decoded frame without a timestamp", code="no_timestamp")
+    return float(frame.pts * frame.time_base)
 
 
 class TrackSource:
-    """A :class:`~monitor.types.FrameSource` over one aiortc video track.
+    """A :class:`~monitor.sources.base.LiveSource` over one aiortc video track.
 
     :meth:`start` launches the drain task (call it once the track exists, i.e.
-    right after ``setRemoteDescription``). :meth:`recv` returns frames in
-    arrival order with RTP-clock times; a frame that follows a discontinuity has
-    its reason in :attr:`last_gap` (read it right after ``recv``) and is counted.
-    ``recv`` raises :class:`SourceClosed` after the track ends or :meth:`aclose`.
+    after the remote description is applied): every decoded frame is taken from
+    aiortc at once and put into a :class:`~monitor.sources.base.FrameBuffer` of
+    ``capacity`` frames that keeps the latest (drops counted in
+    ``dropped_before`` of the next frame). :meth:`recv` returns
+    :class:`~monitor.sources.base.SourceFrame` objects with RTP-clock times;
+    the RGB conversion is left to whoever samples the frame.
+
+    When the track ends (the peer closed, the session was deleted), ``recv``
+    raises ``end_error`` once the buffered frames are consumed: by default a
+    retryable :class:`WebRTCError` (the stream runner reconnects), or
+    :class:`SourceClosed` when given ``None``.
     """
 
     def __init__(
@@ -222,50 +113,51 @@ class TrackSource:
         track: MediaStreamTrack,
         stream: str,
         *,
+        description: str = "",
         capacity: int = 8,
-        policy: DropPolicy | str = DropPolicy.DROP_OLDEST,
-        max_gap_s: float = 0.25,
         max_pixels: int = 3840 * 2160,
         metrics: WebRTCMetrics | None = None,
-        on_close: Callable[[], None] | None = None,
+        end_message: str = "the WebRTC track ended",
     ) -> None:
         self.track = track
         self.stream = stream
-        self.buffer = FrameBuffer(capacity, DropPolicy(policy))
-        self.clock = RtpClock(max_gap_s)
+        self.description = description or f"webrtc:{stream}"
+        self.capacity = capacity
         self.max_pixels = max_pixels
         self.metrics = metrics
-        self._on_close = on_close
+        self.end_message = end_message
+        self.buffer: FrameBuffer | None = None
         self._task: asyncio.Task[None] | None = None
         self._index = 0
         self._closed = False
+        self.claimed = False
         self.frames_received = 0
         self.frames_too_large = 0
-        self.gaps: dict[str, int] = {}
-        self.last_gap: GapReason | None = None
         self.started_monotonic = time.monotonic()
         self.first_frame_monotonic: float | None = None
         self.last_frame_monotonic: float | None = None
         self.first_frame = asyncio.Event()
+        self.ended_event = asyncio.Event()
 
     def start(self) -> None:
         """Start draining the track (idempotent)."""
         if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(
-                self._drain(), name=f"webrtc-drain-{self.stream}"
-            )
+            loop = asyncio.get_running_loop()
+            self.buffer = FrameBuffer(loop, self.capacity, DropPolicy.KEEP_LATEST)
+            self._task = loop.create_task(self._drain(), name=f"webrtc-drain-{self.stream}")
 
     @property
     def ended(self) -> bool:
         """True once the track has ended or the source was closed."""
-        return self.buffer.closed
+        return self.ended_event.is_set()
 
-    def _count_gap(self, reason: GapReason) -> None:
-        self.gaps[reason.value] = self.gaps.get(reason.value, 0) + 1
-        if self.metrics is not None:
-            self.metrics.gaps.labels(self.stream, reason.value).inc()
+    @property
+    def dropped(self) -> int:
+        """Frames the buffer dropped to stay bounded."""
+        return self.buffer.dropped if self.buffer is not None else 0
 
     async def _drain(self) -> None:
+        assert self.buffer is not None
         try:
             while True:
                 try:
@@ -278,39 +170,46 @@ class TrackSource:
                     self.first_frame_monotonic = now
                     self.first_frame.set()
                 self.last_frame_monotonic = now
-                if self.metrics is not None:
-                    self.metrics.frames_received.labels(self.stream).inc()
-                pts_s, gap = self.clock.update(frame.pts, frame.time_base)
+                m = self.metrics
+                if m is not None:
+                    m.frames_received.labels(self.stream).inc()
                 if int(frame.width) * int(frame.height) > self.max_pixels:
                     self.frames_too_large += 1
-                    if self.metrics is not None:
-                        self.metrics.frames_dropped.labels(self.stream, "too_large").inc()
+                    if m is not None:
+                        m.frames_dropped.labels(self.stream, "too_large").inc()
                     continue
-                if not self.buffer.put(_Item(frame, pts_s, gap)) and self.metrics is not None:
-                    self.metrics.frames_dropped.labels(self.stream, "buffer_full").inc()
+                before = self.buffer.dropped
+                self.buffer.put(
+                    SourceFrame(
+                        pts_s=rtp_seconds(frame),
+                        arrival_s=now,
+                        index=self._index,
+                        image=frame,
+                        to_rgb=frame_to_rgb,
+                    )
+                )
+                self._index += 1
+                if m is not None and self.buffer.dropped > before:
+                    m.frames_dropped.labels(self.stream, "buffer_full").inc()
         finally:
-            self.buffer.close()
-            if self._on_close is not None:
-                self._on_close()
+            self.ended_event.set()
+            self.buffer.close(WebRTCError(f"{self.description}: {self.end_message}",
+                                          code="webrtc_ended"))
 
-    async def recv(self) -> Frame:
-        """The next frame as RGB with its RTP-clock time; :class:`SourceClosed` at the end."""
-        item = await self.buffer.get()
-        self.last_gap = item.gap
-        if item.gap is not None:
-            self._count_gap(item.gap)
-        rgb = item.frame.to_ndarray(format="rgb24")
-        frame = Frame(rgb=rgb, pts_s=item.pts_s, index=self._index)
-        self._index += 1
-        return frame
+    async def recv(self) -> SourceFrame:
+        """The next frame; the end error once the track has ended and the buffer is empty."""
+        if self.buffer is None:
+            raise RuntimeError("TrackSource.recv() before start()")
+        return await self.buffer.get()
 
     async def aclose(self) -> None:
-        """Stop draining and drop queued frames; idempotent. Does not close the peer."""
+        """Stop draining and release queued frames; idempotent. Does not close the peer."""
         if self._closed:
             return
         self._closed = True
-        self.buffer.close()
-        self.buffer.clear()
+        self.ended_event.set()
+        if self.buffer is not None:
+            self.buffer.close(WebRTCError(f"{self.description}: closed", code="webrtc_closed"))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -368,16 +267,18 @@ def parse_sdp_kinds(sdp: str) -> list[str]:
 
 
 class WhepSource:
-    """Pulls one stream from a WHEP server as a :class:`~monitor.types.FrameSource`.
+    """Pulls one stream from a WHEP server: a :class:`~monitor.sources.base.LiveSource`.
 
-    ``connect()`` POSTs an SDP offer (one receive-only video transceiver, audio
-    offered ``inactive``) with ``Authorization: Bearer <token>`` when a token is
-    given, expects ``201`` with the answer and a ``Location``, and starts
-    draining. It raises :class:`WebRTCError` when the server refuses, the answer
-    is bad, or no frame arrives within ``connect_timeout_s``. ``recv`` raises
-    :class:`SourceClosed` when the peer connection fails or closes, or when no
-    frame arrives for ``idle_timeout_s``: the stream runner then reconnects.
-    ``aclose`` DELETEs the session (best effort) and closes the peer.
+    :meth:`connect` POSTs an SDP offer (one receive-only video transceiver,
+    audio offered ``inactive``) with ``Authorization: Bearer <token>`` when a
+    token is given, expects ``201`` with the answer and a ``Location``, and
+    waits for the first frame. It raises :class:`WebRTCError` when the server
+    refuses (401/403: ``permanent``), the answer is bad, or no frame arrives
+    within ``connect_timeout_s``. :meth:`recv` raises :class:`WebRTCError` (not
+    permanent) when the peer connection fails or closes: the stream runner
+    reconnects with its backoff, and its watchdog covers a silent server.
+    :meth:`aclose` DELETEs the session (best effort) and closes the peer.
+    One instance is one session.
     """
 
     def __init__(
@@ -388,23 +289,18 @@ class WhepSource:
         token: str | None = None,
         http_timeout_s: float = 10.0,
         connect_timeout_s: float = 15.0,
-        idle_timeout_s: float = 10.0,
         capacity: int = 8,
-        policy: DropPolicy | str = DropPolicy.DROP_OLDEST,
-        max_gap_s: float = 0.25,
         max_pixels: int = 3840 * 2160,
         video_codecs: list[str] | None = None,
         metrics: WebRTCMetrics | None = None,
     ) -> None:
         self.url = url
         self.stream = stream
+        self.description = f"whep:{redact_url(url)}"
         self._token = token
         self.http_timeout_s = http_timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.idle_timeout_s = idle_timeout_s
         self._capacity = capacity
-        self._policy = DropPolicy(policy)
-        self._max_gap_s = max_gap_s
         self._max_pixels = max_pixels
         self._codecs = list(video_codecs or [])
         self.metrics = metrics
@@ -413,11 +309,6 @@ class WhepSource:
         self.session_url: str | None = None
         self._closed = False
         self._failed = asyncio.Event()
-
-    @property
-    def last_gap(self) -> GapReason | None:
-        """The discontinuity before the frame last returned by :meth:`recv`, if any."""
-        return self.track_source.last_gap if self.track_source is not None else None
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         h: dict[str, str] = {}
@@ -451,7 +342,7 @@ class WhepSource:
 
         await pc.setLocalDescription(await pc.createOffer())
         offer = pc.localDescription.sdp
-        safe_url = redact_url(self.url)
+        where = self.description
         try:
             timeout = aiohttp.ClientTimeout(total=self.http_timeout_s)
             async with (
@@ -462,20 +353,24 @@ class WhepSource:
                     body = (await resp.content.read(512)).decode("utf-8", "replace")
                     self._count("http_error")
                     raise WebRTCError(
-                        f"WHEP server {safe_url} answered {resp.status} (expected 201): "
-                        f"{body.strip()[:200]}"
+                        f"{where}: the server answered {resp.status} (expected 201): "
+                        f"{body.strip()[:200]}",
+                        code=f"whep_http_{resp.status}",
+                        permanent=resp.status in (401, 403),
                     )
                 location = resp.headers.get("Location")
                 answer_bytes = await resp.content.read(MAX_ANSWER_BYTES + 1)
         except TimeoutError as exc:
             self._count("timeout")
-            raise WebRTCError(f"WHEP server {safe_url} did not answer in time") from exc
+            raise WebRTCError(f"{where}: no answer within {self.http_timeout_s:g} s",
+                              code="whep_timeout") from exc
         except aiohttp.ClientError as exc:
             self._count("http_error")
-            raise WebRTCError(f"WHEP request to {safe_url} failed: {exc}") from exc
+            raise WebRTCError(f"{where}: request failed: {exc}", code="whep_unreachable") from exc
         if len(answer_bytes) > MAX_ANSWER_BYTES:
             self._count("bad_answer")
-            raise InputTooLarge(f"WHEP answer from {safe_url} exceeds {MAX_ANSWER_BYTES} bytes")
+            raise WebRTCError(f"{where}: the answer exceeds {MAX_ANSWER_BYTES} bytes",
+                              code="whep_bad_answer")
         if location:
             self.session_url = urljoin(self.url, location)
         try:
@@ -486,24 +381,24 @@ class WhepSource:
         except (ValueError, UnicodeDecodeError, AssertionError) as exc:
             # aiortc reports malformed SDP with ValueError and bare asserts
             self._count("bad_answer")
-            raise WebRTCError(f"WHEP server {safe_url} sent a bad SDP answer: {exc}") from exc
+            raise WebRTCError(f"{where}: bad SDP answer: {exc or 'malformed'}",
+                              code="whep_bad_answer") from exc
         # the receiver's track exists once the answer is applied
         self.track_source = TrackSource(
             video.receiver.track,
             self.stream,
+            description=where,
             capacity=self._capacity,
-            policy=self._policy,
-            max_gap_s=self._max_gap_s,
             max_pixels=self._max_pixels,
             metrics=self.metrics,
+            end_message="the WHEP session ended",
         )
         self.track_source.start()
         first = asyncio.ensure_future(self.track_source.first_frame.wait())
         failed = asyncio.ensure_future(self._failed.wait())
         try:
             done, _ = await asyncio.wait(
-                {first, failed},
-                timeout=self.connect_timeout_s,
+                {first, failed}, timeout=self.connect_timeout_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -511,39 +406,36 @@ class WhepSource:
             failed.cancel()
         if not self.track_source.first_frame.is_set():
             self._count("ice_failed" if failed in done else "timeout")
-            raise WebRTCError(
-                f"no video from WHEP server {safe_url} within {self.connect_timeout_s:g} s"
-            )
+            raise WebRTCError(f"{where}: no video within {self.connect_timeout_s:g} s",
+                              code="whep_no_video")
         self._count("ok")
         if self.metrics is not None:
             self.metrics.sessions_started.labels("whep").inc()
             self.metrics.setup_seconds.labels("whep").observe(time.monotonic() - t0)
-        log.info("WHEP %s: receiving from %s", self.stream, safe_url)
+        log.info("%s: receiving (stream %s)", where, self.stream)
 
-    async def recv(self) -> Frame:
-        """The next frame; :class:`SourceClosed` on failure, close or silence."""
+    async def recv(self) -> SourceFrame:
+        """The next frame; :class:`WebRTCError` when the peer connection ends."""
         if self.track_source is None:
             await self.connect()
-        assert self.track_source is not None
-        if self._failed.is_set() and len(self.track_source.buffer) == 0:
-            raise SourceClosed(f"WHEP peer connection of {self.stream} ended")
-        get = asyncio.ensure_future(self.track_source.recv())
+        src = self.track_source
+        assert src is not None and src.buffer is not None
+        if self._failed.is_set() and len(src.buffer) == 0:
+            raise WebRTCError(f"{self.description}: the peer connection ended",
+                              code="webrtc_lost")
+        get = asyncio.ensure_future(src.recv())
         failed = asyncio.ensure_future(self._failed.wait())
         try:
-            done, _ = await asyncio.wait(
-                {get, failed}, timeout=self.idle_timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({get, failed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             failed.cancel()
             if not get.done():
                 get.cancel()
-                with contextlib.suppress(asyncio.CancelledError, SourceClosed):
+                with contextlib.suppress(asyncio.CancelledError, SourceError, SourceClosed):
                     await get
-        if get in done:
+        if get.done() and not get.cancelled():
             return get.result()
-        if failed in done:
-            raise SourceClosed(f"WHEP peer connection of {self.stream} ended")
-        raise SourceClosed(f"no frame from WHEP stream {self.stream} for {self.idle_timeout_s:g} s")
+        raise WebRTCError(f"{self.description}: the peer connection ended", code="webrtc_lost")
 
     async def aclose(self) -> None:
         """DELETE the WHEP session (best effort) and close the peer; idempotent."""
@@ -561,9 +453,66 @@ class WhepSource:
                 ):
                     await resp.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
-                log.info("WHEP %s: DELETE of the session failed: %s", self.stream, exc)
+                log.info("%s: DELETE of the session failed: %s", self.description, exc)
         if self.pc is not None:
             await self.pc.close()
             if self.metrics is not None:
                 self.metrics.sessions.labels("whep").dec()
                 self.metrics.sessions_ended.labels("whep", "closed").inc()
+
+
+WHEP_SCHEMES = ("whep+http", "whep+https")
+"""URL schemes of WHEP streams: ``whep+https://[:TOKEN@]server/whep/NAME``."""
+
+
+def whep_target(url: str) -> tuple[str, str | None]:
+    """Split a stream URL into the WHEP endpoint (http/https) and the bearer token.
+
+    The token travels as the URL's password (``whep+https://:TOKEN@host/...``,
+    or from ``credentials_ref``: its password), or as the user name when there
+    is no password; it is removed from the URL that is requested or printed.
+    Raises a permanent :class:`WebRTCError` for anything but whep+http(s).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme.startswith("whep+"):
+        scheme = scheme[len("whep+"):]
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise WebRTCError(
+            f"not a WHEP URL: {redact_url(url)} (use whep+https://host/path)",
+            code="unsupported_source",
+            permanent=True,
+        )
+    token = unquote(parts.password) if parts.password else None
+    if token is None and parts.username:
+        token = unquote(parts.username)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((scheme, host, parts.path, parts.query, "")), token
+
+
+def whep_opener(settings: WebRTCSettings, metrics: WebRTCMetrics | None) -> SourceOpener:
+    """The opener of the ``whep`` source kind (register it with
+    :func:`~monitor.sources.base.register_source_kind`): connects a
+    :class:`WhepSource` with the stream runner's timeouts and buffer size."""
+
+    async def open_whep(spec: StreamSpec, ctx: SourceContext) -> LiveSource:
+        url, token = whep_target(ctx.url)
+        src = WhepSource(
+            url,
+            spec.id,
+            token=token,
+            http_timeout_s=settings.whep_timeout_s,
+            connect_timeout_s=ctx.settings.open_timeout_s,
+            capacity=ctx.settings.buffer_frames,
+            max_pixels=min(ctx.max_pixels, settings.max_pixels),
+            video_codecs=list(settings.video_codecs),
+            metrics=metrics,
+        )
+        try:
+            await src.connect()
+        except BaseException:
+            await src.aclose()
+            raise
+        return src
+
+    return open_whep
