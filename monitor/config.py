@@ -109,6 +109,125 @@ class WebRTCSettings(_Section):
     )
 
 
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Stream ids: 1-64 characters, letters, digits, ``_ . -`` (safe in Redis keys and labels)."""
+MAX_URL_CHARS = 2048
+
+
+class StreamSpec(BaseModel):
+    """One live feed the streaming service should run (config file or control API).
+
+    ``kind`` picks the source implementation (``rtsp``, ``http``, ``file`` and
+    whatever :func:`monitor.sources.register_source_kind` added); None infers it
+    from the URL scheme. ``credentials_ref`` names an entry of
+    ``serve.credentials`` (user and password kept out of the URL and out of
+    Redis). Credentials written inline in ``url`` work but are never persisted.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=STREAM_ID_PATTERN)
+    url: str = Field(min_length=1, max_length=MAX_URL_CHARS)
+    kind: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    paused: bool = False
+    hop: int | None = Field(None, ge=1, le=1000, description="Score every k samples.")
+    transport: Literal["tcp", "udp"] | None = Field(None, description="RTSP transport.")
+    loop: bool = Field(False, description="File sources: play the file again at its end.")
+    credentials_ref: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class StreamCredentials(_Section):
+    """User and password injected into a stream URL at connect time (never stored)."""
+
+    username: str = Field(max_length=256)
+    password: SecretStr
+
+
+class BackoffSettings(_Section):
+    """Reconnect delays: full jitter between ``floor_s`` and an exponential ceiling."""
+
+    floor_s: float = Field(0.5, gt=0)
+    cap_s: float = Field(30.0, gt=0)
+    reset_after_s: float = Field(30.0, gt=0, description="Stable run that resets the backoff.")
+
+
+class ServeSourceSettings(_Section):
+    """Live source behaviour: transports, timeouts, watchdog, gap detection, buffers."""
+
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0)
+    stall_after_s: float = Field(5.0, gt=0, description="No frame for this long: stalled.")
+    stall_reconnect_s: float = Field(
+        15.0, gt=0, description="Stalled this long: close the source and reconnect."
+    )
+    gap_tolerance_s: float = Field(
+        0.5, gt=0, description="A pts jump larger than this ends the window."
+    )
+    buffer_frames: int = Field(8, ge=1, le=1024, description="Decoded frames held per stream.")
+    backoff: BackoffSettings = BackoffSettings()
+    allowed_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https", "file")
+
+
+class EngineSettings(_Section):
+    """The device worker: micro-batching across streams and overload control."""
+
+    max_batch: int = Field(16, ge=1, le=1024)
+    max_wait_ms: float = Field(10.0, ge=0, le=10_000)
+    queue_samples: int = Field(256, ge=1, le=100_000, description="Samples queued, all streams.")
+    max_backlog_per_stream: int = Field(
+        24, ge=1, le=10_000, description="A stream with more samples queued skips a window."
+    )
+    hop: int = Field(1, ge=1, le=1000, description="Score every k samples (1: every sample).")
+    zero_step_eps: float = Field(1e-6, ge=0)
+
+
+class AlertSettings(_Section):
+    """Alert hysteresis on P(AI): enter above ``enter``, leave below ``leave``."""
+
+    enter: float = Field(0.8, ge=0, le=1)
+    leave: float = Field(0.6, ge=0, le=1)
+    min_duration_s: float = Field(2.0, ge=0, description="Above `enter` this long to alert.")
+
+
+class ServeSinkSettings(_Section):
+    """Where scores go: Redis (from the redis section) and/or stdout JSON lines."""
+
+    stdout: bool | None = Field(None, description="None: stdout only when Redis is not set.")
+    scores_maxlen: int = Field(10_000, ge=1, description="Approximate cap per score stream.")
+    events_maxlen: int = Field(100_000, ge=1)
+    buffer_max: int = Field(10_000, ge=1, description="Scores buffered during an outage.")
+    write_batch: int = Field(256, ge=1)
+
+
+class ApiSettings(_Section):
+    """The HTTP control plane. Control routes need the bearer token."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = None
+    token_file: Path | None = Field(None, description="Read the token from this file.")
+    max_body_bytes: int = Field(16_384, ge=256, le=1_048_576)
+    max_streams: int = Field(256, ge=1)
+    allow_file_sources: bool = Field(
+        False, description="Let API clients add file:// sources (reads server files)."
+    )
+
+
+class ServeSettings(_Section):
+    """`restrav serve`: the streaming monitor (streams, sources, engine, sinks, API)."""
+
+    streams: tuple[StreamSpec, ...] = ()
+    credentials: dict[str, StreamCredentials] = Field(default_factory=dict)
+    source: ServeSourceSettings = ServeSourceSettings()
+    engine: EngineSettings = EngineSettings()
+    alerts: AlertSettings = AlertSettings()
+    sinks: ServeSinkSettings = ServeSinkSettings()
+    api: ApiSettings = ApiSettings()
+    persist_streams: bool = Field(True, description="Keep the desired set in Redis.")
+    drain_deadline_s: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All settings of a restrav-monitor process."""
 
@@ -124,6 +243,7 @@ class Settings(BaseSettings):
     classifier: ClassifierSettings = ClassifierSettings()
     redis: RedisSettings = RedisSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
+    serve: ServeSettings = ServeSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -311,3 +311,56 @@ def sample_file(
             height=info.width if swap else info.height,
         )
     return info
+
+
+# --- live sources (used by monitor.sources) ----------------------------------------------
+
+
+class LiveVideo:
+    """An open live or file input for frame-by-frame reading in one thread.
+
+    ``open`` applies the open timeout and FFmpeg ``options`` (e.g.
+    ``{"rtsp_transport": "tcp"}``); :meth:`frames` yields ``(av frame, pts_s)``
+    in decode order and raises :class:`DecodeTimeout` when no data came within
+    the read timeout, :class:`DecodeError` on a broken stream. Frames stay in
+    PyAV form; :func:`frame_to_rgb` converts the few that are sampled.
+    ``description`` is what error messages use (pass a redacted URL).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        limits: DecodeLimits = DecodeLimits(),
+        options: dict[str, str] | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.description = description or source
+        try:
+            self._container = _open(source, limits, options)
+        except DecodeError as exc:
+            # _open's messages name the source: say it again with the redacted form
+            raise type(exc)(
+                exc.message.replace(source, self.description)
+            ) from None
+        try:
+            self._stream = _video_stream(self._container, self.description)
+            self.info = _info(self._container, self._stream, self.description, limits)
+        except BaseException:
+            self._container.close()
+            raise
+        self._stream.thread_type = "AUTO"
+        if limits.threads:
+            self._stream.codec_context.thread_count = limits.threads
+
+    def frames(self) -> Iterator[tuple[Any, float]]:
+        """Yield ``(av frame, pts seconds)`` until the input ends."""
+        yield from _frames(self._container, self._stream, self.description)
+
+    def close(self) -> None:
+        """Release the input (idempotent)."""
+        self._container.close()
+
+
+def frame_to_rgb(frame: Any) -> RGBArray:
+    """Convert one PyAV video frame to RGB ``uint8`` (rotation metadata applied)."""
+    return _to_rgb(frame)

@@ -186,3 +186,144 @@ class IncrementalTrajectory:
             distances=d,
             angles_deg=a,
         )
+
+
+class WindowRing:
+    """Device-resident state of one stream's sliding window (SPEC section 8).
+
+    One preallocated ``(24, D)`` ring of the window's embeddings (``ring_dtype``,
+    float32 by default) and a preallocated ``(2, D)`` float64 pair of step
+    buffers live on ``device``; nothing is allocated per sample. Each new sample
+    costs O(D) on the device: the step from the previous embedding, its norm and
+    its dot product with the previous step, left on the device as two scalars
+    so that a caller can update many rings and synchronise once
+    (:meth:`push` then :meth:`commit`). The last 23 distances and 22 angles are
+    kept on the host; :meth:`features` reduces them to the 21 features.
+
+    Contract: ``push(z, restart)`` returns the device scalars ``(d, dot)`` (None
+    for the first sample of a window); ``commit(d, dot)`` records them, as host
+    floats, in the same order, so many pushes may precede their commits.
+    ``reset()`` ends the window at once (a gap); ``push(z, restart=True)`` ends
+    it in push order. ``window()`` returns
+    the 24 embeddings of the current window, oldest first (a copy).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        device: torch.device | str = "cpu",
+        zero_step_eps: float = ZERO_STEP_EPS,
+        ring_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.dim = dim
+        self.device = torch.device(device)
+        self.zero_step_eps = zero_step_eps
+        self.ring = torch.zeros(WINDOW_SAMPLES, dim, dtype=ring_dtype, device=self.device)
+        self.steps = torch.zeros(2, dim, dtype=torch.float64, device=self.device)
+        self._head = -1  # ring slot of the newest embedding
+        self._cur_step = 0  # steps slot the next step is written to
+        self._n = 0  # samples pushed since reset
+        self._committed = 0  # samples whose geometry is committed
+        self._d: deque[float] = deque(maxlen=N_DISTANCES)
+        self._a: deque[float] = deque(maxlen=N_ANGLES)
+        self._zero: deque[bool] = deque(maxlen=N_DISTANCES)
+        self._prev_d = 0.0
+
+    @property
+    def samples(self) -> int:
+        """Samples committed since the last reset."""
+        return self._committed
+
+    @property
+    def ready(self) -> bool:
+        """True once the committed samples fill a window."""
+        return self._committed >= WINDOW_SAMPLES
+
+    def reset(self) -> None:
+        """End the window; the next push starts a new trajectory."""
+        self._n = 0
+        self._committed = 0
+        self._d.clear()
+        self._a.clear()
+        self._zero.clear()
+
+    def push(
+        self, z: torch.Tensor, restart: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Store one embedding ``(D,)`` in the ring; return the device scalars
+        ``(distance, dot with previous step)``, or None for a window's first sample.
+
+        ``restart=True`` makes this sample the first of a new window (a gap).
+        """
+        zf = z.reshape(-1)
+        if zf.numel() != self.dim:
+            raise ValueError(f"embedding has {zf.numel()} values, expected {self.dim}")
+        if restart:
+            self._n = 0
+        prev = self._head
+        self._head = (self._head + 1) % WINDOW_SAMPLES
+        self._n += 1
+        if self._n == 1:
+            self.ring[self._head].copy_(zf)
+            return None
+        step = self.steps[self._cur_step]
+        step.copy_(zf)
+        step.sub_(self.ring[prev])
+        self.ring[self._head].copy_(zf)
+        d = torch.linalg.vector_norm(step)
+        dot = torch.dot(step, self.steps[1 - self._cur_step])
+        self._cur_step = 1 - self._cur_step
+        return d, dot
+
+    def commit(self, d: float | None, dot: float | None) -> StepGeometry | None:
+        """Record the host values of the scalars :meth:`push` returned, in push order.
+
+        ``None`` (what push returns for a first sample) starts a new window here too.
+        """
+        if d is None or dot is None:
+            self._d.clear()
+            self._a.clear()
+            self._zero.clear()
+            self._committed = 1
+            return None
+        self._committed += 1
+        zero = d < self.zero_step_eps
+        angle: float | None = None
+        if self._committed >= 3:
+            if zero or self._zero[-1]:
+                angle = 0.0
+            else:
+                cos = min(1.0, max(-1.0, dot / (self._prev_d * d)))
+                angle = float(np.degrees(np.arccos(cos)))
+            self._a.append(angle)
+        self._d.append(d)
+        self._zero.append(zero)
+        self._prev_d = d
+        return StepGeometry(distance=d, angle_deg=angle, zero_step=zero)
+
+    def update(self, z: torch.Tensor) -> StepGeometry | None:
+        """``push`` and ``commit`` in one call (synchronises with the device)."""
+        r = self.push(z)
+        if r is None:
+            return self.commit(None, None)
+        return self.commit(float(r[0]), float(r[1]))
+
+    def features(self, start_s: float = 0.0) -> WindowFeatures | None:
+        """The 21 features of the last 24 samples, or None before the window is full."""
+        if not self.ready:
+            return None
+        d = np.fromiter(self._d, dtype=np.float64, count=N_DISTANCES)
+        a = np.fromiter(self._a, dtype=np.float64, count=N_ANGLES)
+        return WindowFeatures(
+            features=features_from_steps(d, a),
+            repeated_frames=int(sum(self._zero)),
+            start_s=start_s,
+            distances=d,
+            angles_deg=a,
+        )
+
+    def window(self) -> torch.Tensor:
+        """The embeddings of the current window, oldest first, ``(min(n, 24), D)`` (a copy)."""
+        n = min(self._n, WINDOW_SAMPLES)
+        idx = [(self._head - n + 1 + i) % WINDOW_SAMPLES for i in range(n)]
+        return self.ring[torch.tensor(idx, device=self.device)]

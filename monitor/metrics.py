@@ -11,6 +11,8 @@ Each area has its own class so that tests build only what they use on a fresh
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -20,11 +22,155 @@ JOB_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 
 # --- streaming service (live feeds, engine, sinks) -------------------------------------
 
 
+STREAM_STATES = ("starting", "running", "stalled", "reconnecting", "paused", "stopped", "failed")
+"""Every state a live stream can be in (``restrav_stream_state{state}``)."""
+STAGES = ("queue", "convert", "embed", "geometry", "classify", "sink")
+"""Per-stage latency labels of ``restrav_stage_latency_seconds``."""
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STAGE_BUCKETS_S = (0.0005, 0.001, 0.0025, *LATENCY_BUCKETS_S)
+
+
 class StreamMetrics:
-    """Metrics of the streaming service: sources, sampler, engine, sinks."""
+    """Metrics of the streaming service: sources, sampler, engine, sinks, API.
+
+    Every name, with its labels:
+
+    - ``restrav_stream_frames_decoded_total{stream}``: frames received from the source.
+    - ``restrav_stream_frames_sampled_total{stream}``: samples on the 11.5 Hz grid.
+    - ``restrav_stream_frames_dropped_total{stream,reason}``: ``buffer_full`` (decode
+      buffer kept the latest), ``overload`` (whole window skipped), ``gap`` (sample
+      times left unresolved by a gap), ``shutdown``.
+    - ``restrav_stream_windows_scored_total{stream}``
+    - ``restrav_stream_windows_skipped_total{stream,reason}``: ``overload``.
+    - ``restrav_stream_gaps_total{stream,reason}``: windows ended by ``pts_jump``,
+      ``pts_backwards``, ``reconnect``, ``stall``, ``drop``.
+    - ``restrav_stream_reconnects_total{stream}``
+    - ``restrav_stream_source_errors_total{stream,code}``
+    - ``restrav_stream_state{stream,state}``: 1 for the current state, 0 for the others.
+    - ``restrav_stream_last_score{stream}``: the last P(AI) (absent before the first).
+    - ``restrav_stream_last_score_timestamp_seconds{stream}``: Unix time of it.
+    - ``restrav_stream_alert_active{stream}``: 1 while the stream is in alert.
+    - ``restrav_stream_alerts_total{stream}``: alerts entered.
+    - ``restrav_stream_e2e_latency_seconds{stream}``: histogram, frame arrival to score
+      written by the sink.
+    - ``restrav_stage_latency_seconds{stage}``: histogram per stage (queue, convert,
+      embed, geometry, classify, sink).
+    - ``restrav_engine_batch_size``: histogram of frames per device batch.
+    - ``restrav_engine_queue_samples``: samples waiting for the device worker.
+    - ``restrav_engine_device_memory_bytes{device,kind}``: ``allocated`` / ``reserved``
+      (CUDA), ``rss`` (process resident memory on CPU).
+    - ``restrav_sink_writes_total{sink,outcome}``: ``ok`` / ``error`` batches.
+    - ``restrav_sink_buffered{sink}``: items waiting in a sink's buffer.
+    - ``restrav_sink_dropped_total{sink,reason}``: ``buffer_full``.
+    - ``restrav_api_requests_total{route,code}``: control-plane requests by status.
+    - ``restrav_serve_ready``: 1 when /readyz answers 200.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        r = registry
+        self.frames_decoded = Counter(
+            "restrav_stream_frames_decoded_total", "Frames received from the source",
+            ["stream"], registry=r,
+        )
+        self.frames_sampled = Counter(
+            "restrav_stream_frames_sampled_total", "Samples taken on the 11.5 Hz grid",
+            ["stream"], registry=r,
+        )
+        self.frames_dropped = Counter(
+            "restrav_stream_frames_dropped_total", "Frames or samples dropped, by reason",
+            ["stream", "reason"], registry=r,
+        )
+        self.windows_scored = Counter(
+            "restrav_stream_windows_scored_total", "Windows scored", ["stream"], registry=r
+        )
+        self.windows_skipped = Counter(
+            "restrav_stream_windows_skipped_total", "Whole windows skipped, by reason",
+            ["stream", "reason"], registry=r,
+        )
+        self.gaps = Counter(
+            "restrav_stream_gaps_total", "Windows ended by a gap, by reason",
+            ["stream", "reason"], registry=r,
+        )
+        self.reconnects = Counter(
+            "restrav_stream_reconnects_total", "Source reconnect attempts", ["stream"], registry=r
+        )
+        self.source_errors = Counter(
+            "restrav_stream_source_errors_total", "Source failures, by error code",
+            ["stream", "code"], registry=r,
+        )
+        self.state = Gauge(
+            "restrav_stream_state", "1 for the stream's current state, 0 for the others",
+            ["stream", "state"], registry=r,
+        )
+        self.last_score = Gauge(
+            "restrav_stream_last_score", "Last P(AI-generated) of the stream", ["stream"],
+            registry=r,
+        )
+        self.last_score_ts = Gauge(
+            "restrav_stream_last_score_timestamp_seconds", "Unix time of the last score",
+            ["stream"], registry=r,
+        )
+        self.alert_active = Gauge(
+            "restrav_stream_alert_active", "1 while the stream is in alert", ["stream"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "restrav_stream_alerts_total", "Alerts entered", ["stream"], registry=r
+        )
+        self.e2e_latency = Histogram(
+            "restrav_stream_e2e_latency_seconds",
+            "Frame arrival to score written by the sink",
+            ["stream"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.stage_latency = Histogram(
+            "restrav_stage_latency_seconds", "Latency of one pipeline stage",
+            ["stage"], buckets=STAGE_BUCKETS_S, registry=r,
+        )
+        self.batch_size = Histogram(
+            "restrav_engine_batch_size", "Frames per device batch", buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_samples = Gauge(
+            "restrav_engine_queue_samples", "Samples waiting for the device worker", registry=r
+        )
+        self.device_memory = Gauge(
+            "restrav_engine_device_memory_bytes", "Device memory in use",
+            ["device", "kind"], registry=r,
+        )
+        self.sink_writes = Counter(
+            "restrav_sink_writes_total", "Sink write batches, by outcome",
+            ["sink", "outcome"], registry=r,
+        )
+        self.sink_buffered = Gauge(
+            "restrav_sink_buffered", "Items waiting in a sink buffer", ["sink"], registry=r
+        )
+        self.sink_dropped = Counter(
+            "restrav_sink_dropped_total", "Items a sink dropped, by reason",
+            ["sink", "reason"], registry=r,
+        )
+        self.api_requests = Counter(
+            "restrav_api_requests_total", "Control-plane requests, by route and status",
+            ["route", "code"], registry=r,
+        )
+        self.ready = Gauge("restrav_serve_ready", "1 when /readyz answers 200", registry=r)
+
+    def set_state(self, stream: str, state: str) -> None:
+        """Set ``restrav_stream_state`` to 1 for ``state`` and 0 for the others."""
+        for s in STREAM_STATES:
+            self.state.labels(stream, s).set(1.0 if s == state else 0.0)
+
+    def forget_stream(self, stream: str) -> None:
+        """Drop the per-stream gauges of a removed stream (counters stay)."""
+        for s in STREAM_STATES:
+            _remove(self.state, stream, s)
+        for g in (self.last_score, self.last_score_ts, self.alert_active):
+            _remove(g, stream)
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
 
 
 # --- clip job queue ----------------------------------------------------------------------

@@ -129,3 +129,106 @@ class GridSampler(Generic[F]):
         if self._cur is None:
             return []
         return self._emit(None)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveResolved(Generic[F]):
+    """A sample of a live grid: the frame on screen at ``time_s``.
+
+    ``segment`` numbers the gap-free runs of samples (a gap starts a new one);
+    ``k`` is the sample's position within its segment (0, 1, 2, ...), so a
+    window is valid only over 24 consecutive ``k`` of one segment.
+    """
+
+    time_s: float
+    frame: F
+    frame_index: int
+    repeated: bool
+    segment: int
+    k: int
+
+
+class LiveSampler(Generic[F]):
+    """The open-ended 11.5 Hz grid of a live source, with gap detection (SPEC section 8).
+
+    The grid is anchored at the first frame of each segment: ``t_k = pts_0 + k * dt``.
+    ``push(frame, pts_s)`` returns ``(gap_reason, samples)``: the samples the new
+    frame resolved (each shown by the frame before it), and, when the frame
+    started a new segment, why (``"pts_jump"``: a forward jump beyond
+    ``gap_tolerance_s``; ``"pts_backwards"``: time went back, e.g. a restart or
+    a looped file). On a gap the pending sample times are discarded, never
+    resolved across it. :meth:`gap` ends the segment from outside (reconnect,
+    stall, dropped frames); the next frame starts a fresh grid.
+    """
+
+    def __init__(self, gap_tolerance_s: float = 0.5, interval_s: float = SAMPLE_INTERVAL_S):
+        if gap_tolerance_s <= 0 or interval_s <= 0:
+            raise ValueError("gap_tolerance_s and interval_s must be > 0")
+        self.gap_tolerance_s = gap_tolerance_s
+        self.interval_s = interval_s
+        self.segment = -1
+        self._cur: F | None = None
+        self._cur_pts = 0.0
+        self._cur_index = -1
+        self._t0 = 0.0
+        self._k = 0
+        self._last_index: int | None = None
+        self._count = 0
+
+    @property
+    def frames_seen(self) -> int:
+        """Frames pushed so far (all segments)."""
+        return self._count
+
+    @property
+    def next_time_s(self) -> float | None:
+        """The next sample time to resolve, None between segments."""
+        return None if self._cur is None else self._t0 + self._k * self.interval_s
+
+    def gap(self) -> None:
+        """End the current segment: pending sample times are dropped, the next frame
+        anchors a new grid."""
+        self._cur = None
+        self._last_index = None
+
+    def _start(self, frame: F, pts_s: float) -> None:
+        self.segment += 1
+        self._t0 = pts_s
+        self._k = 0
+        self._last_index = None
+        self._cur, self._cur_pts, self._cur_index = frame, pts_s, self._count
+
+    def push(self, frame: F, pts_s: float) -> tuple[str | None, list[LiveResolved[F]]]:
+        """Add the next frame in arrival order; return (gap reason or None, resolved samples)."""
+        if not math.isfinite(pts_s):
+            raise ValueError(f"frame time must be finite, got {pts_s}")
+        out: list[LiveResolved[F]] = []
+        reason: str | None = None
+        if self._cur is None:
+            self._start(frame, pts_s)
+        elif pts_s + _TIME_EPS_S < self._cur_pts:
+            reason = "pts_backwards"
+            self._start(frame, pts_s)
+        elif pts_s - self._cur_pts > self.gap_tolerance_s:
+            reason = "pts_jump"
+            self._start(frame, pts_s)
+        else:
+            while True:
+                t = self._t0 + self._k * self.interval_s
+                if t + _TIME_EPS_S >= pts_s:
+                    break
+                out.append(
+                    LiveResolved(
+                        time_s=t,
+                        frame=self._cur,
+                        frame_index=self._cur_index,
+                        repeated=self._last_index == self._cur_index,
+                        segment=self.segment,
+                        k=self._k,
+                    )
+                )
+                self._last_index = self._cur_index
+                self._k += 1
+            self._cur, self._cur_pts, self._cur_index = frame, pts_s, self._count
+        self._count += 1
+        return reason, out

@@ -21,6 +21,7 @@ from .common import EXIT_CONFIG, EXIT_USAGE, setup_logging
 SUBCOMMANDS = (
     "workers.score_cmd",
     "workers.doctor_cmd",
+    "workers.serve_cmd",
 )
 """Modules that add subcommands, in --help order."""
 

@@ -1,0 +1,69 @@
+"""Alert hysteresis on a stream's rolling P(AI): pure logic, no I/O.
+
+An alert starts when P(AI) has stayed at or above ``enter`` for at least
+``min_duration_s`` (on the caller's clock) and ends when P(AI) falls below
+``leave`` (``leave <= enter``), so a score hovering around one threshold does
+not flap. Windows without a score (no classifier) change nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """An alert transition of one stream: ``kind`` is ``alert_start`` or ``alert_end``."""
+
+    stream_id: str
+    kind: str
+    p_ai: float
+    at: float
+    since: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to the events stream."""
+        return {
+            "stream": self.stream_id,
+            "kind": self.kind,
+            "p_ai": self.p_ai,
+            "at": round(self.at, 6),
+            "since": round(self.since, 6),
+        }
+
+
+class AlertTracker:
+    """Hysteresis state of one stream (see the module docstring)."""
+
+    def __init__(self, stream_id: str, enter: float, leave: float, min_duration_s: float) -> None:
+        if leave > enter:
+            raise ValueError(f"leave ({leave}) must be <= enter ({enter})")
+        self.stream_id = stream_id
+        self.enter = enter
+        self.leave = leave
+        self.min_duration_s = min_duration_s
+        self.active = False
+        self._above_since: float | None = None
+        self._active_since = 0.0
+
+    def update(self, p_ai: float | None, at: float) -> AlertEvent | None:
+        """Feed one score at time ``at`` (seconds); return a transition or None."""
+        if p_ai is None:
+            return None
+        if self.active:
+            if p_ai < self.leave:
+                self.active = False
+                self._above_since = None
+                return AlertEvent(self.stream_id, "alert_end", p_ai, at, self._active_since)
+            return None
+        if p_ai >= self.enter:
+            if self._above_since is None:
+                self._above_since = at
+            if at - self._above_since >= self.min_duration_s:
+                self.active = True
+                self._active_since = at
+                return AlertEvent(self.stream_id, "alert_start", p_ai, at, self._above_since)
+        else:
+            self._above_since = None
+        return None

@@ -1,0 +1,203 @@
+"""The sink contract and a buffered writer base.
+
+A sink receives scores and alert events without ever blocking the engine::
+
+    sink.publish(score)        # non-blocking: into a bounded buffer
+    sink.publish_event(event)
+    await sink.start()         # starts its writer task
+    await sink.flush(timeout)  # waits until the buffer is written (True) or time is up
+    await sink.aclose()        # flushes what it can, stops
+
+:class:`BufferedSink` keeps a bounded buffer (oldest dropped when full, counted
+in ``restrav_sink_dropped_total{reason="buffer_full"}``) and a writer task that
+writes in batches; when the backend is down (:class:`SinkUnavailable`) the
+batch stays buffered and is retried with exponential backoff, so an outage
+delays scores but never stops scoring. End-to-end latency (frame arrival to
+score written) is observed here, after each successful write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from typing import Protocol, runtime_checkable
+
+from ..alerts import AlertEvent
+from ..engine import StreamScore
+from ..metrics import StreamMetrics
+
+log = logging.getLogger("restrav.sinks")
+
+Item = StreamScore | AlertEvent
+
+
+class SinkUnavailable(Exception):
+    """The sink's backend cannot be reached now; the batch will be retried."""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where scores and events go (see the module docstring)."""
+
+    name: str
+
+    def publish(self, score: StreamScore) -> None:
+        """Queue one score (never blocks)."""
+        ...
+
+    def publish_event(self, event: AlertEvent) -> None:
+        """Queue one alert event (never blocks)."""
+        ...
+
+    async def start(self) -> None:
+        """Start writing."""
+        ...
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until everything queued is written; False if time ran out."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop writing (after a flush attempt)."""
+        ...
+
+
+class BufferedSink:
+    """Bounded buffer + writer task; subclasses implement :meth:`write`."""
+
+    name = "buffered"
+
+    def __init__(
+        self,
+        buffer_max: int = 10_000,
+        write_batch: int = 256,
+        metrics: StreamMetrics | None = None,
+        retry_floor_s: float = 0.2,
+        retry_cap_s: float = 5.0,
+    ) -> None:
+        self.buffer_max = buffer_max
+        self.write_batch = write_batch
+        self.metrics = metrics
+        self.retry_floor_s = retry_floor_s
+        self.retry_cap_s = retry_cap_s
+        self._buf: collections.deque[Item] = collections.deque()
+        self._wake = asyncio.Event()
+        self._close_event = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.dropped = 0
+        self.written = 0
+        self.available = True
+
+    # -- subclass API
+    async def write(self, items: list[Item]) -> None:
+        """Write a batch; raise :class:`SinkUnavailable` to retry it later."""
+        raise NotImplementedError
+
+    # -- producer side
+    def _put(self, item: Item) -> None:
+        if len(self._buf) >= self.buffer_max:
+            self._buf.popleft()
+            self.dropped += 1
+            if self.metrics is not None:
+                self.metrics.sink_dropped.labels(self.name, "buffer_full").inc()
+        self._buf.append(item)
+        self._idle.clear()
+        self._wake.set()
+        if self.metrics is not None:
+            self.metrics.sink_buffered.labels(self.name).set(len(self._buf))
+
+    def publish(self, score: StreamScore) -> None:
+        """Queue one score."""
+        self._put(score)
+
+    def publish_event(self, event: AlertEvent) -> None:
+        """Queue one alert event."""
+        self._put(event)
+
+    @property
+    def buffered(self) -> int:
+        """Items waiting to be written."""
+        return len(self._buf)
+
+    # -- writer
+    async def start(self) -> None:
+        """Start the writer task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._writer(), name=f"sink:{self.name}")
+
+    async def _writer(self) -> None:
+        delay = self.retry_floor_s
+        m = self.metrics
+        while True:
+            if not self._buf:
+                self._idle.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._buf.popleft() for _ in range(min(self.write_batch, len(self._buf)))]
+            t0 = time.monotonic()
+            try:
+                await self.write(batch)
+            except SinkUnavailable as exc:
+                # put the batch back in front; what no longer fits is the oldest: dropped
+                self._buf.extendleft(reversed(batch))
+                while len(self._buf) > self.buffer_max:
+                    self._buf.popleft()
+                    self.dropped += 1
+                    if m is not None:
+                        m.sink_dropped.labels(self.name, "buffer_full").inc()
+                if self.available:
+                    log.warning("sink %s unavailable (%s); buffering", self.name, exc)
+                self.available = False
+                if m is not None:
+                    m.sink_writes.labels(self.name, "error").inc()
+                if self._closing:
+                    self._idle.set()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._close_event.wait(), delay)
+                delay = min(self.retry_cap_s, delay * 2)
+                continue
+            if not self.available:
+                log.warning("sink %s available again; flushing %d", self.name, len(self._buf))
+            self.available = True
+            delay = self.retry_floor_s
+            self.written += len(batch)
+            if m is not None:
+                now = time.monotonic()
+                m.sink_writes.labels(self.name, "ok").inc()
+                m.stage_latency.labels("sink").observe(now - t0)
+                m.sink_buffered.labels(self.name).set(len(self._buf))
+                for it in batch:
+                    if isinstance(it, StreamScore):
+                        m.e2e_latency.labels(it.stream_id).observe(max(0.0, now - it.arrival_s))
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until the buffer is empty; False on timeout."""
+        if self._task is None:
+            return not self._buf
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return not self._buf
+
+    async def aclose(self) -> None:
+        """Stop the writer (one last attempt for what is buffered)."""
+        self._closing = True
+        self._close_event.set()
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 2.0)
+            except TimeoutError:
+                self._task.cancel()
+            self._task = None

@@ -1,0 +1,98 @@
+"""The Redis sink: per stream a capped score stream and a ``latest`` hash, plus alert events.
+
+For each score, in one MULTI/EXEC with the other items of its batch:
+``XADD restrav:{stream}:scores MAXLEN ~ N * <fields>`` and
+``HSET restrav:{stream}:latest <fields>``, so ``latest`` always matches the
+newest entry of the score stream. Alert events go to ``restrav:events``
+(``XADD MAXLEN ~``). Field values are strings; ``p_ai`` is empty without a
+classifier; ``features`` is a JSON list of the 21 features.
+
+A connection or timeout error raises :class:`SinkUnavailable`: the batch stays
+buffered (bounded) and is written when Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import keys
+from ..alerts import AlertEvent
+from ..engine import StreamScore
+from ..metrics import StreamMetrics
+from .base import BufferedSink, Item, SinkUnavailable
+
+
+def score_fields(score: StreamScore) -> dict[str, str]:
+    """The flat string fields stored for one score (stream entry and latest hash)."""
+    j = score.to_json(features=True)
+    out: dict[str, str] = {}
+    for k, v in j.items():
+        if k == "features":
+            out[k] = json.dumps(v)
+        elif v is None:
+            out[k] = ""
+        elif isinstance(v, bool):
+            out[k] = "1" if v else "0"
+        else:
+            out[k] = str(v)
+    return out
+
+
+class RedisSink(BufferedSink):
+    """Scores and events into Redis (see the module docstring)."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        scores_maxlen: int = 10_000,
+        events_maxlen: int = 100_000,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.client = client
+        self.scores_maxlen = scores_maxlen
+        self.events_maxlen = events_maxlen
+
+    @classmethod
+    def from_url(
+        cls, url: str, connect_timeout_s: float = 2.0, metrics: StreamMetrics | None = None,
+        **kw: Any,
+    ) -> RedisSink:
+        """A sink with its own client for ``url``."""
+        client = aioredis.from_url(
+            url, socket_connect_timeout=connect_timeout_s, socket_timeout=connect_timeout_s
+        )
+        return cls(client, metrics=metrics, **kw)
+
+    async def write(self, items: list[Item]) -> None:
+        """One MULTI/EXEC for the batch."""
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for it in items:
+                    if isinstance(it, StreamScore):
+                        fields: Any = score_fields(it)
+                        pipe.xadd(
+                            keys.stream_scores(it.stream_id), fields,
+                            maxlen=self.scores_maxlen, approximate=True,
+                        )
+                        pipe.hset(keys.stream_latest(it.stream_id), mapping=fields)
+                    elif isinstance(it, AlertEvent):
+                        ev: Any = {
+                            k: ("" if v is None else str(v)) for k, v in it.to_json().items()
+                        }
+                        pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
+                await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise SinkUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def aclose(self) -> None:
+        """Flush what can be flushed, then close the client."""
+        await super().aclose()
+        await self.client.aclose()

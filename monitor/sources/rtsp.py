@@ -1,0 +1,160 @@
+"""Network video sources through PyAV: RTSP (TCP by default, UDP option) and HTTP/HLS.
+
+:class:`AVSource` opens the input in a worker thread (open timeout), then a
+decode thread with a quit Event reads frames (read timeout) into a bounded
+:class:`~monitor.sources.base.FrameBuffer` that keeps the latest frames
+(``DropPolicy.KEEP_LATEST``). Frames stay in PyAV form; only sampled ones are
+converted to RGB, later, on the engine thread. A read timeout or a broken
+stream ends the connection with a transient :class:`SourceError` (the stream
+manager reconnects); the end of a live stream is reported the same way, since
+for a live feed it means the publisher went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from ..config import StreamSpec
+from ..decode import DecodeLimits, LiveVideo, frame_to_rgb
+from ..errors import DecodeError, InputError
+from ..types import SourceClosed
+from .base import DropPolicy, FrameBuffer, SourceContext, SourceError, SourceFrame
+
+log = logging.getLogger("restrav.sources")
+
+_JOIN_TIMEOUT_S = 2.0
+
+
+class AVSource:
+    """One PyAV connection (see the module docstring). Build with :meth:`open`."""
+
+    def __init__(
+        self,
+        url: str,
+        description: str,
+        limits: DecodeLimits,
+        options: dict[str, str] | None = None,
+        buffer_frames: int = 8,
+        policy: DropPolicy = DropPolicy.KEEP_LATEST,
+        live: bool = True,
+    ) -> None:
+        self._url = url
+        self.description = description
+        self._limits = limits
+        self._options = options or {}
+        self._buffer_frames = buffer_frames
+        self._policy = policy
+        self.live = live
+        self._quit = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._buffer: FrameBuffer | None = None
+        self._video: LiveVideo | None = None
+        self.frames_read = 0
+
+    @classmethod
+    async def open(cls, spec: StreamSpec, ctx: SourceContext) -> AVSource:
+        """Connect to ``ctx.url`` as ``spec`` says (the ``rtsp``/``http`` opener)."""
+        s = ctx.settings
+        options: dict[str, str] = {}
+        if ctx.url.lower().startswith(("rtsp://", "rtsps://")):
+            options["rtsp_transport"] = spec.transport or s.rtsp_transport
+        src = cls(
+            ctx.url,
+            ctx.description,
+            _limits(ctx),
+            options,
+            buffer_frames=s.buffer_frames,
+        )
+        await src.start()
+        return src
+
+    def _open_video(self) -> LiveVideo:
+        return LiveVideo(self._url, self._limits, self._options, self.description)
+
+    async def start(self) -> None:
+        """Open the input (in a thread) and start the decode thread."""
+        try:
+            self._video = await asyncio.to_thread(self._open_video)
+        except InputError as exc:
+            raise SourceError(exc.message, code=exc.code, permanent=self._permanent(exc)) from None
+        self._buffer = FrameBuffer(asyncio.get_running_loop(), self._buffer_frames, self._policy)
+        self._thread = threading.Thread(
+            target=self._run, name=f"decode:{self.description[:40]}", daemon=True
+        )
+        self._thread.start()
+
+    def _permanent(self, exc: InputError) -> bool:
+        """Network inputs: every failure may heal (server restarts); override for files."""
+        return False
+
+    def _pace(self, pts_s: float) -> None:
+        """Hook for real-time playback of files (no-op for live inputs)."""
+
+    def _frames(self, video: LiveVideo) -> Any:
+        return video.frames()
+
+    def _run(self) -> None:
+        assert self._video is not None and self._buffer is not None
+        video, buf = self._video, self._buffer
+        error: BaseException | None = None
+        try:
+            for av_frame, pts in self._frames(video):
+                if self._quit.is_set():
+                    break
+                self._pace(pts)
+                frame = SourceFrame(
+                    pts_s=pts,
+                    arrival_s=time.monotonic(),
+                    index=self.frames_read,
+                    image=av_frame,
+                    to_rgb=frame_to_rgb,
+                )
+                self.frames_read += 1
+                if not buf.put(frame, self._quit):
+                    break
+            else:
+                if self.live and not self._quit.is_set():
+                    error = SourceError(f"{self.description}: stream ended", code="eof")
+        except DecodeError as exc:
+            error = SourceError(exc.message, code=exc.code)
+        finally:
+            video.close()
+            if self._video is not video:  # a looped file reopened itself
+                self._video.close()
+            buf.close(error)
+
+    async def recv(self) -> SourceFrame:
+        """The next decoded frame (see :class:`~monitor.sources.base.LiveSource`)."""
+        if self._buffer is None:
+            raise SourceClosed("source not started")
+        return await self._buffer.get()
+
+    @property
+    def dropped(self) -> int:
+        """Frames dropped by the buffer so far."""
+        return self._buffer.dropped if self._buffer is not None else 0
+
+    async def aclose(self) -> None:
+        """Stop the decode thread (it exits at its next frame or read timeout)."""
+        self._quit.set()
+        if self._buffer is not None:
+            self._buffer.close()
+        t = self._thread
+        if t is not None and t.is_alive():
+            await asyncio.to_thread(t.join, _JOIN_TIMEOUT_S)
+            if t.is_alive():
+                log.debug("decode thread of %s still in a blocking read", self.description)
+
+
+def _limits(ctx: SourceContext) -> DecodeLimits:
+    s = ctx.settings
+    return DecodeLimits(
+        open_timeout_s=s.open_timeout_s,
+        read_timeout_s=s.read_timeout_s,
+        max_pixels=ctx.max_pixels,
+        threads=ctx.decode_threads,
+    )

@@ -1,0 +1,209 @@
+"""`restrav serve`: the streaming monitor, one asyncio process for many live feeds.
+
+Owns the composition (model, engine, sources, sinks, API), the signals and the
+exit codes: 0 after a clean drain, 1 when the drain deadline passed with work
+left, 3 for configuration or model errors (raised to the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from monitor.api import ApiContext, ReadyCheck, create_app, resolve_token
+from monitor.config import Settings, StreamSpec
+from monitor.engine import Engine
+from monitor.errors import ConfigError
+from monitor.metrics import StreamMetrics
+from monitor.service import RedisDesiredStore, StreamManager
+from monitor.sinks import FanoutSink, RedisSink, StdoutSink
+from monitor.sinks.base import Sink
+
+from .common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_settings_args,
+    build_classifier,
+    build_embedder,
+    settings_from_args,
+)
+
+log = logging.getLogger("restrav.serve")
+
+HELP = "run the streaming monitor: live feeds in, rolling P(AI) per stream out"
+DESCRIPTION = """\
+Attach to live feeds (RTSP, HTTP/HLS, files played in real time), keep a sliding
+2 s ReStraV window per stream on the device, and publish a rolling P(AI) per
+stream: to Redis (restrav:{stream}:scores, restrav:{stream}:latest,
+restrav:events) when redis.url is set, else as JSON lines on stdout.
+
+Streams come from the config file (serve.streams) and the HTTP control API
+(/streams, bearer token from serve.api.token or serve.api.token_file); the set
+is kept in Redis and restored on restart. /healthz, /readyz and /metrics need no
+token. SIGTERM or SIGINT drains: not ready, stop intake, finish in-flight
+batches, flush sinks, within serve.drain_deadline_s.
+
+Example:
+  restrav serve --config serve.yaml
+  restrav serve --model ./dinov2-small --stream cam1=rtsp://cam.local/stream
+"""
+
+
+def register(sub: Any) -> None:
+    """Add the `serve` subcommand."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve", help=HELP, description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", help="API bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="API port (default 8080; 0 picks a free one)")
+    p.add_argument(
+        "--stream", action="append", default=[], metavar="ID=URL",
+        help="add a stream (repeatable), on top of serve.streams",
+    )
+    p.add_argument("--redis", metavar="URL", help="Redis URL (overrides redis.url)")
+    add_settings_args(p)
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    base = settings_from_args(args)
+    serve = base.serve
+    api = serve.api
+    updates: dict[str, Any] = {}
+    if args.host is not None:
+        updates["host"] = args.host
+    if args.port is not None:
+        updates["port"] = args.port
+    if updates:
+        api = api.model_copy(update=updates)
+    streams = list(serve.streams)
+    for item in args.stream:
+        sid, sep, url = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--stream {item!r}: expected ID=URL")
+        try:
+            streams.append(StreamSpec(id=sid, url=url))
+        except ValueError as exc:
+            raise ConfigError(f"--stream {sid!r}: {exc}") from exc
+    serve = serve.model_copy(update={"api": api, "streams": tuple(streams)})
+    redis = base.redis
+    if args.redis:
+        from pydantic import SecretStr
+
+        redis = redis.model_copy(update={"url": SecretStr(args.redis)})
+    return base.model_copy(update={"serve": serve, "redis": redis})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM/SIGINT; return the exit status."""
+    settings = _settings(args)
+    return asyncio.run(serve(settings))
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    """The service: returns the exit status after a drain (``stop`` or a signal)."""
+    s = settings.serve
+    token = resolve_token(s.api)
+    registry = CollectorRegistry()
+    metrics = StreamMetrics(registry)
+    loop = asyncio.get_running_loop()
+
+    log.info("loading model %s", settings.model.ref)
+    embedder = await asyncio.to_thread(build_embedder, settings)
+    embedder.batch_size = max(embedder.batch_size, s.engine.max_batch)
+    classifier = build_classifier(settings)
+    if classifier is None:
+        log.warning("no classifier configured: scores carry features only (p_ai null)")
+    engine = Engine(embedder, classifier, s.engine, metrics)
+    engine.start(loop)
+
+    sinks: list[Sink] = []
+    redis_client: Any = None
+    redis_url = settings.redis.url.get_secret_value() if settings.redis.url else None
+    if redis_url:
+        redis_sink = RedisSink.from_url(
+            redis_url, settings.redis.connect_timeout_s, metrics=metrics,
+            scores_maxlen=s.sinks.scores_maxlen, events_maxlen=s.sinks.events_maxlen,
+            buffer_max=s.sinks.buffer_max, write_batch=s.sinks.write_batch,
+        )
+        redis_client = redis_sink.client
+        sinks.append(redis_sink)
+    if s.sinks.stdout or (s.sinks.stdout is None and not redis_url):
+        sinks.append(
+            StdoutSink(metrics=metrics, buffer_max=s.sinks.buffer_max,
+                       write_batch=s.sinks.write_batch)
+        )
+    sink = FanoutSink(sinks)
+    await sink.start()
+
+    store = None
+    if redis_client is not None and s.persist_streams:
+        store = RedisDesiredStore(redis_client)
+    manager = StreamManager(
+        engine, sink, s, metrics, store,
+        decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+    )
+
+    async def model_ready() -> tuple[bool, str]:
+        return (engine.running, "" if engine.running else "device worker not running")
+
+    async def redis_ready() -> tuple[bool, str]:
+        try:
+            await asyncio.wait_for(redis_client.ping(), settings.redis.connect_timeout_s)
+            return True, ""
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
+            return False, f"redis unreachable ({type(exc).__name__})"
+
+    checks: dict[str, ReadyCheck] = {"model": model_ready}
+    if redis_client is not None:
+        checks["redis"] = redis_ready
+    ctx = ApiContext(manager=manager, metrics=metrics, settings=s.api, token=token,
+                     ready_checks=checks)
+    if token is None:
+        log.warning("no API token: the control API is disabled (health and metrics still served)")
+    app = create_app(ctx)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, s.api.host, s.api.port)
+    await site.start()
+    addrs = [a for a in runner.addresses]
+    log.warning("restrav serve: API on %s", addrs)
+    print(f"restrav serve: listening on {addrs}", file=sys.stderr, flush=True)
+
+    await manager.restore(s.streams)
+
+    stop_event = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # NotImplementedError/RuntimeError: not the main thread (tests drive `stop`)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop_event.set)
+    await stop_event.wait()
+
+    # drain: not ready, stop intake, finish in-flight batches, flush sinks, within a deadline
+    deadline = time.monotonic() + s.drain_deadline_s
+    ctx.draining = True
+    metrics.ready.set(0.0)
+    log.warning("draining (deadline %.1f s)", s.drain_deadline_s)
+    await manager.stop()
+    engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
+    flushed = await sink.flush(max(0.0, deadline - time.monotonic()))
+    await sink.aclose()
+    await runner.cleanup()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
+    if not (engine_done and flushed):
+        log.error("drain incomplete: engine %s, sinks %s", engine_done, flushed)
+        return EXIT_SOME_FAILED
+    log.warning("drained cleanly")
+    return EXIT_OK
