@@ -42,8 +42,8 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 from importlib import resources
+from typing import Any
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription

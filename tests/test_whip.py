@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+import numpy as np
 import pytest
 from aiohttp import ClientSession, web
 from aiortc import RTCPeerConnection
@@ -12,8 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.config import WebRTCSettings
 from monitor.metrics import WebRTCMetrics
-from monitor.sources.webrtc import TrackSource
-from monitor.types import SourceClosed
+from monitor.sources.webrtc import TrackSource, WebRTCError
 from monitor.whip import WhipEndpoint
 from tests.media import pattern_frame
 from tests.webrtc_peers import ClipTrack, WhipPublisher, ice, serve_app, whip_offer
@@ -30,16 +30,18 @@ class Rig:
     """A WHIP endpoint on a real aiohttp server, recording published sources."""
 
     def __init__(self, **overrides: object) -> None:
-        opts: dict[str, object] = {"whip_token": TOKEN, "whip_streams": ["cam1", "cam2"],
-                                   "start_bitrate_kbps": 1500}
+        token = overrides.pop("token", TOKEN)
+        opts: dict[str, object] = {"start_bitrate_kbps": 1500}
         opts.update(overrides)
         self.settings = WebRTCSettings(**opts)  # type: ignore[arg-type]
         self.registry = CollectorRegistry()
         self.metrics = WebRTCMetrics(self.registry)
         self.published: dict[str, TrackSource] = {}
         self.unpublished: list[tuple[str, str]] = []
-        self.endpoint = WhipEndpoint(self.settings, metrics=self.metrics,
+        self.endpoint = WhipEndpoint(self.settings, token=token,  # type: ignore[arg-type]
+                                     metrics=self.metrics,
                                      on_publish=self._pub, on_unpublish=self._unpub,
+                                     is_known=lambda s: s in ("cam1", "cam2"),
                                      watchdog_interval_s=0.1)
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -79,17 +81,18 @@ async def test_publish_delivers_every_frame_in_order_with_rtp_times() -> None:
             f = await asyncio.wait_for(src.recv(), 10)
             got.append(f)
         assert [f.index for f in got] == list(range(n - 1))
-        assert got[0].rgb.shape == (H, W, 3)
+        assert got[0].rgb().shape == (H, W, 3)
+        assert np.abs(got[0].rgb().astype(int) - frames(1)[0].astype(int)).mean() < 8
         # RTP clock, rebased to the first frame: 1/25 s apart, exactly (90 kHz ticks)
         assert [round(f.pts_s, 6) for f in got] == [round(i / 25.0, 6) for i in range(n - 1)]
-        assert src.gaps == {}
+        assert all(f.dropped_before == 0 for f in got)
         assert rig.value("restrav_webrtc_sessions", kind="whip") == 1
         assert await pub.stop() == 200
         assert rig.unpublished == [("cam1", "deleted")]
         assert rig.value("restrav_webrtc_sessions", kind="whip") == 0
         assert rig.value("restrav_webrtc_sessions_ended_total", kind="whip",
                          reason="deleted") == 1
-        with pytest.raises(SourceClosed):
+        with pytest.raises(WebRTCError, match="whip:cam1"):
             await src.recv()
         assert rig.endpoint.sessions == {}
 
@@ -209,7 +212,7 @@ async def test_silent_publisher_is_cleaned_up() -> None:
         await asyncio.wait_for(src.recv(), 10)
         track.pause()
         for _ in range(100):
-            if rig.unpublished:
+            if rig.unpublished and not rig.endpoint.sessions:
                 break
             await asyncio.sleep(0.1)
         assert rig.unpublished == [("cam1", "idle")]
@@ -226,13 +229,13 @@ async def test_audio_is_answered_inactive_and_video_still_flows() -> None:
                             audio=AudioStreamTrack())
         assert await pub.start() == 201
         f = await asyncio.wait_for(rig.published["cam2"].recv(), 10)
-        assert f.rgb.shape == (H, W, 3)
+        assert f.rgb().shape == (H, W, 3)
         assert rig.value("restrav_webrtc_audio_tracks_ignored_total", kind="whip") == 1
         await pub.stop()
 
 
 async def test_no_token_configured_refuses_everyone() -> None:
-    async with Rig(whip_token=None) as rig:
+    async with Rig(token=None) as rig:
         pub = WhipPublisher(rig.url, "cam1", ClipTrack(frames(5)), TOKEN)
         assert await pub.start() == 401
 
@@ -241,5 +244,4 @@ async def test_publisher_page_is_served() -> None:
     async with Rig() as rig, ClientSession() as http, http.get(f"{rig.url}/publish") as r:
         assert r.status == 200
         html = await r.text()
-        assert "/whip/" in html and "__SCORE_URL__" not in html
-        assert "/streams/{id}" in html
+        assert "/whip/" in html and "getUserMedia" in html and "getDisplayMedia" in html
