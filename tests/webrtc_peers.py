@@ -11,6 +11,8 @@ import fractions
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -219,3 +221,85 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
     await site.start()
     port = runner.addresses[0][1]
     return runner, f"http://127.0.0.1:{port}"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_classifier(directory: Path) -> Path:
+    """A logistic-regression artifact fitted on synthetic features (scores in (0, 1))."""
+    from monitor.classifier import fit_classifier
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (64, 21)), rng.normal(0.5, 1, (64, 21))])
+    y = np.array([0] * 64 + [1] * 64)
+    clf = fit_classifier(x, y, kind="logreg", threshold_mode="f1")
+    clf.save(directory)
+    return directory
+
+
+class Service:
+    """`restrav serve` running in this event loop (the real composition), on a free port.
+
+    ``async with Service(settings) as svc``: ``svc.url`` is the API base URL.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.port = int(settings.serve.api.port)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[int] | None = None
+        self.rc: int | None = None
+
+    async def __aenter__(self) -> Service:
+        from workers.serve_cmd import serve
+
+        self.task = asyncio.create_task(serve(self.settings, self.stop))
+        deadline = time.monotonic() + 60
+        async with ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.task.done():
+                    self.task.result()
+                try:
+                    async with http.get(f"{self.url}/healthz") as r:
+                        if r.status == 200:
+                            return self
+                except OSError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise TimeoutError("restrav serve did not start")
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        self.rc = await asyncio.wait_for(self.task, 60)
+
+    async def get_json(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        """GET a JSON route; returns (status, body or None)."""
+        h = {"Authorization": f"Bearer {token}"} if token else {}
+        async with ClientSession() as http, http.get(f"{self.url}{path}", headers=h) as r:
+            body = await r.json() if r.content_type == "application/json" else None
+            return r.status, body
+
+    async def metrics_text(self) -> str:
+        """The Prometheus exposition."""
+        async with ClientSession() as http, http.get(f"{self.url}/metrics") as r:
+            return await r.text()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """One sample's value from Prometheus text, or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
