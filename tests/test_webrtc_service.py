@@ -312,3 +312,89 @@ async def test_twenty_publish_cycles_leave_no_peer_connections_threads_or_memory
     # noise measured on this machine is a few MiB; a leaked session (decoder, buffers,
     # ICE/DTLS state) costs more than 1 MiB each, so 20 leaks would exceed this bound
     assert growth_mb < 24, f"RSS grew {growth_mb:.1f} MiB over 20 cycles"
+
+
+async def test_lost_stretch_of_frames_ends_the_window(tiny_model_dir: Path, redis_url: str) -> None:
+    """1 s of frames lost (the RTP clock jumps, as after a burst of packet loss or a
+    frozen camera): the window ends there and no scored window spans the gap."""
+    settings = settings_for(tiny_model_dir, redis_url, whip_any_stream=True)
+    frames = [pattern_frame(i, W, H) for i in range(50)]
+    track = ClipTrack(frames, fps=FPS, loop=True)
+    async with Service(settings) as svc:
+        pub = WhipPublisher(svc.url, "lossy", track, TOKEN)
+        assert await pub.start() == 201
+        try:
+            before = await wait_scores(redis_url, "lossy", 3)
+            assert len(before) >= 3
+            track.skip(int(FPS))  # 25 frames = 1 s, beyond gap_tolerance_s (0.5 s)
+            after = await wait_scores(redis_url, "lossy", 3,
+                                      where=lambda s: s["segment"] != before[0]["segment"])
+            assert len(after) >= 3
+            st, body = await svc.get_json("/streams/lossy", TOKEN)
+            assert st == 200 and body["gaps"].get("pts_jump", 0) == 1, body["gaps"]
+        finally:
+            await pub.stop()
+    scores = await read_scores(redis_url, "lossy")
+    by_segment: dict[str, list[dict[str, str]]] = {}
+    for s in scores:
+        by_segment.setdefault(s["segment"], []).append(s)
+        assert float(s["end_s"]) - float(s["start_s"]) == pytest.approx(2.0, abs=1e-5)
+    assert len(by_segment) == 2
+    first, second = (by_segment[k] for k in sorted(by_segment, key=int))
+    last_end = max(float(s["end_s"]) for s in first)
+    next_start = min(float(s["start_s"]) for s in second)
+    assert next_start - last_end > 0.5  # the lost second lies between the two windows' runs
+
+
+async def test_packet_loss_burst_never_lands_inside_a_window(
+    tiny_model_dir: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every RTP packet the publisher sends for 1 s is lost on the wire. Whatever the
+    receiver recovers (NACK retransmissions, a keyframe after PLI), no scored window
+    is built across missing video: the frames of every window are at most
+    ``gap_tolerance_s`` apart on the RTP clock, and scoring resumes."""
+    rec = FrameRecorder()
+    monkeypatch.setattr(webrtc_source, "frame_to_rgb", rec)
+    settings = settings_for(tiny_model_dir, redis_url, whip_any_stream=True)
+    tolerance = settings.serve.source.gap_tolerance_s
+    frames = [pattern_frame(i, W, H) for i in range(50)]
+    async with Service(settings) as svc:
+        pub = WhipPublisher(svc.url, "lossy2", ClipTrack(frames, fps=FPS, loop=True), TOKEN)
+        assert await pub.start() == 201
+        assert pub.pc is not None
+        transport = pub.pc.getSenders()[0].transport
+        real_send = transport._send_rtp
+        lose_until = 0.0
+        lost = 0
+
+        async def lossy_send(data: bytes) -> None:
+            nonlocal lost
+            if asyncio.get_running_loop().time() < lose_until:
+                lost += 1
+                return
+            await real_send(data)
+
+        transport._send_rtp = lossy_send
+        try:
+            before = await wait_scores(redis_url, "lossy2", 3)
+            assert len(before) >= 3
+            lose_until = asyncio.get_running_loop().time() + 1.0
+            await asyncio.sleep(1.0)
+            n = len(await read_scores(redis_url, "lossy2"))
+            after = await wait_scores(redis_url, "lossy2", n + 12)
+            assert len(after) >= n + 12, "scoring did not resume after the loss"
+            st, body = await svc.get_json("/streams/lossy2", TOKEN)
+            assert st == 200
+        finally:
+            transport._send_rtp = real_send
+            await pub.stop()
+    assert lost > 10
+    for s in await read_scores(redis_url, "lossy2"):
+        pts, _ = window_frames(rec, float(s["start_s"]))
+        steps = np.diff(pts)
+        assert steps.min() >= 0 and steps.max() <= tolerance, (s, pts, body["gaps"])
+    sampled = np.diff(sorted(rec.frames))
+    if sampled.max() > tolerance:  # frames were really lost: the window ended there
+        assert sum(body["gaps"].values()) >= 1, body["gaps"]
+    print(f"\nlost {lost} RTP packets; longest hole between sampled frames "
+          f"{sampled.max():.2f} s; gaps {body['gaps']}")

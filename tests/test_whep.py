@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.metrics import WebRTCMetrics
-from monitor.sources.webrtc import WebRTCError, WhepSource
+from monitor.sources.webrtc import WebRTCError, WhepSource, whep_target
 from tests.media import pattern_frame
 from tests.webrtc_peers import WhepServer
 
@@ -90,3 +90,26 @@ async def test_unreachable_whep_server() -> None:
             await src.connect()
     finally:
         await src.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoint", "token"),
+    [
+        ("whep+https://media.example/lobby/whep", "https://media.example/lobby/whep", None),
+        ("whep+http://:s3cret@127.0.0.1:8889/cam/whep", "http://127.0.0.1:8889/cam/whep",
+         "s3cret"),
+        ("whep+https://user:p%40ss@h/x?q=1", "https://h/x?q=1", "p@ss"),
+        ("whep+https://tokenonly@h/x", "https://h/x", "tokenonly"),
+    ],
+)
+def test_whep_target_takes_the_token_out_of_the_url(
+    url: str, endpoint: str, token: str | None
+) -> None:
+    assert whep_target(url) == (endpoint, token)
+
+
+@pytest.mark.parametrize("url", ["rtsp://h/x", "whep+ftp://h/x", "whep+https:///nohost"])
+def test_whep_target_refuses_other_urls_permanently(url: str) -> None:
+    with pytest.raises(WebRTCError) as err:
+        whep_target(url)
+    assert err.value.permanent

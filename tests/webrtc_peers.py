@@ -43,17 +43,26 @@ class ClipTrack(MediaStreamTrack):
         self._t0: float | None = None
         self._paused = asyncio.Event()
         self._paused.set()
+        self._skip = 0
         self.on_sent = on_sent
 
     def pause(self) -> None:
         """Stop sending frames (the track stays live)."""
         self._paused.clear()
 
+    def skip(self, frames: int) -> None:
+        """Lose the next ``frames`` frames: the RTP clock jumps over them, as a receiver
+        sees a stretch of lost packets or a camera that froze and resumed."""
+        self._skip += frames
+
     async def recv(self) -> av.VideoFrame:
         """The next frame, paced at ``fps``."""
         await self._paused.wait()
         if self.readyState != "live":
             raise MediaStreamError
+        if self._skip:
+            self.sent += self._skip
+            self._skip = 0
         i = self.sent
         if i >= len(self.frames) and not self.loop:
             self.stop()
