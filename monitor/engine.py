@@ -102,6 +102,8 @@ class StreamScore:
     ``seq`` counts the stream's scored windows; ``start_s``/``end_s`` are the
     times of its first and last samples on the source clock; ``arrival_s`` is
     the monotonic arrival time of its last frame (for end-to-end latency);
+    ``wall_start``/``wall_end`` are the Unix times at which the frames of its
+    first and last samples arrived (what the window covers in real time);
     ``scored_at`` is the Unix time the score was computed.
     """
 
@@ -113,6 +115,8 @@ class StreamScore:
     score: Score
     arrival_s: float
     scored_at: float
+    wall_start: float = 0.0
+    wall_end: float = 0.0
 
     @property
     def p_ai(self) -> float | None:
@@ -134,6 +138,8 @@ class StreamScore:
             "flagged": s.flagged,
             "repeated_samples": s.repeated_samples,
             "zero_steps": s.window.repeated_frames,
+            "wall_start": round(self.wall_start, 6),
+            "wall_end": round(self.wall_end, 6),
             "scored_at": round(self.scored_at, 6),
         }
         if features:
@@ -177,6 +183,7 @@ class _WindowState:
         self.segment = -1
         self.k = -1
         self.times: collections.deque[float] = collections.deque(maxlen=WINDOW_SAMPLES)
+        self.arrivals: collections.deque[float] = collections.deque(maxlen=WINDOW_SAMPLES)
         self.repeats: collections.deque[bool] = collections.deque(maxlen=WINDOW_SAMPLES - 1)
         self.seq = 0
 
@@ -403,7 +410,7 @@ class Engine:
             if scalars
             else np.zeros((0, 2))
         )
-        ready: list[tuple[_WindowState, EngineSample, WindowFeatures, int]] = []
+        ready: list[tuple[_WindowState, EngineSample, WindowFeatures, int, float]] = []
         j = 0
         for smp, st, p in zip(samples, states, pushed):
             if st is None:
@@ -411,30 +418,33 @@ class Engine:
             if p is None:
                 st.ring.commit(None, None)
                 st.times.clear()
+                st.arrivals.clear()
                 st.repeats.clear()
             else:
                 st.ring.commit(float(host[j, 0]), float(host[j, 1]))
                 j += 1
                 st.repeats.append(smp.repeated)
             st.times.append(smp.time_s)
+            st.arrivals.append(smp.arrival_s)
             ring = st.ring
             if ring.ready and (ring.samples - WINDOW_SAMPLES) % st.hop == 0:
                 wf = ring.features(start_s=st.times[0])
                 assert wf is not None
-                ready.append((st, smp, wf, sum(st.repeats)))
+                ready.append((st, smp, wf, sum(st.repeats), st.arrivals[0]))
         t_geom = time.monotonic()
 
         probs: list[float | None] = [None] * len(ready)
         threshold: float | None = None
         if ready and self.classifier is not None:
-            feats = np.stack([wf.features for _, _, wf, _ in ready])
+            feats = np.stack([r[2].features for r in ready])
             probs = [float(p) for p in self.classifier.predict_proba(feats)]
             threshold = float(self.classifier.threshold)
         t_cls = time.monotonic()
 
         now = time.time()
+        wall = now - time.monotonic()  # monotonic -> Unix time
         out: list[StreamScore] = []
-        for (st, smp, wf, reps), prob in zip(ready, probs):
+        for (st, smp, wf, reps, first_arrival), prob in zip(ready, probs):
             score = Score(
                 window=wf, p_ai=prob, threshold=threshold, source=smp.stream_id,
                 repeated_samples=reps,
@@ -449,6 +459,8 @@ class Engine:
                     score=score,
                     arrival_s=smp.arrival_s,
                     scored_at=now,
+                    wall_start=first_arrival + wall,
+                    wall_end=smp.arrival_s + wall,
                 )
             )
             st.seq += 1

@@ -140,7 +140,12 @@ def kind_for(spec: StreamSpec) -> str:
                 f"unknown source kind {spec.kind!r}; known: {', '.join(registered_kinds())}"
             )
         return spec.kind
-    scheme = urlsplit(spec.url).scheme.lower() if "://" in spec.url else "file"
+    try:
+        scheme = urlsplit(spec.url).scheme.lower()
+    except ValueError:
+        raise UnsupportedSource("malformed URL") from None
+    if len(scheme) <= 1:  # a bare path (or a drive letter)
+        scheme = "file"
     kind = _SCHEMES.get(scheme)
     if kind is None:
         raise UnsupportedSource(
@@ -206,9 +211,15 @@ class FrameBuffer:
                 return False
             if len(self._items) >= self.capacity:
                 if self.policy is DropPolicy.KEEP_LATEST:
-                    self._items.popleft()
+                    # the frame after the dropped one inherits the hole (and any before it)
+                    old = self._items.popleft()
                     self.dropped += 1
-                    self._pending_drops += 1
+                    hole = old.dropped_before + 1
+                    if self._items:
+                        head = self._items[0]
+                        self._items[0] = replace(head, dropped_before=head.dropped_before + hole)
+                    else:
+                        self._pending_drops += hole
                 else:
                     while len(self._items) >= self.capacity and not self._closed:
                         if quit_event is not None and quit_event.is_set():

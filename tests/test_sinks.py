@@ -1,0 +1,129 @@
+"""Sinks against a real redis-server: scores, latest hash, events, an outage and its flush."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from monitor import keys
+from monitor.alerts import AlertEvent
+from monitor.engine import StreamScore
+from monitor.metrics import StreamMetrics
+from monitor.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink
+from monitor.types import Score, WindowFeatures
+
+from .redisproc import RedisProcess
+
+
+def score(stream: str, seq: int, p: float | None = 0.25) -> StreamScore:
+    wf = WindowFeatures(features=np.arange(21, dtype=np.float64) + seq, repeated_frames=0)
+    return StreamScore(stream, seq, 0, seq * 0.087, seq * 0.087 + 2.0,
+                       Score(window=wf, p_ai=p, threshold=0.5, source=stream,
+                             repeated_samples=0),
+                       arrival_s=0.0, scored_at=1000.0 + seq)
+
+
+@pytest.fixture
+def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
+    rp = RedisProcess(tmp_path)
+    rp.start()
+    try:
+        yield rp
+    finally:
+        rp.stop()
+
+
+async def test_scores_and_latest_are_written_together(redis_proc: RedisProcess) -> None:
+    registry = CollectorRegistry()
+    sink = RedisSink.from_url(redis_proc.url, metrics=StreamMetrics(registry), scores_maxlen=50)
+    await sink.start()
+    for i in range(120):
+        sink.publish(score("cam-1", i))
+    sink.publish_event(AlertEvent("cam-1", "alert_start", 0.9, 1000.0, 998.0))
+    assert await sink.flush(10)
+    await sink.aclose()
+    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
+    entries = r.xrange(keys.stream_scores("cam-1"))
+    assert 50 <= len(entries) < 120  # capped, approximately
+    latest = r.hgetall(keys.stream_latest("cam-1"))
+    assert latest == entries[-1][1]
+    assert latest["seq"] == "119" and latest["p_ai"] == "0.25" and latest["is_ai"] == "0"
+    assert json.loads(latest["features"])[0] == 119.0
+    assert keys.stream_scores("cam-1") == "restrav:{cam-1}:scores"
+    ev = r.xrange(keys.EVENTS)
+    assert len(ev) == 1 and ev[0][1]["kind"] == "alert_start" and ev[0][1]["stream"] == "cam-1"
+    assert registry.get_sample_value("restrav_sink_writes_total",
+                                     {"sink": "redis", "outcome": "ok"}) >= 1
+    assert registry.get_sample_value("restrav_stream_e2e_latency_seconds_count",
+                                     {"stream": "cam-1"}) == 120
+
+
+async def test_outage_buffers_then_flushes_on_reconnect(redis_proc: RedisProcess) -> None:
+    registry = CollectorRegistry()
+    sink = RedisSink.from_url(redis_proc.url, connect_timeout_s=0.5,
+                              metrics=StreamMetrics(registry), buffer_max=1000)
+    sink.retry_cap_s = 0.5
+    await sink.start()
+    sink.publish(score("s", 0))
+    assert await sink.flush(10)
+    redis_proc.stop()
+    for i in range(1, 40):
+        sink.publish(score("s", i))
+    await asyncio.sleep(1.0)
+    assert not sink.available and sink.buffered == 39  # nothing lost, nothing written
+    redis_proc.start()  # an empty server on the same port
+    assert await sink.flush(20)
+    await sink.aclose()
+    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
+    seqs = [int(e[1]["seq"]) for e in r.xrange(keys.stream_scores("s"))]
+    assert seqs == list(range(1, 40))
+    assert r.hget(keys.stream_latest("s"), "seq") == "39"
+    assert registry.get_sample_value("restrav_sink_writes_total",
+                                     {"sink": "redis", "outcome": "error"}) >= 1
+
+
+async def test_bounded_buffer_drops_oldest_and_counts(tmp_path: Path) -> None:
+    rp = RedisProcess(tmp_path)  # never started: Redis is down the whole time
+    registry = CollectorRegistry()
+    sink = RedisSink.from_url(rp.url, connect_timeout_s=0.2, metrics=StreamMetrics(registry),
+                              buffer_max=10)
+    await sink.start()
+    for i in range(25):
+        sink.publish(score("s", i))
+    await asyncio.sleep(0.5)
+    assert sink.buffered == 10 and sink.dropped == 15
+    assert registry.get_sample_value("restrav_sink_dropped_total",
+                                     {"sink": "redis", "reason": "buffer_full"}) == 15
+    rp.start()
+    try:
+        assert await sink.flush(20)
+        r = redis.Redis.from_url(rp.url, decode_responses=True)
+        assert [int(e[1]["seq"]) for e in r.xrange(keys.stream_scores("s"))] == list(range(15, 25))
+    finally:
+        await sink.aclose()
+        rp.stop()
+
+
+async def test_stdout_sink_writes_json_lines_and_fanout_reaches_all() -> None:
+    out = io.StringIO()
+    std = StdoutSink(stream=out)
+    mem = MemorySink()
+    fan = FanoutSink([std, mem])
+    await fan.start()
+    fan.publish(score("a", 0, p=None))
+    fan.publish_event(AlertEvent("a", "alert_end", 0.1, 5.0, 1.0))
+    assert await fan.flush(5)
+    await fan.aclose()
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert lines[0]["type"] == "score" and lines[0]["p_ai"] is None and lines[0]["stream"] == "a"
+    assert lines[1] == {"type": "event", "stream": "a", "kind": "alert_end", "p_ai": 0.1,
+                        "at": 5.0, "since": 1.0}
+    assert len(mem.scores) == 1 and len(mem.events) == 1

@@ -1,0 +1,111 @@
+"""Backoff with full jitter, alert hysteresis, the decode-thread frame buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from monitor.alerts import AlertTracker
+from monitor.service import Backoff, strip_credentials
+from monitor.sources import DropPolicy, FrameBuffer, SourceClosed, SourceError, SourceFrame
+
+
+def test_backoff_delays_stay_between_floor_and_exponential_ceiling() -> None:
+    b = Backoff(floor_s=0.5, cap_s=8.0, reset_after_s=30.0, rng=random.Random(1))
+    for n in range(12):
+        ceiling = min(8.0, 0.5 * 2**n)
+        d = b.next_delay()
+        assert 0.5 <= d <= ceiling
+    assert b.ceiling() == 8.0
+
+
+def test_backoff_is_jittered_not_fixed() -> None:
+    delays = set()
+    for seed in range(20):
+        b = Backoff(0.1, 10.0, 5.0, rng=random.Random(seed))
+        b.attempt = 5
+        delays.add(round(b.next_delay(), 6))
+    assert len(delays) > 10
+
+
+def test_backoff_resets_only_after_a_stable_run() -> None:
+    b = Backoff(0.5, 30.0, reset_after_s=10.0, rng=random.Random(0))
+    for _ in range(5):
+        b.next_delay()
+    b.ran_for(3.0)  # a flapping connection keeps backing off
+    assert b.attempt == 5
+    b.ran_for(10.0)
+    assert b.attempt == 0
+    assert b.next_delay() == 0.5  # the first delay after a reset is the floor
+
+
+def test_alert_enters_after_min_duration_and_leaves_below_lower_threshold() -> None:
+    t = AlertTracker("s", enter=0.8, leave=0.6, min_duration_s=2.0)
+    assert t.update(0.9, 0.0) is None  # above, but not for long enough
+    assert t.update(0.5, 1.0) is None  # dropped below: the clock restarts
+    assert t.update(0.85, 2.0) is None
+    assert t.update(0.7, 3.0) is None  # between thresholds: not above enter
+    assert t.update(0.9, 4.0) is None
+    ev = t.update(0.95, 6.0)
+    assert ev is not None and ev.kind == "alert_start" and ev.since == 4.0 and t.active
+    assert t.update(0.65, 7.0) is None  # hysteresis: still above leave
+    assert t.update(None, 7.5) is None  # no classifier output changes nothing
+    end = t.update(0.55, 8.0)
+    assert end is not None and end.kind == "alert_end" and end.since == 6.0 and not t.active
+
+
+def test_alert_rejects_inverted_thresholds() -> None:
+    with pytest.raises(ValueError):
+        AlertTracker("s", enter=0.5, leave=0.6, min_duration_s=0)
+
+
+def test_strip_credentials() -> None:
+    assert strip_credentials("rtsp://u:p@cam:554/x?a=1") == ("rtsp://cam:554/x?a=1", True)
+    assert strip_credentials("rtsp://cam/x") == ("rtsp://cam/x", False)
+
+
+def _frame(i: int) -> SourceFrame:
+    return SourceFrame(pts_s=i / 30, arrival_s=0.0, index=i, image=i,
+                       to_rgb=lambda _: np.zeros((2, 2, 3), np.uint8))
+
+
+async def test_buffer_keeps_latest_and_marks_the_drop() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=3, policy=DropPolicy.KEEP_LATEST)
+
+    def produce() -> None:
+        for i in range(10):
+            buf.put(_frame(i))
+        buf.close()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    t.join()
+    got = []
+    with pytest.raises(SourceClosed):
+        while True:
+            got.append(await buf.get())
+    assert [f.index for f in got] == [7, 8, 9]
+    assert buf.dropped == 7
+    assert got[0].dropped_before == 7 and got[1].dropped_before == 0 == got[2].dropped_before
+
+
+async def test_buffer_block_policy_loses_nothing_and_ends_with_the_error() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=2, policy=DropPolicy.BLOCK)
+
+    def produce() -> None:
+        for i in range(20):
+            buf.put(_frame(i))
+        buf.close(SourceError("lost", code="eof"))
+
+    t = threading.Thread(target=produce)
+    t.start()
+    got = []
+    with pytest.raises(SourceError):
+        while True:
+            got.append((await buf.get()).index)
+    t.join()
+    assert got == list(range(20)) and buf.dropped == 0
