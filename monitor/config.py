@@ -83,7 +83,12 @@ class WebRTCSettings(_Section):
         "stream for the session's lifetime (else only streams of kind whip declared in "
         "serve.streams or through the API accept publishers).",
     )
-    max_sessions: int = Field(8, ge=1, le=1024, description="WebRTC peer connections at once.")
+    max_sessions: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="WHIP publisher sessions at once (WHEP pulls are bounded by the streams).",
+    )
     max_offer_bytes: int = Field(64 * 1024, ge=256, le=1024**2, description="SDP offer bound.")
     connect_timeout_s: float = Field(
         15.0, gt=0, description="A session must deliver its first frame within this."

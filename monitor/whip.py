@@ -330,9 +330,18 @@ class WhipEndpoint:
         limit = self.settings.max_offer_bytes
         if request.content_length is not None and request.content_length > limit:
             raise WhipRefused(413, "too_large", f"the offer exceeds {limit} bytes")
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
+        # read to the end (a chunked body arrives in pieces), never more than limit + 1
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = await request.content.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
             raise WhipRefused(413, "too_large", f"the offer exceeds {limit} bytes")
+        body = b"".join(chunks)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:

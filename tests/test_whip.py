@@ -245,3 +245,30 @@ async def test_publisher_page_is_served() -> None:
         assert r.status == 200
         html = await r.text()
         assert "/whip/" in html and "getUserMedia" in html and "getDisplayMedia" in html
+
+
+async def test_chunked_offer_is_read_whole_and_bounded() -> None:
+    async with Rig(max_offer_bytes=8192) as rig:
+        pc = RTCPeerConnection(ice())
+        pc.addTransceiver(ClipTrack(frames(30), loop=True), direction="sendonly")
+        offer = await whip_offer(pc)
+
+        async def pieces(data: bytes):  # type: ignore[no-untyped-def]
+            for i in range(0, len(data), 100):  # many small chunks, Transfer-Encoding: chunked
+                yield data[i:i + 100]
+                await asyncio.sleep(0)
+
+        h = {"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"}
+        try:
+            async with ClientSession() as http:
+                async with http.post(f"{rig.url}/whip/cam1", data=pieces(offer.encode()),
+                                     headers=h) as r:
+                    assert r.status == 201
+                    loc = r.headers["Location"]
+                async with http.delete(f"{rig.url}{loc}", headers=h) as r:
+                    assert r.status == 200
+                big = (offer + "a=x-pad:" + "x" * 9000 + "\r\n").encode()
+                async with http.post(f"{rig.url}/whip/cam1", data=pieces(big), headers=h) as r:
+                    assert r.status == 413
+        finally:
+            await pc.close()
