@@ -25,8 +25,12 @@ TINY_HIDDEN = 32
 def build_tiny_dinov2(directory: Path, hidden: int = TINY_HIDDEN, layers: int = 2,
                       registers: int = 0, seed: int = 0) -> Path:
     """Save a random DINOv2 (518 px pre-training grid, patch 14) in transformers layout."""
-    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig
-    from transformers import Dinov2WithRegistersModel
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
 
     torch.manual_seed(seed)
     common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,

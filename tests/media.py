@@ -67,9 +67,10 @@ def write_clip(
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
         for i, t in enumerate(times):
-            rgb = frame_fn(i, width, height) if frame_fn else pattern_frame(i, width, height, motion)
+            rgb = (frame_fn(i, width, height) if frame_fn
+                   else pattern_frame(i, width, height, motion))
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = int(round(t / time_base))
+            frame.pts = round(t / time_base)
             frame.time_base = time_base
             for packet in stream.encode(frame):
                 container.mux(packet)
