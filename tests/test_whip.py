@@ -272,3 +272,22 @@ async def test_chunked_offer_is_read_whole_and_bounded() -> None:
                     assert r.status == 413
         finally:
             await pc.close()
+
+
+async def test_codec_preference_h264_is_answered_and_decoded() -> None:
+    async with Rig(video_codecs=("H264", "VP8")) as rig:
+        pub = WhipPublisher(rig.url, "cam1", ClipTrack(frames(30), loop=True), TOKEN)
+        try:
+            assert await pub.start() == 201
+            assert pub.pc is not None
+            answer = pub.pc.remoteDescription.sdp
+            video = answer.split("m=video", 1)[1]
+            first_pt = video.split("\r\n", 1)[0].split()[2]  # " PORT PROTO PT ..."
+            assert f"a=rtpmap:{first_pt} H264/90000" in video
+            f = await asyncio.wait_for(rig.published["cam1"].recv(), 10)
+            assert f.rgb().shape == (H, W, 3)
+            assert len(rig.endpoint.sessions) == 1
+            (session,) = rig.endpoint.sessions.values()
+            assert len(session.pc.getTransceivers()) == 1  # the preference one was matched
+        finally:
+            await pub.stop()
