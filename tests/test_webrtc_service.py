@@ -329,23 +329,20 @@ async def test_lost_stretch_of_frames_ends_the_window(tiny_model_dir: Path, redi
         try:
             before = await wait_scores(redis_url, "lossy", 3)
             assert len(before) >= 3
+            seen = max(int(s["segment"]) for s in await read_scores(redis_url, "lossy"))
             track.skip(int(FPS))  # 25 frames = 1 s, beyond gap_tolerance_s (0.5 s)
             after = await wait_scores(redis_url, "lossy", 3,
-                                      where=lambda s: s["segment"] != before[0]["segment"])
+                                      where=lambda s: int(s["segment"]) > seen)
             assert len(after) >= 3
             st, body = await svc.get_json("/streams/lossy", TOKEN)
-            assert st == 200 and body["gaps"].get("pts_jump", 0) == 1, body["gaps"]
+            assert st == 200 and body["gaps"].get("pts_jump", 0) >= 1, body["gaps"]
         finally:
             await pub.stop()
     scores = await read_scores(redis_url, "lossy")
-    by_segment: dict[str, list[dict[str, str]]] = {}
     for s in scores:
-        by_segment.setdefault(s["segment"], []).append(s)
         assert float(s["end_s"]) - float(s["start_s"]) == pytest.approx(2.0, abs=1e-5)
-    assert len(by_segment) == 2
-    first, second = (by_segment[k] for k in sorted(by_segment, key=int))
-    last_end = max(float(s["end_s"]) for s in first)
-    next_start = min(float(s["start_s"]) for s in second)
+    last_end = max(float(s["end_s"]) for s in scores if int(s["segment"]) <= seen)
+    next_start = min(float(s["start_s"]) for s in scores if int(s["segment"]) > seen)
     assert next_start - last_end > 0.5  # the lost second lies between the two windows' runs
 
 
