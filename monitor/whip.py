@@ -17,6 +17,8 @@ Routes (added to an aiohttp application by :meth:`WhipEndpoint.add_routes`):
     session limit reached (with ``Retry-After``).
 ``DELETE /whip/{stream_id}/{session_id}``
     Ends the session (``200``); ``404`` for an unknown session. Token required.
+``GET /whip/{stream_id}/score``
+    The stream's state and latest score, for the publisher (WHIP token).
 ``PATCH /whip/{stream_id}/{session_id}``
     ``405``: trickle ICE and ICE restarts are not supported (the answer carries
     every candidate), which the RFC allows.
