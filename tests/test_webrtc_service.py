@@ -258,6 +258,8 @@ def _threads() -> tuple[int, list[str]]:
     for t in threading.enumerate():
         if t.name.startswith(("ThreadPoolExecutor", "asyncio_")):
             pooled += 1
+        elif t.name == "tqdm_monitor":  # tqdm's process-wide singleton, comes and goes
+            continue
         else:
             others.append(t.name)
     return pooled, sorted(others)
