@@ -184,8 +184,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     site = web.TCPSite(runner, s.api.host, s.api.port)
     await site.start()
     addrs = [a for a in runner.addresses]
-    log.warning("restrav serve: API on %s", addrs)
-    print(f"restrav serve: listening on {addrs}", file=sys.stderr, flush=True)
+    print(f"restrav serve: API listening on {addrs}", file=sys.stderr, flush=True)
 
     await manager.restore(s.streams)
 
@@ -200,7 +199,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     deadline = time.monotonic() + s.drain_deadline_s
     ctx.draining = True
     metrics.ready.set(0.0)
-    log.warning("draining (deadline %.1f s)", s.drain_deadline_s)
+    print(f"restrav serve: draining (deadline {s.drain_deadline_s:.1f} s)", file=sys.stderr,
+          flush=True)
     await webrtc.aclose()  # WHIP sessions end before their streams stop
     await manager.stop()
     engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
@@ -213,5 +213,5 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     if not (engine_done and flushed):
         log.error("drain incomplete: engine %s, sinks %s", engine_done, flushed)
         return EXIT_SOME_FAILED
-    log.warning("drained cleanly")
+    print("restrav serve: drained cleanly", file=sys.stderr, flush=True)
     return EXIT_OK
