@@ -126,6 +126,52 @@ class QueueSettings(_Section):
                 "(leases are renewed on each heartbeat)"
             )
         return self
+class WebRTCSettings(_Section):
+    """WebRTC: the WHIP endpoint for publishers and WHEP pulls from media servers."""
+
+    whip_enabled: bool = Field(True, description="Mount POST /whip/{stream_id} and /publish.")
+    whip_token: SecretStr | None = Field(
+        None,
+        description="Bearer token WHIP publishers present (None: the API token; with "
+        "neither, every publisher gets 401).",
+    )
+    whip_any_stream: bool = Field(
+        False,
+        description="Accept publishers on any free, well-formed stream id, creating the "
+        "stream for the session's lifetime (else only streams of kind whip declared in "
+        "serve.streams or through the API accept publishers).",
+    )
+    max_sessions: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="WHIP publisher sessions at once (WHEP pulls are bounded by the streams).",
+    )
+    max_offer_bytes: int = Field(64 * 1024, ge=256, le=1024**2, description="SDP offer bound.")
+    connect_timeout_s: float = Field(
+        15.0, gt=0, description="A session must deliver its first frame within this."
+    )
+    idle_timeout_s: float = Field(
+        10.0, gt=0, description="A publisher silent this long is disconnected and cleaned up."
+    )
+    buffer_frames: int = Field(
+        8, ge=1, le=1024, description="Decoded frames held per WHIP track (keeps the latest)."
+    )
+    video_codecs: tuple[Literal["VP8", "H264"], ...] = Field(
+        (), description="Preferred receive codecs, in order (empty: the offer's order)."
+    )
+    start_bitrate_kbps: int = Field(
+        1500, ge=0, le=100_000, description="x-google-start/min-bitrate hint in answers (0: none)."
+    )
+    cors_origins: tuple[str, ...] = Field(
+        ("*",), description="Origins allowed to call the WHIP endpoint from a browser."
+    )
+    whep_timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of WHEP requests.")
+    max_pixels: int = Field(
+        3840 * 2160, ge=1, description="Frames larger than this are dropped (counted)."
+    )
+
+
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Stream ids: 1-64 characters, letters, digits, ``_ . -`` (safe in Redis keys and labels)."""
 MAX_URL_CHARS = 2048
@@ -263,6 +309,7 @@ class Settings(BaseSettings):
     classifier: ClassifierSettings = ClassifierSettings()
     redis: RedisSettings = RedisSettings()
     queue: QueueSettings = QueueSettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
     serve: ServeSettings = ServeSettings()
 
     @classmethod

@@ -27,6 +27,7 @@ from monitor.metrics import StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink
+from monitor.whip import attach_webrtc
 
 from .common import (
     EXIT_OK,
@@ -45,6 +46,11 @@ Attach to live feeds (RTSP, HTTP/HLS, files played in real time), keep a sliding
 2 s ReStraV window per stream on the device, and publish a rolling P(AI) per
 stream: to Redis (restrav:{stream}:scores, restrav:{stream}:latest,
 restrav:events) when redis.url is set, else as JSON lines on stdout.
+
+WebRTC: publishers (browsers, OBS, phones) push with WHIP to POST /whip/{id}
+(bearer token webrtc.whip_token, else the API token; a page to publish a camera
+or screen is at /publish); streams pulled from a media server use WHEP URLs,
+whep+https://[:TOKEN@]host/path.
 
 Streams come from the config file (serve.streams) and the HTTP control API
 (/streams, bearer token from serve.api.token or serve.api.token_file); the set
@@ -165,6 +171,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     if token is None:
         log.warning("no API token: the control API is disabled (health and metrics still served)")
     app = create_app(ctx)
+    webrtc = attach_webrtc(app, manager, settings.webrtc, registry, token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, s.api.host, s.api.port)
@@ -187,6 +194,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     metrics.ready.set(0.0)
     print(f"restrav serve: draining (deadline {s.drain_deadline_s:.1f} s)", file=sys.stderr,
           flush=True)
+    await webrtc.aclose()  # WHIP sessions end before their streams stop
     await manager.stop()
     engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
     flushed = await sink.flush(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,643 @@
+"""The WHIP endpoint (RFC 9725): publishers POST an SDP offer, we answer and score their video.
+
+Routes (added to an aiohttp application by :meth:`WhipEndpoint.add_routes`):
+
+``OPTIONS /whip/{stream_id}``
+    CORS preflight; ``204`` with ``Accept-Post: application/sdp``. No token needed.
+``POST /whip/{stream_id}``
+    Body: an SDP offer, ``Content-Type: application/sdp``, header
+    ``Authorization: Bearer <token>``. ``201 Created`` with the SDP answer, a
+    ``Location`` naming the session resource and an ``ETag``. Refusals, each
+    counted in ``restrav_webrtc_requests_rejected_total{reason}`` with a JSON
+    ``{"error": {"code", "message"}}`` body:
+    401 wrong or missing token (with ``WWW-Authenticate: Bearer``), 400 a
+    malformed stream id or bad SDP (unparseable, no video to receive), 404 a
+    stream id that is not declared, 415 another content type, 413 an offer over
+    ``max_offer_bytes``, 409 a stream that already has a publisher, 503 the
+    session limit reached (with ``Retry-After``).
+``DELETE /whip/{stream_id}/{session_id}``
+    Ends the session (``200``); ``404`` for an unknown session. Token required.
+``GET /whip/{stream_id}/score``
+    The stream's state and latest score, for the publisher (WHIP token).
+``PATCH /whip/{stream_id}/{session_id}``
+    ``405``: trickle ICE and ICE restarts are not supported (the answer carries
+    every candidate), which the RFC allows.
+``GET /publish``
+    A minimal publisher page (camera or screen, WHIP to this service, the live
+    score beside the video).
+
+A session's video track is drained by a :class:`~monitor.sources.webrtc.TrackSource`
+handed to ``on_publish(stream_id, source)``; when the session ends (DELETE,
+ICE failure, a publisher silent for ``idle_timeout_s``, no video within
+``connect_timeout_s``, shutdown) ``on_unpublish(stream_id, reason)`` is awaited
+and the peer connection closed. Audio is answered ``inactive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from prometheus_client import CollectorRegistry
+
+from .config import StreamSpec, WebRTCSettings
+from .errors import RestravError
+from .metrics import WebRTCMetrics
+from .service import StreamManager
+from .sources.base import LiveSource, SourceContext, register_source_kind
+from .sources.webrtc import (
+    SDP_MIME,
+    WHEP_SCHEMES,
+    TrackSource,
+    add_bitrate_hints,
+    ice_config,
+    parse_sdp_kinds,
+    set_codec_preferences,
+    whep_opener,
+)
+
+log = logging.getLogger(__name__)
+
+STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+"""Stream ids: 1-64 characters, letters, digits, ``_ . -``, not starting with a symbol."""
+
+PublishHook = Callable[[str, TrackSource], Awaitable[None]]
+UnpublishHook = Callable[[str, str], Awaitable[None]]
+StatusHook = Callable[[str], dict[str, Any] | None]
+
+
+class WhipRefused(Exception):
+    """A refused WHIP request: HTTP status, reason label and a message for the client."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass
+class WhipSession:
+    """One publisher: its peer connection, drained track and watchdog."""
+
+    id: str
+    stream: str
+    pc: RTCPeerConnection
+    source: TrackSource
+    etag: str
+    created_monotonic: float = field(default_factory=time.monotonic)
+    watchdog: asyncio.Task[None] | None = None
+    ending: bool = False
+    setup_observed: bool = False
+
+    @property
+    def location(self) -> str:
+        """The session resource path given in ``Location``."""
+        return f"/whip/{self.stream}/{self.id}"
+
+
+async def _no_publish(stream: str, source: TrackSource) -> None:
+    """Default hook: nobody consumes the frames (the buffer stays bounded)."""
+
+
+async def _no_unpublish(stream: str, reason: str) -> None:
+    """Default hook."""
+
+
+class WhipEndpoint:
+    """WHIP sessions and their HTTP handlers (see the module docstring).
+
+    ``token`` is the bearer token publishers present (None: every POST gets
+    401). ``is_known(stream_id)`` decides which ids accept publishers (404
+    otherwise); ``status_of(stream_id)`` gives the JSON the score route returns
+    (None: 404). :class:`WhipHub` supplies all three from the stream manager.
+    """
+
+    def __init__(
+        self,
+        settings: WebRTCSettings,
+        *,
+        token: str | None,
+        metrics: WebRTCMetrics | None = None,
+        on_publish: PublishHook = _no_publish,
+        on_unpublish: UnpublishHook = _no_unpublish,
+        is_known: Callable[[str], bool] = lambda stream: False,
+        status_of: StatusHook = lambda stream: None,
+        watchdog_interval_s: float = 0.25,
+    ) -> None:
+        self.settings = settings
+        self._token = token
+        self.metrics = metrics
+        self.on_publish = on_publish
+        self.on_unpublish = on_unpublish
+        self.is_known = is_known
+        self.status_of = status_of
+        self.watchdog_interval_s = watchdog_interval_s
+        self.sessions: dict[str, WhipSession] = {}
+        self._by_stream: dict[str, str] = {}
+        self._pending = 0
+        self._closed = False
+
+    # --- policy -------------------------------------------------------------------------
+
+    def _authorize(self, request: web.Request) -> None:
+        token = self._token
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        ok = (
+            token is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(
+                given.strip().encode("utf-8", "replace"), token.encode("utf-8")
+            )
+        )
+        if not ok:
+            msg = (
+                "the WHIP endpoint has no token configured (set webrtc.whip_token or "
+                "serve.api.token)"
+                if token is None
+                else "missing or wrong bearer token (send Authorization: Bearer <token>)"
+            )
+            raise WhipRefused(401, "unauthorized", msg, {"WWW-Authenticate": "Bearer"})
+
+    def _check_stream(self, stream: str) -> None:
+        if not STREAM_ID_RE.match(stream):
+            raise WhipRefused(
+                400,
+                "bad_stream_id",
+                "stream ids are 1-64 letters, digits, '_', '.' or '-', starting with a "
+                "letter or digit",
+            )
+        if not self.is_known(stream):
+            raise WhipRefused(
+                404,
+                "unknown_stream",
+                f"no stream {stream!r} accepts publishers here; declare it first with "
+                'kind "whip" (serve.streams or POST /streams), or set webrtc.whip_any_stream',
+            )
+
+    # --- CORS ---------------------------------------------------------------------------
+
+    def _cors(self, request: web.Request) -> dict[str, str]:
+        origins = self.settings.cors_origins
+        origin = request.headers.get("Origin")
+        if "*" in origins:
+            allow = "*"
+        elif origin is not None and origin in origins:
+            allow = origin
+        else:
+            return {}
+        h = {
+            "Access-Control-Allow-Origin": allow,
+            "Access-Control-Allow-Methods": "OPTIONS, POST, DELETE, PATCH",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+            "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Post, Retry-After",
+            "Access-Control-Max-Age": "600",
+        }
+        if allow != "*":
+            h["Vary"] = "Origin"
+        return h
+
+    def _refuse(self, request: web.Request, exc: WhipRefused) -> web.Response:
+        if self.metrics is not None:
+            self.metrics.requests_rejected.labels("whip", exc.reason).inc()
+        log.info(
+            "WHIP %s %s refused: %d %s", request.method, request.path, exc.status, exc.reason
+        )
+        return web.json_response(
+            {"error": {"code": exc.reason, "message": exc.message}},
+            status=exc.status,
+            headers={**self._cors(request), **exc.headers},
+        )
+
+    # --- routes -------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application, publisher_page: bool = True) -> None:
+        """Mount the WHIP routes (and the publisher page) on ``app``; close sessions on cleanup."""
+        app.router.add_route("OPTIONS", "/whip/{stream}", self.handle_options)
+        app.router.add_route("POST", "/whip/{stream}", self.handle_post)
+        app.router.add_route("GET", "/whip/{stream}/score", self.handle_score)
+        app.router.add_route("OPTIONS", "/whip/{stream}/{session}", self.handle_options)
+        app.router.add_route("DELETE", "/whip/{stream}/{session}", self.handle_delete)
+        app.router.add_route("PATCH", "/whip/{stream}/{session}", self.handle_patch)
+        if publisher_page:
+            app.router.add_get("/publish", self.handle_page)
+
+        async def _cleanup(_: web.Application) -> None:
+            await self.aclose()
+
+        app.on_cleanup.append(_cleanup)
+
+    async def handle_options(self, request: web.Request) -> web.Response:
+        """CORS preflight and ``Accept-Post`` (RFC 9725 section 4.2)."""
+        return web.Response(
+            status=204, headers={**self._cors(request), "Accept-Post": SDP_MIME}
+        )
+
+    async def handle_patch(self, request: web.Request) -> web.Response:
+        """Trickle ICE / ICE restart: not supported (405, as the RFC allows)."""
+        return web.json_response(
+            {"error": {"code": "not_supported", "message": "trickle ICE is not supported"}},
+            status=405,
+            headers={**self._cors(request), "Allow": "OPTIONS, POST, DELETE"},
+        )
+
+    async def handle_score(self, request: web.Request) -> web.Response:
+        """The stream's state and latest score, for publishers (WHIP token, not the API's)."""
+        stream = request.match_info["stream"]
+        try:
+            self._authorize(request)
+            status = self.status_of(stream) if STREAM_ID_RE.match(stream) else None
+            if status is None:
+                raise WhipRefused(404, "unknown_stream", f"no stream {stream!r}")
+        except WhipRefused as exc:
+            return self._refuse(request, exc)
+        return web.json_response(
+            status, headers={**self._cors(request), "Cache-Control": "no-store"}
+        )
+
+    async def handle_page(self, request: web.Request) -> web.Response:
+        """The publisher page (static HTML and JavaScript)."""
+        html = resources.files("monitor").joinpath("static/publish.html").read_text("utf-8")
+        return web.Response(
+            text=html,
+            content_type="text/html",
+            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+        )
+
+    async def handle_post(self, request: web.Request) -> web.Response:
+        """Create a session from an SDP offer (see the module docstring for statuses)."""
+        stream = request.match_info["stream"]
+        try:
+            self._authorize(request)
+            self._check_stream(stream)
+            offer = await self._read_offer(request)
+            if len(self.sessions) + self._pending >= self.settings.max_sessions:
+                raise WhipRefused(
+                    503,
+                    "too_many_sessions",
+                    f"the service holds its maximum of {self.settings.max_sessions} WebRTC "
+                    "sessions; retry later",
+                    {"Retry-After": "5"},
+                )
+            if stream in self._by_stream:
+                raise WhipRefused(
+                    409,
+                    "conflict",
+                    f"stream {stream!r} already has a publisher; DELETE its session first",
+                )
+            if self._closed:
+                raise WhipRefused(503, "shutdown", "the service is shutting down")
+            self._pending += 1
+            self._by_stream[stream] = ""
+            try:
+                session, answer = await self._create(stream, offer)
+            finally:
+                self._pending -= 1
+                if self._by_stream.get(stream) == "":
+                    del self._by_stream[stream]
+        except WhipRefused as exc:
+            return self._refuse(request, exc)
+        return web.Response(
+            status=201,
+            body=answer.encode("utf-8"),
+            headers={
+                **self._cors(request),
+                "Content-Type": SDP_MIME,
+                "Location": session.location,
+                "ETag": f'"{session.etag}"',
+            },
+        )
+
+    async def _read_offer(self, request: web.Request) -> str:
+        ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if ctype != SDP_MIME:
+            raise WhipRefused(
+                415, "media_type", f"send the offer as {SDP_MIME}, not {ctype or 'nothing'}"
+            )
+        limit = self.settings.max_offer_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise WhipRefused(413, "too_large", f"the offer exceeds {limit} bytes")
+        # read to the end (a chunked body arrives in pieces), never more than limit + 1
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = await request.content.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise WhipRefused(413, "too_large", f"the offer exceeds {limit} bytes")
+        body = b"".join(chunks)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WhipRefused(400, "bad_sdp", "the offer is not UTF-8 text") from exc
+        if not text.startswith("v=0"):
+            raise WhipRefused(400, "bad_sdp", "the body is not an SDP offer (must start v=0)")
+        if "video" not in parse_sdp_kinds(text):
+            raise WhipRefused(400, "bad_sdp", "the offer has no video section")
+        for attr in ("a=fingerprint:", "a=ice-ufrag:", "a=ice-pwd:"):
+            if attr not in text:
+                raise WhipRefused(400, "bad_sdp", f"the offer lacks {attr[:-1]} (RFC 8829)")
+        return text
+
+    async def _create(self, stream: str, offer: str) -> tuple[WhipSession, str]:
+        s = self.settings
+        pc = RTCPeerConnection(ice_config())
+        if self.metrics is not None:
+            self.metrics.sessions.labels("whip").inc()
+        try:
+            if s.video_codecs:
+                # a receive-only transceiver made before setRemoteDescription carries the
+                # codec preference; afterwards it would have no effect
+                set_codec_preferences(pc.addTransceiver("video", direction="recvonly"), list(
+                    s.video_codecs
+                ))
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            # aiortc's SDP parser reports malformed lines with ValueError, KeyError,
+            # IndexError and bare asserts: all of them are bad input from the publisher
+            except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
+                detail = str(exc) or "malformed SDP"
+                raise WhipRefused(
+                    400, "bad_sdp", f"the SDP offer cannot be used: {detail}"
+                ) from exc
+            video = None
+            for tr in pc.getTransceivers():
+                if tr.kind == "video" and video is None and tr.direction != "inactive":
+                    video = tr
+                    tr.direction = "recvonly"
+                else:
+                    if tr.kind == "audio" and self.metrics is not None:
+                        self.metrics.audio_tracks_ignored.labels("whip").inc()
+                    tr.direction = "inactive"
+            if video is None:
+                raise WhipRefused(400, "bad_sdp", "the offer has no video to receive")
+            try:
+                answer = await pc.createAnswer()
+                await pc.setLocalDescription(answer)
+            except (ValueError, KeyError, IndexError, AssertionError) as exc:
+                raise WhipRefused(
+                    400, "bad_sdp", f"no answer can be made to this offer: {exc or 'no codec'}"
+                ) from exc
+        except BaseException:
+            await pc.close()
+            if self.metrics is not None:
+                self.metrics.sessions.labels("whip").dec()
+            raise
+        session_id = secrets.token_urlsafe(16)
+        source = TrackSource(
+            video.receiver.track,
+            stream,
+            description=f"whip:{stream}",
+            capacity=s.buffer_frames,
+            max_pixels=s.max_pixels,
+            metrics=self.metrics,
+            end_message="the publisher left",
+        )
+        session = WhipSession(
+            id=session_id, stream=stream, pc=pc, source=source, etag=secrets.token_hex(8)
+        )
+        self.sessions[session_id] = session
+        self._by_stream[stream] = session_id
+
+        source.start()
+        session.watchdog = asyncio.get_running_loop().create_task(
+            self._watch(session), name=f"whip-watchdog-{stream}"
+        )
+        if self.metrics is not None:
+            self.metrics.sessions_started.labels("whip").inc()
+        try:
+            await self.on_publish(stream, source)
+        except RestravError as exc:
+            await self.end(session_id, "refused")
+            raise WhipRefused(503, exc.code, f"the stream cannot start: {exc.message}") from exc
+        sdp = add_bitrate_hints(pc.localDescription.sdp, s.start_bitrate_kbps)
+        log.info("WHIP %s: session %s… started", stream, session_id[:6])
+        return session, sdp
+
+    async def _watch(self, session: WhipSession) -> None:
+        """End the session on ICE failure, no video in time, or a silent publisher."""
+        s = self.settings
+        src = session.source
+        while not session.ending:
+            await asyncio.sleep(self.watchdog_interval_s)
+            now = time.monotonic()
+            reason: str | None = None
+            if session.pc.connectionState in ("failed", "closed"):
+                reason = "failed"
+            elif src.ended:
+                reason = "closed"
+            elif src.last_frame_monotonic is None:
+                if now - session.created_monotonic > s.connect_timeout_s:
+                    reason = "connect_timeout"
+            elif now - src.last_frame_monotonic > s.idle_timeout_s:
+                reason = "idle"
+            if src.first_frame_monotonic is not None and not session.setup_observed:
+                session.setup_observed = True
+                if self.metrics is not None:
+                    self.metrics.setup_seconds.labels("whip").observe(
+                        src.first_frame_monotonic - session.created_monotonic
+                    )
+            if reason is not None:
+                # the session ends itself: do not cancel this very task from end()
+                session.watchdog = None
+                await self.end(session.id, reason)
+                return
+
+    async def end(self, session_id: str, reason: str) -> bool:
+        """End a session (idempotent); False when there is no such session."""
+        session = self.sessions.get(session_id)
+        if session is None or session.ending:
+            return False
+        session.ending = True
+        if session.watchdog is not None:
+            session.watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.watchdog
+        try:
+            await self.on_unpublish(session.stream, reason)
+        finally:
+            await session.source.aclose()
+            await session.pc.close()
+            self.sessions.pop(session_id, None)
+            if self._by_stream.get(session.stream) == session_id:
+                del self._by_stream[session.stream]
+            if self.metrics is not None:
+                self.metrics.sessions.labels("whip").dec()
+                self.metrics.sessions_ended.labels("whip", reason).inc()
+            log.info("WHIP %s: session %s… ended (%s)", session.stream, session_id[:6], reason)
+        return True
+
+    async def handle_delete(self, request: web.Request) -> web.Response:
+        """End the session named by the URL (``200``), ``404`` if there is none."""
+        stream = request.match_info["stream"]
+        session_id = request.match_info["session"]
+        try:
+            self._authorize(request)
+            session = self.sessions.get(session_id)
+            if session is None or session.stream != stream:
+                raise WhipRefused(404, "unknown_session", "no such WHIP session")
+        except WhipRefused as exc:
+            return self._refuse(request, exc)
+        await self.end(session_id, "deleted")
+        return web.Response(status=200, headers=self._cors(request))
+
+    def session_for(self, stream: str) -> WhipSession | None:
+        """The live session publishing ``stream``, if any."""
+        sid = self._by_stream.get(stream)
+        return self.sessions.get(sid) if sid else None
+
+    async def end_stream(self, stream: str, reason: str = "removed") -> bool:
+        """End the session publishing ``stream`` (the stream was deleted through the API)."""
+        session = self.session_for(stream)
+        return await self.end(session.id, reason) if session is not None else False
+
+    async def aclose(self, ids: Iterable[str] | None = None) -> None:
+        """End every session (shutdown); later POSTs get 503."""
+        self._closed = True
+        for sid in list(ids if ids is not None else self.sessions):
+            await self.end(sid, "shutdown")
+
+
+class WhipHub:
+    """Joins WHIP sessions to the stream manager, so a published stream is a stream like
+    any other (API, metrics, Redis).
+
+    * Streams of kind ``whip`` (declared in ``serve.streams`` or through the
+      API, URL ``whip://ID``) accept publishers: their runner's opener
+      (:meth:`open`, registered for the kind) waits for a session and reads its
+      track; when the publisher leaves, ``recv`` fails, the window ends and the
+      runner waits for the next publisher (counted as a reconnect).
+    * With ``whip_any_stream``, a POST to a free id creates a ``whip`` stream
+      for the session's lifetime (not persisted) and the session's end removes
+      it.
+    * ``GET /whip/{id}/score`` shows the stream's state and latest score.
+    """
+
+    def __init__(
+        self,
+        manager: StreamManager,
+        settings: WebRTCSettings,
+        token: str | None,
+        metrics: WebRTCMetrics | None = None,
+    ) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.metrics = metrics
+        self.endpoint = WhipEndpoint(
+            settings,
+            token=token,
+            metrics=metrics,
+            on_publish=self._publish,
+            on_unpublish=self._unpublish,
+            is_known=self._known,
+            status_of=self._status,
+        )
+        self._sources: dict[str, TrackSource] = {}
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._ephemeral: set[str] = set()
+
+    def register(self) -> None:
+        """Register :meth:`open` as the opener of the ``whip`` source kind."""
+        register_source_kind(WHIP_KIND, self.open, (WHIP_KIND,))
+
+    def _declared(self, stream: str) -> bool:
+        spec = self.manager.spec(stream)
+        return spec is not None and (spec.kind == WHIP_KIND or spec.url.startswith("whip:"))
+
+    def _known(self, stream: str) -> bool:
+        if self._declared(stream):
+            return True
+        return self.settings.whip_any_stream and stream not in self.manager
+
+    def _status(self, stream: str) -> dict[str, Any] | None:
+        if not self._declared(stream):
+            return None
+        st = self.manager.get(stream)
+        if st is None:
+            return None
+        return {
+            "stream": st.id,
+            "state": st.state,
+            "windows_scored": st.windows_scored,
+            "alert_active": st.alert_active,
+            "last_score": st.last_score,
+        }
+
+    async def _publish(self, stream: str, source: TrackSource) -> None:
+        if not self._declared(stream):
+            spec = StreamSpec(id=stream, url=f"whip://{stream}", kind=WHIP_KIND)
+            await self.manager.add(spec, persist=False)
+            self._ephemeral.add(stream)
+        self._sources[stream] = source
+        for ev in self._waiters.get(stream, ()):
+            ev.set()
+
+    async def _unpublish(self, stream: str, reason: str) -> None:
+        self._sources.pop(stream, None)
+        if stream in self._ephemeral:
+            self._ephemeral.discard(stream)
+            await self.manager.remove(stream)
+
+    async def open(self, spec: StreamSpec, ctx: SourceContext) -> LiveSource:
+        """Opener of ``whip`` streams: wait for a publisher's session and return its track."""
+        while True:
+            src = self._sources.get(spec.id)
+            if src is not None and not src.claimed and not src.ended:
+                src.claimed = True
+                return src
+            ev = asyncio.Event()
+            waiters = self._waiters.setdefault(spec.id, set())
+            waiters.add(ev)
+            try:
+                await ev.wait()
+            finally:
+                waiters.discard(ev)
+                if not waiters:
+                    self._waiters.pop(spec.id, None)
+
+    async def aclose(self) -> None:
+        """End every WHIP session (before the stream manager stops)."""
+        await self.endpoint.aclose()
+
+
+WHIP_KIND = "whip"
+"""Source kind of streams fed by WHIP publishers (URL ``whip://ID``)."""
+
+
+def attach_webrtc(
+    app: web.Application,
+    manager: StreamManager,
+    settings: WebRTCSettings,
+    registry: CollectorRegistry,
+    api_token: str | None,
+) -> WhipHub:
+    """Wire WebRTC into `restrav serve`: WebRTC metrics on ``registry``, the ``whep``
+    and ``whip`` source kinds, and (``whip_enabled``) the WHIP routes and publisher
+    page on ``app``. The WHIP token is ``webrtc.whip_token``, else the API token.
+    Call :meth:`WhipHub.aclose` before stopping the manager."""
+    metrics = WebRTCMetrics(registry)
+    register_source_kind("whep", whep_opener(settings, metrics), WHEP_SCHEMES)
+    token = settings.whip_token.get_secret_value() if settings.whip_token else api_token
+    hub = WhipHub(manager, settings, token, metrics)
+    hub.register()
+    if settings.whip_enabled:
+        hub.endpoint.add_routes(app)
+    return hub
