@@ -33,7 +33,7 @@ from bench.common import (
 )
 from monitor.decode import probe, sample_file
 from monitor.embed import Embedder, load_backbone, preprocess
-from monitor.geometry import IncrementalTrajectory
+from monitor.geometry import WindowRing
 from monitor.pipeline import score_file
 from monitor.sampler import grid_times
 
@@ -124,14 +124,14 @@ def main() -> None:
         ]
     )
 
-    traj = IncrementalTrajectory(bb.embedding_dim, dev)
+    traj = WindowRing(bb.embedding_dim, dev)
     zs = torch.randn(64, bb.embedding_dim, device=dev)
     i = 0
 
     def geo() -> None:
         nonlocal i
         traj.update(zs[i % 64])
-        traj.get()
+        traj.features()
         i += 1
 
     per_geo, _ = timed(geo, dev, 1.0)

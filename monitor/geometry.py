@@ -4,10 +4,11 @@ Pure math, no I/O. Two forms that must agree to float tolerance:
 
 * :func:`window_features` takes a whole window ``z`` of shape ``(24, D)`` and
   computes everything in float64 (the batch reference of the product).
-* :class:`IncrementalTrajectory` takes one embedding at a time (``update(z)``),
-  adds one distance and one angle from the previous embedding and step, and
-  returns the features of the last 24 samples with ``get()``. It works on torch
-  tensors on any device and keeps its state there, preallocated.
+* :class:`WindowRing` takes one embedding at a time (``update(z)``, or
+  ``push``/``commit`` to batch the host synchronisation over many streams), adds
+  one distance and one angle from the previous embedding and step, and returns
+  the features of the last 24 samples with ``features()``. Its state (a ring of
+  the window's embeddings and the last two steps) is preallocated on the device.
 
 Zero-length steps (repeated frames): a step shorter than ``zero_step_eps`` (in
 embedding units) gives a turning angle of 0 degrees on both angles it touches,
@@ -96,98 +97,6 @@ def window_features(
     )
 
 
-class IncrementalTrajectory:
-    """Sliding-window ReStraV geometry, one sample at a time (SPEC section 8).
-
-    State: the previous embedding and the previous step, each one preallocated
-    tensor of width ``dim`` on ``device``, plus the last 23 distances and 22
-    angles as Python floats. ``update(z)`` costs O(D); ``get()`` costs O(1) in D.
-    The math runs in float64 on the device so it matches :func:`window_features`.
-
-    ``reset()`` ends the window (a gap): the next sample starts a fresh one.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        device: torch.device | str = "cpu",
-        zero_step_eps: float = ZERO_STEP_EPS,
-    ) -> None:
-        self.dim = dim
-        self.device = torch.device(device)
-        self.zero_step_eps = zero_step_eps
-        self._prev_z = torch.zeros(dim, dtype=torch.float64, device=self.device)
-        self._prev_step = torch.zeros(dim, dtype=torch.float64, device=self.device)
-        self._step = torch.zeros(dim, dtype=torch.float64, device=self.device)
-        self._d: deque[float] = deque(maxlen=N_DISTANCES)
-        self._a: deque[float] = deque(maxlen=N_ANGLES)
-        self._zero: deque[bool] = deque(maxlen=N_DISTANCES)
-        self._n = 0
-        self._prev_d = 0.0
-
-    @property
-    def samples(self) -> int:
-        """Samples seen since the last reset."""
-        return self._n
-
-    @property
-    def ready(self) -> bool:
-        """True once the last 24 samples form a complete window."""
-        return self._n >= WINDOW_SAMPLES
-
-    def reset(self) -> None:
-        """End the current window; the next ``update`` starts a new trajectory."""
-        self._d.clear()
-        self._a.clear()
-        self._zero.clear()
-        self._n = 0
-
-    def update(self, z: torch.Tensor) -> StepGeometry | None:
-        """Add one embedding (``(D,)``, any float dtype, any device).
-
-        Returns the step geometry it added, or None for the first sample.
-        """
-        zf = z.reshape(-1).to(device=self.device, dtype=torch.float64)
-        if zf.numel() != self.dim:
-            raise ValueError(f"embedding has {zf.numel()} values, expected {self.dim}")
-        self._n += 1
-        if self._n == 1:
-            self._prev_z.copy_(zf)
-            return None
-        torch.sub(zf, self._prev_z, out=self._step)
-        self._prev_z.copy_(zf)
-        d = float(torch.linalg.vector_norm(self._step))
-        zero = d < self.zero_step_eps
-        angle: float | None = None
-        if self._n >= 3:
-            if zero or self._zero[-1]:
-                angle = 0.0
-            else:
-                dot = float(torch.dot(self._prev_step, self._step))
-                cos = min(1.0, max(-1.0, dot / (self._prev_d * d)))
-                angle = float(np.degrees(np.arccos(cos)))
-            self._a.append(angle)
-        self._d.append(d)
-        self._zero.append(zero)
-        self._prev_d = d
-        # swap buffers instead of copying: the current step becomes the previous one
-        self._prev_step, self._step = self._step, self._prev_step
-        return StepGeometry(distance=d, angle_deg=angle, zero_step=zero)
-
-    def get(self) -> WindowFeatures | None:
-        """Features of the last 24 samples, or None before the window is full."""
-        if not self.ready:
-            return None
-        d = np.fromiter(self._d, dtype=np.float64, count=N_DISTANCES)
-        a = np.fromiter(self._a, dtype=np.float64, count=N_ANGLES)
-        return WindowFeatures(
-            features=features_from_steps(d, a),
-            repeated_frames=int(sum(self._zero)),
-            distances=d,
-            angles_deg=a,
-        )
-
-
 class WindowRing:
     """Device-resident state of one stream's sliding window (SPEC section 8).
 
@@ -266,12 +175,18 @@ class WindowRing:
         if self._n == 1:
             self.ring[self._head].copy_(zf)
             return None
-        step = self.steps[self._cur_step]
-        step.copy_(zf)
-        step.sub_(self.ring[prev])
         self.ring[self._head].copy_(zf)
-        d = torch.linalg.vector_norm(step)
-        dot = torch.dot(step, self.steps[1 - self._cur_step])
+        step = self.steps[self._cur_step]
+        # both ends of the step as stored (ring dtype), so float64 input is treated
+        # the same as float32 embeddings
+        step.copy_(self.ring[self._head])
+        step.sub_(self.ring[prev])
+        # one matrix-vector product gives |step|^2 and <previous step, step> in a
+        # single pass over D (a separate norm and dot read it twice; and torch.dot on
+        # a busy multi-core CPU can stall for milliseconds in BLAS threading)
+        prods = torch.mv(self.steps, step)
+        d = prods[self._cur_step].clamp_min(0.0).sqrt()
+        dot = prods[1 - self._cur_step]
         self._cur_step = 1 - self._cur_step
         return d, dot
 

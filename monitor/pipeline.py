@@ -25,7 +25,7 @@ import torch
 from .decode import DecodeLimits, VideoInfo, probe, sample_file
 from .embed import Embedder
 from .errors import NotEnoughFrames
-from .geometry import IncrementalTrajectory, window_features
+from .geometry import WindowRing, window_features
 from .sampler import centre_window_start, grid_times, window_times
 from .types import (
     FEATURE_NAMES,
@@ -130,7 +130,7 @@ def score_file(
     centre_times: list[float] = []
     centre_repeats = 0
     grid_repeats: deque[bool] = deque(maxlen=WINDOW_SAMPLES - 1)
-    traj = IncrementalTrajectory(embedder.embedding_dim, embedder.device)
+    traj = WindowRing(embedder.embedding_dim, embedder.device)
     grid_start_times: deque[float] = deque(maxlen=WINDOW_SAMPLES)
     windows: list[Score] = []
     embedded = 0
@@ -159,15 +159,8 @@ def score_file(
                 traj.update(zi)
                 grid_start_times.append(s.time_s)
                 if traj.ready and (traj.samples - WINDOW_SAMPLES) % hop == 0:
-                    feats = traj.get()
-                    assert feats is not None
-                    wf = WindowFeatures(
-                        features=feats.features,
-                        repeated_frames=feats.repeated_frames,
-                        start_s=grid_start_times[0],
-                        distances=feats.distances,
-                        angles_deg=feats.angles_deg,
-                    )
+                    wf = traj.features(start_s=grid_start_times[0])
+                    assert wf is not None
                     sc = make_score(wf, classifier, source, sum(grid_repeats))
                     windows.append(sc)
                     if on_window is not None:

@@ -280,5 +280,8 @@ def test_engine_on_cuda_matches_cpu_reference(clip: Path, tiny_model_dir: Path) 
     gpu = Embedder(load_backbone(str(tiny_model_dir), "cuda"), batch_size=16)
     frames = decoded(clip)
     samples = live_samples(frames, "a")
-    scores = run_engine(gpu, {"a": samples}, EngineSettings(max_batch=8, max_wait_ms=2))["a"]
+    # the samples arrive far faster than real time while CUDA warms up: let them all queue
+    big = EngineSettings(max_batch=8, max_wait_ms=2, queue_samples=100_000,
+                         max_backlog_per_stream=len(samples) + 1)
+    scores = run_engine(gpu, {"a": samples}, big)["a"]
     check_against_batch(gpu, scores, samples, hop=1)

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from monitor.geometry import (
     ZERO_STEP_EPS,
-    IncrementalTrajectory,
+    WindowRing,
     features_from_steps,
     window_features,
 )
@@ -178,10 +178,10 @@ def test_incremental_equals_batch_at_every_step(n: int, seed: int, with_repeats:
     if with_repeats:
         for i in rng.integers(1, n, size=n // 4):
             z[i] = z[i - 1]
-    traj = IncrementalTrajectory(12)
+    traj = WindowRing(12)
     for t in range(n):
         traj.update(torch.from_numpy(z[t]).float())
-        got = traj.get()
+        got = traj.features()
         if t + 1 < WINDOW_SAMPLES:
             assert got is None and not traj.ready
             continue
@@ -195,20 +195,21 @@ def test_incremental_equals_batch_at_every_step(n: int, seed: int, with_repeats:
 def test_incremental_reset_starts_a_fresh_window() -> None:
     rng = np.random.default_rng(3)
     z = torch.from_numpy(rng.normal(size=(60, 6)))
-    traj = IncrementalTrajectory(6)
+    traj = WindowRing(6)
     for t in range(30):
         traj.update(z[t])
     assert traj.ready
     traj.reset()
-    assert traj.get() is None and traj.samples == 0
+    assert traj.features() is None and traj.samples == 0
     for t in range(30, 30 + WINDOW_SAMPLES):
         traj.update(z[t])
-    got = traj.get()
+    got = traj.features()
     assert got is not None
-    want = window_features(z[30 : 30 + WINDOW_SAMPLES].numpy())
+    # the ring keeps embeddings as float32 (what the encoder gives); steps are float64
+    want = window_features(z[30 : 30 + WINDOW_SAMPLES].float().double().numpy())
     np.testing.assert_allclose(got.features, want.features, rtol=1e-9)
 
 
 def test_incremental_rejects_wrong_width() -> None:
     with pytest.raises(ValueError):
-        IncrementalTrajectory(4).update(torch.zeros(5))
+        WindowRing(4).update(torch.zeros(5))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.geometry import IncrementalTrajectory, WindowRing, window_features
+from monitor.geometry import WindowRing, window_features
 from monitor.types import WINDOW_SAMPLES
 
 
@@ -35,17 +35,6 @@ def test_features_equal_batch_reference_at_every_step(repeats: tuple[int, ...]) 
         np.testing.assert_allclose(got.angles_deg, ref.angles_deg, rtol=1e-9, atol=1e-9)
         assert got.repeated_frames == ref.repeated_frames
         np.testing.assert_array_equal(ring.window().numpy(), z[i - 23 : i + 1])
-
-
-def test_agrees_with_incremental_trajectory() -> None:
-    z = trajectory(40, 64, seed=3, repeats=(10,))
-    ring, traj = WindowRing(64), IncrementalTrajectory(64)
-    for row in z:
-        a, b = ring.update(torch.from_numpy(row)), traj.update(torch.from_numpy(row))
-        assert (a is None) == (b is None)
-    fa, fb = ring.features(), traj.get()
-    assert fa is not None and fb is not None
-    np.testing.assert_allclose(fa.features, fb.features, rtol=1e-12)
 
 
 def test_deferred_commits_and_restart_in_push_order() -> None:

@@ -28,6 +28,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 - name: HF_HUB_OFFLINE
   value: "1"
+- name: MALLOC_ARENA_MAX   # decode threads fragment glibc arenas otherwise (BENCHMARKS.md)
+  value: "2"
 {{- end -}}
 
 {{- define "restrav.volumes" -}}
