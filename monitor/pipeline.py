@@ -126,6 +126,7 @@ def score_file(
 
     cache: OrderedDict[int, torch.Tensor] = OrderedDict()
     pending: list[tuple[str, Sample]] = []
+    pending_frames: set[int] = set()
     centre_z: list[torch.Tensor] = []
     centre_times: list[float] = []
     centre_repeats = 0
@@ -166,13 +167,14 @@ def score_file(
                     if on_window is not None:
                         on_window(sc)
         pending.clear()
+        pending_frames.clear()
         while len(cache) > _EMBED_CACHE_FRAMES:
             cache.popitem(last=False)
 
     def on_sample(name: str, s: Sample) -> None:
         pending.append((name, s))
-        distinct = {p.frame.index for _, p in pending}
-        if len(distinct) >= embedder.batch_size:
+        pending_frames.add(s.frame.index)
+        if len(pending_frames) >= embedder.batch_size:
             flush()
 
     info = sample_file(path, schedules, on_sample, limits, info)
