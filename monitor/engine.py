@@ -354,6 +354,8 @@ class Engine:
                 batch.append(item)
             try:
                 self.process(batch)
+            # device-worker boundary: a bug in one batch is logged and kept in .error
+            # for inspection; the batch's streams are released and the worker goes on
             except Exception as exc:
                 log.exception("device worker: batch of %d failed", len(batch))
                 self.error = exc

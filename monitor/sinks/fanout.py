@@ -27,6 +27,7 @@ class FanoutSink:
         for s in self.sinks:
             try:
                 s.publish(score)
+            # sink fan-out boundary (sanctioned): one sink's failure is counted and logged
             except Exception:
                 self.errors += 1
                 log.exception("sink %s failed to queue a score", s.name)
@@ -36,6 +37,7 @@ class FanoutSink:
         for s in self.sinks:
             try:
                 s.publish_event(event)
+            # sink fan-out boundary (sanctioned): one sink's failure is counted and logged
             except Exception:
                 self.errors += 1
                 log.exception("sink %s failed to queue an event", s.name)
