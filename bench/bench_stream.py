@@ -48,9 +48,13 @@ sys.path.insert(0, str(ROOT))
 
 from monitor.config import EngineSettings  # noqa: E402
 from monitor.embed import Embedder, load_backbone, preprocess  # noqa: E402
-from monitor.engine import Engine, EngineSample, StreamScore  # noqa: E402
+from monitor.engine import Engine, EngineSample  # noqa: E402
 from monitor.geometry import window_features  # noqa: E402
-from monitor.types import SAMPLE_INTERVAL_S, WINDOW_SAMPLES  # noqa: E402
+from monitor.types import (  # noqa: E402
+    SAMPLE_INTERVAL_S,
+    WINDOW_SAMPLES,
+    StreamScore,
+)
 
 
 class AVFrame:

@@ -41,7 +41,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from . import keys
 from .alerts import AlertTracker
 from .config import ServeSettings, StreamSpec
-from .engine import Engine, EngineSample, StreamScore
+from .engine import Engine, EngineSample
 from .errors import InputError, RestravError, UnsupportedSource
 from .metrics import StreamMetrics
 from .redaction import redact_url
@@ -49,7 +49,7 @@ from .sampler import LiveSampler
 from .sinks.base import Sink
 from .sources import SourceContext, SourceError, kind_for, opener_for
 from .sources.base import LiveSource, SourceFrame
-from .types import SourceClosed
+from .types import SourceClosed, StreamScore
 
 log = logging.getLogger("restrav.streams")
 

@@ -133,6 +133,58 @@ class Score:
         return self.p_ai >= self.threshold
 
 
+@dataclass(frozen=True, slots=True)
+class StreamScore:
+    """One scored window of a live stream.
+
+    ``seq`` counts the stream's scored windows; ``start_s``/``end_s`` are the
+    times of its first and last samples on the source clock; ``arrival_s`` is
+    the monotonic arrival time of its last frame (for end-to-end latency);
+    ``wall_start``/``wall_end`` are the Unix times at which the frames of its
+    first and last samples arrived (what the window covers in real time);
+    ``scored_at`` is the Unix time the score was computed.
+    """
+
+    stream_id: str
+    seq: int
+    segment: int
+    start_s: float
+    end_s: float
+    score: Score
+    arrival_s: float
+    scored_at: float
+    wall_start: float = 0.0
+    wall_end: float = 0.0
+
+    @property
+    def p_ai(self) -> float | None:
+        """P(AI-generated), None without a classifier."""
+        return self.score.p_ai
+
+    def to_json(self, features: bool = False) -> dict[str, Any]:
+        """The JSON object sinks write (keys are stable; see README)."""
+        s = self.score
+        out: dict[str, Any] = {
+            "stream": self.stream_id,
+            "seq": self.seq,
+            "segment": self.segment,
+            "start_s": round(self.start_s, 6),
+            "end_s": round(self.end_s, 6),
+            "p_ai": s.p_ai,
+            "threshold": s.threshold,
+            "is_ai": s.is_ai,
+            "flagged": s.flagged,
+            "repeated_samples": s.repeated_samples,
+            "zero_steps": s.window.repeated_frames,
+            "wall_start": round(self.wall_start, 6),
+            "wall_end": round(self.wall_end, 6),
+            "scored_at": round(self.scored_at, 6),
+        }
+        if features:
+            out["features"] = [float(v) for v in s.window.features]
+        return out
+
+
 class SourceClosed(Exception):
     """Raised by :meth:`FrameSource.recv` when the source has ended for good."""
 

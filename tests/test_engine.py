@@ -18,12 +18,12 @@ from prometheus_client import CollectorRegistry
 from monitor.config import EngineSettings
 from monitor.decode import LiveVideo, frame_to_rgb
 from monitor.embed import Embedder
-from monitor.engine import Engine, EngineSample, StreamScore
+from monitor.engine import Engine, EngineSample
 from monitor.geometry import window_features
 from monitor.metrics import StreamMetrics
 from monitor.sampler import LiveResolved, LiveSampler
 from monitor.sources import SourceFrame
-from monitor.types import SAMPLE_INTERVAL_S, WINDOW_SAMPLES, RGBArray
+from monitor.types import SAMPLE_INTERVAL_S, WINDOW_SAMPLES, RGBArray, StreamScore
 
 from .media import write_clip
 

@@ -15,10 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from monitor import keys
 from monitor.alerts import AlertEvent
-from monitor.engine import StreamScore
 from monitor.metrics import StreamMetrics
 from monitor.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink
-from monitor.types import Score, WindowFeatures
+from monitor.types import Score, StreamScore, WindowFeatures
 
 from .redisproc import RedisProcess
 

@@ -26,8 +26,8 @@ import time
 from typing import Protocol, runtime_checkable
 
 from ..alerts import AlertEvent
-from ..engine import StreamScore
 from ..metrics import StreamMetrics
+from ..types import StreamScore
 
 log = logging.getLogger("restrav.sinks")
 

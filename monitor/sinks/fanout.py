@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from ..alerts import AlertEvent
-from ..engine import StreamScore
+from ..types import StreamScore
 from .base import Sink
 
 log = logging.getLogger("restrav.sinks")

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from ..alerts import AlertEvent
-from ..engine import StreamScore
+from ..types import StreamScore
 from .base import BufferedSink, Item
 
 

@@ -22,8 +22,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import keys
 from ..alerts import AlertEvent
-from ..engine import StreamScore
 from ..metrics import StreamMetrics
+from ..types import StreamScore
 from .base import BufferedSink, Item, SinkUnavailable
 
 

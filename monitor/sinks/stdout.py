@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from ..engine import StreamScore
+from ..types import StreamScore
 from .base import BufferedSink, Item
 
 
