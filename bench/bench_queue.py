@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from monitor.decode import DecodeLimits  # noqa: E402
 from monitor.embed import Embedder, load_backbone  # noqa: E402
 from monitor.queue import ClipScorer, Job, JobOptions, connect, enqueue  # noqa: E402
 from tests.media import write_clip  # noqa: E402
+from tests.redisproc import RedisProcess  # noqa: E402
 
 ARCHS = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2),
@@ -57,28 +56,6 @@ def backbone_dir(arch: str, root: Path) -> Path:
     d = root / f"model-{arch}"
     Dinov2Model(Dinov2Config(patch_size=14, image_size=518, **ARCHS[arch])).save_pretrained(d)
     return d
-
-
-def start_redis(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        sys.exit("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(root)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit("redis-server did not start")
 
 
 def run_queue(
@@ -166,7 +143,9 @@ def main() -> None:
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     root = Path(tempfile.mkdtemp(prefix="restrav-bench-queue-"))
-    redis_proc, url = start_redis(root)
+    redis_server = RedisProcess(root)
+    redis_server.start()
+    url = redis_server.url
     try:
         model = backbone_dir(args.arch, root)
         distinct = [root / f"clip-{i}.mp4" for i in range(min(8, args.clips))]
@@ -181,8 +160,7 @@ def main() -> None:
         two = run_queue(2, clips, model, url, root, "q2")
         direct_after = run_direct_child(model, clips)
     finally:
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
+        redis_server.stop()
 
     n = len(clips)
     print(f"clip queue throughput: {n} clips of {args.seconds:g} s at {width}x{height}, "

@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,34 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import build_tiny_dinov2  # noqa: E402
 from tests.media import pattern_frame  # noqa: E402
+from tests.redisproc import RedisProcess, free_port  # noqa: E402
 from tests.webrtc_peers import ClipTrack, Service, WhipPublisher, metric_value  # noqa: E402
 
 TOKEN = "bench-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 async def run_one(model: str, redis_url: str, size: tuple[int, int], fps: float,
@@ -145,7 +118,9 @@ async def run_one(model: str, redis_url: str, size: tuple[int, int], fps: float,
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(build_tiny_dinov2(Path(tmp) / "tiny"))
-        proc, redis_url = start_redis(Path(tmp))
+        redis_server = RedisProcess(Path(tmp))
+        redis_server.start()
+        redis_url = redis_server.url
         try:
             rows = []
             configs = [((320, 240), 25.0), ((640, 480), 25.0), ((640, 480), 30.0),
@@ -154,8 +129,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 rows.append(await run_one(model, redis_url, size, fps, args.seconds, f"b{n}"))
                 print(f"  done {size[0]}x{size[1]} @ {fps:g}", file=sys.stderr)
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            redis_server.stop()
     name = args.model or "tiny random DINOv2 (hidden 32)"
     print(f"\nWebRTC path (aiortc WHIP publisher -> restrav serve -> Redis), "
           f"{args.seconds:g} s per row, model {name}")
