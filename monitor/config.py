@@ -280,6 +280,37 @@ class ApiSettings(_Section):
     )
 
 
+class ClusterSettings(_Section):
+    """Many `restrav serve` replicas sharing the live streams through Redis leases."""
+
+    enabled: bool = Field(
+        False, description="Own streams through leases (needs redis.url); every replica runs "
+        "its share of the desired set instead of all of it.",
+    )
+    replica: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description="This replica's name (None: the host name; Kubernetes: the pod name).",
+    )
+    capacity_streams: int = Field(64, ge=0, le=100_000, description="Streams it may run.")
+    lease_ttl_s: float = Field(10.0, gt=0, description="Lease and heartbeat TTL.")
+    renew_interval_s: float = Field(
+        3.0, gt=0, description="Renew, heartbeat and assignment interval (< lease_ttl_s / 2)."
+    )
+    max_moves_per_interval: int = Field(
+        2, ge=1, le=1000,
+        description="Streams a replica above its fair share releases per interval.",
+    )
+
+    @model_validator(mode="after")
+    def _renew_in_time(self) -> ClusterSettings:
+        if self.renew_interval_s * 2 > self.lease_ttl_s:
+            raise ValueError(
+                "serve.cluster.renew_interval_s must be at most half of lease_ttl_s "
+                "(a lease must survive one late renewal)"
+            )
+        return self
+
+
 class ServeSettings(_Section):
     """`restrav serve`: the streaming monitor (streams, sources, engine, sinks, API)."""
 
@@ -292,6 +323,7 @@ class ServeSettings(_Section):
     api: ApiSettings = ApiSettings()
     persist_streams: bool = Field(True, description="Keep the desired set in Redis.")
     drain_deadline_s: float = Field(10.0, gt=0)
+    cluster: ClusterSettings = ClusterSettings()
 
 
 class Settings(BaseSettings):

@@ -165,6 +165,24 @@ class StreamStatus:
             "fence": self.fence,
         }
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StreamStatus:
+        """The status another replica published with :meth:`to_json`. Raises KeyError,
+        TypeError or ValueError for a malformed object."""
+        return cls(
+            id=str(d["id"]), kind=str(d["kind"]), url=str(d["url"]), state=str(d["state"]),
+            state_since=float(d["state_since"]), paused=bool(d["paused"]), hop=int(d["hop"]),
+            error=d.get("error"), reconnects=int(d.get("reconnects", 0)),
+            frames=int(d.get("frames", 0)), samples=int(d.get("samples", 0)),
+            frames_dropped=int(d.get("frames_dropped", 0)),
+            windows_scored=int(d.get("windows_scored", 0)),
+            windows_skipped=int(d.get("windows_skipped", 0)),
+            gaps={str(k): int(v) for k, v in dict(d.get("gaps") or {}).items()},
+            last_score=d.get("last_score"), alert_active=bool(d.get("alert_active", False)),
+            history=[(str(h["state"]), float(h["at"])) for h in d.get("history") or []],
+            owner=d.get("owner"), fence=d.get("fence"),
+        )
+
 
 class ManagedStream:
     """One managed stream: spec, status, sampler, alert state and its task.

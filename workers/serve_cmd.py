@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from monitor.api import ApiContext, ReadyCheck, create_app, redis_ready_check, resolve_token
+from monitor.cluster import ClusteredStreamManager
 from monitor.config import Settings, StreamSpec
 from monitor.engine import Engine
 from monitor.errors import ConfigError
@@ -57,6 +59,14 @@ Streams come from the config file (serve.streams) and the HTTP control API
 is kept in Redis and restored on restart. /healthz, /readyz and /metrics need no
 token. SIGTERM or SIGINT drains: not ready, stop intake, finish in-flight
 batches, flush sinks, within serve.drain_deadline_s.
+
+Many replicas (serve.cluster.enabled, Redis required): each replica runs only
+the streams whose lease it holds in Redis (restrav:{stream}:lease, renewed
+every serve.cluster.renew_interval_s, TTL serve.cluster.lease_ttl_s); writes
+carry the lease's fencing token and Redis refuses stale ones. New or orphaned
+streams go to the replica with the most free capacity, a joining replica gets
+its share gradually, and SIGTERM hands this replica's streams over. The
+control API of any replica edits the shared set; GET /streams shows owners.
 
 Example:
   restrav serve --config serve.yaml
@@ -135,12 +145,17 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
 
     sinks: list[Sink] = []
     redis_client: Any = None
+    redis_sink: RedisSink | None = None
     redis_url = settings.redis.url.get_secret_value() if settings.redis.url else None
+    replica = s.cluster.replica or socket.gethostname()
+    if s.cluster.enabled and not redis_url:
+        raise ConfigError("serve.cluster.enabled needs redis.url (leases live in Redis)")
     if redis_url:
         redis_sink = RedisSink.from_url(
             redis_url, settings.redis.connect_timeout_s, metrics=metrics,
             scores_maxlen=s.sinks.scores_maxlen, events_maxlen=s.sinks.events_maxlen,
             buffer_max=s.sinks.buffer_max, write_batch=s.sinks.write_batch,
+            owner=replica,
         )
         redis_client = redis_sink.client
         sinks.append(redis_sink)
@@ -152,13 +167,22 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     sink = FanoutSink(sinks)
     await sink.start()
 
-    store = None
-    if redis_client is not None and s.persist_streams:
-        store = RedisDesiredStore(redis_client)
-    manager = StreamManager(
-        engine, sink, s, metrics, store,
-        decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
-    )
+    manager: StreamManager
+    if s.cluster.enabled and redis_sink is not None:
+        manager = clustered = ClusteredStreamManager(
+            engine, sink, s, metrics, redis_client, replica,
+            decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+        )
+        redis_sink.on_refused = clustered.on_refused
+        print(f"restrav serve: replica {replica} (leases in Redis)", file=sys.stderr, flush=True)
+    else:
+        store = None
+        if redis_client is not None and s.persist_streams:
+            store = RedisDesiredStore(redis_client)
+        manager = StreamManager(
+            engine, sink, s, metrics, store,
+            decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+        )
 
     async def model_ready() -> tuple[bool, str]:
         return (engine.running, "" if engine.running else "device worker not running")
@@ -198,6 +222,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     await manager.stop()
     engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
     flushed = await sink.flush(max(0.0, deadline - time.monotonic()))
+    if isinstance(manager, ClusteredStreamManager):
+        await manager.handover()  # after the flush: our last scores land before the next owner
     await sink.aclose()
     await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT):
