@@ -246,6 +246,12 @@ class EngineSettings(_Section):
     convert_threads: int = Field(
         4, ge=1, le=64, description="Threads converting sampled frames to RGB (GIL released)."
     )
+    pixel_path: Literal["auto", "rgb", "yuv"] = Field(
+        "auto",
+        description="rgb: frames converted to RGB on the CPU; yuv: 4:2:0 planes uploaded "
+        "(1.5 bytes/pixel) and converted and resized on the device, same pixels; "
+        "auto: yuv on CUDA, rgb on the CPU.",
+    )
 
 
 class AlertSettings(_Section):

@@ -37,6 +37,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from .colour import YUVPlanes, planes_to_pixels
 from .errors import ConfigError, ModelError, ModelNotFound
 from .types import RGBArray
 
@@ -364,11 +365,15 @@ def preprocess(
                 align_corners=False,
             )
         out[torch.tensor(idx, device=device)] = x
+    return _normalise(out, normalize)
+
+
+def _normalise(x: torch.Tensor, normalize: Literal["none", "imagenet"]) -> torch.Tensor:
     if normalize == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        out = (out - mean) / std
-    return out
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+    return x
 
 
 class Embedder:
@@ -406,14 +411,32 @@ class Embedder:
             hidden: torch.Tensor = out.last_hidden_state
             return hidden.reshape(hidden.shape[0], -1).float()
 
-    def embed_tensor(self, frames: Sequence[RGBArray]) -> torch.Tensor:
-        """Embed frames; returns ``(N, D)`` float32 on the model's device."""
+    def pixels(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
+        """Model input ``(N, 3, S, S)`` on the device for RGB frames and/or YUV planes
+        (converted on the device by :func:`monitor.colour.planes_to_pixels`)."""
+        size, dev = self.backbone.image_size, self.device
+        yuv = [i for i, f in enumerate(frames) if isinstance(f, YUVPlanes)]
+        if not yuv:
+            return preprocess(frames, size, dev, self.normalize)  # type: ignore[arg-type]
+        planes = [frames[i] for i in yuv]
+        px = _normalise(planes_to_pixels(planes, size, dev), self.normalize)  # type: ignore[arg-type]
+        if len(yuv) == len(frames):
+            return px
+        out = torch.empty(len(frames), 3, size, size, device=dev)
+        out[torch.tensor(yuv, device=dev)] = px
+        rgb = [i for i, f in enumerate(frames) if not isinstance(f, YUVPlanes)]
+        out[torch.tensor(rgb, device=dev)] = preprocess(
+            [frames[i] for i in rgb], size, dev, self.normalize  # type: ignore[misc]
+        )
+        return out
+
+    def embed_tensor(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
+        """Embed frames (RGB arrays and/or YUV planes); ``(N, D)`` float32 on the device."""
         chunks = []
         for i in range(0, len(frames), self.batch_size):
             part = frames[i : i + self.batch_size]
             with torch.inference_mode():
-                px = preprocess(part, self.backbone.image_size, self.device, self.normalize)
-                chunks.append(self.forward(px))
+                chunks.append(self.forward(self.pixels(part)))
         if not chunks:
             return torch.empty(0, self.embedding_dim, device=self.device)
         return torch.cat(chunks)

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+from ..colour import frame_planes
 from ..config import StreamSpec
 from ..decode import DecodeLimits, LiveVideo, frame_to_rgb
 from ..errors import DecodeError, InputError
@@ -116,6 +117,7 @@ class AVSource:
                     index=self.frames_read,
                     image=av_frame,
                     to_rgb=frame_to_rgb,
+                    to_planes=frame_planes,
                 )
                 self.frames_read += 1
                 if not buf.put(frame, self._quit):
