@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+import torch.utils.dlpack
 
 Matrix = Literal["bt601", "bt709"]
 
@@ -76,9 +77,24 @@ def _plane(plane: Any, samples: int = 1) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(rows[:, : plane.width * samples])
 
 
+def _device_plane(plane: Any) -> torch.Tensor:
+    """A plane of a CUDA hardware frame as a tensor on that device, without a copy.
+
+    PyAV exports CUDA planes only without a stream argument (which ``torch.from_dlpack``
+    would pass), so the capsule is taken directly."""
+    return torch.utils.dlpack.from_dlpack(plane.__dlpack__())
+
+
 def frame_planes(frame: Any) -> YUVPlanes | None:
-    """The 4:2:0 planes of a decoded PyAV frame, or None when its format is not covered."""
+    """The 4:2:0 planes of a decoded PyAV frame, or None when its format is not covered.
+
+    Software frames give host copies; NVDEC frames (format ``cuda`` over ``nv12``) give
+    views of the device memory they were decoded into."""
     fmt = frame.format.name
+    hw = fmt == "cuda"
+    if hw:
+        sw = frame.sw_format
+        fmt = sw.name if sw is not None else ""
     if fmt not in _PLANAR_420 and fmt != "nv12":
         return None
     if frame.width % 2 or frame.height % 2:
@@ -89,6 +105,11 @@ def frame_planes(frame: Any) -> YUVPlanes | None:
     full = fmt == "yuvj420p" or int(getattr(frame, "color_range", 0) or 0) == _FULL_RANGE
     rotation = int(getattr(frame, "rotation", 0) or 0) % 360
     matrix: Matrix = "bt709" if colorspace in _BT709_COLORSPACES else "bt601"
+    if hw:
+        if fmt != "nv12":
+            return None
+        luma, chroma = (_device_plane(p) for p in frame.planes[:2])
+        return YUVPlanes(luma, chroma[..., 0], chroma[..., 1], matrix, full, rotation)
     y = _plane(frame.planes[0])
     if fmt == "nv12":
         uv = _plane(frame.planes[1], samples=2)
@@ -99,9 +120,12 @@ def frame_planes(frame: Any) -> YUVPlanes | None:
 
 
 def _stack(planes: Sequence[Plane], device: torch.device) -> torch.Tensor:
-    if all(isinstance(p, torch.Tensor) for p in planes):
-        return torch.stack([p.to(device) for p in planes])  # type: ignore[union-attr]
-    host = torch.from_numpy(np.stack([np.asarray(p) for p in planes]))
+    """One ``(N, h, w)`` uint8 tensor on ``device``: planes already there are stacked in
+    place, host planes are stacked once, pinned and uploaded in one copy."""
+    if all(isinstance(p, torch.Tensor) and p.device == device for p in planes):
+        return torch.stack(planes)  # type: ignore[arg-type]
+    host = torch.from_numpy(np.stack([np.asarray(p.cpu() if isinstance(p, torch.Tensor) else p)
+                                      for p in planes]))
     if device.type == "cuda":
         host = host.pin_memory()
     return host.to(device, non_blocking=True)

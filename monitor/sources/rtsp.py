@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from ..colour import frame_planes
-from ..config import StreamSpec
+from ..config import ServeSourceSettings, StreamSpec
 from ..decode import DecodeLimits, LiveVideo, frame_to_rgb
 from ..errors import DecodeError, InputError
 from ..types import SourceClosed
@@ -42,9 +42,11 @@ class AVSource:
         buffer_frames: int = 8,
         policy: DropPolicy = DropPolicy.KEEP_LATEST,
         live: bool = True,
+        cuda_device: int | None = None,
     ) -> None:
         self._url = url
         self.description = description
+        self.cuda_device = cuda_device
         self._limits = limits
         self._options = options or {}
         self._buffer_frames = buffer_frames
@@ -69,12 +71,19 @@ class AVSource:
             _limits(ctx),
             options,
             buffer_frames=s.buffer_frames,
+            cuda_device=nvdec_device(s),
         )
         await src.start()
         return src
 
     def _open_video(self) -> LiveVideo:
-        return LiveVideo(self._url, self._limits, self._options, self.description)
+        video = LiveVideo(
+            self._url, self._limits, self._options, self.description, self.cuda_device
+        )
+        if video.fallback_reason is not None:
+            log.warning("%s: GPU decoding unavailable, decoding on the CPU: %s",
+                        self.description, video.fallback_reason)
+        return video
 
     async def start(self) -> None:
         """Open the input (in a thread) and start the decode thread."""
@@ -155,6 +164,12 @@ class AVSource:
             await asyncio.to_thread(t.join, _JOIN_TIMEOUT_S)
             if t.is_alive():
                 log.debug("decode thread of %s still in a blocking read", self.description)
+
+
+def nvdec_device(settings: ServeSourceSettings) -> int | None:
+    """The CUDA device to decode on, or None for the CPU (``auto`` not yet resolved by
+    serve counts as the CPU)."""
+    return settings.decode_device if settings.decode_backend == "nvdec" else None
 
 
 def _limits(ctx: SourceContext) -> DecodeLimits:
