@@ -91,3 +91,17 @@ def decoded_pts(path: Path) -> list[float]:
     """Presentation times of every decoded frame, as PyAV reports them."""
     with av.open(str(path)) as c:
         return [float(f.pts * f.time_base) for f in c.decode(video=0)]
+
+
+def write_h264_420(path: Path, fps: float = 25.0, n_frames: int = 30,
+                   size: tuple[int, int] = (64, 48), crf: int = 5) -> Path:
+    """An H.264 4:2:0 clip (what cameras and encoders send), re-encoded by ffmpeg from
+    :func:`write_clip`'s lossless 4:4:4 pattern."""
+    import subprocess
+
+    src = path.with_suffix(".src.mp4")
+    write_clip(src, fps=fps, n_frames=n_frames, size=size, motion="jitter")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
+                    "-crf", str(crf), "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
+    src.unlink()
+    return path

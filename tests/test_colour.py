@@ -28,7 +28,7 @@ from monitor.metrics import StreamMetrics
 from monitor.sources import SourceFrame
 from monitor.types import WINDOW_SAMPLES, StreamScore
 
-from .media import write_clip
+from .media import write_clip, write_h264_420
 
 CPU = torch.device("cpu")
 
@@ -172,13 +172,8 @@ def test_pixel_path_auto_takes_yuv_on_cuda_only() -> None:
 
 @pytest.fixture(scope="module")
 def clip420(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("yuvengine")
-    src = d / "src.mp4"
-    write_clip(src, fps=12, n_frames=40, size=(64, 48), motion="jitter")
-    out = d / "c420.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
-                    "-crf", "5", "-pix_fmt", "yuv420p", str(out)], check=True, timeout=60)
-    return out
+    return write_h264_420(tmp_path_factory.mktemp("yuvengine") / "c420.mp4", fps=12,
+                          n_frames=40)
 
 
 def live_frames(path: Path, planes: bool) -> Iterator[SourceFrame]:

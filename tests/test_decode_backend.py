@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +22,14 @@ from monitor.sources.base import SourceContext
 from monitor.sources.file import FileSource
 from workers.serve_cmd import resolve_decode_backend
 
-from .media import write_clip
+from .media import write_h264_420
 
 NO_GPU = not torch.cuda.is_available()
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("hwdec")
-    src = d / "src.mp4"
-    write_clip(src, fps=25, n_frames=30, size=(64, 48), motion="jitter")
-    out = d / "h264.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
-                    "-pix_fmt", "yuv420p", str(out)], check=True, timeout=60)
-    return out
+    return write_h264_420(tmp_path_factory.mktemp("hwdec") / "h264.mp4", crf=23)
 
 
 @pytest.mark.parametrize(
