@@ -20,7 +20,7 @@ from monitor.config import ServeSettings, ServeSourceSettings, StreamSpec
 from monitor.decode import LiveVideo, choose_decode_backend, frame_to_rgb, gpu_decode_available
 from monitor.sources.base import SourceContext
 from monitor.sources.file import FileSource
-from workers.serve_cmd import resolve_decode_backend
+from monitor.sources.rtsp import resolve_decode_backend
 
 from .media import write_h264_420
 
@@ -48,16 +48,14 @@ def test_choice_of_backend(setting: str, device: str, ffmpeg_cuda: bool, want: s
 
 
 def test_serve_settles_auto_on_the_models_gpu() -> None:
-    auto = ServeSettings()
-    assert auto.source.decode_backend == "auto"
-    on_cpu = resolve_decode_backend(auto, "cpu")
-    assert on_cpu.source.decode_backend == "cpu"
+    auto = ServeSettings().source
+    assert auto.decode_backend == "auto"
+    assert resolve_decode_backend(auto, "cpu").decode_backend == "cpu"
     on_gpu = resolve_decode_backend(auto, "cuda:1")
     if gpu_decode_available():  # PyAV's wheels build FFmpeg with CUDA: true here
-        assert (on_gpu.source.decode_backend, on_gpu.source.decode_device) == ("nvdec", 1)
-    explicit = ServeSettings(source=ServeSourceSettings(decode_backend="nvdec", decode_device=3))
-    kept = resolve_decode_backend(explicit, "cuda:1")
-    assert kept.source.decode_device == 3
+        assert (on_gpu.decode_backend, on_gpu.decode_device) == ("nvdec", 1)
+    explicit = ServeSourceSettings(decode_backend="nvdec", decode_device=3)
+    assert resolve_decode_backend(explicit, "cuda:1").decode_device == 3
 
 
 @pytest.mark.skipif(not NO_GPU, reason="the fallback needs a machine without a GPU")

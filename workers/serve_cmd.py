@@ -20,13 +20,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from monitor.api import ApiContext, ReadyCheck, create_app, redis_ready_check, resolve_token
-from monitor.config import ServeSettings, Settings, StreamSpec
+from monitor.config import Settings, StreamSpec
 from monitor.engine import Engine
 from monitor.errors import ConfigError
 from monitor.metrics import StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink
+from monitor.sources.rtsp import resolve_decode_backend
 from monitor.whip import attach_webrtc
 
 from .common import (
@@ -116,24 +117,6 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
-def resolve_decode_backend(s: ServeSettings, model_device: str) -> ServeSettings:
-    """Settle ``source.decode_backend`` (``auto``) now that the model's device is known;
-    NVDEC picked by ``auto`` decodes on the model's GPU."""
-    from monitor.decode import choose_decode_backend, gpu_decode_available
-
-    src = s.source
-    backend = choose_decode_backend(src.decode_backend, model_device, gpu_decode_available())
-    device = src.decode_device
-    if src.decode_backend == "auto" and backend == "nvdec" and ":" in model_device:
-        device = int(model_device.split(":", 1)[1])
-    if src.decode_backend == "nvdec" and backend == "cpu":
-        log.warning("source.decode_backend is nvdec but this FFmpeg has no CUDA support: "
-                    "decoding on the CPU")
-    log.info("streams decode on %s", f"NVDEC (cuda:{device})" if backend == "nvdec" else "the CPU")
-    update = {"decode_backend": backend, "decode_device": device}
-    return s.model_copy(update={"source": src.model_copy(update=update)})
-
-
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     """The service: returns the exit status after a drain (``stop`` or a signal)."""
     s = settings.serve
@@ -145,7 +128,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     log.info("loading model %s", settings.model.ref)
     embedder = await asyncio.to_thread(build_embedder, settings)
     embedder.batch_size = max(embedder.batch_size, s.engine.max_batch)
-    s = resolve_decode_backend(s, str(embedder.device))
+    s = s.model_copy(update={"source": resolve_decode_backend(s.source, str(embedder.device))})
     classifier = build_classifier(settings)
     if classifier is None:
         log.warning("no classifier configured: scores carry features only (p_ai null)")

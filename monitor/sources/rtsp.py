@@ -20,7 +20,13 @@ from typing import Any
 
 from ..colour import frame_planes
 from ..config import ServeSourceSettings, StreamSpec
-from ..decode import DecodeLimits, LiveVideo, frame_to_rgb
+from ..decode import (
+    DecodeLimits,
+    LiveVideo,
+    choose_decode_backend,
+    frame_to_rgb,
+    gpu_decode_available,
+)
 from ..errors import DecodeError, InputError
 from ..types import SourceClosed
 from .base import DropPolicy, FrameBuffer, SourceContext, SourceError, SourceFrame
@@ -170,6 +176,20 @@ def nvdec_device(settings: ServeSourceSettings) -> int | None:
     """The CUDA device to decode on, or None for the CPU (``auto`` not yet resolved by
     serve counts as the CPU)."""
     return settings.decode_device if settings.decode_backend == "nvdec" else None
+
+
+def resolve_decode_backend(src: ServeSourceSettings, model_device: str) -> ServeSourceSettings:
+    """Settle ``decode_backend`` (``auto``) once the model's device is known (serve does
+    this at start); NVDEC picked by ``auto`` decodes on the model's GPU."""
+    backend = choose_decode_backend(src.decode_backend, model_device, gpu_decode_available())
+    device = src.decode_device
+    if src.decode_backend == "auto" and backend == "nvdec" and ":" in model_device:
+        device = int(model_device.split(":", 1)[1])
+    if src.decode_backend == "nvdec" and backend == "cpu":
+        log.warning("source.decode_backend is nvdec but this FFmpeg has no CUDA support: "
+                    "decoding on the CPU")
+    log.info("streams decode on %s", f"NVDEC (cuda:{device})" if backend == "nvdec" else "the CPU")
+    return src.model_copy(update={"decode_backend": backend, "decode_device": device})
 
 
 def _limits(ctx: SourceContext) -> DecodeLimits:
