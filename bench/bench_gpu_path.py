@@ -231,6 +231,42 @@ def decode_scaling(clip: Path, counts: list[int], seconds: float) -> list[list[o
     return rows
 
 
+def pixel_path_cost(clip: Path, device: torch.device, batch: int) -> list[list[object]]:
+    """Per-frame cost of making the model input from decoded frames: RGB on the CPU
+    (swscale) + upload + resize, against 4:2:0 planes + upload + conversion and resize
+    on the device; bytes uploaded per frame."""
+    from monitor.colour import frame_planes, planes_to_pixels
+    from monitor.decode import frame_to_rgb
+    from monitor.embed import preprocess
+
+    video = LiveVideo(str(clip))
+    try:
+        frames = [f for f, _ in zip((f for f, _ in video.frames()), range(batch))]
+    finally:
+        video.close()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def per_frame(fn: Any) -> float:
+        fn()
+        sync()
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 2.0:
+            fn()
+            reps += 1
+        sync()
+        return (time.perf_counter() - t0) / reps / len(frames) * 1000
+
+    w, h = frames[0].width, frames[0].height
+    rgb_ms = per_frame(lambda: preprocess([frame_to_rgb(f) for f in frames], 224, device))
+    yuv_ms = per_frame(lambda: planes_to_pixels([frame_planes(f) for f in frames], 224, device))
+    return [["rgb (CPU swscale, upload RGB)", f"{rgb_ms:.2f}", f"{w * h * 3 / 2**20:.2f}"],
+            ["yuv (upload 4:2:0, convert on device)", f"{yuv_ms:.2f}",
+             f"{w * h * 1.5 / 2**20:.2f}"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -266,6 +302,10 @@ def main() -> None:
         rows = decode_scaling(clips[0], counts, 4.0)
         print(f"\nCPU decode scaling, {w}x{h} H.264 (aggregate over K concurrent decoders):\n")
         print(table(["FFmpeg threads each", "decoders K", "frames/s", "streams at 25 fps"], rows))
+
+    rows = pixel_path_cost(clips[0], dev, 32)
+    print(f"\nModel input from decoded {w}x{h} frames, batch 32, on {dev.type}:\n")
+    print(table(["pixel path", "ms per frame", "MiB uploaded per frame"], rows))
 
     arch = "tiny" if args.tiny else "vits14"
     ref = str(random_backbone_dir(arch, seed=0))
