@@ -29,6 +29,7 @@ from monitor.metrics import StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink
+from monitor.sources.rtsp import resolve_decode_backend
 from monitor.whip import attach_webrtc
 
 from .common import (
@@ -137,6 +138,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     log.info("loading model %s", settings.model.ref)
     embedder = await asyncio.to_thread(build_embedder, settings)
     embedder.batch_size = max(embedder.batch_size, s.engine.max_batch)
+    s = s.model_copy(update={"source": resolve_decode_backend(s.source, str(embedder.device))})
     classifier = build_classifier(settings)
     if classifier is None:
         log.warning("no classifier configured: scores carry features only (p_ai null)")
