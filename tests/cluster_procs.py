@@ -9,12 +9,15 @@ their ``owner``/``fence`` fields), never the processes' memory.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -75,12 +78,13 @@ class Cluster:
     def __post_init__(self) -> None:
         self.r = redis.Redis.from_url(self.redis_url, decode_responses=True)
 
-    def start(self, name: str) -> Replica:
+    def start(self, name: str, redis_url: str | None = None) -> Replica:
+        """Start replica ``name`` (``redis_url``: another way to the same Redis, a proxy)."""
         port = free_port()
         cfg = {
             "model": {"ref": str(self.model_dir), "device": "cpu", "image_size": 56,
                       "threads": 1},
-            "redis": {"url": self.redis_url},
+            "redis": {"url": redis_url or self.redis_url, "connect_timeout_s": 0.5},
             "serve": {
                 "api": {"port": port, "token": TOKEN, "allow_file_sources": True},
                 "engine": {"hop": 4},
@@ -175,9 +179,8 @@ class Cluster:
     def stop_all(self) -> None:
         for rep in self.replicas.values():
             if rep.alive():
-                with_cont = rep.proc
-                with_cont.send_signal(signal.SIGCONT)
-                with_cont.kill()
+                rep.proc.send_signal(signal.SIGCONT)
+                rep.proc.kill()
             rep.proc.wait(timeout=30)
         self.r.close()
 
@@ -202,3 +205,69 @@ def check_no_overlap(entries: list[dict[str, str]]) -> dict[str, int]:
         seqs = [int(x["seq"]) for x in run]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     return {f: len(run) for f, run in runs}
+
+
+class PartitionProxy:
+    """A TCP proxy to Redis that can cut one replica off (a network partition).
+
+    While :meth:`cut` is in effect every open connection is closed and new ones
+    are closed on accept; :meth:`heal` lets traffic through again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.blocked = False
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.blocked:
+                conn.close()
+                continue
+            try:
+                up = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                conn.close()
+                continue
+            with self._lock:
+                self._open += [conn, up]
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        self.blocked = True
+        with self._lock:
+            for s in self._open:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+            self._open.clear()
+
+    def heal(self) -> None:
+        self.blocked = False
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()

@@ -225,7 +225,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
     flushed = await sink.flush(max(0.0, deadline - time.monotonic()))
     if isinstance(manager, ClusteredStreamManager):
-        await manager.handover()  # after the flush: our last scores land before the next owner
+        n = await manager.handover()  # after the flush: our last scores land before the next owner
+        print(f"restrav serve: handed over {n} streams", file=sys.stderr, flush=True)
     await sink.aclose()
     await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT):
