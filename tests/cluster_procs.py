@@ -50,6 +50,15 @@ class Replica:
         return self.proc.poll() is None
 
 
+def stream_clip(directory: Path) -> Path:
+    """The clip every replica streams (looped): 6 s at 12 fps, 64x48."""
+    from .media import write_clip
+
+    path = directory / "clip.mp4"
+    write_clip(path, fps=12, n_frames=72, size=(64, 48))
+    return path
+
+
 def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.2) -> Any:
     """Poll ``cond`` until it returns something truthy; fail with ``what`` after the deadline."""
     deadline = time.monotonic() + timeout_s

@@ -28,16 +28,13 @@ from monitor.leases import LeaseStore
 from monitor.metrics import StreamMetrics
 from monitor.sinks import RedisSink
 
-from .cluster_procs import Cluster, check_no_overlap, wait_for
-from .media import write_clip
+from .cluster_procs import Cluster, check_no_overlap, stream_clip, wait_for
 from .redisproc import RedisProcess
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cluster") / "clip.mp4"
-    write_clip(path, fps=12, n_frames=72, size=(64, 48))
-    return path
+    return stream_clip(tmp_path_factory.mktemp("cluster"))
 
 
 @pytest.fixture

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_procs import Cluster, PartitionProxy, check_no_overlap, wait_for
-from tests.media import write_clip
+from tests.cluster_procs import Cluster, PartitionProxy, check_no_overlap, stream_clip, wait_for
 from tests.redisproc import RedisProcess
 
 pytestmark = pytest.mark.chaos
@@ -38,9 +37,7 @@ N_STREAMS = 12
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("chaos-cluster") / "clip.mp4"
-    write_clip(path, fps=12, n_frames=72, size=(64, 48))
-    return path
+    return stream_clip(tmp_path_factory.mktemp("chaos-cluster"))
 
 
 @pytest.fixture
