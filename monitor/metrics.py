@@ -66,6 +66,23 @@ class StreamMetrics:
     - ``restrav_sink_dropped_total{sink,reason}``: ``buffer_full``.
     - ``restrav_api_requests_total{route,code}``: control-plane requests by status.
     - ``restrav_serve_ready``: 1 when /readyz answers 200.
+    - ``restrav_stale_writes_refused_total{stream}``: score/latest/event writes Redis
+      refused because their fencing token was stale (another replica owns the stream).
+
+    Replicas with leases (``serve.cluster.enabled``), each counted by the replica itself:
+
+    - ``restrav_replica_owned_streams``: streams whose lease this replica holds.
+    - ``restrav_replica_capacity_streams``: streams this replica may run.
+    - ``restrav_lease_acquisitions_total``: leases taken (new fencing tokens).
+    - ``restrav_lease_renewals_total``: leases renewed.
+    - ``restrav_lease_losses_total{reason}``: ``taken`` (renewal found another owner or
+      the lease gone) or ``refused`` (a write was refused as stale).
+    - ``restrav_handovers_total{reason}``: streams this replica gave up on purpose:
+      ``rebalance``, ``drain``, ``removed``.
+    - ``restrav_cluster_unowned_streams``: desired streams without an owner, as this
+      replica last saw them.
+    - ``restrav_cluster_replicas``: live replicas, as this replica last saw them.
+    - ``restrav_cluster_errors_total``: coordinator ticks that failed on Redis.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -156,6 +173,36 @@ class StreamMetrics:
             ["route", "code"], registry=r,
         )
         self.ready = Gauge("restrav_serve_ready", "1 when /readyz answers 200", registry=r)
+        self.stale_writes_refused = Counter(
+            "restrav_stale_writes_refused_total",
+            "Writes Redis refused because their fencing token was stale", ["stream"], registry=r,
+        )
+        self.owned_streams = Gauge(
+            "restrav_replica_owned_streams", "Streams whose lease this replica holds", registry=r
+        )
+        self.capacity_streams = Gauge(
+            "restrav_replica_capacity_streams", "Streams this replica may run", registry=r
+        )
+        self.lease_acquisitions = Counter(
+            "restrav_lease_acquisitions_total", "Stream leases taken", registry=r
+        )
+        self.lease_renewals = Counter(
+            "restrav_lease_renewals_total", "Stream leases renewed", registry=r
+        )
+        self.lease_losses = Counter(
+            "restrav_lease_losses_total", "Stream leases lost, by reason", ["reason"], registry=r
+        )
+        self.handovers = Counter(
+            "restrav_handovers_total", "Streams given up on purpose, by reason", ["reason"],
+            registry=r,
+        )
+        self.unowned_streams = Gauge(
+            "restrav_cluster_unowned_streams", "Desired streams without an owner", registry=r
+        )
+        self.replicas = Gauge("restrav_cluster_replicas", "Live serve replicas", registry=r)
+        self.cluster_errors = Counter(
+            "restrav_cluster_errors_total", "Coordinator ticks that failed on Redis", registry=r
+        )
 
     def set_state(self, stream: str, state: str) -> None:
         """Set ``restrav_stream_state`` to 1 for ``state`` and 0 for the others."""
