@@ -275,11 +275,14 @@ function makeRow() {
 
 function render() {
   const list = $("list");
+  // rows still placed further down keep the old scroll height: clamp to the real content
+  const maxTop = Math.max(0, ui.order.length * ui.rowH - list.clientHeight);
+  if (list.scrollTop > maxTop) list.scrollTop = maxTop;
   const first = Math.max(0, Math.floor(list.scrollTop / ui.rowH) - 1);
   const count = Math.min(ui.order.length - first, Math.ceil(list.clientHeight / ui.rowH) + 3);
   while (ui.rows.length < count) ui.rows.push(makeRow());
   ui.rows.forEach((row, i) => {
-    if (i >= count) { row.hidden = true; row.dataset.id = ""; return; }
+    if (i >= count) { row.hidden = true; row.dataset.id = ""; row.style.top = "0px"; return; }
     const idx = first + i;
     const s = ui.streams.get(ui.order[idx]);
     row.hidden = false;
@@ -340,7 +343,7 @@ function fillRow(row, s, idx) {
 
 $("list").addEventListener("scroll", () => render(), { passive: true });
 window.addEventListener("resize", () => { render(); if (ui.selected) refreshDetail(); });
-$("filter").addEventListener("input", reorder);
+$("filter").addEventListener("input", () => { $("list").scrollTop = 0; reorder(); });
 $("alertsFirst").addEventListener("change", reorder);
 
 // --- drawing -----------------------------------------------------------------------------
