@@ -26,7 +26,7 @@ from monitor.errors import ConfigError
 from monitor.metrics import StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
-from monitor.sinks.base import Sink
+from monitor.sinks.base import Sink, sink_ready_check
 from monitor.whip import attach_webrtc
 
 from .common import (
@@ -166,6 +166,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     checks: dict[str, ReadyCheck] = {"model": model_ready}
     if redis_client is not None:
         checks["redis"] = redis_ready_check(redis_client, settings.redis.connect_timeout_s)
+        # PING answers while writes are refused (OOM, READONLY): the sink knows better
+        checks["redis_writes"] = sink_ready_check(redis_sink)
     ctx = ApiContext(manager=manager, metrics=metrics, settings=s.api, token=token,
                      ready_checks=checks)
     if token is None:
