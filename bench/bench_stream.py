@@ -46,7 +46,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor.config import EngineSettings  # noqa: E402
+from monitor.colour import YUVPlanes, frame_planes  # noqa: E402
+from monitor.config import MODEL_DTYPES, EngineSettings  # noqa: E402
 from monitor.embed import Embedder, load_backbone, preprocess  # noqa: E402
 from monitor.engine import Engine, EngineSample  # noqa: E402
 from monitor.geometry import window_features  # noqa: E402
@@ -66,6 +67,9 @@ class AVFrame:
     def rgb(self) -> np.ndarray:
         out: np.ndarray = self.frame.to_ndarray(format="rgb24")
         return out
+
+    def planes(self) -> YUVPlanes | None:
+        return frame_planes(self.frame)
 
 
 def make_frames(n: int, width: int, height: int, seed: int = 0) -> list[AVFrame]:
@@ -152,7 +156,9 @@ def bench_incremental_vs_recompute(
             "ratio": inc_ws / re_ws, "windows": n_windows, "recompute_windows": n_re}
 
 
-def bench_overhead(emb: Embedder, frames: list[AVFrame], batch: int, reps: int) -> dict[str, float]:
+def bench_overhead(
+    emb: Embedder, frames: list[AVFrame], batch: int, reps: int, pixel_path: str = "auto"
+) -> dict[str, Any]:
     """Section 2: per-frame ms of the bare forward, embed_tensor and the engine step."""
     rgbs = [f.rgb() for f in frames[:batch]]
     px = preprocess(rgbs, emb.backbone.image_size, emb.device, emb.normalize)
@@ -171,7 +177,7 @@ def bench_overhead(emb: Embedder, frames: list[AVFrame], batch: int, reps: int) 
 
     bare = timed(lambda: emb.forward(px))
     embed = timed(lambda: emb.embed_tensor(rgbs))
-    engine = Engine(emb, None, EngineSettings(max_batch=batch))
+    engine = Engine(emb, None, EngineSettings(max_batch=batch, pixel_path=pixel_path))  # type: ignore[arg-type]
     engine.register("s", lambda sc: None)
     k = [0]
 
@@ -182,7 +188,7 @@ def bench_overhead(emb: Embedder, frames: list[AVFrame], batch: int, reps: int) 
     step()
     eng = timed(step)
     return {"bare_forward_ms": bare, "embed_tensor_ms": embed, "engine_ms": eng,
-            "overhead_vs_bare_pct": 100 * (eng - bare) / bare}
+            "overhead_vs_bare_pct": 100 * (eng - bare) / bare, "pixel_path": engine.pixel_path}
 
 
 async def bench_streams(
@@ -263,7 +269,9 @@ def main() -> int:
     g.add_argument("--random-vits14", action="store_true", help="random DINOv2 ViT-S/14")
     g.add_argument("--model", help="a model reference load_backbone accepts")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=MODEL_DTYPES)
+    p.add_argument("--pixel-path", default="auto", choices=["auto", "rgb", "yuv"],
+                   help="engine.pixel_path (yuv: planes converted on the device)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch", type=int, default=16, help="engine max batch")
     p.add_argument("--max-wait-ms", type=float, default=10.0)
@@ -294,14 +302,14 @@ def main() -> int:
     print(f"| recompute each window from its 24 frames | {r1['recompute_windows_per_s']:.2f} |")
     print(f"| **ratio** | **{r1['ratio']:.1f}x** |\n")
 
-    r2 = bench_overhead(emb, frames, args.batch, reps=5)
+    r2 = bench_overhead(emb, frames, args.batch, reps=5, pixel_path=args.pixel_path)
     print(f"## 2. Engine overhead against the bare model call (batch {args.batch})\n")
     print("| step | ms per frame |")
     print("|---|---|")
     print(f"| bare model forward (preprocessed pixels) | {r2['bare_forward_ms']:.2f} |")
     print(f"| preprocess + forward (embed_tensor) | {r2['embed_tensor_ms']:.2f} |")
-    print(f"| engine step (RGB conversion, preprocess, forward, ring, features) "
-          f"| {r2['engine_ms']:.2f} |")
+    print(f"| engine step ({r2['pixel_path']} pixel path: conversion, resize, forward, ring, "
+          f"features) | {r2['engine_ms']:.2f} |")
     print(f"| engine overhead vs bare forward | {r2['overhead_vs_bare_pct']:+.0f} % |\n")
 
     rows = []

@@ -3,7 +3,7 @@
 Uses a randomly initialised DINOv2 ViT-S/14 (seeded; no weights needed) and the clips in
 ``--clips``. Prints Markdown tables for BENCHMARKS.md.
 
-Usage: python -m bench.gpu_check --clips DIR [--seconds 3]
+Usage: python -m bench.gpu_check --clips DIR [--seconds 3] [--dtypes float32,tf32,...]
 """
 
 from __future__ import annotations
@@ -35,6 +35,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--device", default="cuda", help="cpu only for a dry run of this script")
     ap.add_argument("--arch", default="vits14", choices=["vits14", "tiny"])
+    ap.add_argument(
+        "--dtypes",
+        default="float32,tf32,float16-mixed,bfloat16-mixed,float16,bfloat16,"
+        "float16-mixed@reduce-overhead",
+        help="model precisions to compare; NAME@MODE adds torch.compile(mode=MODE)",
+    )
+    ap.add_argument("--batches", default="8,24,64,128,256")
     args = ap.parse_args()
     clips = sorted(p for p in args.clips.iterdir() if p.suffix in {".mp4", ".avi", ".gif", ".mkv"})
     ref = str(random_backbone_dir(args.arch, seed=0))
@@ -43,10 +50,11 @@ def main() -> None:
     print(f"backbone: random DINOv2 {args.arch} (seed 0), all 257 tokens per frame\n")
 
     cpu = Embedder(load_backbone(ref, "cpu"), batch_size=24)
-    runs = {
-        name: Embedder(load_backbone(ref, dev, name), batch_size=24)
-        for name in ("float32", "bfloat16", "float16")
-    }
+    runs: dict[str, Embedder] = {}
+    for name in args.dtypes.split(","):
+        dtype, _, mode = name.partition("@")
+        runs[name] = Embedder(load_backbone(ref, dev, dtype), batch_size=24,
+                              compile=mode or "off")  # type: ignore[arg-type]
     feats: dict[str, list[np.ndarray]] = {k: [] for k in ["cpu", *runs]}
     for clip in clips:
         feats["cpu"].append(score_file(clip, cpu).centre.window.features)
@@ -94,16 +102,24 @@ def main() -> None:
 
     # throughput of the bare model call and the full path, per dtype and batch size
     clip = max(clips, key=lambda p: p.stat().st_size)
+    top = max(int(b) for b in args.batches.split(","))
     frames = [
-        np.random.default_rng(i).integers(0, 256, (480, 720, 3), dtype=np.uint8) for i in range(64)
+        np.random.default_rng(i).integers(0, 256, (480, 720, 3), dtype=np.uint8)
+        for i in range(top)
     ]
     rows = []
     bb32 = runs["float32"].backbone
     cfg = bb32.model.config  # type: ignore[union-attr]
     flops = vit_flops_per_frame(cfg.hidden_size, cfg.num_hidden_layers, 257, cfg.mlp_ratio, 14)
     for name, emb in runs.items():
-        ceiling = matmul_gflops(dev, 8192 if dev.type == "cuda" else 512, emb.backbone.dtype, 1.0)
-        for batch in (8, 24, 64):
+        half = emb.backbone.autocast or emb.backbone.dtype
+        ceiling = matmul_gflops(dev, 8192 if dev.type == "cuda" else 512, half, 1.0)
+        batches = [int(b) for b in args.batches.split(",")]
+        if emb.compile != "off":  # each size compiles once (a minute): the largest <= 128
+            batches = [max(b for b in batches if b <= 128)]
+        for batch in batches:
+            emb.batch_size = batch
+            emb._buckets = (batch,) if emb.compile != "off" else ()
             px = preprocess(frames[:batch], 224, dev)
             per, _ = timed(lambda px=px, emb=emb: emb.forward(px), dev, args.seconds)
             fps = batch / per
@@ -117,6 +133,8 @@ def main() -> None:
                     f"{fps * flops / 1e9 / ceiling:.2f}",
                 ]
             )
+        if emb.compile != "off":
+            continue
         emb.batch_size = 24
         score_file(clip, emb, all_windows=True)
         sync(dev)

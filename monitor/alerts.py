@@ -14,13 +14,16 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
-    """An alert transition of one stream: ``kind`` is ``alert_start`` or ``alert_end``."""
+    """An alert transition of one stream: ``kind`` is ``alert_start`` or ``alert_end``.
+
+    ``fence``: the owner's fencing token (None without leases), as on scores."""
 
     stream_id: str
     kind: str
     p_ai: float
     at: float
     since: float
+    fence: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written to the events stream."""

@@ -241,7 +241,10 @@ async def delete_stream(request: web.Request) -> web.Response:
     """Remove a stream (204 whether or not it existed)."""
     if (deny := _auth(request)) is not None:
         return deny
-    await request.app[CTX_KEY].manager.remove(request.match_info["id"])
+    try:
+        await request.app[CTX_KEY].manager.remove(request.match_info["id"])
+    except RestravError as exc:  # replicas: the shared desired set is unreachable
+        return json_error(503, exc.code, exc.message)
     return web.Response(status=204)
 
 
@@ -249,7 +252,10 @@ async def pause_stream(request: web.Request) -> web.Response:
     """Pause a stream."""
     if (deny := _auth(request)) is not None:
         return deny
-    status = await request.app[CTX_KEY].manager.pause(request.match_info["id"])
+    try:
+        status = await request.app[CTX_KEY].manager.pause(request.match_info["id"])
+    except RestravError as exc:  # replicas: the shared desired set is unreachable
+        return json_error(503, exc.code, exc.message)
     if status is None:
         return json_error(404, "not_found", "no such stream")
     return web.json_response(status.to_json())
@@ -259,7 +265,10 @@ async def resume_stream(request: web.Request) -> web.Response:
     """Resume a paused stream."""
     if (deny := _auth(request)) is not None:
         return deny
-    status = await request.app[CTX_KEY].manager.resume(request.match_info["id"])
+    try:
+        status = await request.app[CTX_KEY].manager.resume(request.match_info["id"])
+    except RestravError as exc:  # replicas: the shared desired set is unreachable
+        return json_error(503, exc.code, exc.message)
     if status is None:
         return json_error(404, "not_found", "no such stream")
     return web.json_response(status.to_json())

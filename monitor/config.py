@@ -26,6 +26,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ModelDtype = Literal[
+    "float32", "tf32", "float16-mixed", "bfloat16-mixed", "float16", "bfloat16"
+]
+MODEL_DTYPES: tuple[str, ...] = (
+    "float32", "tf32", "float16-mixed", "bfloat16-mixed", "float16", "bfloat16"
+)
+"""Model precisions (ModelSettings.dtype)."""
+
+
 class ModelSettings(_Section):
     """Backbone: where it loads from and how it runs."""
 
@@ -35,7 +44,19 @@ class ModelSettings(_Section):
         "file (dinov2_vits14_pretrain.pth layout) or directory holding one.",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: ModelDtype = Field(
+        "float32",
+        description="Model precision: float32; tf32 (float32 with TF32 matmuls on CUDA); "
+        "float16-mixed / bfloat16-mixed (autocast: matmuls in half precision, LayerNorm "
+        "and softmax in float32); float16 / bfloat16 (the whole model cast). BENCHMARKS.md "
+        "gives each one's speed and feature drift.",
+    )
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off",
+        description="torch.compile mode for the model; reduce-overhead adds CUDA graphs. "
+        "Batches are padded to fixed sizes (powers of two up to batch_size) so each "
+        "size compiles once.",
+    )
     batch_size: int = Field(8, ge=1, le=1024, description="Frames per forward pass.")
     image_size: int = Field(224, ge=14, le=1022, description="Square input side, px.")
     normalize: Literal["none", "imagenet"] = Field(
@@ -230,6 +251,14 @@ class ServeSourceSettings(_Section):
     buffer_frames: int = Field(8, ge=1, le=1024, description="Decoded frames held per stream.")
     backoff: BackoffSettings = BackoffSettings()
     allowed_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https", "file")
+    decode_backend: Literal["auto", "cpu", "nvdec"] = Field(
+        "auto",
+        description="Where RTSP/HTTP/file streams decode: nvdec (the GPU's decoder through "
+        "FFmpeg; frames stay on the device), cpu (PyAV), auto (nvdec when the model runs on "
+        "CUDA and FFmpeg has CUDA; serve resolves it at start). A stream that cannot open "
+        "the GPU decoder decodes on the CPU (logged).",
+    )
+    decode_device: int = Field(0, ge=0, description="The CUDA device index NVDEC decodes on.")
 
 
 class EngineSettings(_Section):
@@ -245,6 +274,12 @@ class EngineSettings(_Section):
     zero_step_eps: float = Field(1e-6, ge=0)
     convert_threads: int = Field(
         4, ge=1, le=64, description="Threads converting sampled frames to RGB (GIL released)."
+    )
+    pixel_path: Literal["auto", "rgb", "yuv"] = Field(
+        "auto",
+        description="rgb: frames converted to RGB on the CPU; yuv: 4:2:0 planes uploaded "
+        "(1.5 bytes/pixel) and converted and resized on the device, same pixels; "
+        "auto: yuv on CUDA, rgb on the CPU.",
     )
 
 
@@ -280,6 +315,50 @@ class ApiSettings(_Section):
     )
 
 
+class UiSettings(_Section):
+    """The operator page (``GET /``, ``/ui``) and its live event stream (``/ui/events``)."""
+
+    enabled: bool = Field(True, description="Serve the operator page and its event stream.")
+    history_s: float = Field(300.0, ge=10, le=3600, description="Timeline span kept per stream.")
+    tick_s: float = Field(1.0, ge=0.1, le=10, description="One update message per tick.")
+    max_clients: int = Field(50, ge=1, le=1000, description="Event-stream clients at once.")
+    client_buffer_messages: int = Field(
+        64, ge=2, le=10_000,
+        description="Messages queued per client; a client this far behind is dropped.",
+    )
+
+
+class ClusterSettings(_Section):
+    """Many `restrav serve` replicas sharing the live streams through Redis leases."""
+
+    enabled: bool = Field(
+        False, description="Own streams through leases (needs redis.url); every replica runs "
+        "its share of the desired set instead of all of it.",
+    )
+    replica: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description="This replica's name (None: the host name; Kubernetes: the pod name).",
+    )
+    capacity_streams: int = Field(64, ge=0, le=100_000, description="Streams it may run.")
+    lease_ttl_s: float = Field(10.0, gt=0, description="Lease and heartbeat TTL.")
+    renew_interval_s: float = Field(
+        3.0, gt=0, description="Renew, heartbeat and assignment interval (< lease_ttl_s / 2)."
+    )
+    max_moves_per_interval: int = Field(
+        2, ge=1, le=1000,
+        description="Streams a replica above its fair share releases per interval.",
+    )
+
+    @model_validator(mode="after")
+    def _renew_in_time(self) -> ClusterSettings:
+        if self.renew_interval_s * 2 > self.lease_ttl_s:
+            raise ValueError(
+                "serve.cluster.renew_interval_s must be at most half of lease_ttl_s "
+                "(a lease must survive one late renewal)"
+            )
+        return self
+
+
 class ServeSettings(_Section):
     """`restrav serve`: the streaming monitor (streams, sources, engine, sinks, API)."""
 
@@ -290,8 +369,10 @@ class ServeSettings(_Section):
     alerts: AlertSettings = AlertSettings()
     sinks: ServeSinkSettings = ServeSinkSettings()
     api: ApiSettings = ApiSettings()
+    ui: UiSettings = UiSettings()
     persist_streams: bool = Field(True, description="Keep the desired set in Redis.")
     drain_deadline_s: float = Field(10.0, gt=0)
+    cluster: ClusterSettings = ClusterSettings()
 
 
 class Settings(BaseSettings):

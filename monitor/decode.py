@@ -111,13 +111,19 @@ def check_file(path: Path, limits: DecodeLimits) -> None:
         raise SourceNotFound(f"{path}: not readable (permissions)")
 
 
-def _open(source: str, limits: DecodeLimits, options: dict[str, str] | None = None) -> Any:
+def _open(
+    source: str,
+    limits: DecodeLimits,
+    options: dict[str, str] | None = None,
+    hwaccel: Any = None,
+) -> Any:
     try:
         return av.open(
             source,
             mode="r",
             timeout=(limits.open_timeout_s, limits.read_timeout_s),
             options=options or {},
+            hwaccel=hwaccel,
         )
     except av.error.ExitError as exc:
         raise DecodeTimeout(f"{source}: timed out opening ({exc})") from exc
@@ -325,6 +331,11 @@ class LiveVideo:
     the read timeout, :class:`DecodeError` on a broken stream. Frames stay in
     PyAV form; :func:`frame_to_rgb` converts the few that are sampled.
     ``description`` is what error messages use (pass a redacted URL).
+
+    With ``cuda_device``, decoding runs on that GPU's NVDEC through FFmpeg and frames
+    stay in device memory (``decoder == "nvdec"``); when no GPU decoder can be opened
+    the input is decoded on the CPU (``decoder == "cpu"``, ``fallback_reason`` says
+    why), and FFmpeg decodes in software what the GPU decoder does not support.
     """
 
     def __init__(
@@ -333,10 +344,25 @@ class LiveVideo:
         limits: DecodeLimits = DecodeLimits(),
         options: dict[str, str] | None = None,
         description: str | None = None,
+        cuda_device: int | None = None,
     ) -> None:
         self.description = description or source
+        self.decoder = "cpu"
+        self.fallback_reason: str | None = None
+        hwaccel = _cuda_hwaccel(cuda_device) if cuda_device is not None else None
+        if hwaccel is not None:
+            try:
+                self._container = _open(source, limits, options, hwaccel)
+                self.decoder = "nvdec"
+            except DecodeError as exc:
+                if isinstance(exc, DecodeTimeout | SourceNotFound):
+                    raise type(exc)(exc.message.replace(source, self.description)) from None
+                # no usable GPU decoder (no device, no driver): decode on the CPU instead
+                self.fallback_reason = exc.message.replace(source, self.description)
+                hwaccel = None
         try:
-            self._container = _open(source, limits, options)
+            if hwaccel is None:
+                self._container = _open(source, limits, options)
         except DecodeError as exc:
             # _open's messages name the source: say it again with the redacted form
             raise type(exc)(
@@ -359,6 +385,39 @@ class LiveVideo:
     def close(self) -> None:
         """Release the input (idempotent)."""
         self._container.close()
+
+
+def _cuda_hwaccel(device: int) -> Any:
+    """NVDEC through FFmpeg: frames stay in device memory (``is_hw_owned``) in the CUDA
+    primary context that torch also uses; streams the GPU decoder cannot take (codec,
+    size, profile) are decoded in software by FFmpeg itself."""
+    from av.codec.hwaccel import HWAccel
+
+    return HWAccel(
+        "cuda", device=str(device), allow_software_fallback=True,
+        options={"primary_ctx": "1"}, is_hw_owned=True,
+    )
+
+
+def gpu_decode_available() -> bool:
+    """Whether the loaded FFmpeg was built with CUDA (NVDEC) support; whether a GPU is
+    there is only known when a decoder opens."""
+    from av.codec.hwaccel import hwdevices_available
+
+    return "cuda" in hwdevices_available()
+
+
+def choose_decode_backend(setting: str, model_device: str, ffmpeg_cuda: bool) -> str:
+    """``nvdec`` or ``cpu`` for a ``source.decode_backend`` setting.
+
+    ``auto`` takes NVDEC when the model runs on CUDA and FFmpeg has CUDA support, else the
+    CPU; ``nvdec`` asks for it wherever FFmpeg has it (a stream that cannot open it still
+    falls back to the CPU, logged); ``cpu`` never uses it."""
+    if setting == "cpu" or not ffmpeg_cuda:
+        return "cpu"
+    if setting == "nvdec":
+        return "nvdec"
+    return "nvdec" if model_device.startswith("cuda") else "cpu"
 
 
 def frame_to_rgb(frame: Any) -> RGBArray:

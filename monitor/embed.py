@@ -37,6 +37,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from .colour import YUVPlanes, planes_to_pixels
 from .errors import ConfigError, ModelError, ModelNotFound
 from .types import RGBArray
 
@@ -59,11 +60,32 @@ HUB_INTERPOLATE_OFFSET = 0.1
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
+    "tf32": torch.float32,
+    "float16-mixed": torch.float32,
+    "bfloat16-mixed": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+"""Model precision name -> the dtype the weights are stored in."""
+
+AUTOCAST: dict[str, torch.dtype] = {
+    "float16-mixed": torch.float16,
+    "bfloat16-mixed": torch.bfloat16,
+}
+"""Mixed precisions: autocast runs matmuls in this dtype, LayerNorm and softmax in float32."""
 
 PosEmbedMode = Literal["torchhub", "transformers"]
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
+
+
+def _buckets(batch_size: int) -> tuple[int, ...]:
+    """Powers of two below ``batch_size``, then ``batch_size``: the padded batch sizes."""
+    sizes = {batch_size}
+    b = 1
+    while b < batch_size:
+        sizes.add(b)
+        b *= 2
+    return tuple(sorted(sizes))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -93,6 +115,12 @@ class Backbone:
     dtype: torch.dtype
     image_size: int
     pos_embed: PosEmbedMode
+    precision: str = "float32"
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The autocast dtype of a mixed precision, else None."""
+        return AUTOCAST.get(self.precision)
 
     @property
     def tokens(self) -> int:
@@ -318,6 +346,10 @@ def load_backbone(
     prefix = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)
     model.eval().requires_grad_(False)
     model.to(device=dev, dtype=DTYPES[dtype])
+    if dtype == "tf32" and dev.type == "cuda":
+        # process-wide: one model per process, and only this precision asks for it
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return Backbone(
         model=model,
         ref=ref,
@@ -329,6 +361,7 @@ def load_backbone(
         dtype=DTYPES[dtype],
         image_size=image_size,
         pos_embed=pos_embed,
+        precision=dtype,
     )
 
 
@@ -364,11 +397,15 @@ def preprocess(
                 align_corners=False,
             )
         out[torch.tensor(idx, device=device)] = x
+    return _normalise(out, normalize)
+
+
+def _normalise(x: torch.Tensor, normalize: Literal["none", "imagenet"]) -> torch.Tensor:
     if normalize == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        out = (out - mean) / std
-    return out
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+    return x
 
 
 class Embedder:
@@ -384,10 +421,17 @@ class Embedder:
         backbone: Backbone,
         batch_size: int = 8,
         normalize: Literal["none", "imagenet"] = "none",
+        compile: CompileMode = "off",
     ) -> None:
         self.backbone = backbone
         self.batch_size = batch_size
         self.normalize = normalize
+        self.compile = compile
+        self._model: Any = backbone.model
+        if compile != "off":
+            self._model = torch.compile(backbone.model, mode=compile, dynamic=False)
+        # fixed batch sizes under torch.compile: each compiles (and graphs) once
+        self._buckets = _buckets(batch_size) if compile != "off" else ()
 
     @property
     def embedding_dim(self) -> int:
@@ -400,20 +444,47 @@ class Embedder:
         return self.backbone.device
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The bare model call: ``(N, 3, S, S)`` -> ``(N, D)`` float32, one pass."""
-        with torch.inference_mode():
-            out = self.backbone.model(pixel_values=pixels.to(self.backbone.dtype))
-            hidden: torch.Tensor = out.last_hidden_state
-            return hidden.reshape(hidden.shape[0], -1).float()
+        """The bare model call: ``(N, 3, S, S)`` -> ``(N, D)`` float32, one pass (under
+        autocast for the mixed precisions; padded to a fixed batch size when compiled)."""
+        n = pixels.shape[0]
+        if self._buckets:
+            size = next((b for b in self._buckets if b >= n), n)
+            if size > n:
+                pixels = torch.cat([pixels, pixels[-1:].expand(size - n, -1, -1, -1)])
+        bb = self.backbone
+        with torch.inference_mode(), torch.autocast(
+            bb.device.type, dtype=bb.autocast or torch.float32, enabled=bb.autocast is not None
+        ):
+            out = self._model(pixel_values=pixels.to(bb.dtype))
+            hidden: torch.Tensor = out.last_hidden_state[:n]
+            return hidden.reshape(n, -1).float()
 
-    def embed_tensor(self, frames: Sequence[RGBArray]) -> torch.Tensor:
-        """Embed frames; returns ``(N, D)`` float32 on the model's device."""
+    def pixels(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
+        """Model input ``(N, 3, S, S)`` on the device for RGB frames and/or YUV planes
+        (converted on the device by :func:`monitor.colour.planes_to_pixels`)."""
+        size, dev = self.backbone.image_size, self.device
+        yuv = [i for i, f in enumerate(frames) if isinstance(f, YUVPlanes)]
+        if not yuv:
+            return preprocess(frames, size, dev, self.normalize)  # type: ignore[arg-type]
+        planes = [frames[i] for i in yuv]
+        px = _normalise(planes_to_pixels(planes, size, dev), self.normalize)  # type: ignore[arg-type]
+        if len(yuv) == len(frames):
+            return px
+        out = torch.empty(len(frames), 3, size, size, device=dev)
+        out[torch.tensor(yuv, device=dev)] = px
+        rgb = [i for i, f in enumerate(frames) if not isinstance(f, YUVPlanes)]
+        out[torch.tensor(rgb, device=dev)] = preprocess(
+            [frames[i] for i in rgb], size, dev, self.normalize  # type: ignore[misc]
+        )
+        return out
+
+    def embed_tensor(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
+        """Embed frames (RGB arrays and/or YUV planes); ``(N, D)`` float32 on the device."""
         chunks = []
         for i in range(0, len(frames), self.batch_size):
             part = frames[i : i + self.batch_size]
             with torch.inference_mode():
-                px = preprocess(part, self.backbone.image_size, self.device, self.normalize)
-                chunks.append(self.forward(px))
+                chunks.append(self.forward(self.pixels(part)))
         if not chunks:
             return torch.empty(0, self.embedding_dim, device=self.device)
         return torch.cat(chunks)

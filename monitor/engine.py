@@ -7,7 +7,9 @@ Contract:
   once. One worker thread owns the model and the device: it takes samples from
   a bounded queue and micro-batches them across streams (``max_batch`` frames,
   waiting at most ``max_wait_ms`` for a batch to fill), converts the sampled
-  frames to RGB, runs one forward pass per batch and updates each stream's
+  frames to RGB on the CPU or, with ``pixel_path="yuv"``, hands their 4:2:0 planes
+  to the device for conversion (:mod:`monitor.colour`), runs one forward pass per
+  batch and updates each stream's
   :class:`~monitor.geometry.WindowRing` (a preallocated ``(24, D)`` ring on the
   device): one distance and one angle per sample, synchronised with the host
   once per batch.
@@ -44,6 +46,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .colour import YUVPlanes
 from .config import EngineSettings
 from .geometry import ZERO_STEP_EPS, WindowRing
 from .metrics import StreamMetrics
@@ -66,6 +69,10 @@ class RGBFrame(Protocol):
         """RGB ``uint8`` ``(H, W, 3)``."""
         ...
 
+    def planes(self) -> YUVPlanes | None:
+        """Its 4:2:0 planes for conversion on the device, or None (use :meth:`rgb`)."""
+        ...
+
 
 class TensorEmbedder(Protocol):
     """What the engine needs from the model (:class:`~monitor.embed.Embedder` fits)."""
@@ -80,7 +87,7 @@ class TensorEmbedder(Protocol):
         """Where embeddings are returned."""
         ...
 
-    def embed_tensor(self, frames: Sequence[RGBArray]) -> torch.Tensor:
+    def embed_tensor(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
         """``(N, D)`` float32 on :attr:`device`."""
         ...
 
@@ -176,6 +183,8 @@ class Engine:
             if settings.convert_threads > 1
             else None
         )
+        self.pixel_path = pixel_path(settings.pixel_path, self.device)
+        self._convert = _convert_yuv if self.pixel_path == "yuv" else _convert_rgb
         self.windows_scored = 0
         self.samples_embedded = 0
         self.error: BaseException | None = None
@@ -339,7 +348,7 @@ class Engine:
         m = self.metrics
         t_start = time.monotonic()
         samples: list[EngineSample] = []
-        rgbs: list[RGBArray] = []
+        rgbs: list[RGBArray | YUVPlanes] = []
         todo: list[EngineSample] = []
         for item in batch:
             if isinstance(item, _Unregister):
@@ -352,9 +361,9 @@ class Engine:
         rgb_of = dict(
             zip(
                 (id(f) for f in distinct),
-                self._pool.map(_convert, distinct)
+                self._pool.map(self._convert, distinct)
                 if self._pool is not None and len(distinct) > 1
-                else map(_convert, distinct),
+                else map(self._convert, distinct),
             )
         )
         converted = [rgb_of[id(s.frame)] for s in todo]
@@ -491,13 +500,33 @@ class Engine:
             m.device_memory.labels(dev, "rss").set(rss_bytes())
 
 
-def _convert(frame: RGBFrame) -> RGBArray | None:
+def _convert_rgb(frame: RGBFrame) -> RGBArray | YUVPlanes | None:
     """RGB pixels of a frame; None when the frame cannot be converted."""
     try:
         return frame.rgb()
     except Exception:  # one bad frame must not cost the batch; counted by the caller
         log.debug("conversion failed", exc_info=True)
         return None
+
+
+def _convert_yuv(frame: RGBFrame) -> RGBArray | YUVPlanes | None:
+    """A frame's planes (converted on the device later), else its RGB pixels; None when
+    the frame cannot be converted."""
+    try:
+        return frame.planes() or frame.rgb()
+    except Exception:  # one bad frame must not cost the batch; counted by the caller
+        log.debug("conversion failed", exc_info=True)
+        return None
+
+
+def pixel_path(setting: str, device: torch.device) -> str:
+    """``yuv`` (4:2:0 planes uploaded, converted and resized on the device) or ``rgb``
+    (RGB made on the CPU by FFmpeg). ``auto`` takes ``yuv`` on CUDA, where it moves half
+    the bytes and frees the CPU, and ``rgb`` on the CPU, where swscale's SIMD
+    conversion is the faster of the two. Both give the same pixels (monitor.colour)."""
+    if setting == "auto":
+        return "yuv" if device.type == "cuda" else "rgb"
+    return setting
 
 
 def rss_bytes() -> int:

@@ -69,3 +69,25 @@ def stream_scores(stream_id: str) -> str:
 def stream_latest(stream_id: str) -> str:
     """The hash with the latest score of one live feed: ``restrav:{stream}:latest``."""
     return f"{PREFIX}:{{{stream_id}}}:latest"
+
+
+def stream_lease(stream_id: str) -> str:
+    """The lease on one live feed: ``"<replica> <fence>"`` with a TTL (SET NX PX)."""
+    return f"{PREFIX}:{{{stream_id}}}:lease"
+
+
+def stream_fence(stream_id: str) -> str:
+    """The fencing counter of one live feed: INCR'd by every new owner, never reset."""
+    return f"{PREFIX}:{{{stream_id}}}:fence"
+
+
+REPLICAS = f"{PREFIX}:replicas"
+"""Set of `restrav serve` replica names (members whose heartbeat key expired are pruned)."""
+
+STREAM_STATUS = f"{PREFIX}:streams:status"
+"""Hash: stream id -> JSON status written by the stream's owner (what any replica's API shows)."""
+
+
+def replica_key(replica: str) -> str:
+    """One serve replica's heartbeat (JSON: capacity, owned, draining) with a TTL."""
+    return f"{PREFIX}:replica:{replica}"

@@ -66,6 +66,23 @@ class StreamMetrics:
     - ``restrav_sink_dropped_total{sink,reason}``: ``buffer_full``.
     - ``restrav_api_requests_total{route,code}``: control-plane requests by status.
     - ``restrav_serve_ready``: 1 when /readyz answers 200.
+    - ``restrav_stale_writes_refused_total{stream}``: score/latest/event writes Redis
+      refused because their fencing token was stale (another replica owns the stream).
+
+    Replicas with leases (``serve.cluster.enabled``), each counted by the replica itself:
+
+    - ``restrav_replica_owned_streams``: streams whose lease this replica holds.
+    - ``restrav_replica_capacity_streams``: streams this replica may run.
+    - ``restrav_lease_acquisitions_total``: leases taken (new fencing tokens).
+    - ``restrav_lease_renewals_total``: leases renewed.
+    - ``restrav_lease_losses_total{reason}``: ``taken`` (renewal found another owner or
+      the lease gone) or ``refused`` (a write was refused as stale).
+    - ``restrav_handovers_total{reason}``: streams this replica gave up on purpose:
+      ``rebalance``, ``drain``, ``removed``.
+    - ``restrav_cluster_unowned_streams``: desired streams without an owner, as this
+      replica last saw them.
+    - ``restrav_cluster_replicas``: live replicas, as this replica last saw them.
+    - ``restrav_cluster_errors_total``: coordinator ticks that failed on Redis.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -156,6 +173,36 @@ class StreamMetrics:
             ["route", "code"], registry=r,
         )
         self.ready = Gauge("restrav_serve_ready", "1 when /readyz answers 200", registry=r)
+        self.stale_writes_refused = Counter(
+            "restrav_stale_writes_refused_total",
+            "Writes Redis refused because their fencing token was stale", ["stream"], registry=r,
+        )
+        self.owned_streams = Gauge(
+            "restrav_replica_owned_streams", "Streams whose lease this replica holds", registry=r
+        )
+        self.capacity_streams = Gauge(
+            "restrav_replica_capacity_streams", "Streams this replica may run", registry=r
+        )
+        self.lease_acquisitions = Counter(
+            "restrav_lease_acquisitions_total", "Stream leases taken", registry=r
+        )
+        self.lease_renewals = Counter(
+            "restrav_lease_renewals_total", "Stream leases renewed", registry=r
+        )
+        self.lease_losses = Counter(
+            "restrav_lease_losses_total", "Stream leases lost, by reason", ["reason"], registry=r
+        )
+        self.handovers = Counter(
+            "restrav_handovers_total", "Streams given up on purpose, by reason", ["reason"],
+            registry=r,
+        )
+        self.unowned_streams = Gauge(
+            "restrav_cluster_unowned_streams", "Desired streams without an owner", registry=r
+        )
+        self.replicas = Gauge("restrav_cluster_replicas", "Live serve replicas", registry=r)
+        self.cluster_errors = Counter(
+            "restrav_cluster_errors_total", "Coordinator ticks that failed on Redis", registry=r
+        )
 
     def set_state(self, stream: str, state: str) -> None:
         """Set ``restrav_stream_state`` to 1 for ``state`` and 0 for the others."""
@@ -307,5 +354,46 @@ class WebRTCMetrics:
             "restrav_webrtc_audio_tracks_ignored_total",
             "Audio tracks offered by peers and answered inactive.",
             ["kind"],
+            registry=registry,
+        )
+
+
+# --- the operator page's live event stream (/ui/events) ---------------------------------
+
+
+class LiveFeedMetrics:
+    """Metrics of the operator page's Server-Sent Events stream.
+
+    ``restrav_ui_clients_dropped_total{reason}``: ``slow`` (a client whose buffer
+    of ``client_buffer_messages`` filled up: it did not read), ``write_timeout``
+    (stuck on one write during a drain). ``restrav_ui_clients_refused_total{reason}``:
+    ``too_many`` (``max_clients`` connected), ``draining``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.clients = Gauge(
+            "restrav_ui_clients", "Connected event-stream clients.", registry=registry
+        )
+        self.clients_dropped = Counter(
+            "restrav_ui_clients_dropped_total",
+            "Event-stream clients disconnected by the server, by reason (slow, write_timeout).",
+            ["reason"],
+            registry=registry,
+        )
+        self.clients_refused = Counter(
+            "restrav_ui_clients_refused_total",
+            "Event-stream connections refused, by reason (too_many, draining).",
+            ["reason"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "restrav_ui_messages_total",
+            "Update messages broadcast (each goes to every connected client).",
+            registry=registry,
+        )
+        self.bytes_sent = Counter(
+            "restrav_ui_sent_bytes_total",
+            "Bytes written to event-stream clients.",
             registry=registry,
         )

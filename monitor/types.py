@@ -142,7 +142,9 @@ class StreamScore:
     the monotonic arrival time of its last frame (for end-to-end latency);
     ``wall_start``/``wall_end`` are the Unix times at which the frames of its
     first and last samples arrived (what the window covers in real time);
-    ``scored_at`` is the Unix time the score was computed.
+    ``scored_at`` is the Unix time the score was computed. ``fence`` is the
+    fencing token of the replica's lease on the stream (None without leases):
+    the Redis sink refuses to write a score whose token is stale.
     """
 
     stream_id: str
@@ -155,6 +157,7 @@ class StreamScore:
     scored_at: float
     wall_start: float = 0.0
     wall_end: float = 0.0
+    fence: int | None = None
 
     @property
     def p_ai(self) -> float | None:

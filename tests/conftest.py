@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_CLIPS = Path(__file__).resolve().parents[1].parent / "shared" / "clips"
+SHARED_CLIPS = Path(
+    os.environ.get("RESTRAV_SHARED_CLIPS")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "clips"
+)
+"""../shared/clips beside the checkout, or RESTRAV_SHARED_CLIPS (a machine without it)."""
 
 TINY_HIDDEN = 32
 

@@ -49,6 +49,8 @@ def write_clip(
     motion: str = "linear",
     frame_fn: Callable[[int, int, int], np.ndarray] | None = None,
     time_base: Fraction | None = None,
+    pix_fmt: str | None = None,
+    crf: int = 0,
 ) -> list[float]:
     """Encode a clip; return the presentation times (s) written, one per frame.
 
@@ -68,9 +70,9 @@ def write_clip(
         rate = Fraction(fps).limit_denominator(1000)
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = width, height
-        stream.pix_fmt = {"libx264": "yuv444p", "gif": "rgb8"}.get(codec, "yuv420p")
+        stream.pix_fmt = pix_fmt or {"libx264": "yuv444p", "gif": "rgb8"}.get(codec, "yuv420p")
         if codec == "libx264":
-            stream.options = {"crf": "0", "preset": "ultrafast", "bf": "0"}
+            stream.options = {"crf": str(crf), "preset": "ultrafast", "bf": "0"}
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
         for i, t in enumerate(times):
@@ -91,3 +93,11 @@ def decoded_pts(path: Path) -> list[float]:
     """Presentation times of every decoded frame, as PyAV reports them."""
     with av.open(str(path)) as c:
         return [float(f.pts * f.time_base) for f in c.decode(video=0)]
+
+
+def write_h264_420(path: Path, fps: float = 25.0, n_frames: int = 30,
+                   size: tuple[int, int] = (64, 48), crf: int = 5) -> Path:
+    """An H.264 4:2:0 clip (what cameras and encoders send) of the jitter pattern."""
+    write_clip(path, fps=fps, n_frames=n_frames, size=size, motion="jitter", pix_fmt="yuv420p",
+               crf=crf)
+    return path

@@ -29,7 +29,7 @@ def wait_port(port: int, timeout_s: float = 10.0) -> bool:
 class RedisProcess:
     """Start, stop and restart one redis-server on a fixed port."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -37,6 +37,7 @@ class RedisProcess:
         self.dir = directory
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.appendonly = appendonly  # True: keys survive a restart (AOF in `directory`)
 
     @property
     def url(self) -> str:
@@ -45,7 +46,7 @@ class RedisProcess:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir)],
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         if not wait_port(self.port):

@@ -193,3 +193,48 @@ def test_preprocess_imagenet_option() -> None:
     grey = np.full((224, 224, 3), 255, dtype=np.uint8)
     x = preprocess([grey], normalize="imagenet")
     assert x[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["tf32", "float16-mixed", "bfloat16-mixed"])
+def test_precisions_load_and_stay_close_to_float32(tiny_model_dir: Path, dtype: str) -> None:
+    """Mixed precisions keep float32 weights and run matmuls in half precision (autocast);
+    tf32 is float32 on the CPU. Each embeds close to float32 (drift figures: BENCHMARKS.md)."""
+    fr = frames(2, seed=4)
+    f32 = Embedder(load_backbone(str(tiny_model_dir), "cpu")).embed(fr)
+    bb = load_backbone(str(tiny_model_dir), "cpu", dtype=dtype)
+    assert bb.dtype == torch.float32
+    assert bb.autocast == {"tf32": None, "float16-mixed": torch.float16,
+                           "bfloat16-mixed": torch.bfloat16}[dtype]
+    got = Embedder(bb).embed(fr)
+    assert got.dtype == np.float32
+    rel = np.linalg.norm(got - f32) / np.linalg.norm(f32)
+    if dtype == "tf32":
+        assert rel < 1e-6  # no TF32 on the CPU: the same float32 arithmetic
+    else:
+        assert 0 < rel < 0.1
+
+
+def test_padding_to_fixed_batch_sizes_keeps_each_frames_embedding(tiny_model_dir: Path) -> None:
+    """Compiled models see only a few batch sizes: padded rows never leak into results."""
+    from monitor.embed import _buckets
+
+    assert _buckets(24) == (1, 2, 4, 8, 16, 24)
+    assert _buckets(1) == (1,)
+    bb = load_backbone(str(tiny_model_dir), "cpu")
+    fr = frames(5, seed=5)
+    plain = Embedder(bb, batch_size=8).embed(fr)
+    padded = Embedder(bb, batch_size=8)
+    padded._buckets = _buckets(8)  # what compile="..." sets, without compiling on 2 cores
+    np.testing.assert_allclose(padded.embed(fr), plain, rtol=1e-5, atol=1e-5)
+    assert padded.embed_tensor(fr[:3]).shape[0] == 3
+
+
+@pytest.mark.cuda
+def test_compiled_model_with_cuda_graphs_matches_eager(tiny_model_dir: Path) -> None:
+    bb = load_backbone(str(tiny_model_dir), "cuda")
+    fr = frames(5, seed=6)
+    eager = Embedder(bb, batch_size=8).embed(fr)
+    graphs = Embedder(bb, batch_size=8, compile="reduce-overhead")
+    for _ in range(3):  # warm-up records the graphs
+        got = graphs.embed(fr)
+    np.testing.assert_allclose(got, eager, rtol=1e-3, atol=1e-3)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.classifier import Classifier, load_classifier
-from monitor.config import Settings, load_settings
+from monitor.config import MODEL_DTYPES, Settings, load_settings
 from monitor.decode import DecodeLimits
 from monitor.embed import Embedder, load_backbone
 
@@ -48,8 +48,9 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", "-d", metavar="D", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        help="model precision (default float32; geometry is float64 regardless)",
+        choices=MODEL_DTYPES,
+        help="model precision (default float32; geometry is float64 regardless; "
+        "see BENCHMARKS.md for each one's speed and feature drift)",
     )
     g.add_argument(
         "--batch-size", type=int, metavar="N", help="frames per forward pass (default 8)"
@@ -97,7 +98,7 @@ def build_embedder(settings: Settings) -> Embedder:
 
         torch.set_num_threads(m.threads)
     backbone = load_backbone(m.ref, m.device, m.dtype, m.image_size)
-    return Embedder(backbone, batch_size=m.batch_size, normalize=m.normalize)
+    return Embedder(backbone, batch_size=m.batch_size, normalize=m.normalize, compile=m.compile)
 
 
 def build_classifier(settings: Settings) -> Classifier | None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -19,14 +20,24 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from monitor.api import ApiContext, ReadyCheck, create_app, redis_ready_check, resolve_token
+from monitor.api import (
+    ApiContext,
+    ReadyCheck,
+    check_bearer,
+    create_app,
+    redis_ready_check,
+    resolve_token,
+)
+from monitor.cluster import ClusteredStreamManager
 from monitor.config import Settings, StreamSpec
 from monitor.engine import Engine
 from monitor.errors import ConfigError
-from monitor.metrics import StreamMetrics
+from monitor.livefeed import LiveFeed, add_ui_routes
+from monitor.metrics import LiveFeedMetrics, StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink, sink_ready_check
+from monitor.sources.rtsp import resolve_decode_backend
 from monitor.whip import attach_webrtc
 
 from .common import (
@@ -54,9 +65,19 @@ whep+https://[:TOKEN@]host/path.
 
 Streams come from the config file (serve.streams) and the HTTP control API
 (/streams, bearer token from serve.api.token or serve.api.token_file); the set
-is kept in Redis and restored on restart. /healthz, /readyz and /metrics need no
+is kept in Redis and restored on restart. The operator page, every stream with
+its live P(AI) timeline and alerts, is at http://HOST:PORT/ (it asks for the
+API token once; serve.ui). /healthz, /readyz and /metrics need no
 token. SIGTERM or SIGINT drains: not ready, stop intake, finish in-flight
 batches, flush sinks, within serve.drain_deadline_s.
+
+Many replicas (serve.cluster.enabled, Redis required): each replica runs only
+the streams whose lease it holds in Redis (restrav:{stream}:lease, renewed
+every serve.cluster.renew_interval_s, TTL serve.cluster.lease_ttl_s); writes
+carry the lease's fencing token and Redis refuses stale ones. New or orphaned
+streams go to the replica with the most free capacity, a joining replica gets
+its share gradually, and SIGTERM hands this replica's streams over. The
+control API of any replica edits the shared set; GET /streams shows owners.
 
 Example:
   restrav serve --config serve.yaml
@@ -127,6 +148,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     log.info("loading model %s", settings.model.ref)
     embedder = await asyncio.to_thread(build_embedder, settings)
     embedder.batch_size = max(embedder.batch_size, s.engine.max_batch)
+    s = s.model_copy(update={"source": resolve_decode_backend(s.source, str(embedder.device))})
     classifier = build_classifier(settings)
     if classifier is None:
         log.warning("no classifier configured: scores carry features only (p_ai null)")
@@ -135,12 +157,17 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
 
     sinks: list[Sink] = []
     redis_client: Any = None
+    redis_sink: RedisSink | None = None
     redis_url = settings.redis.url.get_secret_value() if settings.redis.url else None
+    replica = s.cluster.replica or socket.gethostname()
+    if s.cluster.enabled and not redis_url:
+        raise ConfigError("serve.cluster.enabled needs redis.url (leases live in Redis)")
     if redis_url:
         redis_sink = RedisSink.from_url(
             redis_url, settings.redis.connect_timeout_s, metrics=metrics,
             scores_maxlen=s.sinks.scores_maxlen, events_maxlen=s.sinks.events_maxlen,
             buffer_max=s.sinks.buffer_max, write_batch=s.sinks.write_batch,
+            owner=replica,
         )
         redis_client = redis_sink.client
         sinks.append(redis_sink)
@@ -149,22 +176,34 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
             StdoutSink(metrics=metrics, buffer_max=s.sinks.buffer_max,
                        write_batch=s.sinks.write_batch)
         )
+    feed = LiveFeed(s.ui, s.alerts.enter, s.alerts.leave, LiveFeedMetrics(registry))
+    if s.ui.enabled:
+        sinks.append(feed)
     sink = FanoutSink(sinks)
     await sink.start()
 
-    store = None
-    if redis_client is not None and s.persist_streams:
-        store = RedisDesiredStore(redis_client)
-    manager = StreamManager(
-        engine, sink, s, metrics, store,
-        decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
-    )
+    manager: StreamManager
+    if s.cluster.enabled and redis_sink is not None:
+        manager = clustered = ClusteredStreamManager(
+            engine, sink, s, metrics, redis_client, replica,
+            decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+        )
+        redis_sink.on_refused = clustered.on_refused
+        print(f"restrav serve: replica {replica} (leases in Redis)", file=sys.stderr, flush=True)
+    else:
+        store = None
+        if redis_client is not None and s.persist_streams:
+            store = RedisDesiredStore(redis_client)
+        manager = StreamManager(
+            engine, sink, s, metrics, store,
+            decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+        )
 
     async def model_ready() -> tuple[bool, str]:
         return (engine.running, "" if engine.running else "device worker not running")
 
     checks: dict[str, ReadyCheck] = {"model": model_ready}
-    if redis_client is not None:
+    if redis_client is not None and redis_sink is not None:
         checks["redis"] = redis_ready_check(redis_client, settings.redis.connect_timeout_s)
         # PING answers while writes are refused (OOM, READONLY): the sink knows better
         checks["redis_writes"] = sink_ready_check(redis_sink)
@@ -173,6 +212,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     if token is None:
         log.warning("no API token: the control API is disabled (health and metrics still served)")
     app = create_app(ctx)
+    if s.ui.enabled:
+        feed.statuses = lambda: [st.to_json() for st in manager.list()]
+        add_ui_routes(app, feed, lambda request: check_bearer(request, token))
     webrtc = attach_webrtc(app, manager, settings.webrtc, registry, token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -194,12 +236,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     deadline = time.monotonic() + s.drain_deadline_s
     ctx.draining = True
     metrics.ready.set(0.0)
+    await feed.drain()  # operator pages are told, their event streams end
     print(f"restrav serve: draining (deadline {s.drain_deadline_s:.1f} s)", file=sys.stderr,
           flush=True)
     await webrtc.aclose()  # WHIP sessions end before their streams stop
     await manager.stop()
     engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
     flushed = await sink.flush(max(0.0, deadline - time.monotonic()))
+    if isinstance(manager, ClusteredStreamManager):
+        n = await manager.handover()  # after the flush: our last scores land before the next owner
+        print(f"restrav serve: handed over {n} streams", file=sys.stderr, flush=True)
     await sink.aclose()
     await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,11 +12,17 @@ A connection or timeout error, or a refused write (``OOM`` at ``maxmemory``, a
 :class:`SinkUnavailable`: the batch stays buffered (bounded), the sink reports
 itself unavailable (serve's /readyz turns 503), and the batch is written when
 Redis takes writes again.
+
+Items that carry a fencing token (replicas with leases) are written by the
+fenced scripts of :mod:`monitor.sinks.fenced` instead: Redis refuses them when
+the token is stale; each refusal is counted in
+``restrav_stale_writes_refused_total{stream}`` and reported to ``on_refused``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -28,6 +34,7 @@ from ..metrics import StreamMetrics
 from ..redis_faults import redis_unavailable
 from ..types import StreamScore
 from .base import BufferedSink, Item, SinkUnavailable
+from .fenced import FencedWriter
 
 
 def score_fields(score: StreamScore) -> dict[str, str]:
@@ -46,6 +53,11 @@ def score_fields(score: StreamScore) -> dict[str, str]:
     return out
 
 
+def event_fields(event: AlertEvent) -> dict[str, str]:
+    """The flat string fields stored for one alert event."""
+    return {k: ("" if v is None else str(v)) for k, v in event.to_json().items()}
+
+
 class RedisSink(BufferedSink):
     """Scores and events into Redis (see the module docstring)."""
 
@@ -56,12 +68,17 @@ class RedisSink(BufferedSink):
         client: aioredis.Redis,
         scores_maxlen: int = 10_000,
         events_maxlen: int = 100_000,
+        owner: str = "",
+        on_refused: Callable[[str, int], None] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
         self.client = client
         self.scores_maxlen = scores_maxlen
         self.events_maxlen = events_maxlen
+        self.fenced = FencedWriter(client, owner)
+        self.on_refused = on_refused
+        self.refused = 0
 
     @classmethod
     def from_url(
@@ -75,11 +92,24 @@ class RedisSink(BufferedSink):
         return cls(client, metrics=metrics, **kw)
 
     async def write(self, items: list[Item]) -> None:
-        """One MULTI/EXEC for the batch."""
+        """One MULTI/EXEC for the batch; fenced items are checked inside it."""
+        fenced: dict[int, tuple[str, int]] = {}  # command index -> (stream, token)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 for it in items:
-                    if isinstance(it, StreamScore):
+                    if it.fence is not None:
+                        fenced[len(pipe.command_stack)] = (it.stream_id, it.fence)
+                        if isinstance(it, StreamScore):
+                            await self.fenced.score(
+                                pipe, it.stream_id, it.fence, score_fields(it),
+                                self.scores_maxlen,
+                            )
+                        else:
+                            await self.fenced.event(
+                                pipe, it.stream_id, it.fence, event_fields(it),
+                                self.events_maxlen,
+                            )
+                    elif isinstance(it, StreamScore):
                         fields: Any = score_fields(it)
                         pipe.xadd(
                             keys.stream_scores(it.stream_id), fields,
@@ -87,15 +117,23 @@ class RedisSink(BufferedSink):
                         )
                         pipe.hset(keys.stream_latest(it.stream_id), mapping=fields)
                     elif isinstance(it, AlertEvent):
-                        ev: Any = {
-                            k: ("" if v is None else str(v)) for k, v in it.to_json().items()
-                        }
+                        ev: Any = event_fields(it)
                         pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
-                await pipe.execute()
+                results = await pipe.execute()
         except (RedisError, OSError) as exc:
             if not redis_unavailable(exc):
                 raise
             raise SinkUnavailable(f"redis: {type(exc).__name__}") from exc
+        for idx, (stream_id, token) in fenced.items():
+            if int(results[idx]) == 0:
+                self._refused(stream_id, token)
+
+    def _refused(self, stream_id: str, token: int) -> None:
+        self.refused += 1
+        if self.metrics is not None:
+            self.metrics.stale_writes_refused.labels(stream_id).inc()
+        if self.on_refused is not None:
+            self.on_refused(stream_id, token)
 
     async def aclose(self) -> None:
         """Flush what can be flushed, then close the client."""

@@ -13,9 +13,10 @@ and what a new kind such as WebRTC implements)::
 * A :class:`SourceFrame` carries its presentation time ``pts_s`` on the
   source's clock, its arrival time (``time.monotonic()``), a per-connection
   ``index`` and the frame in the source's own form (``image``) with a
-  ``to_rgb`` function: only the few frames the 11.5 Hz grid samples are ever
-  converted to RGB, and the conversion runs on the engine's device thread, not
-  on the event loop.
+  ``to_rgb`` function (and optionally ``to_planes``, its 4:2:0 planes for
+  conversion on the device): only the few frames the 11.5 Hz grid samples are
+  ever converted, and the conversion runs on the engine's side, not on the
+  event loop.
 * ``dropped_before`` counts frames the source dropped just before this one (a
   full buffer keeping the latest): the stream ends its window there.
 * Openers register per kind with :func:`register_source_kind`; a spec's kind
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+from ..colour import YUVPlanes
 from ..config import ServeSourceSettings, StreamSpec
 from ..errors import RestravError, UnsupportedSource
 from ..types import RGBArray, SourceClosed
@@ -79,10 +81,16 @@ class SourceFrame:
     image: Any
     to_rgb: Callable[[Any], RGBArray]
     dropped_before: int = 0
+    to_planes: Callable[[Any], YUVPlanes | None] | None = None
 
     def rgb(self) -> RGBArray:
         """The frame as RGB ``uint8`` ``(H, W, 3)`` (converts; call once per sample)."""
         return self.to_rgb(self.image)
+
+    def planes(self) -> YUVPlanes | None:
+        """The frame's 4:2:0 planes for conversion on the device, or None when the
+        source or the pixel format offers none (the caller then uses :meth:`rgb`)."""
+        return self.to_planes(self.image) if self.to_planes is not None else None
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from ..config import StreamSpec
 from ..decode import LiveVideo
 from ..errors import InputError
 from .base import DropPolicy, SourceContext, SourceError
-from .rtsp import AVSource, _limits
+from .rtsp import AVSource, _limits, nvdec_device
 
 
 def file_path(url: str) -> Path:
@@ -52,6 +52,7 @@ class FileSource(AVSource):
             limits=_limits(ctx),
             buffer_frames=ctx.settings.buffer_frames,
             policy=DropPolicy.KEEP_LATEST,
+            cuda_device=nvdec_device(ctx.settings),
         )
         await src.start()
         return src
@@ -66,7 +67,7 @@ class FileSource(AVSource):
             if not self.loop or self._quit.is_set():
                 return
             current.close()
-            current = LiveVideo(str(self.path), self._limits, None, self.description)
+            current = self._open_video()
             self._video = current
             self._clock0 = None  # the next pass restarts the clock at its first frame
 

@@ -18,8 +18,15 @@ import threading
 import time
 from typing import Any
 
-from ..config import StreamSpec
-from ..decode import DecodeLimits, LiveVideo, frame_to_rgb
+from ..colour import frame_planes
+from ..config import ServeSourceSettings, StreamSpec
+from ..decode import (
+    DecodeLimits,
+    LiveVideo,
+    choose_decode_backend,
+    frame_to_rgb,
+    gpu_decode_available,
+)
 from ..errors import DecodeError, InputError
 from ..types import SourceClosed
 from .base import DropPolicy, FrameBuffer, SourceContext, SourceError, SourceFrame
@@ -41,9 +48,11 @@ class AVSource:
         buffer_frames: int = 8,
         policy: DropPolicy = DropPolicy.KEEP_LATEST,
         live: bool = True,
+        cuda_device: int | None = None,
     ) -> None:
         self._url = url
         self.description = description
+        self.cuda_device = cuda_device
         self._limits = limits
         self._options = options or {}
         self._buffer_frames = buffer_frames
@@ -68,12 +77,19 @@ class AVSource:
             _limits(ctx),
             options,
             buffer_frames=s.buffer_frames,
+            cuda_device=nvdec_device(s),
         )
         await src.start()
         return src
 
     def _open_video(self) -> LiveVideo:
-        return LiveVideo(self._url, self._limits, self._options, self.description)
+        video = LiveVideo(
+            self._url, self._limits, self._options, self.description, self.cuda_device
+        )
+        if video.fallback_reason is not None:
+            log.warning("%s: GPU decoding unavailable, decoding on the CPU: %s",
+                        self.description, video.fallback_reason)
+        return video
 
     async def start(self) -> None:
         """Open the input (in a thread) and start the decode thread."""
@@ -116,6 +132,7 @@ class AVSource:
                     index=self.frames_read,
                     image=av_frame,
                     to_rgb=frame_to_rgb,
+                    to_planes=frame_planes,
                 )
                 self.frames_read += 1
                 if not buf.put(frame, self._quit):
@@ -153,6 +170,26 @@ class AVSource:
             await asyncio.to_thread(t.join, _JOIN_TIMEOUT_S)
             if t.is_alive():
                 log.debug("decode thread of %s still in a blocking read", self.description)
+
+
+def nvdec_device(settings: ServeSourceSettings) -> int | None:
+    """The CUDA device to decode on, or None for the CPU (``auto`` not yet resolved by
+    serve counts as the CPU)."""
+    return settings.decode_device if settings.decode_backend == "nvdec" else None
+
+
+def resolve_decode_backend(src: ServeSourceSettings, model_device: str) -> ServeSourceSettings:
+    """Settle ``decode_backend`` (``auto``) once the model's device is known (serve does
+    this at start); NVDEC picked by ``auto`` decodes on the model's GPU."""
+    backend = choose_decode_backend(src.decode_backend, model_device, gpu_decode_available())
+    device = src.decode_device
+    if src.decode_backend == "auto" and backend == "nvdec" and ":" in model_device:
+        device = int(model_device.split(":", 1)[1])
+    if src.decode_backend == "nvdec" and backend == "cpu":
+        log.warning("source.decode_backend is nvdec but this FFmpeg has no CUDA support: "
+                    "decoding on the CPU")
+    log.info("streams decode on %s", f"NVDEC (cuda:{device})" if backend == "nvdec" else "the CPU")
+    return src.model_copy(update={"decode_backend": backend, "decode_device": device})
 
 
 def _limits(ctx: SourceContext) -> DecodeLimits:

@@ -45,6 +45,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from ..colour import frame_planes
 from ..config import StreamSpec, WebRTCSettings
 from ..metrics import WebRTCMetrics
 from ..redaction import redact_url
@@ -186,6 +187,7 @@ class TrackSource:
                         index=self._index,
                         image=frame,
                         to_rgb=frame_to_rgb,
+                        to_planes=frame_planes,
                     )
                 )
                 self._index += 1

@@ -1,0 +1,140 @@
+"""Live streams over several `restrav serve` replicas (leases in a real redis-server).
+
+Lean versions of the core properties, in the default run: every stream owned
+by exactly one replica with an even load, the control API and ``GET /streams``
+on any replica, failover after SIGKILL with no seq/window overlap between
+owners (real processes); a write refused as stale stops the stream at once
+(in process, deterministic). The long scenarios are in tests/chaos/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+import torch
+from prometheus_client import CollectorRegistry
+
+from monitor import keys
+from monitor.cluster import ClusteredStreamManager
+from monitor.config import StreamSpec, load_settings
+from monitor.embed import Embedder, load_backbone
+from monitor.engine import Engine
+from monitor.leases import LeaseStore
+from monitor.metrics import StreamMetrics
+from monitor.sinks import RedisSink
+
+from .cluster_procs import Cluster, check_no_overlap, stream_clip, wait_for
+from .redisproc import RedisProcess
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return stream_clip(tmp_path_factory.mktemp("cluster"))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Cluster]:
+    rp = RedisProcess(tmp_path)
+    rp.start()
+    c = Cluster(tmp_path, rp.url, tiny_model_dir)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+        rp.stop()
+
+
+def test_two_replicas_share_streams_and_fail_over_without_overlap(
+    cluster: Cluster, clip: Path
+) -> None:
+    names = ["r1", "r2"]
+    for n in names:
+        cluster.start(n)
+    cluster.wait_registered(names)
+    ids = cluster.add_streams(names, clip, 4)  # the control API of either replica
+    wait_for(lambda: cluster.loads(ids, names) == {"r1": 2, "r2": 2}, 120, "an even split")
+    code, body = cluster.api("r2", "GET", "/streams")
+    assert code == 200 and [s["id"] for s in body["streams"]] == ids
+    owners = cluster.owners(ids)
+    wait_for(lambda: all(s["owner"] == owners[s["id"]]
+                         for s in cluster.api("r1", "GET", "/streams")[1]["streams"]),
+             60, "GET /streams on r1 to show every owner")
+    wait_for(lambda: all(cluster.scores(s) for s in ids), 120, "a score of every stream")
+
+    victim = owners["cam00"]
+    assert victim is not None
+    survivor = next(n for n in names if n != victim)
+    moved = [s for s in ids if owners[s] == victim]
+    cluster.signal(victim, signal.SIGKILL)
+    wait_for(lambda: all(cluster.first_score_by(s, survivor) for s in moved), 120,
+             f"{survivor} to score {moved}")
+    assert cluster.owners(ids) == dict.fromkeys(ids, survivor)
+    for s in moved:
+        runs = check_no_overlap(cluster.scores(s))
+        assert len(runs) == 2  # the victim's ownership, then the survivor's
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_model_dir: Path) -> Iterator[Embedder]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield Embedder(load_backbone(str(tiny_model_dir), "cpu", image_size=56), batch_size=8)
+    finally:
+        torch.set_num_threads(threads)
+
+
+async def test_a_write_refused_as_stale_stops_the_stream_at_once(
+    embedder: Embedder, redis_url: str, clip: Path
+) -> None:
+    settings = load_settings(serve={
+        "engine": {"hop": 2},
+        "cluster": {"enabled": True, "lease_ttl_s": 120, "renew_interval_s": 60},
+    }).serve
+    metrics = StreamMetrics(CollectorRegistry())
+    engine = Engine(embedder, None, settings.engine, metrics)
+    engine.start(asyncio.get_running_loop())
+    client = aioredis.from_url(redis_url)
+    sink = RedisSink(client, metrics=metrics, owner="a")
+    await sink.start()
+    mgr = ClusteredStreamManager(engine, sink, settings, metrics, client, "a")
+    sink.on_refused = mgr.on_refused
+    thief = LeaseStore(client, "b", 120)
+    try:
+        await mgr.restore((StreamSpec(id="cam", url=f"file://{clip}", loop=True),))
+        await wait_for_async(lambda: "cam" in mgr.owned, "the lease")
+        status = mgr.get("cam")
+        assert status is not None and status.owner == "a" and status.fence == 1
+        await wait_for_async(lambda: sink.written > 0, "a first score written")
+        # another replica takes the lease while "a" has not noticed (its next renewal is
+        # a minute away): the very next write of "a" is refused, and the stream stops
+        await client.delete(keys.stream_lease("cam"))
+        assert await thief.acquire("cam") == 2
+        await wait_for_async(lambda: "cam" not in mgr.owned, "the stream to stop")
+        assert sink.refused >= 1
+        assert metrics.registry.get_sample_value(
+            "restrav_lease_losses_total", {"reason": "refused"}) == 1.0
+        assert metrics.registry.get_sample_value(
+            "restrav_stale_writes_refused_total", {"stream": "cam"}) == sink.refused
+        n = await client.xlen(keys.stream_scores("cam"))
+        await asyncio.sleep(1.0)  # nothing more from "a": its stream task is gone
+        assert await client.xlen(keys.stream_scores("cam")) == n
+        assert "cam" not in mgr.owned and mgr.get("cam") is not None
+    finally:
+        await mgr.stop()
+        await engine.drain(10)
+        await sink.aclose()
+
+
+async def wait_for_async(cond: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)

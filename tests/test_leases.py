@@ -1,0 +1,187 @@
+"""Leases, fencing and assignment against a real redis-server (the core properties, lean).
+
+Exclusive ownership, renewal and loss, fenced writes refused when stale, and
+the assignment plan converging to an even split without double ownership.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from monitor import keys
+from monitor.alerts import AlertEvent
+from monitor.assignment import plan, targets
+from monitor.leases import LeaseStore, ReplicaInfo
+from monitor.metrics import StreamMetrics
+from monitor.sinks import RedisSink
+from monitor.types import Score, StreamScore, WindowFeatures
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.from_url(redis_url)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+def score(stream: str, seq: int, fence: int | None) -> StreamScore:
+    wf = WindowFeatures(features=np.zeros(21), repeated_frames=0)
+    return StreamScore(stream, seq, 0, 0.0, 2.0, Score(window=wf, p_ai=0.5), arrival_s=0.0,
+                       scored_at=1000.0 + seq, fence=fence)
+
+
+async def test_one_owner_at_a_time_and_fence_grows(client: aioredis.Redis) -> None:
+    a = LeaseStore(client, "a", lease_ttl_s=30)
+    b = LeaseStore(client, "b", lease_ttl_s=30)
+    results = await asyncio.gather(*(s.acquire("cam") for s in (a, b, a, b)))
+    assert sorted(r is not None for r in results) == [False, False, False, True]
+    t1 = next(r for r in results if r is not None)
+    owner = a if results.index(t1) % 2 == 0 else b
+    other = b if owner is a else a
+    assert (await a.owners(["cam"]))["cam"].owner == owner.replica  # type: ignore[union-attr]
+    assert await other.renew({"cam": t1}) == {"cam": False}  # the token is not its lease
+    assert await other.release("cam", t1) is False
+    assert await owner.renew({"cam": t1}) == {"cam": True}
+    assert await owner.release("cam", t1) is True
+    t2 = await other.acquire("cam")
+    assert t2 is not None and t2 > t1
+    assert await owner.renew({"cam": t1}) == {"cam": False}  # taken: the old owner must stop
+
+
+async def test_expired_lease_is_free_and_renewal_retakes_it_only_if_untaken(
+    client: aioredis.Redis,
+) -> None:
+    a = LeaseStore(client, "a", lease_ttl_s=0.05)
+    b = LeaseStore(client, "b", lease_ttl_s=30)
+    t1 = await a.acquire("x")
+    t_y = await a.acquire("y")
+    assert t1 is not None and t_y is not None
+    await asyncio.sleep(0.2)
+    assert await a.owners(["x", "y"]) == {"x": None, "y": None}
+    t2 = await b.acquire("x")  # x taken by b after expiry; y left free
+    assert t2 is not None
+    assert await a.renew({"x": t1, "y": t_y}) == {"x": False, "y": True}
+    assert (await b.owners(["y"]))["y"].owner == "a"  # type: ignore[union-attr]
+
+
+async def test_stale_fenced_writes_are_refused_and_counted(client: aioredis.Redis) -> None:
+    a = LeaseStore(client, "a", lease_ttl_s=30)
+    b = LeaseStore(client, "b", lease_ttl_s=30)
+    t_a = await a.acquire("cam")
+    assert t_a is not None
+    registry = CollectorRegistry()
+    refused: list[tuple[str, int]] = []
+    sink = RedisSink(client, metrics=StreamMetrics(registry), owner="a",
+                     on_refused=lambda s, t: refused.append((s, t)))
+    await sink.start()
+    sink.publish(score("cam", 0, t_a))
+    assert await sink.flush(10)
+    # a is paused past its TTL: b takes the lease (the fence grows), then a wakes up
+    await a.client.delete(keys.stream_lease("cam"))
+    t_b = await b.acquire("cam")
+    assert t_b is not None and t_b > t_a
+    sink.publish(score("cam", 1, t_a))
+    sink.publish_event(AlertEvent("cam", "alert_start", 0.9, 1.0, 0.5, fence=t_a))
+    sink.publish(score("cam", 7, t_b))
+    sink.publish(score("other", 3, None))  # unfenced writes are unaffected
+    assert await sink.flush(10)
+    await sink.aclose()
+    entries = await client.xrange(keys.stream_scores("cam"))
+    assert [(e[b"seq"], e[b"owner"], int(e[b"fence"])) for _, e in entries] == [
+        (b"0", b"a", t_a), (b"7", b"a", t_b)
+    ]
+    latest = await client.hgetall(keys.stream_latest("cam"))
+    assert latest[b"seq"] == b"7"
+    assert await client.xlen(keys.EVENTS) == 0
+    assert await client.xlen(keys.stream_scores("other")) == 1
+    assert refused == [("cam", t_a), ("cam", t_a)]
+    assert registry.get_sample_value(
+        "restrav_stale_writes_refused_total", {"stream": "cam"}) == 2.0
+
+
+async def test_heartbeats_list_live_replicas_and_prune_dead_ones(
+    client: aioredis.Redis,
+) -> None:
+    a = LeaseStore(client, "a", lease_ttl_s=30)
+    b = LeaseStore(client, "b", lease_ttl_s=0.05)
+    await a.heartbeat(ReplicaInfo("a", 8, 2))
+    await b.heartbeat(ReplicaInfo("b", 4, 0, draining=True))
+    assert await a.replicas() == [ReplicaInfo("a", 8, 2), ReplicaInfo("b", 4, 0, True)]
+    await asyncio.sleep(0.2)
+    assert await a.replicas() == [ReplicaInfo("a", 8, 2)]
+    assert await client.smembers(keys.REPLICAS) == {b"a"}
+    with pytest.raises(ValueError):
+        LeaseStore(client, "has space", 1.0)
+
+
+def simulate(names: list[str], streams: list[str], owners: dict[str, str | None],
+             capacity: int = 100, max_moves: int = 2, rounds: int = 30) -> list[dict[str, int]]:
+    """Every replica plans on the same snapshot each round; releases happen before
+    acquisitions; the lease rule (first acquire wins) is applied. Returns the loads."""
+    history = []
+    order: dict[str, list[str]] = {n: [s for s in streams if owners.get(s) == n] for n in names}
+    for _ in range(rounds):
+        reps = [ReplicaInfo(n, capacity) for n in names]
+        plans = {n: plan(n, reps, owners, list(reversed(order[n])), max_moves) for n in names}
+        for n, p in plans.items():
+            assert len(p.release) <= max_moves
+            for s in p.release:
+                owners[s] = None
+                order[n].remove(s)
+        for n, p in plans.items():
+            for s in p.acquire:
+                if owners[s] is None:  # SET NX: only the first one gets it
+                    owners[s] = n
+                    order[n].append(s)
+        history.append({n: sum(1 for o in owners.values() if o == n) for n in names})
+    return history
+
+
+def test_assignment_spreads_new_streams_evenly() -> None:
+    streams = [f"s{i:02d}" for i in range(12)]
+    loads = simulate(["a", "b", "c"], streams, {s: None for s in streams}, rounds=3)
+    assert loads[0] == {"a": 4, "b": 4, "c": 4}
+    assert loads[-1] == loads[0]  # stable: no churn once even
+
+
+@pytest.mark.parametrize("n_streams", [12, 13, 14])
+def test_a_joining_replica_gets_its_share_gradually(n_streams: int) -> None:
+    streams = [f"s{i:02d}" for i in range(n_streams)]
+    owners: dict[str, str | None] = {s: ("a" if i % 2 else "b") for i, s in enumerate(streams)}
+    for s in streams[:3]:
+        owners[s] = "c"
+    loads = simulate(["a", "b", "c", "d"], streams, owners, max_moves=1, rounds=20)
+    final = loads[-1]
+    assert max(final.values()) - min(final.values()) <= 1
+    assert sum(final.values()) == n_streams
+    for before, after in itertools.pairwise(loads):
+        assert all(before[n] - after[n] <= 1 for n in before)  # at most max_moves each round
+    assert loads[-1] == loads[-2]
+
+
+def test_capacity_bounds_assignment_and_targets() -> None:
+    reps = [ReplicaInfo("a", 2), ReplicaInfo("b", 10)]
+    owners: dict[str, str | None] = {f"s{i}": None for i in range(10)}
+    # most free capacity first: b until its free capacity is down to a's
+    assert plan("b", reps, owners, [], 2).acquire == [f"s{i}" for i in range(8)] + ["s9"]
+    assert plan("a", reps, owners, [], 2).acquire == ["s8"]
+    assert targets(reps, {"a": 0, "b": 0}, 10) == {"a": 1, "b": 9}
+    even = [ReplicaInfo("a", 5), ReplicaInfo("b", 5)]
+    assert targets(even, {"a": 3, "b": 2}, 5) == {"a": 3, "b": 2}  # ties: fewest moves
+    assert targets(even, {"a": 2, "b": 3}, 5) == {"a": 2, "b": 3}
+    assert targets(reps, {}, 20) == {"a": 2, "b": 10}  # capped: the rest stays unowned
+    loads = simulate(["a", "b"], list(owners), dict(owners), capacity=100, rounds=1)
+    assert loads[0] == {"a": 5, "b": 5}
+    full = plan("a", [ReplicaInfo("a", 1)], {"x": "a", "y": None}, ["x"], 2)
+    assert full.acquire == [] and full.release == []
+    draining = plan("a", [ReplicaInfo("a", 9, draining=True)], {"x": None}, [], 2)
+    assert draining.acquire == []
