@@ -315,6 +315,19 @@ class ApiSettings(_Section):
     )
 
 
+class UiSettings(_Section):
+    """The operator page (``GET /``, ``/ui``) and its live event stream (``/ui/events``)."""
+
+    enabled: bool = Field(True, description="Serve the operator page and its event stream.")
+    history_s: float = Field(300.0, ge=10, le=3600, description="Timeline span kept per stream.")
+    tick_s: float = Field(1.0, ge=0.1, le=10, description="One update message per tick.")
+    max_clients: int = Field(50, ge=1, le=1000, description="Event-stream clients at once.")
+    client_buffer_messages: int = Field(
+        64, ge=2, le=10_000,
+        description="Messages queued per client; a client this far behind is dropped.",
+    )
+
+
 class ClusterSettings(_Section):
     """Many `restrav serve` replicas sharing the live streams through Redis leases."""
 
@@ -356,6 +369,7 @@ class ServeSettings(_Section):
     alerts: AlertSettings = AlertSettings()
     sinks: ServeSinkSettings = ServeSinkSettings()
     api: ApiSettings = ApiSettings()
+    ui: UiSettings = UiSettings()
     persist_streams: bool = Field(True, description="Keep the desired set in Redis.")
     drain_deadline_s: float = Field(10.0, gt=0)
     cluster: ClusterSettings = ClusterSettings()

@@ -356,3 +356,44 @@ class WebRTCMetrics:
             ["kind"],
             registry=registry,
         )
+
+
+# --- the operator page's live event stream (/ui/events) ---------------------------------
+
+
+class LiveFeedMetrics:
+    """Metrics of the operator page's Server-Sent Events stream.
+
+    ``restrav_ui_clients_dropped_total{reason}``: ``slow`` (a client whose buffer
+    of ``client_buffer_messages`` filled up: it did not read), ``write_timeout``
+    (stuck on one write during a drain). ``restrav_ui_clients_refused_total{reason}``:
+    ``too_many`` (``max_clients`` connected), ``draining``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.clients = Gauge(
+            "restrav_ui_clients", "Connected event-stream clients.", registry=registry
+        )
+        self.clients_dropped = Counter(
+            "restrav_ui_clients_dropped_total",
+            "Event-stream clients disconnected by the server, by reason (slow, write_timeout).",
+            ["reason"],
+            registry=registry,
+        )
+        self.clients_refused = Counter(
+            "restrav_ui_clients_refused_total",
+            "Event-stream connections refused, by reason (too_many, draining).",
+            ["reason"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "restrav_ui_messages_total",
+            "Update messages broadcast (each goes to every connected client).",
+            registry=registry,
+        )
+        self.bytes_sent = Counter(
+            "restrav_ui_sent_bytes_total",
+            "Bytes written to event-stream clients.",
+            registry=registry,
+        )

@@ -73,15 +73,16 @@ class DevTools:
         return r["result"].get("value")
 
 
-async def page_socket(http: ClientSession, port: int, timeout_s: float = 30) -> str:
-    """The websocket URL of the browser's first page target."""
+async def page_socket(http: ClientSession, port: int, timeout_s: float = 30,
+                      url_part: str = "/publish") -> str:
+    """The websocket URL of the browser's first page target whose URL has ``url_part``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         with contextlib.suppress(OSError):
             async with http.get(f"http://127.0.0.1:{port}/json") as r:
                 for target in await r.json(content_type=None):
-                    if target.get("type") == "page" and "/publish" in target.get("url", ""):
+                    if target.get("type") == "page" and url_part in target.get("url", ""):
                         return str(target["webSocketDebuggerUrl"])
         await asyncio.sleep(0.2)
     raise TimeoutError("Chromium's DevTools endpoint did not come up")
@@ -142,20 +143,25 @@ async def test_chromium_publishes_through_the_page_and_scores_appear(
             text = await svc.metrics_text()
             assert 'restrav_webrtc_sessions{kind="whip"} 1.0' in text
         finally:
-            browser.terminate()
-            try:
-                browser.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                browser.kill()
-                browser.wait()
-            if browser.stderr is not None:
-                browser.stderr.close()
+            stop_browser(browser)
         for _ in range(100):  # the browser is gone: its session ends (ICE fails or idles)
             st, _ = await svc.get_json("/streams/browser1", TOKEN)
             if st == 404:
                 break
             await asyncio.sleep(0.2)
         assert st == 404
+
+
+def stop_browser(browser: subprocess.Popen[bytes]) -> None:
+    """Terminate Chromium (kill it if it lingers) and close its stderr pipe."""
+    browser.terminate()
+    try:
+        browser.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        browser.kill()
+        browser.wait()
+    if browser.stderr is not None:
+        browser.stderr.close()
 
 
 async def _page_state(port: int) -> Any:

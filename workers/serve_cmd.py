@@ -20,15 +20,23 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from monitor.api import ApiContext, ReadyCheck, create_app, redis_ready_check, resolve_token
+from monitor.api import (
+    ApiContext,
+    ReadyCheck,
+    check_bearer,
+    create_app,
+    redis_ready_check,
+    resolve_token,
+)
 from monitor.cluster import ClusteredStreamManager
 from monitor.config import Settings, StreamSpec
 from monitor.engine import Engine
 from monitor.errors import ConfigError
-from monitor.metrics import StreamMetrics
+from monitor.livefeed import LiveFeed, add_ui_routes
+from monitor.metrics import LiveFeedMetrics, StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
-from monitor.sinks.base import Sink
+from monitor.sinks.base import Sink, sink_ready_check
 from monitor.sources.rtsp import resolve_decode_backend
 from monitor.whip import attach_webrtc
 
@@ -57,7 +65,9 @@ whep+https://[:TOKEN@]host/path.
 
 Streams come from the config file (serve.streams) and the HTTP control API
 (/streams, bearer token from serve.api.token or serve.api.token_file); the set
-is kept in Redis and restored on restart. /healthz, /readyz and /metrics need no
+is kept in Redis and restored on restart. The operator page, every stream with
+its live P(AI) timeline and alerts, is at http://HOST:PORT/ (it asks for the
+API token once; serve.ui). /healthz, /readyz and /metrics need no
 token. SIGTERM or SIGINT drains: not ready, stop intake, finish in-flight
 batches, flush sinks, within serve.drain_deadline_s.
 
@@ -166,6 +176,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
             StdoutSink(metrics=metrics, buffer_max=s.sinks.buffer_max,
                        write_batch=s.sinks.write_batch)
         )
+    feed = LiveFeed(s.ui, s.alerts.enter, s.alerts.leave, LiveFeedMetrics(registry))
+    if s.ui.enabled:
+        sinks.append(feed)
     sink = FanoutSink(sinks)
     await sink.start()
 
@@ -190,13 +203,18 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         return (engine.running, "" if engine.running else "device worker not running")
 
     checks: dict[str, ReadyCheck] = {"model": model_ready}
-    if redis_client is not None:
+    if redis_client is not None and redis_sink is not None:
         checks["redis"] = redis_ready_check(redis_client, settings.redis.connect_timeout_s)
+        # PING answers while writes are refused (OOM, READONLY): the sink knows better
+        checks["redis_writes"] = sink_ready_check(redis_sink)
     ctx = ApiContext(manager=manager, metrics=metrics, settings=s.api, token=token,
                      ready_checks=checks)
     if token is None:
         log.warning("no API token: the control API is disabled (health and metrics still served)")
     app = create_app(ctx)
+    if s.ui.enabled:
+        feed.statuses = lambda: [st.to_json() for st in manager.list()]
+        add_ui_routes(app, feed, lambda request: check_bearer(request, token))
     webrtc = attach_webrtc(app, manager, settings.webrtc, registry, token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -218,6 +236,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     deadline = time.monotonic() + s.drain_deadline_s
     ctx.draining = True
     metrics.ready.set(0.0)
+    await feed.drain()  # operator pages are told, their event streams end
     print(f"restrav serve: draining (deadline {s.drain_deadline_s:.1f} s)", file=sys.stderr,
           flush=True)
     await webrtc.aclose()  # WHIP sessions end before their streams stop

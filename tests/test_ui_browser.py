@@ -1,0 +1,214 @@
+"""Headless Chromium opens the operator page of a running `restrav serve` and sees it live.
+
+`restrav serve` (the real composition, in this event loop) plays three looping
+file streams through the tiny model and a mean-curvature classifier whose
+centre lies between the curvature of a smooth clip and of a jerky one (both
+measured here through the real scoring path). Chromium loads ``/#token=...``;
+the test reads what a person would see through the DevTools protocol: three
+rows, running, with timelines that advance; then stream ``c`` is switched to
+the jerky clip through the control API (a forced alert), and its row turns to
+an alert with a shaded period on its timeline. A click opens the stream's 21
+features. Screenshots are saved (``RESTRAV_TEST_ARTIFACTS`` keeps them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import ClientSession
+
+from monitor.classifier import Classifier, Scaler
+from monitor.config import Settings, load_settings
+from monitor.livefeed import THETA_MEAN
+from monitor.pipeline import score_file
+from tests.media import write_clip
+from tests.test_webrtc_browser import (
+    CHROMIUM,
+    DevTools,
+    _decode_png,
+    page_socket,
+    stop_browser,
+)
+from tests.webrtc_peers import Service, free_port
+from workers.common import build_embedder
+
+TOKEN = "operator-page-token"
+
+pytestmark = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK),
+    reason=f"Chromium is not installed ({CHROMIUM}); apt-get install -y chromium",
+)
+
+ROWS_JS = """(() => {
+  const out = {};
+  for (const r of document.querySelectorAll('.row')) {
+    if (r.hidden) continue;
+    const c = r.querySelector('canvas');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let line = 0, shade = 0, bar = 0, amber = 0;
+    for (let i = 0; i < d.length; i += 4) {
+      const R = d[i], G = d[i + 1], B = d[i + 2];
+      if (B > 170 && G > 140 && R < 150) line++;                  // the P(AI) line
+      if (R > G + 35 && R > B + 20 && R > 60) shade++;            // red: alert (and threshold)
+      if (i < c.width * 4 * 2 && R > 180 && G < 130) bar++;       // the alert's top edge
+      if (R > 200 && G > 140 && B < 120) amber++;                 // repeated-frame markers
+    }
+    out[r.dataset.id] = {
+      line, shade, bar, amber, flagged: Number(r.dataset.flagged),
+      state: r.dataset.state, alert: r.dataset.alert,
+      lastT: Number(r.dataset.lastT), points: Number(r.dataset.points),
+      text: r.innerText, top: r.getBoundingClientRect().top,
+    };
+  }
+  return JSON.stringify(out);
+})()"""
+
+
+def curvature_classifier(settings: Settings, smooth: Path, jerky: Path, out: Path) -> Path:
+    """A mean-curvature classifier centred between the two clips' measured curvature."""
+    embedder = build_embedder(settings)
+    lo, hi = (float(np.mean([w.window.features[THETA_MEAN]
+                             for w in score_file(p, embedder, all_windows=True, hop=4).windows
+                             or []]))
+              for p in (smooth, jerky))
+    assert hi - lo > 2.0, (lo, hi)  # the jerky clip curves more: something to separate
+    Classifier(
+        kind="mean_curvature", scaler=Scaler.identity(),
+        params={"centre": np.array([(lo + hi) / 2]), "scale": np.array([(hi - lo) / 10])},
+        threshold=0.5, threshold_mode="fixed",
+    ).save(out)
+    return out
+
+
+async def until(dt: DevTools, expr: str, ok: Any, timeout_s: float, what: str) -> Any:
+    """Evaluate ``expr`` (JSON) until ``ok(value)``; fail with the last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    value: Any = None
+    while loop.time() < deadline:
+        value = json.loads(await dt.evaluate(expr))
+        if ok(value):
+            return value
+        await asyncio.sleep(0.25)
+    pytest.fail(f"the page never showed {what}; last: {value}")
+
+
+async def screenshot(dt: DevTools, path: Path) -> np.ndarray:
+    shot = await dt.call("Page.captureScreenshot", format="png")
+    path.write_bytes(base64.b64decode(shot["data"]))
+    keep = os.environ.get("RESTRAV_TEST_ARTIFACTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(keep) / path.name)
+    img = _decode_png(path)
+    assert img.shape[0] == 820 and img.shape[1] == 1400 and img.std() > 10
+    return img
+
+
+@pytest.mark.slow
+async def test_operator_page_shows_three_live_streams_and_a_forced_alert(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    smooth, jerky, slow = tmp_path / "smooth.mp4", tmp_path / "jerky.mp4", tmp_path / "slow.mp4"
+    for path, motion in ((smooth, "linear"), (jerky, "jitter")):
+        write_clip(path, fps=25, n_frames=250, size=(64, 48), motion=motion)
+    # 8 fps under the 11.5 Hz grid: every window has repeated frames (and low curvature)
+    write_clip(slow, fps=8, n_frames=80, size=(64, 48), motion="linear")
+    model = {"ref": str(tiny_model_dir), "device": "cpu", "image_size": 112, "batch_size": 8}
+    clf = curvature_classifier(load_settings(None, model=model), smooth, jerky, tmp_path / "clf")
+    settings = load_settings(None, **{
+        "model": model,
+        "classifier": {"path": str(clf)},
+        "serve": {
+            "api": {"port": free_port(), "token": TOKEN, "allow_file_sources": True},
+            "streams": [{"id": sid, "url": f"file://{clip}", "loop": True}
+                        for sid, clip in (("a", smooth), ("b", slow), ("c", smooth))],
+            "persist_streams": False,
+            "sinks": {"stdout": False},
+            "engine": {"hop": 4, "max_batch": 8, "max_wait_ms": 5.0},
+            "alerts": {"enter": 0.8, "leave": 0.6, "min_duration_s": 0.5},
+            "ui": {"tick_s": 0.5, "history_s": 30},
+        },
+    })
+    debug_port = free_port()
+    async with Service(settings) as svc:
+        args = [
+            CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+            "--hide-scrollbars", "--force-device-scale-factor=1",
+            f"--remote-debugging-port={debug_port}", "--window-size=1400,760",
+            f"{svc.url}/#token={TOKEN}",
+        ]
+        browser = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            async with ClientSession() as http, http.ws_connect(
+                await page_socket(http, debug_port, url_part=svc.url), max_msg_size=64 * 2**20
+            ) as ws:
+                dt = DevTools(ws)
+                await dt.call("Emulation.setDeviceMetricsOverride", width=1400, height=820,
+                              deviceScaleFactor=1, mobile=False)
+                rows = await until(
+                    dt, ROWS_JS,
+                    lambda r: set(r) == {"a", "b", "c"}
+                    and all(x["state"] == "running" and x["points"] >= 2 and x["line"] > 20
+                            for x in r.values()),
+                    120, "three running rows with timelines")
+                # the token left the address bar (it was only ever in the fragment)
+                assert "token" not in await dt.evaluate("location.href")
+                assert await dt.evaluate("sessionStorage.getItem('restrav.token')") == TOKEN
+                assert [k for k, _ in sorted(rows.items(), key=lambda kv: kv[1]["top"])] == [
+                    "a", "b", "c"]
+                assert all(x["alert"] == "0" and x["bar"] == 0 for x in rows.values())
+                # repeated frames are marked on b's timeline only
+                assert rows["b"]["flagged"] > 0 and rows["b"]["amber"] > 10
+                assert rows["a"]["flagged"] == rows["c"]["flagged"] == rows["a"]["amber"] == 0
+                assert all("%" in x["text"] for x in rows.values())  # the latest P(AI)
+                before = {k: v["lastT"] for k, v in rows.items()}
+                await until(dt, ROWS_JS,
+                            lambda r: all(r[k]["lastT"] > before[k] for k in before),
+                            60, "timelines that advance")
+                ui = json.loads(await dt.evaluate(
+                    "JSON.stringify({conn: restravUi.conn, updates: restravUi.updates})"))
+                assert ui["conn"] == "live" and ui["updates"] > 0
+
+                # force an alert: stream c now plays the jerky clip
+                async with http.put(f"{svc.url}/streams/c",
+                                    json={"url": f"file://{jerky}", "loop": True},
+                                    headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                    assert r.status == 200, await r.text()
+                rows = await until(dt, ROWS_JS,
+                                   lambda r: r["c"]["alert"] == "1" and r["c"]["bar"] >= 40,
+                                   120, "an alert period on stream c")
+                assert "ALERT" in rows["c"]["text"]
+                # the period is shaded over the row's height (a and b show only the threshold)
+                assert rows["c"]["shade"] > max(rows["a"]["shade"], rows["b"]["shade"]) + 15 * 40
+                assert rows["a"]["bar"] == rows["b"]["bar"] == 0
+                assert rows["a"]["alert"] == rows["b"]["alert"] == "0"
+                summary = await dt.evaluate("document.getElementById('summary').innerText")
+                assert "1 alert" in summary and "3 streams" in summary
+                await asyncio.sleep(2.0)  # a little more timeline for the picture
+                await screenshot(dt, tmp_path / "operator-page.png")
+
+                # one stream: a click opens its 21 features and its history
+                await dt.evaluate("document.querySelector('.row[data-id=\"c\"]').click(), 1")
+                detail = await until(
+                    dt, "JSON.stringify({hidden: document.getElementById('detail').hidden,"
+                        " features: document.querySelectorAll('#dFeatures tr').length,"
+                        " title: document.getElementById('dId').textContent,"
+                        " history: document.querySelectorAll('#dHistory li').length})",
+                    lambda d: not d["hidden"] and d["features"] == 21, 30, "the detail panel")
+                assert detail["title"] == "c" and detail["history"] >= 2
+                await screenshot(dt, tmp_path / "operator-page-detail.png")
+        finally:
+            stop_browser(browser)
+    assert svc.rc == 0
