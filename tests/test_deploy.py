@@ -100,10 +100,10 @@ def test_compose_commands_parse_with_the_real_cli() -> None:
     parser = build_parser()
     commands = {name: svc["command"] for name, svc in compose["services"].items()
                 if svc.get("image", "").startswith("restrav") or "build" in svc}
-    assert set(commands) == {"serve", "worker"}
+    assert set(commands) == {"serve", "serve-2", "worker"}  # two serve replicas share streams
     for name, argv in commands.items():
         args = parser.parse_args(argv)
-        assert args.command == name
+        assert args.command == name.partition("-")[0]
     for svc in compose["services"].values():
         for vol in svc.get("volumes", []):
             src = vol.split(":")[0]
@@ -120,3 +120,18 @@ def test_helm_chart_ships_the_same_alert_rules() -> None:
     assert values["worker"]["metricsPort"] == 9100 and values["serve"]["port"] == 8080
     assert (chart / "files" / "alerts.yml").read_text() == (
         DEPLOY / "prometheus" / "alerts.yml").read_text()
+
+
+def test_helm_and_compose_replica_settings_exist_in_the_config() -> None:
+    from monitor.config import ClusterSettings
+
+    template = (DEPLOY / "helm" / "restrav-monitor" / "templates" / "serve.yaml").read_text()
+    compose = (DEPLOY / "compose.yaml").read_text()
+    names = set(re.findall(r"RESTRAV_SERVE__CLUSTER__([A-Z_]+)", template + compose))
+    assert {"ENABLED", "REPLICA", "LEASE_TTL_S"} <= names
+    for n in names:
+        assert n.lower() in ClusterSettings.model_fields, n
+    assert "fieldPath: metadata.name" in template  # identity = the pod name
+    values = yaml.safe_load((DEPLOY / "helm" / "restrav-monitor" / "values.yaml").read_text())
+    cluster = values["serve"]["cluster"]
+    assert cluster["renewIntervalSeconds"] * 2 <= cluster["leaseTtlSeconds"]

@@ -32,11 +32,12 @@ from monitor.cluster import ClusteredStreamManager
 from monitor.config import Settings, StreamSpec
 from monitor.engine import Engine
 from monitor.errors import ConfigError
+from monitor.http_guard import ServerLog
 from monitor.livefeed import LiveFeed, add_ui_routes
 from monitor.metrics import LiveFeedMetrics, StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
-from monitor.sinks.base import Sink
+from monitor.sinks.base import Sink, sink_ready_check
 from monitor.sources.rtsp import resolve_decode_backend
 from monitor.whip import attach_webrtc
 
@@ -203,8 +204,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         return (engine.running, "" if engine.running else "device worker not running")
 
     checks: dict[str, ReadyCheck] = {"model": model_ready}
-    if redis_client is not None:
+    if redis_client is not None and redis_sink is not None:
         checks["redis"] = redis_ready_check(redis_client, settings.redis.connect_timeout_s)
+        # PING answers while writes are refused (OOM, READONLY): the sink knows better
+        checks["redis_writes"] = sink_ready_check(redis_sink)
     ctx = ApiContext(manager=manager, metrics=metrics, settings=s.api, token=token,
                      ready_checks=checks)
     if token is None:
@@ -214,7 +217,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         feed.statuses = lambda: [st.to_json() for st in manager.list()]
         add_ui_routes(app, feed, lambda request: check_bearer(request, token))
     webrtc = attach_webrtc(app, manager, settings.webrtc, registry, token)
-    runner = web.AppRunner(app, access_log=None)
+    # malformed HTTP: one line, no request bytes (they may hold the token), counted
+    server_log = ServerLog(
+        on_refused=lambda code: metrics.api_requests.labels("malformed", str(code)).inc()
+    )
+    runner = web.AppRunner(app, access_log=None, logger=server_log)
     await runner.setup()
     site = web.TCPSite(runner, s.api.host, s.api.port)
     await site.start()

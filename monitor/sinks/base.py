@@ -23,6 +23,7 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from ..alerts import AlertEvent
@@ -201,3 +202,14 @@ class BufferedSink:
             except TimeoutError:
                 self._task.cancel()
             self._task = None
+
+
+def sink_ready_check(sink: BufferedSink) -> Callable[[], Awaitable[tuple[bool, str]]]:
+    """A /readyz check: not ready while ``sink``'s last write failed (it is buffering)."""
+
+    async def check() -> tuple[bool, str]:
+        if sink.available:
+            return True, ""
+        return False, f"{sink.name} refuses writes or is unreachable; {sink.buffered} buffered"
+
+    return check

@@ -7,8 +7,11 @@ newest entry of the score stream. Alert events go to ``restrav:events``
 (``XADD MAXLEN ~``). Field values are strings; ``p_ai`` is empty without a
 classifier; ``features`` is a JSON list of the 21 features.
 
-A connection or timeout error raises :class:`SinkUnavailable`: the batch stays
-buffered (bounded) and is written when Redis is back.
+A connection or timeout error, or a refused write (``OOM`` at ``maxmemory``, a
+``READONLY`` replica, ... see :mod:`monitor.redis_faults`) raises
+:class:`SinkUnavailable`: the batch stays buffered (bounded), the sink reports
+itself unavailable (serve's /readyz turns 503), and the batch is written when
+Redis takes writes again.
 
 Items that carry a fencing token (replicas with leases) are written by the
 fenced scripts of :mod:`monitor.sinks.fenced` instead: Redis refuses them when
@@ -23,12 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from .. import keys
 from ..alerts import AlertEvent
 from ..metrics import StreamMetrics
+from ..redis_faults import redis_unavailable
 from ..types import StreamScore
 from .base import BufferedSink, Item, SinkUnavailable
 from .fenced import FencedWriter
@@ -117,7 +120,9 @@ class RedisSink(BufferedSink):
                         ev: Any = event_fields(it)
                         pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
                 results = await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisError, OSError) as exc:
+            if not redis_unavailable(exc):
+                raise
             raise SinkUnavailable(f"redis: {type(exc).__name__}") from exc
         for idx, (stream_id, token) in fenced.items():
             if int(results[idx]) == 0:
