@@ -90,6 +90,8 @@ def test_ticks_fold_scores_into_points_alerts_and_marks() -> None:
     assert up["alerts"]["cam1"][1] == round(clock.t, 2)
     assert "cam1" not in up["status"]  # nothing changed: not repeated
     snap = feed.snapshot()
+    # pages connecting within one tick share one serialised snapshot
+    assert feed.snapshot_message() is feed.snapshot_message()
     cam = snap["streams"]["cam1"]
     assert len(cam["points"]) == 1 and len(cam["alerts"]) == 1 and len(cam["marks"]) == 4
     detail = feed.detail("cam1")
