@@ -20,7 +20,8 @@ Control routes need ``Authorization: Bearer <token>`` (constant-time compare);
 without a configured token they answer 503 (control plane disabled). Bodies
 are JSON objects of at most ``max_body_bytes`` (413 beyond), validated by
 :class:`~monitor.config.StreamSpec` (unknown fields refused); errors are JSON
-``{"error": {"code", "message"}}`` with 400 (not JSON), 401, 404, 409, 413,
+``{"error": {"code", "message"}}`` with 400 (not JSON, nested deeper than
+32 levels, a malformed body), 401, 404, 409, 413,
 415 (not JSON content type), 422 (invalid spec) or 429 (too many streams).
 A refused request changes nothing. Every request is counted in
 ``restrav_api_requests_total{route,code}``.
@@ -33,19 +34,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from .config import ApiSettings, StreamSpec
 from .errors import InputError, RestravError
+from .http_guard import JsonTooDeep, loads_json
 from .metrics import StreamMetrics
 from .service import StreamManager
 
@@ -110,6 +112,8 @@ async def _count_and_guard(
         )
     except web.HTTPException as exc:
         resp = json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except HttpProcessingError as exc:  # a broken body (chunking, encoding) read by a handler
+        resp = json_error(400, "bad_request", f"malformed request body ({type(exc).__name__})")
     ctx.metrics.api_requests.labels(_route_name(request), str(resp.status)).inc()
     return resp
 
@@ -127,7 +131,9 @@ async def _read_spec(request: web.Request, stream_id: str | None) -> StreamSpec 
         return json_error(415, "unsupported_media_type", "send Content-Type: application/json")
     raw = await request.read()  # bounded by client_max_size
     try:
-        body = json.loads(raw)
+        body = loads_json(raw)
+    except JsonTooDeep as exc:
+        return json_error(400, "too_deep", f"{exc}; a stream spec is a flat object")
     except (ValueError, UnicodeDecodeError):
         return json_error(400, "bad_json", "body is not valid JSON")
     if not isinstance(body, dict):

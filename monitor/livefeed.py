@@ -299,6 +299,7 @@ class LiveFeed:
         Returns the update (also sent to every subscriber as ``event: update``).
         """
         now = self.clock()
+        status, marks, removed = self._poll(now)  # first: a removed stream gets no point
         points: dict[str, list[Any]] = {}
         for sid, tr in self._tracks.items():
             if tr.bucket is not None:
@@ -306,7 +307,6 @@ class LiveFeed:
                 tr.points.append(pt)
                 points[sid] = pt
                 tr.bucket = None
-        status, marks, removed = self._poll(now)
         alerts = {sid: self._tracks[sid].alerts[-1] for sid in sorted(self._alerts_changed)
                   if sid in self._tracks and self._tracks[sid].alerts}
         self._alerts_changed.clear()

@@ -99,7 +99,9 @@ def test_ticks_fold_scores_into_points_alerts_and_marks() -> None:
     clock.t += 30
     assert feed.snapshot()["streams"]["cam1"]["points"] == []
     statuses.clear()
-    assert feed.tick()["removed"] == ["cam1"]
+    feed.publish(score("cam1", 3, clock.t, 0.1))  # scored just before its removal
+    up = feed.tick()
+    assert up["removed"] == ["cam1"] and up["points"] == {}
     assert feed.detail("cam1") is None
 
 

@@ -32,6 +32,7 @@ from monitor.cluster import ClusteredStreamManager
 from monitor.config import Settings, StreamSpec
 from monitor.engine import Engine
 from monitor.errors import ConfigError
+from monitor.http_guard import ServerLog
 from monitor.livefeed import LiveFeed, add_ui_routes
 from monitor.metrics import LiveFeedMetrics, StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager
@@ -216,7 +217,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         feed.statuses = lambda: [st.to_json() for st in manager.list()]
         add_ui_routes(app, feed, lambda request: check_bearer(request, token))
     webrtc = attach_webrtc(app, manager, settings.webrtc, registry, token)
-    runner = web.AppRunner(app, access_log=None)
+    # malformed HTTP: one line, no request bytes (they may hold the token), counted
+    server_log = ServerLog(
+        on_refused=lambda code: metrics.api_requests.labels("malformed", str(code)).inc()
+    )
+    runner = web.AppRunner(app, access_log=None, logger=server_log)
     await runner.setup()
     site = web.TCPSite(runner, s.api.host, s.api.port)
     await site.start()
