@@ -117,11 +117,11 @@ def test_no_classifier_points_carry_curvature_only() -> None:
 class FeedServer:
     """The feed's routes on a real aiohttp server, with the API's bearer check."""
 
-    def __init__(self, settings: UiSettings) -> None:
+    def __init__(self, settings: UiSettings, token: str | None = TOKEN) -> None:
         self.registry = CollectorRegistry()
         self.feed = LiveFeed(settings, metrics=LiveFeedMetrics(self.registry))
         app = web.Application()
-        add_ui_routes(app, self.feed, lambda r: check_bearer(r, TOKEN))
+        add_ui_routes(app, self.feed, lambda r: check_bearer(r, token))
         self.app = app
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -212,6 +212,15 @@ async def test_page_and_assets_are_served_without_a_token_events_need_one() -> N
             srv.feed.tick()
             ev, up = await anext(it)
             assert ev == "update" and up["points"]["x"][1] == 0.4
+
+
+async def test_without_an_api_token_the_event_stream_is_off() -> None:
+    async with FeedServer(UiSettings(), token=None) as srv, ClientSession() as http:
+        async with http.get(srv.url + "/ui/events", headers=AUTH) as r:
+            assert r.status == 503
+            assert (await r.json())["error"]["code"] == "control_disabled"
+        async with http.get(srv.url + "/") as r:
+            assert r.status == 200  # the page itself says why it cannot show anything
 
 
 async def test_a_client_that_never_reads_is_dropped_and_counted() -> None:
