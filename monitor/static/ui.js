@@ -94,7 +94,12 @@ async function connect() {
   }
   if (resp.status === 503) {
     const body = await resp.json().catch(() => ({}));
-    return retryLater((body.error && body.error.code) || "unavailable");
+    const code = (body.error && body.error.code) || "unavailable";
+    if (code === "control_disabled") {
+      setConn("off", "no API token configured");
+      return askToken("This service has no API token (serve.api.token), so the page is off.");
+    }
+    return retryLater(code);
   }
   if (!resp.ok || !resp.body) return retryLater("HTTP " + resp.status);
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
