@@ -6,6 +6,7 @@ Routes (``{id}``: 1-64 of letters, digits, ``_ . -``)::
     GET    /readyz                  no auth   200 when model loaded, Redis reachable,
                                               not draining; else 503 with reasons
     GET    /metrics                 no auth   Prometheus text format
+    GET    /openapi.json            no auth   the OpenAPI 3.1 document of these routes
     GET    /streams                 bearer    {"streams": [status, ...]}
     POST   /streams                 bearer    body: a stream spec with "id"
                                               201 created / 200 unchanged / 409 other spec
@@ -49,6 +50,7 @@ from .config import ApiSettings, StreamSpec
 from .errors import InputError, RestravError
 from .http_guard import JsonTooDeep, loads_json
 from .metrics import StreamMetrics
+from .openapi import openapi_document
 from .service import StreamManager
 
 log = logging.getLogger("restrav.api")
@@ -205,6 +207,11 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI document of these routes (generated from the pydantic models)."""
+    return web.json_response(openapi_document())
+
+
 async def list_streams(request: web.Request) -> web.Response:
     """Every stream's status."""
     if (deny := _auth(request)) is not None:
@@ -292,6 +299,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/streams", list_streams)
     app.router.add_post("/streams", post_stream)
     app.router.add_put(f"/streams/{_ID}", put_stream)

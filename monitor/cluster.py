@@ -96,6 +96,7 @@ class ClusteredStreamManager(StreamManager):
         self._draining = False
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self._renewed_at = time.monotonic()
         if metrics is not None:
             metrics.capacity_streams.set(self.cfg.capacity_streams)
@@ -269,7 +270,9 @@ class ClusteredStreamManager(StreamManager):
     def on_refused(self, stream_id: str, token: int) -> None:
         """The sink's callback for a write refused as stale: stop the stream now."""
         if self.owned.get(stream_id) == token:
-            asyncio.get_running_loop().create_task(self._lose(stream_id, "refused"))
+            task = asyncio.get_running_loop().create_task(self._lose(stream_id, "refused"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # --- local streams of leases -----------------------------------------------------
 
@@ -374,6 +377,7 @@ class ClusteredStreamManager(StreamManager):
                 d = self._desired.get(sid)
                 if d is None:
                     await self._give_up(sid, "removed", forget=True)
+                    await self.client.hdel(keys.STREAM_STATUS, sid)
                 else:
                     await self._apply_local(d[0])
         ids = sorted(self._desired)

@@ -465,12 +465,24 @@ class LiveVideo:
             self._stream.codec_context.thread_count = limits.threads
 
     def frames(self) -> Iterator[tuple[Any, float]]:
-        """Yield ``(av frame, pts seconds)`` until the input ends."""
+        """Yield ``(av frame, pts seconds)`` until the input ends (or :meth:`close`)."""
+        if self._container is None:
+            return
         yield from _frames(self._container, self._stream, self.description)
 
     def close(self) -> None:
-        """Release the input (idempotent)."""
-        self._container.close()
+        """Release the input now (idempotent): the container, and the decoder's threads.
+
+        FFmpeg's frame threads live as long as the codec context, which lives as
+        long as something references the stream; dropping our references here
+        frees them at once instead of whenever the garbage collector meets a
+        cycle holding this object (each RTSP reconnect used to leave its
+        decoder threads and buffers behind until then).
+        """
+        if self._container is not None:
+            self._container.close()
+        self._container = None
+        self._stream = None
 
 
 def _cuda_hwaccel(device: int) -> Any:

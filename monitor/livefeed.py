@@ -95,7 +95,6 @@ class _Bucket:
     c_n: int = 0
     flagged: bool = False
     segment: int = 0
-    windows: int = 0
 
     def add(self, sc: StreamScore) -> None:
         self.t = max(self.t, sc.wall_end or sc.scored_at)
@@ -108,7 +107,6 @@ class _Bucket:
             self.c_n += 1
         self.flagged = self.flagged or sc.score.flagged
         self.segment = sc.segment
-        self.windows += 1
 
     def point(self) -> list[Any]:
         """``[t, p_ai (max), curvature (mean, degrees), flagged (0/1), segment]``."""
@@ -136,7 +134,8 @@ class _Track:
 
 
 def _summary(st: dict[str, Any]) -> dict[str, Any]:
-    """The part of a status the list view shows (sent when it changes)."""
+    """The part of a status the list view shows (sent when it changes: nothing in it
+    changes at every window, so a steady stream costs no status bytes)."""
     err = st.get("error")
     return {
         "state": st.get("state"),
@@ -144,7 +143,6 @@ def _summary(st: dict[str, Any]) -> dict[str, Any]:
         "paused": st.get("paused"),
         "alert": st.get("alert_active"),
         "reconnects": st.get("reconnects"),
-        "windows": st.get("windows_scored"),
         "error": err.get("code") if isinstance(err, dict) else None,
     }
 
@@ -230,6 +228,8 @@ class LiveFeed:
         self.dropped = 0
         self.refused = 0
         self.messages = 0
+        self._ticks = 0
+        self._snapshot: tuple[int, bytes] | None = None
 
     # --- sink side (called on the event loop; never blocks) ---------------------------
 
@@ -299,6 +299,7 @@ class LiveFeed:
         Returns the update (also sent to every subscriber as ``event: update``).
         """
         now = self.clock()
+        self._ticks += 1
         status, marks, removed = self._poll(now)  # first: a removed stream gets no point
         points: dict[str, list[Any]] = {}
         for sid, tr in self._tracks.items():
@@ -427,6 +428,13 @@ class LiveFeed:
             "streams": streams,
         }
 
+    def snapshot_message(self) -> bytes:
+        """:meth:`snapshot` as an SSE message, built at most once a tick: pages that
+        connect together (after a restart) share one serialisation."""
+        if self._snapshot is None or self._snapshot[0] != self._ticks:
+            self._snapshot = (self._ticks, sse("snapshot", self.snapshot()))
+        return self._snapshot[1]
+
     def detail(self, stream_id: str) -> dict[str, Any] | None:
         """One stream: its full status, latest window (21 named features) and timeline."""
         tr = self._tracks.get(stream_id)
@@ -515,7 +523,7 @@ def add_ui_routes(
         m = feed.metrics
         try:
             await resp.prepare(request)
-            msg: bytes | None = sse("snapshot", feed.snapshot())
+            msg: bytes | None = feed.snapshot_message()
             while msg is not None:
                 await resp.write(msg)
                 if m is not None:

@@ -90,6 +90,8 @@ def test_ticks_fold_scores_into_points_alerts_and_marks() -> None:
     assert up["alerts"]["cam1"][1] == round(clock.t, 2)
     assert "cam1" not in up["status"]  # nothing changed: not repeated
     snap = feed.snapshot()
+    # pages connecting within one tick share one serialised snapshot
+    assert feed.snapshot_message() is feed.snapshot_message()
     cam = snap["streams"]["cam1"]
     assert len(cam["points"]) == 1 and len(cam["alerts"]) == 1 and len(cam["marks"]) == 4
     detail = feed.detail("cam1")
@@ -115,11 +117,11 @@ def test_no_classifier_points_carry_curvature_only() -> None:
 class FeedServer:
     """The feed's routes on a real aiohttp server, with the API's bearer check."""
 
-    def __init__(self, settings: UiSettings) -> None:
+    def __init__(self, settings: UiSettings, token: str | None = TOKEN) -> None:
         self.registry = CollectorRegistry()
         self.feed = LiveFeed(settings, metrics=LiveFeedMetrics(self.registry))
         app = web.Application()
-        add_ui_routes(app, self.feed, lambda r: check_bearer(r, TOKEN))
+        add_ui_routes(app, self.feed, lambda r: check_bearer(r, token))
         self.app = app
         self.runner: web.AppRunner | None = None
         self.url = ""
@@ -161,6 +163,29 @@ async def wait_for(cond: Any, timeout_s: float = 30.0, what: str = "") -> None:
         await asyncio.sleep(0.02)
 
 
+def connect_stuck(url: str) -> socket.socket:
+    """A client that asks for the event stream and never reads (a 4 kB receive buffer)."""
+    host, port = url.removeprefix("http://").split(":")
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect((host, int(port)))
+    stuck.sendall(f"GET /ui/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+                  "\r\n\r\n".encode())
+    return stuck
+
+
+async def flood(feed: LiveFeed, done: Any) -> None:
+    """Updates of ~50 kB (500 streams) until ``done()``: socket buffers fill up."""
+    ids = [f"stream-{j:03d}-" + "x" * 50 for j in range(500)]
+    for i in range(1000):
+        for sid in ids:
+            feed.publish(score(sid, i, 1.0 + i, 0.5))
+        feed.tick()
+        await asyncio.sleep(0.01)
+        if done():
+            return
+
+
 async def test_page_and_assets_are_served_without_a_token_events_need_one() -> None:
     async with FeedServer(UiSettings()) as srv, ClientSession() as http:
         for path, ctype in (("/", "text/html"), ("/ui", "text/html"),
@@ -189,6 +214,15 @@ async def test_page_and_assets_are_served_without_a_token_events_need_one() -> N
             assert ev == "update" and up["points"]["x"][1] == 0.4
 
 
+async def test_without_an_api_token_the_event_stream_is_off() -> None:
+    async with FeedServer(UiSettings(), token=None) as srv, ClientSession() as http:
+        async with http.get(srv.url + "/ui/events", headers=AUTH) as r:
+            assert r.status == 503
+            assert (await r.json())["error"]["code"] == "control_disabled"
+        async with http.get(srv.url + "/") as r:
+            assert r.status == 200  # the page itself says why it cannot show anything
+
+
 async def test_a_client_that_never_reads_is_dropped_and_counted() -> None:
     settings = UiSettings(client_buffer_messages=8)
     async with FeedServer(settings) as srv, ClientSession() as http:
@@ -202,21 +236,9 @@ async def test_a_client_that_never_reads_is_dropped_and_counted() -> None:
 
         good = asyncio.create_task(reader())
         await wait_for(lambda: srv.feed.clients == 1, what="the reader")
-        host, port = srv.url.removeprefix("http://").split(":")
-        stuck = socket.socket()
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.connect((host, int(port)))
-        stuck.sendall(f"GET /ui/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
-                      "\r\n\r\n".encode())
+        stuck = connect_stuck(srv.url)
         await wait_for(lambda: srv.feed.clients == 2, what="the stuck client")
-        ids = [f"stream-{j:03d}-" + "x" * 50 for j in range(500)]
-        for i in range(1000):  # ~50 kB an update: the stuck client's socket buffers fill up
-            for sid in ids:
-                srv.feed.publish(score(sid, i, 1.0 + i, 0.5))
-            srv.feed.tick()
-            await asyncio.sleep(0.01)
-            if srv.feed.dropped:
-                break
+        await flood(srv.feed, lambda: srv.feed.dropped > 0)
         await wait_for(lambda: srv.feed.dropped == 1, what="the drop")
         assert srv.metric("restrav_ui_clients_dropped_total", reason="slow") == 1
         assert srv.feed.clients == 1  # the reader is still there
@@ -234,6 +256,21 @@ async def test_a_client_that_never_reads_is_dropped_and_counted() -> None:
         # a client that left is noticed at the next write (the ticker writes every tick_s)
         await wait_for(lambda: srv.feed.tick() and srv.feed.clients == 0, what="the reader gone")
         assert srv.metric("restrav_ui_clients") == 0
+
+
+async def test_drain_aborts_a_client_stuck_in_a_write() -> None:
+    # a deep buffer: the client is not dropped as slow, its handler blocks in a write
+    async with FeedServer(UiSettings(client_buffer_messages=10_000)) as srv:
+        stuck = connect_stuck(srv.url)
+        await wait_for(lambda: srv.feed.clients == 1, what="the stuck client")
+        sub = next(iter(srv.feed._subs))
+        # until messages pile up behind a write that cannot finish
+        await flood(srv.feed, lambda: sub.queued > 20)
+        assert sub.queued > 20
+        await srv.feed.drain()
+        assert srv.feed.clients == 0
+        assert srv.metric("restrav_ui_clients_dropped_total", reason="write_timeout") == 1
+        stuck.close()
 
 
 async def test_fifty_clients_at_once_each_get_every_update_and_the_51st_is_refused() -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,56 +27,13 @@ import yaml
 
 from monitor import keys
 
+from .liveproc import Publisher, need, wait_until
 from .redisproc import RedisProcess, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "e2e-token"
 
 pytestmark = pytest.mark.slow
-
-
-def need(exe: str) -> str:
-    path = shutil.which(exe)
-    if path is None:
-        pytest.fail(f"{exe} is not installed (see .ci/run for the apt packages)")
-    return path
-
-
-def wait_until(cond: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-class Publisher:
-    """ffmpeg pushing a looping clip to the RTSP server in real time."""
-
-    def __init__(self, clip: Path, url: str, log: Path) -> None:
-        self.cmd = [need("ffmpeg"), "-hide_banner", "-loglevel", "error", "-re",
-                    "-stream_loop", "-1", "-i", str(clip), "-an", "-c", "copy",
-                    "-f", "rtsp", url]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as f:
-            self.proc = subprocess.Popen(self.cmd, stdout=f, stderr=f)
-
-    def kill(self) -> None:
-        # SIGTERM: ffmpeg tears its RTSP session down. (After a SIGKILL rtsp-server-perl
-        # keeps the mount point and refuses a new publisher with 403 until it restarts.)
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @pytest.fixture

@@ -241,6 +241,7 @@ async def test_operator_page_shows_three_live_streams_and_a_forced_alert(
         assert any("/ui/streams/c" in u for u in urls)
         assert any("/streams/c/pause" in u for u in urls)
         assert not any(TOKEN in u for u in urls), urls
+        assert json.loads(await dt.evaluate("JSON.stringify(restravUi.errors)")) == []
     assert svc.rc == 0
 
 
@@ -256,7 +257,8 @@ async def test_operator_page_with_200_streams_then_one(tmp_path: Path) -> None:
     t0 = time.time()
     srv.feed.statuses = lambda: [
         status(i, state="stalled" if i == "cam007" else "running", alert=i == "cam150",
-               history=[("running", t0 - 20), ("stalled", t0 + 2)] if i == "cam007" else None)
+               history=[("running", t0 - 20), ("stalled", t0 + 2)] if i == "cam007" else None,
+               gaps={"stall": 1} if i == "cam007" else None)
         for i in ids]
     srv.feed.publish_event(AlertEvent("cam150", "alert_start", 0.9, t0, t0 - 1))
 
@@ -290,7 +292,10 @@ async def test_operator_page_with_200_streams_then_one(tmp_path: Path) -> None:
                         " ids: [...document.querySelectorAll('.row:not([hidden])')]"
                         ".map(r => r.dataset.id),"
                         " units: [...document.querySelectorAll('.row:not([hidden]) .unit')]"
-                        ".map(u => u.textContent)})")
+                        ".map(u => u.textContent),"
+                        " marks: [...document.querySelectorAll('.row:not([hidden])')]"
+                        ".map(r => [r.dataset.bands, r.dataset.gaps].map(Number)),"
+                        " errors: restravUi.errors})")
                 v = await until(dt, page, lambda v: v["streams"] == 200 and v["rows"] > 5, 60,
                                 "200 streams")
                 assert "200 streams" in v["summary"] and "1 alert" in v["summary"]
@@ -299,6 +304,7 @@ async def test_operator_page_with_200_streams_then_one(tmp_path: Path) -> None:
                 await dt.evaluate("document.getElementById('list').scrollTop = 1e6, 1")
                 v = await until(dt, page, lambda v: "cam199" in v["ids"], 30, "the last rows")
                 assert "cam000" not in v["ids"] and v["dom"] < 30
+                assert v["errors"] == []  # no script error, no CSP violation
                 await dt.evaluate("(() => { const f = document.getElementById('filter');"
                                   " f.value = 'cam19'; f.dispatchEvent(new Event('input'));"
                                   " return 1; })()")
@@ -309,6 +315,9 @@ async def test_operator_page_with_200_streams_then_one(tmp_path: Path) -> None:
                                   " document.getElementById('alertsFirst').click(); return 1; })()")
                 v = await until(dt, page, lambda v: v["ids"][:2] == ["cam150", "cam007"], 30,
                                 "alerts first, then the stalled stream")
+                # the stall is a band and a gap on cam007's timeline, and on no other
+                assert v["marks"][1][0] >= 1 and v["marks"][1][1] >= 1
+                assert all(m == [0, 0] for m in v["marks"][2:])
                 await asyncio.sleep(3.0)  # some timeline for the picture
                 await screenshot(dt, tmp_path / "operator-page-200.png")
                 del ids[1:]  # 199 streams removed

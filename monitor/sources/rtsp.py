@@ -121,8 +121,9 @@ class AVSource:
         assert self._video is not None and self._buffer is not None
         video, buf = self._video, self._buffer
         error: BaseException | None = None
+        frames = self._frames(video)
         try:
-            for av_frame, pts in self._frames(video):
+            for av_frame, pts in frames:
                 if self._quit.is_set():
                     break
                 self._pace(pts)
@@ -144,9 +145,14 @@ class AVSource:
             # FFmpeg's own message names the URL it was given: keep only the redacted form
             error = SourceError(exc.message.replace(self._url, self.description), code=exc.code)
         finally:
+            # release decoder threads and buffers now, not at the next cyclic GC: the
+            # generator's frame holds the stream, and the error put in the buffer holds
+            # a traceback (a cycle through this source)
+            frames.close()
             video.close()
             if self._video is not video:  # a looped file reopened itself
                 self._video.close()
+            self._video = None
             buf.close(error)
 
     async def recv(self) -> SourceFrame:

@@ -18,6 +18,10 @@ const ui = {
   selected: null, rows: [], lastMsg: 0, ctrl: null, retry: 0, bye: null, rowH: 64,
 };
 window.restravUi = ui; // read by tests and curious operators
+ui.errors = []; // script errors and Content-Security-Policy violations, for tests
+window.addEventListener("error", (e) => ui.errors.push(String(e.message)));
+document.addEventListener("securitypolicyviolation",
+  (e) => ui.errors.push("csp: " + e.violatedDirective + " " + e.blockedURI));
 
 // --- token -------------------------------------------------------------------------------
 function takeToken() {
@@ -90,7 +94,12 @@ async function connect() {
   }
   if (resp.status === 503) {
     const body = await resp.json().catch(() => ({}));
-    return retryLater((body.error && body.error.code) || "unavailable");
+    const code = (body.error && body.error.code) || "unavailable";
+    if (code === "control_disabled") {
+      setConn("off", "no API token configured");
+      return askToken("This service has no API token (serve.api.token), so the page is off.");
+    }
+    return retryLater(code);
   }
   if (!resp.ok || !resp.body) return retryLater("HTTP " + resp.status);
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -268,7 +277,10 @@ function makeRow() {
   row.innerHTML =
     '<div class="id"><div class="name"></div><div class="meta"></div></div>' +
     '<div class="score"><div class="num"></div><div class="unit"></div></div><canvas></canvas>';
+  row.tabIndex = 0;
+  row.setAttribute("role", "button");
   row.addEventListener("click", () => openDetail(row.dataset.id));
+  row.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(row.dataset.id); });
   $("list").append(row);
   return row;
 }
@@ -339,6 +351,8 @@ function fillRow(row, s, idx) {
   row.dataset.alertPeriods = drawn.alerts;
   row.dataset.lastT = drawn.lastT;
   row.dataset.flagged = drawn.flagged;
+  row.dataset.bands = drawn.bands;
+  row.dataset.gaps = drawn.gaps;
 }
 
 $("list").addEventListener("scroll", () => render(), { passive: true });
@@ -355,7 +369,7 @@ function tickStep(span) {
 function drawTimeline(canvas, s, big) {
   const dpr = window.devicePixelRatio || 1;
   const w = canvas.clientWidth, h = canvas.clientHeight;
-  const out = { points: 0, alerts: 0, lastT: 0, flagged: 0 };
+  const out = { points: 0, alerts: 0, lastT: 0, flagged: 0, bands: 0, gaps: 0 };
   if (!w || !h) return out;
   if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
     canvas.width = Math.round(w * dpr);
@@ -398,6 +412,7 @@ function drawTimeline(canvas, s, big) {
     const x0 = Math.max(left, X(m[0])), x1 = Math.min(right, X(end));
     g.fillStyle = col;
     g.fillRect(x0, top, Math.max(2, x1 - x0), bottom - top);
+    out.bands += 1;
   });
   // alert periods
   for (const a of s.alerts) {
@@ -429,6 +444,7 @@ function drawTimeline(canvas, s, big) {
     if (m[1] !== "gap" || m[0] < t0) continue;
     const x = Math.round(X(m[0])) + 0.5;
     g.beginPath(); g.moveTo(x, top); g.lineTo(x, bottom); g.stroke();
+    out.gaps += 1;
   }
   g.setLineDash([]);
   // the series: broken across segments and silences

@@ -1,0 +1,68 @@
+"""/openapi.json: a valid OpenAPI 3.1 document that lists exactly the routes served.
+
+The document is validated by schemathesis (its OpenAPI 3.1 meta-schema, an
+implementation we did not write); real answers of the control API are checked
+against the document's schemas with jsonschema_rs. The fuzzing run is
+tests/chaos/test_api_fuzz.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema_rs
+import schemathesis
+
+from monitor.openapi import OPERATIONS, openapi_document
+
+from . import test_api
+from .test_api import AUTH, Harness
+
+embedder = test_api.embedder  # the control API harness of test_api (fixtures)
+h = test_api.h
+
+DOC = openapi_document()
+
+
+def conforms(body: Any, model: str) -> None:
+    schema = {"$ref": f"#/components/schemas/{model}", "components": DOC["components"]}
+    jsonschema_rs.validator_for(schema).validate(body)
+
+
+def test_document_is_valid_openapi() -> None:
+    schema = schemathesis.openapi.from_dict(DOC)
+    schema.validate()
+    assert len(list(schema.get_all_operations())) == len(OPERATIONS)
+
+
+async def test_document_lists_exactly_the_routes_served(h: Harness) -> None:
+    served = {
+        (r.method.lower(), r.resource.canonical)
+        for r in h.client.server.app.router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    }
+    documented = {(m, p) for m, p, *_ in OPERATIONS}
+    assert served == documented
+    resp = await h.client.get("/openapi.json")
+    assert resp.status == 200 and await resp.json() == DOC
+
+
+async def test_answers_match_the_documented_schemas(h: Harness) -> None:
+    c = h.client
+    conforms(await (await c.get("/healthz")).json(), "Health")
+    conforms(await (await c.get("/streams", headers=AUTH)).json(), "StreamList")
+    spec = {"id": "doc-1", "url": "rtsp://127.0.0.1:9/none", "paused": True}
+    resp = await c.post("/streams", json=spec, headers=AUTH)
+    assert resp.status == 201
+    conforms(await resp.json(), "StreamOutcome")
+    conforms(await (await c.get("/streams/doc-1", headers=AUTH)).json(), "StreamStatusBody")
+    resp = await c.put("/streams/doc-1", json={"url": "rtsp://127.0.0.1:9/none", "hop": 2},
+                       headers=AUTH)
+    assert resp.status == 200
+    conforms(await resp.json(), "StreamOutcome")
+    for resp in (await c.get("/streams/nope", headers=AUTH),
+                 await c.post("/streams", json={"id": "x"}, headers=AUTH),
+                 await c.get("/streams")):
+        assert resp.status in (401, 404, 422)
+        conforms(await resp.json(), "ErrorBody")
+    assert (await c.delete("/streams/doc-1", headers=AUTH)).status == 204
