@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .safe_input import DEFAULT_FORMATS
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 
@@ -74,6 +75,16 @@ class DecodeSettings(_Section):
     max_duration_s: float = Field(4 * 3600.0, gt=0)
     max_pixels: int = Field(8192 * 8192, ge=1, description="Width x height bound.")
     threads: int = Field(0, ge=0, description="FFmpeg decode threads (0: auto).")
+    max_frames: int = Field(
+        2_000_000, ge=2, description="Decoded frames per file, counted while decoding."
+    )
+    allowed_formats: tuple[str, ...] = Field(
+        DEFAULT_FORMATS,
+        min_length=1,
+        description="FFmpeg demuxers a file may use. HLS playlists (hls), ffconcat lists "
+        "(concat) and SDP (sdp) open the files and URLs they name and are refused unless "
+        "listed here.",
+    )
 
 
 class ClassifierSettings(_Section):
@@ -134,6 +145,14 @@ class QueueSettings(_Section):
     max_download_bytes: int = Field(512 * 1024**2, ge=1, description="Bound on a URL download.")
     download_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout of a download.")
     max_hop: int = Field(1000, ge=1, description="Largest `hop` option a job may ask for.")
+    job_timeout_s: float = Field(
+        900.0, ge=0, description="Wall time one job may take (download excluded) before it "
+        "is answered `timeout`; 0: no limit."
+    )
+    max_rss_bytes: int = Field(
+        8 * 1024**3, ge=0, description="A job whose decoding takes the worker process past "
+        "this resident size is answered `too_large` (checked while decoding); 0: no limit."
+    )
     classifiers: dict[str, Path] = Field(
         default_factory=dict,
         description="Named classifier artifacts a job may pick with options.classifier.",

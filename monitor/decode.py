@@ -2,14 +2,24 @@
 
 Contract:
 
-* :func:`check_file` rejects what is not worth opening (missing, not a regular
-  file, empty, over the size bound) with a typed :class:`~monitor.errors.InputError`.
+* Local files are opened once (:func:`monitor.safe_input.open_local`: a regular
+  file within the size bound) and FFmpeg reads that open file, restricted to the
+  ``file`` protocol and an allowlist of demuxers (``DecodeLimits.allowed_formats``):
+  HLS playlists, ffconcat lists and SDP files, which make FFmpeg open whatever
+  they name, are refused with :class:`~monitor.errors.UnsupportedSource`.
+  Container metadata is decoded tolerantly (bad UTF-8 is replaced).
 * :func:`probe` opens a container and returns :class:`VideoInfo` (the time
   origin, duration, size, rotation and codec of its first video stream).
 * :func:`sample_file` decodes once, front to back, and returns the frame on
   screen at each requested time as RGB ``uint8`` (rotation metadata applied),
   converting only frames that are actually sampled. Times are seconds relative
-  to the clip's time origin (the stream's start time, else its first frame).
+  to the clip's time origin (the stream's start time, else its first frame);
+  frame times are FFmpeg's best-effort ones (:class:`~monitor.decode_guard.TimeGuess`),
+  so packed B-frames and scrambled pts do not reorder or repeat frames. The
+  bounds of :class:`DecodeLimits` are checked on every decoded frame
+  (:class:`~monitor.decode_guard.DecodeBudget`), including a wall-time deadline.
+* :class:`VideoInfo` reports what was decoded (``frames``, ``fps`` from the
+  frame times) next to the header's claims (``frames_header``, ``fps_header``).
 
 Every FFmpeg failure becomes a :class:`~monitor.errors.DecodeError` subclass
 with a message that says what was wrong with the input.
@@ -17,11 +27,11 @@ with a message that says what was wrong with the input.
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,86 +39,59 @@ import av
 import av.error
 import numpy as np
 
+from .decode_guard import DecodeBudget, TimeGuess
+from .decode_info import (
+    DecodeLimits,
+    MediaSource,
+    VideoInfo,
+    normalise_rotation,
+    source_name,
+)
 from .errors import (
     DecodeError,
     DecodeTimeout,
-    EmptyInput,
+    InputError,
     InputTooLarge,
-    NotAFile,
     NotEnoughFrames,
     NoVideoStream,
     SourceNotFound,
+    UnsupportedSource,
 )
+from .safe_input import OpenedFile, open_local, sniff_refused
 from .sampler import GridSampler
 from .types import Frame, RGBArray, Sample
 
+LOOKAHEAD_FRAMES = 4
+"""Frames decoded ahead of the one being timed, to pick pts or dts before the first."""
 
-@dataclass(frozen=True, slots=True)
-class DecodeLimits:
-    """Bounds and timeouts applied to every input (see ``DecodeSettings``)."""
-
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 10.0
-    max_file_bytes: int = 2 * 1024**3
-    max_duration_s: float = 4 * 3600.0
-    max_pixels: int = 8192 * 8192
-    threads: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class VideoInfo:
-    """What a container says about its first video stream.
-
-    ``origin_s`` is the presentation time that sample time 0 refers to;
-    ``duration_s`` is measured from it. ``width``/``height`` are after rotation.
-    """
-
-    format: str
-    codec: str
-    width: int
-    height: int
-    fps: float | None
-    duration_s: float
-    origin_s: float
-    rotation_deg: int
-    frames: int | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready view."""
-        return {
-            "format": self.format,
-            "codec": self.codec,
-            "width": self.width,
-            "height": self.height,
-            "fps": self.fps,
-            "duration_s": self.duration_s,
-            "origin_s": self.origin_s,
-            "rotation_deg": self.rotation_deg,
-            "frames": self.frames,
-        }
+_REFUSED_DEMUXERS = {
+    "an HLS playlist": "hls",
+    "an ffconcat list": "concat",
+    "an SDP session description": "sdp",
+}
 
 
 def check_file(path: Path, limits: DecodeLimits) -> None:
     """Raise a typed error unless ``path`` is a non-empty regular file within bounds."""
-    try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        raise SourceNotFound(f"{path}: no such file; check the path") from exc
-    except OSError as exc:
-        raise SourceNotFound(f"{path}: cannot stat ({exc.strerror})") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise NotAFile(f"{path}: is a directory; pass video files, not folders")
-    if not stat.S_ISREG(st.st_mode):
-        raise NotAFile(f"{path}: not a regular file")
-    if st.st_size == 0:
-        raise EmptyInput(f"{path}: file is empty (0 bytes)")
-    if st.st_size > limits.max_file_bytes:
-        raise InputTooLarge(
-            f"{path}: {st.st_size} bytes exceeds the limit of {limits.max_file_bytes} "
-            "(raise decode.max_file_bytes to accept it)"
+    open_local(path, limits.max_file_bytes).close()
+
+
+def _av_errors(source: str, exc: av.error.FFmpegError, opening: bool) -> InputError:
+    if isinstance(exc, av.error.ExitError):
+        return DecodeTimeout(f"{source}: timed out {'opening' if opening else 'reading'} ({exc})")
+    if isinstance(exc, av.error.InvalidDataError):
+        return DecodeError(
+            f"{source}: not a video FFmpeg can read (invalid data: corrupt, truncated "
+            "or not a media file)"
         )
-    if not os.access(path, os.R_OK):
-        raise SourceNotFound(f"{path}: not readable (permissions)")
+    if isinstance(exc, av.error.FileNotFoundError):
+        return SourceNotFound(f"{source}: no such file")
+    # FFmpeg's own words, without the file name PyAV appends (a descriptor number here)
+    what = exc.strerror or type(exc).__name__
+    return DecodeError(
+        f"{source}: FFmpeg cannot {'open' if opening else 'read'} it ({what}); "
+        "not a video it can read, or corrupt"
+    )
 
 
 def _open(
@@ -116,26 +99,69 @@ def _open(
     limits: DecodeLimits,
     options: dict[str, str] | None = None,
     hwaccel: Any = None,
+    file: io.BufferedReader | None = None,
 ) -> Any:
+    opts = dict(options or {})
+    if file is not None:
+        opts.setdefault("format_whitelist", ",".join(limits.allowed_formats))
+        opts.setdefault("protocol_whitelist", "file")
     try:
         return av.open(
-            source,
+            file if file is not None else source,
             mode="r",
             timeout=(limits.open_timeout_s, limits.read_timeout_s),
-            options=options or {},
+            options=opts,
             hwaccel=hwaccel,
+            metadata_errors="replace",
         )
-    except av.error.ExitError as exc:
-        raise DecodeTimeout(f"{source}: timed out opening ({exc})") from exc
-    except av.error.InvalidDataError as exc:
-        raise DecodeError(
-            f"{source}: not a video FFmpeg can read (invalid data: corrupt, truncated "
-            "or not a media file)"
-        ) from exc
-    except av.error.FileNotFoundError as exc:
-        raise SourceNotFound(f"{source}: no such file") from exc
+    except av.error.ArgumentError as exc:
+        if file is not None:
+            raise UnsupportedSource(
+                f"{source}: not one of the video containers this service reads "
+                "(decode.allowed_formats)"
+            ) from exc
+        raise _av_errors(source, exc, True) from exc
     except av.error.FFmpegError as exc:
-        raise DecodeError(f"{source}: cannot open: {exc}") from exc
+        raise _av_errors(source, exc, True) from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"{source}: unreadable container metadata ({exc})") from exc
+
+
+@contextmanager
+def open_container(path: MediaSource, limits: DecodeLimits) -> Iterator[tuple[Any, str]]:
+    """Open ``path`` for reading and yield ``(container, name for messages)``.
+
+    Local paths and :class:`OpenedFile` are read through one open descriptor
+    (allowlisted demuxers, ``file`` protocol only); URLs go to FFmpeg as given.
+    """
+    if isinstance(path, str) and "://" in path:
+        container = _open(path, limits)
+        try:
+            yield container, path
+        finally:
+            container.close()
+        return
+    opened = path if isinstance(path, OpenedFile) else open_local(path, limits.max_file_bytes)
+    source = str(opened.path)
+    try:
+        refused = sniff_refused(opened.head())
+        if refused is not None and _REFUSED_DEMUXERS.get(refused) not in limits.allowed_formats:
+            raise UnsupportedSource(
+                f"{source}: {refused}, which makes FFmpeg open the files or URLs it names; "
+                "refused (decode.allowed_formats)"
+            )
+        reader = opened.reader()
+        try:
+            container = _open(source, limits, file=reader)
+            try:
+                yield container, source
+            finally:
+                container.close()
+        finally:
+            reader.close()
+    finally:
+        if opened is not path:
+            opened.close()
 
 
 def _info(container: Any, stream: Any, source: str, limits: DecodeLimits) -> VideoInfo:
@@ -156,6 +182,7 @@ def _info(container: Any, stream: Any, source: str, limits: DecodeLimits) -> Vid
         raise InputTooLarge(
             f"{source}: {duration:.1f} s exceeds the limit of {limits.max_duration_s:.0f} s"
         )
+    frames = int(stream.frames) if stream.frames else None
     return VideoInfo(
         format=str(container.format.name),
         codec=str(stream.codec_context.name),
@@ -165,7 +192,9 @@ def _info(container: Any, stream: Any, source: str, limits: DecodeLimits) -> Vid
         duration_s=duration if duration is not None else math.nan,
         origin_s=origin if origin is not None else math.nan,
         rotation_deg=0,
-        frames=int(stream.frames) if stream.frames else None,
+        frames=frames,
+        frames_header=frames,
+        fps_header=fps,
     )
 
 
@@ -178,73 +207,115 @@ def _video_stream(container: Any, source: str) -> Any:
 
 def _to_rgb(frame: Any) -> RGBArray:
     rgb: RGBArray = frame.to_ndarray(format="rgb24")
-    rot = int(getattr(frame, "rotation", 0) or 0) % 360
+    rot = normalise_rotation(getattr(frame, "rotation", 0) or 0)
     # rotation is the counter-clockwise angle to apply for display
     if rot:
         rgb = np.ascontiguousarray(np.rot90(rgb, k=rot // 90))
     return rgb
 
 
-def _frames(container: Any, stream: Any, source: str) -> Iterator[tuple[Any, float]]:
-    """Yield (av frame, pts seconds) in presentation order, mapping FFmpeg errors."""
-    last_pts = -math.inf
+def _step_s(stream: Any) -> float:
+    return 1.0 / float(stream.average_rate) if stream.average_rate else 0.04
+
+
+def _decoded(
+    container: Any, stream: Any, source: str, budget: DecodeBudget | None = None
+) -> Iterator[Any]:
+    """Decoded frames of ``stream`` in output order, FFmpeg errors mapped; the packets
+    fed to the decoder are counted on ``budget``."""
     try:
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                # no timestamp: assume it follows the previous frame by one frame time
-                step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.04
-                pts = last_pts + step if math.isfinite(last_pts) else 0.0
-            else:
-                pts = float(frame.pts * frame.time_base)
-            last_pts = pts
-            yield frame, pts
-    except av.error.ExitError as exc:
-        raise DecodeTimeout(f"{source}: timed out reading ({exc})") from exc
-    except (av.error.InvalidDataError, av.error.FFmpegError) as exc:
+        for packet in container.demux(stream):
+            if budget is not None:
+                budget.packet(packet.size, packet.is_discard, packet.pts, packet.time_base)
+            yield from packet.decode()
+    except av.error.FFmpegError as exc:
+        if isinstance(exc, av.error.ExitError):
+            raise DecodeTimeout(f"{source}: timed out reading ({exc})") from exc
         raise DecodeError(
             f"{source}: decoding failed mid-stream ({exc}); file corrupt or truncated"
         ) from exc
 
 
-def probe(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
+def _stamps(frame: Any) -> tuple[int | None, int | None]:
+    return frame.pts, frame.dts
+
+
+def _frames(
+    container: Any,
+    stream: Any,
+    source: str,
+    lookahead: int = 0,
+    guess: TimeGuess | None = None,
+    budget: DecodeBudget | None = None,
+) -> Iterator[tuple[Any, float]]:
+    """Yield (av frame, best-effort time in seconds) in output (display) order."""
+    if guess is None:
+        tb = float(stream.time_base) if stream.time_base else 1.0
+        guess = TimeGuess(tb, _step_s(stream))
+    yield from guess.timed(_decoded(container, stream, source, budget), _stamps, lookahead)
+
+
+def probe(path: MediaSource, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
     """Open ``path`` and describe its first video stream; decodes nothing when
     the container states its duration and start time."""
-    source = str(path)
-    if isinstance(path, Path) or "://" not in source:
-        check_file(Path(path), limits)
-    container = _open(source, limits)
-    try:
+    with open_container(path, limits) as (container, source):
         stream = _video_stream(container, source)
         info = _info(container, stream, source, limits)
         if math.isnan(info.duration_s) or math.isnan(info.origin_s):
-            info = _measure(container, stream, source, info)
+            info = _measure(container, stream, source, info, limits)
         return info
-    finally:
-        container.close()
 
 
-def _measure(container: Any, stream: Any, source: str, info: VideoInfo) -> VideoInfo:
+def _measure(
+    container: Any, stream: Any, source: str, info: VideoInfo, limits: DecodeLimits
+) -> VideoInfo:
     """Fill a missing origin or duration by reading packet timestamps (no decode)."""
     first = math.inf
     last = -math.inf
     last_dur = 0.0
-    for packet in container.demux(stream):
-        if packet.pts is None or packet.time_base is None:
-            continue
-        t = float(packet.pts * packet.time_base)
-        first = min(first, t)
-        if t >= last:
-            last = t
-            last_dur = float(packet.duration * packet.time_base) if packet.duration else 0.0
+    packets = 0
+    budget = DecodeBudget(source, limits.max_pixels, limits.max_frames, math.inf, 0,
+                          limits.deadline)
+    try:
+        for packet in container.demux(stream):
+            budget.check_deadline()
+            packets += bool(packet.size)
+            if packet.pts is None or packet.time_base is None:
+                continue
+            t = float(packet.pts * packet.time_base)
+            first = min(first, t)
+            if t >= last:
+                last = t
+                last_dur = float(packet.duration * packet.time_base) if packet.duration else 0.0
+    except av.error.FFmpegError as exc:
+        raise _av_errors(source, exc, False) from exc
     if not math.isfinite(first):
-        raise NotEnoughFrames(f"{source}: no timestamped video packets")
+        if not packets:
+            raise NotEnoughFrames(f"{source}: no video packets")
+        # an elementary stream (raw H.264...) has no timestamps: one frame per packet
+        first, last, last_dur = 0.0, (packets - 1) * _step_s(stream), _step_s(stream)
     origin = info.origin_s if not math.isnan(info.origin_s) else first
     duration = info.duration_s if not math.isnan(info.duration_s) else last + last_dur - origin
+    if duration > limits.max_duration_s:
+        raise InputTooLarge(
+            f"{source}: {duration:.1f} s exceeds the limit of {limits.max_duration_s:.0f} s"
+        )
     return replace(info, duration_s=duration, origin_s=origin)
 
 
+def _count_rest(container: Any, stream: Any, budget: DecodeBudget) -> None:
+    """Count on ``budget`` the packets left after decoding stopped early (a player
+    shows one frame per packet; discarded packets of an edit list are not counted)."""
+    try:
+        for packet in container.demux(stream):
+            budget.check_deadline()
+            budget.packet(packet.size, packet.is_discard, packet.pts, packet.time_base)
+    except av.error.FFmpegError:
+        pass  # a damaged tail: the frames counted so far are what is known
+
+
 def sample_file(
-    path: str | Path,
+    path: MediaSource,
     schedules: Mapping[str, Sequence[float]],
     on_sample: Callable[[str, Sample], None],
     limits: DecodeLimits = DecodeLimits(),
@@ -257,19 +328,21 @@ def sample_file(
     ``repeated`` flags are its own. ``on_sample(name, sample)`` is called as soon
     as a sample is resolved, in time order within each schedule, so long clips
     stream in constant memory. A frame is converted to RGB once, however many
-    samples show it. Decoding stops as soon as every schedule is resolved.
+    samples show it. Decoding stops as soon as every schedule is resolved (the
+    remaining frames are then counted from their packets).
 
-    Returns the :class:`VideoInfo` (with rotation filled in). Raises
-    :class:`NotEnoughFrames` for inputs of fewer than two frames (a still image
-    is not a video) and other :class:`DecodeError` subclasses for bad input.
+    Returns the :class:`VideoInfo` (rotation, decoded frame count and rate filled
+    in). Raises :class:`NotEnoughFrames` for inputs of fewer than two frames (a
+    still image is not a video), :class:`InputTooLarge` / :class:`DecodeTimeout`
+    when a bound of ``limits`` is crossed while decoding, and other
+    :class:`DecodeError` subclasses for bad input.
     """
+    limits = limits.with_deadline()
     if info is None:
         info = probe(path, limits)
-    source = str(path)
     origin = info.origin_s
-    container = _open(source, limits)
     rotation = 0
-    try:
+    with open_container(path, limits) as (container, source):
         stream = _video_stream(container, source)
         stream.thread_type = "AUTO"
         if limits.threads:
@@ -278,6 +351,8 @@ def sample_file(
             name: GridSampler(origin + t for t in times) for name, times in schedules.items()
         }
         recent: dict[int, Frame] = {}
+        budget = DecodeBudget(source, limits.max_pixels, limits.max_frames,
+                              limits.max_duration_s, limits.max_rss_bytes, limits.deadline)
 
         def deliver(name: str, batch: list[Any]) -> None:
             for r in batch:
@@ -290,14 +365,19 @@ def sample_file(
                         del recent[old]  # schedules resolve in time order: old frames are done
                 on_sample(name, Sample(time_s=r.time_s - origin, frame=fr, repeated=r.repeated))
 
-        n = 0
-        for av_frame, pts in _frames(container, stream, source):
-            n += 1
-            rotation = int(getattr(av_frame, "rotation", 0) or 0)
+        guess = TimeGuess(float(stream.time_base) if stream.time_base else 1.0, _step_s(stream))
+        stopped_early = False
+        for av_frame, pts in _frames(
+            container, stream, source, LOOKAHEAD_FRAMES, guess, budget
+        ):
+            budget.frame(int(av_frame.width), int(av_frame.height), pts)
+            rotation = normalise_rotation(getattr(av_frame, "rotation", 0) or 0)
             for name, sampler in samplers.items():
                 deliver(name, sampler.push((av_frame, pts), pts))
             if all(sm.done for sm in samplers.values()):
+                stopped_early = True
                 break
+        n = budget.frames
         if n < 2 and not all(sm.done for sm in samplers.values()):
             if n == 0:
                 raise NotEnoughFrames(f"{source}: no decodable video frames")
@@ -306,8 +386,14 @@ def sample_file(
             )
         for name, sampler in samplers.items():
             deliver(name, sampler.finish())
-    finally:
-        container.close()
+        if stopped_early:
+            # frames decoded ahead or still in the decoder were fed as packets
+            _count_rest(container, stream, budget)
+            n = budget.packets
+    fps = budget.fps or info.fps_header
+    info = replace(
+        info, frames=n, fps=fps, timestamps="dts" if guess.uses_dts else "pts"
+    )
     if rotation:
         swap = rotation % 180 != 0
         info = replace(
@@ -435,3 +521,21 @@ def choose_decode_backend(setting: str, model_device: str, ffmpeg_cuda: bool) ->
 def frame_to_rgb(frame: Any) -> RGBArray:
     """Convert one PyAV video frame to RGB ``uint8`` (rotation metadata applied)."""
     return _to_rgb(frame)
+
+
+__all__ = [
+    "LOOKAHEAD_FRAMES",
+    "DecodeLimits",
+    "LiveVideo",
+    "MediaSource",
+    "VideoInfo",
+    "check_file",
+    "choose_decode_backend",
+    "frame_to_rgb",
+    "gpu_decode_available",
+    "normalise_rotation",
+    "open_container",
+    "probe",
+    "sample_file",
+    "source_name",
+]

@@ -365,6 +365,10 @@ def load_backbone(
     )
 
 
+PREPROCESS_CHUNK_BYTES = 128 * 1024**2
+"""float32 bytes :func:`preprocess` converts at once (at least one frame)."""
+
+
 def preprocess(
     frames: Sequence[RGBArray],
     image_size: int = 224,
@@ -385,18 +389,26 @@ def preprocess(
         if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
             raise ValueError(f"frame {i}: expected (H, W, 3) uint8, got {f.shape} {f.dtype}")
         groups.setdefault(f.shape, []).append(i)
-    for shape, idx in groups.items():
-        batch = torch.from_numpy(np.stack([frames[i] for i in idx])).to(device)
-        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
-        if shape[:2] != (image_size, image_size):
-            x = F.interpolate(
-                x,
-                size=(image_size, image_size),
-                mode="bicubic",
-                antialias=True,
-                align_corners=False,
-            )
-        out[torch.tensor(idx, device=device)] = x
+    for shape, group in groups.items():
+        # large frames go a few at a time: the float32 copy is 4x the frame, and a batch
+        # of 4096 x 4096 frames would need gigabytes (each frame is resized on its own,
+        # so the chunking does not change the result)
+        per_frame = 4 * shape[0] * shape[1] * shape[2]
+        step = max(1, PREPROCESS_CHUNK_BYTES // per_frame)
+        for start in range(0, len(group), step):
+            idx = group[start : start + step]
+            arr = frames[idx[0]][None] if len(idx) == 1 else np.stack([frames[i] for i in idx])
+            x = torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+            if shape[:2] != (image_size, image_size):
+                x = F.interpolate(
+                    x,
+                    size=(image_size, image_size),
+                    mode="bicubic",
+                    antialias=True,
+                    align_corners=False,
+                )
+            out[torch.tensor(idx, device=device)] = x
+            del x
     return _normalise(out, normalize)
 
 

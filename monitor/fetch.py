@@ -1,11 +1,14 @@
 """Turn a job's ``source`` into a local file, within the bounds configuration allows.
 
-Contract of :func:`local_source`: a context manager that yields a readable
-local path for ``source`` or raises a typed :class:`~monitor.errors.InputError`:
+Contract of :func:`local_source`: a context manager that yields ``source`` as
+a local file opened once or raises a typed :class:`~monitor.errors.InputError`:
 
 * a local path must be absolute, local paths must be enabled
-  (``allow_local_paths``) and, when ``local_roots`` is set, the resolved path
-  (symlinks followed) must lie under one of them;
+  (``allow_local_paths``) and, when ``local_roots`` is set, the file must lie
+  under one of them: the check is made on the file once opened (its real path
+  from ``/proc/self/fd``), and what is yielded is that open file
+  (:class:`~monitor.safe_input.OpenedFile`), so a symlink swapped between the
+  check and the read cannot redirect it;
 * a URL's scheme must be in ``allowed_url_schemes`` (only ``http`` and
   ``https`` are implemented; ``file://`` is refused unless listed *and* local
   paths are enabled), its host in ``allowed_url_hosts`` when that is set, and
@@ -36,6 +39,7 @@ from urllib.parse import urljoin, urlsplit
 
 from .errors import InputError, InputTooLarge, SourceNotFound, UnsupportedSource
 from .redaction import redact_url
+from .safe_input import OpenedFile, open_local
 
 MAX_REDIRECTS = 3
 CHUNK_BYTES = 1 << 16
@@ -61,20 +65,15 @@ class SourcePolicy:
     download_timeout_s: float = 30.0
 
 
-def _check_local(source: str, policy: SourcePolicy) -> Path:
+def _check_local(source: str, policy: SourcePolicy, max_bytes: int) -> OpenedFile:
     if not policy.allow_local_paths:
         raise UnsupportedSource("local paths are not accepted by this queue (allow_local_paths)")
     path = Path(source)
     if not path.is_absolute():
         raise UnsupportedSource(f"{source}: local paths must be absolute")
-    if policy.local_roots:
-        real = Path(os.path.realpath(path))
-        roots = [Path(os.path.realpath(r)) for r in policy.local_roots]
-        if not any(real == r or r in real.parents for r in roots):
-            raise UnsupportedSource(
-                f"{source}: outside the directories this queue reads (queue.local_roots)"
-            )
-    return path
+    # the roots are checked on the opened file, so a symlink swapped after the check
+    # cannot redirect the read: decoding reads this descriptor, never the path again
+    return open_local(path, max_bytes, policy.local_roots)
 
 
 def _check_address(host: str, port: int, policy: SourcePolicy, shown: str) -> str:
@@ -203,10 +202,12 @@ def download(url: str, dest: Path, policy: SourcePolicy, max_bytes: int) -> int:
 
 
 @contextmanager
-def local_source(source: str, policy: SourcePolicy, max_bytes: int) -> Iterator[Path]:
-    """Yield a local path holding ``source`` (see the module docstring for the checks)."""
+def local_source(source: str, policy: SourcePolicy, max_bytes: int) -> Iterator[OpenedFile]:
+    """Yield ``source`` as a local file opened once (see the module docstring for the
+    checks); it is closed (and a download removed) when the context exits."""
     if "://" not in source:
-        yield _check_local(source, policy)
+        with _check_local(source, policy, max_bytes) as opened:
+            yield opened
         return
     scheme = source.split("://", 1)[0].lower()
     if scheme == "file":
@@ -214,7 +215,8 @@ def local_source(source: str, policy: SourcePolicy, max_bytes: int) -> Iterator[
             raise UnsupportedSource(
                 f"{redact_url(source)}: file:// URLs are not allowed (queue.allowed_url_schemes)"
             )
-        yield _check_local(urlsplit(source).path, policy)
+        with _check_local(urlsplit(source).path, policy, max_bytes) as opened:
+            yield opened
         return
     check_url(source, policy)
     fd, name = tempfile.mkstemp(prefix="restrav-dl-", suffix=".video")
@@ -222,7 +224,8 @@ def local_source(source: str, policy: SourcePolicy, max_bytes: int) -> Iterator[
     path = Path(name)
     try:
         download(source, path, policy, max_bytes)
-        yield path
+        with open_local(path, max_bytes) as opened:
+            yield opened
     finally:
         path.unlink(missing_ok=True)
 

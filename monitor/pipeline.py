@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .decode import DecodeLimits, VideoInfo, probe, sample_file
+from .decode import DecodeLimits, MediaSource, VideoInfo, probe, sample_file, source_name
 from .embed import Embedder
 from .errors import NotEnoughFrames
 from .geometry import WindowRing, window_features
@@ -39,6 +38,9 @@ from .types import (
 CENTRE = "centre"
 GRID = "grid"
 _EMBED_CACHE_FRAMES = 64
+PENDING_RGB_BYTES = 192 * 1024**2
+"""RGB bytes of sampled frames held before they are embedded: large frames (4096 x
+4096 is 48 MiB each) are embedded in smaller batches than ``batch_size``."""
 
 
 @dataclass
@@ -104,7 +106,7 @@ def make_score(
 
 
 def score_file(
-    path: str | Path,
+    path: MediaSource,
     embedder: Embedder,
     classifier: WindowClassifier | None = None,
     limits: DecodeLimits = DecodeLimits(),
@@ -118,7 +120,8 @@ def score_file(
     """
     if hop < 1:
         raise ValueError("hop must be >= 1 sample")
-    source = str(path)
+    source = source_name(path)
+    limits = limits.with_deadline()
     info = probe(path, limits)
     schedules = {CENTRE: window_times(centre_window_start(info.duration_s))}
     if all_windows:
@@ -171,11 +174,17 @@ def score_file(
         while len(cache) > _EMBED_CACHE_FRAMES:
             cache.popitem(last=False)
 
+    pending_bytes = 0
+
     def on_sample(name: str, s: Sample) -> None:
+        nonlocal pending_bytes
         pending.append((name, s))
-        pending_frames.add(s.frame.index)
-        if len(pending_frames) >= embedder.batch_size:
+        if s.frame.index not in pending_frames:
+            pending_frames.add(s.frame.index)
+            pending_bytes += s.frame.rgb.nbytes
+        if len(pending_frames) >= embedder.batch_size or pending_bytes >= PENDING_RGB_BYTES:
             flush()
+            pending_bytes = 0
 
     info = sample_file(path, schedules, on_sample, limits, info)
     flush()

@@ -61,6 +61,7 @@ from .fetch import SourcePolicy, local_source
 from .metrics import QueueMetrics
 from .pipeline import ClipResult, score_file
 from .redaction import redact_url
+from .safe_input import OpenedFile
 from .types import FEATURE_NAMES, Score
 
 log = logging.getLogger("restrav.queue")
@@ -228,7 +229,7 @@ class ClipScorer:
             )
         return self.classifier(options.classifier)
 
-    def __call__(self, path: Path, options: JobOptions, shown: str) -> dict[str, Any]:
+    def __call__(self, path: OpenedFile, options: JobOptions, shown: str) -> dict[str, Any]:
         """Score ``path``; return ``{"clip": ClipResult.to_json(), "aggregate": ...}``."""
         classifier = self.check(options)
         result = score_file(
@@ -253,7 +254,7 @@ class JobRejected(Exception):
         self.message = message
 
 
-Scorer = Callable[[Path, JobOptions, str], dict[str, Any]]
+Scorer = Callable[[OpenedFile, JobOptions, str], dict[str, Any]]
 
 
 # --- the queue as seen by producers and operators -----------------------------------------

@@ -34,6 +34,7 @@ from monitor.queue import (
     trim_jobs,
     wait_results,
 )
+from monitor.safe_input import OpenedFile
 from workers.cli import main as cli_main
 
 from .media import write_clip
@@ -240,7 +241,7 @@ def test_a_job_that_raises_is_retried_then_dead_lettered(
 ) -> None:
     calls: list[int] = []
 
-    def buggy(path: Path, options: JobOptions, shown: str) -> dict[str, Any]:
+    def buggy(path: OpenedFile, options: JobOptions, shown: str) -> dict[str, Any]:
         if "boom" in shown:
             calls.append(1)
             raise RuntimeError("a bug in scoring")
@@ -405,7 +406,7 @@ def test_local_roots_and_disabled_local_paths(clip_dir: Path, tmp_path: Path) ->
 
     inside = SourcePolicy(local_roots=(clip_dir,))
     with local_source(str(clip_dir / "a.mp4"), inside, 10**9) as p:
-        assert p == clip_dir / "a.mp4"
+        assert p.path == clip_dir / "a.mp4"
     # a link under an allowed root that points outside it is refused
     root = tmp_path / "root"
     root.mkdir()

@@ -6,10 +6,11 @@ import asyncio
 import itertools
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from monitor.metrics import WebRTCMetrics
-from monitor.sources.webrtc import WebRTCError, WhepSource, whep_target
+from monitor.sources.webrtc import WebRTCError, WhepSource, same_origin, whep_target
 from tests.media import pattern_frame
 from tests.webrtc_peers import WhepServer
 
@@ -113,3 +114,74 @@ def test_whep_target_refuses_other_urls_permanently(url: str) -> None:
     with pytest.raises(WebRTCError) as err:
         whep_target(url)
     assert err.value.permanent
+
+
+class Recorder:
+    """A plain HTTP server that records every request's method and Authorization header,
+    answering 200 (or a redirect to ``redirect_to``)."""
+
+    def __init__(self, redirect_to: str | None = None) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+        self.redirect_to = redirect_to
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _any(self, request: web.Request) -> web.Response:
+        self.seen.append((request.method, request.headers.get("Authorization")))
+        if self.redirect_to is not None:
+            return web.Response(status=307, headers={"Location": self.redirect_to})
+        return web.Response(status=200)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._any)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def test_token_never_goes_to_a_cross_origin_location() -> None:
+    other = Recorder()
+    await other.start()
+    server = WhepServer(FRAMES, token="tok", location_base=other.url)
+    await server.start()
+    src = WhepSource(server.url, "pull1", token="tok")
+    try:
+        await src.connect()
+        await asyncio.wait_for(src.recv(), 10)
+    finally:
+        await src.aclose()
+        await server.stop()
+        await other.stop()
+    # the DELETE went to the other origin, without the token
+    assert other.seen == [("DELETE", None)]
+
+
+async def test_token_never_follows_a_redirect() -> None:
+    target = Recorder()
+    await target.start()
+    redirector = Recorder(redirect_to=f"{target.url}/whep/cam")
+    await redirector.start()
+    src = WhepSource(f"{redirector.url}/whep/cam", "pull1", token="tok")
+    try:
+        with pytest.raises(WebRTCError, match="redirect"):
+            await src.connect()
+    finally:
+        await src.aclose()
+        await redirector.stop()
+        await target.stop()
+    assert redirector.seen == [("POST", "Bearer tok")]  # the configured origin gets it
+    assert target.seen == []
+
+
+def test_same_origin() -> None:
+    assert same_origin("http://a:80/x", "http://A/y")
+    assert same_origin("https://a/x", "https://a:443/z")
+    assert not same_origin("http://a:8080/x", "http://a:8081/x")
+    assert not same_origin("http://a/x", "https://a/x")
+    assert not same_origin("http://a/x", "http://b/x")

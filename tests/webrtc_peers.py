@@ -157,7 +157,8 @@ class WhepServer:
     """
 
     def __init__(self, frames: Sequence[np.ndarray], fps: float = 25.0, port: int = 0,
-                 token: str | None = None) -> None:
+                 token: str | None = None, location_base: str = "") -> None:
+        self.location_base = location_base  # e.g. another server: a cross-origin Location
         self.frames = list(frames)
         self.fps = fps
         self.port = port
@@ -190,7 +191,7 @@ class WhepServer:
         self.sessions[sid] = pc
         return web.Response(status=201, text=pc.localDescription.sdp,
                             content_type="application/sdp",
-                            headers={"Location": f"/whep/cam/{sid}"})
+                            headers={"Location": f"{self.location_base}/whep/cam/{sid}"})
 
     async def _delete(self, request: web.Request) -> web.Response:
         self.deletes += 1

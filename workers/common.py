@@ -87,6 +87,8 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_duration_s=d.max_duration_s,
         max_pixels=d.max_pixels,
         threads=d.threads,
+        max_frames=d.max_frames,
+        allowed_formats=tuple(d.allowed_formats),
     )
 
 

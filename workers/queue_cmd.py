@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,10 @@ def run_worker(args: argparse.Namespace) -> int:
         return EXIT_SOME_FAILED
     q = settings.queue
     embedder = build_embedder(settings)
-    limits = decode_limits(settings)
+    # every job: a wall-time deadline and a memory bound, checked while decoding
+    limits = replace(
+        decode_limits(settings), job_timeout_s=q.job_timeout_s, max_rss_bytes=q.max_rss_bytes
+    )
     scorer = ClipScorer(
         embedder, build_classifier(settings), limits, dict(q.classifiers), max_hop=q.max_hop
     )

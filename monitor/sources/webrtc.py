@@ -17,7 +17,9 @@ Contract (the live source contract of :mod:`monitor.sources.base`):
   publisher) or a clock going back, like any gap.
 * :class:`WhepSource` pulls one stream from a WHEP server (an HTTP POST of an
   SDP offer with receive-only transceivers, optional bearer token; DELETE of
-  the session URL on close). One instance is one session: the stream runner
+  the session URL on close). The token goes only to the configured origin:
+  redirects are not followed, and a ``Location`` on another scheme, host or port
+  gets its DELETE without it. One instance is one session: the stream runner
   reconnects by opening a new one, with the same backoff and watchdog as RTSP.
   :func:`whep_opener` is the opener of the ``whep`` source kind
   (``whep+https://[:TOKEN@]host/path``).
@@ -312,11 +314,13 @@ class WhepSource:
         self._closed = False
         self._failed = asyncio.Event()
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+    def _headers(self, content_type: str | None = None, to: str | None = None) -> dict[str, str]:
+        """Request headers; the bearer token only for the configured origin (``to``:
+        the URL the request goes to, default the configured one)."""
         h: dict[str, str] = {}
         if content_type:
             h["Content-Type"] = content_type
-        if self._token:
+        if self._token and (to is None or same_origin(to, self.url)):
             h["Authorization"] = f"Bearer {self._token}"
         return h
 
@@ -349,8 +353,18 @@ class WhepSource:
             timeout = aiohttp.ClientTimeout(total=self.http_timeout_s)
             async with (
                 aiohttp.ClientSession(timeout=timeout) as http,
-                http.post(self.url, data=offer, headers=self._headers(SDP_MIME)) as resp,
+                http.post(
+                    self.url, data=offer, headers=self._headers(SDP_MIME), allow_redirects=False
+                ) as resp,
             ):
+                if 300 <= resp.status < 400:
+                    # following it would send the offer (and the token) elsewhere
+                    self._count("http_error")
+                    raise WebRTCError(
+                        f"{where}: the server redirects ({resp.status}); redirects are not "
+                        "followed: configure the URL it points to",
+                        code=f"whep_http_{resp.status}",
+                    )
                 if resp.status != 201:
                     body = (await resp.content.read(512)).decode("utf-8", "replace")
                     self._count("http_error")
@@ -447,11 +461,17 @@ class WhepSource:
         if self.track_source is not None:
             await self.track_source.aclose()
         if self.session_url is not None:
+            if not same_origin(self.session_url, self.url):
+                log.info("%s: the session Location is on another origin: DELETE without "
+                         "credentials", self.description)
             try:
                 timeout = aiohttp.ClientTimeout(total=min(self.http_timeout_s, 3.0))
                 async with (
                     aiohttp.ClientSession(timeout=timeout) as http,
-                    http.delete(self.session_url, headers=self._headers()) as resp,
+                    http.delete(
+                        self.session_url, headers=self._headers(to=self.session_url),
+                        allow_redirects=False,
+                    ) as resp,
                 ):
                     await resp.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -461,6 +481,21 @@ class WhepSource:
             if self.metrics is not None:
                 self.metrics.sessions.labels("whep").dec()
                 self.metrics.sessions_ended.labels("whep", "closed").inc()
+
+
+def same_origin(a: str, b: str) -> bool:
+    """Whether two http(s) URLs share scheme, host and port (default ports filled in)."""
+
+    def origin(url: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        try:
+            port = parts.port or {"http": 80, "https": 443}.get(scheme)
+        except ValueError:
+            port = -1
+        return scheme, (parts.hostname or "").lower(), port
+
+    return origin(a) == origin(b)
 
 
 WHEP_SCHEMES = ("whep+http", "whep+https")

@@ -1,0 +1,184 @@
+"""Hostile files that are not video: a representative subset of the chaos corpus
+(tests/hostile.py) through `restrav score` and through the queue, escapes from
+``queue.local_roots`` (playlists, a symlink swapped in a loop), and the bounds
+checked while decoding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from monitor import keys
+from monitor.config import QueueSettings
+from monitor.decode import DecodeLimits, sample_file
+from monitor.embed import Embedder
+from monitor.errors import DecodeTimeout, InputTooLarge, UnsupportedSource
+from monitor.fetch import SourcePolicy, local_source
+from monitor.queue import ClipScorer, Job, JobOptions, connect, enqueue, get_result
+
+from .hostile import Case, make_corpus
+from .media import write_clip
+from .queue_helpers import running_worker, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, shared_clips: Path) -> list[Case]:
+    return make_corpus(tmp_path_factory.mktemp("hostile"), shared_clips, full=False)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = connect(redis_url)
+    yield c
+    c.close()
+
+
+def test_subset_through_restrav_score(corpus: list[Case], tiny_model_dir: Path) -> None:
+    assert 10 <= len(corpus) <= 30
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "RESTRAV_DECODE__MAX_PIXELS": str(MAX_PIXELS)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "score", "-m", str(tiny_model_dir),
+         *(str(c.path) for c in corpus)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 1  # some failed, none crashed
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [o["path"] for o in lines] == [str(c.path) for c in corpus]  # one answer each
+    wrong = []
+    for case, obj in zip(corpus, lines, strict=True):
+        code = "ok" if obj["ok"] else obj["error"]["code"]
+        if code not in case.codes:
+            wrong.append((case.name, code, obj.get("error")))
+    assert not wrong, wrong
+
+
+def test_subset_through_the_queue(
+    corpus: list[Case], client: redis.Redis, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    limits = DecodeLimits(max_pixels=MAX_PIXELS, job_timeout_s=120.0)
+    scorer = ClipScorer(tiny_embedder, None, limits)
+    good = tmp_path / "good.mp4"
+    write_clip(good, fps=25, n_frames=50)
+    ids = [f"h{i}" for i in range(len(corpus))]
+    with running_worker(client, scorer):
+        for job_id, case in zip(ids, corpus, strict=True):
+            enqueue(client, Job(job_id=job_id, source=str(case.path),
+                                options=JobOptions(windows=False)), QueueSettings())
+        # the worker still serves an ordinary job after all of them
+        enqueue(client, Job(job_id="good", source=str(good)), QueueSettings())
+        wait_for(lambda: all(client.exists(keys.result_key(i)) for i in [*ids, "good"]),
+                 240, "every hostile job answered")
+    wrong = []
+    for job_id, case in zip(ids, corpus, strict=True):
+        res = get_result(client, job_id)
+        assert res is not None
+        code = "ok" if res["ok"] else res["error"]["code"]
+        if code not in case.codes:
+            wrong.append((case.name, code, res.get("error")))
+    assert not wrong, wrong
+    good_result = get_result(client, "good")
+    assert good_result is not None and good_result["ok"] is True
+    assert client.hlen(keys.JOBS_ERRORS) == 0  # nothing was an internal error
+
+
+def test_bounds_are_checked_while_decoding(tmp_path: Path) -> None:
+    clip = tmp_path / "c.mp4"
+    write_clip(clip, fps=25, n_frames=50)
+    times = {"c": [0.0, 1.0, 1.9]}
+    with pytest.raises(DecodeTimeout):
+        sample_file(clip, times, lambda _n, _s: None, DecodeLimits(job_timeout_s=1e-9))
+    with pytest.raises(InputTooLarge, match="max_rss_bytes"):
+        sample_file(clip, times, lambda _n, _s: None, DecodeLimits(max_rss_bytes=1))
+    with pytest.raises(InputTooLarge, match="max_frames"):
+        sample_file(clip, times, lambda _n, _s: None, DecodeLimits(max_frames=10))
+
+
+def test_playlists_cannot_reach_outside_local_roots(
+    client: redis.Redis, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    secret = outside / "secret.mp4"
+    write_clip(secret, fps=25, n_frames=50)
+    write_clip(root / "inside.mp4", fps=25, n_frames=50)
+    playlists = {
+        "absolute": f"{secret}",
+        "file-url": f"file://{secret}",
+        "relative": "../outside/secret.mp4",
+    }
+    for name, entry in playlists.items():
+        (root / f"{name}.m3u8").write_text(
+            f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{entry}\n#EXT-X-ENDLIST\n"
+        )
+    (root / "list.ffconcat").write_text(f"ffconcat version 1.0\nfile '{secret}'\n")
+    sources = [*(str(root / f"{n}.m3u8") for n in playlists), str(root / "list.ffconcat")]
+    scorer = ClipScorer(tiny_embedder, None, DecodeLimits())
+    policy = SourcePolicy(local_roots=(root,))
+    with running_worker(client, scorer, policy=policy):
+        for i, src in enumerate([*sources, str(root / "inside.mp4")]):
+            enqueue(client, Job(job_id=f"p{i}", source=src, options=JobOptions(windows=False)),
+                    QueueSettings())
+        wait_for(lambda: all(client.exists(keys.result_key(f"p{i}")) for i in range(5)), 120,
+                 "answers")
+    codes = [get_result(client, f"p{i}")["error"]["code"] for i in range(4)]  # type: ignore[index]
+    assert codes == ["unsupported_source"] * 4
+    inside = get_result(client, "p4")
+    assert inside is not None and inside["ok"] is True
+
+
+def test_symlink_swapped_in_a_loop_never_escapes(tmp_path: Path) -> None:
+    """A thread flips a link under the root between an inside and an outside file while
+    jobs open it: every open either refuses or reads the inside file, never the outside."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "inside.bin").write_bytes(b"INSIDE" * 10)
+    (tmp_path / "outside.bin").write_bytes(b"SECRET" * 10)
+    link = root / "clip.mp4"
+    link.symlink_to(root / "inside.bin")
+    policy = SourcePolicy(local_roots=(root,))
+    stop = threading.Event()
+    flips = 0
+
+    def swap() -> None:
+        nonlocal flips
+        targets = [tmp_path / "outside.bin", root / "inside.bin"]
+        while not stop.is_set():
+            tmp = root / "clip.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(targets[flips % 2])
+            os.replace(tmp, link)  # atomic swap
+            flips += 1
+
+    thread = threading.Thread(target=swap, daemon=True)
+    thread.start()
+    read_inside = refused = 0
+    try:
+        tries = 0
+        while tries < 400 or (not (read_inside and refused) and tries < 50_000):
+            tries += 1
+            try:
+                with local_source(str(link), policy, 10**6) as opened, opened.reader() as f:
+                    data = f.read()
+            except UnsupportedSource:
+                refused += 1
+                continue
+            assert data.startswith(b"INSIDE"), "read a file outside queue.local_roots"
+            read_inside += 1
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert flips > 0 and read_inside > 0 and refused > 0
