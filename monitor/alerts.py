@@ -24,16 +24,21 @@ class AlertEvent:
     at: float
     since: float
     fence: int | None = None
+    reason: str | None = None
+    """Why an alert ended without a low score (``paused``, ``stopped``, ...); None otherwise."""
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object written to the events stream."""
-        return {
+        """The JSON object written to the events stream (``reason`` only when set)."""
+        out: dict[str, Any] = {
             "stream": self.stream_id,
             "kind": self.kind,
             "p_ai": self.p_ai,
             "at": round(self.at, 6),
             "since": round(self.since, 6),
         }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
 
 class AlertTracker:
@@ -49,11 +54,25 @@ class AlertTracker:
         self.active = False
         self._above_since: float | None = None
         self._active_since = 0.0
+        self._last_p_ai = 0.0
+
+    def reset(self, at: float, reason: str) -> AlertEvent | None:
+        """Forget the hysteresis (the stream stopped being watched: paused, no publisher,
+        removed). Returns the ``alert_end`` of an active alert, with ``reason``, else None."""
+        was_active = self.active
+        self.active = False
+        self._above_since = None
+        if not was_active:
+            return None
+        return AlertEvent(
+            self.stream_id, "alert_end", self._last_p_ai, at, self._active_since, reason=reason
+        )
 
     def update(self, p_ai: float | None, at: float) -> AlertEvent | None:
         """Feed one score at time ``at`` (seconds); return a transition or None."""
         if p_ai is None:
             return None
+        self._last_p_ai = p_ai
         if self.active:
             if p_ai < self.leave:
                 self.active = False

@@ -51,7 +51,10 @@ class StreamMetrics:
     - ``restrav_stream_state{stream,state}``: 1 for the current state, 0 for the others.
     - ``restrav_stream_last_score{stream}``: the last P(AI) (absent before the first).
     - ``restrav_stream_last_score_timestamp_seconds{stream}``: Unix time of it.
-    - ``restrav_stream_alert_active{stream}``: 1 while the stream is in alert.
+    - ``restrav_stream_alert_active{stream}``: 1 while the stream is in alert (0 while
+      paused, stopped, failed or waiting for a WHIP publisher).
+    - ``restrav_stream_awaiting_publisher{stream}``: 1 while a WHIP stream waits for its
+      publisher (its state is ``reconnecting``, which is then normal).
     - ``restrav_stream_alerts_total{stream}``: alerts entered.
     - ``restrav_stream_e2e_latency_seconds{stream}``: histogram, frame arrival to score
       written by the sink.
@@ -134,6 +137,11 @@ class StreamMetrics:
             "restrav_stream_alert_active", "1 while the stream is in alert", ["stream"],
             registry=r,
         )
+        self.awaiting_publisher = Gauge(
+            "restrav_stream_awaiting_publisher",
+            "1 while a WHIP stream waits for its publisher (state reconnecting, normal)",
+            ["stream"], registry=r,
+        )
         self.alerts = Counter(
             "restrav_stream_alerts_total", "Alerts entered", ["stream"], registry=r
         )
@@ -204,16 +212,19 @@ class StreamMetrics:
             "restrav_cluster_errors_total", "Coordinator ticks that failed on Redis", registry=r
         )
 
-    def set_state(self, stream: str, state: str) -> None:
-        """Set ``restrav_stream_state`` to 1 for ``state`` and 0 for the others."""
+    def set_state(self, stream: str, state: str, awaiting_publisher: bool = False) -> None:
+        """Set ``restrav_stream_state`` to 1 for ``state`` and 0 for the others, and
+        ``restrav_stream_awaiting_publisher`` (a WHIP stream with no publisher)."""
         for s in STREAM_STATES:
             self.state.labels(stream, s).set(1.0 if s == state else 0.0)
+        self.awaiting_publisher.labels(stream).set(1.0 if awaiting_publisher else 0.0)
 
     def forget_stream(self, stream: str) -> None:
         """Drop the per-stream gauges of a removed stream (counters stay)."""
         for s in STREAM_STATES:
             _remove(self.state, stream, s)
-        for g in (self.last_score, self.last_score_ts, self.alert_active):
+        for g in (self.last_score, self.last_score_ts, self.alert_active,
+                  self.awaiting_publisher):
             _remove(g, stream)
 
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from .alerts import AlertTracker
+from .alerts import AlertEvent, AlertTracker
 from .config import ServeSettings, StreamSpec
 from .desired import DesiredSetWriter, DesiredStore, RedisDesiredStore, spec_from_record
 from .engine import Engine
@@ -82,7 +82,7 @@ class StreamManager:
         self.store = store
         self.runner = StreamRunner(
             engine, settings, metrics, decode_threads, max_pixels,
-            rng or random.Random(), clock,
+            rng or random.Random(), clock, self._publish_alert,
         )
         self.writer = DesiredSetWriter(
             store, settings.persist_streams, lambda: {k: s.spec for k, s in self._streams.items()}
@@ -329,7 +329,11 @@ class StreamManager:
                 m.alert_active.labels(st.spec.id).set(1.0 if st.tracker.active else 0.0)
                 if event.kind == "alert_start":
                     m.alerts.labels(st.spec.id).inc()
-            if st.fence is not None:
-                event = dataclasses.replace(event, fence=st.fence)
-            self.sink.publish_event(event)
+            self._publish_alert(st, event)
         self.sink.publish(sc)
+
+    def _publish_alert(self, st: ManagedStream, event: AlertEvent) -> None:
+        """Write an alert transition to the sink, with the owner's fence."""
+        if st.fence is not None:
+            event = dataclasses.replace(event, fence=st.fence)
+        self.sink.publish_event(event)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .alerts import AlertTracker
+from .alerts import AlertEvent, AlertTracker
 from .config import ServeSettings, StreamSpec
 from .engine import Engine, EngineSample
 from .errors import InputError, RestravError
@@ -51,6 +51,8 @@ from .types import SourceClosed
 log = logging.getLogger("restrav.streams")
 
 STATES = ("starting", "running", "stalled", "reconnecting", "paused", "stopped", "failed")
+UNWATCHED_STATES = frozenset({"paused", "stopped", "failed"})
+"""States in which no frames are scored: an alert ends on entering them."""
 
 
 class Backoff:
@@ -221,8 +223,10 @@ class StreamRunner:
         max_pixels: int,
         rng: random.Random,
         clock: Callable[[], float],
+        on_alert_event: Callable[[ManagedStream, AlertEvent], None] = lambda st, ev: None,
     ) -> None:
         self.engine = engine
+        self.on_alert_event = on_alert_event
         self.settings = settings
         self.metrics = metrics
         self.decode_threads = decode_threads
@@ -253,9 +257,25 @@ class StreamRunner:
         st.status.state_since = now
         st.status.history.append((state, now))
         del st.status.history[:-50]
+        # a WHIP stream "reconnecting" is waiting for its publisher: normal, not a stall
+        awaiting = state == "reconnecting" and st.kind == "whip"
         if self.metrics is not None:
-            self.metrics.set_state(st.spec.id, state)
+            self.metrics.set_state(st.spec.id, state, awaiting_publisher=awaiting)
         log.info("stream %s: %s", st.spec.id, state)
+        if state in UNWATCHED_STATES or awaiting:
+            self.end_alert(st, "no_publisher" if awaiting else state)
+
+    def end_alert(self, st: ManagedStream, reason: str) -> None:
+        """An unwatched stream (paused, stopped, removed, failed, no publisher) is not in
+        alert: reset its hysteresis; an active alert's ``alert_end`` goes to
+        ``on_alert_event``."""
+        event = st.tracker.reset(self.clock(), reason)
+        st.status.alert_active = False
+        if self.metrics is not None:
+            self.metrics.alert_active.labels(st.spec.id).set(0.0)
+        if event is not None:
+            log.info("stream %s: alert ended (%s)", st.spec.id, reason)
+            self.on_alert_event(st, event)
 
     def gap(self, st: ManagedStream, reason: str) -> None:
         """End the stream's window (counted once per gap that interrupted samples)."""

@@ -82,6 +82,15 @@ async def build(embedder: Embedder, redis_url: str, settings: ServeSettings,
     return Harness(tc, manager, sink, metrics, redis_url), engine, client
 
 
+async def teardown(harness: Harness, engine: Engine, client: Any) -> None:
+    """Stop what :func:`build` started."""
+    await harness.manager.stop()
+    await engine.drain(10)
+    await harness.sink.aclose()
+    await harness.client.close()
+    await client.aclose()
+
+
 @pytest.fixture
 async def h(embedder: Embedder, redis_url: str) -> AsyncIterator[Harness]:
     harness, engine, client = await build(
@@ -90,11 +99,7 @@ async def h(embedder: Embedder, redis_url: str) -> AsyncIterator[Harness]:
     try:
         yield harness
     finally:
-        await harness.manager.stop()
-        await engine.drain(10)
-        await harness.sink.aclose()
-        await harness.client.close()
-        await client.aclose()
+        await teardown(harness, engine, client)
 
 
 async def test_open_endpoints_need_no_token(h: Harness) -> None:
@@ -425,3 +430,53 @@ async def test_readyz_reports_redis_down_and_draining(embedder: Embedder, tmp_pa
         await harness.client.close()
         await client.aclose()
         rp.stop()
+
+
+async def test_pause_and_delete_end_an_active_alert(
+    embedder: Embedder, redis_url: str, clip: Path
+) -> None:
+    """A paused stream is not in alert (gauge 0, ``alert_end`` reason ``paused``); resumed it
+    alerts again; deleting it in alert writes an ``alert_end`` (reason ``stopped``)."""
+    import numpy as np
+
+    from monitor.classifier import Classifier, Scaler
+
+    always_ai = Classifier(kind="logreg", scaler=Scaler(np.zeros(21), np.ones(21)),
+                           params={"coef": np.zeros((1, 21)), "intercept": np.array([5.0])},
+                           threshold=0.5)
+    settings = load_settings(serve={
+        "api": {"allow_file_sources": True},
+        "alerts": {"enter": 0.8, "leave": 0.6, "min_duration_s": 0},
+    }).serve
+    harness, engine, client = await build(embedder, redis_url, settings, classifier=always_ai)
+
+    async def events(n: int) -> list[Any]:
+        for _ in range(300):
+            if len(harness.sink.events) >= n:
+                break
+            await asyncio.sleep(0.1)
+        return harness.sink.events
+
+    def gauge() -> float | None:
+        return harness.metrics.registry.get_sample_value(
+            "restrav_stream_alert_active", {"stream": "cam"})
+
+    try:
+        r = await harness.client.put(
+            "/streams/cam", json={"url": str(clip), "loop": True}, headers=AUTH)
+        assert r.status == 201
+        assert [e.kind for e in await events(1)] == ["alert_start"]
+        assert gauge() == 1
+        r = await harness.client.post("/streams/cam/pause", headers=AUTH)
+        assert r.status == 200 and (await r.json())["alert_active"] is False
+        ev = (await events(2))[1]
+        assert (ev.kind, ev.reason, ev.stream_id) == ("alert_end", "paused", "cam")
+        assert ev.to_json()["reason"] == "paused"
+        assert gauge() == 0
+        assert (await harness.client.post("/streams/cam/resume", headers=AUTH)).status == 200
+        assert [e.kind for e in await events(3)][2] == "alert_start"
+        assert (await harness.client.delete("/streams/cam", headers=AUTH)).status in (200, 204)
+        ev = (await events(4))[3]
+        assert (ev.kind, ev.reason) == ("alert_end", "stopped")
+    finally:
+        await teardown(harness, engine, client)

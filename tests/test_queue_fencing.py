@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor import keys
 from monitor.config import QueueSettings
+from monitor.decode import DecodeLimits
+from monitor.embed import Embedder
 from monitor.metrics import QueueMetrics
 from monitor.queue import (
     ClipScorer,
@@ -30,6 +33,7 @@ from monitor.queue import (
     JobOptions,
     Worker,
     WorkerHooks,
+    connect,
     enqueue,
     ensure_group,
     queue_stats,
