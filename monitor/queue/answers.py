@@ -154,18 +154,33 @@ class Answers:
     def duplicate(self, entry: Entry, reply_to: str | None, existing: str) -> None:
         """Answer a job id that has a result from that result, without scoring again.
 
-        The same entry delivered again (its answer was written, the worker lost
-        the acknowledgement) is only acknowledged: its reply went out already.
+        A new submission gets the stored result on its ``reply_to`` and a note
+        marked ``duplicate: 1``. The same entry delivered again (its answer was
+        written, the acknowledgement lost) is only acknowledged: its note and
+        reply went out already.
         """
         ctx = self.ctx
         try:
-            answered_entry = json.loads(existing).get("entry_id")
+            stored = json.loads(existing)
         except ValueError:
-            answered_entry = None
+            stored = {}
         pipe = ctx.client.pipeline(transaction=False)
-        if reply_to and answered_entry != entry.id:
-            pipe.xadd(reply_to, {"result": existing}, maxlen=REPLY_MAXLEN, approximate=True)
-            pipe.expire(reply_to, ctx.settings.result_ttl_s)
+        if stored.get("entry_id") != entry.id:  # a new submission of an answered job id
+            if reply_to:
+                pipe.xadd(reply_to, {"result": existing}, maxlen=REPLY_MAXLEN, approximate=True)
+                pipe.expire(reply_to, ctx.settings.result_ttl_s)
+            pipe.xadd(  # the note every answer leaves, marked as a repeat of the stored result
+                keys.RESULTS,
+                {
+                    "job_id": entry.job_id or "",
+                    "entry_id": entry.id,
+                    "ok": "1" if stored.get("ok") else "0",
+                    "code": (stored.get("error") or {}).get("code", ""),
+                    "duplicate": "1",
+                },
+                maxlen=ctx.settings.results_maxlen,
+                approximate=True,
+            )
         pipe.xack(keys.JOBS, ctx.group, entry.id)
         pipe.hdel(keys.JOBS_ERRORS, entry.id)
         pipe.execute()

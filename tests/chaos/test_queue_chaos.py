@@ -68,6 +68,8 @@ def figures(client: redis.Redis, ids: list[str]) -> dict[str, int]:
     """lost (no result), scored_twice (runs > 1), answered_twice (> 1 note or reply)."""
     notes: dict[str, int] = {}
     for _, f in client.xrange(keys.RESULTS):
+        if f.get("duplicate"):
+            continue  # a new submission of an answered job id (none here)
         notes[f["job_id"]] = notes.get(f["job_id"], 0) + 1
     return {
         "jobs": len(ids),
