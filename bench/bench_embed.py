@@ -31,7 +31,7 @@ from bench.common import (
     timed,
     vit_flops_per_frame,
 )
-from monitor.decode import probe, sample_file
+from monitor.decode_file import probe, sample_file
 from monitor.embed import Embedder, load_backbone, preprocess
 from monitor.geometry import WindowRing
 from monitor.pipeline import score_file

@@ -6,33 +6,27 @@ Contract:
   file within the size bound) and FFmpeg reads that open file, restricted to the
   ``file`` protocol and an allowlist of demuxers (``DecodeLimits.allowed_formats``):
   HLS playlists, ffconcat lists and SDP files, which make FFmpeg open whatever
-  they name, are refused with :class:`~monitor.errors.UnsupportedSource`.
-  Container metadata is decoded tolerantly (bad UTF-8 is replaced).
-* :func:`probe` opens a container and returns :class:`VideoInfo` (the time
-  origin, duration, size, rotation and codec of its first video stream).
-* :func:`sample_file` decodes once, front to back, and returns the frame on
-  screen at each requested time as RGB ``uint8`` (rotation metadata applied),
-  converting only frames that are actually sampled. Times are seconds relative
-  to the clip's time origin (the stream's start time, else its first frame);
-  frame times are FFmpeg's best-effort ones (:class:`~monitor.decode_guard.TimeGuess`),
-  so packed B-frames and scrambled pts do not reorder or repeat frames. The
-  bounds of :class:`DecodeLimits` are checked on every decoded frame
-  (:class:`~monitor.decode_guard.DecodeBudget`), including a wall-time deadline.
-* :class:`VideoInfo` reports what was decoded (``frames``, ``fps`` from the
-  frame times) next to the header's claims (``frames_header``, ``fps_header``).
+  they name, are refused with :class:`~monitor.errors.UnsupportedSource`
+  (:func:`open_container`). Container metadata is decoded tolerantly (bad UTF-8
+  is replaced).
+* Decoded frames come with FFmpeg-style best-effort times (pts, or dts when the
+  pts come out of order: :class:`~monitor.decode_guard.TimeGuess`).
+* :class:`LiveVideo` reads a live input or a file frame by frame for the
+  streaming service (optionally on NVDEC).
+* Scoring a file (probe, sample) lives in :mod:`monitor.decode_file`; the limits
+  and the reported facts in :mod:`monitor.decode_info`.
 
 Every FFmpeg failure becomes a :class:`~monitor.errors.DecodeError` subclass
-with a message that says what was wrong with the input.
+(or another :class:`~monitor.errors.InputError`) with a message that says what
+was wrong with the input.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import av
@@ -52,14 +46,12 @@ from .errors import (
     DecodeTimeout,
     InputError,
     InputTooLarge,
-    NotEnoughFrames,
     NoVideoStream,
     SourceNotFound,
     UnsupportedSource,
 )
 from .safe_input import OpenedFile, open_local, sniff_refused
-from .sampler import GridSampler
-from .types import Frame, RGBArray, Sample
+from .types import RGBArray
 
 LOOKAHEAD_FRAMES = 4
 """Frames decoded ahead of the one being timed, to pick pts or dts before the first."""
@@ -69,11 +61,6 @@ _REFUSED_DEMUXERS = {
     "an ffconcat list": "concat",
     "an SDP session description": "sdp",
 }
-
-
-def check_file(path: Path, limits: DecodeLimits) -> None:
-    """Raise a typed error unless ``path`` is a non-empty regular file within bounds."""
-    open_local(path, limits.max_file_bytes).close()
 
 
 def _av_errors(source: str, exc: av.error.FFmpegError, opening: bool) -> InputError:
@@ -103,8 +90,7 @@ def _open(
 ) -> Any:
     opts = dict(options or {})
     if file is not None:
-        opts.setdefault("format_whitelist", ",".join(limits.allowed_formats))
-        opts.setdefault("protocol_whitelist", "file")
+        opts = {**_file_options(limits), **opts}
     try:
         return av.open(
             file if file is not None else source,
@@ -115,7 +101,7 @@ def _open(
             metadata_errors="replace",
         )
     except av.error.ArgumentError as exc:
-        if file is not None:
+        if "format_whitelist" in opts:
             raise UnsupportedSource(
                 f"{source}: not one of the video containers this service reads "
                 "(decode.allowed_formats)"
@@ -125,6 +111,22 @@ def _open(
         raise _av_errors(source, exc, True) from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(f"{source}: unreadable container metadata ({exc})") from exc
+
+
+def _file_options(limits: DecodeLimits) -> dict[str, str]:
+    """FFmpeg options for local files: only the ``file`` protocol, allowlisted demuxers."""
+    return {"format_whitelist": ",".join(limits.allowed_formats), "protocol_whitelist": "file"}
+
+
+def _refuse_openers(opened: OpenedFile, limits: DecodeLimits) -> None:
+    """Refuse playlists, concat lists and SDP (they make FFmpeg open what they name)
+    unless their demuxer is allowed, with a message that says what the file is."""
+    refused = sniff_refused(opened.head())
+    if refused is not None and _REFUSED_DEMUXERS.get(refused) not in limits.allowed_formats:
+        raise UnsupportedSource(
+            f"{opened.path}: {refused}, which makes FFmpeg open the files or URLs it names; "
+            "refused (decode.allowed_formats)"
+        )
 
 
 @contextmanager
@@ -144,12 +146,7 @@ def open_container(path: MediaSource, limits: DecodeLimits) -> Iterator[tuple[An
     opened = path if isinstance(path, OpenedFile) else open_local(path, limits.max_file_bytes)
     source = str(opened.path)
     try:
-        refused = sniff_refused(opened.head())
-        if refused is not None and _REFUSED_DEMUXERS.get(refused) not in limits.allowed_formats:
-            raise UnsupportedSource(
-                f"{source}: {refused}, which makes FFmpeg open the files or URLs it names; "
-                "refused (decode.allowed_formats)"
-            )
+        _refuse_openers(opened, limits)
         reader = opened.reader()
         try:
             container = _open(source, limits, file=reader)
@@ -255,154 +252,12 @@ def _frames(
     yield from guess.timed(_decoded(container, stream, source, budget), _stamps, lookahead)
 
 
-def probe(path: MediaSource, limits: DecodeLimits = DecodeLimits()) -> VideoInfo:
-    """Open ``path`` and describe its first video stream; decodes nothing when
-    the container states its duration and start time."""
-    with open_container(path, limits) as (container, source):
-        stream = _video_stream(container, source)
-        info = _info(container, stream, source, limits)
-        if math.isnan(info.duration_s) or math.isnan(info.origin_s):
-            info = _measure(container, stream, source, info, limits)
-        return info
-
-
-def _measure(
-    container: Any, stream: Any, source: str, info: VideoInfo, limits: DecodeLimits
-) -> VideoInfo:
-    """Fill a missing origin or duration by reading packet timestamps (no decode)."""
-    first = math.inf
-    last = -math.inf
-    last_dur = 0.0
-    packets = 0
-    budget = DecodeBudget(source, limits.max_pixels, limits.max_frames, math.inf, 0,
-                          limits.deadline)
+def _demux(container: Any, stream: Any, source: str) -> Iterator[Any]:
+    """Packets of ``stream`` (no decoding), FFmpeg errors mapped to typed errors."""
     try:
-        for packet in container.demux(stream):
-            budget.check_deadline()
-            packets += bool(packet.size)
-            if packet.pts is None or packet.time_base is None:
-                continue
-            t = float(packet.pts * packet.time_base)
-            first = min(first, t)
-            if t >= last:
-                last = t
-                last_dur = float(packet.duration * packet.time_base) if packet.duration else 0.0
+        yield from container.demux(stream)
     except av.error.FFmpegError as exc:
         raise _av_errors(source, exc, False) from exc
-    if not math.isfinite(first):
-        if not packets:
-            raise NotEnoughFrames(f"{source}: no video packets")
-        # an elementary stream (raw H.264...) has no timestamps: one frame per packet
-        first, last, last_dur = 0.0, (packets - 1) * _step_s(stream), _step_s(stream)
-    origin = info.origin_s if not math.isnan(info.origin_s) else first
-    duration = info.duration_s if not math.isnan(info.duration_s) else last + last_dur - origin
-    if duration > limits.max_duration_s:
-        raise InputTooLarge(
-            f"{source}: {duration:.1f} s exceeds the limit of {limits.max_duration_s:.0f} s"
-        )
-    return replace(info, duration_s=duration, origin_s=origin)
-
-
-def _count_rest(container: Any, stream: Any, budget: DecodeBudget) -> None:
-    """Count on ``budget`` the packets left after decoding stopped early (a player
-    shows one frame per packet; discarded packets of an edit list are not counted)."""
-    try:
-        for packet in container.demux(stream):
-            budget.check_deadline()
-            budget.packet(packet.size, packet.is_discard, packet.pts, packet.time_base)
-    except av.error.FFmpegError:
-        pass  # a damaged tail: the frames counted so far are what is known
-
-
-def sample_file(
-    path: MediaSource,
-    schedules: Mapping[str, Sequence[float]],
-    on_sample: Callable[[str, Sample], None],
-    limits: DecodeLimits = DecodeLimits(),
-    info: VideoInfo | None = None,
-) -> VideoInfo:
-    """Decode ``path`` once, front to back, and resolve several sample schedules.
-
-    ``schedules`` maps a name to sample times (seconds relative to
-    ``info.origin_s``); each schedule has its own :class:`GridSampler`, so its
-    ``repeated`` flags are its own. ``on_sample(name, sample)`` is called as soon
-    as a sample is resolved, in time order within each schedule, so long clips
-    stream in constant memory. A frame is converted to RGB once, however many
-    samples show it. Decoding stops as soon as every schedule is resolved (the
-    remaining frames are then counted from their packets).
-
-    Returns the :class:`VideoInfo` (rotation, decoded frame count and rate filled
-    in). Raises :class:`NotEnoughFrames` for inputs of fewer than two frames (a
-    still image is not a video), :class:`InputTooLarge` / :class:`DecodeTimeout`
-    when a bound of ``limits`` is crossed while decoding, and other
-    :class:`DecodeError` subclasses for bad input.
-    """
-    limits = limits.with_deadline()
-    if info is None:
-        info = probe(path, limits)
-    origin = info.origin_s
-    rotation = 0
-    with open_container(path, limits) as (container, source):
-        stream = _video_stream(container, source)
-        stream.thread_type = "AUTO"
-        if limits.threads:
-            stream.codec_context.thread_count = limits.threads
-        samplers: dict[str, GridSampler[Any]] = {
-            name: GridSampler(origin + t for t in times) for name, times in schedules.items()
-        }
-        recent: dict[int, Frame] = {}
-        budget = DecodeBudget(source, limits.max_pixels, limits.max_frames,
-                              limits.max_duration_s, limits.max_rss_bytes, limits.deadline)
-
-        def deliver(name: str, batch: list[Any]) -> None:
-            for r in batch:
-                fr = recent.get(r.frame_index)
-                if fr is None:
-                    av_frame, pts = r.frame
-                    fr = Frame(rgb=_to_rgb(av_frame), pts_s=pts, index=r.frame_index)
-                    recent[r.frame_index] = fr
-                    for old in [k for k in recent if k < r.frame_index - 2]:
-                        del recent[old]  # schedules resolve in time order: old frames are done
-                on_sample(name, Sample(time_s=r.time_s - origin, frame=fr, repeated=r.repeated))
-
-        guess = TimeGuess(float(stream.time_base) if stream.time_base else 1.0, _step_s(stream))
-        stopped_early = False
-        for av_frame, pts in _frames(
-            container, stream, source, LOOKAHEAD_FRAMES, guess, budget
-        ):
-            budget.frame(int(av_frame.width), int(av_frame.height), pts)
-            rotation = normalise_rotation(getattr(av_frame, "rotation", 0) or 0)
-            for name, sampler in samplers.items():
-                deliver(name, sampler.push((av_frame, pts), pts))
-            if all(sm.done for sm in samplers.values()):
-                stopped_early = True
-                break
-        n = budget.frames
-        if n < 2 and not all(sm.done for sm in samplers.values()):
-            if n == 0:
-                raise NotEnoughFrames(f"{source}: no decodable video frames")
-            raise NotEnoughFrames(
-                f"{source}: a single frame (a still image?); a video of at least 2 frames is needed"
-            )
-        for name, sampler in samplers.items():
-            deliver(name, sampler.finish())
-        if stopped_early:
-            # frames decoded ahead or still in the decoder were fed as packets
-            _count_rest(container, stream, budget)
-            n = budget.packets
-    fps = budget.fps or info.fps_header
-    info = replace(
-        info, frames=n, fps=fps, timestamps="dts" if guess.uses_dts else "pts"
-    )
-    if rotation:
-        swap = rotation % 180 != 0
-        info = replace(
-            info,
-            rotation_deg=rotation,
-            width=info.height if swap else info.width,
-            height=info.width if swap else info.height,
-        )
-    return info
 
 
 # --- live sources (used by monitor.sources) ----------------------------------------------
@@ -433,6 +288,11 @@ class LiveVideo:
         cuda_device: int | None = None,
     ) -> None:
         self.description = description or source
+        if "://" not in source:
+            # a local file: the same demuxer allowlist as scored files (no playlists)
+            with open_local(source, limits.max_file_bytes) as opened:
+                _refuse_openers(opened, limits)
+            options = {**_file_options(limits), **(options or {})}
         self.decoder = "cpu"
         self.fallback_reason: str | None = None
         hwaccel = _cuda_hwaccel(cuda_device) if cuda_device is not None else None
@@ -529,13 +389,10 @@ __all__ = [
     "LiveVideo",
     "MediaSource",
     "VideoInfo",
-    "check_file",
     "choose_decode_backend",
     "frame_to_rgb",
     "gpu_decode_available",
     "normalise_rotation",
     "open_container",
-    "probe",
-    "sample_file",
     "source_name",
 ]

@@ -270,10 +270,16 @@ def _load_hub_checkpoint(path: Path) -> tuple[torch.nn.Module, str]:
 
 
 def _load_transformers(ref: str, local: bool) -> torch.nn.Module:
+    from safetensors import SafetensorError
     from transformers import AutoModel
 
     try:
         model: torch.nn.Module = AutoModel.from_pretrained(ref, local_files_only=local)
+    except SafetensorError as exc:
+        raise ModelError(
+            f"cannot load model {ref!r}: its weights file is damaged ({exc}); a truncated "
+            "download? Download it again (README: 'DINOv2 weights on an offline machine')."
+        ) from exc
     except OSError as exc:
         raise ModelNotFound(
             f"cannot load model {ref!r}: {exc}. Offline? Copy a Hugging Face snapshot of "

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from .decode import DecodeLimits, MediaSource, VideoInfo, probe, sample_file, source_name
+from .decode import DecodeLimits, MediaSource, VideoInfo, source_name
+from .decode_file import probe, sample_file
 from .embed import Embedder
 from .errors import NotEnoughFrames
 from .geometry import WindowRing, window_features

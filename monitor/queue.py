@@ -734,6 +734,19 @@ class Worker:
         if job.reply_to:
             pipe.xadd(job.reply_to, {"result": existing}, maxlen=10_000, approximate=True)
             pipe.expire(job.reply_to, self.settings.result_ttl_s)
+        stored = json.loads(existing)
+        pipe.xadd(  # the note every answer leaves, marked as a repeat of the stored result
+            keys.RESULTS,
+            {
+                "job_id": job.job_id,
+                "entry_id": entry.id,
+                "ok": "1" if stored.get("ok") else "0",
+                "code": (stored.get("error") or {}).get("code", ""),
+                "duplicate": "1",
+            },
+            maxlen=self.settings.results_maxlen,
+            approximate=True,
+        )
         pipe.xack(keys.JOBS, self.group, entry.id)
         pipe.hdel(keys.JOBS_ERRORS, entry.id)
         pipe.execute()

@@ -24,6 +24,9 @@ DAMAGED = frozenset(
 )
 DOCUMENTED = DAMAGED | {"not_found", "not_a_file", "timeout"}
 
+SLOW_OR_ALIKE = frozenset({"1x1", "0.1fps", "240fps", "444", "jpeg", "huger-declared"})
+"""Crafted cases left out of the default run's subset (slower, or like another one)."""
+
 
 @dataclass(frozen=True)
 class Case:
@@ -185,8 +188,10 @@ def make_corpus(d: Path, shared_clips: Path, full: bool, seed: int = 14) -> list
     cases.append(_bad_metadata_avi(d, avi))
     cases.append(_resolution_change(d))
     n_trunc, n_flip = (36, 40) if full else (1, 1)
-    for src in srcs if full else srcs[:2]:
+    for src in srcs if full else srcs[:1]:
         cases += _mutations(src, d, rng, n_trunc, n_flip)
+    if not full:
+        cases = [c for c in cases if c.name not in SLOW_OR_ALIKE]
     return cases
 
 

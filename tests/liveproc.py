@@ -147,7 +147,8 @@ class Serve:
     def __init__(self, tmp: Path, model_dir: Path, serve_cfg: dict[str, Any],
                  redis_url: str | None = None, verbose: str = "-v", gc_off: bool = False) -> None:
         self.port = free_port()
-        serve_cfg = {**serve_cfg, "api": {"port": self.port, "token": TOKEN}}
+        serve_cfg = {**serve_cfg,
+                     "api": {**serve_cfg.get("api", {}), "port": self.port, "token": TOKEN}}
         cfg: dict[str, Any] = {
             "model": {"ref": str(model_dir), "device": "cpu", "image_size": 112, "threads": 1},
             "serve": serve_cfg,
@@ -248,3 +249,17 @@ class Serve:
     def log(self) -> str:
         """Everything it printed."""
         return self.log_path.read_text(errors="replace")
+
+
+def one_camera(tmp: Path) -> tuple[RtspServer, Publisher, dict[str, Any]]:
+    """A started RTSP server with one publisher on mount ``cam``, and serve settings
+    (one UDP stream ``cam``, fast outage detection) to extend."""
+    srv = RtspServer(tmp / "rtsp.log")
+    srv.start()
+    pub = Publisher(make_feed(tmp / "feed.mp4"), srv.publish_url("cam"), tmp / "pub.log")
+    pub.start()
+    cfg: dict[str, Any] = {
+        "streams": [{"id": "cam", "url": srv.read_url("cam"), "transport": "udp"}],
+        "source": fast_source_settings(), "engine": {"max_batch": 8, "max_wait_ms": 5},
+    }
+    return srv, pub, cfg

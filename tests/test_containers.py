@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.decode import probe, sample_file
+from monitor.decode_file import probe, sample_file
 from monitor.embed import Embedder
 from monitor.pipeline import score_file
 from monitor.sampler import centre_window_start, window_times

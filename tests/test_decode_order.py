@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.decode import normalise_rotation, probe, sample_file
+from monitor.decode_file import probe, sample_file
+from monitor.decode_info import normalise_rotation
 from monitor.embed import Embedder
 from monitor.pipeline import score_file
 from monitor.types import Sample

@@ -12,17 +12,20 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from monitor import keys
 from monitor.config import QueueSettings
-from monitor.decode import DecodeLimits, sample_file
+from monitor.decode import DecodeLimits
+from monitor.decode_file import sample_file
 from monitor.embed import Embedder
 from monitor.errors import DecodeTimeout, InputTooLarge, UnsupportedSource
 from monitor.fetch import SourcePolicy, local_source
 from monitor.queue import ClipScorer, Job, JobOptions, connect, enqueue, get_result
+from monitor.safe_input import OpenedFile
 
 from .hostile import Case, make_corpus
 from .media import write_clip
@@ -182,3 +185,30 @@ def test_symlink_swapped_in_a_loop_never_escapes(tmp_path: Path) -> None:
         stop.set()
         thread.join(timeout=10)
     assert flips > 0 and read_inside > 0 and refused > 0
+
+
+def test_worker_answers_timeout_and_too_large_and_keeps_serving(
+    client: redis.Redis, tiny_embedder: Embedder, tmp_path: Path
+) -> None:
+    clip = tmp_path / "c.mp4"
+    write_clip(clip, fps=25, n_frames=50)
+    expired = ClipScorer(tiny_embedder, None, DecodeLimits(job_timeout_s=1e-9))
+    hungry = ClipScorer(tiny_embedder, None, DecodeLimits(max_rss_bytes=1))
+    fine = ClipScorer(tiny_embedder, None, DecodeLimits())
+
+    def scorer(path: OpenedFile, options: JobOptions, shown: str) -> dict[str, Any]:
+        pick = {"late": expired, "big": hungry}.get(Path(shown).stem.split("-")[0], fine)
+        return pick(path, options, shown)
+
+    for name in ("late-1", "big-1", "ok-1"):
+        (tmp_path / f"{name}.mp4").write_bytes(clip.read_bytes())
+    with running_worker(client, scorer):
+        for name in ("late-1", "big-1", "ok-1"):
+            enqueue(client, Job(job_id=name, source=str(tmp_path / f"{name}.mp4"),
+                                options=JobOptions(windows=False)), QueueSettings())
+        wait_for(lambda: all(client.exists(keys.result_key(n))
+                             for n in ("late-1", "big-1", "ok-1")), 120, "answers")
+    late, big, ok = (get_result(client, n) for n in ("late-1", "big-1", "ok-1"))
+    assert late is not None and late["error"]["code"] == "timeout"
+    assert big is not None and big["error"]["code"] == "too_large"
+    assert ok is not None and ok["ok"] is True

@@ -57,8 +57,8 @@ class Workers:
             RESTRAV_QUEUE__MAX_DELIVERIES="2",
             RESTRAV_MODEL__THREADS="1",
             RESTRAV_DECODE__MAX_PIXELS="10000",
-            **env,
         )
+        full.update(env)  # the caller's settings win
         log = (self.logs / f"{name}.log").open("wb")
         self._files.append(log)
         proc = subprocess.Popen(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .liveproc import Publisher, RtspServer, Serve, fast_source_settings, make_feed, wait_until
+from .liveproc import Serve, one_camera, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,8 @@ RECONNECTS = 3
 
 
 def test_threads_return_to_baseline_after_reconnects(tmp_path: Path, tiny_model_dir: Path) -> None:
-    srv = RtspServer(tmp_path / "rtsp.log")
-    srv.start()
-    pub = Publisher(make_feed(tmp_path / "feed.mp4"), srv.publish_url("cam"), tmp_path / "pub.log")
-    pub.start()
-    serve = Serve(tmp_path, tiny_model_dir, {
-        "streams": [{"id": "cam", "url": srv.read_url("cam"), "transport": "udp"}],
-        "source": fast_source_settings(), "sinks": {"stdout": True},
-        "engine": {"max_batch": 8, "max_wait_ms": 5},
-    }, gc_off=True)
+    srv, pub, cfg = one_camera(tmp_path)
+    serve = Serve(tmp_path, tiny_model_dir, {**cfg, "sinks": {"stdout": True}}, gc_off=True)
     try:
         serve.start()
         wait_until(lambda: serve.state("cam") == "running", 120, "the stream running")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.decode import probe, sample_file
+from monitor.decode_file import probe, sample_file
 from monitor.sampler import GridSampler, centre_window_start, grid_times, window_times
 from monitor.types import SAMPLE_INTERVAL_S, WINDOW_SAMPLES, Sample
 from tests.media import decoded_pts, write_clip

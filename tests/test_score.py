@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from monitor.classifier import fit_classifier
-from monitor.decode import probe, sample_file
+from monitor.decode_file import probe, sample_file
 from monitor.embed import Embedder
 from monitor.geometry import window_features
 from monitor.pipeline import score_file

@@ -2,7 +2,8 @@
 
 Each subcommand module exposes ``register(subparsers)`` and sets ``func`` on
 its parser; ``main`` parses, sets up logging and maps errors to exit codes:
-0 ok, 1 some inputs failed, 2 usage, 3 configuration or model error.
+0 ok, 1 some inputs failed, 2 usage, 3 configuration or model error (Redis
+unreachable included).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 from importlib import import_module
+
+from redis.exceptions import RedisError
 
 from monitor import __version__
 from monitor.errors import ArtifactError, ConfigError, ModelError
@@ -57,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ModelError, ArtifactError) as exc:
         logging.getLogger("restrav").debug("fatal", exc_info=True)
         print(f"restrav {args.command}: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RedisError as exc:
+        # Redis down or refusing: one line that says what to do, not a traceback
+        logging.getLogger("restrav").debug("redis", exc_info=True)
+        print(
+            f"restrav {args.command}: Redis unavailable ({type(exc).__name__}: {exc}); "
+            "check that it runs and that --redis-url points at it",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     return status
 

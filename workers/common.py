@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,38 @@ from monitor.classifier import Classifier, load_classifier
 from monitor.config import MODEL_DTYPES, Settings, load_settings
 from monitor.decode import DecodeLimits
 from monitor.embed import Embedder, load_backbone
+from monitor.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--hop 0`` is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ConfigError when ``host:port`` cannot be bound (checked before a slow model load)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another process holds the "
+                "port; stop it or pass --port"
+            ) from None
 
 
 def add_settings_args(p: argparse.ArgumentParser) -> None:

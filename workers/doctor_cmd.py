@@ -42,7 +42,12 @@ def _model_location(ref: str) -> dict[str, Any]:
             if list(path.glob("**/*.pth"))
             else "directory without a model"
         )
-        return {"ref": ref, "kind": kind, "exists": kind != "directory without a model"}
+        found = kind != "directory without a model"
+        broken = _damaged_weights(path) if found else []
+        info: dict[str, Any] = {"ref": ref, "kind": kind, "exists": found and not broken}
+        if broken:
+            info["damaged"] = broken
+        return info
     hub_id = HUB_NAMES.get(ref, ref)
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -57,6 +62,20 @@ def _model_location(ref: str) -> dict[str, Any]:
         "cached_locally": isinstance(cached, str),
         "exists": isinstance(cached, str),
     }
+
+
+def _damaged_weights(directory: Path) -> list[str]:
+    """``name: reason`` for each .safetensors file whose header or size is inconsistent."""
+    from safetensors import SafetensorError, safe_open
+
+    damaged = []
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            damaged.append(f"{file.name}: {exc}")
+    return damaged
 
 
 def _redis(url: str | None) -> dict[str, Any]:
@@ -82,6 +101,18 @@ def _redis(url: str | None) -> dict[str, Any]:
             "reachable": False,
             "error": type(exc).__name__,
         }
+
+
+def _print_text(value: dict[str, Any], indent: str = "") -> None:
+    """Nested sections as indented ``key: value`` lines (lists joined by commas)."""
+    for key, item in value.items():
+        if isinstance(item, dict):
+            print(f"{indent}{key}:")
+            _print_text(item, indent + "  ")
+        elif isinstance(item, list):
+            print(f"{indent}{key}: {', '.join(map(str, item)) or '-'}")
+        else:
+            print(f"{indent}{key}: {item}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,13 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        for section, value in report.items():
-            if isinstance(value, dict):
-                print(f"{section}:")
-                for k, v in value.items():
-                    print(f"  {k}: {v}")
-            else:
-                print(f"{section}: {value}")
+        _print_text(report)
         if not report["model"]["exists"]:
             print("\nmodel not found locally: see README 'DINOv2 weights on an offline machine'")
     return EXIT_OK if ok else EXIT_SOME_FAILED

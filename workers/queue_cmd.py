@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ from monitor.errors import ConfigError, RestravError
 from monitor.fetch import SourcePolicy
 from monitor.metrics import QueueMetrics
 from monitor.queue import (
+    JOB_ID_PATTERN,
     ClipScorer,
     Job,
     JobOptions,
@@ -52,10 +54,20 @@ from .common import (
     build_classifier,
     build_embedder,
     decode_limits,
+    positive_int,
     settings_from_args,
 )
 
 log = logging.getLogger("restrav.queue")
+
+
+def job_id_arg(text: str) -> str:
+    """argparse type for --job-id: the queue's job id pattern, else a usage error (exit 2)."""
+    if re.match(JOB_ID_PATTERN, text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use 1-128 letters, digits and . _ : - (starting with a letter or digit)"
+        )
+    return text
 
 SUBMIT_DESCRIPTION = """\
 Enqueue clips on the Redis clip queue (stream restrav:jobs). Each SOURCE is a
@@ -107,11 +119,16 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--timeout", type=float, default=3600.0, metavar="S", help="with --wait (default 3600 s)"
     )
-    s.add_argument("--job-id", metavar="ID", help="idempotency key (only with one source)")
+    s.add_argument(
+        "--job-id", type=job_id_arg, metavar="ID",
+        help="idempotency key (only with one source): letters, digits and . _ : -, up to 128",
+    )
     s.add_argument(
         "--no-windows", action="store_true", help="score only the centred window (faster)"
     )
-    s.add_argument("--hop", type=int, default=1, metavar="K", help="one window every K samples")
+    s.add_argument(
+        "--hop", type=positive_int, default=1, metavar="K", help="one window every K samples"
+    )
     s.add_argument(
         "--classifier-name",
         metavar="NAME",

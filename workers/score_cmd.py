@@ -20,6 +20,7 @@ from .common import (
     build_classifier,
     build_embedder,
     decode_limits,
+    positive_int,
     progress_enabled,
     settings_from_args,
 )
@@ -53,7 +54,7 @@ def register(sub: Any) -> None:
     p.add_argument("--windows", action="store_true", help="also score every window along the clip")
     p.add_argument(
         "--hop",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="with --windows: one window every K samples (default 1 = every sample)",

@@ -29,13 +29,13 @@ from monitor.api import (
     resolve_token,
 )
 from monitor.cluster import ClusteredStreamManager
-from monitor.config import Settings, StreamSpec
+from monitor.config import ServeSettings, Settings, StreamSpec
 from monitor.engine import Engine
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, InputError
 from monitor.http_guard import ServerLog
 from monitor.livefeed import LiveFeed, add_ui_routes
 from monitor.metrics import LiveFeedMetrics, StreamMetrics
-from monitor.service import RedisDesiredStore, StreamManager
+from monitor.service import RedisDesiredStore, StreamManager, validate_spec
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink, sink_ready_check
 from monitor.sources.rtsp import resolve_decode_backend
@@ -47,6 +47,7 @@ from .common import (
     add_settings_args,
     build_classifier,
     build_embedder,
+    check_port_free,
     settings_from_args,
 )
 
@@ -98,7 +99,10 @@ def register(sub: Any) -> None:
         "--stream", action="append", default=[], metavar="ID=URL",
         help="add a stream (repeatable), on top of serve.streams",
     )
-    p.add_argument("--redis", metavar="URL", help="Redis URL (overrides redis.url)")
+    p.add_argument(
+        "--redis-url", "--redis", dest="redis", metavar="URL",
+        help="redis://[:password@]host:port/db (overrides redis.url; --redis is the old name)",
+    )
     add_settings_args(p)
     p.set_defaults(func=run)
 
@@ -132,6 +136,30 @@ def _settings(args: argparse.Namespace) -> Settings:
     return base.model_copy(update={"serve": serve, "redis": redis})
 
 
+def check_streams(s: ServeSettings) -> None:
+    """Refuse to start (ConfigError) when streams are configured and none of them is valid;
+    log each invalid one (the valid ones start, the invalid ones never will)."""
+    problems = []
+    for spec in s.streams:
+        try:
+            validate_spec(s, spec)
+        except InputError as exc:
+            problems.append(f"{spec.id}: {exc.message}")
+    if s.streams and len(problems) == len(s.streams):
+        raise ConfigError("no configured stream is valid: " + "; ".join(problems))
+    for problem in problems:
+        log.warning("stream %s (not started)", problem)
+
+
+def listen_urls(addresses: list[Any]) -> list[str]:
+    """``http://host:port`` for each socket address aiohttp bound (IPv6 in brackets)."""
+    urls = []
+    for addr in addresses:
+        host, port = addr[0], addr[1]
+        urls.append(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+    return urls
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT; return the exit status."""
     settings = _settings(args)
@@ -142,6 +170,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     """The service: returns the exit status after a drain (``stop`` or a signal)."""
     s = settings.serve
     token = resolve_token(s.api)
+    check_port_free(s.api.host, s.api.port)  # before the model load, which takes seconds
+    check_streams(s)
     registry = CollectorRegistry()
     metrics = StreamMetrics(registry)
     loop = asyncio.get_running_loop()
@@ -225,8 +255,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     await runner.setup()
     site = web.TCPSite(runner, s.api.host, s.api.port)
     await site.start()
-    addrs = [a for a in runner.addresses]
-    print(f"restrav serve: API listening on {addrs}", file=sys.stderr, flush=True)
+    for url in listen_urls(runner.addresses):
+        print(f"restrav serve: API listening on {url}", file=sys.stderr, flush=True)
 
     await manager.restore(s.streams)
 

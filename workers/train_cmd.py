@@ -33,6 +33,7 @@ from .common import (
     build_classifier,
     build_embedder,
     decode_limits,
+    positive_int,
     progress_enabled,
     settings_from_args,
 )
@@ -113,7 +114,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="also every window along each clip (default: the paper's centred window only)",
     )
-    p.add_argument("--hop", type=int, default=1, metavar="K", help="with --all-windows: "
+    p.add_argument("--hop", type=positive_int, default=1, metavar="K", help="with --all-windows: "
                    "one window every K samples (default 1)")
     p.add_argument("--chunk", type=int, default=16, metavar="N",
                    help="clips per Parquet part (work lost on interruption; default 16)")

@@ -168,7 +168,9 @@ class BufferedSink:
                 delay = min(self.retry_cap_s, delay * 2)
                 continue
             if not self.available:
-                log.warning("sink %s available again; flushing %d", self.name, len(self._buf))
+                # the batch just written counts: it was buffered during the outage
+                log.warning("sink %s available again; flushing %d", self.name,
+                            len(batch) + len(self._buf))
             self.available = True
             delay = self.retry_floor_s
             self.written += len(batch)

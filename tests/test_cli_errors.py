@@ -1,0 +1,147 @@
+"""Fail cleanly: each mistake a user makes ends in one readable line and a documented exit code
+(2 usage, 3 configuration/model/Redis), never a traceback. Drives the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .redisproc import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def restrav(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run ``restrav ARGS`` with this checkout's code; stdin closed, output captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop("RESTRAV_REDIS__URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_line(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+
+
+DOWN = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("submit", "--redis-url", DOWN, "/tmp/x.mp4"),
+        ("worker", "--check", "--redis-url", DOWN),
+    ],
+)
+def test_redis_down_is_one_line_exit_3(args: tuple[str, ...]) -> None:
+    proc = restrav(*args)
+    assert_one_line(proc, 3, "Redis unavailable", "--redis-url")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (("submit", "--hop", "0", "/tmp/x.mp4"), "--hop"),
+        (("submit", "--job-id", "bad id!", "/tmp/x.mp4"), "--job-id"),
+        (("score", "--hop", "0", "/tmp/x.mp4"), "--hop"),
+        (("extract", "--hop", "0", "/tmp/d", "/tmp/o"), "--hop"),
+    ],
+)
+def test_bad_flag_values_are_usage_errors(args: tuple[str, ...], word: str) -> None:
+    assert_one_line(restrav(*args), 2, word)
+
+
+def test_serve_on_busy_port_refused_before_model_load(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        # the model does not exist: the port must be what is reported (checked first)
+        proc = restrav(
+            "serve", "--port", str(port), "--model", str(tmp_path / "no-model"), "--stream",
+            f"cam={tmp_path / 'x.mp4'}",
+        )
+    assert_one_line(proc, 3, f"127.0.0.1:{port}", "--port")
+    assert "no-model" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def truncated_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    broken = tmp_path_factory.mktemp("broken") / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size // 2)  # an interrupted download
+    return broken
+
+
+def test_truncated_weights_exit_3(truncated_model: Path, tmp_path: Path) -> None:
+    clip = tmp_path / "x.mp4"
+    clip.write_bytes(b"")
+    proc = restrav("score", "--model", str(truncated_model), "--device", "cpu", str(clip))
+    assert_one_line(proc, 3, "damaged", "Download it again")
+
+
+def test_doctor_reports_truncated_weights(truncated_model: Path, tiny_model_dir: Path) -> None:
+    bad = restrav("doctor", "--json", "--model", str(truncated_model))
+    assert bad.returncode == 1, bad.stderr
+    model = json.loads(bad.stdout)["model"]
+    assert model["exists"] is False and "model.safetensors" in model["damaged"][0]
+    good = json.loads(restrav("doctor", "--json", "--model", str(tiny_model_dir)).stdout)
+    assert good["model"]["exists"] is True and "damaged" not in good["model"]
+
+
+def test_doctor_text_is_readable(tiny_model_dir: Path) -> None:
+    out = restrav("doctor", "--model", str(tiny_model_dir)).stdout
+    assert "{" not in out and "[" not in out, out  # no Python reprs
+    assert "\n  torch: " in out and "\n    libavcodec: " in out
+
+
+def test_serve_refuses_when_no_stream_is_valid(tmp_path: Path) -> None:
+    # the model does not exist either: the streams are checked before it is loaded
+    proc = restrav(
+        "serve", "--port", "0", "--model", str(tmp_path / "no-model"), "--stream", "cam=ftp://x"
+    )
+    assert_one_line(proc, 3, "no configured stream is valid", "cam:", "ftp")
+
+
+def test_serve_logs_a_stream_that_fails(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A missing file: the stream goes `failed`, and the log says so with the reason (no -v)."""
+    err_path = tmp_path / "err.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "serve", "--port", "0", "--model",
+             str(tiny_model_dir), "--device", "cpu", "--stream", "cam=/nonexistent.mp4"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and "stream cam: failed" not in err_path.read_text():
+                assert proc.poll() is None, err_path.read_text()
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = err_path.read_text()
+    assert "stream cam: failed (not_found" in text, text
+    assert "/nonexistent.mp4" in text
+    assert "API listening on http://127.0.0.1:" in text
