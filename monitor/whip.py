@@ -54,7 +54,7 @@ from prometheus_client import CollectorRegistry
 from .config import StreamSpec, WebRTCSettings
 from .metrics import WebRTCMetrics
 from .service import StreamManager
-from .sources.base import LiveSource, SourceContext, register_source_kind
+from .sources.base import LiveSource, SourceContext, SourceError, register_source_kind
 from .sources.webrtc import SDP_MIME, WHEP_SCHEMES, TrackSource, whep_opener
 from .whip_sdp import BadOffer, parse_offer
 from .whip_sessions import (
@@ -431,6 +431,20 @@ class WhipHub:
 
 WHIP_KIND = "whip"
 """Source kind of streams fed by WHIP publishers (URL ``whip://ID``)."""
+
+
+async def _not_attached(spec: StreamSpec, ctx: SourceContext) -> LiveSource:
+    """Opener of the WebRTC kinds until :func:`attach_webrtc` replaces it."""
+    raise SourceError(
+        "WebRTC is not attached to this service (restrav serve attaches it)",
+        code="unsupported_source", permanent=True,
+    )
+
+
+# the kinds exist from import on, so stream specs naming them validate before the
+# service is assembled (serve checks its configured streams before loading the model)
+register_source_kind(WHIP_KIND, _not_attached, (WHIP_KIND,))
+register_source_kind("whep", _not_attached, WHEP_SCHEMES)
 
 
 def attach_webrtc(
