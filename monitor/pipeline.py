@@ -114,8 +114,10 @@ def score_file(
     all_windows: bool = False,
     hop: int = 1,
     on_window: Callable[[Score], None] | None = None,
+    on_frames: Callable[[int], None] | None = None,
 ) -> ClipResult:
     """Score one clip. ``hop`` is in samples (1 = a window at every 11.5 Hz sample).
+    ``on_frames(n)`` is told each time ``n`` more frames were embedded (progress).
 
     Raises :class:`~monitor.errors.InputError` subclasses for bad input.
     """
@@ -149,6 +151,8 @@ def score_file(
         if todo:
             z = embedder.embed_tensor([s.frame.rgb for s in todo.values()])
             embedded += len(todo)
+            if on_frames is not None:
+                on_frames(len(todo))
             for i, idx in enumerate(todo):
                 cache[idx] = z[i]
         for name, s in pending:
