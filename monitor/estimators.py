@@ -36,8 +36,8 @@ try:
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "monitor.estimators needs scikit-learn >= 1.6: pip install 'scikit-learn>=1.6' "
-        "(or install restrav-monitor with its training extra)"
+        "monitor.estimators needs scikit-learn >= 1.6: pip install 'restrav-monitor[train]' "
+        "(or pip install 'scikit-learn>=1.6')"
     ) from exc
 
 from .classifier import (
