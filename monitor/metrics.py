@@ -296,6 +296,28 @@ class QueueMetrics:
             "Redis operations that failed in the worker loop (retried with backoff).",
             registry=registry,
         )
+        self.late_answers = Counter(
+            "restrav_queue_late_answers_total",
+            "Answers discarded because the job id was answered already or another worker "
+            "took the job over (this worker held it past the visibility timeout).",
+            registry=registry,
+        )
+        self.group_recreated = Counter(
+            "restrav_queue_group_recreated_total",
+            "Times the worker found the consumer group missing (Redis lost its data) "
+            "and recreated it.",
+            registry=registry,
+        )
+        self.group_missing = Gauge(
+            "restrav_queue_group_missing",
+            "1 when the consumer group was missing at the last check (Redis lost its data).",
+            registry=registry,
+        )
+        self.loop_failing = Gauge(
+            "restrav_queue_worker_failing",
+            "1 while this worker's read loop fails on every try (see its log).",
+            registry=registry,
+        )
 
 
 # --- WebRTC (WHIP / WHEP) ---------------------------------------------------------------

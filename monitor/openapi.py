@@ -143,6 +143,8 @@ def openapi_document(version: str = "0") -> dict[str, Any]:
         }
         if "{id}" in path:
             op["parameters"] = [id_param]
+            # an id outside the pattern matches no route: 404 (never a 5xx)
+            op["responses"].setdefault("404", _response(_ERR))
         if auth:
             op["security"] = [{"bearer": []}]
         if body is not None:

@@ -60,6 +60,42 @@ __all__ = [
 ]
 
 
+def validate_spec(settings: ServeSettings, spec: StreamSpec, from_api: bool = False) -> str:
+    """Check a spec against the serve settings; return its kind. Raises InputError
+    (used by StreamManager, and by `serve` before it loads the model)."""
+    kind = kind_for(spec)
+    url = spec.url
+    if any(ord(c) < 0x21 or c == "\x7f" for c in url):
+        raise InputError("url must not contain spaces or control characters")
+    if kind in _NETWORK_KINDS:
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise InputError(f"malformed url: {exc}") from None
+        if parts.scheme.lower() not in settings.source.allowed_schemes:
+            raise UnsupportedSource(
+                f"URL scheme {parts.scheme!r} is not allowed; allowed: "
+                f"{', '.join(settings.source.allowed_schemes)}"
+            )
+        if not parts.hostname:
+            raise InputError("url has no host")
+    if kind == "file":
+        if from_api and not settings.api.allow_file_sources:
+            raise UnsupportedSource(
+                "file sources are disabled for the API (serve.api.allow_file_sources)"
+            )
+        if "file" not in settings.source.allowed_schemes:
+            raise UnsupportedSource(
+                "file sources are not allowed (serve.source.allowed_schemes)"
+            )
+    ref = spec.credentials_ref
+    if ref is not None and ref not in settings.credentials:
+        raise InputError(
+            f"credentials_ref {spec.credentials_ref!r} is not defined in serve.credentials"
+        )
+    return kind
+
+
 class StreamManager:
     """Runs and controls every live stream (see the module docstring)."""
 
@@ -95,37 +131,7 @@ class StreamManager:
 
     def validate(self, spec: StreamSpec, from_api: bool = False) -> str:
         """Check a spec against the settings; return its kind. Raises InputError."""
-        kind = kind_for(spec)
-        url = spec.url
-        if any(ord(c) < 0x21 or c == "\x7f" for c in url):
-            raise InputError("url must not contain spaces or control characters")
-        if kind in _NETWORK_KINDS:
-            try:
-                parts = urlsplit(url)
-            except ValueError as exc:
-                raise InputError(f"malformed url: {exc}") from None
-            if parts.scheme.lower() not in self.settings.source.allowed_schemes:
-                raise UnsupportedSource(
-                    f"URL scheme {parts.scheme!r} is not allowed; allowed: "
-                    f"{', '.join(self.settings.source.allowed_schemes)}"
-                )
-            if not parts.hostname:
-                raise InputError("url has no host")
-        if kind == "file":
-            if from_api and not self.settings.api.allow_file_sources:
-                raise UnsupportedSource(
-                    "file sources are disabled for the API (serve.api.allow_file_sources)"
-                )
-            if "file" not in self.settings.source.allowed_schemes:
-                raise UnsupportedSource(
-                    "file sources are not allowed (serve.source.allowed_schemes)"
-                )
-        ref = spec.credentials_ref
-        if ref is not None and ref not in self.settings.credentials:
-            raise InputError(
-                f"credentials_ref {spec.credentials_ref!r} is not defined in serve.credentials"
-            )
-        return kind
+        return validate_spec(self.settings, spec, from_api)
 
     # --- queries ---------------------------------------------------------------------
 

@@ -261,7 +261,14 @@ class StreamRunner:
         awaiting = state == "reconnecting" and st.kind == "whip"
         if self.metrics is not None:
             self.metrics.set_state(st.spec.id, state, awaiting_publisher=awaiting)
-        log.info("stream %s: %s", st.spec.id, state)
+        if state == "failed":  # permanent: operators must hear it without -v, with the reason
+            err = st.status.error or {}
+            log.warning(
+                "stream %s: failed (%s: %s)", st.spec.id, err.get("code", "unknown"),
+                redact_url(str(err.get("message", "no reason recorded"))),
+            )
+        else:
+            log.info("stream %s: %s", st.spec.id, state)
         if state in UNWATCHED_STATES or awaiting:
             self.end_alert(st, "no_publisher" if awaiting else state)
 

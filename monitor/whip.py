@@ -31,40 +31,40 @@ handed to ``on_publish(stream_id, source)``; when the session ends (DELETE,
 ICE failure, a publisher silent for ``idle_timeout_s``, no video within
 ``connect_timeout_s``, shutdown) ``on_unpublish(stream_id, reason)`` is awaited
 and the peer connection closed. Audio is answered ``inactive``.
+
+Parts: :mod:`monitor.whip_sdp` checks offers and edits answers (aiortc's SDP
+parser), :mod:`monitor.whip_sessions` holds the sessions, their limits and
+watchdogs; this module has the HTTP routes (:class:`WhipEndpoint`), the join to
+the stream manager (:class:`WhipHub`) and :func:`attach_webrtc`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import re
-import secrets
-import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
 from prometheus_client import CollectorRegistry
 
 from .config import StreamSpec, WebRTCSettings
-from .errors import RestravError
 from .metrics import WebRTCMetrics
 from .service import StreamManager
-from .sources.base import LiveSource, SourceContext, register_source_kind
-from .sources.webrtc import (
-    SDP_MIME,
-    WHEP_SCHEMES,
-    TrackSource,
-    add_bitrate_hints,
-    ice_config,
-    parse_sdp_kinds,
-    set_codec_preferences,
-    whep_opener,
+from .sources.base import LiveSource, SourceContext, SourceError, register_source_kind
+from .sources.webrtc import SDP_MIME, WHEP_SCHEMES, TrackSource, whep_opener
+from .whip_sdp import BadOffer, parse_offer
+from .whip_sessions import (
+    PublishHook,
+    UnpublishHook,
+    WhipRefused,
+    WhipSession,
+    WhipSessions,
+    no_publish,
+    no_unpublish,
 )
 
 log = logging.getLogger(__name__)
@@ -72,54 +72,17 @@ log = logging.getLogger(__name__)
 STREAM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 """Stream ids: 1-64 characters, letters, digits, ``_ . -``, not starting with a symbol."""
 
-PublishHook = Callable[[str, TrackSource], Awaitable[None]]
-UnpublishHook = Callable[[str, str], Awaitable[None]]
 StatusHook = Callable[[str], dict[str, Any] | None]
 
-
-class WhipRefused(Exception):
-    """A refused WHIP request: HTTP status, reason label and a message for the client."""
-
-    def __init__(
-        self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.headers = headers or {}
-
-
-@dataclass
-class WhipSession:
-    """One publisher: its peer connection, drained track and watchdog."""
-
-    id: str
-    stream: str
-    pc: RTCPeerConnection
-    source: TrackSource
-    etag: str
-    created_monotonic: float = field(default_factory=time.monotonic)
-    watchdog: asyncio.Task[None] | None = None
-    ending: bool = False
-    setup_observed: bool = False
-
-    @property
-    def location(self) -> str:
-        """The session resource path given in ``Location``."""
-        return f"/whip/{self.stream}/{self.id}"
-
-
-async def _no_publish(stream: str, source: TrackSource) -> None:
-    """Default hook: nobody consumes the frames (the buffer stays bounded)."""
-
-
-async def _no_unpublish(stream: str, reason: str) -> None:
-    """Default hook."""
+__all__ = [
+    "STREAM_ID_RE", "WHIP_KIND", "WhipEndpoint", "WhipHub", "WhipRefused", "WhipSession",
+    "attach_webrtc",
+]
 
 
 class WhipEndpoint:
-    """WHIP sessions and their HTTP handlers (see the module docstring).
+    """The WHIP HTTP routes (see the module docstring): token, CORS, the offer body and
+    refusals; the sessions themselves are :attr:`table` (:class:`WhipSessions`).
 
     ``token`` is the bearer token publishers present (None: every POST gets
     401). ``is_known(stream_id)`` decides which ids accept publishers (404
@@ -133,8 +96,8 @@ class WhipEndpoint:
         *,
         token: str | None,
         metrics: WebRTCMetrics | None = None,
-        on_publish: PublishHook = _no_publish,
-        on_unpublish: UnpublishHook = _no_unpublish,
+        on_publish: PublishHook = no_publish,
+        on_unpublish: UnpublishHook = no_unpublish,
         is_known: Callable[[str], bool] = lambda stream: False,
         status_of: StatusHook = lambda stream: None,
         watchdog_interval_s: float = 0.25,
@@ -142,15 +105,15 @@ class WhipEndpoint:
         self.settings = settings
         self._token = token
         self.metrics = metrics
-        self.on_publish = on_publish
-        self.on_unpublish = on_unpublish
         self.is_known = is_known
         self.status_of = status_of
-        self.watchdog_interval_s = watchdog_interval_s
-        self.sessions: dict[str, WhipSession] = {}
-        self._by_stream: dict[str, str] = {}
-        self._pending = 0
-        self._closed = False
+        self.table = WhipSessions(settings, metrics, on_publish, on_unpublish,
+                                  watchdog_interval_s)
+
+    @property
+    def sessions(self) -> dict[str, WhipSession]:
+        """The live sessions by id."""
+        return self.table.sessions
 
     # --- policy -------------------------------------------------------------------------
 
@@ -216,7 +179,8 @@ class WhipEndpoint:
         if self.metrics is not None:
             self.metrics.requests_rejected.labels("whip", exc.reason).inc()
         log.info(
-            "WHIP %s %s refused: %d %s", request.method, request.path, exc.status, exc.reason
+            "WHIP %s %s refused: %d %s (%s)", request.method, request.path, exc.status,
+            exc.reason, exc.message[:200].encode("unicode_escape").decode("ascii"),
         )
         return web.json_response(
             {"error": {"code": exc.reason, "message": exc.message}},
@@ -286,30 +250,7 @@ class WhipEndpoint:
             self._authorize(request)
             self._check_stream(stream)
             offer = await self._read_offer(request)
-            if len(self.sessions) + self._pending >= self.settings.max_sessions:
-                raise WhipRefused(
-                    503,
-                    "too_many_sessions",
-                    f"the service holds its maximum of {self.settings.max_sessions} WebRTC "
-                    "sessions; retry later",
-                    {"Retry-After": "5"},
-                )
-            if stream in self._by_stream:
-                raise WhipRefused(
-                    409,
-                    "conflict",
-                    f"stream {stream!r} already has a publisher; DELETE its session first",
-                )
-            if self._closed:
-                raise WhipRefused(503, "shutdown", "the service is shutting down")
-            self._pending += 1
-            self._by_stream[stream] = ""
-            try:
-                session, answer = await self._create(stream, offer)
-            finally:
-                self._pending -= 1
-                if self._by_stream.get(stream) == "":
-                    del self._by_stream[stream]
+            session, answer = await self.table.open(stream, offer)
         except WhipRefused as exc:
             return self._refuse(request, exc)
         return web.Response(
@@ -348,142 +289,11 @@ class WhipEndpoint:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise WhipRefused(400, "bad_sdp", "the offer is not UTF-8 text") from exc
-        if not text.startswith("v=0"):
-            raise WhipRefused(400, "bad_sdp", "the body is not an SDP offer (must start v=0)")
-        if "video" not in parse_sdp_kinds(text):
-            raise WhipRefused(400, "bad_sdp", "the offer has no video section")
-        for attr in ("a=fingerprint:", "a=ice-ufrag:", "a=ice-pwd:"):
-            if attr not in text:
-                raise WhipRefused(400, "bad_sdp", f"the offer lacks {attr[:-1]} (RFC 8829)")
+        try:
+            parse_offer(text)
+        except BadOffer as exc:
+            raise WhipRefused(400, "bad_sdp", str(exc)) from exc
         return text
-
-    async def _create(self, stream: str, offer: str) -> tuple[WhipSession, str]:
-        s = self.settings
-        pc = RTCPeerConnection(ice_config())
-        if self.metrics is not None:
-            self.metrics.sessions.labels("whip").inc()
-        try:
-            if s.video_codecs:
-                # a receive-only transceiver made before setRemoteDescription carries the
-                # codec preference; afterwards it would have no effect
-                set_codec_preferences(pc.addTransceiver("video", direction="recvonly"), list(
-                    s.video_codecs
-                ))
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-            # aiortc's SDP parser reports malformed lines with ValueError, KeyError,
-            # IndexError and bare asserts: all of them are bad input from the publisher
-            except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
-                detail = str(exc) or "malformed SDP"
-                raise WhipRefused(
-                    400, "bad_sdp", f"the SDP offer cannot be used: {detail}"
-                ) from exc
-            video = None
-            for tr in pc.getTransceivers():
-                if tr.kind == "video" and video is None and tr.direction != "inactive":
-                    video = tr
-                    tr.direction = "recvonly"
-                else:
-                    if tr.kind == "audio" and self.metrics is not None:
-                        self.metrics.audio_tracks_ignored.labels("whip").inc()
-                    tr.direction = "inactive"
-            if video is None:
-                raise WhipRefused(400, "bad_sdp", "the offer has no video to receive")
-            try:
-                answer = await pc.createAnswer()
-                await pc.setLocalDescription(answer)
-            except (ValueError, KeyError, IndexError, AssertionError) as exc:
-                raise WhipRefused(
-                    400, "bad_sdp", f"no answer can be made to this offer: {exc or 'no codec'}"
-                ) from exc
-        except BaseException:
-            await pc.close()
-            if self.metrics is not None:
-                self.metrics.sessions.labels("whip").dec()
-            raise
-        session_id = secrets.token_urlsafe(16)
-        source = TrackSource(
-            video.receiver.track,
-            stream,
-            description=f"whip:{stream}",
-            capacity=s.buffer_frames,
-            max_pixels=s.max_pixels,
-            metrics=self.metrics,
-            end_message="the publisher left",
-        )
-        session = WhipSession(
-            id=session_id, stream=stream, pc=pc, source=source, etag=secrets.token_hex(8)
-        )
-        self.sessions[session_id] = session
-        self._by_stream[stream] = session_id
-
-        source.start()
-        session.watchdog = asyncio.get_running_loop().create_task(
-            self._watch(session), name=f"whip-watchdog-{stream}"
-        )
-        if self.metrics is not None:
-            self.metrics.sessions_started.labels("whip").inc()
-        try:
-            await self.on_publish(stream, source)
-        except RestravError as exc:
-            await self.end(session_id, "refused")
-            raise WhipRefused(503, exc.code, f"the stream cannot start: {exc.message}") from exc
-        sdp = add_bitrate_hints(pc.localDescription.sdp, s.start_bitrate_kbps)
-        log.info("WHIP %s: session %s… started", stream, session_id[:6])
-        return session, sdp
-
-    async def _watch(self, session: WhipSession) -> None:
-        """End the session on ICE failure, no video in time, or a silent publisher."""
-        s = self.settings
-        src = session.source
-        while not session.ending:
-            await asyncio.sleep(self.watchdog_interval_s)
-            now = time.monotonic()
-            reason: str | None = None
-            if session.pc.connectionState in ("failed", "closed"):
-                reason = "failed"
-            elif src.ended:
-                reason = "closed"
-            elif src.last_frame_monotonic is None:
-                if now - session.created_monotonic > s.connect_timeout_s:
-                    reason = "connect_timeout"
-            elif now - src.last_frame_monotonic > s.idle_timeout_s:
-                reason = "idle"
-            if src.first_frame_monotonic is not None and not session.setup_observed:
-                session.setup_observed = True
-                if self.metrics is not None:
-                    self.metrics.setup_seconds.labels("whip").observe(
-                        src.first_frame_monotonic - session.created_monotonic
-                    )
-            if reason is not None:
-                # the session ends itself: do not cancel this very task from end()
-                session.watchdog = None
-                await self.end(session.id, reason)
-                return
-
-    async def end(self, session_id: str, reason: str) -> bool:
-        """End a session (idempotent); False when there is no such session."""
-        session = self.sessions.get(session_id)
-        if session is None or session.ending:
-            return False
-        session.ending = True
-        if session.watchdog is not None:
-            session.watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await session.watchdog
-        try:
-            await self.on_unpublish(session.stream, reason)
-        finally:
-            await session.source.aclose()
-            await session.pc.close()
-            self.sessions.pop(session_id, None)
-            if self._by_stream.get(session.stream) == session_id:
-                del self._by_stream[session.stream]
-            if self.metrics is not None:
-                self.metrics.sessions.labels("whip").dec()
-                self.metrics.sessions_ended.labels("whip", reason).inc()
-            log.info("WHIP %s: session %s… ended (%s)", session.stream, session_id[:6], reason)
-        return True
 
     async def handle_delete(self, request: web.Request) -> web.Response:
         """End the session named by the URL (``200``), ``404`` if there is none."""
@@ -496,24 +306,25 @@ class WhipEndpoint:
                 raise WhipRefused(404, "unknown_session", "no such WHIP session")
         except WhipRefused as exc:
             return self._refuse(request, exc)
-        await self.end(session_id, "deleted")
+        await self.table.end(session_id, "deleted")
         return web.Response(status=200, headers=self._cors(request))
 
     def session_for(self, stream: str) -> WhipSession | None:
         """The live session publishing ``stream``, if any."""
-        sid = self._by_stream.get(stream)
-        return self.sessions.get(sid) if sid else None
+        return self.table.session_for(stream)
+
+    async def end(self, session_id: str, reason: str) -> bool:
+        """End a session (idempotent); False when there is no such session."""
+        return await self.table.end(session_id, reason)
 
     async def end_stream(self, stream: str, reason: str = "removed") -> bool:
         """End the session publishing ``stream`` (the stream was deleted through the API)."""
-        session = self.session_for(stream)
-        return await self.end(session.id, reason) if session is not None else False
+        session = self.table.session_for(stream)
+        return await self.table.end(session.id, reason) if session is not None else False
 
     async def aclose(self, ids: Iterable[str] | None = None) -> None:
         """End every session (shutdown); later POSTs get 503."""
-        self._closed = True
-        for sid in list(ids if ids is not None else self.sessions):
-            await self.end(sid, "shutdown")
+        await self.table.aclose(ids)
 
 
 class WhipHub:
@@ -620,6 +431,20 @@ class WhipHub:
 
 WHIP_KIND = "whip"
 """Source kind of streams fed by WHIP publishers (URL ``whip://ID``)."""
+
+
+async def _not_attached(spec: StreamSpec, ctx: SourceContext) -> LiveSource:
+    """Opener of the WebRTC kinds until :func:`attach_webrtc` replaces it."""
+    raise SourceError(
+        "WebRTC is not attached to this service (restrav serve attaches it)",
+        code="unsupported_source", permanent=True,
+    )
+
+
+# the kinds exist from import on, so stream specs naming them validate before the
+# service is assembled (serve checks its configured streams before loading the model)
+register_source_kind(WHIP_KIND, _not_attached, (WHIP_KIND,))
+register_source_kind("whep", _not_attached, WHEP_SCHEMES)
 
 
 def attach_webrtc(

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,38 @@ def test_doctor_text_is_readable(tiny_model_dir: Path) -> None:
     out = restrav("doctor", "--model", str(tiny_model_dir)).stdout
     assert "{" not in out and "[" not in out, out  # no Python reprs
     assert "\n  torch: " in out and "\n    libavcodec: " in out
+
+
+def test_serve_refuses_when_no_stream_is_valid(tmp_path: Path) -> None:
+    # the model does not exist either: the streams are checked before it is loaded
+    proc = restrav(
+        "serve", "--port", "0", "--model", str(tmp_path / "no-model"), "--stream", "cam=ftp://x"
+    )
+    assert_one_line(proc, 3, "no configured stream is valid", "cam:", "ftp")
+
+
+def test_serve_logs_a_stream_that_fails(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A missing file: the stream goes `failed`, and the log says so with the reason (no -v)."""
+    err_path = tmp_path / "err.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "serve", "--port", "0", "--model",
+             str(tiny_model_dir), "--device", "cpu", "--stream", "cam=/nonexistent.mp4"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and "stream cam: failed" not in err_path.read_text():
+                assert proc.poll() is None, err_path.read_text()
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = err_path.read_text()
+    assert "stream cam: failed (not_found" in text, text
+    assert "/nonexistent.mp4" in text
+    assert "API listening on http://127.0.0.1:" in text

@@ -229,7 +229,11 @@ def test_same_job_id_is_scored_once(
         client.xadd(keys.JOBS, {keys.JOB_FIELD: json.dumps({"job_id": "twice", "bad": 1})})
         wait_for(lambda: jobs(metrics, "error") == 1, 30, "invalid payload answered")
     assert get_result(client, "twice") == first
-    assert [n[1]["code"] for n in client.xrange(keys.RESULTS)] == ["", "invalid_job"]
+    notes = [n[1] for n in client.xrange(keys.RESULTS)]
+    assert [n["code"] for n in notes] == ["", "", "invalid_job"]
+    # the repeat leaves a note too, marked, with the stored result's outcome
+    assert [n.get("duplicate") for n in notes] == [None, "1", None]
+    assert notes[1]["job_id"] == "twice" and notes[1]["ok"] == "1"
     assert client.get(keys.runs_key("twice")) == "1"
     replies = client.xrange("restrav:replies:twice")
     assert [json.loads(r[1]["result"]) for r in replies] == [first, first]

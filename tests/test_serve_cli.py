@@ -76,4 +76,5 @@ def test_serve_stdout_looping_file_then_sigterm_drains(
     for x in scores:
         assert x["end_s"] - x["start_s"] == pytest.approx(2.0, abs=1e-5)
         assert x["p_ai"] is None and x["stream"] == "demo"
+        assert len(x["features"]) == 21  # no classifier: the features are what is useful
     assert "drained cleanly" in (tmp_path / "err.log").read_text()

@@ -123,6 +123,7 @@ async def test_stdout_sink_writes_json_lines_and_fanout_reaches_all() -> None:
     await fan.aclose()
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     assert lines[0]["type"] == "score" and lines[0]["p_ai"] is None and lines[0]["stream"] == "a"
+    assert len(lines[0]["features"]) == 21  # without a classifier, the features are the output
     assert lines[1] == {"type": "event", "stream": "a", "kind": "alert_end", "p_ai": 0.1,
                         "at": 5.0, "since": 1.0}
     assert len(mem.scores) == 1 and len(mem.events) == 1

@@ -97,7 +97,8 @@ async def test_chromium_publishes_through_the_page_and_scores_appear(
                             whip_any_stream=True)
     debug_port = free_port()
     async with Service(settings) as svc:
-        page = f"{svc.url}/publish?stream=browser1&autostart=1#token={TOKEN}"
+        # the README's form: autostart in the fragment, beside the token
+        page = f"{svc.url}/publish?stream=browser1#token={TOKEN}&autostart=1"
         args = [
             CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
 import numpy as np
@@ -291,3 +292,73 @@ async def test_codec_preference_h264_is_answered_and_decoded() -> None:
             assert len(session.pc.getTransceivers()) == 1  # the preference one was matched
         finally:
             await pub.stop()
+
+
+MALFORMED = {
+    # aiortc's parser raised StopIteration here, a RuntimeError (500) inside the handler
+    "fmtp_for_absent_payload_type": lambda o: o.replace(
+        "a=rtcp-mux\r\n", "a=rtcp-mux\r\na=fmtp:119 apt=118\r\n", 1),
+    "fmtp_without_parameters": lambda o: re.sub(r"a=fmtp:(\d+) [^\r]*", r"a=fmtp:\1", o,
+                                                count=1),
+    "rtpmap_not_a_number": lambda o: re.sub(r"a=rtpmap:\d+", "a=rtpmap:x", o, count=1),
+    "no_setup": lambda o: re.sub(r"a=setup:\w+\r\n", "", o),
+    "no_ice_pwd": lambda o: re.sub(r"a=ice-pwd:[^\r]*\r\n", "", o),
+    "truncated": lambda o: o[: len(o) // 2],
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MALFORMED))
+async def test_every_malformed_offer_gets_a_400_and_one_log_line(
+    mutation: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Rig() as rig:
+        pc = RTCPeerConnection(ice())
+        pc.addTransceiver(ClipTrack(frames(5)), direction="sendonly")
+        offer = await whip_offer(pc)
+        await pc.close()
+        bad = MALFORMED[mutation](offer)
+        assert bad != offer
+        caplog.set_level(logging.INFO, logger="monitor")
+        caplog.clear()
+        async with ClientSession() as http, http.post(
+            f"{rig.url}/whip/cam1", data=bad,
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"},
+        ) as r:
+            assert r.status == 400, await r.text()
+            body = await r.json()
+        assert body["error"]["code"] == "bad_sdp" and body["error"]["message"]
+        lines = [rec.getMessage() for rec in caplog.records if rec.name.startswith("monitor")]
+        assert len(lines) == 1 and "400 bad_sdp" in lines[0], lines
+        assert rig.value("restrav_webrtc_requests_rejected_total", kind="whip",
+                         reason="bad_sdp") == 1
+        assert rig.endpoint.sessions == {}
+        assert rig.value("restrav_webrtc_sessions", kind="whip") == 0
+
+
+async def test_vp8_answer_carries_start_and_min_bitrate() -> None:
+    """VP8 has no a=fmtp line of its own: the hint is added through the SDP parser."""
+    from aiortc import RTCRtpSender
+    from aiortc import sdp as aiosdp
+
+    async with Rig() as rig:
+        pc = RTCPeerConnection(ice())
+        tr = pc.addTransceiver(ClipTrack(frames(5)), direction="sendonly")
+        tr.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
+                                if c.mimeType == "video/VP8"])
+        offer = await whip_offer(pc)
+        await pc.close()
+        assert "a=fmtp" not in offer.split("m=video", 1)[1]  # VP8 only, no fmtp line
+        async with ClientSession() as http, http.post(
+            f"{rig.url}/whip/cam1", data=offer,
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {TOKEN}"},
+        ) as r:
+            assert r.status == 201
+            answer = await r.text()
+            loc = r.headers["Location"]
+        video = next(m for m in aiosdp.SessionDescription.parse(answer).media
+                     if m.kind == "video")
+        vp8 = [c for c in video.rtp.codecs if c.mimeType == "video/VP8"]
+        assert vp8 and vp8[0].parameters == {"x-google-start-bitrate": "1500",
+                                             "x-google-min-bitrate": "750"}
+        assert "a=setup:passive" in answer  # the offer said actpass: we are the DTLS server
+        await rig.endpoint.end(loc.rsplit("/", 1)[1], "deleted")

@@ -39,10 +39,9 @@ from monitor.queue import (
     default_worker_name,
     enqueue,
     ensure_group,
-    heartbeat_is_fresh,
     new_job_id,
-    read_heartbeat,
     wait_results,
+    worker_health,
 )
 from monitor.redaction import redact_url
 
@@ -92,8 +91,9 @@ worker per container): on restart a worker first finishes its own pending jobs.
 SIGTERM or Ctrl-C: stop reading, finish current jobs within
 queue.shutdown_grace_s (or release them to other workers), exit 0.
 
---check exits 0 when the worker named --name has a fresh heartbeat, 1 otherwise
-(a container health check).
+--check exits 0 when the worker named --name has a fresh heartbeat, its read loop
+works and the consumer group exists; 1 otherwise, with the reason (a container
+health check).
 """
 
 
@@ -262,12 +262,11 @@ def run_worker(args: argparse.Namespace) -> int:
     name = args.name or default_worker_name()
     client = _redis(settings)
     if args.check:
-        beat = read_heartbeat(client, name)
-        if heartbeat_is_fresh(beat, time.time(), settings.queue.heartbeat_interval_s):
-            print(f"worker {name}: healthy")
-            return EXIT_OK
-        print(f"worker {name}: no fresh heartbeat", file=sys.stderr)
-        return EXIT_SOME_FAILED
+        healthy, line = worker_health(
+            client, name, settings.queue.group, settings.queue.heartbeat_interval_s
+        )
+        print(line, file=sys.stdout if healthy else sys.stderr)
+        return EXIT_OK if healthy else EXIT_SOME_FAILED
     q = settings.queue
     embedder = build_embedder(settings)
     # every job: a wall-time deadline and a memory bound, checked while decoding

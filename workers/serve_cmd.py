@@ -29,13 +29,13 @@ from monitor.api import (
     resolve_token,
 )
 from monitor.cluster import ClusteredStreamManager
-from monitor.config import Settings, StreamSpec
+from monitor.config import ServeSettings, Settings, StreamSpec
 from monitor.engine import Engine
-from monitor.errors import ConfigError
+from monitor.errors import ConfigError, InputError
 from monitor.http_guard import ServerLog
 from monitor.livefeed import LiveFeed, add_ui_routes
 from monitor.metrics import LiveFeedMetrics, StreamMetrics
-from monitor.service import RedisDesiredStore, StreamManager
+from monitor.service import RedisDesiredStore, StreamManager, validate_spec
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink, sink_ready_check
 from monitor.sources.rtsp import resolve_decode_backend
@@ -136,6 +136,21 @@ def _settings(args: argparse.Namespace) -> Settings:
     return base.model_copy(update={"serve": serve, "redis": redis})
 
 
+def check_streams(s: ServeSettings) -> None:
+    """Refuse to start (ConfigError) when streams are configured and none of them is valid;
+    log each invalid one (the valid ones start, the invalid ones never will)."""
+    problems = []
+    for spec in s.streams:
+        try:
+            validate_spec(s, spec)
+        except InputError as exc:
+            problems.append(f"{spec.id}: {exc.message}")
+    if s.streams and len(problems) == len(s.streams):
+        raise ConfigError("no configured stream is valid: " + "; ".join(problems))
+    for problem in problems:
+        log.warning("stream %s (not started)", problem)
+
+
 def listen_urls(addresses: list[Any]) -> list[str]:
     """``http://host:port`` for each socket address aiohttp bound (IPv6 in brackets)."""
     urls = []
@@ -156,6 +171,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     s = settings.serve
     token = resolve_token(s.api)
     check_port_free(s.api.host, s.api.port)  # before the model load, which takes seconds
+    check_streams(s)
     registry = CollectorRegistry()
     metrics = StreamMetrics(registry)
     loop = asyncio.get_running_loop()

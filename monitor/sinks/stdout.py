@@ -16,11 +16,12 @@ from .base import BufferedSink, Item
 
 
 class StdoutSink(BufferedSink):
-    """Writes JSON lines to ``stream`` (default ``sys.stdout``)."""
+    """Writes JSON lines to ``stream`` (default ``sys.stdout``); scores carry their 21
+    features unless ``features=False`` (without a classifier they are all there is)."""
 
     name = "stdout"
 
-    def __init__(self, stream: TextIO | None = None, features: bool = False, **kw: Any) -> None:
+    def __init__(self, stream: TextIO | None = None, features: bool = True, **kw: Any) -> None:
         super().__init__(**kw)
         self.stream = stream
         self.features = features

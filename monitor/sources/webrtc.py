@@ -240,27 +240,6 @@ def set_codec_preferences(transceiver: RTCRtpTransceiver, names: list[str]) -> N
         transceiver.setCodecPreferences(codecs)
 
 
-def add_bitrate_hints(sdp: str, start_kbps: int) -> str:
-    """Add ``x-google-start-bitrate``/``x-google-min-bitrate`` to video fmtp lines.
-
-    aiortc's congestion feedback keeps a browser sender near 0.2-0.5 Mbps, after
-    which Chromium halves the resolution; the hint keeps full size and rate.
-    ``start_kbps = 0`` returns ``sdp`` unchanged.
-    """
-    if start_kbps <= 0:
-        return sdp
-    out: list[str] = []
-    in_video = False
-    hint = f"x-google-start-bitrate={start_kbps};x-google-min-bitrate={start_kbps // 2}"
-    for line in sdp.split("\r\n"):
-        if line.startswith("m="):
-            in_video = line.startswith("m=video")
-        if in_video and line.startswith("a=fmtp:") and "apt=" not in line:
-            line = f"{line};{hint}"
-        out.append(line)
-    return "\r\n".join(out)
-
-
 def parse_sdp_kinds(sdp: str) -> list[str]:
     """The media kinds of an SDP's m-lines, in order (``video``, ``audio``, ...)."""
     kinds: list[str] = []

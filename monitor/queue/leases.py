@@ -1,0 +1,153 @@
+"""Leases: the heartbeat, the job id locks (fencing tokens) and their renewal.
+
+A worker owns an entry while its job id lock (``restrav:lock:{job_id}``) holds
+this attempt's token, ``"<worker> <random>"``. The heartbeat thread renews, in
+one Lua script per entry, the lock's TTL and the entry's idle time (``XCLAIM ...
+JUSTID``), and only while the lock still holds the token: a worker paused past
+the visibility timeout does not take an entry back from the worker that
+reclaimed it. The answer is written under the same condition (see
+:mod:`monitor.queue.answers`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from .. import keys
+from .context import WorkerContext
+from .ops import queue_stats
+
+log = logging.getLogger("restrav.queue")
+
+# KEYS: 1 jobs stream, 2 lock; ARGV: 1 group, 2 consumer, 3 entry id, 4 token, 5 lock TTL ms
+_RENEW = """
+if redis.call('GET', KEYS[2]) ~= ARGV[4] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+
+def default_worker_name() -> str:
+    """The consumer name when none is given: the host name (stable across restarts)."""
+    return socket.gethostname()
+
+
+def heartbeat_is_fresh(beat: dict[str, Any] | None, now_s: float, interval_s: float) -> bool:
+    """True when a heartbeat exists and both its beat and its main loop are recent."""
+    if not beat:
+        return False
+    limit = 3 * interval_s
+    return (now_s - float(beat.get("beat_at", 0))) <= limit and (
+        now_s - float(beat.get("loop_at", 0))
+    ) <= limit + float(beat.get("loop_slack_s", 0))
+
+
+def read_heartbeat(client: redis.Redis, worker: str) -> dict[str, Any] | None:
+    """A worker's last heartbeat, or None when it has expired."""
+    raw = client.get(keys.heartbeat_key(worker))
+    return json.loads(raw) if raw else None
+
+
+def worker_health(
+    client: redis.Redis, worker: str, group: str, interval_s: float, now_s: float | None = None
+) -> tuple[bool, str]:
+    """``(healthy, one line)`` for ``worker --check``.
+
+    Unhealthy when the heartbeat is missing or stale, when the worker's read loop
+    has failed for more than three heartbeat intervals in a row (it reports the
+    last error), or when the consumer group is missing (Redis lost its data).
+    """
+    now_s = time.time() if now_s is None else now_s
+    beat = read_heartbeat(client, worker)
+    if not heartbeat_is_fresh(beat, now_s, interval_s):
+        return False, f"worker {worker}: no fresh heartbeat"
+    assert beat is not None
+    failing_since = beat.get("failing_since")
+    if failing_since is not None and now_s - float(failing_since) > 3 * interval_s:
+        return False, (
+            f"worker {worker}: its read loop has failed for {now_s - float(failing_since):.0f} s: "
+            f"{beat.get('last_error')}"
+        )
+    if not queue_stats(client, group, now_s).group_exists:
+        return False, (
+            f"worker {worker}: consumer group {group!r} of {keys.JOBS} is missing "
+            "(Redis restarted without its data?); the worker recreates it on its next read"
+        )
+    return True, f"worker {worker}: healthy"
+
+
+class Leases:
+    """Takes job id locks and renews leases; writes the heartbeat."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self._renew = ctx.client.register_script(_RENEW)
+        self.stop = threading.Event()
+
+    def take(self, job_id: str) -> str | None:
+        """Lock ``job_id`` for this worker; return the fencing token, or None when
+        another worker holds it. A lock left by this worker's name (a restart) is
+        taken over."""
+        ctx = self.ctx
+        token = f"{ctx.name} {uuid.uuid4().hex}"
+        lock = keys.lock_key(job_id)
+        if ctx.client.set(lock, token, nx=True, px=ctx.lock_ms):
+            return token
+        holder: Any = ctx.client.get(lock)
+        if holder is not None and str(holder).split(" ", 1)[0] == ctx.name:
+            ctx.client.set(lock, token, px=ctx.lock_ms)
+            return token
+        return None
+
+    def beat(self) -> None:
+        """Write the heartbeat and renew the leases and locks this worker still owns."""
+        ctx = self.ctx
+        now = time.time()
+        entries = ctx.entries()
+        beat = {
+            "worker": ctx.name,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": ctx.started_at,
+            "beat_at": now,
+            "loop_at": ctx.loop_at,
+            "loop_slack_s": ctx.settings.block_ms / 1000 + ctx.settings.reclaim_interval_s,
+            "failing_since": ctx.failing_since,
+            "last_error": ctx.last_error,
+            "jobs": [e.job_id or e.id for e in entries],
+            "done": ctx.done,
+        }
+        ttl_ms = int(3 * ctx.settings.heartbeat_interval_s * 1000)
+        pipe = ctx.client.pipeline(transaction=False)
+        pipe.set(keys.heartbeat_key(ctx.name), json.dumps(beat), px=ttl_ms)
+        unlocked: list[Any] = [e.id for e in entries if e.token is None]
+        if unlocked:
+            # not yet locked (being parsed or checked): plain renewal
+            pipe.xclaim(keys.JOBS, ctx.group, ctx.name, 0, unlocked, justid=True)
+        for e in entries:
+            if e.token is not None and e.job_id is not None:
+                self._renew(
+                    keys=[keys.JOBS, keys.lock_key(e.job_id)],
+                    args=[ctx.group, ctx.name, e.id, e.token, ctx.lock_ms],
+                    client=pipe,
+                )
+        pipe.execute()
+
+    def loop(self) -> None:
+        """Beat every ``heartbeat_interval_s`` until :attr:`stop` is set (a thread)."""
+        while not self.stop.wait(self.ctx.settings.heartbeat_interval_s):
+            try:
+                self.beat()
+            except redis.RedisError as exc:
+                self.ctx.metrics.redis_errors.inc()
+                log.warning("heartbeat failed: %s", exc)

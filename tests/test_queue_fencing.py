@@ -1,0 +1,162 @@
+"""One answer per job id, and a worker that survives Redis losing its data (in-process,
+real redis-server): the lean versions of the chaos scenarios in tests/chaos/.
+
+* A worker that held a job past the visibility timeout (paused, cut off) answers
+  late: its answer is discarded and counted, the reply stream gets one answer.
+* The same entry delivered again after its answer was written (the
+  acknowledgement lost) is acknowledged without a second reply.
+* Redis restarted without its data (FLUSHALL: the group is gone): the worker
+  recreates the group, says so, and keeps answering; ``worker_health`` reports
+  the missing group and a read loop that only fails.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from monitor import keys
+from monitor.config import QueueSettings
+from monitor.decode import DecodeLimits
+from monitor.embed import Embedder
+from monitor.metrics import QueueMetrics
+from monitor.queue import (
+    ClipScorer,
+    Job,
+    JobOptions,
+    Worker,
+    WorkerHooks,
+    connect,
+    enqueue,
+    ensure_group,
+    queue_stats,
+    worker_health,
+)
+
+from .media import write_clip
+from .queue_helpers import FAST_QUEUE, running_worker, sample, wait_for
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = connect(redis_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def scorer(tiny_embedder: Embedder) -> ClipScorer:
+    return ClipScorer(tiny_embedder, None, DecodeLimits(max_pixels=10_000))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fence") / "a.mp4"
+    write_clip(path, fps=30, n_frames=60)
+    return path
+
+
+def submit(client: redis.Redis, source: Path, job_id: str) -> str:
+    job = Job(
+        job_id=job_id,
+        source=str(source),
+        options=JobOptions(hop=12),
+        reply_to=f"restrav:replies:{job_id}",
+    )
+    return enqueue(client, job, QueueSettings())
+
+
+def test_late_answer_is_discarded_and_counted(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    ensure_group(client, "workers")
+    submit(client, clip, "late")
+    taken = threading.Event()
+    go_on = threading.Event()
+
+    def pause(job: Job, attempt: int) -> None:
+        taken.set()
+        assert go_on.wait(60), "never resumed"
+
+    # worker A takes the job and stops (no heartbeat, as under SIGSTOP) until released
+    settings = QueueSettings(**FAST_QUEUE)
+    metrics_a = QueueMetrics(CollectorRegistry())
+    a = Worker(client, settings, scorer, metrics_a, name="paused", hooks=WorkerHooks(pause))
+    (entry,) = a.fetcher.fetch(1, block=False)
+    runner = threading.Thread(target=a.process, args=(entry,), daemon=True)
+    runner.start()
+    assert taken.wait(60)
+    # B reclaims it after the visibility timeout, scores it and answers
+    with running_worker(client, scorer, name="alive"):
+        wait_for(lambda: client.exists(keys.result_key("late")), 60, "B's answer")
+    go_on.set()
+    runner.join(60)
+    assert not runner.is_alive()
+    stored = json.loads(client.get(keys.result_key("late")) or "{}")
+    assert stored["worker"] == "alive"
+    replies = client.xrange("restrav:replies:late")
+    assert len(replies) == 1, replies
+    notes = [f for _, f in client.xrange(keys.RESULTS) if f["job_id"] == "late"]
+    assert len(notes) == 1, notes
+    assert int(client.get(keys.runs_key("late")) or 0) == 2  # scored twice, answered once
+    assert sample(metrics_a, "restrav_queue_late_answers_total") == 1
+    assert sample(metrics_a, "restrav_queue_jobs_total", outcome="scored") == 0
+    assert client.xpending(keys.JOBS, "workers")["pending"] == 0
+
+
+def test_redelivered_answered_entry_gets_no_second_reply(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    ensure_group(client, "workers")
+    entry_id = submit(client, clip, "again")
+    client.xreadgroup("workers", "gone", {keys.JOBS: ">"}, count=1)
+    # the answer was written, the acknowledgement was lost (e.g. Redis restarted from AOF)
+    client.set(keys.result_key("again"), json.dumps({"job_id": "again", "entry_id": entry_id}))
+    with running_worker(client, scorer, name="alive") as (_, metrics):
+        wait_for(lambda: client.xpending(keys.JOBS, "workers")["pending"] == 0, 60, "the ack")
+        assert sample(metrics, "restrav_queue_jobs_total", outcome="duplicate") == 1
+    assert client.xlen("restrav:replies:again") == 0
+    assert not client.exists(keys.runs_key("again"))
+
+
+def test_worker_recreates_a_lost_group(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    with running_worker(client, scorer, name="w") as (_, metrics):
+        submit(client, clip, "before")
+        wait_for(lambda: client.exists(keys.result_key("before")), 60, "first answer")
+        client.flushall()  # Redis restarted without its data: stream and group are gone
+        submit(client, clip, "after")  # a producer's XADD recreates the stream, not the group
+        wait_for(lambda: client.exists(keys.result_key("after")), 60, "answer after the loss")
+        assert sample(metrics, "restrav_queue_group_recreated_total") >= 1
+        assert sample(metrics, "restrav_queue_worker_failing") == 0
+        wait_for(lambda: worker_health(client, "w", "workers", 1.0)[0], 30, "healthy again")
+
+
+def test_check_and_stats_report_a_missing_group(client: redis.Redis) -> None:
+    now = time.time()
+    beat = {"beat_at": now, "loop_at": now, "failing_since": None}
+    client.set(keys.heartbeat_key("w"), json.dumps(beat))
+    client.xadd(keys.JOBS, {"job": "{}"})  # a job queued, no group (lost with Redis's data)
+    stats = queue_stats(client, "workers")
+    assert stats.lag == 1 and not stats.group_exists
+    ok, line = worker_health(client, "w", "workers", 1.0, now)
+    assert not ok and "consumer group 'workers'" in line and "missing" in line
+    ensure_group(client, "workers")
+    assert worker_health(client, "w", "workers", 1.0, now) == (True, "worker w: healthy")
+
+
+def test_check_reports_a_read_loop_that_only_fails(client: redis.Redis) -> None:
+    now = time.time()
+    beat = {"beat_at": now, "loop_at": now, "failing_since": now - 10, "last_error": "boom"}
+    client.set(keys.heartbeat_key("w"), json.dumps(beat))
+    ensure_group(client, "workers")
+    ok, line = worker_health(client, "w", "workers", 1.0, now)
+    assert not ok and "failed for 10 s: boom" in line
