@@ -120,8 +120,10 @@ def score_file(
     on_window: Callable[[Score], None] | None = None,
     keep_embeddings: bool = False,
     start_s: float | None = None,
+    on_frames: Callable[[int], None] | None = None,
 ) -> ClipResult:
     """Score one clip. ``hop`` is in samples (1 = a window at every 11.5 Hz sample).
+    ``on_frames(n)`` is told each time ``n`` more frames were embedded (progress).
 
     ``start_s`` places the "centre" window at that time instead of the clip's middle.
     ``keep_embeddings`` also returns the windows' embeddings (on the embedder's device).
@@ -160,6 +162,8 @@ def score_file(
         if todo:
             z = embedder.embed_tensor([s.frame.rgb for s in todo.values()])
             embedded += len(todo)
+            if on_frames is not None:
+                on_frames(len(todo))
             for i, idx in enumerate(todo):
                 cache[idx] = z[i]
         for name, s in pending:

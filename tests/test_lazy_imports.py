@@ -62,6 +62,7 @@ def test_score_serve_and_worker_run_without_the_train_extra(
     proc = run_python("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert '"ok": true' in proc.stdout
+    assert "Loading weights" not in proc.stderr  # stderr is not a terminal: no bar
 
 
 def test_training_commands_say_which_extra_is_missing(tmp_path: Path) -> None:
@@ -72,3 +73,13 @@ def test_training_commands_say_which_extra_is_missing(tmp_path: Path) -> None:
     proc = run_python("-c", code)
     assert proc.returncode == 3, proc.stderr
     assert "restrav-monitor[train]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_score_windows_progress_counts_frames(tmp_path: Path, tiny_model_dir: Path) -> None:
+    clip = tmp_path / "a.mp4"
+    write_clip(clip, fps=25, n_frames=75, size=(64, 48))
+    proc = run_python("-m", "workers.cli", "score", "--windows", "--progress", "--model",
+                      str(tiny_model_dir), "--device", "cpu", str(clip))
+    assert proc.returncode == 0, proc.stderr
+    counts = [int(n) for n in re.findall(r"(\d+)frame", proc.stderr)]
+    assert counts and max(counts) >= 24, proc.stderr  # every embedded frame was counted
