@@ -244,3 +244,16 @@ def test_notebook_example_runs(shared_clips: Path, tiny_model_dir: Path, tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert "accuracy per fold" in proc.stdout
     assert load_classifier(tmp_path / "model").backbone == str(tiny_model_dir)
+
+
+def test_clear_error_without_scikit_learn() -> None:
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "import monitor.pipeline, monitor.classifier  # the core imports without it\n"
+        "import monitor.estimators\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 1
+    assert "pip install 'restrav-monitor[train]'" in proc.stderr
