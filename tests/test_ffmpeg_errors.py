@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,32 +12,21 @@ import pytest
 from monitor.decode import DecodeLimits, LiveVideo, http_status_of
 from monitor.errors import InputError
 
-from .liveproc import need
-from .redisproc import free_port, wait_port
+from .liveproc import RtspServer
 
 
 @pytest.fixture
-def rtsp_port(tmp_path: Path) -> Iterator[int]:
-    exe = need("rtsp-server-perl")
-    client_port, server_port = free_port(), free_port()
-    rtp = 30000 + (os.getpid() * 11) % 20000
-    with (tmp_path / "rtsp-server.log").open("wb") as f:
-        proc = subprocess.Popen(
-            [exe, "--clientport", str(client_port), "--serverport", str(server_port),
-             "--rtp_start_port", str(rtp), "--client_listen_address", "127.0.0.1",
-             "--source_listen_address", "127.0.0.1"],
-            stdout=f, stderr=f,
-        )
+def rtsp_server(tmp_path: Path) -> Iterator[RtspServer]:
+    server = RtspServer(tmp_path / "rtsp-server.log")
+    server.start()
     try:
-        assert wait_port(client_port), "rtsp-server-perl did not start"
-        yield client_port
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
-def test_rtsp_404_is_not_found_with_a_readable_message(rtsp_port: int) -> None:
-    url = f"rtsp://127.0.0.1:{rtsp_port}/nobody-publishes-here"
+def test_rtsp_404_is_not_found_with_a_readable_message(rtsp_server: RtspServer) -> None:
+    url = rtsp_server.read_url("nobody-publishes-here")
     with pytest.raises(InputError) as info:
         LiveVideo(url, DecodeLimits(open_timeout_s=20, read_timeout_s=20),
                   {"rtsp_transport": "tcp"}, description="cam")
