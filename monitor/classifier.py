@@ -272,8 +272,9 @@ class Classifier:
         x = np.asarray(features, dtype=np.float64)
         if x.ndim == 1:
             x = x[None, :]
-        if x.shape[1] != N_FEATURES:
-            raise ValueError(f"expected {N_FEATURES} features per row, got {x.shape[1]}")
+        width = int(self.scaler.mean.shape[0])
+        if x.shape[1] != width:
+            raise ValueError(f"expected {width} features per row, got {x.shape[1]}")
         return PROBA[self.kind](self.params, self.scaler.transform(x))
 
     def save(self, directory: Path) -> None:
@@ -378,7 +379,7 @@ def _fit_mlp(
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     net = torch.nn.Sequential(
-        torch.nn.Linear(N_FEATURES, 64),
+        torch.nn.Linear(x.shape[1], 64),
         torch.nn.ReLU(),
         torch.nn.Linear(64, 32),
         torch.nn.ReLU(),
@@ -559,9 +560,13 @@ def fit_classifier(
     batch_size: int = 32,
     seed: int = 0,
     backbone: str = "",
+    width: int | None = N_FEATURES,
     **hyper: Any,
 ) -> Classifier:
     """Train on the given (training) rows only: scaler, model and threshold.
+
+    ``width`` is the number of features per row the caller promises (None: any;
+    only a 21-wide classifier can be saved for serving).
 
     ``labels``: 1 = AI-generated, 0 = real. Supervised kinds need both classes;
     ``mean_curvature`` and ``one_class`` learn from the real rows only (AI rows,
@@ -573,8 +578,11 @@ def fit_classifier(
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    if x.ndim != 2 or x.shape[1] != N_FEATURES or len(x) != len(y):
-        raise ValueError(f"need (N, {N_FEATURES}) features and N labels, got {x.shape}, {y.shape}")
+    if x.ndim != 2 or len(x) != len(y) or (width is not None and x.shape[1] != width):
+        want = f"(N, {width})" if width is not None else "(N, F)"
+        raise ValueError(f"need {want} features and N labels, got {x.shape}, {y.shape}")
+    if kind == "mean_curvature" and x.shape[1] != N_FEATURES:
+        raise ValueError(f"mean_curvature reads theta_mean: it needs the {N_FEATURES} features")
     if kind not in PROBA:
         raise ValueError(f"unknown classifier kind {kind!r}; use one of {', '.join(KINDS)}")
     classes = set(np.unique(y).tolist())

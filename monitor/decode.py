@@ -118,15 +118,19 @@ def _file_options(limits: DecodeLimits) -> dict[str, str]:
     return {"format_whitelist": ",".join(limits.allowed_formats), "protocol_whitelist": "file"}
 
 
-def _refuse_openers(opened: OpenedFile, limits: DecodeLimits) -> None:
+def _refuse_openers(opened: OpenedFile, limits: DecodeLimits) -> bool:
     """Refuse playlists, concat lists and SDP (they make FFmpeg open what they name)
-    unless their demuxer is allowed, with a message that says what the file is."""
+    unless their demuxer is allowed, with a message that says what the file is.
+    Returns True for an allowed one (it must then be opened by name)."""
     refused = sniff_refused(opened.head())
-    if refused is not None and _REFUSED_DEMUXERS.get(refused) not in limits.allowed_formats:
+    if refused is None:
+        return False
+    if _REFUSED_DEMUXERS.get(refused) not in limits.allowed_formats:
         raise UnsupportedSource(
             f"{opened.path}: {refused}, which makes FFmpeg open the files or URLs it names; "
             "refused (decode.allowed_formats)"
         )
+    return True
 
 
 @contextmanager
@@ -146,7 +150,15 @@ def open_container(path: MediaSource, limits: DecodeLimits) -> Iterator[tuple[An
     opened = path if isinstance(path, OpenedFile) else open_local(path, limits.max_file_bytes)
     source = str(opened.path)
     try:
-        _refuse_openers(opened, limits)
+        if _refuse_openers(opened, limits):
+            # allowed by configuration: the demuxer resolves the names it reads relative
+            # to the file's own name (still only the file protocol, allowlisted demuxers)
+            container = _open(source, limits, _file_options(limits))
+            try:
+                yield container, source
+            finally:
+                container.close()
+            return
         reader = opened.reader()
         try:
             container = _open(source, limits, file=reader)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +273,10 @@ def _load_hub_checkpoint(path: Path) -> tuple[torch.nn.Module, str]:
 def _load_transformers(ref: str, local: bool) -> torch.nn.Module:
     from safetensors import SafetensorError
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    if not sys.stderr.isatty():  # no "Loading weights" bar in logs and pipes
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         model: torch.nn.Module = AutoModel.from_pretrained(ref, local_files_only=local)
     except SafetensorError as exc:

@@ -54,6 +54,10 @@ class ClipResult:
     windows: list[Score] | None = None
     frames_embedded: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    centre_embeddings: torch.Tensor | None = None
+    """``(24, D)`` float32 embeddings of the centred window (``keep_embeddings``)."""
+    window_embeddings: list[torch.Tensor] | None = None
+    """One ``(24, D)`` tensor per entry of ``windows`` (``keep_embeddings``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object `restrav score` prints for this clip."""
@@ -114,8 +118,15 @@ def score_file(
     all_windows: bool = False,
     hop: int = 1,
     on_window: Callable[[Score], None] | None = None,
+    keep_embeddings: bool = False,
+    start_s: float | None = None,
+    on_frames: Callable[[int], None] | None = None,
 ) -> ClipResult:
     """Score one clip. ``hop`` is in samples (1 = a window at every 11.5 Hz sample).
+    ``on_frames(n)`` is told each time ``n`` more frames were embedded (progress).
+
+    ``start_s`` places the "centre" window at that time instead of the clip's middle.
+    ``keep_embeddings`` also returns the windows' embeddings (on the embedder's device).
 
     Raises :class:`~monitor.errors.InputError` subclasses for bad input.
     """
@@ -124,7 +135,8 @@ def score_file(
     source = source_name(path)
     limits = limits.with_deadline()
     info = probe(path, limits)
-    schedules = {CENTRE: window_times(centre_window_start(info.duration_s))}
+    t0_s = centre_window_start(info.duration_s) if start_s is None else start_s
+    schedules = {CENTRE: window_times(t0_s)}
     if all_windows:
         schedules[GRID] = grid_times(info.duration_s)
 
@@ -138,6 +150,7 @@ def score_file(
     traj = WindowRing(embedder.embedding_dim, embedder.device)
     grid_start_times: deque[float] = deque(maxlen=WINDOW_SAMPLES)
     windows: list[Score] = []
+    window_z: list[torch.Tensor] = []
     embedded = 0
 
     def flush() -> None:
@@ -149,6 +162,8 @@ def score_file(
         if todo:
             z = embedder.embed_tensor([s.frame.rgb for s in todo.values()])
             embedded += len(todo)
+            if on_frames is not None:
+                on_frames(len(todo))
             for i, idx in enumerate(todo):
                 cache[idx] = z[i]
         for name, s in pending:
@@ -168,6 +183,8 @@ def score_file(
                     assert wf is not None
                     sc = make_score(wf, classifier, source, sum(grid_repeats))
                     windows.append(sc)
+                    if keep_embeddings:
+                        window_z.append(traj.window())
                     if on_window is not None:
                         on_window(sc)
         pending.clear()
@@ -199,6 +216,8 @@ def score_file(
         centre=make_score(centre, classifier, source, centre_repeats),
         windows=windows if all_windows else None,
         frames_embedded=embedded,
+        centre_embeddings=torch.stack(centre_z) if keep_embeddings else None,
+        window_embeddings=window_z if keep_embeddings and all_windows else None,
     )
 
 

@@ -262,19 +262,31 @@ def _plot_features(report: dict[str, Any], out_dir: Path) -> None:
     plt.close(fig)
 
 
-def _plot_timeline(report: dict[str, Any], out_dir: Path) -> None:
-    plt = _fig()
-    fig, ax = plt.subplots(figsize=(9, 4))
+def legend_label(text: str) -> str:
+    """``text`` as a legend entry: matplotlib hides labels that start with ``_``, so such a
+    label gets a leading space (clip ids like ``_cam1/a.mp4`` stay in the legend)."""
+    return " " + text if text.startswith("_") else text
+
+
+def draw_timeline(report: dict[str, Any], ax: Any) -> None:
+    """The per-window P(AI) of the chosen clips on ``ax``, with the threshold and a legend."""
     for t in report["_timeline"]:
         style = "-o" if t["grid"] else "o"
         kind = "AI" if t["label"] else "real"
-        ax.plot(t["start_s"], t["score"], style, ms=3, label=f"{t['clip_id'][-30:]} ({kind})")
+        label = legend_label(f"{t['clip_id'][-30:]} ({kind})")
+        ax.plot(t["start_s"], t["score"], style, ms=3, label=label)
     ax.axhline(report["artifact"]["threshold"], ls="--", color="black", label="threshold")
     ax.set(xlabel="window start (s)", ylabel="P(AI)", ylim=(-0.02, 1.02),
            title="Per-window score along chosen clips")
     if not report["_timeline"]:
         ax.text(0.5, 0.5, "no clips chosen", ha="center", transform=ax.transAxes)
     _legend(ax, fontsize=7, loc="best")
+
+
+def _plot_timeline(report: dict[str, Any], out_dir: Path) -> None:
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    draw_timeline(report, ax)
     fig.tight_layout()
     fig.savefig(out_dir / "timeline.png", dpi=100)
     plt.close(fig)

@@ -18,8 +18,12 @@ line surgery.
 
 from __future__ import annotations
 
+import logging
+
 from aiortc import RTCPeerConnection
 from aiortc import sdp as aiosdp
+
+log = logging.getLogger("monitor.whip")
 
 RTX_MIME = "video/rtx"
 
@@ -67,7 +71,10 @@ def answer_as_dtls_server(pc: RTCPeerConnection) -> None:
         return  # the offerer chose its role: aiortc takes the other one
     for tr in pc.getTransceivers():
         transport = tr.receiver.transport
-        if transport._role == "auto":
+        if not hasattr(transport, "_set_role"):  # another aiortc: answer as it decides
+            log.warning("aiortc has no DTLS role setting; answering a=setup:active")
+            return
+        if getattr(transport, "_role", None) == "auto":
             transport._set_role("server")
 
 

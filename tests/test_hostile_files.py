@@ -25,7 +25,7 @@ from monitor.embed import Embedder
 from monitor.errors import DecodeTimeout, InputTooLarge, UnsupportedSource
 from monitor.fetch import SourcePolicy, local_source
 from monitor.queue import ClipScorer, Job, JobOptions, connect, enqueue, get_result
-from monitor.safe_input import OpenedFile
+from monitor.safe_input import DEFAULT_FORMATS, OpenedFile
 
 from .hostile import Case, make_corpus
 from .media import write_clip
@@ -212,3 +212,17 @@ def test_worker_answers_timeout_and_too_large_and_keeps_serving(
     assert late is not None and late["error"]["code"] == "timeout"
     assert big is not None and big["error"]["code"] == "too_large"
     assert ok is not None and ok["ok"] is True
+
+
+def test_playlists_are_read_when_configured(tmp_path: Path) -> None:
+    segment, playlist = tmp_path / "seg.ts", tmp_path / "list.m3u8"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=96x64:rate=25", "-t", "3", "-c:v", "libx264", "-f", "mpegts",
+                    str(segment)], check=True, timeout=120)
+    playlist.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:3,\nseg.ts\n#EXT-X-ENDLIST\n")
+    with pytest.raises(UnsupportedSource, match="HLS playlist"):
+        sample_file(playlist, {"a": [0.0, 1.0]}, lambda _n, _s: None)
+    allowed = DecodeLimits(allowed_formats=(*DEFAULT_FORMATS, "hls"))
+    got: list[float] = []
+    info = sample_file(playlist, {"a": [0.0, 1.0]}, lambda _n, s: got.append(s.time_s), allowed)
+    assert info.format == "hls" and got == [0.0, 1.0]

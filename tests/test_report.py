@@ -60,3 +60,24 @@ def test_a_table_of_new_clips_is_evaluated_whole(tmp_path: Path) -> None:
     report = evaluate_artifact(new, result.classifier, read_split(tmp_path / "a"), n_boot=0)
     assert report["split"] == "external" and report["test_clips"] == len(new.clip_ids())
     assert report["model"]["metrics"]["auroc"] > 0.9
+
+
+def test_timeline_legend_shows_clip_ids_starting_with_underscore() -> None:
+    """matplotlib drops legend labels that start with `_`: clip ids may (``_cam1/a.mp4``)."""
+    from monitor.report import _fig, draw_timeline
+
+    plt = _fig()
+    fig, ax = plt.subplots()
+    report = {
+        "_timeline": [
+            {"clip_id": "_cam1/a.mp4", "label": 1, "grid": True, "start_s": [0.0, 1.0],
+             "score": [0.2, 0.9]},
+            {"clip_id": "real/b.mp4", "label": 0, "grid": False, "start_s": [0.0],
+             "score": [0.1]},
+        ],
+        "artifact": {"threshold": 0.5},
+    }
+    draw_timeline(report, ax)
+    texts = [t.get_text().strip() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    assert texts == ["_cam1/a.mp4 (AI)", "real/b.mp4 (real)", "threshold"]

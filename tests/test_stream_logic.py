@@ -109,3 +109,47 @@ async def test_buffer_block_policy_loses_nothing_and_ends_with_the_error() -> No
             got.append((await buf.get()).index)
     t.join()
     assert got == list(range(20)) and buf.dropped == 0
+
+
+@pytest.mark.parametrize(("kind", "state", "reason"), [
+    ("whip", "reconnecting", "no_publisher"),  # the publisher left
+    ("rtsp", "paused", "paused"),
+    ("rtsp", "failed", "failed"),
+    ("rtsp", "stopped", "stopped"),  # deleted, replaced or shut down
+    ("rtsp", "reconnecting", None),  # a camera's brief reconnect keeps its alert
+    ("whip", "stalled", None),
+])
+def test_an_unwatched_stream_leaves_its_alert(kind: str, state: str, reason: str | None) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from monitor.alerts import AlertEvent
+    from monitor.config import StreamSpec, load_settings
+    from monitor.metrics import StreamMetrics
+    from monitor.stream_task import ManagedStream, StreamRunner
+
+    metrics = StreamMetrics(CollectorRegistry())
+    events: list[AlertEvent] = []
+    runner = StreamRunner(
+        None, load_settings().serve, metrics, 1, 1 << 20,  # type: ignore[arg-type]
+        random.Random(0), lambda: 50.0, lambda st, ev: events.append(ev),
+    )
+    st = ManagedStream(StreamSpec(id="s", url=f"{kind}://127.0.0.1/s"), kind, 8,
+                       AlertTracker("s", 0.8, 0.6, 0.0))
+    runner.set_state(st, "running")
+    assert st.tracker.update(0.9, 10.0) is not None
+    st.status.alert_active = True
+    metrics.alert_active.labels("s").set(1)
+
+    runner.set_state(st, state)
+
+    gauge = metrics.registry.get_sample_value("restrav_stream_alert_active", {"stream": "s"})
+    awaiting = metrics.registry.get_sample_value("restrav_stream_awaiting_publisher",
+                                                 {"stream": "s"})
+    assert awaiting == (1 if reason == "no_publisher" else 0)
+    if reason is None:
+        assert events == [] and st.tracker.active and gauge == 1
+        return
+    assert [(e.kind, e.reason, e.p_ai, e.at, e.since) for e in events] == [
+        ("alert_end", reason, 0.9, 50.0, 10.0)]
+    assert not st.tracker.active and st.status.alert_active is False and gauge == 0
+    assert events[0].to_json()["reason"] == reason

@@ -30,9 +30,38 @@ SUBCOMMANDS = (
 )
 """Modules that add subcommands, in --help order."""
 
+COMMAND_MODULES = {
+    "score": "workers.score_cmd",
+    "doctor": "workers.doctor_cmd",
+    "submit": "workers.queue_cmd",
+    "worker": "workers.queue_cmd",
+    "extract": "workers.train_cmd",
+    "train": "workers.train_cmd",
+    "eval": "workers.train_cmd",
+    "robustness": "workers.train_cmd",
+    "serve": "workers.serve_cmd",
+}
+"""Subcommand -> its module. Only the named command's module is imported (torch,
+aiortc... load only where needed: `restrav --version` and `worker --check` stay light)."""
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (used by --help and the tests)."""
+
+TRAIN_EXTRA = frozenset({"sklearn", "pyarrow", "matplotlib"})
+"""Top-level modules of the ``train`` extra (not in the serve/worker image)."""
+
+
+def _modules_for(argv: Sequence[str]) -> tuple[str, ...]:
+    """The subcommand modules to register for ``argv``: the named command's alone, none
+    for a bare ``--version``, all of them otherwise (``--help``, mistakes)."""
+    words = [a for a in argv if not a.startswith("-")]
+    if words and words[0] in COMMAND_MODULES:
+        return (COMMAND_MODULES[words[0]],)
+    if not words and "--version" in argv and not {"-h", "--help"} & set(argv):
+        return ()
+    return SUBCOMMANDS
+
+
+def build_parser(modules: Sequence[str] = SUBCOMMANDS) -> argparse.ArgumentParser:
+    """The argument parser with the subcommands of ``modules`` (default all: --help, tests)."""
     parser = argparse.ArgumentParser(
         prog="restrav",
         description="restrav-monitor: is this video AI-generated? ReStraV (NeurIPS 2025) "
@@ -42,14 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"restrav {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in modules:
         import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_modules_for(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -60,6 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ModelError, ArtifactError) as exc:
         logging.getLogger("restrav").debug("fatal", exc_info=True)
         print(f"restrav {args.command}: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAIN_EXTRA:
+            raise
+        print(
+            f"restrav {args.command}: needs {exc.name}, which comes with the train extra: "
+            "pip install 'restrav-monitor[train]'",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     except RedisError as exc:
         # Redis down or refusing: one line that says what to do, not a traceback

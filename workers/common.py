@@ -8,13 +8,15 @@ import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from monitor.classifier import Classifier, load_classifier
 from monitor.config import MODEL_DTYPES, Settings, load_settings
 from monitor.decode import DecodeLimits
-from monitor.embed import Embedder, load_backbone
 from monitor.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads with these: imported where a model is built
+    from monitor.classifier import Classifier
+    from monitor.embed import Embedder
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -122,6 +124,8 @@ def decode_limits(settings: Settings) -> DecodeLimits:
 
 def build_embedder(settings: Settings) -> Embedder:
     """Load the backbone named by the settings and wrap it in an Embedder."""
+    from monitor.embed import Embedder, load_backbone
+
     m = settings.model
     if m.threads:
         import torch
@@ -133,6 +137,8 @@ def build_embedder(settings: Settings) -> Embedder:
 
 def build_classifier(settings: Settings) -> Classifier | None:
     """Load the classifier artifact, or None when none is configured."""
+    from monitor.classifier import load_classifier
+
     path = settings.classifier.path
     return load_classifier(path) if path is not None else None
 

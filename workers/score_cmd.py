@@ -76,14 +76,20 @@ def run(args: argparse.Namespace) -> int:
     classifier = build_classifier(settings)
     limits = decode_limits(settings)
     failed = 0
-    bar = tqdm(
-        args.paths, unit="file", disable=not progress_enabled(args.progress), file=sys.stderr
-    )
+    shown = progress_enabled(args.progress)
+    bar = tqdm(args.paths, unit="file", disable=not shown, file=sys.stderr)
+    # frames embedded, over all files: a long clip moves this bar, not the files bar
+    frames = tqdm(unit="frame", disable=not shown, file=sys.stderr, position=1, leave=False)
+
+    def count_frames(n: int) -> None:
+        frames.update(n)
+
     for path in bar:
         bar.set_postfix_str(str(path)[-40:])
         try:
             result = score_file(
-                path, embedder, classifier, limits, all_windows=args.windows, hop=args.hop
+                path, embedder, classifier, limits, all_windows=args.windows, hop=args.hop,
+                on_frames=count_frames,
             ).to_json()
         except RestravError as exc:
             failed += 1
@@ -96,4 +102,5 @@ def run(args: argparse.Namespace) -> int:
             )
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
+    frames.close()
     return EXIT_SOME_FAILED if failed else EXIT_OK

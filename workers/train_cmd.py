@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.classifier import KINDS
-from monitor.dataset import discover, extract_features, load_table
 from monitor.errors import ConfigError
-from monitor.evaluation import json_ready
 from monitor.robustness import (
     DEFAULT_TRANSFORMS,
     TRANSFORMS,
@@ -185,12 +183,16 @@ def register(sub: Any) -> None:
 
 
 def _emit(obj: Any) -> None:
+    from monitor.evaluation import json_ready
+
     sys.stdout.write(json.dumps(json_ready(obj)) + "\n")
     sys.stdout.flush()
 
 
 def run_extract(args: argparse.Namespace) -> int:
     """Discover clips, extract their features; exit 1 if any clip failed."""
+    from monitor.dataset import discover, extract_features  # pyarrow: the train extra
+
     settings = settings_from_args(args)
     clips = discover(args.source)
     embedder = build_embedder(settings)
@@ -227,6 +229,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, write the artifact, print the held-out metrics."""
+    from monitor.dataset import load_table  # pyarrow: the train extra
     from monitor.training import train, write_training_outputs
 
     table = load_table(args.table)
@@ -267,6 +270,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate and write the report."""
     from monitor.classifier import load_classifier
+    from monitor.dataset import load_table  # pyarrow: the train extra
     from monitor.report import evaluate_artifact, write_report
     from monitor.training import read_split
 
@@ -292,6 +296,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_robustness_cmd(args: argparse.Namespace) -> int:
     """Transform, score, report; exit 1 if any variant failed."""
+    from monitor.evaluation import json_ready
     from monitor.pipeline import score_file
 
     settings = settings_from_args(args)

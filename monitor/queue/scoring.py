@@ -6,15 +6,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..classifier import Classifier, load_classifier
 from ..decode import DecodeLimits
-from ..embed import Embedder
-from ..pipeline import ClipResult, score_file
 from ..safe_input import OpenedFile
 from ..types import FEATURE_NAMES, Score
 from .jobs import INVALID_JOB, UNKNOWN_CLASSIFIER, JobOptions, JobRejected
+
+if TYPE_CHECKING:  # torch: imported when a clip is scored (`worker --check` stays light)
+    from ..classifier import Classifier
+    from ..embed import Embedder
+    from ..pipeline import ClipResult
 
 
 def _mean(values: list[float]) -> float | None:
@@ -102,6 +104,8 @@ class ClipScorer:
                     raise JobRejected(
                         UNKNOWN_CLASSIFIER, f"unknown classifier {name!r} (known: {known})"
                     )
+                from ..classifier import load_classifier
+
                 self._loaded[name] = load_classifier(self.paths[name])
             return self._loaded[name]
 
@@ -115,6 +119,8 @@ class ClipScorer:
 
     def __call__(self, path: OpenedFile, options: JobOptions, shown: str) -> dict[str, Any]:
         """Score ``path``; return ``{"clip": ClipResult.to_json(), "aggregate": ...}``."""
+        from ..pipeline import score_file
+
         classifier = self.check(options)
         result = score_file(
             path,

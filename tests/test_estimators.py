@@ -1,0 +1,259 @@
+"""The scikit-learn API (monitor.estimators): sklearn's own estimator checks, the
+transformer conventions, equality with window_features and `restrav score` on the
+shared clips, and a Pipeline saved in Python and served by the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, GroupKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from monitor.classifier import load_classifier
+from monitor.estimators import (
+    ReStraVClassifier,
+    TrajectoryFeatures,
+    VideoEmbedder,
+    _as_trajectories,
+    save_pipeline,
+)
+from monitor.geometry import trajectory_steps, window_features
+from monitor.types import FEATURE_NAMES
+from tests.test_score import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIP_NAMES = (
+    "ai__latte__latte_output_b421.mp4",
+    "ai__open_sora_plan__demo_0006.mp4",
+    "real__mmaction2__test2.mp4",
+    "real__frigate__test_motion_video-3.mp4",
+)
+FPR_REASON = (
+    "threshold at 1% FPR (as restrav train): predict is P(AI) >= threshold, which is "
+    "not argmax(predict_proba); threshold_mode='fixed' passes this check"
+)
+
+
+def _expected_failures(est: ReStraVClassifier) -> dict[str, str]:
+    return {"check_classifiers_train": FPR_REASON} if est.threshold_mode != "fixed" else {}
+
+
+@parametrize_with_checks(
+    [
+        ReStraVClassifier(kind="logreg", threshold_mode="fixed"),
+        ReStraVClassifier(threshold_mode="fixed"),
+        ReStraVClassifier(),
+    ],
+    expected_failed_checks=_expected_failures,
+)
+def test_sklearn_estimator_checks(estimator, check):  # type: ignore[no-untyped-def]
+    check(estimator)
+
+
+def _trajectories(n: int = 6, t: int = 24, d: int = 12, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.normal(size=(n, t, d)), axis=1)
+
+
+def test_features_equal_window_features_for_numpy_torch_and_lists() -> None:
+    z = _trajectories()
+    expected = np.stack([window_features(w).features for w in z])
+    tf = TrajectoryFeatures()
+    assert tf.fit(z) is tf
+    tensors = [torch.from_numpy(w) for w in z]
+    for x in (z, z.astype(np.float32), torch.from_numpy(z), list(z), tensors):
+        out = tf.transform(x)
+        assert out.dtype == np.float64 and out.shape == (6, 21)
+        ref = expected if not (isinstance(x, np.ndarray) and x.dtype == np.float32) else np.stack(
+            [window_features(w).features for w in z.astype(np.float32)]
+        )
+        np.testing.assert_array_equal(out, ref)
+    assert list(tf.get_feature_names_out()) == list(FEATURE_NAMES)
+
+
+def test_inputs_are_read_without_copies() -> None:
+    z = _trajectories()
+    assert all(np.shares_memory(v, z) for v in _as_trajectories(z))
+    t = torch.from_numpy(z)
+    assert all(np.shares_memory(v, z) for v in _as_trajectories(t))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensors_give_the_cpu_features() -> None:
+    z = _trajectories()
+    on_gpu = TrajectoryFeatures().transform(torch.from_numpy(z).cuda())
+    np.testing.assert_array_equal(on_gpu, TrajectoryFeatures().transform(z))
+
+
+def test_per_step_output_pads_ragged_trajectories() -> None:
+    z = _trajectories(n=2, t=30)
+    ragged = [z[0, :5], z[1]]
+    tf = TrajectoryFeatures(steps=True, samples=30)
+    out = tf.fit_transform(ragged)
+    assert out.shape == (2, 29 + 28)
+    d, theta, _ = trajectory_steps(z[0, :5])
+    np.testing.assert_array_equal(out[0, :4], d)
+    assert np.isnan(out[0, 4:29]).all()
+    np.testing.assert_array_equal(out[0, 29:32], theta)
+    assert not np.isnan(out[1]).any()
+    names = tf.get_feature_names_out()
+    assert names[0] == "d_0" and names[29] == "theta_0" and len(names) == 57
+    with pytest.raises(ValueError, match="24"):
+        TrajectoryFeatures().transform(ragged)
+    with pytest.raises(ValueError, match="samples=30"):
+        tf.transform([_trajectories(n=1, t=31)[0]])
+
+
+@pytest.mark.parametrize(
+    "est", [TrajectoryFeatures(steps=True, samples=10), VideoEmbedder(model="m", hop=3)]
+)
+def test_transformer_conventions(est) -> None:  # type: ignore[no-untyped-def]
+    c = clone(est)
+    assert c is not est and c.get_params() == est.get_params()
+    key = next(iter(c.get_params()))
+    c.set_params(**{key: est.get_params()[key]})
+    assert c.fit([]) is c
+    assert c.set_output(transform="default") is c
+    assert len(c.get_feature_names_out()) > 0
+    with pytest.raises(ValueError):
+        c.set_params(nope=1)
+
+
+def test_classifier_binary_labels_and_fpr_threshold() -> None:
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(0, 1, (200, 21)), rng.normal(1.5, 1, (200, 21))])
+    y = np.array(["real"] * 200 + ["synthetic"] * 200)
+    clf = ReStraVClassifier(kind="logreg", target_fpr=0.05).fit(x, y)
+    assert list(clf.classes_) == ["real", "synthetic"]
+    p = clf.predict_proba(x)[:, 1]
+    assert np.mean(p[y == "real"] >= clf.threshold_) <= 0.05
+    assert (clf.predict(x) == np.where(p >= clf.threshold_, "synthetic", "real")).all()
+    np.testing.assert_array_equal(clf.decision_function(x) > 0, p > clf.threshold_)
+
+
+def test_grid_search_with_group_splits() -> None:
+    z = np.concatenate([_trajectories(n=20, seed=2), _trajectories(n=20, seed=3) * [1.0] * 1])
+    z[20:, :, :] += np.linspace(0, 3, 24)[None, :, None] * np.sin(np.arange(24))[None, :, None]
+    y = np.array([0] * 20 + [1] * 20)
+    groups = np.arange(40) // 2
+    pipe = make_pipeline(TrajectoryFeatures(), StandardScaler(), ReStraVClassifier(kind="logreg"))
+    scores = cross_val_score(pipe, z, y, groups=groups, cv=GroupKFold(n_splits=4))
+    assert scores.shape == (4,)
+    grid = GridSearchCV(
+        pipe,
+        {"restravclassifier__kind": ["logreg", "gaussian_nb"],
+         "restravclassifier__threshold_mode": ["fixed", "f1"]},
+        cv=GroupKFold(n_splits=4),
+    ).fit(z, y, groups=groups)
+    assert grid.best_params_["restravclassifier__kind"] in ("logreg", "gaussian_nb")
+    assert grid.predict_proba(z).shape == (40, 2)
+
+
+# ---- the shared clips through the tiny random DINOv2 ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def clips(shared_clips: Path) -> list[str]:
+    return [str(shared_clips / n) for n in CLIP_NAMES]
+
+
+@pytest.fixture(scope="module")
+def clip_z(clips: list[str], tiny_model_dir: Path) -> np.ndarray:
+    return VideoEmbedder(model=str(tiny_model_dir), device="cpu", batch_size=4).transform(clips)
+
+
+def test_features_equal_window_features_and_the_cli(
+    clips: list[str], clip_z: np.ndarray, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    assert clip_z.shape[:2] == (len(clips), 24) and clip_z.dtype == np.float32
+    feats = TrajectoryFeatures().fit_transform(clip_z)
+    for row, z in zip(feats, clip_z):
+        np.testing.assert_array_equal(row, window_features(z.astype(np.float64)).features)
+    y = np.array([1, 1, 0, 0])
+    pipe = make_pipeline(TrajectoryFeatures(), StandardScaler(), ReStraVClassifier(kind="logreg"))
+    pipe.fit(clip_z, y)
+    save_pipeline(pipe, tmp_path / "art")
+    assert load_classifier(tmp_path / "art").kind == "logreg"
+    assert not list((tmp_path / "art").glob("*.pkl"))
+    proc = run_cli("score", "-m", str(tiny_model_dir), "--device", "cpu", "--batch-size", "4",
+                   "-c", str(tmp_path / "art"), *clips)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    cli_feats = np.array([list(obj["window"]["features"].values()) for obj in lines])
+    np.testing.assert_allclose(feats, cli_feats, rtol=1e-12, atol=1e-12)
+    p = pipe.predict_proba(clip_z)[:, 1]
+    np.testing.assert_allclose([obj["window"]["score"] for obj in lines], p, rtol=1e-9, atol=1e-12)
+    assert [obj["window"]["is_ai"] for obj in lines] == list(pipe.predict(clip_z) == 1)
+
+
+def test_video_pipeline_cross_validates_and_windows_follow_hop(
+    clips: list[str], clip_z: np.ndarray, tiny_model_dir: Path
+) -> None:
+    emb = VideoEmbedder(model=str(tiny_model_dir), device="cpu", batch_size=4)
+    pipe = make_pipeline(emb, TrajectoryFeatures(), StandardScaler(),
+                         ReStraVClassifier(kind="logreg", threshold_mode="fixed"))
+    y = np.array([1, 1, 0, 0])
+    scores = cross_val_score(pipe, clips, y, groups=[0, 1, 2, 3], cv=GroupKFold(n_splits=2))
+    assert scores.shape == (2,)
+    # an explicit start places the window there; hop gives every window of the clip
+    short = clips[0]  # 2 s at 11.5 Hz: 24 samples from t=0 is the only window start
+    z0 = emb.transform([(short, 0.0)])
+    zh = clone(emb).set_params(hop=1).transform([short])
+    assert z0.shape == (1, 24, clip_z.shape[2]) and zh.shape[1:] == (24, clip_z.shape[2])
+    np.testing.assert_array_equal(zh[0], z0[0])
+
+
+def test_loaded_artifact_is_a_fitted_estimator(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(60, 21))
+    y = np.arange(60) % 2
+    clf = ReStraVClassifier(kind="gaussian_nb", threshold_mode="f1").fit(x, y)
+    clf.save(tmp_path / "a")
+    back = ReStraVClassifier.load(tmp_path / "a")
+    np.testing.assert_array_equal(back.predict_proba(x), clf.predict_proba(x))
+    np.testing.assert_array_equal(back.predict(x), clf.predict(x))
+    assert back.threshold_mode == "f1"
+    with pytest.raises(ValueError, match="21"):
+        ReStraVClassifier(kind="logreg").fit(x[:, :5], y).save(tmp_path / "b")
+
+
+def test_readme_example_runs() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"<!-- sklearn-example -->\s*```python\n(.*?)```", text, re.S)
+    assert m, "README lost its scikit-learn example"
+    exec(compile(m.group(1), "README.md", "exec"), {})
+
+
+def test_notebook_example_runs(shared_clips: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "RESTRAV_MODEL": str(tiny_model_dir), "RESTRAV_CLIPS": str(shared_clips),
+           "RESTRAV_OUT": str(tmp_path / "model"), "RESTRAV_CLIP_NAMES": ",".join(CLIP_NAMES)}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "notebook.py")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy per fold" in proc.stdout
+    assert load_classifier(tmp_path / "model").backbone == str(tiny_model_dir)
+
+
+def test_clear_error_without_scikit_learn() -> None:
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "import monitor.pipeline, monitor.classifier  # the core imports without it\n"
+        "import monitor.estimators\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 1
+    assert "pip install 'restrav-monitor[train]'" in proc.stderr
