@@ -63,7 +63,33 @@ _REFUSED_DEMUXERS = {
 }
 
 
+_HTTP_REASONS = {
+    "400": "400 Bad Request",
+    "401": "401 Unauthorized (check the credentials)",
+    "403": "403 Forbidden (check the credentials and the server's access rules)",
+    "404": "404 Not Found (wrong path, or nothing is published there yet)",
+    "4XX": "a 4xx client error",
+    "5XX": "a 5xx server error (the server failed; it may recover)",
+}
+
+
+def http_status_of(errno: int | None) -> str | None:
+    """The HTTP/RTSP status FFmpeg encoded in an error number (``FFERRTAG(0xF8, '4',
+    '0', '4')``, which PyAV shows as ``[Errno 875574520]``): "404", "4XX"...; else None."""
+    if errno is None:
+        return None
+    tag = abs(errno)
+    if tag & 0xFF != 0xF8:
+        return None
+    status = bytes((tag >> 8 & 0xFF, tag >> 16 & 0xFF, tag >> 24 & 0xFF)).decode("latin-1")
+    return status if status in _HTTP_REASONS else None
+
+
 def _av_errors(source: str, exc: av.error.FFmpegError, opening: bool) -> InputError:
+    status = http_status_of(exc.errno)
+    if status is not None:  # the server answered an HTTP/RTSP error status
+        text = f"{source}: the server answered {_HTTP_REASONS[status]}"
+        return SourceNotFound(text) if status == "404" else DecodeError(text)
     if isinstance(exc, av.error.ExitError):
         return DecodeTimeout(f"{source}: timed out {'opening' if opening else 'reading'} ({exc})")
     if isinstance(exc, av.error.InvalidDataError):
