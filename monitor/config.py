@@ -268,6 +268,11 @@ class ServeSourceSettings(_Section):
         0.5, gt=0, description="A pts jump larger than this ends the window."
     )
     buffer_frames: int = Field(8, ge=1, le=1024, description="Decoded frames held per stream.")
+    hls_segment_s: float = Field(
+        6.0, gt=0, le=60,
+        description="HLS delivers a segment at once: HLS streams hold at least this many "
+        "seconds of frames (at the stream's rate, up to 1024) instead of buffer_frames.",
+    )
     backoff: BackoffSettings = BackoffSettings()
     allowed_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https", "file")
     decode_backend: Literal["auto", "cpu", "nvdec"] = Field(

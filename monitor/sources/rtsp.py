@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -36,6 +37,20 @@ log = logging.getLogger("restrav.sources")
 _JOIN_TIMEOUT_S = 2.0
 
 
+MAX_BUFFER_FRAMES = 1024
+"""Upper bound of a sized frame buffer (as ``serve.source.buffer_frames``)."""
+
+
+def burst_frames(fmt: str, fps: float | None, configured: int, hls_segment_s: float) -> int:
+    """Decoded frames to buffer for a source: ``configured``, or for HLS (FFmpeg's ``hls``
+    demuxer hands over a whole segment in one burst) a segment's worth at the stream's
+    rate (25 fps when unknown), at most :data:`MAX_BUFFER_FRAMES`."""
+    if "hls" not in fmt.split(","):
+        return configured
+    segment = math.ceil((fps or 25.0) * hls_segment_s)
+    return max(configured, min(MAX_BUFFER_FRAMES, segment))
+
+
 class AVSource:
     """One PyAV connection (see the module docstring). Build with :meth:`open`."""
 
@@ -49,6 +64,7 @@ class AVSource:
         policy: DropPolicy = DropPolicy.KEEP_LATEST,
         live: bool = True,
         cuda_device: int | None = None,
+        hls_segment_s: float = 6.0,
     ) -> None:
         self._url = url
         self.description = description
@@ -56,6 +72,7 @@ class AVSource:
         self._limits = limits
         self._options = options or {}
         self._buffer_frames = buffer_frames
+        self._hls_segment_s = hls_segment_s
         self._policy = policy
         self.live = live
         self._quit = threading.Event()
@@ -78,6 +95,7 @@ class AVSource:
             options,
             buffer_frames=s.buffer_frames,
             cuda_device=nvdec_device(s),
+            hls_segment_s=s.hls_segment_s,
         )
         await src.start()
         return src
@@ -101,6 +119,10 @@ class AVSource:
                 code=exc.code,
                 permanent=self._permanent(exc),
             ) from None
+        self._buffer_frames = burst_frames(
+            self._video.info.format, self._video.info.fps, self._buffer_frames,
+            self._hls_segment_s,
+        )
         self._buffer = FrameBuffer(asyncio.get_running_loop(), self._buffer_frames, self._policy)
         self._thread = threading.Thread(
             target=self._run, name=f"decode:{self.description[:40]}", daemon=True

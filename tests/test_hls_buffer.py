@@ -1,0 +1,47 @@
+"""HLS hands a whole segment over at once: an HLS stream's frame buffer holds a segment's
+worth (real ffmpeg-made HLS served over loopback HTTP, opened by the real AVSource)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from monitor.decode import DecodeLimits
+from monitor.sources.rtsp import AVSource, burst_frames
+
+from .queue_helpers import http_server
+
+
+@pytest.fixture
+def hls_url(tmp_path: Path) -> Iterator[str]:
+    out = tmp_path / "hls"
+    out.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25",
+         "-t", "6", "-c:v", "libx264", "-g", "25", "-hls_time", "2", "-hls_list_size", "0",
+         "-f", "hls", str(out / "index.m3u8")],
+        check=True, timeout=120,
+    )
+    with http_server(out) as base:
+        yield f"{base}/index.m3u8"
+
+
+async def test_hls_source_buffers_a_segment(hls_url: str) -> None:
+    src = AVSource(hls_url, "cam", DecodeLimits(open_timeout_s=30, read_timeout_s=30),
+                   buffer_frames=8, hls_segment_s=6.0)
+    await src.start()
+    try:
+        assert src._buffer_frames == 150  # 6 s at 25 fps, not 8
+    finally:
+        await src.aclose()
+
+
+def test_burst_frames_sizes_only_hls() -> None:
+    assert burst_frames("rtsp", 25.0, 8, 6.0) == 8
+    assert burst_frames("hls", 30.0, 8, 6.0) == 180
+    assert burst_frames("hls", None, 8, 6.0) == 150
+    assert burst_frames("hls", 120.0, 8, 60.0) == 1024
+    assert burst_frames("hls", 1.0, 64, 6.0) == 64
