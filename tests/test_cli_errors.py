@@ -145,3 +145,9 @@ def test_serve_logs_a_stream_that_fails(tmp_path: Path, tiny_model_dir: Path) ->
     assert "stream cam: failed (not_found" in text, text
     assert "/nonexistent.mp4" in text
     assert "API listening on http://127.0.0.1:" in text
+
+
+def test_worker_with_redis_down_is_one_line_exit_3(tiny_model_dir: Path) -> None:
+    proc = restrav("worker", "--redis-url", DOWN, "--model", str(tiny_model_dir), "--device",
+                   "cpu")
+    assert_one_line(proc, 3, "Redis unavailable", "--redis-url")
