@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import torch
 
 SHARED_CLIPS = Path(
@@ -100,6 +101,16 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A queue client (``monitor.queue.connect``) to the test's private redis-server."""
+    from monitor.queue import connect
+
+    c = connect(redis_url)
+    yield c
+    c.close()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from monitor.decode_file import sample_file
 from monitor.embed import Embedder
 from monitor.errors import DecodeTimeout, InputTooLarge, UnsupportedSource
 from monitor.fetch import SourcePolicy, local_source
-from monitor.queue import ClipScorer, Job, JobOptions, connect, enqueue, get_result
+from monitor.queue import ClipScorer, Job, JobOptions, enqueue, get_result
 from monitor.safe_input import DEFAULT_FORMATS, OpenedFile
 
 from .hostile import Case, make_corpus
@@ -38,13 +37,6 @@ MAX_PIXELS = 1_000_000
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory, shared_clips: Path) -> list[Case]:
     return make_corpus(tmp_path_factory.mktemp("hostile"), shared_clips, full=False)
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = connect(redis_url)
-    yield c
-    c.close()
 
 
 def test_subset_through_restrav_score(corpus: list[Case], tiny_model_dir: Path) -> None:

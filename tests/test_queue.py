@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from monitor.queue import (
     JobOptions,
     QueueFull,
     WorkerHooks,
-    connect,
     enqueue,
     ensure_group,
     get_result,
@@ -46,13 +44,6 @@ from .queue_helpers import (
     sample,
     wait_for,
 )
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = connect(redis_url)
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,6 @@ from monitor.queue import (
     JobOptions,
     Worker,
     WorkerHooks,
-    connect,
     enqueue,
     ensure_group,
     queue_stats,
@@ -42,13 +40,6 @@ from monitor.queue import (
 
 from .media import write_clip
 from .queue_helpers import FAST_QUEUE, running_worker, sample, wait_for
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = connect(redis_url)
-    yield c
-    c.close()
 
 
 @pytest.fixture

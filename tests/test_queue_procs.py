@@ -21,7 +21,7 @@ import redis
 
 from monitor import keys
 from monitor.config import QueueSettings
-from monitor.queue import Job, JobOptions, connect, enqueue, get_result, queue_stats
+from monitor.queue import Job, JobOptions, enqueue, get_result, queue_stats
 from workers.cli import main as cli_main
 
 from .media import write_clip
@@ -95,13 +95,6 @@ class Workers:
         for f in self._files:
             f.close()
         return codes
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = connect(redis_url)
-    yield c
-    c.close()
 
 
 @pytest.fixture
