@@ -29,6 +29,8 @@ from tests.media import write_clip
 from tests.redisproc import RedisProcess
 
 SOAK_S = float(os.environ.get("RESTRAV_SOAK_S", "120"))
+#: Where the samples (soak.csv) and their plot (soak.png) go; the test's tmp_path if unset.
+SOAK_OUT = os.environ.get("RESTRAV_SOAK_OUT")
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(SOAK_S + 900)]
 CHURN_S = 10.0
@@ -49,6 +51,34 @@ def device_mib(pid: int) -> float | None:
         if p.strip() == str(pid):
             return float(mib)
     return 0.0
+
+
+def write_samples(out: Path, samples: list[tuple[float, float, int, int, float | None]]) -> None:
+    """Write the samples as soak.csv and, where matplotlib is installed, soak.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "soak.csv").open("w") as f:
+        f.write("t_s,rss_mib,threads,fds,device_mib\n")
+        for t, rss, thr, fds, dev in samples:
+            f.write(f"{t:.1f},{rss:.1f},{thr},{fds},{'' if dev is None else f'{dev:.0f}'}\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    t = [x[0] / 60 for x in samples]
+    fig, (a1, a2) = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
+    a1.plot(t, [x[1] for x in samples], label="RSS (MiB)")
+    a1.set_ylabel("MiB")
+    a1.legend(loc="lower right")
+    a2.plot(t, [x[2] for x in samples], label="threads")
+    a2.plot(t, [x[3] for x in samples], label="open fds")
+    a2.set_xlabel("minutes")
+    a2.legend(loc="lower right")
+    fig.suptitle(f"restrav serve soak: 8 streams, churn every {CHURN_S:.0f} s")
+    fig.tight_layout()
+    fig.savefig(out / "soak.png", dpi=100)
+    plt.close(fig)
 
 
 def test_soak_eight_streams_with_churn(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -106,6 +136,7 @@ def test_soak_eight_streams_with_churn(tmp_path: Path, tiny_model_dir: Path) -> 
             p.kill()
         srv.stop()
         rp.stop()
+    write_samples(Path(SOAK_OUT) if SOAK_OUT else tmp_path, samples)
     n = len(samples)
     assert n >= 6, "soak too short to judge: raise RESTRAV_SOAK_S"
     mid, last = samples[n // 3: 2 * n // 3], samples[2 * n // 3:]
