@@ -42,6 +42,7 @@ from .stream_task import (
     StreamRunner,
     StreamStatus,
     strip_credentials,
+    watched,
 )
 from .types import StreamScore
 
@@ -328,7 +329,9 @@ class StreamManager:
         if m is not None and sc.p_ai is not None:
             m.last_score.labels(st.spec.id).set(sc.p_ai)
             m.last_score_ts.labels(st.spec.id).set(sc.scored_at)
-        event = st.tracker.update(sc.p_ai, sc.scored_at)
+        # a window still in the engine when the stream was paused or stopped is published,
+        # but must not start an alert (nor arm one) after its alert_end
+        event = st.tracker.update(sc.p_ai, sc.scored_at) if watched(st) else None
         if event is not None:
             st.status.alert_active = st.tracker.active
             if m is not None:

@@ -55,6 +55,18 @@ UNWATCHED_STATES = frozenset({"paused", "stopped", "failed"})
 """States in which no frames are scored: an alert ends on entering them."""
 
 
+def awaiting_publisher(st: ManagedStream) -> bool:
+    """A WHIP stream ``reconnecting`` is waiting for its publisher: normal, not a stall."""
+    return st.status.state == "reconnecting" and st.kind == "whip"
+
+
+def watched(st: ManagedStream) -> bool:
+    """Whether ``st`` may be in alert: not paused, stopped or failed, and not a WHIP stream
+    waiting for its publisher. Scores of windows still in the engine when a stream stops
+    being watched are published but leave its alert state alone."""
+    return st.status.state not in UNWATCHED_STATES and not awaiting_publisher(st)
+
+
 class Backoff:
     """Exponential backoff with full jitter, a floor, a cap and a reset.
 
@@ -257,8 +269,7 @@ class StreamRunner:
         st.status.state_since = now
         st.status.history.append((state, now))
         del st.status.history[:-50]
-        # a WHIP stream "reconnecting" is waiting for its publisher: normal, not a stall
-        awaiting = state == "reconnecting" and st.kind == "whip"
+        awaiting = awaiting_publisher(st)
         if self.metrics is not None:
             self.metrics.set_state(st.spec.id, state, awaiting_publisher=awaiting)
         if state == "failed":  # permanent: operators must hear it without -v, with the reason
@@ -269,7 +280,7 @@ class StreamRunner:
             )
         else:
             log.info("stream %s: %s", st.spec.id, state)
-        if state in UNWATCHED_STATES or awaiting:
+        if not watched(st):
             self.end_alert(st, "no_publisher" if awaiting else state)
 
     def end_alert(self, st: ManagedStream, reason: str) -> None:

@@ -153,3 +153,45 @@ def test_an_unwatched_stream_leaves_its_alert(kind: str, state: str, reason: str
         ("alert_end", reason, 0.9, 50.0, 10.0)]
     assert not st.tracker.active and st.status.alert_active is False and gauge == 0
     assert events[0].to_json()["reason"] == reason
+
+
+@pytest.mark.parametrize("min_duration_s", [0.0, 1.5])
+async def test_a_window_scored_after_the_stream_was_paused_leaves_its_alert_alone(
+    min_duration_s: float,
+) -> None:
+    """Windows still in the engine when a stream is paused are scored after its
+    ``alert_end``: they are published, but start no alert (``min_duration_s`` 0) and arm
+    none (a high score after resuming must wait ``min_duration_s`` again)."""
+    from monitor.config import StreamSpec, load_settings
+    from monitor.service import StreamManager
+    from monitor.sinks.memory import MemorySink
+    from monitor.stream_task import ManagedStream
+    from monitor.types import Score, StreamScore, WindowFeatures
+
+    sink = MemorySink()
+    mgr = StreamManager(None, sink, load_settings().serve)  # type: ignore[arg-type]
+    st = ManagedStream(StreamSpec(id="s", url="rtsp://127.0.0.1/s"), "rtsp", 8,
+                       AlertTracker("s", 0.8, 0.6, min_duration_s))
+    mgr._streams["s"] = st
+
+    def score(seq: int, p_ai: float, at: float) -> StreamScore:
+        wf = WindowFeatures(features=np.zeros(21), repeated_frames=0)
+        return StreamScore("s", seq, 0, 0.0, 2.0, Score(window=wf, p_ai=p_ai),
+                           arrival_s=0.0, scored_at=at)
+
+    mgr.runner.set_state(st, "running")
+    mgr._on_score(st, score(0, 0.9, 10.0))  # above: armed (or started at once)
+    mgr.runner.set_state(st, "paused")  # alert_end if it started; disarmed
+    mgr._on_score(st, score(1, 0.9, 11.0))  # a window that was in the engine
+    assert not st.tracker.active and st.status.alert_active is False
+    mgr.runner.set_state(st, "running")
+    mgr._on_score(st, score(2, 0.9, 12.0))
+    mgr._on_score(st, score(3, 0.9, 12.6))
+    assert st.tracker.active is (min_duration_s == 0.0)  # armed anew at 12.0, not at 11.0
+    scores = [x.seq for x in sink._buf if isinstance(x, StreamScore)]
+    events = [(x.kind, x.reason) for x in sink._buf if not isinstance(x, StreamScore)]
+    assert scores == [0, 1, 2, 3]  # every window published
+    if min_duration_s == 0.0:
+        assert events == [("alert_start", None), ("alert_end", "paused"), ("alert_start", None)]
+    else:
+        assert events == []
