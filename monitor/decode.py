@@ -261,11 +261,11 @@ def _decoded(
     try:
         for packet in container.demux(stream):
             if budget is not None:
-                budget.packet(packet.size, packet.is_discard, packet.pts, packet.time_base)
+                budget.packet(packet.size, packet.is_discard)
             yield from packet.decode()
     except av.error.FFmpegError as exc:
-        if isinstance(exc, av.error.ExitError):
-            raise DecodeTimeout(f"{source}: timed out reading ({exc})") from exc
+        if isinstance(exc, av.error.ExitError) or http_status_of(exc.errno) is not None:
+            raise _av_errors(source, exc, False) from exc
         raise DecodeError(
             f"{source}: decoding failed mid-stream ({exc}); file corrupt or truncated"
         ) from exc

@@ -39,3 +39,24 @@ def test_http_status_tags_decode() -> None:
     assert http_status_of(-875574520) == "404"
     assert http_status_of(875574520) == "404"
     assert http_status_of(-2) is None and http_status_of(None) is None
+
+
+def test_a_server_error_mid_stream_is_named_not_called_corrupt() -> None:
+    """An HTTP/RTSP error status after the stream opened (the server failed while frames
+    were being read) keeps its readable status, as at opening, and is not reported as
+    a corrupt file."""
+    import av.error
+
+    from monitor.decode import _decoded
+
+    tag = 0xF8 | ord("5") << 8 | ord("X") << 16 | ord("X") << 24
+
+    class FailingContainer:
+        def demux(self, stream: object) -> Iterator[object]:
+            av.error.err_check(-tag)  # raises what PyAV raises for FFmpeg's 5XX tag
+            yield from ()
+
+    with pytest.raises(InputError) as info:
+        list(_decoded(FailingContainer(), None, "cam"))
+    assert "5xx server error" in info.value.message
+    assert "corrupt" not in info.value.message and "Errno" not in info.value.message
