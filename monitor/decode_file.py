@@ -61,12 +61,11 @@ def _measure(
     first = math.inf
     last = -math.inf
     last_dur = 0.0
-    packets = 0
     budget = DecodeBudget(source, limits.max_pixels, limits.max_frames, math.inf, 0,
                           limits.deadline)
     for packet in _demux(container, stream, source):
         budget.check_deadline()
-        packets += bool(packet.size)
+        budget.packet(packet.size, packet.is_discard)
         if packet.pts is None or packet.time_base is None:
             continue
         t = float(packet.pts * packet.time_base)
@@ -75,10 +74,10 @@ def _measure(
             last = t
             last_dur = float(packet.duration * packet.time_base) if packet.duration else 0.0
     if not math.isfinite(first):
-        if not packets:
+        if not budget.packets:
             raise NotEnoughFrames(f"{source}: no video packets")
         # an elementary stream (raw H.264...) has no timestamps: one frame per packet
-        first, last, last_dur = 0.0, (packets - 1) * _step_s(stream), _step_s(stream)
+        first, last, last_dur = 0.0, (budget.packets - 1) * _step_s(stream), _step_s(stream)
     origin = info.origin_s if not math.isnan(info.origin_s) else first
     duration = info.duration_s if not math.isnan(info.duration_s) else last + last_dur - origin
     if duration > limits.max_duration_s:
@@ -94,7 +93,7 @@ def _count_rest(container: Any, stream: Any, budget: DecodeBudget) -> None:
     try:
         for packet in _demux(container, stream, budget.source):
             budget.check_deadline()
-            budget.packet(packet.size, packet.is_discard, packet.pts, packet.time_base)
+            budget.packet(packet.size, packet.is_discard)
     except DecodeError:
         pass  # a damaged tail: the frames counted so far are what is known
 

@@ -133,7 +133,7 @@ class DecodeBudget:
             return None
         return round(1.0 / statistics.median(self._steps), 6)
 
-    def packet(self, size: int, discard: bool, pts: int | None, time_base: Any) -> None:
+    def packet(self, size: int, discard: bool) -> None:
         """Count a demuxed packet that a player would show (not empty, not discarded)."""
         if not size or discard:
             return

@@ -35,7 +35,6 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
-import os
 import queue
 import threading
 import time
@@ -48,6 +47,7 @@ import torch
 
 from .colour import YUVPlanes
 from .config import EngineSettings
+from .decode_guard import rss_bytes
 from .geometry import ZERO_STEP_EPS, WindowRing
 from .metrics import StreamMetrics
 from .types import (
@@ -528,11 +528,3 @@ def pixel_path(setting: str, device: torch.device) -> str:
         return "yuv" if device.type == "cuda" else "rgb"
     return setting
 
-
-def rss_bytes() -> int:
-    """Resident memory of this process in bytes (Linux /proc; 0 elsewhere)."""
-    try:
-        with open(f"/proc/{os.getpid()}/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
