@@ -273,6 +273,13 @@ class ServeSourceSettings(_Section):
         description="HLS delivers a segment at once: HLS streams hold at least this many "
         "seconds of frames (at the stream's rate, up to 1024) instead of buffer_frames.",
     )
+    hls_buffer_mib: int = Field(
+        512, ge=16, le=16384,
+        description="Memory bound of an HLS stream's segment buffer (decoded 4:2:0 frames, "
+        "1.5 bytes a pixel): a 1080p30 6 s segment needs about 534 MiB; beyond it frames are "
+        "dropped (counted) and the window ends. Lower it, or shorten the segments, with "
+        "many high-resolution HLS streams.",
+    )
     backoff: BackoffSettings = BackoffSettings()
     allowed_schemes: tuple[str, ...] = ("rtsp", "rtsps", "http", "https", "file")
     decode_backend: Literal["auto", "cpu", "nvdec"] = Field(

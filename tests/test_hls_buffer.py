@@ -39,9 +39,46 @@ async def test_hls_source_buffers_a_segment(hls_url: str) -> None:
         await src.aclose()
 
 
+async def test_hls_buffer_follows_the_serve_settings(tmp_path: Path) -> None:
+    """Through the opener serve uses: hls_segment_s and hls_buffer_mib from the settings
+    (a 1280x720 feed, 1.3 MiB a frame: 16 MiB hold 12 frames of the 50 in 2 s)."""
+    from monitor.config import StreamSpec, load_settings
+    from monitor.sources.base import SourceContext
+
+    out = tmp_path / "hls"
+    out.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=1280x720:rate=25",
+         "-t", "4", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-hls_time", "2",
+         "-hls_list_size", "0", "-f", "hls", str(out / "index.m3u8")],
+        check=True, timeout=120,
+    )
+    settings = load_settings(serve={"source": {"hls_segment_s": 2, "hls_buffer_mib": 16}})
+    source = settings.serve.source
+    with http_server(out) as base:
+        url = f"{base}/index.m3u8"
+        src = await AVSource.open(StreamSpec(id="cam", url=url), SourceContext(url, "cam", source))
+        try:
+            assert src._buffer_frames == (16 << 20) // (1280 * 720 * 3 // 2) == 12
+        finally:
+            await src.aclose()
+
+
 def test_burst_frames_sizes_only_hls() -> None:
     assert burst_frames("rtsp", 25.0, 8, 6.0) == 8
     assert burst_frames("hls", 30.0, 8, 6.0) == 180
     assert burst_frames("hls", None, 8, 6.0) == 150
     assert burst_frames("hls", 120.0, 8, 60.0) == 1024
     assert burst_frames("hls", 1.0, 64, 6.0) == 64
+
+
+def test_burst_frames_are_bounded_in_memory() -> None:
+    frame_1080p = 1920 * 1080 * 3 // 2
+    mib = 1 << 20
+    # a 6 s segment of 1080p30 is 180 frames, about 534 MiB: within 1 GiB, capped at 256 MiB
+    assert burst_frames("hls", 30.0, 8, 6.0, frame_bytes=frame_1080p, max_bytes=1024 * mib) == 180
+    assert burst_frames("hls", 30.0, 8, 6.0, frame_bytes=frame_1080p, max_bytes=256 * mib) == 86
+    # never below the configured buffer, and no bound without a frame size
+    assert burst_frames("hls", 30.0, 8, 6.0, frame_bytes=frame_1080p * 100,
+                        max_bytes=16 * mib) == 8
+    assert burst_frames("hls", 30.0, 8, 6.0, frame_bytes=0, max_bytes=16 * mib) == 180

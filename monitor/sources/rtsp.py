@@ -41,14 +41,21 @@ MAX_BUFFER_FRAMES = 1024
 """Upper bound of a sized frame buffer (as ``serve.source.buffer_frames``)."""
 
 
-def burst_frames(fmt: str, fps: float | None, configured: int, hls_segment_s: float) -> int:
+def burst_frames(
+    fmt: str, fps: float | None, configured: int, hls_segment_s: float,
+    frame_bytes: int = 0, max_bytes: int = 0,
+) -> int:
     """Decoded frames to buffer for a source: ``configured``, or for HLS (FFmpeg's ``hls``
     demuxer hands over a whole segment in one burst) a segment's worth at the stream's
-    rate (25 fps when unknown), at most :data:`MAX_BUFFER_FRAMES`."""
+    rate (25 fps when unknown), at most :data:`MAX_BUFFER_FRAMES` and, given the size of
+    one decoded frame, at most ``max_bytes`` of frames (never below ``configured``)."""
     if "hls" not in fmt.split(","):
         return configured
     segment = math.ceil((fps or 25.0) * hls_segment_s)
-    return max(configured, min(MAX_BUFFER_FRAMES, segment))
+    cap = MAX_BUFFER_FRAMES
+    if frame_bytes > 0 and max_bytes > 0:
+        cap = min(cap, max_bytes // frame_bytes)
+    return max(configured, min(cap, segment))
 
 
 class AVSource:
@@ -65,6 +72,7 @@ class AVSource:
         live: bool = True,
         cuda_device: int | None = None,
         hls_segment_s: float = 6.0,
+        hls_buffer_bytes: int = 0,
     ) -> None:
         self._url = url
         self.description = description
@@ -73,6 +81,7 @@ class AVSource:
         self._options = options or {}
         self._buffer_frames = buffer_frames
         self._hls_segment_s = hls_segment_s
+        self._hls_buffer_bytes = hls_buffer_bytes
         self._policy = policy
         self.live = live
         self._quit = threading.Event()
@@ -96,6 +105,7 @@ class AVSource:
             buffer_frames=s.buffer_frames,
             cuda_device=nvdec_device(s),
             hls_segment_s=s.hls_segment_s,
+            hls_buffer_bytes=s.hls_buffer_mib << 20,
         )
         await src.start()
         return src
@@ -119,9 +129,11 @@ class AVSource:
                 code=exc.code,
                 permanent=self._permanent(exc),
             ) from None
+        info = self._video.info
         self._buffer_frames = burst_frames(
-            self._video.info.format, self._video.info.fps, self._buffer_frames,
-            self._hls_segment_s,
+            info.format, info.fps, self._buffer_frames, self._hls_segment_s,
+            # a decoded 4:2:0 frame (NV12/YUV420P): 1.5 bytes a pixel
+            frame_bytes=info.width * info.height * 3 // 2, max_bytes=self._hls_buffer_bytes,
         )
         self._buffer = FrameBuffer(asyncio.get_running_loop(), self._buffer_frames, self._policy)
         self._thread = threading.Thread(
