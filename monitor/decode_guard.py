@@ -70,8 +70,10 @@ class TimeGuess:
 
     @property
     def uses_dts(self) -> bool:
-        """True when decode-order times are trusted over presentation times."""
-        return self.dts_faults < self.pts_faults
+        """True when decode-order times are trusted over presentation times: they have
+        gone backwards less often, and there are some (a live input whose frames carry
+        no dts keeps its pts whatever they do, as FFmpeg's guess does)."""
+        return self._last_dts is not None and self.dts_faults < self.pts_faults
 
     def seconds(self, pts: int | None, dts: int | None) -> float:
         """The time of a frame already :meth:`observe`-d."""

@@ -154,3 +154,19 @@ def test_rotation_is_normalised(tmp_path: Path) -> None:
     assert [normalise_rotation(d) for d in (-90, -180, 90, 360, -270, 0)] == [
         270, 180, 90, 0, 90, 0
     ]
+
+
+def test_time_guess_follows_ffmpeg_best_effort_rule() -> None:
+    """Scrambled pts with sane dts: decode-order times; frames without any dts (a live
+    input) keep their pts even after they went backwards (a camera's clock reset), as
+    FFmpeg's best-effort timestamp does, instead of counting frames at a guessed rate."""
+    from monitor.decode_guard import TimeGuess
+
+    def times(stamps: list[tuple[int | None, int | None]]) -> list[float]:
+        guess = TimeGuess(0.5, 0.04)
+        return [t for _, t in guess.timed(stamps, lambda s: s, 0)]
+
+    packed = [(1, 0), (2, 1), (4, 2), (3, 3), (5, 4), (7, 5), (6, 6)]
+    assert times(packed)[3:] == [1.5, 2.0, 2.5, 3.0]  # dts from the first pts fault on
+    live = [(10, None), (11, None), (12, None), (3, None), (4, None), (5, None)]
+    assert times(live) == [5.0, 5.5, 6.0, 1.5, 2.0, 2.5]
