@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -137,6 +138,13 @@ def _open(
         raise _av_errors(source, exc, True) from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(f"{source}: unreadable container metadata ({exc})") from exc
+
+
+def _fd_name(opened: OpenedFile, fallback: str) -> str:
+    """A name by which FFmpeg's ``file`` protocol opens the file behind ``opened``'s
+    descriptor itself (``/proc/self/fd/N`` on Linux; ``fallback`` where there is none)."""
+    name = f"/proc/self/fd/{opened.fd}"
+    return name if os.path.exists(name) else fallback
 
 
 def _file_options(limits: DecodeLimits) -> dict[str, str]:
@@ -326,11 +334,31 @@ class LiveVideo:
         cuda_device: int | None = None,
     ) -> None:
         self.description = description or source
+        self._file: OpenedFile | None = None
         if "://" not in source:
-            # a local file: the same demuxer allowlist as scored files (no playlists)
-            with open_local(source, limits.max_file_bytes) as opened:
-                _refuse_openers(opened, limits)
+            # a local file: the same demuxer allowlist as scored files (no playlists),
+            # checked on the file opened once; FFmpeg then reads that open file through
+            # its /proc/self/fd link (natively: no re-resolution of the name)
+            self._file = open_local(source, limits.max_file_bytes)
+            try:
+                if not _refuse_openers(self._file, limits):
+                    source = _fd_name(self._file, source)
+            except BaseException:
+                self._file.close()
+                raise
             options = {**_file_options(limits), **(options or {})}
+        try:
+            self._open_input(source, limits, options, cuda_device)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_input(
+        self, source: str, limits: DecodeLimits, options: dict[str, str] | None,
+        cuda_device: int | None,
+    ) -> None:
+        self._container: Any = None
+        self._stream: Any = None
         self.decoder = "cpu"
         self.fallback_reason: str | None = None
         hwaccel = _cuda_hwaccel(cuda_device) if cuda_device is not None else None
@@ -352,12 +380,8 @@ class LiveVideo:
             raise type(exc)(
                 exc.message.replace(source, self.description)
             ) from None
-        try:
-            self._stream = _video_stream(self._container, self.description)
-            self.info = _info(self._container, self._stream, self.description, limits)
-        except BaseException:
-            self._container.close()
-            raise
+        self._stream = _video_stream(self._container, self.description)
+        self.info = _info(self._container, self._stream, self.description, limits)
         self._stream.thread_type = "AUTO"
         if limits.threads:
             self._stream.codec_context.thread_count = limits.threads
@@ -381,6 +405,8 @@ class LiveVideo:
             self._container.close()
         self._container = None
         self._stream = None
+        if self._file is not None:
+            self._file.close()
 
 
 def _cuda_hwaccel(device: int) -> Any:

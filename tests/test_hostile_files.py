@@ -218,3 +218,36 @@ def test_playlists_are_read_when_configured(tmp_path: Path) -> None:
     got: list[float] = []
     info = sample_file(playlist, {"a": [0.0, 1.0]}, lambda _n, s: got.append(s.time_s), allowed)
     assert info.format == "hls" and got == [0.0, 1.0]
+
+
+def test_a_file_stream_reads_the_file_it_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`restrav serve` file streams (LiveVideo): the name swapped for a playlist right
+    after the check changes nothing: FFmpeg reads the file that was opened and checked,
+    and closing the stream closes its descriptor."""
+    import monitor.decode as decode
+
+    path = tmp_path / "cam.mp4"
+    write_clip(path, fps=25, n_frames=10, size=(64, 48))
+    write_clip(tmp_path / "other.mp4", fps=25, n_frames=10, size=(96, 80))
+    (tmp_path / "swap.m3u8").write_text(
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{tmp_path / 'other.mp4'}\n"
+        "#EXT-X-ENDLIST\n")
+    real = decode._refuse_openers
+
+    def check_then_swap(opened: OpenedFile, limits: DecodeLimits) -> bool:
+        allowed = real(opened, limits)
+        os.replace(tmp_path / "swap.m3u8", path)  # the race, made certain
+        return allowed
+
+    monkeypatch.setattr(decode, "_refuse_openers", check_then_swap)
+    fds = len(os.listdir("/proc/self/fd"))
+    video = decode.LiveVideo(str(path), description="cam")
+    try:
+        frames = [f for f, _ in video.frames()]
+    finally:
+        video.close()
+    assert (video.info.width, video.info.height) == (64, 48)
+    assert len(frames) == 10 and frames[0].width == 64
+    assert len(os.listdir("/proc/self/fd")) == fds
