@@ -24,12 +24,12 @@ from tests.media import write_clip
 from tests.queue_helpers import wait_for
 from tests.test_queue_procs import Workers
 
-pytestmark = pytest.mark.chaos
-
 ROOT = Path(__file__).resolve().parents[2]
 MAX_PIXELS = "1000000"
 SCORE_TIMEOUT_S = 1800
 QUEUE_TIMEOUT_S = 1800
+# each path's own wait bounds it, not pytest's default 300 s
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(SCORE_TIMEOUT_S + 600)]
 
 
 @pytest.fixture(scope="module")
