@@ -222,7 +222,7 @@ class LiveFeed:
         self.max_points = max(2, math.ceil(settings.history_s / settings.tick_s) + 1)
         self._tracks: dict[str, _Track] = {}
         self._subs: set[Subscriber] = set()
-        self._alerts_changed: set[str] = set()
+        self._alerts_changed: dict[str, list[list[float | None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.draining = False
         self.dropped = 0
@@ -263,10 +263,16 @@ class LiveFeed:
         """Open or close an alert period of the event's stream."""
         tr = self._track(event.stream_id)
         if event.kind == "alert_start":
-            tr.alerts.append([round(event.since, 2), None])
+            period: list[float | None] = [round(event.since, 2), None]
+            tr.alerts.append(period)
         elif event.kind == "alert_end" and tr.alerts and tr.alerts[-1][1] is None:
-            tr.alerts[-1][1] = round(event.at, 2)
-        self._alerts_changed.add(event.stream_id)
+            period = tr.alerts[-1]
+            period[1] = round(event.at, 2)
+        else:
+            return
+        touched = self._alerts_changed.setdefault(event.stream_id, [])
+        if not any(p is period for p in touched):
+            touched.append(period)
 
     async def start(self) -> None:
         """Start the ticker."""
@@ -308,8 +314,10 @@ class LiveFeed:
                 tr.points.append(pt)
                 points[sid] = pt
                 tr.bucket = None
-        alerts = {sid: self._tracks[sid].alerts[-1] for sid in sorted(self._alerts_changed)
-                  if sid in self._tracks and self._tracks[sid].alerts}
+        # every period opened or closed this tick (an alert can end and the next start
+        # within one tick), oldest first; pages match them by their start time
+        alerts = {sid: [list(p) for p in periods]
+                  for sid, periods in sorted(self._alerts_changed.items()) if sid in self._tracks}
         self._alerts_changed.clear()
         update = {"t": round(now, 2), "points": points, "status": status, "marks": marks,
                   "alerts": alerts, "removed": removed}

@@ -83,11 +83,11 @@ def test_ticks_fold_scores_into_points_alerts_and_marks() -> None:
     assert up["points"] == {}  # no window this tick: no point
     assert up["status"]["cam1"]["state"] == "reconnecting"
     assert [m[1:] for m in up["marks"]["cam1"]] == [["state", "reconnecting"], ["gap", "reconnect"]]
-    assert up["alerts"] == {"cam1": [round(t0 - 0.2, 2), None]}
+    assert up["alerts"] == {"cam1": [[round(t0 - 0.2, 2), None]]}
     clock.t += 1
     feed.publish_event(AlertEvent("cam1", "alert_end", 0.3, clock.t, t0 - 0.2))
     up = feed.tick()
-    assert up["alerts"]["cam1"][1] == round(clock.t, 2)
+    assert up["alerts"]["cam1"] == [[round(t0 - 0.2, 2), round(clock.t, 2)]]
     assert "cam1" not in up["status"]  # nothing changed: not repeated
     snap = feed.snapshot()
     # pages connecting within one tick share one serialised snapshot
@@ -105,6 +105,25 @@ def test_ticks_fold_scores_into_points_alerts_and_marks() -> None:
     up = feed.tick()
     assert up["removed"] == ["cam1"] and up["points"] == {}
     assert feed.detail("cam1") is None
+
+
+def test_an_alert_ending_and_the_next_starting_in_one_tick_both_reach_the_page() -> None:
+    """With tick_s above the alert's min_duration_s both events fall in one tick: the
+    update carries both periods (the first closed), not only the newest."""
+    clock = Clock()
+    t0 = clock.t
+    statuses = [status("cam1")]
+    feed = LiveFeed(UiSettings(tick_s=5.0, history_s=60), statuses=lambda: statuses, clock=clock)
+    feed.publish_event(AlertEvent("cam1", "alert_start", 0.9, t0, t0 - 1))
+    feed.tick()
+    clock.t += 5
+    feed.publish_event(AlertEvent("cam1", "alert_end", 0.3, t0 + 1, t0 - 1))
+    feed.publish_event(AlertEvent("cam1", "alert_start", 0.9, t0 + 4, t0 + 3))
+    up = feed.tick()
+    assert up["alerts"] == {"cam1": [[round(t0 - 1, 2), round(t0 + 1, 2)],
+                                     [round(t0 + 3, 2), None]]}
+    clock.t += 5
+    assert feed.tick()["alerts"] == {}  # nothing changed: nothing resent
 
 
 def test_no_classifier_points_carry_curvature_only() -> None:

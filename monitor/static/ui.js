@@ -189,10 +189,12 @@ function onUpdate(m) {
     if (p[1] !== null) s.hasP = true;
     while (s.points.length && s.points[0][0] < horizon) s.points.shift();
   }
-  for (const [id, a] of Object.entries(m.alerts)) {
+  for (const [id, periods] of Object.entries(m.alerts)) {
     const s = get(id);
-    const last = s.alerts[s.alerts.length - 1];
-    if (last && last[0] === a[0]) last[1] = a[1]; else s.alerts.push(a);
+    for (const a of periods) {  // opened or closed this tick, oldest first
+      const known = s.alerts.find((b) => b[0] === a[0]);
+      if (known) known[1] = a[1]; else s.alerts.push(a);
+    }
   }
   for (const [id, ms] of Object.entries(m.marks)) {
     const s = get(id);
