@@ -15,4 +15,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ -x .venv/bin/python ] || ./scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# browser tests keep their screenshots here
+export RESTRAV_TEST_ARTIFACTS=${RESTRAV_TEST_ARTIFACTS:-$PWD/test-artifacts}
 exec .venv/bin/python -m pytest "$@"
