@@ -10,7 +10,7 @@ for cmd in redis-server ffmpeg ffprobe rtsp-server-perl; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "missing: ${missing[*]}" >&2
-  echo "install them first: apt-get install -y ffmpeg redis-server rtsp-server-perl chromium prometheus python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-nice" >&2
+  echo "install them first: apt-get install -y ffmpeg redis-server rtsp-server-perl chromium prometheus prometheus-alertmanager docker-compose python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-nice" >&2
   exit 2
 fi
 [ -x .venv/bin/python ] || ./scripts/setup.sh
