@@ -3,7 +3,9 @@ real alert expressions (deploy/prometheus/alerts.yml; only ``for:`` shortened an
 intervals made 1 s): a feed that stalls (an RTSP camera that does not answer, so the
 stream keeps ``reconnecting``) fires ``RestravStreamStalled`` through Prometheus's HTTP
 API, while a WHIP stream whose publisher left (``reconnecting`` too, but waiting for a
-publisher by design) does not."""
+publisher by design) does not; and ``RestravStreamLikelyAIGenerated`` firing for three
+streams ends for the one paused and the one deleted (with ``alert_end`` on
+``restrav:events`` in Redis) and keeps firing for the third."""
 
 from __future__ import annotations
 
@@ -13,11 +15,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import redis.asyncio as aioredis
 import yaml
 from aiohttp import ClientSession
 
-from tests.media import pattern_frame
+from monitor import keys
+from monitor.classifier import Classifier, Scaler
+from monitor.config import load_settings
+from tests.media import pattern_frame, write_clip
 from tests.test_webrtc_service import TOKEN, settings_for
 from tests.webrtc_peers import ClipTrack, Service, WhipPublisher, free_port, metric_value
 
@@ -46,6 +53,97 @@ async def alerts(http: ClientSession, url: str) -> list[dict[str, Any]]:
     return list(body["data"]["alerts"])
 
 
+class Prometheus:
+    """The real server scraping one ``restrav serve`` with the quick rules."""
+
+    def __init__(self, tmp_path: Path, serve_port: int) -> None:
+        self.dir = tmp_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        quick_rules(tmp_path / "alerts.yml", for_s=3)
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": ["alerts.yml"],
+            "scrape_configs": [{"job_name": "restrav-serve",
+                                "static_configs": [{"targets": [f"127.0.0.1:{serve_port}"]}]}],
+        }))
+
+    def __enter__(self) -> Prometheus:
+        self.log = (self.dir / "prometheus.log").open("w")
+        self.proc = subprocess.Popen(
+            [str(PROMETHEUS), f"--config.file={self.dir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.dir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+    async def firing_until(self, http: ClientSession, alertname: str, want: set[str],
+                           timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        """Poll until the streams firing ``alertname`` are exactly ``want``; the alerts."""
+        seen: list[dict[str, Any]] = []
+        got: set[str] = set()
+        for _ in range(int(timeout_s / 0.2)):  # generous: the CPU is shared
+            try:
+                seen = await alerts(http, self.url)
+            except OSError:
+                seen = []
+            got = {a["labels"]["stream"] for a in seen
+                   if a["labels"]["alertname"] == alertname and a["state"] == "firing"}
+            if got == want:
+                return seen
+            assert self.proc.poll() is None, (self.dir / "prometheus.log").read_text()
+            await asyncio.sleep(0.2)
+        pytest.fail(f"{alertname} firing for {sorted(got)}, wanted {sorted(want)}: {seen}")
+
+
+async def test_prometheus_ends_the_ai_alert_of_a_paused_and_a_deleted_stream(
+    tiny_model_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, fps=25, n_frames=100, size=(64, 48))
+    # every window looks AI-generated: the mean curvature is far above the centre
+    Classifier(kind="mean_curvature", scaler=Scaler.identity(),
+               params={"centre": np.array([-1000.0]), "scale": np.array([1.0])},
+               threshold=0.5, threshold_mode="fixed").save(tmp_path / "clf")
+    settings = load_settings(None, **{
+        "model": {"ref": str(tiny_model_dir), "device": "cpu", "image_size": 56,
+                  "batch_size": 8},
+        "classifier": {"path": str(tmp_path / "clf")},
+        "redis": {"url": redis_url},
+        "serve": {
+            "api": {"port": free_port(), "token": TOKEN, "allow_file_sources": True},
+            "streams": [{"id": sid, "url": f"file://{clip}", "loop": True}
+                        for sid in ("keep", "paused", "deleted")],
+            "persist_streams": False,
+            "sinks": {"stdout": False},
+            "engine": {"hop": 4, "max_batch": 8, "max_wait_ms": 5.0},
+            "alerts": {"enter": 0.8, "leave": 0.6, "min_duration_s": 0.5},
+        },
+    })
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with Service(settings) as svc, ClientSession() as http:
+        with Prometheus(tmp_path, svc.port) as prom:
+            await prom.firing_until(http, "RestravStreamLikelyAIGenerated",
+                                    {"keep", "paused", "deleted"})
+            async with http.post(f"{svc.url}/streams/paused/pause", headers=auth) as r:
+                assert r.status == 200, await r.text()
+            async with http.delete(f"{svc.url}/streams/deleted", headers=auth) as r:
+                assert r.status in (200, 204), await r.text()
+            await prom.firing_until(http, "RestravStreamLikelyAIGenerated", {"keep"})
+        r = aioredis.from_url(redis_url, decode_responses=True)
+        try:
+            events = [f for _, f in await r.xrange(keys.EVENTS)]
+        finally:
+            await r.aclose()
+    ended = {e["stream"] for e in events if e.get("kind") == "alert_end"}
+    assert ended == {"paused", "deleted"}, events  # read before serve's drain ends all
+
+
 async def test_prometheus_fires_stalled_for_a_dead_camera_not_for_a_waiting_whip_stream(
     tiny_model_dir: Path, redis_url: str, tmp_path: Path
 ) -> None:
@@ -55,8 +153,6 @@ async def test_prometheus_fires_stalled_for_a_dead_camera_not_for_a_waiting_whip
         {"id": "whipcam", "url": "whip://whipcam"},
     ])
     frames = [pattern_frame(i, 160, 120) for i in range(40)]
-    prom_port = free_port()
-    prom_url = f"http://127.0.0.1:{prom_port}"
     async with Service(settings) as svc:
         # a publisher comes and goes: whipcam then waits (reconnecting) for the next one
         pub = WhipPublisher(svc.url, "whipcam", ClipTrack(frames, loop=True), TOKEN)
@@ -70,41 +166,11 @@ async def test_prometheus_fires_stalled_for_a_dead_camera_not_for_a_waiting_whip
         assert metric_value(text, "restrav_stream_state", stream="whipcam",
                             state="reconnecting") == 1
 
-        quick_rules(tmp_path / "alerts.yml", for_s=3)
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": ["alerts.yml"],
-            "scrape_configs": [{"job_name": "restrav-serve",
-                                "static_configs": [{"targets": [f"127.0.0.1:{svc.port}"]}]}],
-        }))
-        log = (tmp_path / "prometheus.log").open("w")
-        prom = subprocess.Popen(
-            [str(PROMETHEUS), f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}"],
-            stdout=log, stderr=subprocess.STDOUT)
-        try:
-            firing: list[dict[str, Any]] = []
-            seen: list[dict[str, Any]] = []
+        with Prometheus(tmp_path, svc.port) as prom:
             async with ClientSession() as http:
-                for _ in range(600):  # generous: the CPU is shared
-                    try:
-                        seen = await alerts(http, prom_url)
-                    except OSError:
-                        seen = []
-                    firing = [a for a in seen if a["labels"]["alertname"] ==
-                              "RestravStreamStalled" and a["state"] == "firing"]
-                    if firing:
-                        break
-                    assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()
-                    await asyncio.sleep(0.2)
-                assert [a["labels"]["stream"] for a in firing] == ["deadcam"], seen
+                seen = await prom.firing_until(http, "RestravStreamStalled", {"deadcam"})
                 # whipcam has been waiting longer than deadcam has been reconnecting
-                st = await (await http.get(f"{prom_url}/api/v1/query", params={
+                st = await (await http.get(f"{prom.url}/api/v1/query", params={
                     "query": 'restrav_stream_awaiting_publisher{stream="whipcam"}'})).json()
                 assert st["data"]["result"][0]["value"][1] == "1", st
             assert not [a for a in seen if a["labels"].get("stream") == "whipcam"], seen
-        finally:
-            prom.terminate()
-            prom.wait(30)
-            log.close()
