@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from aiohttp import ClientSession
+from aiohttp import ClientError, ClientSession
 
 from monitor import keys
 from monitor.classifier import Classifier, Scaler
@@ -90,7 +90,7 @@ class Prometheus:
         for _ in range(int(timeout_s / 0.2)):  # generous: the CPU is shared
             try:
                 seen = await alerts(http, self.url)
-            except OSError:
+            except (OSError, ClientError):  # not listening yet, or 503 while starting
                 seen = []
             got = {a["labels"]["stream"] for a in seen
                    if a["labels"]["alertname"] == alertname and a["state"] == "firing"}
