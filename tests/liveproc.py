@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -188,8 +189,13 @@ class Serve:
             f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
             headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            text = r.read().decode()
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                text = r.read().decode()
+        except urllib.error.HTTPError as exc:  # say what serve answered, not only the code
+            raise AssertionError(
+                f"{method} {path}: {exc.code} {exc.read().decode(errors='replace')}"
+            ) from exc
         if path == "/metrics":
             return text
         return json.loads(text) if text else None
