@@ -242,10 +242,27 @@ def _info(container: Any, stream: Any, source: str, limits: DecodeLimits) -> Vid
 
 
 def _video_stream(container: Any, source: str) -> Any:
-    if not container.streams.video:
+    """The video stream to read: the first one FFmpeg has a decoder for.
+
+    Every reader (probe, sample, live sources) chooses its stream here, so none of
+    them meets a stream without a codec context (PyAV gives none to a track whose
+    codec FFmpeg cannot decode: an unknown FourCC or codec id). Raises
+    :class:`NoVideoStream` for a container without video, and
+    :class:`DecodeError` (``decode_error``) when no video stream can be decoded.
+    """
+    videos = container.streams.video
+    if not videos:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise NoVideoStream(f"{source}: no video stream (streams: {', '.join(kinds)})")
-    return container.streams.video[0]
+    for stream in videos:
+        if stream.codec_context is not None:
+            return stream
+    raise DecodeError(
+        f"{source}: its video is in a codec this FFmpeg cannot decode (an unknown or "
+        f"unsupported codec tag in the {container.format.name} container; ffprobe shows "
+        "it); re-encode it to a common codec, e.g. "
+        "`ffmpeg -i INPUT -c:v libx264 OUTPUT.mp4` for H.264"
+    )
 
 
 def _to_rgb(frame: Any) -> RGBArray:
@@ -265,7 +282,8 @@ def _decoded(
     container: Any, stream: Any, source: str, budget: DecodeBudget | None = None
 ) -> Iterator[Any]:
     """Decoded frames of ``stream`` in output order, FFmpeg errors mapped; the packets
-    fed to the decoder are counted on ``budget``."""
+    fed to the decoder are counted on ``budget``, which checks the job's deadline on
+    each one (a long run of packets that decode to no frame is bounded too)."""
     try:
         for packet in container.demux(stream):
             if budget is not None:

@@ -11,9 +11,9 @@ Contract:
   frame times are FFmpeg's best-effort ones (:class:`~monitor.decode_guard.TimeGuess`),
   so packed B-frames and scrambled pts do not reorder or repeat frames. The
   bounds of :class:`~monitor.decode_info.DecodeLimits` are checked on every
-  decoded frame (:class:`~monitor.decode_guard.DecodeBudget`), including a
-  wall-time deadline, and the result reports what was decoded (``frames``,
-  ``fps``) next to the header's claims.
+  decoded frame (:class:`~monitor.decode_guard.DecodeBudget`), a wall-time
+  deadline on every frame and every packet read, and the result reports what
+  was decoded (``frames``, ``fps``) next to the header's claims.
 
 Opening (one descriptor, allowlisted demuxers) and FFmpeg itself are behind
 :mod:`monitor.decode`; this module does not import ``av``.
@@ -64,8 +64,7 @@ def _measure(
     budget = DecodeBudget(source, limits.max_pixels, limits.max_frames, math.inf, 0,
                           limits.deadline)
     for packet in _demux(container, stream, source):
-        budget.check_deadline()
-        budget.packet(packet.size, packet.is_discard)
+        budget.packet(packet.size, packet.is_discard)  # checks the deadline
         if packet.pts is None or packet.time_base is None:
             continue
         t = float(packet.pts * packet.time_base)
@@ -92,8 +91,7 @@ def _count_rest(container: Any, stream: Any, budget: DecodeBudget) -> None:
     shows one frame per packet; discarded packets of an edit list are not counted)."""
     try:
         for packet in _demux(container, stream, budget.source):
-            budget.check_deadline()
-            budget.packet(packet.size, packet.is_discard)
+            budget.packet(packet.size, packet.is_discard)  # checks the deadline
     except DecodeError:
         pass  # a damaged tail: the frames counted so far are what is known
 

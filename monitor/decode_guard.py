@@ -15,7 +15,8 @@ Contract:
   header: frame size (``max_pixels``, a stream may change size mid-way), frame
   count, decoded time span (``max_duration_s``) and process RSS
   (``max_rss_bytes``) raise :class:`~monitor.errors.InputTooLarge`; the wall
-  time deadline raises :class:`~monitor.errors.DecodeTimeout`.
+  time deadline, checked on every frame and every packet read, raises
+  :class:`~monitor.errors.DecodeTimeout`.
 """
 
 from __future__ import annotations
@@ -136,7 +137,10 @@ class DecodeBudget:
         return round(1.0 / statistics.median(self._steps), 6)
 
     def packet(self, size: int, discard: bool) -> None:
-        """Count a demuxed packet that a player would show (not empty, not discarded)."""
+        """Count a demuxed packet that a player would show (not empty, not discarded),
+        after checking the deadline (:meth:`check_deadline`) for every packet, counted
+        or not: packets that decode to no frame never reach :meth:`frame`."""
+        self.check_deadline()
         if not size or discard:
             return
         self.packets += 1

@@ -5,7 +5,9 @@ file: what it is and which answer codes are acceptable. Crafted cases have one
 expected code; mutated real clips (truncations, bit flips) may decode, or fail
 with any documented input error code, but never ``internal`` and never hang.
 ``full=False`` gives a small representative subset for the default test run;
-``full=True`` the chaos corpus (>= 300 files).
+``full=True`` the chaos corpus (>= 300 files). Both include the
+:data:`UNKNOWN_CODEC` cases: a video track in a codec FFmpeg has no decoder for
+is ``decode_error``, never ``internal``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ DOCUMENTED = DAMAGED | {"not_found", "not_a_file", "timeout"}
 
 SLOW_OR_ALIKE = frozenset({"1x1", "0.1fps", "240fps", "444", "jpeg", "huger-declared"})
 """Crafted cases left out of the default run's subset (slower, or like another one)."""
+
+UNKNOWN_CODEC = frozenset({"unknown-codec-mkv", "unknown-fourcc-avi"})
+"""Cases whose video track is in a codec FFmpeg cannot decode (no codec context)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,37 @@ def _bad_metadata_avi(d: Path, src: Path) -> Case:
     return Case("bad-utf8-metadata", out, frozenset({"ok"}))
 
 
+def _unknown_codec_mkv(d: Path) -> Case:
+    """A Matroska file whose video track's codec id (``V_MPEG4/ISO/AVC``) is one that
+    no FFmpeg knows: PyAV gives the stream no codec context."""
+    out = _lavfi(d / "unknown-codec.mkv", "testsrc2=size=96x64:rate=25", "-c:v", "libx264",
+                 "-preset", "ultrafast", seconds=3.0)
+    out.write_bytes(out.read_bytes().replace(b"V_MPEG4/ISO/AVC", b"V_QQQQQ/ISO/AVC", 1))
+    return Case("unknown-codec-mkv", out, frozenset({"decode_error"}))
+
+
+def _unknown_fourcc_avi(d: Path, src: Path | None) -> Case:
+    """An AVI whose video FourCCs (the stream header's handler and the bitmap header's
+    compression) name no codec FFmpeg knows: 8 bytes of header bit flips. ``src`` is
+    an AVI (the shared MPEG-4 Part 2 clip), or None to make one."""
+    if src is None:
+        src = _lavfi(d / "xvid-src.avi", "testsrc2=size=96x64:rate=25", "-c:v", "mpeg4",
+                     "-vtag", "XVID", seconds=3.0)
+    data = bytearray(src.read_bytes())
+    strh, strf = data.index(b"strh"), data.index(b"strf")
+    for at in (strh + 12, strf + 24):  # fccHandler after "vids"; biCompression
+        data[at : at + 4] = b"QQQQ"
+    out = d / "unknown-fourcc.avi"
+    out.write_bytes(bytes(data))
+    return Case("unknown-fourcc-avi", out, frozenset({"decode_error"}))
+
+
+def unknown_codec(d: Path, avi: Path | None) -> list[Case]:
+    """The :data:`UNKNOWN_CODEC` cases, written under ``d`` (``avi``: an AVI to alter,
+    or None to make one)."""
+    return [_unknown_codec_mkv(d), _unknown_fourcc_avi(d, avi)]
+
+
 def _resolution_change(d: Path) -> Case:
     """An H.264 stream whose header says 64x48 and whose later frames are 2048x1536."""
     a = _lavfi(d / "rc-a.h264", "testsrc2=size=64x48:rate=25", "-c:v", "libx264",
@@ -187,6 +223,7 @@ def make_corpus(d: Path, shared_clips: Path, full: bool, seed: int = 14) -> list
     avi = next((s for s in srcs if s.suffix == ".avi"), srcs[-1])
     cases.append(_bad_metadata_avi(d, avi))
     cases.append(_resolution_change(d))
+    cases += unknown_codec(d, avi if avi.suffix == ".avi" else None)
     n_trunc, n_flip = (36, 40) if full else (1, 1)
     for src in srcs if full else srcs[:1]:
         cases += _mutations(src, d, rng, n_trunc, n_flip)
@@ -195,4 +232,5 @@ def make_corpus(d: Path, shared_clips: Path, full: bool, seed: int = 14) -> list
     return cases
 
 
-__all__ = ["DAMAGED", "DOCUMENTED", "Case", "make_corpus", "sources"]
+__all__ = ["DAMAGED", "DOCUMENTED", "UNKNOWN_CODEC", "Case", "make_corpus", "sources",
+           "unknown_codec"]

@@ -1,7 +1,7 @@
 """Hostile files that are not video: a representative subset of the chaos corpus
-(tests/hostile.py) through `restrav score` and through the queue, escapes from
-``queue.local_roots`` (playlists, a symlink swapped in a loop), and the bounds
-checked while decoding."""
+(tests/hostile.py) through `restrav score` and through the queue, video in a codec
+FFmpeg cannot decode, escapes from ``queue.local_roots`` (playlists, a symlink
+swapped in a loop), and the bounds checked while decoding."""
 
 from __future__ import annotations
 
@@ -18,15 +18,21 @@ import redis
 
 from monitor import keys
 from monitor.config import QueueSettings
-from monitor.decode import DecodeLimits
-from monitor.decode_file import sample_file
+from monitor.decode import DecodeLimits, LiveVideo
+from monitor.decode_file import probe, sample_file
 from monitor.embed import Embedder
-from monitor.errors import DecodeTimeout, InputTooLarge, UnsupportedSource
+from monitor.errors import (
+    DecodeError,
+    DecodeTimeout,
+    InputTooLarge,
+    NotEnoughFrames,
+    UnsupportedSource,
+)
 from monitor.fetch import SourcePolicy, local_source
 from monitor.queue import ClipScorer, Job, JobOptions, enqueue, get_result
 from monitor.safe_input import DEFAULT_FORMATS, OpenedFile
 
-from .hostile import Case, make_corpus
+from .hostile import UNKNOWN_CODEC, Case, ffmpeg, make_corpus, unknown_codec
 from .media import write_clip
 from .queue_helpers import running_worker, wait_for
 
@@ -87,6 +93,80 @@ def test_subset_through_the_queue(
     good_result = get_result(client, "good")
     assert good_result is not None and good_result["ok"] is True
     assert client.hlen(keys.JOBS_ERRORS) == 0  # nothing was an internal error
+
+
+def _score_cli(model_dir: Path, *paths: Path) -> list[dict[str, Any]]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "score", "-m", str(model_dir),
+         *(str(p) for p in paths)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def unknown_codec_cases(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
+    """An MKV whose codec id and an AVI whose FourCCs name no codec FFmpeg knows (the
+    AVI is made here; the corpus also alters the shared MPEG-4 AVI the same way)."""
+    cases = unknown_codec(tmp_path_factory.mktemp("unknown-codec"), None)
+    assert {c.name for c in cases} == UNKNOWN_CODEC
+    return cases
+
+
+def test_unknown_codec_is_a_decode_error_in_restrav_score(
+    unknown_codec_cases: list[Case], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.mp4"
+    write_clip(good, fps=25, n_frames=50)
+    paths = [c.path for c in unknown_codec_cases]
+    *bad, fine = _score_cli(tiny_model_dir, *paths, good)
+    assert fine["ok"] is True  # the files after them are still scored
+    for case, obj in zip(unknown_codec_cases, bad, strict=True):
+        assert obj["path"] == str(case.path) and obj["ok"] is False
+        assert obj["error"]["code"] == "decode_error", (case.name, obj["error"])
+        # says what is wrong and what to do
+        assert "codec this FFmpeg cannot decode" in obj["error"]["message"]
+        assert "libx264" in obj["error"]["message"]
+
+
+def test_unknown_codec_is_a_decode_error_in_the_queue_and_for_streams(
+    unknown_codec_cases: list[Case], client: redis.Redis, tiny_embedder: Embedder
+) -> None:
+    scorer = ClipScorer(tiny_embedder, None, DecodeLimits())
+    ids = [f"u{i}" for i in range(len(unknown_codec_cases))]
+    with running_worker(client, scorer):
+        for job_id, case in zip(ids, unknown_codec_cases, strict=True):
+            enqueue(client, Job(job_id=job_id, source=str(case.path),
+                                options=JobOptions(windows=False)), QueueSettings())
+        wait_for(lambda: all(client.exists(keys.result_key(i)) for i in ids), 120, "answers")
+    for job_id, case in zip(ids, unknown_codec_cases, strict=True):
+        res = get_result(client, job_id)
+        assert res is not None and res["ok"] is False
+        assert res["error"]["code"] == "decode_error", (case.name, res["error"])
+    assert client.hlen(keys.JOBS_ERRORS) == 0  # answered, not retried as an internal error
+    for case in unknown_codec_cases:
+        # `restrav serve` file sources and probe choose the stream the same way
+        with pytest.raises(DecodeError, match="codec this FFmpeg cannot decode"):
+            LiveVideo(str(case.path), description="cam").close()
+        with pytest.raises(DecodeError, match="codec this FFmpeg cannot decode"):
+            probe(case.path)
+
+
+def test_deadline_is_checked_on_packets_that_decode_to_no_frame(tmp_path: Path) -> None:
+    """An H.264 MKV cut after its only keyframe: 75 packets that decode to no frame, so
+    the per-frame checks never run; the job's deadline is still checked on each packet."""
+    whole, cut = tmp_path / "whole.mkv", tmp_path / "no-keyframe.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25", "-t", "4", "-c:v", "libx264",
+           "-preset", "ultrafast", "-bf", "0", "-g", "1000", "-sc_threshold", "0", str(whole))
+    ffmpeg("-i", str(whole), "-ss", "1", "-c", "copy", "-copyinkf", str(cut))
+    times = {"c": [0.0, 1.0, 1.9]}
+    info = probe(cut)  # the container states duration and start: no packet is read
+    with pytest.raises(NotEnoughFrames, match="no decodable video frames"):
+        sample_file(cut, times, lambda _n, _s: None, DecodeLimits(), info)
+    with pytest.raises(DecodeTimeout):
+        sample_file(cut, times, lambda _n, _s: None, DecodeLimits(job_timeout_s=1e-9), info)
 
 
 def test_bounds_are_checked_while_decoding(tmp_path: Path) -> None:
