@@ -5,6 +5,11 @@ real redis-server): the lean versions of the chaos scenarios in tests/chaos/.
   late: its answer is discarded and counted, the reply stream gets one answer.
 * The same entry delivered again after its answer was written (the
   acknowledgement lost) is acknowledged without a second reply.
+* A worker deletes a job id's lock only while it holds its own token (after an
+  internal error, at shutdown): never the lock of the worker that took over.
+  A lock left under its name by an earlier run (a restart) is taken over.
+* An answer refused by a Redis that cannot take writes (OOM) is retried until
+  Redis takes it, not thrown away.
 * Redis restarted without its data (FLUSHALL: the group is gone): the worker
   recreates the group, says so, and keeps answering; ``worker_health`` reports
   the missing group and a read loop that only fails.
@@ -16,6 +21,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -28,15 +34,18 @@ from monitor.embed import Embedder
 from monitor.metrics import QueueMetrics
 from monitor.queue import (
     ClipScorer,
+    Entry,
     Job,
     JobOptions,
     Worker,
     WorkerHooks,
     enqueue,
     ensure_group,
+    get_result,
     queue_stats,
     worker_health,
 )
+from monitor.safe_input import OpenedFile
 
 from .media import write_clip
 from .queue_helpers import FAST_QUEUE, running_worker, sample, wait_for
@@ -115,6 +124,128 @@ def test_redelivered_answered_entry_gets_no_second_reply(
         assert sample(metrics, "restrav_queue_jobs_total", outcome="duplicate") == 1
     assert client.xlen("restrav:replies:again") == 0
     assert not client.exists(keys.runs_key("again"))
+
+
+def idle_worker(
+    client: redis.Redis, scorer: Any, name: str, hooks: WorkerHooks | None = None
+) -> Worker:
+    """A worker whose entries the test hands to ``process`` itself (no read loop)."""
+    settings = QueueSettings(**FAST_QUEUE)
+    metrics = QueueMetrics(CollectorRegistry())
+    return Worker(client, settings, scorer, metrics, name=name, hooks=hooks)
+
+
+def fetch_entry(worker: Worker) -> Entry:
+    (entry,) = worker.fetcher.fetch(1, block=False)
+    return entry
+
+
+def take_over(client: redis.Redis, job_id: str) -> str:
+    """Another worker takes the job id's lock (this one was paused past its TTL)."""
+    token = "other 0123 4567"
+    client.set(keys.lock_key(job_id), token, px=60_000)
+    return token
+
+
+def test_internal_error_keeps_the_new_owners_lock(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    ensure_group(client, "workers")
+    submit(client, clip, "bug")
+    taken: list[str] = []
+
+    def lose_the_lock(job: Job, attempt: int) -> None:
+        taken.append(take_over(client, job.job_id))
+
+    def buggy(path: OpenedFile, options: JobOptions, shown: str) -> dict[str, Any]:
+        raise RuntimeError("a bug in scoring")
+
+    worker = idle_worker(client, buggy, "w", WorkerHooks(lose_the_lock))
+    worker.process(fetch_entry(worker))
+    assert client.hexists(keys.JOBS_ERRORS, client.xrange(keys.JOBS)[0][0])
+    assert client.get(keys.lock_key("bug")) == taken[0]
+
+
+def test_shutdown_release_keeps_the_new_owners_lock(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    ensure_group(client, "workers")
+    submit(client, clip, "slow")
+    entered, go_on = threading.Event(), threading.Event()
+    taken: list[str] = []
+
+    def stuck(job: Job, attempt: int) -> None:
+        taken.append(take_over(client, job.job_id))
+        entered.set()
+        go_on.wait(60)
+
+    try:
+        with running_worker(
+            client, scorer, name="w", hooks=WorkerHooks(stuck), shutdown_grace_s=0.0
+        ) as (_, metrics):
+            assert entered.wait(60)
+        assert sample(metrics, "restrav_queue_jobs_total", outcome="released") == 1
+        assert client.get(keys.lock_key("slow")) == taken[0]
+    finally:
+        go_on.set()
+
+
+def test_a_restarted_worker_takes_over_the_lock_left_under_its_name(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    ensure_group(client, "workers")
+    # the worker's earlier run died holding the locks (token formats new and old)
+    left = {"restart-a": "w 0123abcd 4567", "restart-b": "w 4567"}
+    for job_id, token in left.items():
+        submit(client, clip, job_id)
+        client.set(keys.lock_key(job_id), token, px=60_000)
+    worker = idle_worker(client, scorer, "w")
+    for entry in worker.fetcher.fetch(2, block=False):
+        worker.process(entry)
+    for job_id in left:
+        stored = get_result(client, job_id)
+        assert stored is not None and stored["worker"] == "w" and stored["ok"] is True
+
+
+def test_an_answer_refused_for_memory_is_retried_until_redis_takes_it(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    ensure_group(client, "workers")
+    submit(client, clip, "oom")
+
+    def then_redis_is_full(path: OpenedFile, options: JobOptions, shown: str) -> dict[str, Any]:
+        out = scorer(path, options, shown)
+        client.config_set("maxmemory", 1)  # noeviction: every write is refused (OOM)
+        return out
+
+    worker = idle_worker(client, then_redis_is_full, "w")
+    entry = fetch_entry(worker)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.process(entry)
+        except BaseException as exc:  # what the job thread would see
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        thread.start()
+        wait_for(
+            lambda: sample(worker.metrics, "restrav_queue_redis_errors_total") >= 1
+            or not thread.is_alive(),
+            60,
+            "a refused answer",
+        )
+    finally:
+        client.config_set("maxmemory", 0)
+    thread.join(60)
+    assert not thread.is_alive() and not failed, failed
+    stored = get_result(client, "oom")
+    assert stored is not None and stored["status"] == "scored"
+    assert client.get(keys.runs_key("oom")) == "1"
+    assert client.xlen("restrav:replies:oom") == 1
+    assert client.xpending(keys.JOBS, "workers")["pending"] == 0
 
 
 def test_worker_recreates_a_lost_group(

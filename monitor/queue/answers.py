@@ -1,13 +1,20 @@
 """Answers: the result write, the notes and replies, and the acknowledgement, in one
-Lua script, so that each job id is answered once.
+Lua script per answer, so that each job id is answered once.
 
 A scoring run's answer is *fenced*: it is written only while the job id's lock
 holds this attempt's token (or is free) and no result exists yet; otherwise it
 is a late answer (the worker was paused or cut off past the visibility timeout
 and another worker took the job over): discarded, counted in
 ``restrav_queue_late_answers_total`` and logged, with no second note and no
-second reply. Answers that are not a scoring (an invalid payload, a dead letter)
-keep a stored result and still notify their own submission.
+second reply. A dead letter is written only while the job id is unlocked and
+unanswered: a job that a live worker is scoring under another entry (a
+producer's retry) is never dead-lettered, and a job answered meanwhile answers
+the dead entry from its stored result. An invalid payload never replaces a
+stored result nor one being computed, and still notifies its own submission.
+
+A new submission of an answered job id gets the stored result again (note marked
+``duplicate: 1``); the same entry delivered again is only acknowledged. Each of
+these writes is one script: a crash leaves all of it or none.
 """
 
 from __future__ import annotations
@@ -19,44 +26,13 @@ from typing import Any
 
 from .. import keys
 from ..redaction import redact_url
+from .answer_scripts import ANSWER, DUPLICATE
 from .context import WorkerContext
 from .jobs import DEAD_LETTERED, OUTCOME_DEAD, OUTCOME_DUPLICATE, WORKER_LOST, Entry, entry_ms, peek
 
 log = logging.getLogger("restrav.queue")
 
 REPLY_MAXLEN = 10_000
-
-# KEYS: 1 result key, 2 results stream, 3 jobs stream, 4 errors hash, 5 lock, 6 reply stream
-# ARGV: 1 body, 2 TTL s, 3 entry id, 4 group, 5 results maxlen, 6 job id, 7 ok, 8 code,
-#       9 token, 10 mode (fenced | keep | none), 11 reply? (1/0), 12 reply maxlen
-# returns 1 answered, 0 already answered (acknowledged), -1 another worker owns the job
-_ANSWER = """
-local mode = ARGV[10]
-if mode == 'fenced' then
-  local holder = redis.call('GET', KEYS[5])
-  if holder and holder ~= ARGV[9] then return -1 end
-  if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-    redis.pcall('XACK', KEYS[3], ARGV[4], ARGV[3])
-    redis.call('HDEL', KEYS[4], ARGV[3])
-    if holder then redis.call('DEL', KEYS[5]) end
-    return 0
-  end
-elseif mode == 'keep' then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX')
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-  'job_id', ARGV[6], 'entry_id', ARGV[3], 'ok', ARGV[7], 'code', ARGV[8])
-if ARGV[11] == '1' then
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[12], '*', 'result', ARGV[1])
-  redis.call('EXPIRE', KEYS[6], ARGV[2])
-end
-redis.pcall('XACK', KEYS[3], ARGV[4], ARGV[3])
-redis.call('HDEL', KEYS[4], ARGV[3])
-if mode == 'fenced' and redis.call('GET', KEYS[5]) == ARGV[9] then
-  redis.call('DEL', KEYS[5])
-end
-return 1
-"""
 
 ANSWERED = 1
 ALREADY_ANSWERED = 0
@@ -68,7 +44,8 @@ class Answers:
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
-        self._answer = ctx.client.register_script(_ANSWER)
+        self._answer = ctx.client.register_script(ANSWER)
+        self._duplicate = ctx.client.register_script(DUPLICATE)
 
     def base(self, entry: Entry, job_id: str | None, source: str | None) -> dict[str, Any]:
         """The fields every result has."""
@@ -89,26 +66,19 @@ class Answers:
         out.update({"ok": False, "status": "error", "error": {"code": code, "message": message}})
         return out
 
-    def publish(
+    def _write(
         self,
         entry: Entry,
         result: dict[str, Any],
         reply_to: str | None,
-        keep_existing: bool = False,
-    ) -> bool:
-        """Store the result, note it on ``restrav:results``, reply, acknowledge: atomically.
-
-        A scoring answer (``keep_existing`` false) is fenced by ``entry.token``:
-        returns False, writing nothing but the acknowledgement of an answered job,
-        when the job id is answered already or another worker owns it now (a late
-        answer: counted and logged). ``keep_existing``: an answer that is not a
-        scoring keeps any stored result and is always noted and replied.
-        """
+        mode: str,
+        dead: list[str] | None = None,
+    ) -> int:
+        """Run the answer script; return ANSWERED, ALREADY_ANSWERED or OWNED_ELSEWHERE."""
         ctx = self.ctx
         body = json.dumps(result)
         job_id = result.get("job_id") or ""
         error = result.get("error") or {}
-        mode = ("keep" if keep_existing else "fenced") if job_id else "none"
         outcome = self._answer(
             keys=[
                 keys.result_key(job_id),
@@ -117,6 +87,7 @@ class Answers:
                 keys.JOBS_ERRORS,
                 keys.lock_key(job_id),
                 reply_to or keys.RESULTS,
+                keys.JOBS_DEAD,
             ],
             args=[
                 body,
@@ -128,28 +99,46 @@ class Answers:
                 "1" if result.get("ok") else "0",
                 error.get("code", ""),
                 entry.token or "",
-                mode,
+                mode if job_id else "none",
                 "1" if reply_to else "0",
                 REPLY_MAXLEN,
+                ctx.settings.dead_maxlen,
+                *(dead or []),
             ],
         )
-        if int(outcome) == ANSWERED:
+        return int(outcome)
+
+    def publish(self, entry: Entry, result: dict[str, Any], reply_to: str | None) -> bool:
+        """Store a scoring's result, note it on ``restrav:results``, reply, acknowledge:
+        atomically, fenced by ``entry.token``.
+
+        Returns False, writing nothing but the acknowledgement of an answered job,
+        when the job id is answered already or another worker owns it now (a late
+        answer: counted and logged).
+        """
+        outcome = self._write(entry, result, reply_to, "fenced")
+        if outcome == ANSWERED:
             return True
-        ctx.metrics.late_answers.inc()
+        self.ctx.metrics.late_answers.inc()
         why = (
             "the job id is answered already"
-            if int(outcome) == ALREADY_ANSWERED
+            if outcome == ALREADY_ANSWERED
             else "another worker took the job over"
         )
         log.warning(
             "late answer to job %s (entry %s, attempt %d) discarded: %s "
             "(this worker held it past the visibility timeout)",
-            job_id,
+            result.get("job_id"),
             entry.id,
             entry.deliveries,
             why,
         )
         return False
+
+    def reject(self, entry: Entry, result: dict[str, Any], reply_to: str | None) -> None:
+        """Answer an invalid payload: note, reply and acknowledge; store ``result``
+        only when its job id has no result and is not locked (being scored)."""
+        self._write(entry, result, reply_to, "keep")
 
     def duplicate(self, entry: Entry, reply_to: str | None, existing: str) -> None:
         """Answer a job id that has a result from that result, without scoring again.
@@ -157,37 +146,38 @@ class Answers:
         A new submission gets the stored result on its ``reply_to`` and a note
         marked ``duplicate: 1``. The same entry delivered again (its answer was
         written, the acknowledgement lost) is only acknowledged: its note and
-        reply went out already.
+        reply went out already. Replies, note and acknowledgement are one script.
         """
         ctx = self.ctx
         try:
             stored = json.loads(existing)
         except ValueError:
             stored = {}
-        pipe = ctx.client.pipeline(transaction=False)
-        if stored.get("entry_id") != entry.id:  # a new submission of an answered job id
-            if reply_to:
-                pipe.xadd(reply_to, {"result": existing}, maxlen=REPLY_MAXLEN, approximate=True)
-                pipe.expire(reply_to, ctx.settings.result_ttl_s)
-            pipe.xadd(  # the note every answer leaves, marked as a repeat of the stored result
-                keys.RESULTS,
-                {
-                    "job_id": entry.job_id or "",
-                    "entry_id": entry.id,
-                    "ok": "1" if stored.get("ok") else "0",
-                    "code": (stored.get("error") or {}).get("code", ""),
-                    "duplicate": "1",
-                },
-                maxlen=ctx.settings.results_maxlen,
-                approximate=True,
-            )
-        pipe.xack(keys.JOBS, ctx.group, entry.id)
-        pipe.hdel(keys.JOBS_ERRORS, entry.id)
-        pipe.execute()
+        if not isinstance(stored, dict):
+            stored = {}
+        self._duplicate(
+            keys=[keys.RESULTS, keys.JOBS, keys.JOBS_ERRORS, reply_to or keys.RESULTS],
+            args=[
+                existing,
+                ctx.settings.result_ttl_s,
+                entry.id,
+                ctx.group,
+                ctx.settings.results_maxlen,
+                entry.job_id or "",
+                "1" if stored.get("ok") else "0",
+                (stored.get("error") or {}).get("code", ""),
+                "0" if stored.get("entry_id") == entry.id else "1",
+                "1" if reply_to else "0",
+                REPLY_MAXLEN,
+            ],
+        )
         self.finish(entry, OUTCOME_DUPLICATE)
 
-    def dead_letter(self, entry: Entry) -> None:
-        """Move an entry delivered too often to the dead-letter stream; answer it."""
+    def dead_letter(self, entry: Entry) -> bool:
+        """Move an entry delivered too often to the dead-letter stream and answer it,
+        in one script, unless its job id is answered (then the entry is answered
+        as a duplicate) or locked: returns False, writing nothing, while another
+        entry's live owner holds the job id (the caller leaves this one waiting)."""
         ctx = self.ctx
         raw = entry.fields.get(keys.JOB_FIELD, "")
         last_raw = ctx.client.hget(keys.JOBS_ERRORS, entry.id)
@@ -202,29 +192,36 @@ class Answers:
         )
         deliveries = entry.deliveries - 1
         job_id, source, reply_to = peek(raw)
-        ctx.client.xadd(
-            keys.JOBS_DEAD,
-            {
-                keys.JOB_FIELD: raw,
-                "entry_id": entry.id,
-                "deliveries": str(deliveries),
-                "last_error": json.dumps(last),
-                "worker": ctx.name,
-                "dead_at": f"{time.time():.3f}",
-            },
-            maxlen=ctx.settings.dead_maxlen,
-            approximate=True,
-        )
+        dead = {
+            keys.JOB_FIELD: raw,
+            "entry_id": entry.id,
+            "deliveries": str(deliveries),
+            "last_error": json.dumps(last),
+            "worker": ctx.name,
+            "dead_at": f"{time.time():.3f}",
+        }
         message = (
             f"gave up after {deliveries} deliveries (queue.max_deliveries); "
             f"last error: {last.get('code')}: {last.get('message')}"
         )
         result = self.error_result(entry, job_id, source, DEAD_LETTERED, message)
         result["last_error"] = last
-        self.publish(entry, result, reply_to, keep_existing=True)
+        outcome = self._write(
+            entry, result, reply_to, "dead", [v for kv in dead.items() for v in kv]
+        )
+        if outcome == OWNED_ELSEWHERE:
+            return False
+        if outcome == ALREADY_ANSWERED:
+            existing: Any = ctx.client.get(keys.result_key(job_id or ""))
+            if existing is None:  # expired in between: decide again on the next delivery
+                return False
+            entry.job_id = job_id
+            self.duplicate(entry, reply_to, existing)
+            return True
         ctx.metrics.dead_lettered.inc()
         self.finish(entry, OUTCOME_DEAD, DEAD_LETTERED)
         log.warning("job %s (entry %s) dead-lettered: %s", job_id, entry.id, message)
+        return True
 
     def finish(self, entry: Entry, outcome: str, code: str | None = None) -> None:
         """Count a finished entry."""

@@ -4,8 +4,15 @@ delivered too often, take the job id's lock, fetch and score the source, answer.
 Bad input is an answer with a reason code. An unexpected exception (a bug) is
 recorded as the entry's last error and the entry is left unacknowledged, to be
 retried and, after ``max_deliveries``, dead-lettered with that error. An answer
-that cannot be written because Redis is unreachable is retried (with backoff)
-for a while: the fenced write makes a late one harmless.
+that cannot be written because Redis is unreachable or refuses writes (OOM,
+READONLY...) is retried (with backoff) for a while: the fenced write makes a late
+one harmless.
+
+An entry whose job id is locked by another entry (a producer submitted the job
+twice; the other entry is being scored, here or by another worker) waits: it is
+left pending without counting the delivery, delivered again after the visibility
+timeout, and then answered from the stored result. It is never dead-lettered
+while the lock is held, i.e. renewed by a live owner.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from .. import keys
 from ..errors import InputError
 from ..fetch import SourcePolicy, local_source
 from ..redaction import redact_url
+from ..redis_faults import redis_unavailable
 from .answers import Answers
 from .backoff import Backoff
 from .context import WorkerContext
@@ -92,11 +100,8 @@ class JobRunner:
         except (ValidationError, ValueError) as exc:
             job_id, source, reply_to = peek(raw or "")
             message = f"invalid job: {short(exc)}"
-            answers.publish(
-                entry,
-                answers.error_result(entry, job_id, source, INVALID_JOB, message),
-                reply_to,
-                keep_existing=True,
+            answers.reject(
+                entry, answers.error_result(entry, job_id, source, INVALID_JOB, message), reply_to
             )
             answers.finish(entry, OUTCOME_ERROR, INVALID_JOB)
             return
@@ -107,13 +112,12 @@ class JobRunner:
             answers.duplicate(entry, job.reply_to, existing)
             return
         if entry.deliveries > ctx.settings.max_deliveries:
-            answers.dead_letter(entry)
+            if not answers.dead_letter(entry):
+                self._wait(entry)
             return
         token = self.leases.take(job.job_id)
         if token is None:
-            # another worker is scoring this job id right now: leave the entry pending;
-            # it is reclaimed later and then answered from the stored result
-            log.info("job %s is scored elsewhere; entry %s left pending", job.job_id, entry.id)
+            self._wait(entry)
             return
         entry.token = token
         ctx.client.incr(keys.runs_key(job.job_id))
@@ -121,6 +125,15 @@ class JobRunner:
         if self.hooks.before_score is not None:
             self.hooks.before_score(job, entry.deliveries)
         self._score_and_answer(entry, job)
+
+    def _wait(self, entry: Entry) -> None:
+        """Leave an entry whose job id another entry holds pending, the delivery not
+        counted: it comes back after the visibility timeout, to be answered from the
+        stored result then (or scored, if the owner died without answering)."""
+        self.leases.give_back(entry)
+        log.info(
+            "job %s is being scored under another entry; entry %s waits", entry.job_id, entry.id
+        )
 
     def _score_and_answer(self, entry: Entry, job: Job) -> None:
         ctx, answers = self.ctx, self.answers
@@ -146,7 +159,8 @@ class JobRunner:
                 entry.id,
                 json.dumps({"code": INTERNAL, "message": f"{type(exc).__name__}: {short(exc)}"}),
             )
-            ctx.client.delete(keys.lock_key(job.job_id))
+            if entry.token is not None:
+                self.leases.release(job.job_id, entry.token)
             return  # not acknowledged: retried after the visibility timeout, then dead-lettered
         with ctx.mutex:
             if entry.id in ctx.released:
@@ -160,14 +174,18 @@ class JobRunner:
             answers.finish(entry, outcome, code)
 
     def _publish_retrying(self, entry: Entry, result: dict[str, Any], reply_to: str | None) -> bool:
-        """Publish, retrying while Redis is unreachable, for up to four visibility timeouts
-        (at least 30 s): a result computed is not thrown away for a short outage."""
+        """Publish, retrying while Redis is unreachable or refuses writes (see
+        :func:`~monitor.redis_faults.redis_unavailable`), for up to four visibility
+        timeouts (at least 30 s): a result computed is not thrown away for a short
+        outage. Other errors are raised at once."""
         deadline = time.monotonic() + max(30.0, 4 * self.ctx.settings.visibility_timeout_s)
         backoff = Backoff(first_s=0.2, max_s=5.0)
         while True:
             try:
                 return self.answers.publish(entry, result, reply_to)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
+                if not redis_unavailable(exc):
+                    raise
                 self.ctx.metrics.redis_errors.inc()
                 if time.monotonic() >= deadline:
                     raise

@@ -1,12 +1,15 @@
 """Leases: the heartbeat, the job id locks (fencing tokens) and their renewal.
 
 A worker owns an entry while its job id lock (``restrav:lock:{job_id}``) holds
-this attempt's token, ``"<worker> <random>"``. The heartbeat thread renews, in
+this attempt's token, ``"<worker> <instance> <random>"`` (``instance``: one per
+:class:`Leases`, i.e. per running worker). A job id is locked by one entry at a
+time, also inside one worker: a second entry with the same job id (a producer's
+retry) waits until the first is answered. The heartbeat thread renews, in
 one Lua script per entry, the lock's TTL and the entry's idle time (``XCLAIM ...
 JUSTID``), and only while the lock still holds the token: a worker paused past
 the visibility timeout does not take an entry back from the worker that
 reclaimed it. The answer is written under the same condition (see
-:mod:`monitor.queue.answers`).
+:mod:`monitor.queue.answers`), and a lock is deleted only by the token it holds.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import redis
 
 from .. import keys
 from .context import WorkerContext
+from .jobs import Entry
 from .ops import queue_stats
 
 log = logging.getLogger("restrav.queue")
@@ -33,6 +37,25 @@ _RENEW = """
 if redis.call('GET', KEYS[2]) ~= ARGV[4] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+# KEYS: 1 lock; ARGV: 1 token, 2 lock TTL ms, 3 "<worker> ", 4 "<worker> <instance> "
+# returns 1 taken, 0 held by another worker or by a live entry of this one
+_TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  local mine = string.sub(holder, 1, #ARGV[3]) == ARGV[3]
+  if not mine or string.sub(holder, 1, #ARGV[4]) == ARGV[4] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: 1 lock; ARGV: 1 token; returns 1 deleted, 0 the lock holds another token (or none)
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
 return 1
 """
 
@@ -92,22 +115,46 @@ class Leases:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self._renew = ctx.client.register_script(_RENEW)
+        self._take = ctx.client.register_script(_TAKE)
+        self._release = ctx.client.register_script(_RELEASE)
+        self.instance = uuid.uuid4().hex[:12]
         self.stop = threading.Event()
 
     def take(self, job_id: str) -> str | None:
-        """Lock ``job_id`` for this worker; return the fencing token, or None when
-        another worker holds it. A lock left by this worker's name (a restart) is
-        taken over."""
+        """Lock ``job_id`` for one entry; return its fencing token, or None when the
+        lock is held by another worker or by another entry of this one.
+
+        A lock left under this worker's name by an earlier instance (the worker
+        restarted: nothing renews that lock any more) is taken over at once.
+        One atomic step, so two entries can never both get the lock."""
         ctx = self.ctx
-        token = f"{ctx.name} {uuid.uuid4().hex}"
-        lock = keys.lock_key(job_id)
-        if ctx.client.set(lock, token, nx=True, px=ctx.lock_ms):
-            return token
-        holder: Any = ctx.client.get(lock)
-        if holder is not None and str(holder).split(" ", 1)[0] == ctx.name:
-            ctx.client.set(lock, token, px=ctx.lock_ms)
-            return token
-        return None
+        prefix = f"{ctx.name} {self.instance} "
+        token = prefix + uuid.uuid4().hex
+        taken = self._take(
+            keys=[keys.lock_key(job_id)], args=[token, ctx.lock_ms, f"{ctx.name} ", prefix]
+        )
+        return token if int(taken) else None
+
+    def release(self, job_id: str, token: str, client: redis.Redis | None = None) -> None:
+        """Delete ``job_id``'s lock if it still holds ``token`` (compare-and-delete):
+        a worker that lost the lock never removes its new owner's. ``client``: a
+        pipeline to queue the script on (default: the worker's client)."""
+        self._release(keys=[keys.lock_key(job_id)], args=[token], client=client)
+
+    def give_back(self, entry: Entry) -> None:
+        """Leave ``entry`` pending without counting this delivery: it is delivered
+        again after the visibility timeout (its job id is locked by a live owner
+        now, so this is no failed attempt)."""
+        ctx = self.ctx
+        ctx.client.xclaim(
+            keys.JOBS,
+            ctx.group,
+            ctx.name,
+            0,
+            [entry.id],
+            retrycount=max(0, entry.deliveries - 1),
+            justid=True,
+        )
 
     def beat(self) -> None:
         """Write the heartbeat and renew the leases and locks this worker still owns."""

@@ -222,8 +222,8 @@ class Worker:
                         retrycount=max(0, e.deliveries - 1),
                         justid=True,
                     )
-                    if e.job_id is not None:
-                        pipe.delete(keys.lock_key(e.job_id))
+                    if e.job_id is not None and e.token is not None:
+                        self.leases.release(e.job_id, e.token, client=pipe)
                 pipe.execute()
             except redis.RedisError as exc:
                 log.warning("could not release %d job(s): %s", len(left), exc)
