@@ -26,12 +26,13 @@ CLIPS = Path(os.environ.get("RESTRAV_CLIPS", "../shared/clips"))
 OUT = Path(os.environ.get("RESTRAV_OUT", "restrav-example-model"))
 NAMES = os.environ.get("RESTRAV_CLIP_NAMES", "")
 
-# %% the clips and their labels (1 = AI-generated)
+# %% the clips and their labels: "ai-generated" or "real", as in the manifest
 manifest = json.loads((CLIPS / "manifest.json").read_text(encoding="utf-8"))
 if NAMES:
     manifest = [m for m in manifest if m["file"] in NAMES.split(",")]
 paths = [str(CLIPS / m["file"]) for m in manifest]
-y = np.array([int(m["label"] == "ai-generated") for m in manifest])
+y = np.array([m["label"] for m in manifest])
+AI = "ai-generated"  # string labels must say which one is AI (positive_label)
 
 # %% embed once (the slow part), then work on trajectories
 embedder = VideoEmbedder(model=MODEL, device="cpu", batch_size=8)
@@ -40,13 +41,15 @@ features = TrajectoryFeatures().fit_transform(z)  # (n_clips, 21) float64
 print("features", features.shape, "theta_mean", features[:, 17].round(1))
 
 # %% cross-validate with each clip its own group (windows of one clip never straddle folds)
-model = make_pipeline(TrajectoryFeatures(), StandardScaler(), ReStraVClassifier(kind="logreg"))
-folds = min(2, int(y.sum()), int(len(y) - y.sum()))
+model = make_pipeline(TrajectoryFeatures(), StandardScaler(),
+                      ReStraVClassifier(kind="logreg", positive_label=AI))
+folds = min(2, int(np.sum(y == AI)), int(np.sum(y != AI)))
 scores = cross_val_score(model, z, y, groups=np.arange(len(y)), cv=GroupKFold(n_splits=folds))
 print("accuracy per fold", scores)
 
 # %% fit on everything and save an artifact the CLI serves unchanged
 full = make_pipeline(embedder, TrajectoryFeatures(), StandardScaler(),
-                     ReStraVClassifier(kind="logreg")).fit(paths, y)
+                     ReStraVClassifier(kind="logreg", positive_label=AI)).fit(paths, y)
 save_pipeline(full, OUT)
-print("P(AI)", full.predict_proba(paths)[:, 1].round(3), "saved to", OUT)
+p_ai = full.predict_proba(paths)[:, list(full.classes_).index(AI)]  # columns follow classes_
+print("P(AI)", p_ai.round(3), "saved to", OUT)

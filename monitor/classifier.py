@@ -277,6 +277,19 @@ class Classifier:
             raise ValueError(f"expected {width} features per row, got {x.shape[1]}")
         return PROBA[self.kind](self.params, self.scaler.transform(x))
 
+    def backbone_mismatches(self, options: dict[str, Any]) -> list[str]:
+        """How ``options`` (the embedder's ``image_size``, ``normalize``, ``dtype``, ...)
+        differ from the ``backbone_options`` recorded at training, one line each.
+
+        Options the artifact did not record are not compared; empty when all match.
+        """
+        recorded = self.summary.get("backbone_options") or {}
+        return [
+            f"{k}: trained with {recorded[k]!r}, now {options[k]!r}"
+            for k in sorted(recorded)
+            if k in options and options[k] != recorded[k]
+        ]
+
     def save(self, directory: Path) -> None:
         """Write ``classifier.json`` and ``classifier.safetensors`` into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)

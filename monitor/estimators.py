@@ -254,13 +254,25 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """A ReStraV window classifier as a scikit-learn binary classifier.
 
     ``kind`` is one of :data:`monitor.classifier.KINDS` (``mlp``, ``logreg``, ...).
-    The greater of the two labels (``classes_[1]``, e.g. 1) is "AI-generated".
+
+    Which label is "AI-generated" (as ``pos_label`` in :mod:`sklearn.metrics`):
+    ``positive_label`` when given (it must be one of the two labels); otherwise 1
+    (or True) when the labels are {0, 1}, {-1, 1} or {False, True}. For any other
+    labels (e.g. strings) without ``positive_label``, the estimator follows
+    scikit-learn's binary convention in memory (``classes_[1]`` is the positive
+    class) but :meth:`save` and :func:`save_pipeline` refuse, since the artifact
+    would have to guess which label is AI. The fitted ``positive_label_`` is the
+    label taken as AI; ``classes_`` stay sorted as in every scikit-learn classifier,
+    so P(AI) is the ``predict_proba`` column of ``positive_label_``.
+
     ``threshold_mode``: ``"fpr"`` (as ``restrav train``: the lowest threshold with
-    false-positive rate <= ``target_fpr`` on the real training rows), ``"f1"``
-    (max F1 on the training rows) or ``"fixed"`` (0.5, so ``predict`` is the argmax
-    of ``predict_proba``). ``predict`` is ``P(AI) >= threshold_``;
-    ``decision_function`` is ``P(AI) - threshold_``. ``hyper`` passes extra
-    hyper-parameters to the kind (``n_trees``, ``max_depth``, ``rounds``, ...).
+    false-positive rate <= ``target_fpr`` on the training rows of the other label,
+    the real ones), ``"f1"`` (max F1 on the training rows) or ``"fixed"`` (0.5, so
+    ``predict`` is the argmax of ``predict_proba``). ``predict`` gives
+    ``positive_label_`` where ``P(AI) >= threshold_``. ``decision_function`` is
+    scikit-learn's binary score for ``classes_[1]``: ``P(AI) - threshold_`` when
+    ``classes_[1]`` is the AI label, ``threshold_ - P(AI)`` otherwise. ``hyper``
+    passes extra hyper-parameters to the kind (``n_trees``, ``max_depth``, ...).
 
     Any number of features is accepted for fitting; :meth:`save` needs the 21.
     """
@@ -275,6 +287,7 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         batch_size: int = 32,
         seed: int = 0,
         hyper: dict[str, Any] | None = None,
+        positive_label: Any = None,
     ) -> None:
         self.kind = kind
         self.threshold_mode = threshold_mode
@@ -284,6 +297,7 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.batch_size = batch_size
         self.seed = seed
         self.hyper = hyper
+        self.positive_label = positive_label
 
     def fit(self, x: Any, y: Any) -> ReStraVClassifier:
         """Fit the scaler, the model and the threshold on ``(x, y)``; returns self."""
@@ -293,7 +307,7 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}")
         x, y = validate_data(self, x, y, dtype=np.float64)
         check_classification_targets(y)
-        self.classes_, y01 = np.unique(y, return_inverse=True)
+        self.classes_ = np.unique(y)
         if len(self.classes_) > 2:
             raise ValueError(
                 "Only binary classification is supported (real vs AI-generated); "
@@ -301,6 +315,17 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             )
         if len(self.classes_) < 2:
             raise ValueError("y has 1 class; ReStraVClassifier needs both (real and AI-generated)")
+        given = self.positive_label
+        if given is not None and given not in self.classes_.tolist():
+            raise ValueError(
+                f"positive_label={given!r} is not one of the labels "
+                f"{[_plain(c) for c in self.classes_]}"
+            )
+        known = given if given is not None else _conventional_positive(self.classes_)
+        self._positive_label_known = known is not None
+        self._pos_col = 1 if known is None else int(self.classes_.tolist().index(known))
+        self.positive_label_ = self.classes_[self._pos_col]
+        y01 = (y == self.positive_label_).astype(np.int64)
         core = fit_classifier(
             x,
             y01,
@@ -326,18 +351,21 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return self.classifier_.predict_proba(x)
 
     def predict_proba(self, x: Any) -> FloatArray:
-        """``(n, 2)``: P(``classes_[0]``) and P(AI) = P(``classes_[1]``)."""
+        """``(n, 2)`` in ``classes_`` order: P(AI) in the column of ``positive_label_``."""
         p = self._p_ai(x)
-        return np.column_stack([1.0 - p, p])
+        cols = [1.0 - p, p] if self._pos_col == 1 else [p, 1.0 - p]
+        return np.column_stack(cols)
 
     def decision_function(self, x: Any) -> FloatArray:
-        """P(AI) minus the threshold: > 0 where ``predict`` says ``classes_[1]``."""
-        return self._p_ai(x) - self.threshold_
+        """> 0 where ``predict`` says ``classes_[1]`` (scikit-learn's binary convention)."""
+        margin = self._p_ai(x) - self.threshold_
+        return margin if self._pos_col == 1 else -margin
 
     def predict(self, x: Any) -> npt.NDArray[Any]:
-        """``classes_[1]`` where P(AI) >= ``threshold_``, else ``classes_[0]``."""
-        p = self._p_ai(x)
-        out: npt.NDArray[Any] = self.classes_[(p >= self.threshold_).astype(int)]
+        """``positive_label_`` where P(AI) >= ``threshold_``, else the other label."""
+        is_ai = self._p_ai(x) >= self.threshold_
+        col = np.where(is_ai, self._pos_col, 1 - self._pos_col)
+        out: npt.NDArray[Any] = self.classes_[col]
         return out
 
     def save(self, directory: str | Path) -> None:
@@ -345,15 +373,28 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         save_classifier(self.classifier_artifact(), directory)
 
     def classifier_artifact(self, backbone: str = "") -> Classifier:
-        """The core :class:`~monitor.classifier.Classifier` this estimator serves with."""
+        """The core :class:`~monitor.classifier.Classifier` this estimator serves with.
+
+        Its P(AI) is the probability of ``positive_label_``; raises ValueError when
+        that label was not determined (see the class docstring)."""
         check_is_fitted(self)
+        if not self._positive_label_known:
+            raise ValueError(
+                f"labels {[_plain(c) for c in self.classes_]} do not say which one is "
+                "AI-generated, and a saved artifact scores P(AI-generated): refit with "
+                "positive_label=<the AI label> (or with labels 0/1, 1 = AI-generated)"
+            )
         if self.n_features_in_ != N_FEATURES:
             raise ValueError(
                 f"only a classifier of the {N_FEATURES} ReStraV features can be saved for "
                 f"serving; this one has {self.n_features_in_}"
             )
         core = self.classifier_
-        summary = {**core.summary, "sklearn_classes": [_plain(c) for c in self.classes_]}
+        summary = {
+            **core.summary,
+            "sklearn_classes": [_plain(c) for c in self.classes_],
+            "sklearn_positive_label": _plain(self.positive_label_),
+        }
         return Classifier(core.kind, core.scaler, core.params, core.threshold,
                           core.threshold_mode, backbone or core.backbone, summary)
 
@@ -362,13 +403,19 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         """Load a CLI artifact (from ``restrav train`` or :meth:`save`) as a fitted estimator."""
         core = load_classifier(Path(directory))
         mode = core.threshold_mode
+        classes = np.asarray(core.summary.get("sklearn_classes", [0, 1]))
+        positive = core.summary.get("sklearn_positive_label", _plain(classes[1]))
         est = cls(
             kind=core.kind,
             threshold_mode="f1" if mode == "max-f1" else "fixed" if mode == "fixed" else "fpr",
+            positive_label=positive,
         )
         est.classifier_ = core
         est.threshold_ = core.threshold
-        est.classes_ = np.asarray(core.summary.get("sklearn_classes", [0, 1]))
+        est.classes_ = classes
+        est.positive_label_ = classes[classes.tolist().index(positive)]
+        est._positive_label_known = True
+        est._pos_col = int(classes.tolist().index(positive))
         est.n_features_in_ = int(core.scaler.mean.shape[0])
         return est
 
@@ -382,6 +429,16 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _conventional_positive(classes: npt.NDArray[Any]) -> Any:
+    """1 (or True) for labels {0, 1}, {-1, 1}, {False, True}; None for any other labels."""
+    values = [_plain(c) for c in classes]
+    if not all(isinstance(v, int | float | bool) for v in values):
+        return None
+    if set(values) in ({0, 1}, {-1, 1}):
+        return classes[1]
+    return None
+
+
 def save_classifier(core: Classifier, directory: str | Path) -> None:
     """Write a core classifier as the CLI's artifact directory."""
     core.save(Path(directory))
@@ -390,39 +447,67 @@ def save_classifier(core: Classifier, directory: str | Path) -> None:
 def save_pipeline(pipeline: Any, directory: str | Path) -> None:
     """Save a fitted Pipeline ending in a :class:`ReStraVClassifier` as a CLI artifact.
 
-    Steps before it may be :class:`VideoEmbedder` (its ``model`` is recorded as the
-    artifact's backbone), :class:`TrajectoryFeatures` (``steps=False``) and at most
-    one ``StandardScaler``, folded into the artifact's scaler; anything else is
-    refused, since ``restrav score -c`` could not reproduce it.
+    The artifact scores exactly what the pipeline scores from a clip, so the steps
+    before the classifier are limited to what ``restrav score -c`` / ``serve -c``
+    reproduce: a :class:`VideoEmbedder` (its ``model`` becomes the artifact's
+    backbone, and ``image_size``, ``normalize``, ``dtype`` its recorded
+    ``backbone_options``, as ``restrav train`` records them), a
+    :class:`TrajectoryFeatures` with ``steps=False`` and the default
+    ``zero_step_eps``, and any number of fitted ``StandardScaler`` steps, folded
+    into the artifact's scaler as each one transforms (``with_mean=False`` subtracts
+    nothing, ``with_std=False`` divides by nothing); ``"passthrough"`` steps are
+    skipped. Any other step raises ValueError, as does a classifier whose AI label
+    is not determined (see :class:`ReStraVClassifier`).
     """
     from sklearn.preprocessing import StandardScaler
 
-    steps = [est for _, est in pipeline.steps]
-    clf = steps[-1]
+    steps = [est for _, est in pipeline.steps if est is not None and est != "passthrough"]
+    clf = steps[-1] if steps else None
     if not isinstance(clf, ReStraVClassifier):
         raise ValueError("the pipeline's last step must be a ReStraVClassifier")
     backbone = ""
-    mean = np.zeros(N_FEATURES)
-    std = np.ones(N_FEATURES)
-    scalers = 0
+    options: dict[str, Any] = {}
+    scaler = Scaler.identity()
     for est in steps[:-1]:
         if isinstance(est, VideoEmbedder):
             backbone = est.model
-        elif isinstance(est, TrajectoryFeatures) and not est.steps:
-            continue
-        elif isinstance(est, StandardScaler) and scalers == 0:
-            scalers += 1
-            if est.mean_ is not None:
-                mean = np.asarray(est.mean_, dtype=np.float64)
-            if est.scale_ is not None:
-                std = np.asarray(est.scale_, dtype=np.float64)
+            options = {"image_size": est.image_size, "normalize": est.normalize,
+                       "dtype": est.dtype}
+        elif isinstance(est, TrajectoryFeatures):
+            if est.steps:
+                raise ValueError(
+                    "cannot save TrajectoryFeatures(steps=True): the CLI scores the "
+                    f"{N_FEATURES} window features, not per-step distances and angles"
+                )
+            if est.zero_step_eps != ZERO_STEP_EPS:
+                raise ValueError(
+                    f"cannot save TrajectoryFeatures(zero_step_eps={est.zero_step_eps!r}): "
+                    f"restrav score computes the features with {ZERO_STEP_EPS!r}"
+                )
+        elif isinstance(est, StandardScaler):
+            check_is_fitted(est)
+            scaler = _then(
+                scaler,
+                np.asarray(est.mean_, dtype=np.float64) if est.with_mean else None,
+                np.asarray(est.scale_, dtype=np.float64) if est.with_std else None,
+            )
         else:
             raise ValueError(
                 f"cannot save a pipeline step {type(est).__name__} as a restrav artifact; "
-                "use VideoEmbedder, TrajectoryFeatures, one StandardScaler, ReStraVClassifier"
+                "use VideoEmbedder, TrajectoryFeatures, StandardScaler, ReStraVClassifier"
             )
     core = clf.classifier_artifact(backbone)
-    # (x - m1) / s1 then (. - m2) / s2  ==  (x - (m1 + s1 m2)) / (s1 s2)
-    folded = Scaler(mean=mean + std * core.scaler.mean, std=std * core.scaler.std)
-    core.scaler = folded
+    core.scaler = _then(scaler, core.scaler.mean, core.scaler.std)
+    if options:
+        core.summary = {**core.summary, "backbone_options": options}
     save_classifier(core, directory)
+
+
+def _then(first: Scaler, mean: FloatArray | None, std: FloatArray | None) -> Scaler:
+    """The one Scaler doing ``first`` then ``(x - mean) / std`` (None: that part skipped).
+
+    ``((x - m1) / s1 - m2) / s2 == (x - (m1 + s1 m2)) / (s1 s2)``.
+    """
+    m2 = np.zeros_like(first.mean) if mean is None else mean
+    s2 = np.ones_like(first.std) if std is None else std
+    return Scaler(mean=first.mean + first.std * m2, std=first.std * s2)

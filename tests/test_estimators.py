@@ -5,6 +5,7 @@ shared clips, and a Pipeline saved in Python and served by the CLI."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -243,7 +244,9 @@ def test_notebook_example_runs(shared_clips: Path, tiny_model_dir: Path, tmp_pat
                           env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "accuracy per fold" in proc.stdout
-    assert load_classifier(tmp_path / "model").backbone == str(tiny_model_dir)
+    art = load_classifier(tmp_path / "model")
+    assert art.backbone == str(tiny_model_dir)
+    assert art.summary["sklearn_positive_label"] == "ai-generated"
 
 
 def test_clear_error_without_scikit_learn() -> None:
@@ -257,3 +260,139 @@ def test_clear_error_without_scikit_learn() -> None:
                           timeout=120, check=False)
     assert proc.returncode == 1
     assert "pip install 'restrav-monitor[train]'" in proc.stderr
+
+
+# ---- save_pipeline writes what the pipeline computes -------------------------------------
+
+
+def _labelled(n: int = 80, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Trajectories whose last half wiggles more (label 1) than the first (label 0)."""
+    z = _trajectories(n=n, seed=seed)
+    z[n // 2 :] += 2.0 * np.sin(np.arange(24))[None, :, None]
+    return z, np.repeat([0, 1], n // 2)
+
+
+@pytest.mark.parametrize(
+    "scalers",
+    [
+        [StandardScaler()],
+        [StandardScaler(with_mean=False)],
+        [StandardScaler(with_std=False)],
+        [StandardScaler(with_mean=False, with_std=False)],
+        [StandardScaler(with_mean=False), "passthrough", StandardScaler()],
+    ],
+    ids=["default", "no-mean", "no-std", "neither", "chained"],
+)
+def test_saved_pipeline_scores_as_the_pipeline_for_every_scaler_setting(
+    scalers: list[object], tmp_path: Path
+) -> None:
+    z, y = _labelled()  # features far from 0 (degrees): a mean wrongly subtracted shows
+    pipe = make_pipeline(TrajectoryFeatures(), *scalers,
+                         ReStraVClassifier(kind="logreg", threshold_mode="fixed")).fit(z, y)
+    save_pipeline(pipe, tmp_path / "art")
+    served = load_classifier(tmp_path / "art")  # what restrav score/serve -c load
+    p = served.predict_proba(TrajectoryFeatures().transform(z))
+    expected = pipe.predict_proba(z)[:, 1]
+    assert expected.std() > 0.05  # the probe is not degenerate
+    np.testing.assert_allclose(p, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(p >= served.threshold, pipe.predict(z) == 1)
+
+
+def test_save_pipeline_refuses_what_the_cli_cannot_reproduce(tmp_path: Path) -> None:
+    from sklearn.preprocessing import MinMaxScaler
+
+    z, y = _labelled()
+    f = TrajectoryFeatures().transform(z)
+    clf = ReStraVClassifier(kind="logreg").fit(f, y)
+    for step, match in (
+        (MinMaxScaler().fit(f), "MinMaxScaler"),
+        (TrajectoryFeatures(zero_step_eps=1e-3), "zero_step_eps"),
+        (TrajectoryFeatures(steps=True), "steps=True"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            save_pipeline(make_pipeline(step, clf), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_saved_pipeline_records_the_embedder_options(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    z, y = _labelled()
+    f = TrajectoryFeatures().transform(z)
+    pipe = make_pipeline(
+        VideoEmbedder(model="some/dinov2", image_size=112, normalize="imagenet", dtype="bfloat16"),
+        TrajectoryFeatures(), StandardScaler().fit(f),
+        ReStraVClassifier(kind="logreg").fit(StandardScaler().fit_transform(f), y),
+    )
+    save_pipeline(pipe, tmp_path / "art")
+    art = load_classifier(tmp_path / "art")
+    assert art.backbone == "some/dinov2"
+    assert art.summary["backbone_options"] == {
+        "image_size": 112, "normalize": "imagenet", "dtype": "bfloat16"}
+    # what restrav score/serve would compare with their model settings
+    assert art.backbone_mismatches(
+        {"image_size": 112, "normalize": "imagenet", "dtype": "bfloat16", "other": 1}) == []
+    assert art.backbone_mismatches({"image_size": 224, "normalize": "none"}) == [
+        "image_size: trained with 112, now 224", "normalize: trained with 'imagenet', now 'none'"]
+    # restrav score/serve load it either way, and say so when their settings differ
+    from monitor.config import load_settings
+    from workers.common import build_classifier
+
+    def loaded(**model: object) -> list[str]:
+        settings = load_settings(None, classifier={"path": str(tmp_path / "art")}, model={
+            "ref": "some/dinov2", "normalize": "imagenet", "dtype": "bfloat16", **model})
+        with caplog.at_level(logging.WARNING, logger="restrav"):
+            caplog.clear()
+            assert build_classifier(settings) is not None
+        return [r.getMessage() for r in caplog.records]
+
+    assert loaded(image_size=112) == []
+    (msg,) = loaded(image_size=224)
+    assert "image_size: trained with 112, now 224" in msg and "same model settings" in msg
+
+
+@pytest.mark.parametrize(
+    ("ai", "real"), [("ai-generated", "real"), ("synthetic", "camera")],
+    ids=["ai-sorts-first", "ai-sorts-last"],
+)
+def test_string_labels_name_the_ai_class_and_the_artifact_scores_it(
+    ai: str, real: str, tmp_path: Path
+) -> None:
+    z, y01 = _labelled()
+    y = np.where(y01 == 1, ai, real)
+    make = lambda **kw: make_pipeline(  # noqa: E731
+        TrajectoryFeatures(), StandardScaler(), ReStraVClassifier(kind="logreg", **kw))
+    # without positive_label nothing says which string is AI: in memory sklearn's
+    # convention holds, but no artifact is written that would have to guess
+    unsure = make().fit(z, y)
+    with pytest.raises(ValueError, match="positive_label"):
+        save_pipeline(unsure, tmp_path / "unsure")
+    with pytest.raises(ValueError, match="positive_label"):
+        unsure[-1].save(tmp_path / "unsure")
+    with pytest.raises(ValueError, match="not one of the labels"):
+        make(positive_label="ai").fit(z, y)
+
+    pipe = make(positive_label=ai, target_fpr=0.05).fit(z, y)
+    clf = pipe[-1]
+    assert list(clf.classes_) == sorted([ai, real]) and clf.positive_label_ == ai
+    p_ai = pipe.predict_proba(z)[:, list(clf.classes_).index(ai)]
+    assert p_ai[y == ai].mean() > 0.8 > 0.2 > p_ai[y == real].mean()
+    assert np.mean(p_ai[y == real] >= clf.threshold_) <= 0.05  # FPR on the real rows
+    pred = pipe.predict(z)
+    np.testing.assert_array_equal(pred == ai, p_ai >= clf.threshold_)
+    np.testing.assert_array_equal(pipe.decision_function(z) > 0, pred == clf.classes_[1])
+
+    save_pipeline(pipe, tmp_path / "art")
+    meta = json.loads((tmp_path / "art" / "classifier.json").read_text(encoding="utf-8"))
+    assert meta["positive_class"] == "ai-generated"
+    served = load_classifier(tmp_path / "art")
+    p = served.predict_proba(TrajectoryFeatures().transform(z))
+    np.testing.assert_allclose(p, p_ai, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(p >= served.threshold, pred == ai)
+
+    clf.save(tmp_path / "clf")
+    back = ReStraVClassifier.load(tmp_path / "clf")
+    x = pipe[:-1].transform(z)
+    assert back.positive_label == ai and back.positive_label_ == ai
+    np.testing.assert_array_equal(back.predict(x), clf.predict(x))
+    np.testing.assert_array_equal(back.predict_proba(x), clf.predict_proba(x))

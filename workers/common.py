@@ -136,11 +136,29 @@ def build_embedder(settings: Settings) -> Embedder:
 
 
 def build_classifier(settings: Settings) -> Classifier | None:
-    """Load the classifier artifact, or None when none is configured."""
+    """Load the classifier artifact, or None when none is configured.
+
+    An artifact that recorded the embedder settings it was trained on (``restrav
+    train``, ``save_pipeline``) and differs from this run's (image size,
+    normalisation, dtype) is still loaded, with one WARNING naming each difference:
+    its scores were calibrated on other features."""
     from monitor.classifier import load_classifier
 
     path = settings.classifier.path
-    return load_classifier(path) if path is not None else None
+    if path is None:
+        return None
+    clf = load_classifier(path)
+    m = settings.model
+    diffs = clf.backbone_mismatches(
+        {"image_size": m.image_size, "normalize": m.normalize, "dtype": m.dtype}
+    )
+    if diffs:
+        logging.getLogger("restrav").warning(
+            "classifier %s was trained on other embedder settings (%s): its scores are "
+            "not calibrated for this run's features; use the same model settings",
+            path, "; ".join(diffs),
+        )
+    return clf
 
 
 def setup_logging(verbose: int) -> None:
