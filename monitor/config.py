@@ -144,6 +144,10 @@ class QueueSettings(_Section):
     )
     max_download_bytes: int = Field(512 * 1024**2, ge=1, description="Bound on a URL download.")
     download_timeout_s: float = Field(30.0, gt=0, description="Connect/read timeout of a download.")
+    download_deadline_s: float = Field(
+        300.0, gt=0, description="Wall time of a whole download, redirects included: "
+        "past it the job is answered `timeout`."
+    )
     max_hop: int = Field(1000, ge=1, description="Largest `hop` option a job may ask for.")
     job_timeout_s: float = Field(
         900.0, ge=0, description="Wall time one job may take (download excluded) before it "

@@ -17,20 +17,29 @@ a local file opened once or raises a typed :class:`~monitor.errors.InputError`:
   reserved addresses are refused. The connection goes to the address that
   was checked (no second DNS lookup), so DNS rebinding cannot bypass the check.
   Redirects are followed (at most :data:`MAX_REDIRECTS`), each one checked again;
-* a download is bounded in bytes and time and lands in a temporary file that
-  is removed when the context exits.
+* a URL holding whitespace or control characters, or non-ASCII characters in
+  its path or query (they must be percent-encoded), is refused as not a valid URL;
+* a download is bounded in bytes, in time per socket operation
+  (``download_timeout_s``: ``download_failed``) and in wall time as a whole
+  (``download_deadline_s``, redirects included: :class:`DownloadTimeout`, code
+  ``timeout``), and lands in a temporary file that is removed when the context exits.
 
-Credentials in URLs never appear in error messages (:func:`redact_url`).
+Credentials in URLs never appear in error messages (:func:`redact_url`), not even
+where an exception's own text quotes the URL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,12 +53,20 @@ from .safe_input import OpenedFile, open_local
 MAX_REDIRECTS = 3
 CHUNK_BYTES = 1 << 16
 IMPLEMENTED_SCHEMES = frozenset({"http", "https"})
+_NOT_IN_URLS = re.compile(r"[\x00-\x20\x7f-\x9f]")
+"""Whitespace and control characters: never valid in a URL (they must be percent-encoded)."""
 
 
 class DownloadFailed(InputError):
     """A URL could not be fetched (HTTP error status, network error, timeout)."""
 
     code = "download_failed"
+
+
+class DownloadTimeout(DownloadFailed):
+    """A download as a whole took longer than ``download_deadline_s``."""
+
+    code = "timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +80,7 @@ class SourcePolicy:
     allow_private_addresses: bool = False
     max_download_bytes: int = 512 * 1024**2
     download_timeout_s: float = 30.0
+    download_deadline_s: float = 300.0
 
 
 def _check_local(source: str, policy: SourcePolicy, max_bytes: int) -> OpenedFile:
@@ -127,6 +145,13 @@ def check_url(url: str, policy: SourcePolicy) -> tuple[str, str, int]:
         port = parts.port
     except ValueError as exc:
         raise UnsupportedSource(f"{shown}: not a valid URL ({exc})") from exc
+    if _NOT_IN_URLS.search(url) or not (parts.path + parts.query).isascii():
+        # http.client would refuse them with messages that quote the raw URL; repr: no
+        # control character reaches a message
+        raise UnsupportedSource(
+            f"{shown!r}: not a valid URL (whitespace, control characters and non-ASCII "
+            "characters in the path or query must be percent-encoded)"
+        )
     scheme = parts.scheme.lower()
     if scheme not in policy.allowed_url_schemes:
         allowed = ", ".join(policy.allowed_url_schemes) or "none"
@@ -146,25 +171,86 @@ def check_url(url: str, policy: SourcePolicy) -> tuple[str, str, int]:
     return scheme, host, port or (443 if scheme == "https" else 80)
 
 
-def download(url: str, dest: Path, policy: SourcePolicy, max_bytes: int) -> int:
-    """Fetch ``url`` into ``dest`` (bounded by ``max_bytes`` and the policy's timeout).
+class _Watchdog:
+    """Shuts a connection's socket down once the download's deadline passes, so that
+    no blocked read (response headers included, which http.client reads many times
+    over) outlives it; :attr:`fired` says that it did."""
 
-    Returns the number of bytes written. Raises :class:`UnsupportedSource`,
-    :class:`SourceNotFound` (HTTP 404/410), :class:`InputTooLarge` or
-    :class:`DownloadFailed`.
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self.fired = False
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            sock = self._conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    # the plain socket's shutdown (an SSLSocket's would drop its TLS state
+                    # under the reading thread): a blocked read then returns at once
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        """Stop the timer; once this returns it never touches the connection."""
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+
+def _reason(exc: BaseException, url: str, target: str) -> str:
+    """``Type: message`` of a download error, with the URL and request target redacted
+    wherever the message quotes them (http.client's InvalidURL does)."""
+    text = f"{type(exc).__name__}: {exc}"
+    for raw in (url, target):
+        for form in {raw, repr(raw)[1:-1]}:
+            text = text.replace(form, redact_url(raw))
+    return text
+
+
+def download(url: str, dest: Path, policy: SourcePolicy, max_bytes: int) -> int:
+    """Fetch ``url`` into ``dest`` (bounded by ``max_bytes`` and the policy's timeouts).
+
+    Returns the number of bytes written. Each socket operation is bounded by
+    ``download_timeout_s``; the whole download, redirects included, by
+    ``download_deadline_s`` (checked between reads, and a watchdog cuts a read
+    still blocked when it passes). Raises :class:`UnsupportedSource`,
+    :class:`SourceNotFound` (HTTP 404/410), :class:`InputTooLarge`,
+    :class:`DownloadTimeout` or :class:`DownloadFailed`; no message holds the
+    URL's credentials or secret query values.
     """
     limit = min(max_bytes, policy.max_download_bytes)
+    deadline = time.monotonic() + policy.download_deadline_s
     shown = redact_url(url)
+
+    def timed_out() -> DownloadTimeout:
+        return DownloadTimeout(
+            f"{shown}: the download took longer than {policy.download_deadline_s:g} s "
+            "(queue.download_deadline_s)"
+        )
+
     for _ in range(MAX_REDIRECTS + 1):
         scheme, host, port = check_url(url, policy)
         address = _check_address(host, port, policy, shown)
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise timed_out()
+        timeout = min(policy.download_timeout_s, left)
         conn: http.client.HTTPConnection
         if scheme == "https":
-            conn = _PinnedHTTPSConnection(host, port, address, policy.download_timeout_s)
+            conn = _PinnedHTTPSConnection(host, port, address, timeout)
         else:
-            conn = _PinnedHTTPConnection(host, port, address, policy.download_timeout_s)
+            conn = _PinnedHTTPConnection(host, port, address, timeout)
+        watchdog = _Watchdog(conn, left)
+        resp: http.client.HTTPResponse | None = None
         try:
             conn.request("GET", target, headers={"User-Agent": "restrav-monitor"})
             resp = conn.getresponse()
@@ -186,17 +272,27 @@ def download(url: str, dest: Path, policy: SourcePolicy, max_bytes: int) -> int:
                 )
             total = 0
             with dest.open("wb") as fh:
-                while chunk := resp.read(CHUNK_BYTES):
+                # read1: whatever has arrived, so that the deadline is checked between reads
+                while chunk := resp.read1(CHUNK_BYTES):
                     total += len(chunk)
                     if total > limit:
                         raise InputTooLarge(
                             f"{shown}: more than the download limit of {limit} bytes"
                         )
                     fh.write(chunk)
+                    if time.monotonic() >= deadline:
+                        raise timed_out()
+            if watchdog.fired:
+                raise timed_out()  # the cut read looked like the end of the body
             return total
         except (OSError, http.client.HTTPException) as exc:
-            raise DownloadFailed(f"{shown}: download failed ({type(exc).__name__}: {exc})") from exc
+            if watchdog.fired or time.monotonic() >= deadline:
+                raise timed_out() from exc
+            raise DownloadFailed(f"{shown}: download failed ({_reason(exc, url, target)})") from exc
         finally:
+            watchdog.cancel()
+            if resp is not None:
+                resp.close()  # its socket too, when the connection was already closed
             conn.close()
     raise DownloadFailed(f"{shown}: more than {MAX_REDIRECTS} redirects")
 
@@ -230,4 +326,11 @@ def local_source(source: str, policy: SourcePolicy, max_bytes: int) -> Iterator[
         path.unlink(missing_ok=True)
 
 
-__all__ = ["DownloadFailed", "SourcePolicy", "check_url", "download", "local_source"]
+__all__ = [
+    "DownloadFailed",
+    "DownloadTimeout",
+    "SourcePolicy",
+    "check_url",
+    "download",
+    "local_source",
+]

@@ -8,7 +8,8 @@ Contract:
   the path of the open descriptor from ``/proc/self/fd``, so a symlink swapped
   after the check cannot redirect the read). The result, :class:`OpenedFile`,
   is what decoding reads: FFmpeg gets a file object on that descriptor, never
-  the path, so nothing resolves the name a second time.
+  the path, so nothing resolves the name a second time. A name that cannot be a
+  path (an embedded NUL byte) is :class:`~monitor.errors.UnsupportedSource`.
 * :func:`sniff_refused` names text formats whose FFmpeg demuxers open other
   files or URLs (HLS playlists, ffconcat lists, SDP); decoding refuses them with
   :class:`~monitor.errors.UnsupportedSource` before FFmpeg sees them.
@@ -107,6 +108,8 @@ def open_local(
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
         fd = os.open(p, flags)
+    except ValueError as exc:  # an embedded NUL byte: no file can have that name
+        raise UnsupportedSource(f"{str(p)!r}: not a valid path (it holds a NUL byte)") from exc
     except FileNotFoundError as exc:
         raise SourceNotFound(f"{p}: no such file; check the path") from exc
     except IsADirectoryError as exc:

@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from monitor import keys
-from monitor.config import Settings, load_settings
+from monitor.config import QueueSettings, Settings, load_settings
 from monitor.errors import ConfigError, RestravError
 from monitor.fetch import SourcePolicy
 from monitor.metrics import QueueMetrics
@@ -256,6 +256,20 @@ def testing_hooks(env: dict[str, str]) -> WorkerHooks:
     return WorkerHooks(before_score=before_score)
 
 
+def source_policy(q: QueueSettings) -> SourcePolicy:
+    """What the worker's jobs may name as their source, from the ``queue`` settings."""
+    return SourcePolicy(
+        allow_local_paths=q.allow_local_paths,
+        local_roots=q.local_roots,
+        allowed_url_schemes=tuple(s.lower() for s in q.allowed_url_schemes),
+        allowed_url_hosts=q.allowed_url_hosts,
+        allow_private_addresses=q.allow_private_addresses,
+        max_download_bytes=q.max_download_bytes,
+        download_timeout_s=q.download_timeout_s,
+        download_deadline_s=q.download_deadline_s,
+    )
+
+
 def run_worker(args: argparse.Namespace) -> int:
     """Run a worker until SIGTERM/SIGINT (or check another's health with --check)."""
     settings = _settings(args, with_model=True)
@@ -276,15 +290,7 @@ def run_worker(args: argparse.Namespace) -> int:
     scorer = ClipScorer(
         embedder, build_classifier(settings), limits, dict(q.classifiers), max_hop=q.max_hop
     )
-    policy = SourcePolicy(
-        allow_local_paths=q.allow_local_paths,
-        local_roots=q.local_roots,
-        allowed_url_schemes=tuple(s.lower() for s in q.allowed_url_schemes),
-        allowed_url_hosts=q.allowed_url_hosts,
-        allow_private_addresses=q.allow_private_addresses,
-        max_download_bytes=q.max_download_bytes,
-        download_timeout_s=q.download_timeout_s,
-    )
+    policy = source_policy(q)
     registry = CollectorRegistry()
     metrics = QueueMetrics(registry)
     if args.metrics_port:

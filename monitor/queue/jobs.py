@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import RestravError
 
@@ -17,6 +17,8 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 REPLY_PATTERN = r"^restrav:replies:[A-Za-z0-9._:{}-]{1,128}$"
 MAX_SOURCE_CHARS = 4096
 MAX_JOB_BYTES = 16 * 1024
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""Characters no job source may hold: C0 controls (NUL, newlines...), DEL, C1 controls."""
 
 # reason codes that are not exceptions of monitor.errors
 INVALID_JOB = "invalid_job"
@@ -53,7 +55,9 @@ class Job(BaseModel):
         pattern=JOB_ID_PATTERN, description="Idempotency key: one result per job id."
     )
     source: str = Field(
-        min_length=1, max_length=MAX_SOURCE_CHARS, description="Absolute path or http(s) URL."
+        min_length=1,
+        max_length=MAX_SOURCE_CHARS,
+        description="Absolute path or http(s) URL, without control characters.",
     )
     options: JobOptions = JobOptions()
     reply_to: str | None = Field(
@@ -61,6 +65,19 @@ class Job(BaseModel):
         pattern=REPLY_PATTERN,
         description="Stream to append the full result to (must start with restrav:replies:).",
     )
+
+    @field_validator("source")
+    @classmethod
+    def _no_control_characters(cls, source: str) -> str:
+        """Refuse NUL and other control characters: no path or URL holds them, and the
+        operating system would refuse the name only later, as a bug."""
+        found = CONTROL_CHARACTERS.search(source)
+        if found is not None:
+            raise ValueError(
+                f"source holds a control character ({found.group()!r} at {found.start()}); "
+                "paths and URLs cannot contain NUL, newlines or other control characters"
+            )
+        return source
 
 
 def new_job_id() -> str:
