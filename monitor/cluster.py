@@ -18,11 +18,23 @@ Contract (``serve.cluster.enabled``; Redis is the system of record):
   newest stored score, so the owners' ``seq`` ranges never overlap.
 * When Redis cannot be reached for a whole lease TTL the replica stops every
   stream it owned (it can no longer prove ownership) and acquires again later.
+* Redis losing its data (a restart without persistence) is not read as "every
+  stream removed": the desired set carries a mark (:mod:`monitor.desired`) that
+  edits never delete. A replica that saw the mark and then finds the hash
+  without it writes back the set it last knew (HSETNX: edits made since win,
+  replicas doing it at once agree), logs an ERROR and counts
+  ``restrav_desired_set_restored_total``; its streams keep running or are
+  acquired again. A replica that never saw the mark (a first start, an older
+  version's hash) sets it after two ticks in a row without it, so a replica
+  that knew the set has had a whole interval to write it back first. Removing
+  streams through the API (the mark stays) still stops them.
 * A write refused as stale stops the stream at once (lease lost, ``refused``).
 * Drain (SIGTERM): :meth:`stop` marks the replica draining in its heartbeat (it
-  gets nothing new) and stops its streams; after the engine and the sinks are
-  flushed, :meth:`handover` releases every lease, so other replicas take the
-  streams on their next tick without waiting for the TTL.
+  gets nothing new) and stops its streams, and keeps renewing the leases it
+  holds while the engine and the sinks are flushed (however long that takes,
+  so the last scores land under a lease that is still ours); then
+  :meth:`handover` releases every lease, so other replicas take the streams on
+  their next tick without waiting for the TTL.
 * ``GET /streams`` on any replica lists the whole desired set with each
   stream's ``owner``: streams owned here show their live status, others the
   status their owner published in ``restrav:streams:status`` (state
@@ -83,18 +95,23 @@ class ClusteredStreamManager(StreamManager):
         replica: str,
         **kw: Any,
     ) -> None:
-        super().__init__(engine, sink, settings, metrics, RedisDesiredStore(client), **kw)
+        store = RedisDesiredStore(client)
+        super().__init__(engine, sink, settings, metrics, store, **kw)
+        self.desired_store = store
         self.client = client
         self.cfg = settings.cluster
         self.replica = replica
         self.leases = LeaseStore(client, replica, self.cfg.lease_ttl_s)
         self.owned: dict[str, int] = {}  # stream -> fencing token, oldest acquisition first
         self._desired: dict[str, tuple[StreamSpec, bool]] = {}
+        self._known: dict[str, dict[str, Any]] | None = None  # last desired set seen marked
+        self._unmarked_ticks = 0
         self._owners: dict[str, Lease | None] = {}
         self._remote: dict[str, StreamStatus] = {}
         self._unowned_ticks: dict[str, int] = {}
         self._draining = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._renewed_at = time.monotonic()
@@ -157,7 +174,7 @@ class ClusteredStreamManager(StreamManager):
 
     async def _store_put(self, spec: StreamSpec) -> None:
         try:
-            await self.store.put(spec.id, record_for(spec))  # type: ignore[union-attr]
+            await self.desired_store.put(spec.id, record_for(spec))
         except _REDIS_ERRORS as exc:
             raise DesiredSetUnavailable(
                 f"the desired set in Redis is unreachable ({type(exc).__name__}); retry later"
@@ -175,6 +192,8 @@ class ClusteredStreamManager(StreamManager):
             return "unchanged"
         await self._store_put(spec)
         self._desired[spec.id] = (spec, False)
+        if self._known is not None:
+            self._known[spec.id] = record_for(spec)
         async with self._lock:
             if spec.id in self.owned:
                 await self._apply_local(spec)
@@ -186,12 +205,14 @@ class ClusteredStreamManager(StreamManager):
         if stream_id not in self._desired:
             return await super().remove(stream_id)
         try:
-            await self.store.delete(stream_id)  # type: ignore[union-attr]
+            await self.desired_store.delete(stream_id)
         except _REDIS_ERRORS as exc:
             raise DesiredSetUnavailable(
                 f"the desired set in Redis is unreachable ({type(exc).__name__}); retry later"
             ) from exc
         self._desired.pop(stream_id, None)
+        if self._known is not None:
+            self._known.pop(stream_id, None)
         async with self._lock:
             if stream_id in self.owned:
                 await self._give_up(stream_id, "removed", forget=True)
@@ -225,13 +246,10 @@ class ClusteredStreamManager(StreamManager):
         start the coordination loop; streams start when their lease is ours."""
         desired = await self.load_desired(config_specs)
         try:
-            stored = {
-                (r.get("id") if isinstance(r, dict) else None)
-                for r in await self.store.load()  # type: ignore[union-attr]
-            }
+            stored, _ = await self.desired_store.load_marked()
             for spec in config_specs:
                 if spec.id not in stored:
-                    await self.store.put(spec.id, record_for(spec))  # type: ignore[union-attr]
+                    await self.desired_store.put(spec.id, record_for(spec))
         except _REDIS_ERRORS as exc:
             log.warning("config streams not added to the desired set yet (%s)", exc)
         self._desired = desired
@@ -239,7 +257,7 @@ class ClusteredStreamManager(StreamManager):
 
     async def stop(self) -> None:
         """Drain, first step: draining in the heartbeat, coordination stops, every
-        stream stops (leases are kept until :meth:`handover`)."""
+        stream stops; the leases are kept, and renewed, until :meth:`handover`."""
         self._draining = True
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -247,11 +265,35 @@ class ClusteredStreamManager(StreamManager):
                 await self._loop_task
         with contextlib.suppress(*_REDIS_ERRORS):
             await self.leases.heartbeat(self._info())
+        self._drain_task = asyncio.create_task(self._keep_leases(), name="cluster-drain-leases")
         await super().stop()
 
+    async def _keep_leases(self) -> None:
+        """While draining: every interval, the draining heartbeat and the renewal of the
+        leases still held; one found lost is dropped (its late windows with it) and
+        counted. Nothing is acquired, released or started here."""
+        while True:
+            await asyncio.sleep(self.cfg.renew_interval_s)
+            try:
+                await self.leases.heartbeat(self._info())
+                renewed = await self.leases.renew(dict(self.owned))
+            except _REDIS_ERRORS as exc:
+                log.warning("leases not renewed while draining (%s)", type(exc).__name__)
+                continue
+            for sid, ok in renewed.items():
+                if ok:
+                    if self.metrics is not None:
+                        self.metrics.lease_renewals.inc()
+                else:
+                    await self._lose(sid, "taken")
+
     async def handover(self) -> int:
-        """Drain, last step (after the sinks flushed): release every lease we hold and
-        leave the replica set. Returns the number of streams handed over."""
+        """Drain, last step (after the sinks flushed): stop renewing, release every lease
+        we hold and leave the replica set. Returns the number of streams handed over."""
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
         n = 0
         for sid, token in list(self.owned.items()):
             try:
@@ -408,9 +450,28 @@ class ClusteredStreamManager(StreamManager):
 
     async def _load_desired_strict(self) -> dict[str, tuple[StreamSpec, bool]]:
         """The shared desired set; Redis errors propagate (an outage must not read as
-        "every stream was removed")."""
+        "every stream was removed"), and so does a data loss: a set that lost its mark
+        is written back first (see the module docstring)."""
+        store = self.desired_store
+        records, marked = await store.load_marked()
+        if not marked and self._known is not None:
+            written = await store.write_back(self._known)
+            if self.metrics is not None:
+                self.metrics.desired_set_restored.inc()
+            log.error("the desired set lost its mark in Redis (Redis lost its data?): wrote "
+                      "back the %d streams this replica last knew (%d were missing)",
+                      len(self._known), written)
+            records, marked = await store.load_marked()
+        elif not marked:
+            self._unmarked_ticks += 1
+            if records and self._unmarked_ticks >= 2:
+                await store.mark()
+                marked = True
+        if marked:
+            self._known = records
+            self._unmarked_ticks = 0
         out: dict[str, tuple[StreamSpec, bool]] = {}
-        for rec in await self.store.load():  # type: ignore[union-attr]
+        for rec in records.values():
             try:
                 spec, lost = spec_from_record(rec)
             except ValueError:

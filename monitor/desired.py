@@ -6,6 +6,11 @@ Contract:
   credentials stripped, the ``paused`` flag). With Redis it is the hash
   ``restrav:streams`` (id -> JSON), the system of record shared by every
   ``restrav serve`` replica; the control API on any replica edits it.
+* Replicas (:mod:`monitor.cluster`) also keep a mark in the hash, the field
+  ``~set`` (:data:`monitor.keys.STREAMS_DESIRED_MARK`; no stream id can take
+  it): edits never delete it, so removing every stream leaves the mark, and the
+  hash vanishing with its mark means Redis lost its data, not that the operators
+  removed everything. :meth:`RedisDesiredStore.load` never returns the mark.
 * :func:`record_for` is the stored form of a spec: the URL without user info,
   and ``inline_credentials: true`` when it had some (never stored).
 * :class:`DesiredSetWriter` writes every change; when the store is down it
@@ -54,17 +59,42 @@ class RedisDesiredStore:
 
     async def load(self) -> list[dict[str, Any]]:
         """Every stored record; unreadable entries are skipped with a warning."""
+        records, _ = await self.load_marked()
+        return list(records.values())
+
+    async def load_marked(self) -> tuple[dict[str, dict[str, Any]], bool]:
+        """Every stored record by its field (stream id), and whether the mark is there."""
         raw: dict[Any, Any] = await self.client.hgetall(self.key)
-        out = []
+        out: dict[str, dict[str, Any]] = {}
+        marked = False
         for k, v in raw.items():
+            field = k.decode() if isinstance(k, bytes) else str(k)
+            if field == keys.STREAMS_DESIRED_MARK:
+                marked = True
+                continue
             try:
                 rec = json.loads(v)
             except ValueError:
                 log.warning("desired set: unreadable entry %r skipped", k)
                 continue
             if isinstance(rec, dict):
-                out.append(rec)
-        return out
+                out[field] = rec
+        return out, marked
+
+    async def mark(self) -> None:
+        """Set the mark (the hash is followed by replicas from now on)."""
+        await self.client.hset(self.key, keys.STREAMS_DESIRED_MARK, "1")
+
+    async def write_back(self, records: dict[str, dict[str, Any]]) -> int:
+        """After a data loss: HSETNX every record (an edit made since wins; several
+        replicas writing back at once agree) and set the mark, in one MULTI/EXEC.
+        Returns the number of records written (those that were missing)."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            for field, rec in records.items():
+                pipe.hsetnx(self.key, field, json.dumps(rec, sort_keys=True))
+            pipe.hset(self.key, keys.STREAMS_DESIRED_MARK, "1")
+            res = await pipe.execute()
+        return sum(int(r) for r in res[:-1])
 
     async def put(self, stream_id: str, record: dict[str, Any]) -> None:
         """HSET one record."""

@@ -60,6 +60,11 @@ EVENTS = f"{PREFIX}:events"
 STREAMS_DESIRED = f"{PREFIX}:streams"
 """Hash: stream id -> JSON spec of the desired set of live streams (credentials stripped)."""
 
+STREAMS_DESIRED_MARK = "~set"
+"""A field of :data:`STREAMS_DESIRED` that is no stream (stream ids never hold ``~``):
+set by serve replicas once they follow the hash, never deleted by an edit. The hash
+without it, after a replica saw it, means Redis lost its data (``monitor.cluster``)."""
+
 
 def stream_scores(stream_id: str) -> str:
     """The capped score stream of one live feed: ``restrav:{stream}:scores``."""
@@ -72,12 +77,19 @@ def stream_latest(stream_id: str) -> str:
 
 
 def stream_lease(stream_id: str) -> str:
-    """The lease on one live feed: ``"<replica> <fence>"`` with a TTL (SET NX PX)."""
+    """The lease on one live feed: :func:`lease_value` with a TTL (SET NX PX)."""
     return f"{PREFIX}:{{{stream_id}}}:lease"
 
 
+def lease_value(replica: str, token: int) -> str:
+    """What a lease key holds: ``"<replica> <fence>"`` (replica names have no spaces)."""
+    return f"{replica} {token}"
+
+
 def stream_fence(stream_id: str) -> str:
-    """The fencing counter of one live feed: INCR'd by every new owner, never reset."""
+    """The fencing counter of one live feed: INCR'd by every new owner. It grows as
+    long as Redis keeps its data; after a data loss it starts again at 1 (so a
+    fenced write is checked against the lease holder too, :mod:`monitor.sinks.fenced`)."""
     return f"{PREFIX}:{{{stream_id}}}:fence"
 
 

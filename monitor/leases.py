@@ -5,10 +5,13 @@ Contract:
 * A lease is the key ``restrav:{stream}:lease`` holding ``"<replica> <fence>"``
   with a TTL. :meth:`LeaseStore.acquire` takes a free lease in one Lua script
   that also INCRs ``restrav:{stream}:fence``: the fencing token, which grows
-  with every new owner and is never reset. Every score, ``latest`` and event
-  write carries the writer's token and Redis refuses it unless the token equals
-  the current counter (:mod:`monitor.sinks.fenced`), so a paused or partitioned
-  former owner can never write after the new owner took the lease.
+  with every new owner as long as Redis keeps its data (after a data loss the
+  counter starts again at 1, so two owners in turn may hold the same token).
+  Every score, ``latest`` and event write carries the writer's name and token,
+  and Redis refuses it unless the lease holds exactly that name and token and
+  the counter equals the token (:mod:`monitor.sinks.fenced`), so a paused or
+  partitioned former owner can never write after the new owner took the
+  lease, even across a Redis restart without data.
 * :meth:`renew` extends leases this replica still holds; a lease that expired
   without anyone taking it (the counter still equals our token) is taken back
   under the same token. Any other outcome is a loss: the caller stops the
@@ -133,7 +136,7 @@ class LeaseStore:
     async def release(self, stream_id: str, token: int) -> bool:
         """Delete the lease if it is still ours (token and replica); True if it was."""
         res = await self._release(
-            keys=[keys.stream_lease(stream_id)], args=[f"{self.replica} {token}"]
+            keys=[keys.stream_lease(stream_id)], args=[keys.lease_value(self.replica, token)]
         )
         return int(res) == 1
 

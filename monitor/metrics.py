@@ -64,7 +64,9 @@ class StreamMetrics:
     - ``restrav_engine_queue_samples``: samples waiting for the device worker.
     - ``restrav_engine_device_memory_bytes{device,kind}``: ``allocated`` / ``reserved``
       (CUDA), ``rss`` (process resident memory on CPU).
-    - ``restrav_sink_writes_total{sink,outcome}``: ``ok`` / ``error`` batches.
+    - ``restrav_sink_writes_total{sink,outcome}``: batches ``ok``, ``error`` (backend
+      unreachable or refusing writes: an outage) or ``failed`` (any other error: a
+      command the backend rejects, a bug); both kinds of failed batch are retried.
     - ``restrav_sink_buffered{sink}``: items waiting in a sink's buffer.
     - ``restrav_sink_dropped_total{sink,reason}``: ``buffer_full``.
     - ``restrav_api_requests_total{route,code}``: control-plane requests by status.
@@ -86,6 +88,9 @@ class StreamMetrics:
       replica last saw them.
     - ``restrav_cluster_replicas``: live replicas, as this replica last saw them.
     - ``restrav_cluster_errors_total``: coordinator ticks that failed on Redis.
+    - ``restrav_desired_set_restored_total``: times this replica found the desired set
+      gone from Redis with its mark (Redis lost its data) and wrote back the set it
+      last knew.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -210,6 +215,11 @@ class StreamMetrics:
         self.replicas = Gauge("restrav_cluster_replicas", "Live serve replicas", registry=r)
         self.cluster_errors = Counter(
             "restrav_cluster_errors_total", "Coordinator ticks that failed on Redis", registry=r
+        )
+        self.desired_set_restored = Counter(
+            "restrav_desired_set_restored_total",
+            "Desired sets found lost with Redis' data and written back by this replica",
+            registry=r,
         )
 
     def set_state(self, stream: str, state: str, awaiting_publisher: bool = False) -> None:

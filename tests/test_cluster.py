@@ -3,15 +3,17 @@
 Lean versions of the core properties, in the default run: every stream owned
 by exactly one replica with an even load, the control API and ``GET /streams``
 on any replica, failover after SIGKILL with no seq/window overlap between
-owners (real processes); a write refused as stale stops the stream at once
-(in process, deterministic). The long scenarios are in tests/chaos/.
+owners (real processes); in process: a write refused as stale stops the stream
+at once, Redis losing its data does not remove the desired set, leases stay
+renewed during a drain. The long scenarios are in tests/chaos/.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ from monitor.cluster import ClusteredStreamManager
 from monitor.config import StreamSpec, load_settings
 from monitor.embed import Embedder, load_backbone
 from monitor.engine import Engine
-from monitor.leases import LeaseStore
+from monitor.leases import Lease, LeaseStore
 from monitor.metrics import StreamMetrics
 from monitor.sinks import RedisSink
 
@@ -89,12 +91,15 @@ def embedder(tiny_model_dir: Path) -> Iterator[Embedder]:
         torch.set_num_threads(threads)
 
 
-async def test_a_write_refused_as_stale_stops_the_stream_at_once(
-    embedder: Embedder, redis_url: str, clip: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def replica_a(
+    embedder: Embedder, redis_url: str, lease_ttl_s: float, renew_interval_s: float
+) -> AsyncIterator[tuple[ClusteredStreamManager, RedisSink, aioredis.Redis, StreamMetrics]]:
+    """Replica "a" in this process (engine, fenced Redis sink, clustered manager)."""
     settings = load_settings(serve={
         "engine": {"hop": 2},
-        "cluster": {"enabled": True, "lease_ttl_s": 120, "renew_interval_s": 60},
+        "cluster": {"enabled": True, "lease_ttl_s": lease_ttl_s,
+                    "renew_interval_s": renew_interval_s},
     }).serve
     metrics = StreamMetrics(CollectorRegistry())
     engine = Engine(embedder, None, settings.engine, metrics)
@@ -104,9 +109,25 @@ async def test_a_write_refused_as_stale_stops_the_stream_at_once(
     await sink.start()
     mgr = ClusteredStreamManager(engine, sink, settings, metrics, client, "a")
     sink.on_refused = mgr.on_refused
-    thief = LeaseStore(client, "b", 120)
     try:
-        await mgr.restore((StreamSpec(id="cam", url=f"file://{clip}", loop=True),))
+        yield mgr, sink, client, metrics
+    finally:
+        await mgr.stop()
+        await mgr.handover()
+        await engine.drain(10)
+        await sink.aclose()
+
+
+def file_stream(sid: str, clip: Path) -> StreamSpec:
+    return StreamSpec(id=sid, url=f"file://{clip}", loop=True)
+
+
+async def test_a_write_refused_as_stale_stops_the_stream_at_once(
+    embedder: Embedder, redis_url: str, clip: Path
+) -> None:
+    async with replica_a(embedder, redis_url, 120, 60) as (mgr, sink, client, metrics):
+        thief = LeaseStore(client, "b", 120)
+        await mgr.restore((file_stream("cam", clip),))
         await wait_for_async(lambda: "cam" in mgr.owned, "the lease")
         status = mgr.get("cam")
         assert status is not None and status.owner == "a" and status.fence == 1
@@ -125,10 +146,78 @@ async def test_a_write_refused_as_stale_stops_the_stream_at_once(
         await asyncio.sleep(1.0)  # nothing more from "a": its stream task is gone
         assert await client.xlen(keys.stream_scores("cam")) == n
         assert "cam" not in mgr.owned and mgr.get("cam") is not None
-    finally:
+
+
+async def test_redis_losing_its_data_does_not_remove_the_streams(
+    embedder: Embedder, redis_url: str, clip: Path
+) -> None:
+    async with replica_a(embedder, redis_url, 5, 0.2) as (mgr, _, client, metrics):
+        sample = metrics.registry.get_sample_value
+        await mgr.restore((file_stream("cam", clip),))
+        assert await mgr.add(file_stream("api", clip)) == "created"
+        ids = {"cam", "api"}
+
+        async def stored() -> set[str]:
+            return {k.decode() for k in await client.hkeys(keys.STREAMS_DESIRED)}
+
+        async def scoring() -> bool:
+            return ids <= set(mgr.owned) and all(
+                [await client.xlen(keys.stream_scores(s)) > 0 for s in ids])
+
+        await poll(scoring, "both streams to score")
+        await poll(lambda: stored_is(stored, {*ids, keys.STREAMS_DESIRED_MARK}),
+                   "the replica to mark the desired set")
+        await client.flushall()  # Redis restarted without its data
+        await poll(lambda: stored_is(stored, {*ids, keys.STREAMS_DESIRED_MARK}),
+                   "the desired set to be written back")
+        await poll(scoring, "both streams to score again")
+        assert sample("restrav_desired_set_restored_total") == 1.0
+
+        # removing a stream through the API keeps the mark: it is removed for good
+        assert await mgr.remove("api")
+        renewed = sample("restrav_lease_renewals_total") or 0.0
+        await poll(lambda: ticks_done(sample, renewed + 3), "three more ticks")
+        assert await stored() == {"cam", keys.STREAMS_DESIRED_MARK}
+        assert set(mgr.owned) == {"cam"} and mgr.get("api") is None
+        assert (await mgr.leases.owners(["api"]))["api"] is None
+        assert sample("restrav_desired_set_restored_total") == 1.0
+
+
+async def stored_is(stored: Callable[[], Awaitable[set[str]]], want: set[str]) -> bool:
+    return await stored() == want
+
+
+async def ticks_done(sample: Callable[[str], float | None], renewals: float) -> bool:
+    return (sample("restrav_lease_renewals_total") or 0.0) >= renewals
+
+
+async def test_leases_are_renewed_while_draining(
+    embedder: Embedder, redis_url: str, clip: Path
+) -> None:
+    ttl = 2.0
+    async with replica_a(embedder, redis_url, ttl, 0.2) as (mgr, sink, _, metrics):
+        await mgr.restore((file_stream("cam", clip),))
+        await wait_for_async(lambda: sink.written > 0, "a first score written")
+        token = mgr.owned["cam"]
         await mgr.stop()
-        await engine.drain(10)
-        await sink.aclose()
+        renewed = metrics.registry.get_sample_value("restrav_lease_renewals_total") or 0.0
+        await asyncio.sleep(2.5 * ttl)  # a drain longer than a lease TTL (a GPU backlog)
+        assert (await mgr.leases.owners(["cam"]))["cam"] == Lease("a", token)
+        assert (metrics.registry.get_sample_value("restrav_lease_renewals_total") or 0) > renewed
+        assert await mgr.handover() == 1
+        assert (await mgr.leases.owners(["cam"]))["cam"] is None
+        assert metrics.registry.get_sample_value(
+            "restrav_handovers_total", {"reason": "drain"}) == 1.0
+
+
+async def poll(cond: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 60) -> None:
+    """Until the async ``cond`` holds (AssertionError with ``what`` after the timeout)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 async def wait_for_async(cond: Callable[[], bool], what: str, timeout_s: float = 60) -> None:

@@ -91,21 +91,69 @@ async def test_stale_fenced_writes_are_refused_and_counted(client: aioredis.Redi
     assert t_b is not None and t_b > t_a
     sink.publish(score("cam", 1, t_a))
     sink.publish_event(AlertEvent("cam", "alert_start", 0.9, 1.0, 0.5, fence=t_a))
-    sink.publish(score("cam", 7, t_b))
+    sink.publish(score("cam", 7, t_b))  # b's current token, but not b: the lease is not a's
     sink.publish(score("other", 3, None))  # unfenced writes are unaffected
     assert await sink.flush(10)
     await sink.aclose()
+    sink_b = RedisSink(client, owner="b")
+    await sink_b.start()
+    sink_b.publish(score("cam", 7, t_b))
+    assert await sink_b.flush(10)
+    await sink_b.aclose()
     entries = await client.xrange(keys.stream_scores("cam"))
     assert [(e[b"seq"], e[b"owner"], int(e[b"fence"])) for _, e in entries] == [
-        (b"0", b"a", t_a), (b"7", b"a", t_b)
+        (b"0", b"a", t_a), (b"7", b"b", t_b)
     ]
     latest = await client.hgetall(keys.stream_latest("cam"))
     assert latest[b"seq"] == b"7"
     assert await client.xlen(keys.EVENTS) == 0
     assert await client.xlen(keys.stream_scores("other")) == 1
-    assert refused == [("cam", t_a), ("cam", t_a)]
+    assert refused == [("cam", t_a), ("cam", t_a), ("cam", t_b)]
     assert registry.get_sample_value(
-        "restrav_stale_writes_refused_total", {"stream": "cam"}) == 2.0
+        "restrav_stale_writes_refused_total", {"stream": "cam"}) == 3.0
+
+
+async def test_a_former_owner_stays_fenced_after_redis_lost_its_data(
+    client: aioredis.Redis,
+) -> None:
+    """Redis restarts without data: the fence counter starts again at 1, so the new
+    owner gets the token the former owner still holds; the lease tells them apart."""
+    a = LeaseStore(client, "a", lease_ttl_s=30)
+    b = LeaseStore(client, "b", lease_ttl_s=30)
+    registry = CollectorRegistry()
+    refused: list[tuple[str, int]] = []
+    sink_a = RedisSink(client, metrics=StreamMetrics(registry), owner="a",
+                       on_refused=lambda s, t: refused.append((s, t)))
+    sink_b = RedisSink(client, owner="b")
+    for sk in (sink_a, sink_b):
+        await sk.start()
+    try:
+        t_a = await a.acquire("cam")
+        assert t_a == 1
+        sink_a.publish(score("cam", 500, t_a))
+        assert await sink_a.flush(10)
+        await client.flushall()  # a restart without persistence (or an AOF that lost it)
+        sink_a.publish(score("cam", 501, t_a))  # no lease at all: refused
+        assert await sink_a.flush(10)
+        assert await b.acquire("cam") == t_a  # the same token, another owner
+        sink_b.publish(score("cam", 0, t_a))
+        assert await sink_b.flush(10)
+        sink_a.publish(score("cam", 502, t_a))  # a paused former owner wakes up
+        sink_a.publish_event(AlertEvent("cam", "alert_end", 0.1, 3.0, 0.5, fence=t_a))
+        assert await sink_a.flush(10)
+        sink_b.publish(score("cam", 1, t_a))
+        assert await sink_b.flush(10)
+    finally:
+        for sk in (sink_a, sink_b):
+            await sk.aclose()
+    entries = await client.xrange(keys.stream_scores("cam"))
+    assert [(e[b"owner"], e[b"seq"]) for _, e in entries] == [(b"b", b"0"), (b"b", b"1")]
+    assert (await client.hgetall(keys.stream_latest("cam")))[b"owner"] == b"b"
+    assert await client.xlen(keys.EVENTS) == 0
+    assert refused == [("cam", t_a)] * 3
+    assert registry.get_sample_value(
+        "restrav_stale_writes_refused_total", {"stream": "cam"}) == 3.0
+    assert await a.renew({"cam": t_a}) == {"cam": False}  # and its renewal says: stop
 
 
 async def test_heartbeats_list_live_replicas_and_prune_dead_ones(

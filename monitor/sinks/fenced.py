@@ -3,12 +3,18 @@ when the writer's fencing token is stale.
 
 With leases (:mod:`monitor.leases`) every score and alert event carries the
 fencing token of its replica's lease. Each write is one Lua script, atomic in
-Redis: it compares the token with the stream's counter ``restrav:{stream}:fence``
-and writes only when they are equal; else it writes nothing and returns 0. A
-new owner INCRs the counter when it takes the lease, so every write of the
-former owner that reaches Redis after that moment is refused, however long
-that owner was paused or partitioned. A refusal is not an outage: the caller
-counts it and drops the item (it belongs to an ownership that ended).
+Redis: it writes only when the stream's lease ``restrav:{stream}:lease`` holds
+exactly this writer's lease (``"<replica> <token>"``) and the stream's counter
+``restrav:{stream}:fence`` equals the token; else it writes nothing and
+returns 0. A new owner INCRs the counter and sets the lease to its own name
+when it takes it, so every write of the former owner that reaches Redis after
+that moment is refused, however long that owner was paused or partitioned.
+The lease check matters when Redis lost its data: the counter then starts
+again at 1 and a new owner may get the very token a former owner still holds;
+the lease names the new owner, so the former one is still refused. A write
+while the lease is absent (expired, released, or lost with Redis' data) is
+refused as well. A refusal is not an outage: the caller counts it and drops
+the item (it belongs to an ownership that ended).
 
 Written entries get two more fields, ``owner`` (the replica) and ``fence``.
 """
@@ -19,20 +25,23 @@ from typing import Any
 
 from .. import keys
 
-_SCORE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+# KEYS: lease, fence, target(s); ARGV: token, "<owner> <token>", maxlen, fields...
+_CHECK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] or redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
 local f = {}
-for i = 3, #ARGV do f[#f + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(f))
-redis.call('HSET', KEYS[3], unpack(f))
+for i = 4, #ARGV do f[#f + 1] = ARGV[i] end
+"""
+
+_SCORE = _CHECK + """
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(f))
+redis.call('HSET', KEYS[4], unpack(f))
 return 1
 """
 
-_EVENT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local f = {}
-for i = 3, #ARGV do f[#f + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(f))
+_EVENT = _CHECK + """
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(f))
 return 1
 """
 
@@ -56,11 +65,10 @@ class FencedWriter:
         self, pipe: Any, stream_id: str, fence: int, fields: dict[str, str], maxlen: int
     ) -> None:
         """Queue the fenced XADD of ``restrav:{stream}:scores`` + HSET of ``latest``."""
-        f = {**fields, "owner": self.owner, "fence": str(fence)}
         await self._score(
-            keys=[keys.stream_fence(stream_id), keys.stream_scores(stream_id),
-                  keys.stream_latest(stream_id)],
-            args=[str(fence), str(maxlen), *_flat(f)],
+            keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id),
+                  keys.stream_scores(stream_id), keys.stream_latest(stream_id)],
+            args=self._args(fence, maxlen, fields),
             client=pipe,
         )
 
@@ -68,9 +76,12 @@ class FencedWriter:
         self, pipe: Any, stream_id: str, fence: int, fields: dict[str, str], maxlen: int
     ) -> None:
         """Queue the fenced XADD of an alert event to ``restrav:events``."""
-        f = {**fields, "owner": self.owner, "fence": str(fence)}
         await self._event(
-            keys=[keys.stream_fence(stream_id), keys.EVENTS],
-            args=[str(fence), str(maxlen), *_flat(f)],
+            keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id), keys.EVENTS],
+            args=self._args(fence, maxlen, fields),
             client=pipe,
         )
+
+    def _args(self, fence: int, maxlen: int, fields: dict[str, str]) -> list[str]:
+        f = {**fields, "owner": self.owner, "fence": str(fence)}
+        return [str(fence), keys.lease_value(self.owner, fence), str(maxlen), *_flat(f)]

@@ -26,13 +26,29 @@ from pathlib import Path
 
 import pytest
 
+from monitor.cluster import ORPHAN_TICKS
+from monitor.types import WINDOW_S
 from tests.cluster_procs import Cluster, PartitionProxy, check_no_overlap, stream_clip, wait_for
 from tests.redisproc import RedisProcess
 
 pytestmark = pytest.mark.chaos
 
 TTL_S = 2.0
+RENEW_S = 0.5
 N_STREAMS = 12
+SOURCE_BACKOFF_CAP_S = 1.0  # serve.source.backoff.cap_s of tests.cluster_procs.Cluster
+FAILOVER_SLACK_S = 30.0
+# "Within lease TTL + backoff", as a bound that can fail but is not timing-flaky: the
+# lease (and the dead replica's heartbeat) expire after TTL_S; the stream is then
+# acquired on a survivor's next tick, at the latest by the orphan rule ORPHAN_TICKS
+# ticks later; its source opens (one backoff at most) and its first window (WINDOW_S)
+# is scored. That sum is 7 s; measured failover is 4.1-4.6 s. FAILOVER_SLACK_S
+# absorbs a loaded 2-core machine (process stalls, FFmpeg and model start, the CPU
+# embedder queue) without letting through what the bound is for: a failover that
+# does not come from lease expiry (a stream kept assigned to the dead replica, a
+# backoff growing without cap, waiting for a restart) takes minutes or never comes.
+FAILOVER_BOUND_S = (TTL_S + (ORPHAN_TICKS + 1) * RENEW_S + SOURCE_BACKOFF_CAP_S + WINDOW_S
+                    + FAILOVER_SLACK_S)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +70,7 @@ def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
 @pytest.fixture
 def cluster(tmp_path: Path, tiny_model_dir: Path, redis_proc: RedisProcess) -> Iterator[Cluster]:
     c = Cluster(tmp_path, redis_proc.url, tiny_model_dir, lease_ttl_s=TTL_S,
-                renew_interval_s=0.5, max_moves=2)
+                renew_interval_s=RENEW_S, max_moves=2)
     try:
         yield c
     finally:
@@ -113,12 +129,18 @@ def test_even_split_sigkill_failover_and_a_fourth_replica_rebalances(
     wait_for(all_back, 180, "the killed replica's streams to score elsewhere")
     print(f"SIGKILL r1 ({len(moved)} streams, TTL {TTL_S} s): kill to first score elsewhere "
           f"min {min(back.values()):.1f} s, max {max(back.values()):.1f} s")
+    assert max(back.values()) < FAILOVER_BOUND_S, (back, FAILOVER_BOUND_S)
     survivors = ["r2", "r3"]
     wait_for(lambda: within_one(c.loads(ids, survivors)), 120, "an even split over r2, r3")
     for s in moved:
         entries = c.scores(s)
         assert all(float(e["wall_end"]) < killed_at for e in entries if e["owner"] == "r1")
         assert all(float(e["wall_start"]) > killed_at for e in entries if e["owner"] != "r1")
+        first_new = next(i for i, e in enumerate(entries) if e["owner"] != "r1")
+        assert all(e["owner"] == "r1" for e in entries[:first_new])
+        assert all(e["owner"] != "r1" for e in entries[first_new:])
+        assert float(entries[first_new]["wall_start"]) > max(
+            float(e["wall_end"]) for e in entries[:first_new])  # no window spans the outage
     assert_no_overlap(c, ids)
 
     before = involuntary(c, survivors)
@@ -158,16 +180,30 @@ def test_sigstop_past_the_ttl_then_sigcont_refuses_its_writes(
 
     wait_for(r1_stopped_them, 120, "r1 to stop the streams it lost")
     time.sleep(3.0)  # anything r1 still had would have landed by now
-    refused = c.metric("r1", "restrav_stale_writes_refused_total")
+    refused = {s: c.metric("r1", "restrav_stale_writes_refused_total", f'stream="{s}"')
+               for s in ids}
     losses = {r: c.metric("r1", "restrav_lease_losses_total", f'reason="{r}"')
               for r in ("taken", "refused", "expired")}
-    print(f"after SIGCONT: r1 writes refused {refused:.0f}, leases lost {losses}")
-    # on waking, r1's first renewal finds the leases taken and stops the streams; a write
-    # it attempts first is refused (counted above); either way nothing of it lands:
-    assert losses["taken"] + losses["refused"] == len(frozen)
+    print(f"after SIGCONT: r1 writes refused {sum(refused.values()):.0f}, leases lost {losses}")
+    # On waking, r1 races its first renewal (finds the leases taken: "taken") against
+    # writes of the work it had in flight (refused as stale, counted, the stream stops:
+    # "refused"). Which comes first is up to the scheduler (RELIABILITY run 2 refused
+    # none), so refusal itself is proven by the partition scenario; here: every frozen
+    # stream lost exactly once and for one of those reasons, every "refused" loss backed
+    # by counted refusals of that stream, no refusal for a stream r1 did not lose ...
+    assert losses["taken"] + losses["refused"] == len(frozen) and losses["expired"] == 0
+    assert sum(refused[s] for s in frozen) >= losses["refused"]
+    assert all(n == 0 for s, n in refused.items() if s not in frozen)
+    # ... and nothing of r1's frozen ownership landed after the new owner's first score
+    # (r1 may own the stream again later, after a rebalance: under a newer fence)
     for s in frozen:
-        runs = check_no_overlap(c.scores(s))  # fences only grow: nothing of r1 after the
-        assert len(runs) >= 2                 # new owner's first score
+        entries = c.scores(s)
+        first_new = next(i for i, e in enumerate(entries) if e["owner"] != "r1")
+        frozen_fence = int(entries[first_new - 1]["fence"])
+        assert entries[first_new - 1]["owner"] == "r1"
+        assert all(int(e["fence"]) > frozen_fence for e in entries[first_new:]), s
+        runs = check_no_overlap(entries)
+        assert len(runs) >= 2
     assert_no_overlap(c, ids)
 
 
