@@ -112,6 +112,8 @@ def test_soak_eight_streams_with_churn(tmp_path: Path, tiny_model_dir: Path) -> 
         next_churn = t0 + CHURN_S
         i = 0
         while (now := time.monotonic()) - t0 < SOAK_S:
+            rc = serve.proc.poll() if serve.proc is not None else None
+            assert rc is None, f"serve exited ({rc}) after {now - t0:.0f} s: {serve.log()[-4000:]}"
             samples.append((now - t0, serve.rss_mib(), serve.threads(), serve.fds(),
                             device_mib(serve.pid)))
             if now >= next_churn:
