@@ -59,6 +59,20 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(
         assert kinds >= CRD_KINDS
 
 
+def test_replicas_share_streams_through_leases_or_the_chart_refuses() -> None:
+    def serve_env(values: dict[str, Any]) -> dict[str, str]:
+        (dep,) = [d for d in render(values) if d["kind"] == "Deployment"
+                  and d["metadata"]["name"].endswith("serve")]
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: str(e.get("value", "")) for e in c.get("env", [])}
+
+    assert not any("CLUSTER" in k for k in serve_env({}))  # one pod: no leases
+    env = serve_env({"serve": {"replicas": 3}})
+    assert env["RESTRAV_SERVE__CLUSTER__ENABLED"] == "true"
+    with pytest.raises(Exception, match=r"serve\.replicas > 1 needs serve\.cluster\.enabled"):
+        render({"serve": {"replicas": 3, "cluster": {"enabled": False}}})
+
+
 def test_keda_scales_on_lag_not_pending() -> None:
     (scaled,) = [d for d in render(EVERYTHING) if d["kind"] == "ScaledObject"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
