@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 rc=0
 timeout 150 "$PY" -m pytest -m cuda -o addopts="" -p no:cacheprovider -q \
   tests/test_cuda.py tests/test_colour.py tests/test_decode_backend.py tests/test_embed.py \
-  tests/test_engine.py tests/test_window_ring.py 2>&1 | tee "$OUT/pytest-cuda.txt" || rc=1
+  tests/test_engine.py tests/test_window_ring.py tests/test_estimators.py 2>&1 | tee "$OUT/pytest-cuda.txt" || rc=1
 timeout 180 "$PY" -m bench.gpu_check --clips "${RESTRAV_SHARED_CLIPS:-../shared/clips}" \
   --seconds 1 2>&1 | tee "$OUT/gpu_check.md" || rc=1
 timeout 120 "$PY" bench/bench_stream.py --random-vits14 --device cuda \

@@ -90,7 +90,7 @@ def test_inputs_are_read_without_copies() -> None:
     assert all(np.shares_memory(v, z) for v in _as_trajectories(t))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_tensors_give_the_cpu_features() -> None:
     z = _trajectories()
     on_gpu = TrajectoryFeatures().transform(torch.from_numpy(z).cuda())
