@@ -9,12 +9,28 @@ snapshot (``NOREPLICAS``, ``MISCONF``), or a cluster in flux (``TRYAGAIN``,
 ``CLUSTERDOWN``). Writers treat these like a lost connection: not ready,
 buffer, retry with backoff, flush when Redis takes writes again.
 
-redis-py maps most of these codes to exception classes (and strips the code
-from the message, also for a command refused inside MULTI/EXEC); the others
-arrive as a plain ``ResponseError`` whose message starts with the code.
+Where redis-py puts the code (each case seen from a real redis-server):
+
+- a code redis-py knows (``OOM``, ``READONLY``, ``LOADING``, ...) becomes an
+  exception class (:data:`REFUSAL_CLASSES`) and is stripped from the message;
+  the class survives a pipeline;
+- any other code arrives as a plain ``ResponseError`` whose message starts with
+  it (``NOREPLICAS Not enough good replicas to write.``);
+- inside MULTI/EXEC (and any pipeline) redis-py rewrites the message of the
+  failed command's error to ``Command # 1 (XADD …) of pipeline caused error:
+  ('NOREPLICAS …',)``, the original arguments as a tuple's repr;
+- a refused EXEC arrives as ``ExecAbortError("Transaction discarded because
+  of: BUSY …")``.
+
+:func:`refusal_code` takes these wrappings off, one layer at a time, and
+reads the code of the error reply inside.
 """
 
 from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
 
 from redis.exceptions import (
     BusyLoadingError,
@@ -28,21 +44,74 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-REFUSAL_CLASSES: tuple[type[Exception], ...] = (
-    OutOfMemoryError, ReadOnlyError, MasterDownError, BusyLoadingError, TryAgainError,
-    ClusterDownError,
-)
+_CLASS_CODES: dict[type[Exception], str] = {
+    OutOfMemoryError: "OOM", ReadOnlyError: "READONLY", MasterDownError: "MASTERDOWN",
+    BusyLoadingError: "LOADING", TryAgainError: "TRYAGAIN", ClusterDownError: "CLUSTERDOWN",
+}
+
+REFUSAL_CLASSES: tuple[type[Exception], ...] = tuple(_CLASS_CODES)
 """redis-py's classes for temporary refusals."""
 
-REFUSAL_PREFIXES = ("BUSY", "NOREPLICAS", "MISCONF", "OOM", "READONLY", "LOADING", "MASTERDOWN")
-"""Error-reply codes of temporary refusals that may arrive as a plain ``ResponseError``."""
+REFUSAL_CODES = frozenset(
+    {"BUSY", "NOREPLICAS", "MISCONF", *_CLASS_CODES.values()}
+)
+"""Error-reply codes of temporary refusals, wherever they appear in a ``ResponseError``."""
+
+_PIPELINE_ERROR = re.compile(r"Command # \d+ \(.*\) of pipeline caused error: (?P<inner>.*)", re.S)
+"""redis-py's annotation of a pipeline command's error (greedy: the last such marker)."""
+
+_EXEC_ABORT = re.compile(r"(?:EXECABORT )?Transaction discarded because of: (?P<inner>.*)", re.S)
+"""Redis's reply to a refused EXEC (redis-py strips the ``EXECABORT`` code)."""
+
+_MAX_LAYERS = 4
+
+
+def _unwrap(text: str) -> str | None:
+    """The error text ``text`` wraps (a pipeline annotation or an EXECABORT), or None."""
+    m = _PIPELINE_ERROR.match(text) or _EXEC_ABORT.match(text)
+    if m is None:
+        return None
+    inner = m["inner"]
+    # redis-py >= 5 writes the original ``exception.args`` tuple; older ones its first item
+    try:
+        args = ast.literal_eval(inner)
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
+        return inner
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return inner
+
+
+def _codes(text: str) -> Iterator[str]:
+    """The first word of ``text`` and of each error text it wraps, outermost first."""
+    for _ in range(_MAX_LAYERS):
+        text = text.lstrip()
+        yield text.split(maxsplit=1)[0] if text else ""
+        inner = _unwrap(text)
+        if inner is None:
+            return
+        text = inner
+
+
+def refusal_code(exc: BaseException) -> str | None:
+    """The refusal code (one of :data:`REFUSAL_CODES`) ``exc`` carries, or None.
+
+    Found from redis-py's exception class, or read from the message of a
+    ``ResponseError``: bare, annotated by a pipeline, or inside an EXECABORT
+    (see the module docstring). The command text inside a pipeline annotation
+    is never read, so a key or a value that looks like a code does not count.
+    """
+    for cls, code in _CLASS_CODES.items():
+        if isinstance(exc, cls):
+            return code
+    if not isinstance(exc, ResponseError):
+        return None
+    return next((c for c in _codes(str(exc)) if c in REFUSAL_CODES), None)
 
 
 def write_refused(exc: BaseException) -> bool:
     """True when ``exc`` is Redis refusing a write for now (retry later), not a bug."""
-    if isinstance(exc, REFUSAL_CLASSES):
-        return True
-    return isinstance(exc, ResponseError) and str(exc).lstrip().startswith(REFUSAL_PREFIXES)
+    return refusal_code(exc) is not None
 
 
 def redis_unavailable(exc: BaseException) -> bool:
@@ -52,4 +121,6 @@ def redis_unavailable(exc: BaseException) -> bool:
     )
 
 
-__all__ = ["REFUSAL_CLASSES", "REFUSAL_PREFIXES", "redis_unavailable", "write_refused"]
+__all__ = [
+    "REFUSAL_CLASSES", "REFUSAL_CODES", "redis_unavailable", "refusal_code", "write_refused",
+]

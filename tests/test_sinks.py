@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from monitor import keys
 from monitor.alerts import AlertEvent
 from monitor.metrics import StreamMetrics
 from monitor.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink
+from monitor.sinks.base import sink_ready_check
 from monitor.types import Score, StreamScore, WindowFeatures
 
 from .redisproc import RedisProcess
@@ -127,3 +129,58 @@ async def test_stdout_sink_writes_json_lines_and_fanout_reaches_all() -> None:
     assert lines[1] == {"type": "event", "stream": "a", "kind": "alert_end", "p_ai": 0.1,
                         "at": 5.0, "since": 1.0}
     assert len(mem.scores) == 1 and len(mem.events) == 1
+
+
+async def test_a_rejected_write_is_kept_retried_and_logged_once(
+    redis_proc: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error that is no outage (``WRONGTYPE``: the score stream's key holds a string)
+    neither kills the writer nor loses the batch: not ready, logged once, retried, and
+    written once the key is fixed."""
+    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
+    r.set(keys.stream_scores("s"), "not a stream")
+    registry = CollectorRegistry()
+    sink = RedisSink.from_url(redis_proc.url, metrics=StreamMetrics(registry),
+                              retry_floor_s=0.01, retry_cap_s=0.02)
+    ready = sink_ready_check(sink)
+    await sink.start()
+    for i in range(30):
+        sink.publish(score("s", i))
+
+    def failed() -> float:
+        return registry.get_sample_value("restrav_sink_writes_total",
+                                         {"sink": "redis", "outcome": "failed"}) or 0.0
+
+    for _ in range(500):  # retried, with the writer alive
+        assert sink.writing, "the writer task died of the error"
+        if failed() >= 5:
+            break
+        await asyncio.sleep(0.02)
+    assert failed() >= 5, "the batch was not retried"
+    ok, why = await ready()
+    assert not ok and "ResponseError" in why and "30 buffered" in why, why
+    assert sink.buffered == 30
+    logged = [rec for rec in caplog.records if "write failed" in rec.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # once, with its traceback
+    assert "WRONGTYPE" in str(logged[0].exc_info[1])
+    r.delete(keys.stream_scores("s"))
+    assert await sink.flush(10)
+    assert (await ready())[0]
+    await sink.aclose()
+    assert [int(e[1]["seq"]) for e in r.xrange(keys.stream_scores("s"))] == list(range(30))
+
+
+async def test_a_writer_that_stops_is_not_ready() -> None:
+    """Should the writer task end before the sink is closed (here: cancelled), the sink
+    says so instead of reporting ready with nobody writing."""
+    sink = MemorySink()
+    ready = sink_ready_check(sink)
+    await sink.start()
+    assert sink.writing and (await ready())[0]
+    assert sink._task is not None
+    sink._task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sink._task
+    assert not sink.writing
+    ok, why = await ready()
+    assert not ok and "writer stopped" in why, why

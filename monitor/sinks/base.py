@@ -14,6 +14,16 @@ writes in batches; when the backend is down (:class:`SinkUnavailable`) the
 batch stays buffered and is retried with exponential backoff, so an outage
 delays scores but never stops scoring. End-to-end latency (frame arrival to
 score written) is observed here, after each successful write.
+
+Any other exception from :meth:`BufferedSink.write` (a command the backend
+rejects, a bug) is treated the same way: the batch is kept and retried, and
+the sink is not :attr:`~BufferedSink.available` until a write succeeds. It is
+also logged with its traceback once per kind (exception type) until a write
+succeeds again, and counted in ``restrav_sink_writes_total{outcome="failed"}``
+(``"error"`` counts outages). The writer task only ends when the sink is
+closed; should it end any other way, it is logged and the sink reports itself
+unavailable, so a ready check (:func:`sink_ready_check`) never reports a dead
+writer as ready.
 """
 
 from __future__ import annotations
@@ -94,6 +104,9 @@ class BufferedSink:
         self.dropped = 0
         self.written = 0
         self.available = True
+        self.last_error = ""
+        """Why the last write failed (empty after a successful one)."""
+        self._logged_failures: set[str] = set()  # kinds logged since the last good write
 
     # -- subclass API
     async def write(self, items: list[Item]) -> None:
@@ -131,6 +144,22 @@ class BufferedSink:
         """Start the writer task."""
         if self._task is None:
             self._task = asyncio.create_task(self._writer(), name=f"sink:{self.name}")
+            self._task.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        """A writer that ends before :meth:`aclose` is a bug: log it, report unavailable."""
+        if self._closing:
+            return
+        exc = None if task.cancelled() else task.exception()
+        self.available = False
+        self.last_error = f"writer stopped ({type(exc).__name__ if exc else 'cancelled'})"
+        log.error("sink %s: writer task stopped; nothing more is written", self.name,
+                  exc_info=exc)
+
+    @property
+    def writing(self) -> bool:
+        """True while the writer task runs (started and not ended)."""
+        return self._task is not None and not self._task.done()
 
     async def _writer(self) -> None:
         delay = self.retry_floor_s
@@ -147,19 +176,10 @@ class BufferedSink:
             t0 = time.monotonic()
             try:
                 await self.write(batch)
-            except SinkUnavailable as exc:
-                # put the batch back in front; what no longer fits is the oldest: dropped
-                self._buf.extendleft(reversed(batch))
-                while len(self._buf) > self.buffer_max:
-                    self._buf.popleft()
-                    self.dropped += 1
-                    if m is not None:
-                        m.sink_dropped.labels(self.name, "buffer_full").inc()
-                if self.available:
-                    log.warning("sink %s unavailable (%s); buffering", self.name, exc)
-                self.available = False
-                if m is not None:
-                    m.sink_writes.labels(self.name, "error").inc()
+            # sink writer boundary (sanctioned): whatever a write raises, the batch is kept,
+            # retried, logged once per kind and counted; the writer never dies of it
+            except Exception as exc:  # noqa: BLE001 - logged by _write_failed
+                self._write_failed(batch, exc)
                 if self._closing:
                     self._idle.set()
                     return
@@ -172,6 +192,8 @@ class BufferedSink:
                 log.warning("sink %s available again; flushing %d", self.name,
                             len(batch) + len(self._buf))
             self.available = True
+            self.last_error = ""
+            self._logged_failures.clear()
             delay = self.retry_floor_s
             self.written += len(batch)
             if m is not None:
@@ -182,6 +204,32 @@ class BufferedSink:
                 for it in batch:
                     if isinstance(it, StreamScore):
                         m.e2e_latency.labels(it.stream_id).observe(max(0.0, now - it.arrival_s))
+
+    def _write_failed(self, batch: list[Item], exc: Exception) -> None:
+        """Keep ``batch`` for a retry (bounded, oldest dropped), log and count ``exc``."""
+        m = self.metrics
+        # put the batch back in front; what no longer fits is the oldest: dropped
+        self._buf.extendleft(reversed(batch))
+        while len(self._buf) > self.buffer_max:
+            self._buf.popleft()
+            self.dropped += 1
+            if m is not None:
+                m.sink_dropped.labels(self.name, "buffer_full").inc()
+        if m is not None:
+            m.sink_buffered.labels(self.name).set(len(self._buf))
+        outage = isinstance(exc, SinkUnavailable)
+        kind = "unavailable" if outage else type(exc).__name__
+        self.last_error = f"unavailable ({exc})" if outage else f"write failed ({kind})"
+        if kind not in self._logged_failures:  # once per kind until a write succeeds
+            self._logged_failures.add(kind)
+            if outage:
+                log.warning("sink %s unavailable (%s); buffering", self.name, exc)
+            else:
+                log.error("sink %s: write failed (%s); keeping %d items and retrying",
+                          self.name, kind, len(self._buf), exc_info=exc)
+        if m is not None:
+            m.sink_writes.labels(self.name, "error" if outage else "failed").inc()
+        self.available = False
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until the buffer is empty; False on timeout."""
@@ -207,11 +255,12 @@ class BufferedSink:
 
 
 def sink_ready_check(sink: BufferedSink) -> Callable[[], Awaitable[tuple[bool, str]]]:
-    """A /readyz check: not ready while ``sink``'s last write failed (it is buffering)."""
+    """A /readyz check: not ready while ``sink``'s last write failed (it is buffering)
+    or its writer has stopped; the reason names the failure and the items buffered."""
 
     async def check() -> tuple[bool, str]:
         if sink.available:
             return True, ""
-        return False, f"{sink.name} refuses writes or is unreachable; {sink.buffered} buffered"
+        return False, f"{sink.name} {sink.last_error or 'cannot write'}; {sink.buffered} buffered"
 
     return check

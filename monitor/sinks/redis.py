@@ -8,10 +8,13 @@ newest entry of the score stream. Alert events go to ``restrav:events``
 classifier; ``features`` is a JSON list of the 21 features.
 
 A connection or timeout error, or a refused write (``OOM`` at ``maxmemory``, a
-``READONLY`` replica, ... see :mod:`monitor.redis_faults`) raises
-:class:`SinkUnavailable`: the batch stays buffered (bounded), the sink reports
-itself unavailable (serve's /readyz turns 503), and the batch is written when
-Redis takes writes again.
+``READONLY`` replica, ``NOREPLICAS``, ``MISCONF``, ``BUSY``, ... also when Redis
+refuses a command of the MULTI/EXEC or the EXEC itself; see
+:mod:`monitor.redis_faults`) raises :class:`SinkUnavailable`: the batch stays
+buffered (bounded), the sink reports itself unavailable (serve's /readyz turns
+503), and the batch is written when Redis takes writes again. Any other error
+(``WRONGTYPE``, a bug) propagates; :class:`~monitor.sinks.base.BufferedSink`
+keeps and retries that batch too, and logs it as a failure, not an outage.
 
 Items that carry a fencing token (replicas with leases) are written by the
 fenced scripts of :mod:`monitor.sinks.fenced` instead: Redis refuses them when
@@ -31,7 +34,7 @@ from redis.exceptions import RedisError
 from .. import keys
 from ..alerts import AlertEvent
 from ..metrics import StreamMetrics
-from ..redis_faults import redis_unavailable
+from ..redis_faults import redis_unavailable, refusal_code
 from ..types import StreamScore
 from .base import BufferedSink, Item, SinkUnavailable
 from .fenced import FencedWriter
@@ -123,7 +126,8 @@ class RedisSink(BufferedSink):
         except (RedisError, OSError) as exc:
             if not redis_unavailable(exc):
                 raise
-            raise SinkUnavailable(f"redis: {type(exc).__name__}") from exc
+            why = refusal_code(exc) or type(exc).__name__
+            raise SinkUnavailable(f"redis: {why}") from exc
         for idx, (stream_id, token) in fenced.items():
             if int(results[idx]) == 0:
                 self._refused(stream_id, token)
