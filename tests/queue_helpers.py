@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from monitor.config import QueueSettings
 from monitor.fetch import SourcePolicy
 from monitor.metrics import QueueMetrics
-from monitor.queue import Scorer, Worker, WorkerHooks
+from monitor.queue import Job, JobOptions, Scorer, Worker, WorkerHooks, enqueue
 
 from .media import write_clip
 
@@ -134,9 +134,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def http_server(root: Path) -> Iterator[str]:
-    """Serve ``root`` over HTTP on loopback; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
+def serve_http(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server on loopback answering with ``handler``, in threads of this
+    process; yields its base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -145,3 +145,17 @@ def http_server(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def http_server(root: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP on loopback; yields the base URL."""
+    with serve_http(functools.partial(_QuietHandler, directory=str(root))) as url:
+        yield url
+
+
+def submit_replying(client: redis.Redis, source: Path, job_id: str, hop: int = 12) -> str:
+    """Enqueue a job for ``source`` that replies to ``restrav:replies:{job_id}``."""
+    job = Job(job_id=job_id, source=str(source), options=JobOptions(hop=hop),
+              reply_to=f"restrav:replies:{job_id}")
+    return enqueue(client, job, QueueSettings())

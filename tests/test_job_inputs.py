@@ -5,12 +5,10 @@ message. A real redis-server, a real loopback HTTP server, real clips, the tiny 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from monitor.queue import ClipScorer, Job
 from monitor.safe_input import open_local
 
 from .media import write_clip
-from .queue_helpers import jobs, running_worker, sample, wait_for
+from .queue_helpers import jobs, running_worker, sample, serve_http, wait_for
 
 DRIP_GAP_S = 0.05
 """The drip server sends one byte per gap: 400 bytes take 20 s, 40 times the deadline."""
@@ -78,17 +76,9 @@ class _DripHandler(http.server.BaseHTTPRequestHandler):
             pass  # the client hung up (the deadline cut it)
 
 
-@contextmanager
-def drip_server() -> Iterator[str]:
-    """The slow HTTP server on loopback, in threads of this process; yields its base URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DripHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def drip_server() -> contextlib.AbstractContextManager[str]:
+    """The slow HTTP server on loopback; its base URL."""
+    return serve_http(_DripHandler)
 
 
 LOOPBACK = SourcePolicy(

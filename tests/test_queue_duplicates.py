@@ -30,17 +30,15 @@ from monitor.metrics import QueueMetrics
 from monitor.queue import (
     ClipScorer,
     Job,
-    JobOptions,
     Worker,
     WorkerHooks,
-    enqueue,
     ensure_group,
     get_result,
 )
 from monitor.queue.jobs import Entry
 
 from .media import write_clip
-from .queue_helpers import FAST_QUEUE, running_worker, wait_for
+from .queue_helpers import FAST_QUEUE, running_worker, submit_replying, wait_for
 
 MAX_DELIVERIES = int(FAST_QUEUE["max_deliveries"])
 
@@ -57,14 +55,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def submit(client: redis.Redis, source: Path, job_id: str) -> str:
-    job = Job(
-        job_id=job_id,
-        source=str(source),
-        options=JobOptions(hop=12),
-        reply_to=f"restrav:replies:{job_id}",
-    )
-    return enqueue(client, job, QueueSettings())
+submit = submit_replying
 
 
 class Gate:

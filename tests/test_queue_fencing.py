@@ -39,7 +39,6 @@ from monitor.queue import (
     JobOptions,
     Worker,
     WorkerHooks,
-    enqueue,
     ensure_group,
     get_result,
     queue_stats,
@@ -48,7 +47,7 @@ from monitor.queue import (
 from monitor.safe_input import OpenedFile
 
 from .media import write_clip
-from .queue_helpers import FAST_QUEUE, running_worker, sample, wait_for
+from .queue_helpers import FAST_QUEUE, running_worker, sample, submit_replying, wait_for
 
 
 @pytest.fixture
@@ -63,14 +62,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def submit(client: redis.Redis, source: Path, job_id: str) -> str:
-    job = Job(
-        job_id=job_id,
-        source=str(source),
-        options=JobOptions(hop=12),
-        reply_to=f"restrav:replies:{job_id}",
-    )
-    return enqueue(client, job, QueueSettings())
+submit = submit_replying
 
 
 def test_late_answer_is_discarded_and_counted(
