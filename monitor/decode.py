@@ -425,6 +425,7 @@ class LiveVideo:
         self._stream = None
         if self._file is not None:
             self._file.close()
+            self._file = None
 
 
 def _cuda_hwaccel(device: int) -> Any:

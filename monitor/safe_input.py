@@ -26,8 +26,9 @@ import errno
 import io
 import os
 import stat
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import (
@@ -58,16 +59,19 @@ _REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpenedFile:
     """A local file opened once; decoding reads this descriptor, never ``path`` again.
 
-    ``path`` is only for messages. The owner closes it with :meth:`close`.
+    ``path`` is only for messages. The owner closes it with :meth:`close`, once or
+    more: only the first call closes the descriptor (``fd`` is then -1), so a later
+    call can never close a descriptor number the process has reused since.
     """
 
     fd: int
     path: Path
     size_bytes: int
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def reader(self) -> io.BufferedReader:
         """A fresh file object at offset 0 on a duplicate of the descriptor (closing it
@@ -81,9 +85,12 @@ class OpenedFile:
         return os.pread(self.fd, n_bytes, 0)
 
     def close(self) -> None:
-        """Close the descriptor (idempotent)."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """Close the descriptor; idempotent, also from several threads at once."""
+        with self._lock:
+            fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __enter__(self) -> OpenedFile:
         return self

@@ -331,3 +331,31 @@ def test_a_file_stream_reads_the_file_it_checked(
     assert (video.info.width, video.info.height) == (64, 48)
     assert len(frames) == 10 and frames[0].width == 64
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_closing_twice_never_closes_a_descriptor_reused_since(tmp_path: Path) -> None:
+    """A serve file stream closes its input more than once (the stream ends, then it
+    is stopped). Only the first close may close the descriptor: the number is reused
+    by the next open (an RTSP socket, an API connection, another stream's file), and
+    a second os.close() on it broke those ("Socket operation on non-socket", decode
+    errors, connections closed without an answer in the 1 h soak)."""
+    clip = tmp_path / "a.mp4"
+    write_clip(clip, fps=25, n_frames=30, size=(64, 48))
+
+    def reused_after(close: Any, fd: int) -> None:
+        close()
+        other = os.open(clip, os.O_RDONLY)  # POSIX: the lowest free number
+        try:
+            assert other == fd, "the test needs the number reused"
+            close()  # again
+            os.fstat(other)  # still open
+        finally:
+            os.close(other)
+
+    from monitor.safe_input import open_local
+
+    opened = open_local(clip, 1 << 30)
+    reused_after(opened.close, opened.fd)
+    video = LiveVideo(str(clip), DecodeLimits(), description="cam")
+    assert video._file is not None
+    reused_after(video.close, video._file.fd)
