@@ -19,15 +19,10 @@ Contract (``serve.cluster.enabled``; Redis is the system of record):
 * When Redis cannot be reached for a whole lease TTL the replica stops every
   stream it owned (it can no longer prove ownership) and acquires again later.
 * Redis losing its data (a restart without persistence) is not read as "every
-  stream removed": the desired set carries a mark (:mod:`monitor.desired`) that
-  edits never delete. A replica that saw the mark and then finds the hash
-  without it writes back the set it last knew (HSETNX: edits made since win,
-  replicas doing it at once agree), logs an ERROR and counts
-  ``restrav_desired_set_restored_total``; its streams keep running or are
-  acquired again. A replica that never saw the mark (a first start, an older
-  version's hash) sets it after two ticks in a row without it, so a replica
-  that knew the set has had a whole interval to write it back first. Removing
-  streams through the API (the mark stays) still stops them.
+  stream removed": :class:`~monitor.desired.DesiredSetKeeper` writes back the set
+  this replica last knew (counted in ``restrav_desired_set_restored_total``); its
+  streams keep running or are acquired again. Removing streams through the API
+  still stops them.
 * A write refused as stale stops the stream at once (lease lost, ``refused``).
 * Drain (SIGTERM): :meth:`stop` marks the replica draining in its heartbeat (it
   gets nothing new) and stops its streams, and keeps renewing the leases it
@@ -57,7 +52,7 @@ from redis.exceptions import RedisError
 from . import keys
 from .assignment import plan
 from .config import ServeSettings, StreamSpec
-from .desired import RedisDesiredStore, record_for, spec_from_record
+from .desired import DesiredSetKeeper, RedisDesiredStore, record_for, spec_from_record
 from .engine import Engine
 from .errors import InputError, RestravError
 from .leases import Lease, LeaseStore, ReplicaInfo
@@ -104,8 +99,9 @@ class ClusteredStreamManager(StreamManager):
         self.leases = LeaseStore(client, replica, self.cfg.lease_ttl_s)
         self.owned: dict[str, int] = {}  # stream -> fencing token, oldest acquisition first
         self._desired: dict[str, tuple[StreamSpec, bool]] = {}
-        self._known: dict[str, dict[str, Any]] | None = None  # last desired set seen marked
-        self._unmarked_ticks = 0
+        self.keeper = DesiredSetKeeper(
+            store, metrics.desired_set_restored.inc if metrics is not None else None
+        )
         self._owners: dict[str, Lease | None] = {}
         self._remote: dict[str, StreamStatus] = {}
         self._unowned_ticks: dict[str, int] = {}
@@ -173,12 +169,14 @@ class ClusteredStreamManager(StreamManager):
     # --- control (edits the shared desired set) --------------------------------------
 
     async def _store_put(self, spec: StreamSpec) -> None:
+        record = record_for(spec)
         try:
-            await self.desired_store.put(spec.id, record_for(spec))
+            await self.desired_store.put(spec.id, record)
         except _REDIS_ERRORS as exc:
             raise DesiredSetUnavailable(
                 f"the desired set in Redis is unreachable ({type(exc).__name__}); retry later"
             ) from exc
+        self.keeper.remember(spec.id, record)
 
     async def add(self, spec: StreamSpec, from_api: bool = False, persist: bool = True) -> str:
         """Put ``spec`` in the shared desired set (``persist=False``: run it here only)."""
@@ -192,8 +190,6 @@ class ClusteredStreamManager(StreamManager):
             return "unchanged"
         await self._store_put(spec)
         self._desired[spec.id] = (spec, False)
-        if self._known is not None:
-            self._known[spec.id] = record_for(spec)
         async with self._lock:
             if spec.id in self.owned:
                 await self._apply_local(spec)
@@ -211,8 +207,7 @@ class ClusteredStreamManager(StreamManager):
                 f"the desired set in Redis is unreachable ({type(exc).__name__}); retry later"
             ) from exc
         self._desired.pop(stream_id, None)
-        if self._known is not None:
-            self._known.pop(stream_id, None)
+        self.keeper.forget(stream_id)
         async with self._lock:
             if stream_id in self.owned:
                 await self._give_up(stream_id, "removed", forget=True)
@@ -450,26 +445,9 @@ class ClusteredStreamManager(StreamManager):
 
     async def _load_desired_strict(self) -> dict[str, tuple[StreamSpec, bool]]:
         """The shared desired set; Redis errors propagate (an outage must not read as
-        "every stream was removed"), and so does a data loss: a set that lost its mark
-        is written back first (see the module docstring)."""
-        store = self.desired_store
-        records, marked = await store.load_marked()
-        if not marked and self._known is not None:
-            written = await store.write_back(self._known)
-            if self.metrics is not None:
-                self.metrics.desired_set_restored.inc()
-            log.error("the desired set lost its mark in Redis (Redis lost its data?): wrote "
-                      "back the %d streams this replica last knew (%d were missing)",
-                      len(self._known), written)
-            records, marked = await store.load_marked()
-        elif not marked:
-            self._unmarked_ticks += 1
-            if records and self._unmarked_ticks >= 2:
-                await store.mark()
-                marked = True
-        if marked:
-            self._known = records
-            self._unmarked_ticks = 0
+        "every stream was removed"), and a set lost with Redis' data is written back
+        first (:class:`~monitor.desired.DesiredSetKeeper`)."""
+        records = await self.keeper.load()
         out: dict[str, tuple[StreamSpec, bool]] = {}
         for rec in records.values():
             try:

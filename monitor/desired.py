@@ -105,6 +105,60 @@ class RedisDesiredStore:
         await self.client.hdel(self.key, stream_id)
 
 
+class DesiredSetKeeper:
+    """Reads the shared desired set for a replica, and puts it back after Redis lost it.
+
+    The hash keeps a mark (:data:`monitor.keys.STREAMS_DESIRED_MARK`) that edits never
+    delete. :meth:`load` remembers every set it read with its mark; finding the mark
+    gone later means Redis lost its data (operators removing every stream keep it), so
+    the set last known is written back (HSETNX: edits made since win; replicas doing it
+    at once agree), ``on_restored`` is called and an ERROR logged. A set never seen
+    marked (a first start, an older version's hash) is marked after two reads in a
+    row without it, which leaves a replica that knew the set time to write it back
+    first. The replica's own edits go through :meth:`remember` / :meth:`forget`, so
+    what is written back is what it last wrote too.
+    """
+
+    def __init__(self, store: RedisDesiredStore,
+                 on_restored: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.on_restored = on_restored
+        self._known: dict[str, dict[str, Any]] | None = None  # last set seen marked
+        self._unmarked_reads = 0
+
+    def remember(self, stream_id: str, record: dict[str, Any]) -> None:
+        """This replica wrote ``record``."""
+        if self._known is not None:
+            self._known[stream_id] = record
+
+    def forget(self, stream_id: str) -> None:
+        """This replica deleted ``stream_id``."""
+        if self._known is not None:
+            self._known.pop(stream_id, None)
+
+    async def load(self) -> dict[str, dict[str, Any]]:
+        """Every stored record by stream id, written back first after a data loss.
+        Redis errors propagate: an outage must not read as "every stream was removed"."""
+        records, marked = await self.store.load_marked()
+        if not marked and self._known is not None:
+            written = await self.store.write_back(self._known)
+            if self.on_restored is not None:
+                self.on_restored()
+            log.error("the desired set lost its mark in Redis (Redis lost its data?): wrote "
+                      "back the %d streams this replica last knew (%d were missing)",
+                      len(self._known), written)
+            records, marked = await self.store.load_marked()
+        elif not marked:
+            self._unmarked_reads += 1
+            if records and self._unmarked_reads >= 2:
+                await self.store.mark()
+                marked = True
+        if marked:
+            self._known = dict(records)
+            self._unmarked_reads = 0
+        return records
+
+
 def record_for(spec: StreamSpec) -> dict[str, Any]:
     """The stored form of ``spec`` (no credentials; see the module docstring)."""
     url, had = strip_credentials(spec.url)

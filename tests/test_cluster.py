@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -167,9 +168,12 @@ async def test_redis_losing_its_data_does_not_remove_the_streams(
         await poll(scoring, "both streams to score")
         await poll(lambda: stored_is(stored, {*ids, keys.STREAMS_DESIRED_MARK}),
                    "the replica to mark the desired set")
+        await mgr.pause("api")  # the last edit before the loss is what comes back
         await client.flushall()  # Redis restarted without its data
         await poll(lambda: stored_is(stored, {*ids, keys.STREAMS_DESIRED_MARK}),
                    "the desired set to be written back")
+        assert json.loads(await client.hget(keys.STREAMS_DESIRED, "api"))["paused"] is True
+        await mgr.resume("api")
         await poll(scoring, "both streams to score again")
         assert sample("restrav_desired_set_restored_total") == 1.0
 
