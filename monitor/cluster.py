@@ -368,12 +368,12 @@ class ClusteredStreamManager(StreamManager):
         async with self._lock:
             if self.owned.pop(stream_id, None) is None:
                 return
+            if self.metrics is not None:  # counted with the loss, before the stop's awaits
+                self.metrics.lease_losses.labels(reason).inc()
             st = self._streams.pop(stream_id, None)
             if st is not None:
                 self.runner.gap(st, "lease_lost")
                 await self._stop_stream(st, forget=False)
-        if self.metrics is not None:
-            self.metrics.lease_losses.labels(reason).inc()
         log.warning("stream %s: lease lost (%s); stopped", stream_id, reason)
 
     # --- the coordination loop -------------------------------------------------------
