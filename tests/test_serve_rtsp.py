@@ -155,7 +155,13 @@ def test_rtsp_stream_survives_publisher_restart(
         segs_before = {int(e["segment"]) for e in entries if float(e["wall_end"]) <= t_kill + 0.5}
         segs_after = {int(e["segment"]) for e in entries if float(e["wall_start"]) >= t_restart}
         assert segs_before and segs_after and max(segs_before) < min(segs_after)
-        assert r.hgetall(keys.stream_latest("cam")) == r.xrevrange(scores_key, count=1)[0][1]
+        # read both in one transaction: the stream is still scoring, and the sink writes
+        # the entry and `latest` together in one MULTI/EXEC
+        pipe = r.pipeline(transaction=True)
+        pipe.hgetall(keys.stream_latest("cam"))
+        pipe.xrevrange(scores_key, count=1)
+        latest, newest = pipe.execute()
+        assert latest == newest[0][1]
 
         text = api(api_port, "/metrics")
         assert metric(text, "restrav_stream_reconnects_total", stream="cam") >= 1
