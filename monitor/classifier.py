@@ -6,8 +6,11 @@ only.
 
 An artifact is a directory with two files:
 
-* ``classifier.json``: kind, feature spec version, feature names, backbone id,
-  threshold (and how it was chosen), training summary, tensor names;
+* ``classifier.json``: kind, feature spec version, feature names, the feature
+  convention (``zero_step_angle_deg``: the angle at a zero-length step, 0 per SPEC
+  or 90 as the upstream code; 0 when absent), backbone id, threshold (and how it
+  was chosen), training summary, provenance (where imported weights came from),
+  tensor names;
 * ``classifier.safetensors``: every array (scaler mean/std and weights).
 
 Neither format can carry code, so loading an artifact never executes any.
@@ -50,7 +53,7 @@ from safetensors.numpy import load_file, save_file
 
 from . import FEATURE_SPEC_VERSION
 from .errors import ArtifactError
-from .types import FEATURE_NAMES, N_FEATURES, FloatArray
+from .types import FEATURE_NAMES, N_FEATURES, FloatArray, check_zero_step_angle
 
 THETA_MEAN = FEATURE_NAMES.index("theta_mean")
 """Index of the mean curvature (feature 17), the training-free score."""
@@ -257,7 +260,12 @@ TRAINING_FREE_KINDS: tuple[str, ...] = ("mean_curvature", "one_class")
 @dataclass
 class Classifier:
     """A trained classifier: scaler + parameters + decision threshold (implements
-    ``WindowClassifier``). ``predict_proba`` is numpy only (float64)."""
+    ``WindowClassifier``). ``predict_proba`` is numpy only (float64).
+
+    ``zero_step_angle_deg`` is the feature convention its inputs must be computed in
+    (0: SPEC, 90: the upstream code); ``provenance`` says where imported weights came
+    from (source, licence, SHA-256 of each input file), empty for classifiers trained here.
+    """
 
     kind: str
     scaler: Scaler
@@ -266,6 +274,8 @@ class Classifier:
     threshold_mode: str = "fixed"
     backbone: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    zero_step_angle_deg: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def predict_proba(self, features: npt.ArrayLike) -> FloatArray:
         """P(AI) for each row of an ``(N, 21)`` array (a single row is accepted)."""
@@ -281,13 +291,14 @@ class Classifier:
         """How ``options`` (the embedder's ``image_size``, ``normalize``, ``dtype``, ...)
         differ from the ``backbone_options`` recorded at training, one line each.
 
-        Options the artifact did not record are not compared; empty when all match.
+        Options the artifact did not record, and options given as None (unknown),
+        are not compared; empty when all match.
         """
         recorded = self.summary.get("backbone_options") or {}
         return [
             f"{k}: trained with {recorded[k]!r}, now {options[k]!r}"
             for k in sorted(recorded)
-            if k in options and options[k] != recorded[k]
+            if options.get(k) is not None and options[k] != recorded[k]
         ]
 
     def save(self, directory: Path) -> None:
@@ -303,6 +314,7 @@ class Classifier:
             "kind": self.kind,
             "feature_spec": FEATURE_SPEC_VERSION,
             "feature_names": list(FEATURE_NAMES),
+            "zero_step_angle_deg": self.zero_step_angle_deg,
             "positive_class": "ai-generated",
             "backbone": self.backbone,
             "threshold": self.threshold,
@@ -310,6 +322,8 @@ class Classifier:
             "params": sorted(self.params),
             "summary": self.summary,
         }
+        if self.provenance:
+            meta["provenance"] = self.provenance
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
@@ -345,6 +359,10 @@ def load_classifier(directory: Path) -> Classifier:
         scaler = Scaler(mean=tensors["scaler.mean"], std=tensors["scaler.std"])
     except KeyError as exc:
         raise ArtifactError(f"{directory}: artifact lacks tensor {exc}") from exc
+    try:
+        angle = check_zero_step_angle(meta.get("zero_step_angle_deg", 0.0))
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{directory}: {exc}") from None
     return Classifier(
         kind=str(kind),
         scaler=scaler,
@@ -353,6 +371,8 @@ def load_classifier(directory: Path) -> Classifier:
         threshold_mode=str(meta.get("threshold_mode", "fixed")),
         backbone=str(meta.get("backbone", "")),
         summary=dict(meta.get("summary", {})),
+        zero_step_angle_deg=angle,
+        provenance=dict(meta.get("provenance", {})),
     )
 
 
@@ -574,9 +594,13 @@ def fit_classifier(
     seed: int = 0,
     backbone: str = "",
     width: int | None = N_FEATURES,
+    zero_step_angle_deg: float = 0.0,
     **hyper: Any,
 ) -> Classifier:
     """Train on the given (training) rows only: scaler, model and threshold.
+
+    ``zero_step_angle_deg`` is the convention the rows' features were computed in
+    (recorded in the classifier so that scoring computes them the same way).
 
     ``width`` is the number of features per row the caller promises (None: any;
     only a 21-wide classifier can be saved for serving).
@@ -615,7 +639,13 @@ def fit_classifier(
         scaler = Scaler.fit(x)
     hyper = {"epochs": epochs, "lr": lr, "batch_size": batch_size, **hyper}
     params, _ = fit_kind(kind, scaler.transform(x), y, seed, **hyper)
-    clf = Classifier(kind=kind, scaler=scaler, params=params, backbone=backbone)
+    clf = Classifier(
+        kind=kind,
+        scaler=scaler,
+        params=params,
+        backbone=backbone,
+        zero_step_angle_deg=check_zero_step_angle(zero_step_angle_deg),
+    )
     p = clf.predict_proba(x)
     if threshold_mode == "fpr":
         clf.threshold = threshold_for_fpr(p[y == 0], target_fpr)

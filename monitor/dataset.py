@@ -50,7 +50,7 @@ from .decode import DecodeLimits
 from .embed import Embedder
 from .errors import ConfigError, RestravError
 from .pipeline import ClipResult, score_file
-from .types import FEATURE_NAMES, FloatArray, Score
+from .types import FEATURE_NAMES, FloatArray, Score, check_zero_step_angle
 
 log = logging.getLogger("restrav.dataset")
 
@@ -381,12 +381,20 @@ class ExtractSummary:
     errors: list[dict[str, str]] = field(default_factory=list)
 
 
+def table_zero_step_angle(meta: dict[str, Any]) -> float:
+    """The feature convention of a table (the angle at zero-length steps); tables
+    written before it was recorded used SPEC's 0 degrees."""
+    return float(meta.get("zero_step_angle_deg", 0.0))
+
+
 def _check_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     path = out_dir / TABLE_META
     if not path.is_file():
         return
     old = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("feature_spec", "backbone", "backbone_options", "all_windows", "hop"):
+    old["zero_step_angle_deg"] = table_zero_step_angle(old)
+    for key in ("feature_spec", "backbone", "backbone_options", "all_windows", "hop",
+                "zero_step_angle_deg"):
         if old.get(key, {} if key == "backbone_options" else None) != meta.get(key):
             raise ConfigError(
                 f"{out_dir}: existing table has {key}={old.get(key)!r}, this run "
@@ -406,14 +414,17 @@ def extract_features(
     progress: bool = False,
     score: Callable[[ClipSpec], ClipResult] | None = None,
     backbone_options: dict[str, Any] | None = None,
+    zero_step_angle_deg: float = 0.0,
 ) -> ExtractSummary:
     """Compute the features of every clip into ``out_dir`` (see the module docstring).
 
     Clips already present in ``out_dir`` are skipped, so an interrupted run picks
     up where it stopped. ``backbone_options`` (image size, normalisation, dtype:
     anything that changes the features) are recorded with ``backbone`` and must
-    match on resume. ``score`` replaces the default
-    ``score_file(spec.path, embedder, None, limits, all_windows, hop)`` (tests).
+    match on resume, as must ``zero_step_angle_deg``, the feature convention (0 per
+    SPEC, 90 as the upstream code: use the one of the classifier to train or
+    evaluate). ``score`` replaces the default ``score_file(spec.path, embedder,
+    None, limits, all_windows, hop, zero_step_angle_deg=...)`` (tests).
     Raises :class:`ConfigError` when ``out_dir`` holds a table made with other options.
     """
     if chunk_clips < 1:
@@ -426,6 +437,7 @@ def extract_features(
         "backbone_options": dict(backbone_options or {}),
         "all_windows": all_windows,
         "hop": hop,
+        "zero_step_angle_deg": check_zero_step_angle(zero_step_angle_deg),
         "columns": [*META_COLUMNS, *FEATURE_NAMES],
     }
     _check_meta(out_dir, meta)
@@ -445,7 +457,10 @@ def extract_features(
     def run(spec: ClipSpec) -> ClipResult:
         if score is not None:
             return score(spec)
-        return score_file(spec.path, embedder, None, limits, all_windows=all_windows, hop=hop)
+        return score_file(
+            spec.path, embedder, None, limits, all_windows=all_windows, hop=hop,
+            zero_step_angle_deg=zero_step_angle_deg,
+        )
 
     def flush() -> None:
         nonlocal next_part

@@ -54,6 +54,12 @@ HUB_NAMES: dict[str, str] = {
 }
 """torch.hub model names and their Hugging Face equivalents."""
 
+
+def same_backbone(a: str, b: str) -> bool:
+    """True when two model references name the same published weights
+    (``dinov2_vits14`` and ``facebook/dinov2-small`` do)."""
+    return HUB_NAMES.get(a, a) == HUB_NAMES.get(b, b)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HUB_INTERPOLATE_OFFSET = 0.1

@@ -57,6 +57,7 @@ from .types import (
     StreamScore,
     WindowClassifier,
     WindowFeatures,
+    zero_step_angle_of,
 )
 
 log = logging.getLogger("restrav.engine")
@@ -140,8 +141,10 @@ class _Admission:
 class _WindowState:
     """Worker side state of one stream: the device ring and the window's metadata."""
 
-    def __init__(self, dim: int, device: torch.device, eps: float, hop: int) -> None:
-        self.ring = WindowRing(dim, device, eps)
+    def __init__(
+        self, dim: int, device: torch.device, eps: float, hop: int, zero_step_angle_deg: float
+    ) -> None:
+        self.ring = WindowRing(dim, device, eps, zero_step_angle_deg=zero_step_angle_deg)
         self.hop = hop
         self.segment = -1
         self.k = -1
@@ -168,6 +171,8 @@ class Engine:
         self.device = embedder.device
         self.dim = embedder.embedding_dim
         self.eps = settings.zero_step_eps if settings.zero_step_eps else ZERO_STEP_EPS
+        # the windows' features are in the convention of the classifier that scores them
+        self.zero_step_angle_deg = zero_step_angle_of(classifier)
         self._queue: queue.Queue[EngineSample | _Unregister | _Stop] = queue.Queue(
             maxsize=settings.queue_samples
         )
@@ -338,7 +343,7 @@ class Engine:
                 a = self._admission.get(sid)
             if a is None:
                 return None
-            st = _WindowState(self.dim, self.device, self.eps, a.hop)
+            st = _WindowState(self.dim, self.device, self.eps, a.hop, self.zero_step_angle_deg)
             self._states[sid] = st
         return st
 

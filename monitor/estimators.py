@@ -15,7 +15,14 @@ Three estimators that compose in :class:`sklearn.pipeline.Pipeline`:
 
 :func:`save_pipeline` writes a fitted Pipeline ending in a ReStraVClassifier
 (optionally after a ``StandardScaler``) as one artifact that ``restrav score -c``
-and ``restrav serve -c`` load unchanged.
+and ``restrav serve -c`` load unchanged. :func:`published_pipeline` is the
+bundled published classifier behind a VideoEmbedder and the TrajectoryFeatures
+of its convention: paths in, P(AI) out, as ``restrav score`` gives by default.
+
+Feature convention: ``TrajectoryFeatures(zero_step_angle_deg=...)`` gives the
+angle at a zero-length step, 0 (SPEC, default) or 90 (the upstream code, which
+the published classifier was trained on); a saved pipeline records it in the
+artifact, so the CLI computes its features the same way.
 
 scikit-learn is imported here only; the core modules do not need it.
 """
@@ -51,7 +58,14 @@ from .decode import DecodeLimits
 from .embed import Embedder, load_backbone
 from .geometry import ZERO_STEP_EPS, features_from_steps, trajectory_steps
 from .pipeline import score_file
-from .types import FEATURE_NAMES, N_FEATURES, WINDOW_SAMPLES, FloatArray
+from .published import bundled_classifier_dir
+from .types import (
+    FEATURE_NAMES,
+    N_FEATURES,
+    WINDOW_SAMPLES,
+    FloatArray,
+    check_zero_step_angle,
+)
 
 THRESHOLD_MODES = ("fpr", "f1", "fixed")
 
@@ -94,6 +108,9 @@ class TrajectoryFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
       angles (degrees) of each trajectory (``3 <= T <= samples``); shorter ones are
       padded with NaN.
 
+    ``zero_step_angle_deg`` is the angle next to a zero-length step (a repeated
+    frame): 0 per SPEC, or 90 as the upstream code and the published classifier.
+
     ``fit`` learns nothing and returns self.
     """
 
@@ -102,15 +119,18 @@ class TrajectoryFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         steps: bool = False,
         samples: int = WINDOW_SAMPLES,
         zero_step_eps: float = ZERO_STEP_EPS,
+        zero_step_angle_deg: float = 0.0,
     ) -> None:
         self.steps = steps
         self.samples = samples
         self.zero_step_eps = zero_step_eps
+        self.zero_step_angle_deg = zero_step_angle_deg
 
     def fit(self, x: Any, y: Any = None) -> TrajectoryFeatures:
         """Check the parameters; nothing is learned."""
         if self.samples < 3:
             raise ValueError(f"samples must be >= 3, got {self.samples}")
+        check_zero_step_angle(self.zero_step_angle_deg)
         _as_trajectories(x)
         return self
 
@@ -129,7 +149,7 @@ class TrajectoryFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
                 raise ValueError(
                     f"trajectory {i} has {z.shape[0]} samples > samples={self.samples}"
                 )
-            d, theta, _ = trajectory_steps(z, self.zero_step_eps)
+            d, theta, _ = trajectory_steps(z, self.zero_step_eps, self.zero_step_angle_deg)
             if self.steps:
                 out[i, : len(d)] = d
                 out[i, self.samples - 1 : self.samples - 1 + len(theta)] = theta
@@ -342,6 +362,9 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         if self.threshold_mode == "fixed":
             core.threshold, core.threshold_mode = 0.5, "fixed"
         self.classifier_ = core
+        # fitted on features whose convention it cannot know (save_pipeline takes the
+        # TrajectoryFeatures step's)
+        self.zero_step_angle_deg_: float | None = None
         self.threshold_ = core.threshold
         return self
 
@@ -396,18 +419,23 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             "sklearn_positive_label": _plain(self.positive_label_),
         }
         return Classifier(core.kind, core.scaler, core.params, core.threshold,
-                          core.threshold_mode, backbone or core.backbone, summary)
+                          core.threshold_mode, backbone or core.backbone, summary,
+                          core.zero_step_angle_deg, core.provenance)
 
     @classmethod
-    def load(cls, directory: str | Path) -> ReStraVClassifier:
-        """Load a CLI artifact (from ``restrav train`` or :meth:`save`) as a fitted estimator."""
-        core = load_classifier(Path(directory))
+    def load(cls, directory: str | Path | None = None) -> ReStraVClassifier:
+        """Load a CLI artifact (from ``restrav train``, ``import-classifier`` or
+        :meth:`save`) as a fitted estimator; without ``directory``, the bundled
+        published classifier. Its ``zero_step_angle_deg_`` is the feature convention
+        to compute its inputs in (``TrajectoryFeatures(zero_step_angle_deg=...)``)."""
+        core = load_classifier(Path(directory) if directory else bundled_classifier_dir())
         mode = core.threshold_mode
         classes = np.asarray(core.summary.get("sklearn_classes", [0, 1]))
         positive = core.summary.get("sklearn_positive_label", _plain(classes[1]))
         est = cls(
             kind=core.kind,
-            threshold_mode="f1" if mode == "max-f1" else "fixed" if mode == "fixed" else "fpr",
+            threshold_mode="f1" if mode == "max-f1" else "fpr" if mode.startswith("fpr")
+            else "fixed",
             positive_label=positive,
         )
         est.classifier_ = core
@@ -417,6 +445,7 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         est._positive_label_known = True
         est._pos_col = int(classes.tolist().index(positive))
         est.n_features_in_ = int(core.scaler.mean.shape[0])
+        est.zero_step_angle_deg_ = core.zero_step_angle_deg
         return est
 
     def __sklearn_tags__(self) -> Any:
@@ -468,6 +497,7 @@ def save_pipeline(pipeline: Any, directory: str | Path) -> None:
     backbone = ""
     options: dict[str, Any] = {}
     scaler = Scaler.identity()
+    angle: float | None = None
     for est in steps[:-1]:
         if isinstance(est, VideoEmbedder):
             backbone = est.model
@@ -484,6 +514,14 @@ def save_pipeline(pipeline: Any, directory: str | Path) -> None:
                     f"cannot save TrajectoryFeatures(zero_step_eps={est.zero_step_eps!r}): "
                     f"restrav score computes the features with {ZERO_STEP_EPS!r}"
                 )
+            angle = check_zero_step_angle(est.zero_step_angle_deg)
+            known = getattr(clf, "zero_step_angle_deg_", None)
+            if known is not None and known != angle:
+                raise ValueError(
+                    f"the classifier was trained on features with {known:g} degrees at "
+                    f"zero-length steps, the pipeline computes {angle:g}: use "
+                    f"TrajectoryFeatures(zero_step_angle_deg={known:g})"
+                )
         elif isinstance(est, StandardScaler):
             check_is_fitted(est)
             scaler = _then(
@@ -498,6 +536,8 @@ def save_pipeline(pipeline: Any, directory: str | Path) -> None:
             )
     core = clf.classifier_artifact(backbone)
     core.scaler = _then(scaler, core.scaler.mean, core.scaler.std)
+    if angle is not None:
+        core.zero_step_angle_deg = angle
     if options:
         core.summary = {**core.summary, "backbone_options": options}
     save_classifier(core, directory)
@@ -511,3 +551,19 @@ def _then(first: Scaler, mean: FloatArray | None, std: FloatArray | None) -> Sca
     m2 = np.zeros_like(first.mean) if mean is None else mean
     s2 = np.ones_like(first.std) if std is None else std
     return Scaler(mean=first.mean + first.std * m2, std=first.std * s2)
+
+
+def published_pipeline(**embedder_params: Any) -> Any:
+    """The bundled published classifier as a fitted Pipeline: video paths in, P(AI)
+    out (``predict_proba(paths)[:, 1]``), the features in its convention (90 degrees
+    at zero-length steps). ``embedder_params`` go to :class:`VideoEmbedder`
+    (``model``, ``device``, ...): the same numbers as ``restrav score`` with the
+    same model settings."""
+    from sklearn.pipeline import make_pipeline
+
+    clf = ReStraVClassifier.load()
+    return make_pipeline(
+        VideoEmbedder(**embedder_params),
+        TrajectoryFeatures(zero_step_angle_deg=clf.classifier_.zero_step_angle_deg),
+        clf,
+    )

@@ -11,9 +11,12 @@ Pure math, no I/O. Two forms that must agree to float tolerance:
   the window's embeddings and the last two steps) is preallocated on the device.
 
 Zero-length steps (repeated frames): a step shorter than ``zero_step_eps`` (in
-embedding units) gives a turning angle of 0 degrees on both angles it touches,
-and is counted in ``repeated_frames``; the official code's spurious 90 degrees is
-not reproduced (SPEC section 4).
+embedding units) is counted in ``repeated_frames`` and gives both angles it touches
+the convention's value ``zero_step_angle_deg``: 0 degrees by default (SPEC section
+4), or 90 degrees, what the upstream code computes and what a classifier trained on
+its features expects (:data:`~monitor.types.ZERO_STEP_ANGLES_DEG`). Every function
+and the ring take the convention as a parameter; callers pass the one of the
+classifier they apply (:func:`~monitor.types.zero_step_angle_of`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .types import N_FEATURES, WINDOW_SAMPLES, FloatArray, StepGeometry, WindowFeatures
+from .types import (
+    N_FEATURES,
+    WINDOW_SAMPLES,
+    FloatArray,
+    StepGeometry,
+    WindowFeatures,
+    check_zero_step_angle,
+)
 
 ZERO_STEP_EPS = 1e-6
 """Steps shorter than this (L2, embedding units) count as repeated frames."""
@@ -54,13 +64,15 @@ def features_from_steps(distances: FloatArray, angles_deg: FloatArray) -> FloatA
 
 
 def trajectory_steps(
-    z: npt.ArrayLike, zero_step_eps: float = ZERO_STEP_EPS
+    z: npt.ArrayLike, zero_step_eps: float = ZERO_STEP_EPS, zero_step_angle_deg: float = 0.0
 ) -> tuple[FloatArray, FloatArray, int]:
     """Distances, turning angles (degrees) and zero-step count of a trajectory.
 
     ``z`` is ``(T, D)``; the result has ``T-1`` distances and ``T-2`` angles,
-    computed in float64 whatever the input precision.
+    computed in float64 whatever the input precision. An angle next to a step
+    shorter than ``zero_step_eps`` is ``zero_step_angle_deg`` (0 or 90).
     """
+    zero_angle = check_zero_step_angle(zero_step_angle_deg)
     zz = np.asarray(z, dtype=np.float64)
     if zz.ndim != 2 or zz.shape[0] < 3:
         raise ValueError(f"z must be (T>=3, D), got shape {zz.shape}")
@@ -72,28 +84,33 @@ def trajectory_steps(
     safe = ~(zero[:-1] | zero[1:])
     cos = np.zeros_like(dots)
     cos[safe] = np.clip(dots[safe] / denom[safe], -1.0, 1.0)
-    theta = np.where(safe, np.degrees(np.arccos(cos)), 0.0)
+    theta = np.where(safe, np.degrees(np.arccos(cos)), zero_angle)
     return d, theta, int(zero.sum())
 
 
 def window_features(
-    z: npt.ArrayLike, zero_step_eps: float = ZERO_STEP_EPS, start_s: float = 0.0
+    z: npt.ArrayLike,
+    zero_step_eps: float = ZERO_STEP_EPS,
+    start_s: float = 0.0,
+    zero_step_angle_deg: float = 0.0,
 ) -> WindowFeatures:
     """The 21 features of one window ``z`` of shape ``(24, D)``, in float64.
 
     Returns a :class:`WindowFeatures` with the features, the count of repeated
-    frames (zero-length steps), and the raw distances and angles.
+    frames (zero-length steps), the raw distances and angles, and the convention
+    ``zero_step_angle_deg`` they were computed in.
     """
     zz = np.asarray(z)
     if zz.ndim != 2 or zz.shape[0] != WINDOW_SAMPLES:
         raise ValueError(f"a window is ({WINDOW_SAMPLES}, D), got shape {zz.shape}")
-    d, theta, repeats = trajectory_steps(zz, zero_step_eps)
+    d, theta, repeats = trajectory_steps(zz, zero_step_eps, zero_step_angle_deg)
     return WindowFeatures(
         features=features_from_steps(d, theta),
         repeated_frames=repeats,
         start_s=start_s,
         distances=d,
         angles_deg=theta,
+        zero_step_angle_deg=float(zero_step_angle_deg),
     )
 
 
@@ -115,6 +132,8 @@ class WindowRing:
     ``reset()`` ends the window at once (a gap); ``push(z, restart=True)`` ends
     it in push order. ``window()`` returns
     the 24 embeddings of the current window, oldest first (a copy).
+    ``zero_step_angle_deg`` is the feature convention (0 or 90, see the module
+    docstring), fixed for the ring's life.
     """
 
     def __init__(
@@ -123,10 +142,12 @@ class WindowRing:
         device: torch.device | str = "cpu",
         zero_step_eps: float = ZERO_STEP_EPS,
         ring_dtype: torch.dtype = torch.float32,
+        zero_step_angle_deg: float = 0.0,
     ) -> None:
         self.dim = dim
         self.device = torch.device(device)
         self.zero_step_eps = zero_step_eps
+        self.zero_step_angle_deg = check_zero_step_angle(zero_step_angle_deg)
         self.ring = torch.zeros(WINDOW_SAMPLES, dim, dtype=ring_dtype, device=self.device)
         self.steps = torch.zeros(2, dim, dtype=torch.float64, device=self.device)
         self._head = -1  # ring slot of the newest embedding
@@ -206,7 +227,7 @@ class WindowRing:
         angle: float | None = None
         if self._committed >= 3:
             if zero or self._zero[-1]:
-                angle = 0.0
+                angle = self.zero_step_angle_deg
             else:
                 cos = min(1.0, max(-1.0, dot / (self._prev_d * d)))
                 angle = float(np.degrees(np.arccos(cos)))
@@ -235,6 +256,7 @@ class WindowRing:
             start_s=start_s,
             distances=d,
             angles_deg=a,
+            zero_step_angle_deg=self.zero_step_angle_deg,
         )
 
     def window(self) -> torch.Tensor:

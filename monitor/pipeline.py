@@ -10,6 +10,10 @@ decodes a clip once and computes
 
 Distinct frames are embedded once, in batches, even when both schedules or
 repeated samples show them. Memory is bounded by the batch size, not the clip.
+
+Features are computed in the convention of the classifier applied (the angle at a
+zero-length step, :data:`~monitor.types.ZERO_STEP_ANGLES_DEG`), or in the one asked
+for when there is no classifier (features only, e.g. ``restrav extract``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from .types import (
     Score,
     WindowClassifier,
     WindowFeatures,
+    check_zero_step_angle,
+    zero_step_angle_of,
 )
 
 CENTRE = "centre"
@@ -81,6 +87,7 @@ def score_json(score: Score, features: bool = True) -> dict[str, Any]:
         "start_s": round(w.start_s, 6),
         "repeated_frames": score.repeated_samples,
         "zero_steps": w.repeated_frames,
+        "zero_step_angle_deg": w.zero_step_angle_deg,
         "flagged": score.flagged,
         "score": score.p_ai,
         "threshold": score.threshold,
@@ -121,9 +128,14 @@ def score_file(
     keep_embeddings: bool = False,
     start_s: float | None = None,
     on_frames: Callable[[int], None] | None = None,
+    zero_step_angle_deg: float | None = None,
 ) -> ClipResult:
     """Score one clip. ``hop`` is in samples (1 = a window at every 11.5 Hz sample).
     ``on_frames(n)`` is told each time ``n`` more frames were embedded (progress).
+
+    Features are in the convention of ``classifier`` (0 degrees at zero-length
+    steps without one); ``zero_step_angle_deg`` asks for another one, which must
+    agree with the classifier's when both are given (ValueError otherwise).
 
     ``start_s`` places the "centre" window at that time instead of the clip's middle.
     ``keep_embeddings`` also returns the windows' embeddings (on the embedder's device).
@@ -132,6 +144,14 @@ def score_file(
     """
     if hop < 1:
         raise ValueError("hop must be >= 1 sample")
+    angle = zero_step_angle_of(classifier)
+    if zero_step_angle_deg is not None:
+        angle = check_zero_step_angle(zero_step_angle_deg)
+        if classifier is not None and angle != zero_step_angle_of(classifier):
+            raise ValueError(
+                f"features at {angle:g} degrees per zero step cannot be scored by a classifier "
+                f"trained at {zero_step_angle_of(classifier):g}"
+            )
     source = source_name(path)
     limits = limits.with_deadline()
     info = probe(path, limits)
@@ -147,7 +167,7 @@ def score_file(
     centre_times: list[float] = []
     centre_repeats = 0
     grid_repeats: deque[bool] = deque(maxlen=WINDOW_SAMPLES - 1)
-    traj = WindowRing(embedder.embedding_dim, embedder.device)
+    traj = WindowRing(embedder.embedding_dim, embedder.device, zero_step_angle_deg=angle)
     grid_start_times: deque[float] = deque(maxlen=WINDOW_SAMPLES)
     windows: list[Score] = []
     window_z: list[torch.Tensor] = []
@@ -209,7 +229,7 @@ def score_file(
     if len(centre_z) != WINDOW_SAMPLES:
         raise NotEnoughFrames(f"{source}: only {len(centre_z)} of {WINDOW_SAMPLES} samples decoded")
     z = torch.stack(centre_z).double().cpu().numpy()
-    centre = window_features(z, start_s=centre_times[0])
+    centre = window_features(z, start_s=centre_times[0], zero_step_angle_deg=angle)
     return ClipResult(
         path=source,
         info=info,

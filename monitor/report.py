@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from .classifier import THETA_MEAN, Classifier
-from .dataset import CENTRE, GRID, FeatureTable
+from .dataset import CENTRE, GRID, FeatureTable, table_zero_step_angle
+from .embed import same_backbone
+from .errors import ConfigError
 from .evaluation import (
     evaluate_scores,
     json_ready,
@@ -53,7 +55,18 @@ def evaluate_artifact(
     floor_repeats: int = 3,
     timeline_clips: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, as a JSON-ready dict (plus private ``_curves``)."""
+    """Everything the report shows, as a JSON-ready dict (plus private ``_curves``).
+
+    Raises :class:`ConfigError` when the table's features are in another convention
+    than the classifier's (the angle at zero-length steps): its scores would be wrong.
+    """
+    table_angle = table_zero_step_angle(table.meta)
+    if table_angle != classifier.zero_step_angle_deg:
+        raise ConfigError(
+            f"the table's features use {table_angle:g} degrees at zero-length steps, the "
+            f"classifier expects {classifier.zero_step_angle_deg:g}: re-extract with "
+            f"`restrav extract --zero-step-angle {classifier.zero_step_angle_deg:g}`"
+        )
     win: WindowMode = windows or (split or {}).get("windows", "centre")
     all_clips = tuple(sorted(set(table.col("clip_id").astype(str).tolist())))
     note = ""
@@ -141,8 +154,8 @@ def evaluate_artifact(
             f"real-vs-real floor AUROC {floor:.3f} is far from 0.5 (chance spread "
             f"{chance_sd:.3f}): the evaluation may leak"
         )
-    if report["table_backbone"] and classifier.backbone and (
-        report["table_backbone"] != classifier.backbone
+    if report["table_backbone"] and classifier.backbone and not same_backbone(
+        report["table_backbone"], classifier.backbone
     ):
         warnings.append("the table's backbone differs from the artifact's: scores are invalid")
     known = set(table.col("clip_id").astype(str).tolist())

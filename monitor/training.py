@@ -34,7 +34,7 @@ import numpy as np
 
 from . import FEATURE_SPEC_VERSION, __version__
 from .classifier import Classifier, ThresholdMode, fit_classifier
-from .dataset import CENTRE, GRID, FeatureTable
+from .dataset import CENTRE, GRID, FeatureTable, table_zero_step_angle
 from .errors import ConfigError
 from .evaluation import evaluate_scores, json_ready, per_generator, shortcut_baselines
 
@@ -243,6 +243,7 @@ def _fit(
         target_fpr=target_fpr,
         seed=seed,
         backbone=backbone,
+        zero_step_angle_deg=table_zero_step_angle(rows.meta),
         **hyper,
     )
 

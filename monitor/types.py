@@ -44,6 +44,27 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 """Names of the 21 features in the official order (SPEC section 5)."""
 
+ZERO_STEP_ANGLES_DEG: tuple[float, ...] = (0.0, 90.0)
+"""The feature conventions: the turning angle given next to a zero-length step
+(a repeated frame). 0 degrees is SPEC section 4 (the default, and what classifiers
+trained here use); 90 degrees is what the upstream code computes (its cosine
+similarity is 0 there), and what the published classifier was trained on."""
+
+
+NO_CLASSIFIER = "none"
+"""The classifier reference (``--classifier``, ``classifier.path``, a job's
+``options.classifier``) that asks for features only: no P(AI)."""
+
+
+def check_zero_step_angle(value: float) -> float:
+    """Return ``value`` as a float if it names a feature convention, else raise ValueError."""
+    v = float(value)
+    if v not in ZERO_STEP_ANGLES_DEG:
+        raise ValueError(
+            f"zero_step_angle_deg must be 0 (SPEC) or 90 (upstream code), got {value!r}"
+        )
+    return v
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -89,7 +110,8 @@ class WindowFeatures:
 
     ``features`` is float64 ``(21,)`` in SPEC order; ``repeated_frames`` counts
     zero-length steps (repeated frames) in the window; ``start_s`` is the time of
-    the first sample on the source's clock.
+    the first sample on the source's clock; ``zero_step_angle_deg`` is the feature
+    convention they were computed in (:data:`ZERO_STEP_ANGLES_DEG`).
     """
 
     features: FloatArray
@@ -97,6 +119,7 @@ class WindowFeatures:
     start_s: float = 0.0
     distances: FloatArray = field(default_factory=lambda: np.zeros(0))
     angles_deg: FloatArray = field(default_factory=lambda: np.zeros(0))
+    zero_step_angle_deg: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         """Return the features keyed by their SPEC names."""
@@ -179,6 +202,7 @@ class StreamScore:
             "flagged": s.flagged,
             "repeated_samples": s.repeated_samples,
             "zero_steps": s.window.repeated_frames,
+            "zero_step_angle_deg": s.window.zero_step_angle_deg,
             "wall_start": round(self.wall_start, 6),
             "wall_end": round(self.wall_end, 6),
             "scored_at": round(self.scored_at, 6),
@@ -226,10 +250,21 @@ class FrameEmbedder(Protocol):
 
 @runtime_checkable
 class WindowClassifier(Protocol):
-    """Turns feature rows into P(AI-generated)."""
+    """Turns feature rows into P(AI-generated).
+
+    ``zero_step_angle_deg`` is the feature convention it was trained on: whoever
+    applies it computes the features in that convention (:func:`zero_step_angle_of`).
+    """
 
     threshold: float
+    zero_step_angle_deg: float
 
     def predict_proba(self, features: npt.NDArray[Any]) -> FloatArray:
         """Return P(AI) for each row of an ``(N, 21)`` feature array."""
         ...
+
+
+def zero_step_angle_of(classifier: WindowClassifier | None) -> float:
+    """The feature convention to compute features in for ``classifier``: its own, or
+    SPEC's 0 degrees when there is none (features only)."""
+    return 0.0 if classifier is None else float(classifier.zero_step_angle_deg)

@@ -42,7 +42,11 @@ class JobOptions(BaseModel):
     windows: bool = Field(True, description="Score every window along the clip.")
     hop: int = Field(1, ge=1, description="One window every `hop` samples.")
     classifier: str | None = Field(
-        None, max_length=128, description="Name of a classifier in queue.classifiers."
+        None,
+        max_length=128,
+        description="Name of a classifier in queue.classifiers; 'none': features only "
+        "(score null); unset: the worker's classifier (the bundled default unless "
+        "configured otherwise).",
     )
 
 

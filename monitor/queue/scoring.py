@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..decode import DecodeLimits
 from ..safe_input import OpenedFile
-from ..types import FEATURE_NAMES, Score
+from ..types import FEATURE_NAMES, NO_CLASSIFIER, Score
 from .jobs import INVALID_JOB, UNKNOWN_CLASSIFIER, JobOptions, JobRejected
 
 if TYPE_CHECKING:  # torch: imported when a clip is scored (`worker --check` stays light)
@@ -74,7 +74,8 @@ class ClipScorer:
     """Scores one local clip for the queue: the model loaded once, classifiers by name.
 
     ``classifiers`` maps names a job may ask for to artifact directories; they
-    are loaded on first use and kept. ``default`` scores jobs that name none.
+    are loaded on first use and kept. ``default`` scores jobs that name none;
+    the name ``none`` asks for features only (no classifier).
     """
 
     def __init__(
@@ -97,6 +98,8 @@ class ClipScorer:
         """The classifier for a job (raises :class:`JobRejected` for an unknown name)."""
         if name is None:
             return self.default
+        if name == NO_CLASSIFIER:
+            return None
         with self._lock:
             if name not in self._loaded:
                 if name not in self.paths:
