@@ -88,9 +88,13 @@ class DecodeSettings(_Section):
 
 
 class ClassifierSettings(_Section):
-    """Which classifier artifact scores windows (None: features only)."""
+    """Which classifier artifact scores windows."""
 
-    path: Path | None = None
+    path: Path | None = Field(
+        None,
+        description="Classifier artifact directory. Unset or 'default': the bundled "
+        "published classifier (restrav-vidprom-mlp); 'none': features only (P(AI) null).",
+    )
 
 
 class RedisSettings(_Section):
@@ -159,7 +163,8 @@ class QueueSettings(_Section):
     )
     classifiers: dict[str, Path] = Field(
         default_factory=dict,
-        description="Named classifier artifacts a job may pick with options.classifier.",
+        description="Named classifier artifacts a job may pick with options.classifier "
+        "('none' is reserved: features only).",
     )
 
     @model_validator(mode="after")

@@ -122,10 +122,10 @@ def test_scores_equal_restrav_score_windows(
     from workers.common import build_classifier, build_embedder, decode_limits
 
     clip = str(clip_dir / "b.mp4")
-    assert cli_main(["score", "--windows", "--model", str(tiny_model_dir), clip]) == 0
+    assert cli_main(["score", "--windows", "--model", str(tiny_model_dir), "-c", "none", clip]) == 0
     cli = json.loads(capsys.readouterr().out)
 
-    settings = load_settings(None, model={"ref": str(tiny_model_dir)})
+    settings = load_settings(None, model={"ref": str(tiny_model_dir)}, classifier={"path": "none"})
     scorer = ClipScorer(
         build_embedder(settings), build_classifier(settings), decode_limits(settings)
     )

@@ -91,7 +91,7 @@ def test_robustness_cli(tiny_model_dir: Path, tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "workers.cli", "robustness", str(clip), "--out",
          str(tmp_path / "rob"), "--transforms", "lossless", "fps_15", "--config", str(config),
-         "--model", str(tiny_model_dir), "--device", "cpu"],
+         "--model", str(tiny_model_dir), "--device", "cpu", "--classifier", "none"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )
     assert r.returncode == 0, r.stderr

@@ -173,7 +173,8 @@ def test_cli_scores_good_files_and_reports_each_bad_one(
 def test_cli_windows_output_and_exit_zero(tmp_path: Path, tiny_model_dir: Path) -> None:
     clip = tmp_path / "c.mp4"
     write_clip(clip, fps=30, n_frames=105)
-    proc = run_cli("score", "-m", str(tiny_model_dir), "--windows", "--hop", "4", str(clip))
+    proc = run_cli("score", "-m", str(tiny_model_dir), "-c", "none", "--windows", "--hop", "4",
+                   str(clip))
     assert proc.returncode == 0, proc.stderr
     obj = json.loads(proc.stdout)
     assert obj["window"]["score"] is None  # no classifier: features only

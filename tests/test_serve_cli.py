@@ -37,6 +37,7 @@ def test_serve_stdout_looping_file_then_sigterm_drains(
     write_clip(clip, fps=25, n_frames=75, size=(64, 48))  # 3 s: every loop is a gap
     cfg = {
         "model": {"ref": str(tiny_model_dir), "device": "cpu", "image_size": 112, "threads": 1},
+        "classifier": {"path": "none"},
         "serve": {
             "api": {"port": free_port()},
             "streams": [{"id": "demo", "url": f"file://{clip}", "loop": True}],

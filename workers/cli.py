@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "workers.doctor_cmd",
     "workers.queue_cmd",
     "workers.train_cmd",
+    "workers.import_cmd",
     "workers.serve_cmd",
 )
 """Modules that add subcommands, in --help order."""
@@ -39,6 +40,7 @@ COMMAND_MODULES = {
     "train": "workers.train_cmd",
     "eval": "workers.train_cmd",
     "robustness": "workers.train_cmd",
+    "import-classifier": "workers.import_cmd",
     "serve": "workers.serve_cmd",
 }
 """Subcommand -> its module. Only the named command's module is imported (torch,

@@ -72,8 +72,9 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
         "-c",
         type=Path,
         metavar="C",
-        help="classifier artifact directory (from `restrav train`); without it, "
-        "features are printed and the score is null",
+        help="classifier artifact directory (from `restrav train` or `restrav "
+        "import-classifier`); default: the bundled published classifier "
+        "(restrav-vidprom-mlp); 'none': features only, the score is null",
     )
     g.add_argument("--device", "-d", metavar="D", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument(
@@ -135,23 +136,23 @@ def build_embedder(settings: Settings) -> Embedder:
     return Embedder(backbone, batch_size=m.batch_size, normalize=m.normalize, compile=m.compile)
 
 
-def build_classifier(settings: Settings) -> Classifier | None:
-    """Load the classifier artifact, or None when none is configured.
+def build_classifier(settings: Settings, embedding_dim: int | None = None) -> Classifier | None:
+    """Load the configured classifier: the bundled default when none is set, None for
+    ``none`` (features only).
 
-    An artifact that recorded the embedder settings it was trained on (``restrav
-    train``, ``save_pipeline``) and differs from this run's (image size,
-    normalisation, dtype) is still loaded, with one WARNING naming each difference:
-    its scores were calibrated on other features."""
+    An artifact that recorded the embedder it was trained on (``restrav train``,
+    ``save_pipeline``, the imported default) and differs from this run's (backbone,
+    embedding width ``embedding_dim`` when given, image size, normalisation, dtype)
+    is still loaded, with one WARNING naming each difference: its scores were
+    calibrated on other features."""
     from monitor.classifier import load_classifier
+    from monitor.published import resolve_classifier_ref
 
-    path = settings.classifier.path
+    path = resolve_classifier_ref(settings.classifier.path)
     if path is None:
         return None
     clf = load_classifier(path)
-    m = settings.model
-    diffs = clf.backbone_mismatches(
-        {"image_size": m.image_size, "normalize": m.normalize, "dtype": m.dtype}
-    )
+    diffs = embedder_mismatches(clf, settings, embedding_dim)
     if diffs:
         logging.getLogger("restrav").warning(
             "classifier %s was trained on other embedder settings (%s): its scores are "
@@ -159,6 +160,28 @@ def build_classifier(settings: Settings) -> Classifier | None:
             path, "; ".join(diffs),
         )
     return clf
+
+
+def embedder_mismatches(
+    clf: Classifier, settings: Settings, embedding_dim: int | None = None
+) -> list[str]:
+    """How this run's model settings differ from what ``clf`` recorded, one line each.
+
+    Backbones are compared by name, a torch.hub name equal to its Hugging Face id
+    (``dinov2_vits14`` is ``facebook/dinov2-small``); a local model directory or file
+    cannot be named, so its embedding width stands for it when ``embedding_dim`` is given.
+    """
+    from monitor.embed import same_backbone
+
+    m = settings.model
+    diffs = clf.backbone_mismatches(
+        {"image_size": m.image_size, "normalize": m.normalize, "dtype": m.dtype,
+         "embedding_dim": embedding_dim}
+    )
+    local = Path(m.ref).expanduser().exists()
+    if clf.backbone and not local and not same_backbone(clf.backbone, m.ref):
+        diffs.insert(0, f"backbone: trained with {clf.backbone!r}, now {m.ref!r}")
+    return diffs
 
 
 def setup_logging(verbose: int) -> None:

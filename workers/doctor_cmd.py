@@ -1,4 +1,5 @@
-"""`restrav doctor`: versions, devices, where the model would load from, Redis reachability."""
+"""`restrav doctor`: versions, devices, where the model would load from, which classifier
+would score, Redis reachability."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from .common import EXIT_OK, EXIT_SOME_FAILED, settings_from_args
 
-HELP = "print versions, devices, model location and Redis reachability"
+HELP = "print versions, devices, model location, classifier and Redis reachability"
 
 
 def register(sub: Any) -> None:
@@ -23,9 +24,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file")
     p.add_argument("--model", "-m", metavar="M", help="model reference to check")
+    p.add_argument("--classifier", "-c", type=Path, metavar="C",
+                   help="classifier to check (default: settings, else the bundled one)")
     p.add_argument("--redis-url", metavar="URL", help="Redis to check (default: settings)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.set_defaults(func=run, classifier=None, device=None, dtype=None, batch_size=None)
+    p.set_defaults(func=run, device=None, dtype=None, batch_size=None)
 
 
 def _model_location(ref: str) -> dict[str, Any]:
@@ -62,6 +65,35 @@ def _model_location(ref: str) -> dict[str, Any]:
         "cached_locally": isinstance(cached, str),
         "exists": isinstance(cached, str),
     }
+
+
+def _classifier(ref: Path | None) -> dict[str, Any]:
+    """Which classifier would score, and whether it loads."""
+    from monitor.classifier import load_classifier
+    from monitor.errors import ArtifactError
+    from monitor.published import resolve_classifier_ref
+
+    path = resolve_classifier_ref(ref)
+    if path is None:
+        return {"ref": "none", "note": "features only: P(AI) is null", "ok": True}
+    try:
+        clf = load_classifier(path)
+    except ArtifactError as exc:
+        return {"ref": str(path), "ok": False, "error": exc.message}
+    info: dict[str, Any] = {
+        "ref": str(path),
+        "bundled_default": ref is None or str(ref) == "default",
+        "kind": clf.kind,
+        "threshold": clf.threshold,
+        "threshold_mode": clf.threshold_mode,
+        "zero_step_angle_deg": clf.zero_step_angle_deg,
+        "backbone": clf.backbone or "unknown",
+        "ok": True,
+    }
+    if clf.provenance:
+        info["source"] = clf.provenance.get("source", "?")
+        info["license"] = clf.provenance.get("license", "?")
+    return info
 
 
 def _damaged_weights(directory: Path) -> list[str]:
@@ -146,12 +178,17 @@ def run(args: argparse.Namespace) -> int:
             else [],
         },
         "model": _model_location(settings.model.ref),
+        "classifier": _classifier(settings.classifier.path),
         "redis": _redis(
             args.redis_url
             or (settings.redis.url.get_secret_value() if settings.redis.url else None)
         ),
     }
-    ok = report["model"]["exists"] and report["redis"].get("reachable", True)
+    ok = (
+        report["model"]["exists"]
+        and report["classifier"]["ok"]
+        and report["redis"].get("reachable", True)
+    )
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -288,7 +288,11 @@ def run_worker(args: argparse.Namespace) -> int:
         decode_limits(settings), job_timeout_s=q.job_timeout_s, max_rss_bytes=q.max_rss_bytes
     )
     scorer = ClipScorer(
-        embedder, build_classifier(settings), limits, dict(q.classifiers), max_hop=q.max_hop
+        embedder,
+        build_classifier(settings, embedder.embedding_dim),
+        limits,
+        dict(q.classifiers),
+        max_hop=q.max_hop,
     )
     policy = source_policy(q)
     registry = CollectorRegistry()

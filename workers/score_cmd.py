@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     """Score every path; exit 1 if any failed."""
     settings = settings_from_args(args)
     embedder = build_embedder(settings)
-    classifier = build_classifier(settings)
+    classifier = build_classifier(settings, embedder.embedding_dim)
     limits = decode_limits(settings)
     failed = 0
     shown = progress_enabled(args.progress)

@@ -180,9 +180,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     embedder = await asyncio.to_thread(build_embedder, settings)
     embedder.batch_size = max(embedder.batch_size, s.engine.max_batch)
     s = s.model_copy(update={"source": resolve_decode_backend(s.source, str(embedder.device))})
-    classifier = build_classifier(settings)
+    classifier = build_classifier(settings, embedder.embedding_dim)
     if classifier is None:
-        log.warning("no classifier configured: scores carry features only (p_ai null)")
+        log.warning("classifier 'none': scores carry features only (p_ai null)")
     engine = Engine(embedder, classifier, s.engine, metrics)
     engine.start(loop)
 

@@ -1,8 +1,8 @@
 """`restrav extract | train | eval | robustness`: build, check and stress your own classifier.
 
-No trained ReStraV classifier is published: these commands turn a folder of
-labelled clips into a classifier artifact, a model card and an evaluation
-report that says how far to trust it.
+These commands turn a folder of labelled clips into a classifier artifact, a
+model card and an evaluation report that says how far to trust it, and evaluate
+any artifact (the bundled published classifier by default) on your own clips.
 """
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ real-vs-real floor. Uses the held-out clips of the artifact's split.json.
 Writes OUT/report.json, OUT/report.md and roc.png, pr.png, features.png,
 timeline.png. If a shortcut baseline comes close to the model, the data lets
 metadata alone separate the classes: the model's numbers are not to be trusted.
+
+Without --classifier the bundled published classifier is evaluated; its features
+use 90 degrees at zero-length steps, so extract the table with
+`restrav extract --zero-step-angle 90` (a table in another convention is refused).
+--recalibrate DIR also writes a copy of the classifier whose threshold gives
+--target-fpr on the table's real clips (centre windows): the published threshold
+was chosen on the publisher's data, not yours.
 """
 
 ROBUSTNESS_DESCRIPTION = """\
@@ -116,6 +123,12 @@ def register(sub: Any) -> None:
                    "one window every K samples (default 1)")
     p.add_argument("--chunk", type=int, default=16, metavar="N",
                    help="clips per Parquet part (work lost on interruption; default 16)")
+    p.add_argument(
+        "--zero-step-angle", type=float, choices=(0.0, 90.0), default=0.0, metavar="DEG",
+        help="feature convention: the angle at a zero-length step (repeated frame), 0 per "
+        "SPEC (default; classifiers trained here) or 90 as the upstream code (to evaluate "
+        "the bundled published classifier, or to train one that matches it)",
+    )
     _progress_flag(p)
     add_settings_args(p)
     p.set_defaults(func=run_extract)
@@ -153,8 +166,10 @@ def register(sub: Any) -> None:
         formatter_class=fmt,
     )
     p.add_argument("table", type=Path, metavar="TABLE", help="feature table from restrav extract")
-    p.add_argument("--classifier", "-c", type=Path, required=True, metavar="C",
-                   help="artifact folder from restrav train")
+    p.add_argument("--classifier", "-c", type=Path, default=None, metavar="C",
+                   help="artifact folder from restrav train or import-classifier "
+                   "(default: the bundled published classifier; extract the table "
+                   "with its convention, --zero-step-angle 90)")
     p.add_argument("--out", "-o", type=Path, required=True, metavar="DIR", help="report folder")
     p.add_argument("--windows", choices=["centre", "all"], default=None,
                    help="rows to evaluate (default: as trained)")
@@ -164,6 +179,11 @@ def register(sub: Any) -> None:
                    help="real-vs-real floor repeats (0 to skip)")
     p.add_argument("--timeline", nargs="+", metavar="CLIP_ID",
                    help="clips to plot window by window (default: up to 2 per class)")
+    p.add_argument("--recalibrate", type=Path, metavar="DIR",
+                   help="write a copy of the classifier with its threshold set for "
+                   "--target-fpr on this table's real clips")
+    p.add_argument("--target-fpr", type=float, default=0.01, metavar="F",
+                   help="false-positive rate on real clips for --recalibrate (default 0.01)")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser(
@@ -211,6 +231,7 @@ def run_extract(args: argparse.Namespace) -> int:
             "normalize": settings.model.normalize,
             "dtype": settings.model.dtype,
         },
+        zero_step_angle_deg=args.zero_step_angle,
     )
     for e in summary.errors:
         print(f"restrav extract: {e['clip_id']}: {e['code']}: {e['message']}", file=sys.stderr)
@@ -222,6 +243,7 @@ def run_extract(args: argparse.Namespace) -> int:
             "extracted": summary.extracted,
             "failed": summary.failed,
             "rows": summary.rows,
+            "zero_step_angle_deg": args.zero_step_angle,
         }
     )
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
@@ -271,15 +293,19 @@ def run_eval(args: argparse.Namespace) -> int:
     """Evaluate and write the report."""
     from monitor.classifier import load_classifier
     from monitor.dataset import load_table  # pyarrow: the train extra
+    from monitor.published import resolve_classifier_ref
     from monitor.report import evaluate_artifact, write_report
     from monitor.training import read_split
 
     table = load_table(args.table)
-    clf = load_classifier(args.classifier)
+    clf_dir = resolve_classifier_ref(args.classifier)
+    if clf_dir is None:
+        raise ConfigError("eval needs a classifier; 'none' names no classifier")
+    clf = load_classifier(clf_dir)
     report = evaluate_artifact(
         table,
         clf,
-        read_split(args.classifier),
+        read_split(clf_dir),
         windows=args.windows,
         n_boot=args.bootstrap,
         seed=args.seed,
@@ -289,9 +315,36 @@ def run_eval(args: argparse.Namespace) -> int:
     paths = write_report(report, args.out)
     for w in report["warnings"]:
         print(f"restrav eval: warning: {w}", file=sys.stderr)
-    _emit({"report": [str(p) for p in paths], "model": report["model"]["metrics"],
-           "warnings": report["warnings"]})
+    out: dict[str, Any] = {"report": [str(p) for p in paths],
+                           "model": report["model"]["metrics"], "warnings": report["warnings"]}
+    if args.recalibrate is not None:
+        out["recalibrated"] = _recalibrate(clf, clf_dir, table, args)
+    _emit(out)
     return EXIT_OK
+
+
+def _recalibrate(clf: Any, clf_dir: Path, table: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Write ``clf`` with the threshold for ``--target-fpr`` on the table's real centre rows."""
+    import shutil
+
+    from monitor.classifier import threshold_for_fpr
+    from monitor.dataset import CENTRE
+
+    if not 0.0 <= args.target_fpr < 1.0:
+        raise ConfigError(f"--target-fpr must be in [0, 1), got {args.target_fpr}")
+    rows = table.windows(CENTRE)
+    real = rows.features[rows.labels == 0]
+    if len(real) == 0:
+        raise ConfigError(f"{args.table}: no real clips to set a false-positive rate on")
+    old = clf.threshold
+    clf.threshold = threshold_for_fpr(clf.predict_proba(real), args.target_fpr)
+    clf.threshold_mode = f"fpr<={args.target_fpr} (recalibrated on {len(real)} real clips)"
+    clf.save(args.recalibrate)
+    for name in ("LICENSE", "NOTICE"):
+        if (clf_dir / name).is_file():
+            shutil.copyfile(clf_dir / name, args.recalibrate / name)
+    return {"artifact": str(args.recalibrate), "threshold": clf.threshold,
+            "previous_threshold": old, "real_clips": len(real)}
 
 
 def run_robustness_cmd(args: argparse.Namespace) -> int:
@@ -301,7 +354,7 @@ def run_robustness_cmd(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     embedder = build_embedder(settings)
-    clf = build_classifier(settings)
+    clf = build_classifier(settings, embedder.embedding_dim)
     limits = decode_limits(settings)
     outcomes = run_robustness(
         args.paths,
