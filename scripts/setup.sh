@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+# TORCH_INDEX_URL="" (set but empty) takes torch from pip's configured index instead
+TORCH_INDEX_URL=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
 .venv/bin/python -c "import torch" 2>/dev/null \
-  || .venv/bin/pip install -q --index-url "$TORCH_INDEX_URL" "torch==2.13.0"
+  || .venv/bin/pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 .venv/bin/pip install -q -e ".[dev]"
 echo "setup done: activate with 'source .venv/bin/activate' or call .venv/bin/restrav"

@@ -445,3 +445,152 @@ def test_import_usage_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
     r = run_cli("import-classifier", "--help")
     assert r.returncode == 0 and "P(real)" in r.stdout and "SHA256SUMS" in r.stdout
+
+
+# --- learning in either convention ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled folder of 8 fps clips (every window repeats frames)."""
+    from .test_train_e2e import _jumpy, _real
+
+    root = tmp_path_factory.mktemp("slow-labelled")
+    for sub in ("real", "ai/jump", "ai/walk"):
+        (root / sub).mkdir(parents=True)
+    for k in range(6):
+        write_clip(root / "real" / f"r{k}.mp4", fps=8, n_frames=24, frame_fn=_real(k))
+    for k in range(3):
+        write_clip(root / "ai/jump" / f"j{k}.mp4", fps=8, n_frames=24, frame_fn=_jumpy(k, 1))
+        write_clip(root / "ai/walk" / f"w{k}.mp4", fps=8, n_frames=24, frame_fn=_jumpy(k, 2))
+    return root
+
+
+@pytest.mark.slow
+def test_extract_train_eval_round_trip_in_the_upstream_convention(
+    slow_clips: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.dataset import load_table
+    from monitor.embed import load_backbone
+
+    config = tmp_path / "settings.yaml"
+    config.write_text("model:\n  image_size: 112\n")
+    model = ["--config", str(config), "--model", str(tiny_model_dir), "--device", "cpu"]
+    t90, t0, art = tmp_path / "t90", tmp_path / "t0", tmp_path / "art"
+    assert cli_main(["extract", str(slow_clips), "--out", str(t90), "--zero-step-angle", "90",
+                     "--no-progress", *model]) == 0
+    assert cli_main(["extract", str(slow_clips), "--out", str(t0), "--no-progress", *model]) == 0
+    capsys.readouterr()
+    table = load_table(t90)
+    assert table.meta["zero_step_angle_deg"] == 90.0
+    assert load_table(t0).meta["zero_step_angle_deg"] == 0.0
+    assert (table.features[:, 7:13] == 90.0).any()  # angles next to repeated frames
+    assert not (load_table(t0).features[:, 7:13] == 90.0).any()
+    assert cli_main(["train", str(t90), "--out", str(art), "--kind", "logreg",
+                     "--test-fraction", "0.34", "--bootstrap", "50"]) == 0
+    clf = load_classifier(art)
+    assert clf.zero_step_angle_deg == 90.0
+    # scoring the trained artifact computes the features it was trained on
+    embedder = Embedder(load_backbone(str(tiny_model_dir), "cpu", image_size=112))
+    rows = table.windows("centre")
+    for path, row in list(zip(rows.col("path"), rows.features))[:4]:
+        res = score_file(Path(str(path)), embedder, clf)
+        assert res.centre.window.zero_step_angle_deg == 90.0
+        np.testing.assert_allclose(res.centre.window.features, row, rtol=1e-9, atol=1e-9)
+        assert res.centre.p_ai == pytest.approx(float(clf.predict_proba(row)[0]), abs=1e-9)
+    # a table in the other convention is refused with what to do
+    capsys.readouterr()
+    assert cli_main(["eval", str(t0), "-c", str(art), "--out", str(tmp_path / "r0"),
+                     "--floor-repeats", "0", "--bootstrap", "20"]) == 3
+    assert "--zero-step-angle 90" in capsys.readouterr().err
+    # the bundled classifier is evaluated by default, and recalibrated for a target FPR
+    recal = tmp_path / "recal"
+    assert cli_main(["eval", str(t90), "--out", str(tmp_path / "r90"), "--floor-repeats", "0",
+                     "--bootstrap", "20", "--recalibrate", str(recal),
+                     "--target-fpr", "0.2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["recalibrated"]["real_clips"] == 6
+    new = load_classifier(recal)
+    assert new.threshold == out["recalibrated"]["threshold"]
+    assert new.zero_step_angle_deg == 90.0 and new.provenance["license"] == "Apache-2.0"
+    assert (recal / "LICENSE").is_file() and (recal / "NOTICE").is_file()
+    real = rows.features[rows.labels == 0]
+    p_real_rows = new.predict_proba(real)
+    # 20 % of 6 real clips allows 1 false positive: exactly the highest real clip is flagged
+    assert np.sum(p_real_rows >= new.threshold) == 1
+    assert new.threshold == np.nextafter(np.sort(p_real_rows)[-2], np.inf)
+
+
+def _pipeline_clips(root: Path) -> tuple[list[str], np.ndarray]:
+    from .test_train_e2e import _jumpy, _real
+
+    paths = []
+    for k in range(4):
+        p = root / f"r{k}.mp4"
+        write_clip(p, fps=8 if k % 2 else 24, n_frames=48 if k % 2 else 72, frame_fn=_real(k))
+        paths.append(str(p))
+        p = root / f"a{k}.mp4"
+        write_clip(p, fps=8 if k % 2 else 24, n_frames=48 if k % 2 else 72,
+                   frame_fn=_jumpy(k, 1))
+        paths.append(str(p))
+    return paths, np.array([0, 1] * 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("angle", [0.0, 90.0])
+def test_saved_pipeline_and_cli_agree_in_both_conventions(
+    angle: float, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from monitor.estimators import (
+        ReStraVClassifier,
+        TrajectoryFeatures,
+        VideoEmbedder,
+        save_pipeline,
+    )
+
+    paths, y = _pipeline_clips(tmp_path)
+    z = VideoEmbedder(model=str(tiny_model_dir), device="cpu").transform(paths)
+    pipe = make_pipeline(TrajectoryFeatures(zero_step_angle_deg=angle), StandardScaler(),
+                         ReStraVClassifier(kind="logreg", threshold_mode="fixed")).fit(z, y)
+    save_pipeline(pipe, tmp_path / "art")
+    assert load_classifier(tmp_path / "art").zero_step_angle_deg == angle
+    r = run_cli("score", "-m", str(tiny_model_dir), "--device", "cpu",
+                "-c", str(tmp_path / "art"), *paths)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x)["window"] for x in r.stdout.splitlines()]
+    feats = TrajectoryFeatures(zero_step_angle_deg=angle).transform(z)
+    assert (feats[:, 7:13] == angle).any()  # the 8 fps clips' zero steps show the convention
+    np.testing.assert_allclose(
+        [list(w["features"].values()) for w in lines], feats, rtol=1e-9, atol=1e-9)
+    assert all(w["zero_step_angle_deg"] == angle for w in lines)
+    np.testing.assert_allclose([w["score"] for w in lines], pipe.predict_proba(z)[:, 1],
+                               rtol=1e-7, atol=1e-9)
+
+
+def test_published_pipeline_scores_as_the_cli_and_refuses_a_mixed_convention(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from sklearn.pipeline import make_pipeline
+
+    from monitor.estimators import (
+        ReStraVClassifier,
+        TrajectoryFeatures,
+        published_pipeline,
+        save_pipeline,
+    )
+
+    clip = tmp_path / "slow.mp4"
+    write_clip(clip, fps=8, n_frames=40)
+    pipe = published_pipeline(model=str(tiny_model_dir), device="cpu")
+    p = pipe.predict_proba([str(clip)])[:, 1]
+    r = run_cli("score", "-m", str(tiny_model_dir), "--device", "cpu", str(clip))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["window"]["score"] == pytest.approx(float(p[0]), abs=1e-6)
+    loaded = ReStraVClassifier.load()  # the bundled classifier
+    assert loaded.zero_step_angle_deg_ == 90.0
+    with pytest.raises(ValueError, match="zero_step_angle_deg=90"):
+        save_pipeline(make_pipeline(TrajectoryFeatures(), loaded), tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from monitor.errors import RestravError
 from monitor.pipeline import error_json, score_file
+from monitor.published import resolve_classifier_ref
 
 from .common import (
     EXIT_OK,
@@ -32,8 +33,10 @@ DESCRIPTION = """\
 Score video files with ReStraV. For each PATH, prints one JSON object on stdout:
 the paper's centred 2 s window (24 samples at 11.5 Hz) with its 21 features, its
 repeated-frame count (sources slower than 11.5 fps repeat frames; such windows
-are flagged) and P(AI-generated), or null without --classifier. With --windows,
-also every window along the clip, one per --hop samples.
+are flagged) and P(AI-generated) from the bundled published classifier
+(restrav-vidprom-mlp) or --classifier DIR; `--classifier none` gives features
+only (score null). "classifier" names the artifact used. With --windows, also
+every window along the clip, one per --hop samples.
 
 A file that cannot be scored gets {"ok": false, "error": {"code", "message"}}
 and the others are still scored; the exit status is 1 if any failed.
@@ -75,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     embedder = build_embedder(settings)
     classifier = build_classifier(settings, embedder.embedding_dim)
     limits = decode_limits(settings)
+    clf_dir = resolve_classifier_ref(settings.classifier.path)
+    clf_name = clf_dir.name if clf_dir is not None else None
     failed = 0
     shown = progress_enabled(args.progress)
     bar = tqdm(args.paths, unit="file", disable=not shown, file=sys.stderr)
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 path, embedder, classifier, limits, all_windows=args.windows, hop=args.hop,
                 on_frames=count_frames,
             ).to_json()
+            result["classifier"] = clf_name
         except RestravError as exc:
             failed += 1
             result = error_json(path, exc.code, exc.message)
