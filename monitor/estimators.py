@@ -51,11 +51,11 @@ from .classifier import (
     KINDS,
     Classifier,
     Scaler,
-    fit_classifier,
     load_classifier,
 )
 from .decode import DecodeLimits
 from .embed import Embedder, load_backbone
+from .fitting import fit_classifier
 from .geometry import ZERO_STEP_EPS, features_from_steps, trajectory_steps
 from .pipeline import score_file
 from .published import bundled_classifier_dir

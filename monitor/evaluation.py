@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .classifier import fit_classifier
 from .dataset import FeatureTable
+from .fitting import fit_classifier
 from .types import FloatArray
 
 Metrics = dict[str, float]
@@ -297,7 +297,8 @@ def shortcut_baselines(
     report its test metrics at the max-F1 threshold of its training rows."""
     from sklearn.linear_model import LogisticRegression
 
-    from .classifier import Scaler, threshold_max_f1
+    from .classifier import Scaler
+    from .fitting import threshold_max_f1
 
     out: dict[str, dict[str, Any]] = {}
     y_train, y_test = train.labels, test.labels

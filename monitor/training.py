@@ -33,10 +33,11 @@ from typing import Any, Literal
 import numpy as np
 
 from . import FEATURE_SPEC_VERSION, __version__
-from .classifier import Classifier, ThresholdMode, fit_classifier
+from .classifier import Classifier
 from .dataset import CENTRE, GRID, FeatureTable, table_zero_step_angle
 from .errors import ConfigError
 from .evaluation import evaluate_scores, json_ready, per_generator, shortcut_baselines
+from .fitting import ThresholdMode, fit_classifier
 
 SplitMode = Literal["stratified", "group", "logo"]
 WindowMode = Literal["centre", "all"]

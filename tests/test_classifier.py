@@ -13,12 +13,10 @@ from monitor.classifier import (
     META_FILE,
     TENSOR_FILE,
     Scaler,
-    fit_classifier,
     load_classifier,
-    threshold_for_fpr,
-    threshold_max_f1,
 )
 from monitor.errors import ArtifactError
+from monitor.fitting import fit_classifier, threshold_for_fpr, threshold_max_f1
 
 
 def separable(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

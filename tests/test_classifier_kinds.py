@@ -14,12 +14,10 @@ from monitor.classifier import (
     THETA_MEAN,
     Classifier,
     Scaler,
-    fit_classifier,
-    fit_kind,
     load_classifier,
     mahalanobis_sq,
-    threshold_for_fpr,
 )
+from monitor.fitting import fit_classifier, fit_kind, threshold_for_fpr
 from monitor.types import N_FEATURES
 
 
@@ -45,10 +43,10 @@ def test_exported_kind_predicts_like_sklearn(kind: str) -> None:
     params, model = fit_kind(kind, xs_train, y[:160], seed=1, **SMALL)
     ours = PROBA[kind](params, xs_test)
     if kind == "svm_rbf":
-        from monitor.classifier import _svm_decision
+        from monitor.classifier import svm_decision
 
         np.testing.assert_allclose(
-            _svm_decision(params, xs_test), model.decision_function(xs_test), rtol=1e-9, atol=1e-9
+            svm_decision(params, xs_test), model.decision_function(xs_test), rtol=1e-9, atol=1e-9
         )
         a, b = params["svm.platt_a"][0], params["svm.platt_b"][0]
         expected = 1 / (1 + np.exp(-(a * model.decision_function(xs_test) + b)))

@@ -254,7 +254,7 @@ def test_overload_skips_whole_windows_never_single_samples(
 
 
 def test_scores_carry_the_classifier_probability(clip: Path, small_embedder: Embedder) -> None:
-    from monitor.classifier import fit_classifier
+    from monitor.fitting import fit_classifier
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 21))

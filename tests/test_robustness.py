@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.classifier import fit_classifier
 from monitor.embed import Embedder, load_backbone
+from monitor.fitting import fit_classifier
 from monitor.pipeline import score_file
 from monitor.robustness import (
     robustness_markdown,

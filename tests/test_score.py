@@ -14,9 +14,9 @@ import av
 import numpy as np
 import pytest
 
-from monitor.classifier import fit_classifier
 from monitor.decode_file import probe, sample_file
 from monitor.embed import Embedder
+from monitor.fitting import fit_classifier
 from monitor.geometry import window_features
 from monitor.pipeline import score_file
 from monitor.sampler import centre_window_start, grid_times, window_times

@@ -327,8 +327,8 @@ def _recalibrate(clf: Any, clf_dir: Path, table: Any, args: argparse.Namespace) 
     """Write ``clf`` with the threshold for ``--target-fpr`` on the table's real centre rows."""
     import shutil
 
-    from monitor.classifier import threshold_for_fpr
     from monitor.dataset import CENTRE
+    from monitor.fitting import threshold_for_fpr
 
     if not 0.0 <= args.target_fpr < 1.0:
         raise ConfigError(f"--target-fpr must be in [0, 1), got {args.target_fpr}")
