@@ -31,8 +31,9 @@ from bench.common import (
     timed,
     vit_flops_per_frame,
 )
+from monitor.backbone import load_backbone
 from monitor.decode_file import probe, sample_file
-from monitor.embed import Embedder, load_backbone, preprocess
+from monitor.embed import Embedder, preprocess
 from monitor.geometry import WindowRing
 from monitor.pipeline import score_file
 from monitor.sampler import grid_times

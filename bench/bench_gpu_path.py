@@ -35,9 +35,10 @@ import av
 import torch
 
 from bench.common import machine, random_backbone_dir, table
+from monitor.backbone import load_backbone
 from monitor.config import EngineSettings, ServeSourceSettings, StreamSpec
 from monitor.decode import LiveVideo
-from monitor.embed import Embedder, load_backbone
+from monitor.embed import Embedder
 from monitor.engine import Engine, EngineSample
 from monitor.sampler import LiveSampler
 from monitor.sources.base import SourceContext

@@ -46,9 +46,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from monitor.backbone import load_backbone  # noqa: E402
 from monitor.colour import YUVPlanes, frame_planes  # noqa: E402
 from monitor.config import MODEL_DTYPES, EngineSettings  # noqa: E402
-from monitor.embed import Embedder, load_backbone, preprocess  # noqa: E402
+from monitor.embed import Embedder, preprocess  # noqa: E402
 from monitor.engine import Engine, EngineSample  # noqa: E402
 from monitor.geometry import window_features  # noqa: E402
 from monitor.types import (  # noqa: E402

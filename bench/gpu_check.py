@@ -24,7 +24,8 @@ from bench.common import (
     timed,
     vit_flops_per_frame,
 )
-from monitor.embed import Embedder, load_backbone, preprocess
+from monitor.backbone import load_backbone
+from monitor.embed import Embedder, preprocess
 from monitor.pipeline import score_file
 from monitor.types import FEATURE_NAMES
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import random_backbone_dir, table
-from monitor.embed import Embedder, load_backbone
+from monitor.backbone import load_backbone
+from monitor.embed import Embedder
 from monitor.pipeline import score_file
 
 

@@ -34,9 +34,10 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from monitor.backbone import load_backbone  # noqa: E402
 from monitor.config import StreamSpec, load_settings  # noqa: E402
 from monitor.decode_guard import rss_bytes  # noqa: E402
-from monitor.embed import Embedder, load_backbone  # noqa: E402
+from monitor.embed import Embedder  # noqa: E402
 from monitor.engine import Engine  # noqa: E402
 from monitor.metrics import StreamMetrics  # noqa: E402
 from monitor.service import StreamManager  # noqa: E402

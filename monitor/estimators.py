@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(or pip install 'scikit-learn>=1.6')"
     ) from exc
 
+from .backbone import load_backbone
 from .classifier import (
     KINDS,
     Classifier,
@@ -54,7 +55,7 @@ from .classifier import (
     load_classifier,
 )
 from .decode import DecodeLimits
-from .embed import Embedder, load_backbone
+from .embed import Embedder
 from .fitting import fit_classifier
 from .geometry import ZERO_STEP_EPS, features_from_steps, trajectory_steps
 from .pipeline import score_file

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from .backbone import same_backbone
 from .classifier import THETA_MEAN, Classifier
 from .dataset import CENTRE, GRID, FeatureTable, table_zero_step_angle
-from .embed import same_backbone
 from .errors import ConfigError
 from .evaluation import (
     evaluate_scores,

@@ -18,8 +18,9 @@ from pydantic import SecretStr
 
 from monitor import keys
 from monitor.api import ApiContext, create_app
+from monitor.backbone import load_backbone
 from monitor.config import ServeSettings, StreamSpec, load_settings
-from monitor.embed import Embedder, load_backbone
+from monitor.embed import Embedder
 from monitor.engine import Engine
 from monitor.metrics import StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager

@@ -22,10 +22,11 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from monitor import keys
+from monitor.backbone import load_backbone
 from monitor.cluster import ClusteredStreamManager
 from monitor.config import StreamSpec, load_settings
 from monitor.desired import DesiredSetKeeper, RedisDesiredStore
-from monitor.embed import Embedder, load_backbone
+from monitor.embed import Embedder
 from monitor.engine import Engine
 from monitor.leases import Lease, LeaseStore
 from monitor.metrics import StreamMetrics

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.embed import Embedder, load_backbone
+from monitor.backbone import load_backbone
+from monitor.embed import Embedder
 from monitor.pipeline import score_file
 from tests.media import write_clip
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.embed import Embedder, load_backbone, preprocess
+from monitor.backbone import load_backbone
+from monitor.embed import Embedder, preprocess
 from monitor.errors import ModelError, ModelNotFound
 from tests.conftest import TINY_HIDDEN, build_tiny_dinov2
 

@@ -31,7 +31,7 @@ from .media import write_clip
 @pytest.fixture(scope="module")
 def small_embedder(tiny_model_dir: Path) -> Iterator[Embedder]:
     """The tiny model at 112 px (65 tokens): the same code path, 4x less work on 2 cores."""
-    from monitor.embed import load_backbone
+    from monitor.backbone import load_backbone
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is faster than two
@@ -275,7 +275,7 @@ def test_scores_carry_the_classifier_probability(clip: Path, small_embedder: Emb
 
 @pytest.mark.cuda
 def test_engine_on_cuda_matches_cpu_reference(clip: Path, tiny_model_dir: Path) -> None:
-    from monitor.embed import load_backbone
+    from monitor.backbone import load_backbone
 
     gpu = Embedder(load_backbone(str(tiny_model_dir), "cuda"), batch_size=16)
     frames = decoded(clip)

@@ -300,7 +300,7 @@ def test_serve_file_stream_scores_with_the_default_classifier_as_upstream(
 
     import yaml
 
-    from monitor.embed import load_backbone
+    from monitor.backbone import load_backbone
 
     from .redisproc import free_port
 
@@ -470,8 +470,8 @@ def slow_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_extract_train_eval_round_trip_in_the_upstream_convention(
     slow_clips: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from monitor.backbone import load_backbone
     from monitor.dataset import load_table
-    from monitor.embed import load_backbone
 
     config = tmp_path / "settings.yaml"
     config.write_text("model:\n  image_size: 112\n")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.embed import Embedder, load_backbone
+from monitor.backbone import load_backbone
+from monitor.embed import Embedder
 from monitor.fitting import fit_classifier
 from monitor.pipeline import score_file
 from monitor.robustness import (

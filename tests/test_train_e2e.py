@@ -94,7 +94,8 @@ IMAGE_SIZE = 112
 def test_extract_train_eval_score(
     labelled_clips: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from monitor.embed import Embedder, load_backbone
+    from monitor.backbone import load_backbone
+    from monitor.embed import Embedder
 
     config = tmp_path / "settings.yaml"
     config.write_text(f"model:\n  image_size: {IMAGE_SIZE}\n")

@@ -125,7 +125,8 @@ def decode_limits(settings: Settings) -> DecodeLimits:
 
 def build_embedder(settings: Settings) -> Embedder:
     """Load the backbone named by the settings and wrap it in an Embedder."""
-    from monitor.embed import Embedder, load_backbone
+    from monitor.backbone import load_backbone
+    from monitor.embed import Embedder
 
     m = settings.model
     if m.threads:
@@ -171,7 +172,7 @@ def embedder_mismatches(
     (``dinov2_vits14`` is ``facebook/dinov2-small``); a local model directory or file
     cannot be named, so its embedding width stands for it when ``embedding_dim`` is given.
     """
-    from monitor.embed import same_backbone
+    from monitor.backbone import same_backbone
 
     m = settings.model
     diffs = clf.backbone_mismatches(

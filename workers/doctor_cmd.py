@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
 
 
 def _model_location(ref: str) -> dict[str, Any]:
-    from monitor.embed import HUB_NAMES
+    from monitor.backbone import HUB_NAMES
 
     path = Path(ref).expanduser()
     if path.is_file():
