@@ -9,13 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.dataset import (
-    ClipSpec,
-    discover,
-    extract_features,
-    load_table,
-    read_errors,
-)
+from monitor.dataset import extract_features, load_table, read_errors
+from monitor.discovery import ClipSpec, discover
 from monitor.errors import ConfigError
 from monitor.pipeline import ClipResult, score_file
 from monitor.types import FEATURE_NAMES

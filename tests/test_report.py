@@ -9,8 +9,9 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 
+from monitor.model_card import write_training_outputs
 from monitor.report import PLOTS, evaluate_artifact, write_report
-from monitor.training import read_split, train, write_training_outputs
+from monitor.training import read_split, train
 
 from .tables import synthetic_table
 
@@ -64,9 +65,9 @@ def test_a_table_of_new_clips_is_evaluated_whole(tmp_path: Path) -> None:
 
 def test_timeline_legend_shows_clip_ids_starting_with_underscore() -> None:
     """matplotlib drops legend labels that start with `_`: clip ids may (``_cam1/a.mp4``)."""
-    from monitor.report import _fig, draw_timeline
+    from monitor.plots import draw_timeline, pyplot
 
-    plt = _fig()
+    plt = pyplot()
     fig, ax = plt.subplots()
     report = {
         "_timeline": [

@@ -16,6 +16,7 @@ from monitor import classifier as classifier_mod
 from monitor.classifier import load_classifier
 from monitor.dataset import FeatureTable
 from monitor.errors import ConfigError
+from monitor.model_card import write_training_outputs
 from monitor.training import (
     CARD_FILE,
     SPLIT_FILE,
@@ -25,7 +26,6 @@ from monitor.training import (
     select_rows,
     stratified_split,
     train,
-    write_training_outputs,
 )
 
 from .tables import synthetic_table

@@ -211,7 +211,8 @@ def _emit(obj: Any) -> None:
 
 def run_extract(args: argparse.Namespace) -> int:
     """Discover clips, extract their features; exit 1 if any clip failed."""
-    from monitor.dataset import discover, extract_features  # pyarrow: the train extra
+    from monitor.dataset import extract_features  # pyarrow: the train extra
+    from monitor.discovery import discover  # pyarrow: the train extra
 
     settings = settings_from_args(args)
     clips = discover(args.source)
@@ -252,7 +253,8 @@ def run_extract(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     """Train, write the artifact, print the held-out metrics."""
     from monitor.dataset import load_table  # pyarrow: the train extra
-    from monitor.training import train, write_training_outputs
+    from monitor.model_card import write_training_outputs
+    from monitor.training import train
 
     table = load_table(args.table)
     try:
