@@ -55,7 +55,8 @@ from .config import StreamSpec, WebRTCSettings
 from .metrics import WebRTCMetrics
 from .service import StreamManager
 from .sources.base import LiveSource, SourceContext, SourceError, register_source_kind
-from .sources.webrtc import SDP_MIME, WHEP_SCHEMES, TrackSource, whep_opener
+from .sources.webrtc import SDP_MIME, TrackSource
+from .sources.whep import WHEP_SCHEMES, whep_opener
 from .whip_sdp import BadOffer, parse_offer
 from .whip_sessions import (
     PublishHook,
