@@ -39,7 +39,7 @@ from monitor.service import RedisDesiredStore, StreamManager, validate_spec
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink, sink_ready_check
 from monitor.sources.rtsp import resolve_decode_backend
-from monitor.whip import attach_webrtc
+from monitor.whip_hub import attach_webrtc
 
 from .common import (
     EXIT_OK,
