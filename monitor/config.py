@@ -6,6 +6,9 @@ then an optional YAML file given to :func:`load_settings`. Unknown keys are
 errors (``extra="forbid"``), so a typo never silently falls back to a default.
 
 Nothing here reads the environment at import time; :func:`load_settings` does.
+
+The module is kept whole, however long: every key a user can set is in this one
+file, with its default, bounds and description (the README's tables follow it).
 """
 
 from __future__ import annotations

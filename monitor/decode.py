@@ -19,6 +19,9 @@ Contract:
 Every FFmpeg failure becomes a :class:`~monitor.errors.DecodeError` subclass
 (or another :class:`~monitor.errors.InputError`) with a message that says what
 was wrong with the input.
+
+The module is kept whole: it is the only one that imports ``av``, so everything
+that touches PyAV's objects (and its error types) stays here.
 """
 
 from __future__ import annotations

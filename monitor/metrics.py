@@ -7,6 +7,9 @@ bounded labels (stream id yes; clip, job or frame ids never).
 
 Each area has its own class so that tests build only what they use on a fresh
 ``CollectorRegistry``.
+
+The module is kept whole, however long: one file lists every metric the service
+exports, which is what an operator writing a dashboard or an alert looks for.
 """
 
 from __future__ import annotations
