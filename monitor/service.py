@@ -127,6 +127,9 @@ class StreamManager:
         self._streams: dict[str, ManagedStream] = {}
         self._lock = asyncio.Lock()
         self._accepting = True
+        self.restored = False
+        """True once :meth:`restore` has listed the configured and persisted streams
+        (/readyz waits for it: ready means ``GET /streams`` shows them)."""
 
     # --- validation ------------------------------------------------------------------
 
@@ -227,6 +230,7 @@ class StreamManager:
                 continue
             async with self._lock:
                 self._start_stream(spec, kind, lost_credentials=lost)
+        self.restored = True
 
     async def load_desired(
         self, config_specs: tuple[StreamSpec, ...] = ()

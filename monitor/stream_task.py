@@ -56,8 +56,9 @@ UNWATCHED_STATES = frozenset({"paused", "stopped", "failed"})
 
 
 def awaiting_publisher(st: ManagedStream) -> bool:
-    """A WHIP stream ``reconnecting`` is waiting for its publisher: normal, not a stall."""
-    return st.status.state == "reconnecting" and st.kind == "whip"
+    """A WHIP stream ``starting`` (declared, no publisher yet, or one still connecting) or
+    ``reconnecting`` (its publisher left) is waiting for its publisher: normal, not a stall."""
+    return st.status.state in ("starting", "reconnecting") and st.kind == "whip"
 
 
 def watched(st: ManagedStream) -> bool:

@@ -68,7 +68,8 @@ class Harness:
 
 
 async def build(embedder: Embedder, redis_url: str, settings: ServeSettings,
-                token: str | None = TOKEN, classifier: Any = None) -> tuple[Harness, Engine, Any]:
+                token: str | None = TOKEN, classifier: Any = None, restore: bool = True
+                ) -> tuple[Harness, Engine, Any]:
     metrics = StreamMetrics(CollectorRegistry())
     engine = Engine(embedder, classifier, settings.engine, metrics)
     engine.start(asyncio.get_running_loop())
@@ -76,6 +77,8 @@ async def build(embedder: Embedder, redis_url: str, settings: ServeSettings,
     await sink.start()
     client = aioredis.from_url(redis_url)
     manager = StreamManager(engine, sink, settings, metrics, RedisDesiredStore(client))
+    if restore:
+        await manager.restore()
     ctx = ApiContext(manager=manager, metrics=metrics, settings=settings.api, token=token)
     tc: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
     await tc.start_server()
@@ -399,6 +402,28 @@ async def test_hls_source_scores_and_alerts_reach_the_sink(
         await harness.client.close()
         await client.aclose()
         await runner.cleanup()
+
+
+async def test_ready_only_once_the_configured_streams_are_listed(
+    embedder: Embedder, redis_url: str
+) -> None:
+    """Before the manager has listed the configured streams /readyz is 503 (and the gauge
+    0, read by a scrape alone); after, /readyz is 200 and GET /streams shows them."""
+    harness, engine, client = await build(embedder, redis_url, serve_settings(), restore=False)
+    try:
+        c = harness.client
+        r = await c.get("/readyz")
+        assert r.status == 503 and "streams" in (await r.json())["reasons"]
+        assert (await c.get("/metrics")).status == 200
+        assert harness.metrics.registry.get_sample_value("restrav_serve_ready") == 0.0
+        await harness.manager.restore((StreamSpec(id="cfg", url="rtsp://127.0.0.1:9/c"),))
+        assert (await c.get("/metrics")).status == 200  # no /readyz: the scrape evaluates it
+        assert harness.metrics.registry.get_sample_value("restrav_serve_ready") == 1.0
+        assert (await c.get("/readyz")).status == 200
+        listing = await (await c.get("/streams", headers=AUTH)).json()
+        assert [s["id"] for s in listing["streams"]] == ["cfg"]
+    finally:
+        await teardown(harness, engine, client)
 
 
 async def test_readyz_reports_redis_down_and_draining(embedder: Embedder, tmp_path: Path) -> None:
