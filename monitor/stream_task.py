@@ -261,8 +261,10 @@ class StreamRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
 
-    def set_state(self, st: ManagedStream, state: str) -> None:
-        """Record a state transition (status, history, metrics, log)."""
+    def set_state(self, st: ManagedStream, state: str, end_reason: str | None = None) -> None:
+        """Record a state transition (status, history, metrics, log). Entering an
+        unwatched state ends an active alert with ``end_reason`` (``deleted``,
+        ``shutdown``...), by default the state itself (``no_publisher`` for WHIP)."""
         if st.status.state == state and st.status.history:
             return
         now = self.clock()
@@ -282,7 +284,7 @@ class StreamRunner:
         else:
             log.info("stream %s: %s", st.spec.id, state)
         if not watched(st):
-            self.end_alert(st, "no_publisher" if awaiting else state)
+            self.end_alert(st, end_reason or ("no_publisher" if awaiting else state))
 
     def end_alert(self, st: ManagedStream, reason: str) -> None:
         """An unwatched stream (paused, stopped, removed, failed, no publisher) is not in
@@ -364,8 +366,12 @@ class StreamRunner:
                 self.set_state(st, "stopped")  # the source ended for good (a file)
                 return
             except SourceError as exc:
-                self.error(st, exc.code, exc.message)
-                log.warning("stream %s: %s", st.spec.id, redact_url(exc.message))
+                if exc.expected:  # a normal end (a publisher's DELETE): no fault to show
+                    st.status.error = None
+                    log.info("stream %s: %s", st.spec.id, redact_url(exc.message))
+                else:
+                    self.error(st, exc.code, exc.message)
+                    log.warning("stream %s: %s", st.spec.id, redact_url(exc.message))
                 self.gap(st, "reconnect")
                 _release(exc)
             except Exception as exc:  # source reconnect loop boundary: log, count, retry

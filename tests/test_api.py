@@ -461,7 +461,8 @@ async def test_pause_and_delete_end_an_active_alert(
     embedder: Embedder, redis_url: str, clip: Path
 ) -> None:
     """A paused stream is not in alert (gauge 0, ``alert_end`` reason ``paused``); resumed it
-    alerts again; deleting it in alert writes an ``alert_end`` (reason ``stopped``)."""
+    alerts again; deleting it in alert writes an ``alert_end`` (reason ``deleted``), a
+    shutdown one with reason ``shutdown``."""
     import numpy as np
 
     from monitor.classifier import Classifier, Scaler
@@ -502,6 +503,14 @@ async def test_pause_and_delete_end_an_active_alert(
         assert [e.kind for e in await events(3)][2] == "alert_start"
         assert (await harness.client.delete("/streams/cam", headers=AUTH)).status in (200, 204)
         ev = (await events(4))[3]
-        assert (ev.kind, ev.reason) == ("alert_end", "stopped")
+        assert (ev.kind, ev.reason) == ("alert_end", "deleted")
+        # a shutdown ends an active alert too, and says so
+        r = await harness.client.put(
+            "/streams/cam2", json={"url": str(clip), "loop": True}, headers=AUTH)
+        assert r.status == 201
+        assert [e.kind for e in await events(5)][4] == "alert_start"
+        await harness.manager.stop()
+        ev = (await events(6))[5]
+        assert (ev.kind, ev.reason, ev.stream_id) == ("alert_end", "shutdown", "cam2")
     finally:
         await teardown(harness, engine, client)
