@@ -42,7 +42,7 @@ from .config import ServeSettings, StreamSpec
 from .engine import Engine, EngineSample
 from .errors import InputError, RestravError
 from .metrics import StreamMetrics
-from .redaction import redact_url
+from .redaction import redact_text, redact_url
 from .sampler import LiveSampler
 from .sources import SourceContext, SourceError, opener_for
 from .sources.base import LiveSource, SourceFrame
@@ -279,7 +279,7 @@ class StreamRunner:
             err = st.status.error or {}
             log.warning(
                 "stream %s: failed (%s: %s)", st.spec.id, err.get("code", "unknown"),
-                redact_url(str(err.get("message", "no reason recorded"))),
+                redact_text(str(err.get("message", "no reason recorded"))),
             )
         else:
             log.info("stream %s: %s", st.spec.id, state)
@@ -308,7 +308,7 @@ class StreamRunner:
 
     def error(self, st: ManagedStream, code: str, message: str) -> None:
         """Record a source error on the status (redacted) and count it."""
-        st.status.error = {"code": code, "message": redact_url(message)}
+        st.status.error = {"code": code, "message": redact_text(message)}
         if self.metrics is not None:
             self.metrics.source_errors.labels(st.spec.id, code).inc()
 
@@ -350,7 +350,7 @@ class StreamRunner:
                 if exc.permanent:
                     self.set_state(st, "failed")
                     return
-                log.warning("stream %s: %s", st.spec.id, redact_url(exc.message))
+                log.warning("stream %s: %s", st.spec.id, redact_text(exc.message))
                 continue
             except InputError as exc:
                 self.error(st, exc.code, exc.message)
@@ -368,10 +368,10 @@ class StreamRunner:
             except SourceError as exc:
                 if exc.expected:  # a normal end (a publisher's DELETE): no fault to show
                     st.status.error = None
-                    log.info("stream %s: %s", st.spec.id, redact_url(exc.message))
+                    log.info("stream %s: %s", st.spec.id, redact_text(exc.message))
                 else:
                     self.error(st, exc.code, exc.message)
-                    log.warning("stream %s: %s", st.spec.id, redact_url(exc.message))
+                    log.warning("stream %s: %s", st.spec.id, redact_text(exc.message))
                 self.gap(st, "reconnect")
                 _release(exc)
             except Exception as exc:  # source reconnect loop boundary: log, count, retry

@@ -322,6 +322,18 @@ async def test_missing_file_fails_the_stream_and_a_finished_file_stops(
     assert [x["state"] for x in st["history"]] == ["starting", "running", "stopped"]
 
 
+async def until_every_stream_has_an_error(h: Harness) -> dict[str, Any]:
+    """Poll GET /streams until every stream shows an error; id -> status."""
+    statuses: dict[str, Any] = {}
+    for _ in range(100):
+        listing = await (await h.client.get("/streams", headers=AUTH)).json()
+        statuses = {s["id"]: s for s in listing["streams"]}
+        if all(s["error"] for s in statuses.values()):
+            break
+        await asyncio.sleep(0.1)
+    return statuses
+
+
 async def test_connection_errors_never_show_credentials(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -330,18 +342,30 @@ async def test_connection_errors_never_show_credentials(
                                              "credentials_ref": "cam"}, headers=AUTH)
     await h.client.put("/streams/inline", json={"url": "rtsp://admin:pw123@127.0.0.1:9/a"},
                        headers=AUTH)
-    statuses: dict[str, Any] = {}
-    for _ in range(100):
-        listing = await (await h.client.get("/streams", headers=AUTH)).json()
-        statuses = {s["id"]: s for s in listing["streams"]}
-        if all(s["error"] for s in statuses.values()):
-            break
-        await asyncio.sleep(0.1)
+    statuses = await until_every_stream_has_an_error(h)
     for s in statuses.values():
         assert s["error"] is not None and s["state"] in ("reconnecting", "starting")
         assert "127.0.0.1:9" in s["error"]["message"]  # says where, not who
     text = json.dumps(statuses) + caplog.text + await (await h.client.get("/metrics")).text()
     assert "pw123" not in text and "hunter2" not in text and "admin" not in text
+
+
+async def test_an_error_about_a_url_with_a_query_keeps_its_words(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The URL in a stream's error is redacted, the message around it is kept: a query
+    string does not percent-encode the reason, a secret's value does not swallow it."""
+    caplog.set_level("INFO")
+    await h.client.put("/streams/q", json={"url": "rtsp://127.0.0.1:9/x?a=1"}, headers=AUTH)
+    await h.client.put("/streams/tok", json={"url": "rtsp://127.0.0.1:9/y?token=abc"},
+                       headers=AUTH)
+    statuses = await until_every_stream_has_an_error(h)
+    q, tok = statuses["q"]["error"]["message"], statuses["tok"]["error"]["message"]
+    assert q.startswith("rtsp://127.0.0.1:9/x?a=1: ") and "Connection refused" in q, q
+    assert tok.startswith("rtsp://127.0.0.1:9/y?token=***: ") and "Connection refused" in tok
+    assert "abc" not in tok and "abc" not in caplog.text
+    logged = [r.getMessage() for r in caplog.records if "stream tok:" in r.getMessage()]
+    assert any("Connection refused" in m for m in logged), logged
 
 
 async def test_hls_source_scores_and_alerts_reach_the_sink(
