@@ -434,3 +434,26 @@ async def test_a_publishers_delete_is_a_normal_end_not_an_error(
              r.getMessage()]
     assert ended and all(r.levelname == "INFO" for r in caplog.records
                          if "publisher ended its session" in r.getMessage()), ended
+
+
+async def test_a_second_serve_on_the_same_redis_without_cluster_mode_is_refused(
+    tiny_model_dir: Path, redis_url: str
+) -> None:
+    """Two serve processes on one Redis without serve.cluster.enabled would both score
+    every stream: the second is refused in one line naming the first; once the first
+    has drained, a successor starts at once."""
+    from monitor.errors import ConfigError
+    from workers.serve_cmd import serve
+
+    first = settings_for(tiny_model_dir, redis_url)
+    first = first.model_copy(update={"serve": first.serve.model_copy(update={
+        "cluster": first.serve.cluster.model_copy(update={"replica": "serve-a"})})})
+    async with Service(first):
+        with pytest.raises(ConfigError) as info:
+            # bounded: a second serve that is not refused runs until this gives up
+            await asyncio.wait_for(serve(settings_for(tiny_model_dir, redis_url)), 60)
+    message = info.value.message
+    assert "another restrav serve (serve-a)" in message and "serve.cluster" in message
+    assert "\n" not in message
+    async with Service(settings_for(tiny_model_dir, redis_url)) as svc:
+        assert (await svc.get_json("/healthz"))[0] == 200

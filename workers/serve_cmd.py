@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -38,6 +39,7 @@ from monitor.metrics import LiveFeedMetrics, StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager, validate_spec
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink, sink_ready_check
+from monitor.solo import SoloGuard
 from monitor.sources.rtsp import resolve_decode_backend
 from monitor.whip import attach_webrtc
 
@@ -175,6 +177,18 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     registry = CollectorRegistry()
     metrics = StreamMetrics(registry)
     loop = asyncio.get_running_loop()
+    redis_url = settings.redis.url.get_secret_value() if settings.redis.url else None
+    replica = s.cluster.replica or socket.gethostname()
+    solo: SoloGuard | None = None
+    if redis_url and not s.cluster.enabled:  # before the model load: a refusal is quick
+        solo = SoloGuard(aioredis.from_url(
+            redis_url, socket_connect_timeout=settings.redis.connect_timeout_s,
+            socket_timeout=settings.redis.connect_timeout_s), replica)
+        try:
+            await solo.acquire()
+        except ConfigError:
+            await solo.client.aclose()
+            raise
 
     log.info("loading model %s", settings.model.ref)
     embedder = await asyncio.to_thread(build_embedder, settings)
@@ -189,8 +203,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     sinks: list[Sink] = []
     redis_client: Any = None
     redis_sink: RedisSink | None = None
-    redis_url = settings.redis.url.get_secret_value() if settings.redis.url else None
-    replica = s.cluster.replica or socket.gethostname()
     if s.cluster.enabled and not redis_url:
         raise ConfigError("serve.cluster.enabled needs redis.url (leases live in Redis)")
     if redis_url:
@@ -259,6 +271,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         print(f"restrav serve: API listening on {url}", file=sys.stderr, flush=True)
 
     await manager.restore(s.streams)
+    solo_task = asyncio.create_task(solo.run(), name="solo-guard") if solo else None
 
     stop_event = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -275,7 +288,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     print(f"restrav serve: draining (deadline {s.drain_deadline_s:.1f} s)", file=sys.stderr,
           flush=True)
     await webrtc.aclose()  # WHIP sessions end before their streams stop
+    if solo_task is not None:  # not renewed while draining: a successor sees it go
+        solo_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await solo_task
     await manager.stop()
+    if solo is not None:  # our streams stopped: a successor may start now
+        await solo.release()
+        await solo.client.aclose()
     engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
     flushed = await sink.flush(max(0.0, deadline - time.monotonic()))
     if isinstance(manager, ClusteredStreamManager):
