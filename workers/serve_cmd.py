@@ -71,8 +71,8 @@ Streams come from the config file (serve.streams) and the HTTP control API
 (/streams, bearer token from serve.api.token or serve.api.token_file); the set
 is kept in Redis and restored on restart. The operator page, every stream with
 its live P(AI) timeline and alerts, is at http://HOST:PORT/ (it asks for the
-API token once; serve.ui). /healthz, /readyz and /metrics need no
-token. SIGTERM or SIGINT drains: not ready, stop intake, finish in-flight
+API token once; serve.ui). /healthz, /readyz, /metrics and /openapi.json
+need no token. SIGTERM or SIGINT drains: not ready, stop intake, finish in-flight
 batches, flush sinks, within serve.drain_deadline_s.
 
 Many replicas (serve.cluster.enabled, Redis required): each replica runs only
