@@ -55,10 +55,15 @@ UNWATCHED_STATES = frozenset({"paused", "stopped", "failed"})
 """States in which no frames are scored: an alert ends on entering them."""
 
 
-def awaiting_publisher(st: ManagedStream) -> bool:
+def publisher_awaited(kind: str, state: str | None) -> bool:
     """A WHIP stream ``starting`` (declared, no publisher yet, or one still connecting) or
     ``reconnecting`` (its publisher left) is waiting for its publisher: normal, not a stall."""
-    return st.status.state in ("starting", "reconnecting") and st.kind == "whip"
+    return kind == "whip" and state in ("starting", "reconnecting")
+
+
+def awaiting_publisher(st: ManagedStream) -> bool:
+    """Whether ``st`` waits for its WHIP publisher (:func:`publisher_awaited`)."""
+    return publisher_awaited(st.kind, st.status.state)
 
 
 def watched(st: ManagedStream) -> bool:
