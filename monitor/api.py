@@ -346,7 +346,9 @@ def resolve_token(settings: ApiSettings) -> str | None:
         except OSError as exc:
             from .errors import ConfigError
 
-            raise ConfigError(f"cannot read serve.api.token_file: {exc.strerror}") from exc
+            raise ConfigError(
+                f"cannot read serve.api.token_file {settings.token_file}: {exc.strerror}"
+            ) from exc
         return value or None
     return None
 

@@ -254,6 +254,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
                      ready_checks=checks)
     if token is None:
         log.warning("no API token: the control API is disabled (health and metrics still served)")
+        if not s.streams and not (redis_url and s.persist_streams):
+            print("restrav serve: no streams and no API token, so nothing will be scored and "
+                  "the operator page stays off: add streams (--stream ID=URL or "
+                  "serve.streams), or set an API token to add them at runtime "
+                  "(serve.api.token, serve.api.token_file or RESTRAV_SERVE__API__TOKEN)",
+                  file=sys.stderr, flush=True)
     app = create_app(ctx)
     if s.ui.enabled:
         feed.statuses = lambda: [st.to_json() for st in manager.list()]
