@@ -365,3 +365,25 @@ async def test_operator_page_draws_a_long_outage_and_spares_a_waiting_whip_strea
     assert "1 stalled / failing" in v["summary"], v
     assert v["rows"]["outage"]["title"] == f"unreachable: {refused}", v
     assert v["rows"]["ok"]["title"] == "" and v["errors"] == [], v
+
+
+async def test_operator_page_of_a_service_without_a_token_says_what_to_set(
+    tmp_path: Path
+) -> None:
+    """No API token configured: the page asks for none (there is none to give); it says
+    which setting turns it on."""
+    from tests.test_livefeed import FeedServer
+
+    srv = FeedServer(UiSettings(tick_s=0.5, history_s=30), token=None)
+    async with srv:
+        await srv.feed.start()
+        async with open_page(f"{srv.url}/ui", tmp_path) as dt:
+            v = await until(
+                dt, "JSON.stringify({shown: !document.getElementById('login').hidden,"
+                    " error: document.getElementById('loginError').textContent,"
+                    " input: getComputedStyle(document.getElementById('token')).display,"
+                    " errors: restravUi.errors})",
+                lambda v: v["shown"] and v["error"], 60, "the page's message")
+    assert "no API token" in v["error"] and "serve.api.token_file" in v["error"], v
+    assert "RESTRAV_SERVE__API__TOKEN" in v["error"], v
+    assert v["input"] == "none" and v["errors"] == [], v  # nothing to type

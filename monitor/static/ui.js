@@ -32,10 +32,12 @@ function takeToken() {
   }
   return sessionStorage.getItem(KEY);
 }
-function askToken(message) {
+function askToken(message, canSignIn = true) {
   $("login").hidden = false;
   $("loginError").textContent = message || "";
-  $("token").focus();
+  // no token configured on the service: nothing to type, only what to change
+  $("token").hidden = $("loginForm").querySelector("button").hidden = !canSignIn;
+  if (canSignIn) $("token").focus();
 }
 $("loginForm").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -52,7 +54,10 @@ $("forget").addEventListener("click", () => {
   setConn("off", "no token");
   askToken("");
 });
-const auth = () => ({ Authorization: "Bearer " + sessionStorage.getItem(KEY) });
+const auth = () => {
+  const token = sessionStorage.getItem(KEY);
+  return token ? { Authorization: "Bearer " + token } : {};
+};
 
 // --- time --------------------------------------------------------------------------------
 const nowS = () => Date.now() / 1000 + ui.offset;
@@ -74,8 +79,9 @@ function setConn(state, text) {
 
 async function connect() {
   if (ui.ctrl) ui.ctrl.abort();
+  // asked even without a token: a service with none configured says so (503), and the
+  // page then says what to set instead of asking for a token nobody has
   const token = sessionStorage.getItem(KEY);
-  if (!token) return askToken("");
   const ctrl = new AbortController();
   ui.ctrl = ctrl;
   setConn("wait", "connecting…");
@@ -90,14 +96,16 @@ async function connect() {
   if (resp.status === 401) {
     sessionStorage.removeItem(KEY);
     setConn("off", "not signed in");
-    return askToken("That token was refused (401). Check serve.api.token.");
+    return askToken(token ? "That token was refused (401). Check serve.api.token." : "");
   }
   if (resp.status === 503) {
     const body = await resp.json().catch(() => ({}));
     const code = (body.error && body.error.code) || "unavailable";
     if (code === "control_disabled") {
       setConn("off", "no API token configured");
-      return askToken("This service has no API token (serve.api.token), so the page is off.");
+      return askToken("This service has no API token, so this page is off: set "
+        + "serve.api.token or serve.api.token_file (or RESTRAV_SERVE__API__TOKEN) and "
+        + "restart restrav serve.", false);
     }
     return retryLater(code);
   }
@@ -617,4 +625,5 @@ $("dRemove").addEventListener("click", () => control("remove"));
 // between updates, keep the time axis moving on screen
 setInterval(() => { if (ui.conn === "live") render(); }, 1000);
 
-if (takeToken()) connect(); else askToken("");
+takeToken();
+connect();  // without a token too: the service says whether it has one (see connect)
