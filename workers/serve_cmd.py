@@ -162,6 +162,17 @@ def listen_urls(addresses: list[Any]) -> list[str]:
     return urls
 
 
+async def _let_go(solo: SoloGuard | None, task: asyncio.Task[None] | None) -> None:
+    """Stop renewing the single-serve key (``task``), then delete it (``solo``)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if solo is not None:
+        await solo.release()
+        await solo.client.aclose()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT; return the exit status."""
     settings = _settings(args)
@@ -189,9 +200,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         except ConfigError:
             await solo.client.aclose()
             raise
+    # renewed from now on: the model load may outlast the key's TTL
+    solo_task = asyncio.create_task(solo.run(), name="solo-guard") if solo else None
 
     log.info("loading model %s", settings.model.ref)
-    embedder = await asyncio.to_thread(build_embedder, settings)
+    try:
+        embedder = await asyncio.to_thread(build_embedder, settings)
+    except BaseException:  # not started: the key goes now, not after its TTL
+        await _let_go(solo, solo_task)
+        raise
     embedder.batch_size = max(embedder.batch_size, s.engine.max_batch)
     s = s.model_copy(update={"source": resolve_decode_backend(s.source, str(embedder.device))})
     classifier = build_classifier(settings)
@@ -277,7 +294,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         print(f"restrav serve: API listening on {url}", file=sys.stderr, flush=True)
 
     await manager.restore(s.streams)
-    solo_task = asyncio.create_task(solo.run(), name="solo-guard") if solo else None
 
     stop_event = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -294,14 +310,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     print(f"restrav serve: draining (deadline {s.drain_deadline_s:.1f} s)", file=sys.stderr,
           flush=True)
     await webrtc.aclose()  # WHIP sessions end before their streams stop
-    if solo_task is not None:  # not renewed while draining: a successor sees it go
-        solo_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await solo_task
+    await _let_go(None, solo_task)  # not renewed while draining: a successor sees it go
     await manager.stop()
-    if solo is not None:  # our streams stopped: a successor may start now
-        await solo.release()
-        await solo.client.aclose()
+    await _let_go(solo, None)  # our streams stopped: a successor may start now
     engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
     flushed = await sink.flush(max(0.0, deadline - time.monotonic()))
     if isinstance(manager, ClusteredStreamManager):
