@@ -368,6 +368,59 @@ async def test_an_error_about_a_url_with_a_query_keeps_its_words(
     assert any("Connection refused" in m for m in logged), logged
 
 
+async def serve_dir(folder: Path) -> tuple[Any, int]:
+    """``folder`` served at ``/live`` over real HTTP on loopback; (runner, port)."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_static("/live", folder)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, int(runner.addresses[0][1])
+
+
+async def test_a_live_hls_feed_skips_no_window(
+    embedder: Embedder, redis_url: str, tmp_path: Path
+) -> None:
+    """ffmpeg's live HLS (4 s segments, written in real time) over real HTTP, the default
+    per-stream backlog (24 samples): the segments' bursts are paced, so no window is
+    skipped as overload (before: a 4 s segment was 46 samples at once)."""
+    import subprocess
+
+
+    hls = tmp_path / "hls"
+    hls.mkdir()
+    ffmpeg = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+         "testsrc2=size=160x120:rate=25", "-t", "40", "-c:v", "libx264", "-g", "25",
+         "-pix_fmt", "yuv420p", "-preset", "ultrafast", "-f", "hls", "-hls_time", "4",
+         "-hls_list_size", "6", str(hls / "index.m3u8")],
+        stdin=subprocess.DEVNULL,
+    )
+    runner, port = await serve_dir(hls)
+    harness, engine, client = await build(embedder, redis_url, serve_settings())
+    try:
+        for _ in range(200):  # the playlist appears with the first segment (4 s)
+            if (hls / "index.m3u8").exists():
+                break
+            await asyncio.sleep(0.1)
+        r = await harness.client.put(
+            "/streams/hls", json={"url": f"http://127.0.0.1:{port}/live/index.m3u8"},
+            headers=AUTH)
+        assert r.status == 201
+        # three segments' worth of windows (12 s at 11.5 Hz, less the first window)
+        assert await harness.sink.wait_for(110, timeout_s=90, stream="hls")
+        skipped = harness.metrics.registry.get_sample_value(
+            "restrav_stream_windows_skipped_total", {"stream": "hls", "reason": "overload"})
+        assert not skipped, skipped
+    finally:
+        await teardown(harness, engine, client)
+        await runner.cleanup()
+        ffmpeg.kill()
+        ffmpeg.wait()
+
+
 async def test_hls_source_scores_and_alerts_reach_the_sink(
     embedder: Embedder, redis_url: str, tmp_path: Path
 ) -> None:
@@ -375,7 +428,6 @@ async def test_hls_source_scores_and_alerts_reach_the_sink(
     import subprocess
 
     import numpy as np
-    from aiohttp import web
 
     from monitor.classifier import Classifier, Scaler
 
@@ -388,13 +440,7 @@ async def test_hls_source_scores_and_alerts_reach_the_sink(
          "-hls_playlist_type", "vod", str(hls / "index.m3u8")],
         check=True,
     )
-    app = web.Application()
-    app.router.add_static("/live", hls)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve_dir(hls)
     always_ai = Classifier(kind="logreg", scaler=Scaler(np.zeros(21), np.ones(21)),
                            params={"coef": np.zeros((1, 21)), "intercept": np.array([5.0])},
                            threshold=0.5)
