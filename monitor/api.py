@@ -4,7 +4,8 @@ Routes (``{id}``: 1-64 of letters, digits, ``_ . -``)::
 
     GET    /healthz                 no auth   200 while the process runs
     GET    /readyz                  no auth   200 when model loaded, Redis reachable,
-                                              not draining; else 503 with reasons
+                                              configured streams listed, not draining;
+                                              else 503 with reasons
     GET    /metrics                 no auth   Prometheus text format
     GET    /openapi.json            no auth   the OpenAPI 3.1 document of these routes
     GET    /streams                 bearer    {"streams": [status, ...]}
@@ -182,25 +183,36 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: every check passes and the service is not draining."""
-    ctx = request.app[CTX_KEY]
+async def readiness(ctx: ApiContext) -> dict[str, str]:
+    """Run every readiness check now; the reasons it is not ready (empty: ready).
+
+    Sets ``restrav_serve_ready`` to the result, so the gauge is exactly what /readyz
+    would answer at this moment."""
     reasons: dict[str, str] = {}
     if ctx.draining:
         reasons["draining"] = "shutting down"
+    if not ctx.manager.restored:
+        reasons["streams"] = "configured streams not listed yet"
     for name, check in ctx.ready_checks.items():
         ok, why = await check()
         if not ok:
             reasons[name] = why
-    ready = not reasons
-    ctx.metrics.ready.set(1.0 if ready else 0.0)
-    body = {"ready": ready, "reasons": reasons}
-    return web.json_response(body, status=200 if ready else 503)
+    ctx.metrics.ready.set(0.0 if reasons else 1.0)
+    return reasons
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: every check passes and the service is not draining."""
+    reasons = await readiness(request.app[CTX_KEY])
+    body = {"ready": not reasons, "reasons": reasons}
+    return web.json_response(body, status=503 if reasons else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition."""
+    """Prometheus exposition. Readiness is evaluated first: a scraper that never calls
+    /readyz (a bare Prometheus) still reads the current ``restrav_serve_ready``."""
     ctx = request.app[CTX_KEY]
+    await readiness(ctx)
     payload = generate_latest(ctx.metrics.registry)
     resp = web.Response(body=payload)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -334,7 +346,9 @@ def resolve_token(settings: ApiSettings) -> str | None:
         except OSError as exc:
             from .errors import ConfigError
 
-            raise ConfigError(f"cannot read serve.api.token_file: {exc.strerror}") from exc
+            raise ConfigError(
+                f"cannot read serve.api.token_file {settings.token_file}: {exc.strerror}"
+            ) from exc
         return value or None
     return None
 
@@ -345,6 +359,7 @@ __all__ = [
     "check_bearer",
     "create_app",
     "json_error",
+    "readiness",
     "redis_ready_check",
     "resolve_token",
 ]

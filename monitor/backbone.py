@@ -235,13 +235,39 @@ def _find_hub_checkpoint(directory: Path) -> Path | None:
     return found[0] if found else None
 
 
+_VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".ts", ".y4m",
+                             ".gif", ".flv", ".mpg", ".mpeg"})
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """Whether ``path`` starts as ``torch.save`` writes: a zip archive (PyTorch >= 1.6)
+    or a pickle (the legacy format: protocol 2+ opcode ``0x80``)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith((b"PK\x03\x04", b"\x80"))
+
+
 def _load_hub_checkpoint(path: Path) -> tuple[torch.nn.Module, str]:
     from transformers import Dinov2Model, Dinov2WithRegistersModel
 
+    if not _looks_like_torch_save(path):
+        raise ModelError(
+            f"{path}: not a model (neither a PyTorch checkpoint nor a transformers "
+            "directory); --model / model.ref takes a DINOv2 name, a directory or a .pth file"
+            + (", and clips are the inputs" if path.suffix.lower() in _VIDEO_SUFFIXES else "")
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # boundary: any unreadable checkpoint becomes a ModelError
-        raise ModelError(f"cannot read torch.hub checkpoint {path}: {exc}") from exc
+        # torch's own message advises weights_only=False (running the file's code): never
+        # passed on; the exception type says enough
+        raise ModelError(
+            f"cannot read torch.hub checkpoint {path} ({type(exc).__name__}): only plain "
+            "tensors are loaded from a checkpoint, never code; re-save it as a state dict"
+        ) from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):

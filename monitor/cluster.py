@@ -202,6 +202,7 @@ class ClusteredStreamManager(LeaseCoordination):
             log.warning("config streams not added to the desired set yet (%s)", exc)
         self._desired = desired
         self._loop_task = asyncio.create_task(self._loop(), name="cluster-coordinator")
+        self.restored = True
 
     async def stop(self) -> None:
         """Drain, first step: draining in the heartbeat, coordination stops, every

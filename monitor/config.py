@@ -13,11 +13,19 @@ file, with its default, bounds and description (the README's tables follow it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -478,9 +486,66 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"settings file {path} must hold a mapping at the top level")
         file_data = loaded
     try:
-        env_only = Settings()
-        env_data = env_only.model_dump(exclude_unset=True)
-        merged = _deep_merge(_deep_merge(file_data, env_data), overrides)
-        return Settings(**merged)
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        raise ConfigError(f"invalid settings: {exc}") from exc
+        env_data = Settings().model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, _env_name)) from exc
+
+    def source(loc: tuple[str | int, ...]) -> str:
+        for n in range(len(loc), 0, -1):  # a missing key: where its section came from
+            if _holds(overrides, loc[:n]):
+                return "the command line"
+            if _holds(env_data, loc[:n]):
+                return _env_name(loc[:n])
+            if _holds(file_data, loc[:n]):
+                return f"settings file {path}"
+        return "the settings"
+
+    try:
+        return Settings(**_deep_merge(_deep_merge(file_data, env_data), overrides))
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from exc
+
+
+def _env_name(loc: tuple[str | int, ...]) -> str:
+    return "environment variable RESTRAV_" + "__".join(str(p).upper() for p in loc)
+
+
+def _holds(data: Any, loc: tuple[str | int, ...]) -> bool:
+    """Whether the nested mappings and lists ``data`` have a value at ``loc``."""
+    for part in loc:
+        in_list = isinstance(data, list | tuple) and isinstance(part, int) and part < len(data)
+        if not (in_list or (isinstance(data, dict) and part in data)):
+            return False
+        data = data[part]
+    return True
+
+
+def _section_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The settings model that holds the key at ``loc`` (None past a non-model field)."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _explain(exc: ValidationError, source: Callable[[tuple[str | int, ...]], str]) -> str:
+    """One readable clause per problem: the key, where it came from (file, environment
+    variable or command line) and, for an unknown key, the valid keys next to it. Input
+    values are never quoted (they may be secrets)."""
+    parts = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        where = source(loc)
+        if err["type"] == "extra_forbidden":
+            section = _section_at(loc)
+            valid = ", ".join(sorted(section.model_fields)) if section is not None else ""
+            parts.append(f"unknown key {key} (from {where})"
+                         + (f"; valid keys here: {valid}" if valid else ""))
+        else:
+            parts.append(f"{key} (from {where}): {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)

@@ -26,6 +26,7 @@ that touches PyAV's objects (and its error types) stays here.
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -52,6 +53,7 @@ from .errors import (
     InputTooLarge,
     NoVideoStream,
     SourceNotFound,
+    SourceUnreachable,
     UnsupportedSource,
 )
 from .safe_input import OpenedFile, open_local, sniff_refused
@@ -89,6 +91,13 @@ def http_status_of(errno: int | None) -> str | None:
     return status if status in _HTTP_REASONS else None
 
 
+_NETWORK_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+    errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN,
+})
+"""FFmpeg error numbers (negated errno) that mean the network, not the media, failed."""
+
+
 def _av_errors(source: str, exc: av.error.FFmpegError, opening: bool) -> InputError:
     status = http_status_of(exc.errno)
     if status is not None:  # the server answered an HTTP/RTSP error status
@@ -103,6 +112,11 @@ def _av_errors(source: str, exc: av.error.FFmpegError, opening: bool) -> InputEr
         )
     if isinstance(exc, av.error.FileNotFoundError):
         return SourceNotFound(f"{source}: no such file")
+    if exc.errno in _NETWORK_ERRNOS:  # a connection problem, not the data: say so
+        return SourceUnreachable(
+            f"{source}: cannot reach the server ({exc.strerror or type(exc).__name__}); "
+            "is it running, and are the host and port right?"
+        )
     # FFmpeg's own words, without the file name PyAV appends (a descriptor number here)
     what = exc.strerror or type(exc).__name__
     return DecodeError(

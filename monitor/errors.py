@@ -15,7 +15,8 @@ results and metric labels) next to a human message that says what to do::
     │   └── DecodeError               "decode_error"
     │       ├── NoVideoStream         "no_video_stream"
     │       ├── NotEnoughFrames       "too_short"
-    │       └── DecodeTimeout         "timeout"
+    │       ├── DecodeTimeout         "timeout"
+    │       └── SourceUnreachable     "unreachable"
     ├── ModelError                    "model"
     │   └── ModelNotFound             "model_not_found"
     └── ArtifactError                 "artifact"
@@ -104,6 +105,13 @@ class DecodeTimeout(DecodeError):
     """Opening or reading the input took longer than its timeout."""
 
     code = "timeout"
+
+
+class SourceUnreachable(DecodeError):
+    """The network input could not be reached: the connection was refused, reset or had
+    no route (the server is down or the address is wrong; nothing was decoded)."""
+
+    code = "unreachable"
 
 
 class ModelError(RestravError):

@@ -29,9 +29,11 @@ scikit-learn is imported here only; the core modules do not need it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +41,7 @@ import torch
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+    from sklearn.utils._param_validation import Interval, Options, StrOptions
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.validation import check_is_fitted, validate_data
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -47,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(or pip install 'scikit-learn>=1.6')"
     ) from exc
 
-from .backbone import load_backbone
+from .backbone import DTYPES, load_backbone
 from .classifier import (
     KINDS,
     Classifier,
@@ -70,6 +73,12 @@ from .types import (
 
 THRESHOLD_MODES = ("fpr", "f1", "fixed")
 
+HYPER_KEYS: dict[str, tuple[str, ...]] = {
+    "random_forest": ("n_trees", "max_depth"),
+    "gradient_boosting": ("rounds", "learning_rate"),
+}
+"""The ``hyper`` keys each kind reads (the others read none)."""
+
 _EMBEDDERS: dict[tuple[Any, ...], Embedder] = {}
 """Loaded backbones shared by clones of a VideoEmbedder (GridSearchCV clones often)."""
 
@@ -77,10 +86,7 @@ _EMBEDDERS: dict[tuple[Any, ...], Embedder] = {}
 def _as_trajectories(x: Any) -> list[npt.NDArray[Any]]:
     """Host views (no copy for CPU numpy/torch) of each ``(T, D)`` trajectory."""
     if isinstance(x, torch.Tensor):
-        t = x.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()  # one device-to-host copy for the whole batch
-        x = t.numpy()
+        x = _host(x)
     if isinstance(x, np.ndarray):
         if x.ndim != 3:
             raise ValueError(f"trajectories must be (n, T, D), got shape {x.shape}")
@@ -88,12 +94,23 @@ def _as_trajectories(x: Any) -> list[npt.NDArray[Any]]:
     if isinstance(x, Sequence) and not isinstance(x, str | bytes):
         out = []
         for i, item in enumerate(x):
-            a = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+            a = _host(item) if isinstance(item, torch.Tensor) else np.asarray(item)
             if a.ndim != 2:
                 raise ValueError(f"trajectory {i} must be (T, D), got shape {a.shape}")
             out.append(a)
         return out
     raise ValueError(f"expected an (n, T, D) array, tensor or list of (T, D), got {type(x)}")
+
+
+def _host(t: torch.Tensor) -> npt.NDArray[Any]:
+    """A tensor as host numpy: no copy for a CPU tensor numpy can hold; numpy has no
+    bfloat16, so a bfloat16 tensor is widened to float32 (exact) first."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    if t.device.type != "cpu":
+        t = t.cpu()  # one device-to-host copy for the whole batch
+    return t.numpy()
 
 
 class TrajectoryFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -112,8 +129,19 @@ class TrajectoryFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     ``zero_step_angle_deg`` is the angle next to a zero-length step (a repeated
     frame): 0 per SPEC, or 90 as the upstream code and the published classifier.
 
-    ``fit`` learns nothing and returns self.
+    ``fit`` learns nothing and returns self. ``transform`` also sets ``repeated_``:
+    each trajectory's count of zero-length steps (repeated frames, SPEC section 1);
+    the CLI flags a window with any (``flagged``), and so should a caller of this
+    estimator (``repeated_ > 0``). A trajectory holding NaN or inf is refused,
+    by its index.
     """
+
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "steps": ["boolean"],
+        "samples": [Interval(Integral, 3, None, closed="left")],
+        "zero_step_eps": [Interval(Real, 0, None, closed="left")],
+        "zero_step_angle_deg": [Options(Real, {0.0, 90.0})],
+    }
 
     def __init__(
         self,
@@ -128,19 +156,23 @@ class TrajectoryFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         self.zero_step_angle_deg = zero_step_angle_deg
 
     def fit(self, x: Any, y: Any = None) -> TrajectoryFeatures:
-        """Check the parameters; nothing is learned."""
-        if self.samples < 3:
-            raise ValueError(f"samples must be >= 3, got {self.samples}")
-        check_zero_step_angle(self.zero_step_angle_deg)
+        """Check the parameters (InvalidParameterError, a ValueError) and the input;
+        nothing is learned."""
+        self._validate_params()
         _as_trajectories(x)
         return self
 
     def transform(self, x: Any) -> FloatArray:
-        """``(n, 21)`` features, or ``(n, 2 * samples - 3)`` steps; float64."""
+        """``(n, 21)`` features, or ``(n, 2 * samples - 3)`` steps; float64. Sets
+        ``repeated_`` (zero-length steps per trajectory)."""
+        self._validate_params()  # transform needs no fit: check here too
         trajs = _as_trajectories(x)
         width = N_FEATURES if not self.steps else 2 * self.samples - 3
         out = np.full((len(trajs), width), np.nan, dtype=np.float64)
+        repeated = np.zeros(len(trajs), dtype=np.int64)
         for i, z in enumerate(trajs):
+            if not np.isfinite(z).all():
+                raise ValueError(f"trajectory {i} holds NaN or inf values")
             if not self.steps and z.shape[0] != WINDOW_SAMPLES:
                 raise ValueError(
                     f"trajectory {i} has {z.shape[0]} samples; the 21 features need "
@@ -150,12 +182,15 @@ class TrajectoryFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
                 raise ValueError(
                     f"trajectory {i} has {z.shape[0]} samples > samples={self.samples}"
                 )
-            d, theta, _ = trajectory_steps(z, self.zero_step_eps, self.zero_step_angle_deg)
+            d, theta, repeated[i] = trajectory_steps(
+                z, self.zero_step_eps, self.zero_step_angle_deg
+            )
             if self.steps:
                 out[i, : len(d)] = d
                 out[i, self.samples - 1 : self.samples - 1 + len(theta)] = theta
             else:
                 out[i] = features_from_steps(d, theta)
+        self.repeated_ = repeated
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> npt.NDArray[np.object_]:
@@ -174,7 +209,10 @@ class TrajectoryFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return tags
 
 
-class VideoEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+# auto_wrap_output_keys=None: the (n, 24, D) output is no table, so
+# sklearn.set_config(transform_output="pandas") must leave it alone
+class VideoEmbedder(TransformerMixin, BaseEstimator,  # type: ignore[misc,call-arg]
+                    auto_wrap_output_keys=None):
     """Video paths in, ``(n, 24, D)`` float32 embeddings of the paper's window out.
 
     Each item of the input is a path, or a ``(path, start_s)`` pair placing the
@@ -185,8 +223,19 @@ class VideoEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     ``model``, ``device``, ``dtype``, ``image_size`` and ``normalize`` are those of
     ``restrav score`` (``--model`` etc.); the loaded backbone is shared by clones.
-    Bad input raises :class:`monitor.errors.InputError` naming the file.
+    Bad input raises :class:`monitor.errors.InputError` naming the file; a single
+    path (a string) instead of a list of them raises TypeError.
     """
+
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "model": [str],
+        "device": [str],
+        "dtype": [StrOptions(set(DTYPES))],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "image_size": [Interval(Integral, 1, None, closed="left")],
+        "normalize": [StrOptions({"none", "imagenet"})],
+        "hop": [Interval(Integral, 1, None, closed="left"), None],
+    }
 
     def __init__(
         self,
@@ -207,7 +256,10 @@ class VideoEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         self.hop = hop
 
     def fit(self, x: Any, y: Any = None) -> VideoEmbedder:
-        """Nothing to learn; returns self (the backbone loads on first transform)."""
+        """Check the parameters; nothing to learn (the backbone loads on first
+        transform); returns self."""
+        self._validate_params()
+        _paths(x)
         return self
 
     def embedder(self) -> Embedder:
@@ -222,9 +274,11 @@ class VideoEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def transform(self, x: Sequence[Any]) -> npt.NDArray[np.float32]:
         """Embed each clip's window: ``(n, 24, D)`` float32 on the host."""
+        self._validate_params()  # transform needs no fit: check here too
+        items = _paths(x)
         emb = self.embedder()
         out: list[torch.Tensor] = []
-        for item in x:
+        for item in items:
             if isinstance(item, tuple | list):
                 path, start = item
                 start_s: float | None = float(start)
@@ -271,6 +325,19 @@ class VideoEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return tags
 
 
+def _paths(x: Any) -> Sequence[Any] | npt.NDArray[Any]:
+    """``x`` as the sequence of clips it must be: one path alone is refused (iterated,
+    it would be read as one path per character)."""
+    if isinstance(x, str | bytes | os.PathLike):
+        raise TypeError(
+            f"expected a list of paths, got the single path {os.fsdecode(x)!r}: "
+            "pass [path]"
+        )
+    if not isinstance(x, Sequence | np.ndarray):
+        raise TypeError(f"expected a list of paths, got {type(x).__name__}")
+    return x
+
+
 class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """A ReStraV window classifier as a scikit-learn binary classifier.
 
@@ -296,7 +363,23 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     passes extra hyper-parameters to the kind (``n_trees``, ``max_depth``, ...).
 
     Any number of features is accepted for fitting; :meth:`save` needs the 21.
+    Parameters are checked at ``fit`` (``InvalidParameterError``, a ValueError), and
+    ``hyper`` may only hold the keys its kind reads (:data:`HYPER_KEYS`). :meth:`save`
+    records ``target_fpr``, ``epochs``, ``lr``, ``batch_size``, ``seed`` and ``hyper``,
+    and :meth:`load` restores them, so a ``clone`` of a loaded model refits as it was.
     """
+
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "kind": [StrOptions(set(KINDS))],
+        "threshold_mode": [StrOptions(set(THRESHOLD_MODES))],
+        "target_fpr": [Interval(Real, 0, 1, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "seed": [Interval(Integral, 0, None, closed="left")],
+        "hyper": [dict, None],
+        "positive_label": "no_validation",
+    }
 
     def __init__(
         self,
@@ -322,10 +405,13 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     def fit(self, x: Any, y: Any) -> ReStraVClassifier:
         """Fit the scaler, the model and the threshold on ``(x, y)``; returns self."""
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown kind {self.kind!r}; use one of {', '.join(KINDS)}")
-        if self.threshold_mode not in THRESHOLD_MODES:
-            raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}")
+        self._validate_params()
+        unknown = set(self.hyper or {}) - set(HYPER_KEYS.get(self.kind, ()))
+        if unknown:
+            raise ValueError(
+                f"hyper holds {sorted(unknown)}, which kind={self.kind!r} does not read; "
+                f"it reads {list(HYPER_KEYS.get(self.kind, ())) or 'none'}"
+            )
         x, y = validate_data(self, x, y, dtype=np.float64)
         check_classification_targets(y)
         self.classes_ = np.unique(y)
@@ -418,6 +504,8 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             **core.summary,
             "sklearn_classes": [_plain(c) for c in self.classes_],
             "sklearn_positive_label": _plain(self.positive_label_),
+            # what load() needs for a clone to refit at the same settings
+            "sklearn_params": {k: _plain(getattr(self, k)) for k in _REFIT_PARAMS},
         }
         return Classifier(core.kind, core.scaler, core.params, core.threshold,
                           core.threshold_mode, backbone or core.backbone, summary,
@@ -438,6 +526,8 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             threshold_mode="f1" if mode == "max-f1" else "fpr" if mode.startswith("fpr")
             else "fixed",
             positive_label=positive,
+            **{k: v for k, v in core.summary.get("sklearn_params", {}).items()
+               if k in _REFIT_PARAMS},
         )
         est.classifier_ = core
         est.threshold_ = core.threshold
@@ -453,6 +543,10 @@ class ReStraVClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = False
         return tags
+
+
+_REFIT_PARAMS = ("target_fpr", "epochs", "lr", "batch_size", "seed", "hyper")
+"""Fit settings a saved artifact records for :meth:`ReStraVClassifier.load`."""
 
 
 def _plain(v: Any) -> Any:

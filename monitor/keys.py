@@ -93,6 +93,10 @@ def stream_fence(stream_id: str) -> str:
     return f"{PREFIX}:{{{stream_id}}}:fence"
 
 
+SERVE_SOLO = f"{PREFIX}:serve:solo"
+"""String held (TTL, renewed) by the one serve process that runs without cluster mode on
+this Redis (:class:`monitor.solo.SoloGuard`); a second one is refused."""
+
 REPLICAS = f"{PREFIX}:replicas"
 """Set of `restrav serve` replica names (members whose heartbeat key expired are pruned)."""
 

@@ -56,6 +56,7 @@ from aiohttp import web
 from .alerts import AlertEvent
 from .config import UiSettings
 from .metrics import LiveFeedMetrics
+from .stream_task import publisher_awaited
 from .types import FEATURE_NAMES, StreamScore
 
 log = logging.getLogger("restrav.ui")
@@ -139,11 +140,16 @@ def _summary(st: dict[str, Any]) -> dict[str, Any]:
     err = st.get("error")
     return {
         "state": st.get("state"),
+        # when the state began: a state older than history_s is still drawn up to now
+        "since": st.get("state_since"),
         "kind": st.get("kind"),
         "paused": st.get("paused"),
         "alert": st.get("alert_active"),
+        # a WHIP stream waiting for its publisher is not stalled (no band, not counted)
+        "awaiting": publisher_awaited(str(st.get("kind")), st.get("state")),
         "reconnects": st.get("reconnects"),
         "error": err.get("code") if isinstance(err, dict) else None,
+        "error_message": err.get("message") if isinstance(err, dict) else None,
     }
 
 

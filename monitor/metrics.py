@@ -73,7 +73,7 @@ class StreamMetrics:
     - ``restrav_sink_buffered{sink}``: items waiting in a sink's buffer.
     - ``restrav_sink_dropped_total{sink,reason}``: ``buffer_full``.
     - ``restrav_api_requests_total{route,code}``: control-plane requests by status.
-    - ``restrav_serve_ready``: 1 when /readyz answers 200.
+    - ``restrav_serve_ready``: 1 when /readyz would answer 200 (evaluated at every scrape).
     - ``restrav_stale_writes_refused_total{stream}``: score/latest/event writes Redis
       refused because their fencing token was stale (another replica owns the stream).
 
@@ -188,7 +188,10 @@ class StreamMetrics:
             "restrav_api_requests_total", "Control-plane requests, by route and status",
             ["route", "code"], registry=r,
         )
-        self.ready = Gauge("restrav_serve_ready", "1 when /readyz answers 200", registry=r)
+        self.ready = Gauge(
+            "restrav_serve_ready", "1 when /readyz would answer 200 (evaluated at every scrape)",
+            registry=r,
+        )
         self.stale_writes_refused = Counter(
             "restrav_stale_writes_refused_total",
             "Writes Redis refused because their fencing token was stale", ["stream"], registry=r,

@@ -127,6 +127,9 @@ class StreamManager:
         self._streams: dict[str, ManagedStream] = {}
         self._lock = asyncio.Lock()
         self._accepting = True
+        self.restored = False
+        """True once :meth:`restore` has listed the configured and persisted streams
+        (/readyz waits for it: ready means ``GET /streams`` shows them)."""
 
     # --- validation ------------------------------------------------------------------
 
@@ -171,7 +174,7 @@ class StreamManager:
             if old is not None and old.spec == spec and not old.lost_credentials:
                 return "unchanged"
             if old is not None:
-                await self._stop_stream(old, forget=False)
+                await self._stop_stream(old, forget=False, reason="replaced")
             self._start_stream(spec, kind)
         if persist:
             await self.writer.put(spec)
@@ -183,7 +186,7 @@ class StreamManager:
             st = self._streams.pop(stream_id, None)
             if st is None:
                 return False
-            await self._stop_stream(st, forget=True)
+            await self._stop_stream(st, forget=True, reason="deleted")
         await self.writer.delete(stream_id)
         return True
 
@@ -227,6 +230,7 @@ class StreamManager:
                 continue
             async with self._lock:
                 self._start_stream(spec, kind, lost_credentials=lost)
+        self.restored = True
 
     async def load_desired(
         self, config_specs: tuple[StreamSpec, ...] = ()
@@ -258,7 +262,7 @@ class StreamManager:
             self._accepting = False
             for st in list(self._streams.values()):
                 await self.runner.cancel(st)
-                self.runner.set_state(st, "stopped")
+                self.runner.set_state(st, "stopped", end_reason="shutdown")
         await self.writer.aclose()
 
     # --- one stream's lifecycle ------------------------------------------------------
@@ -303,9 +307,11 @@ class StreamManager:
         self.runner.set_state(st, "paused")
         st.status.paused = True
 
-    async def _stop_stream(self, st: ManagedStream, forget: bool) -> None:
+    async def _stop_stream(self, st: ManagedStream, forget: bool, reason: str = "stopped"
+                           ) -> None:
+        """Cancel ``st``'s task; an active alert ends with ``reason``."""
         await self.runner.cancel(st)
-        self.runner.set_state(st, "stopped")
+        self.runner.set_state(st, "stopped", end_reason=reason)
         self.engine.unregister(st.spec.id)
         if forget and self.metrics is not None:
             self.metrics.forget_stream(st.spec.id)

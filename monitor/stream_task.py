@@ -42,7 +42,7 @@ from .config import ServeSettings, StreamSpec
 from .engine import Engine, EngineSample
 from .errors import InputError, RestravError
 from .metrics import StreamMetrics
-from .redaction import redact_url
+from .redaction import redact_text, redact_url
 from .sampler import LiveSampler
 from .sources import SourceContext, SourceError, opener_for
 from .sources.base import LiveSource, SourceFrame
@@ -55,9 +55,15 @@ UNWATCHED_STATES = frozenset({"paused", "stopped", "failed"})
 """States in which no frames are scored: an alert ends on entering them."""
 
 
+def publisher_awaited(kind: str, state: str | None) -> bool:
+    """A WHIP stream ``starting`` (declared, no publisher yet, or one still connecting) or
+    ``reconnecting`` (its publisher left) is waiting for its publisher: normal, not a stall."""
+    return kind == "whip" and state in ("starting", "reconnecting")
+
+
 def awaiting_publisher(st: ManagedStream) -> bool:
-    """A WHIP stream ``reconnecting`` is waiting for its publisher: normal, not a stall."""
-    return st.status.state == "reconnecting" and st.kind == "whip"
+    """Whether ``st`` waits for its WHIP publisher (:func:`publisher_awaited`)."""
+    return publisher_awaited(st.kind, st.status.state)
 
 
 def watched(st: ManagedStream) -> bool:
@@ -260,8 +266,10 @@ class StreamRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
 
-    def set_state(self, st: ManagedStream, state: str) -> None:
-        """Record a state transition (status, history, metrics, log)."""
+    def set_state(self, st: ManagedStream, state: str, end_reason: str | None = None) -> None:
+        """Record a state transition (status, history, metrics, log). Entering an
+        unwatched state ends an active alert with ``end_reason`` (``deleted``,
+        ``shutdown``...), by default the state itself (``no_publisher`` for WHIP)."""
         if st.status.state == state and st.status.history:
             return
         now = self.clock()
@@ -276,12 +284,12 @@ class StreamRunner:
             err = st.status.error or {}
             log.warning(
                 "stream %s: failed (%s: %s)", st.spec.id, err.get("code", "unknown"),
-                redact_url(str(err.get("message", "no reason recorded"))),
+                redact_text(str(err.get("message", "no reason recorded"))),
             )
         else:
             log.info("stream %s: %s", st.spec.id, state)
         if not watched(st):
-            self.end_alert(st, "no_publisher" if awaiting else state)
+            self.end_alert(st, end_reason or ("no_publisher" if awaiting else state))
 
     def end_alert(self, st: ManagedStream, reason: str) -> None:
         """An unwatched stream (paused, stopped, removed, failed, no publisher) is not in
@@ -305,7 +313,7 @@ class StreamRunner:
 
     def error(self, st: ManagedStream, code: str, message: str) -> None:
         """Record a source error on the status (redacted) and count it."""
-        st.status.error = {"code": code, "message": redact_url(message)}
+        st.status.error = {"code": code, "message": redact_text(message)}
         if self.metrics is not None:
             self.metrics.source_errors.labels(st.spec.id, code).inc()
 
@@ -347,7 +355,7 @@ class StreamRunner:
                 if exc.permanent:
                     self.set_state(st, "failed")
                     return
-                log.warning("stream %s: %s", st.spec.id, redact_url(exc.message))
+                log.warning("stream %s: %s", st.spec.id, redact_text(exc.message))
                 continue
             except InputError as exc:
                 self.error(st, exc.code, exc.message)
@@ -363,8 +371,12 @@ class StreamRunner:
                 self.set_state(st, "stopped")  # the source ended for good (a file)
                 return
             except SourceError as exc:
-                self.error(st, exc.code, exc.message)
-                log.warning("stream %s: %s", st.spec.id, redact_url(exc.message))
+                if exc.expected:  # a normal end (a publisher's DELETE): no fault to show
+                    st.status.error = None
+                    log.info("stream %s: %s", st.spec.id, redact_text(exc.message))
+                else:
+                    self.error(st, exc.code, exc.message)
+                    log.warning("stream %s: %s", st.spec.id, redact_text(exc.message))
                 self.gap(st, "reconnect")
                 _release(exc)
             except Exception as exc:  # source reconnect loop boundary: log, count, retry

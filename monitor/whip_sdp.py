@@ -37,6 +37,14 @@ def parse_offer(text: str) -> aiosdp.SessionDescription:
     fingerprint (RFC 8829). Raises :class:`BadOffer` with the reason."""
     if not text.startswith("v=0"):
         raise BadOffer("the body is not an SDP offer (must start v=0)")
+    # SDP values never hold control characters (RFC 8866 section 9); aiortc accepts some
+    # (a NUL after the c= address) and then fails re-serialising the offer it stored
+    for number, line in enumerate(text.split("\n"), start=1):
+        bad = next((c for c in line.rstrip("\r") if (ord(c) < 0x20 and c != "\t")
+                    or c == "\x7f"), None)
+        if bad is not None:
+            raise BadOffer(f"line {number} of the offer holds a control character "
+                           f"(U+{ord(bad):04X})")
     try:
         desc = aiosdp.SessionDescription.parse(text)
     # aiortc's parser reports malformed lines with ValueError, KeyError, IndexError,

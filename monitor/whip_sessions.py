@@ -268,7 +268,7 @@ class WhipSessions:
         try:
             await self.on_unpublish(session.stream, reason)
         finally:
-            await session.source.aclose()
+            await session.source.aclose(publisher_ended=reason == "deleted")
             await session.pc.close()
             self.sessions.pop(session_id, None)
             if self._by_stream.get(session.stream) == session_id:

@@ -69,7 +69,8 @@ class Harness:
 
 
 async def build(embedder: Embedder, redis_url: str, settings: ServeSettings,
-                token: str | None = TOKEN, classifier: Any = None) -> tuple[Harness, Engine, Any]:
+                token: str | None = TOKEN, classifier: Any = None, restore: bool = True
+                ) -> tuple[Harness, Engine, Any]:
     metrics = StreamMetrics(CollectorRegistry())
     engine = Engine(embedder, classifier, settings.engine, metrics)
     engine.start(asyncio.get_running_loop())
@@ -77,6 +78,8 @@ async def build(embedder: Embedder, redis_url: str, settings: ServeSettings,
     await sink.start()
     client = aioredis.from_url(redis_url)
     manager = StreamManager(engine, sink, settings, metrics, RedisDesiredStore(client))
+    if restore:
+        await manager.restore()
     ctx = ApiContext(manager=manager, metrics=metrics, settings=settings.api, token=token)
     tc: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
     await tc.start_server()
@@ -320,6 +323,18 @@ async def test_missing_file_fails_the_stream_and_a_finished_file_stops(
     assert [x["state"] for x in st["history"]] == ["starting", "running", "stopped"]
 
 
+async def until_every_stream_has_an_error(h: Harness) -> dict[str, Any]:
+    """Poll GET /streams until every stream shows an error; id -> status."""
+    statuses: dict[str, Any] = {}
+    for _ in range(100):
+        listing = await (await h.client.get("/streams", headers=AUTH)).json()
+        statuses = {s["id"]: s for s in listing["streams"]}
+        if all(s["error"] for s in statuses.values()):
+            break
+        await asyncio.sleep(0.1)
+    return statuses
+
+
 async def test_connection_errors_never_show_credentials(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -328,18 +343,83 @@ async def test_connection_errors_never_show_credentials(
                                              "credentials_ref": "cam"}, headers=AUTH)
     await h.client.put("/streams/inline", json={"url": "rtsp://admin:pw123@127.0.0.1:9/a"},
                        headers=AUTH)
-    statuses: dict[str, Any] = {}
-    for _ in range(100):
-        listing = await (await h.client.get("/streams", headers=AUTH)).json()
-        statuses = {s["id"]: s for s in listing["streams"]}
-        if all(s["error"] for s in statuses.values()):
-            break
-        await asyncio.sleep(0.1)
+    statuses = await until_every_stream_has_an_error(h)
     for s in statuses.values():
         assert s["error"] is not None and s["state"] in ("reconnecting", "starting")
         assert "127.0.0.1:9" in s["error"]["message"]  # says where, not who
     text = json.dumps(statuses) + caplog.text + await (await h.client.get("/metrics")).text()
     assert "pw123" not in text and "hunter2" not in text and "admin" not in text
+
+
+async def test_an_error_about_a_url_with_a_query_keeps_its_words(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The URL in a stream's error is redacted, the message around it is kept: a query
+    string does not percent-encode the reason, a secret's value does not swallow it."""
+    caplog.set_level("INFO")
+    await h.client.put("/streams/q", json={"url": "rtsp://127.0.0.1:9/x?a=1"}, headers=AUTH)
+    await h.client.put("/streams/tok", json={"url": "rtsp://127.0.0.1:9/y?token=abc"},
+                       headers=AUTH)
+    statuses = await until_every_stream_has_an_error(h)
+    q, tok = statuses["q"]["error"]["message"], statuses["tok"]["error"]["message"]
+    assert q.startswith("rtsp://127.0.0.1:9/x?a=1: ") and "Connection refused" in q, q
+    assert tok.startswith("rtsp://127.0.0.1:9/y?token=***: ") and "Connection refused" in tok
+    assert "abc" not in tok and "abc" not in caplog.text
+    logged = [r.getMessage() for r in caplog.records if "stream tok:" in r.getMessage()]
+    assert any("Connection refused" in m for m in logged), logged
+
+
+async def serve_dir(folder: Path) -> tuple[Any, int]:
+    """``folder`` served at ``/live`` over real HTTP on loopback; (runner, port)."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_static("/live", folder)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, int(runner.addresses[0][1])
+
+
+async def test_a_live_hls_feed_skips_no_window(
+    embedder: Embedder, redis_url: str, tmp_path: Path
+) -> None:
+    """ffmpeg's live HLS (4 s segments, written in real time) over real HTTP, the default
+    per-stream backlog (24 samples): the segments' bursts are paced, so no window is
+    skipped as overload (before: a 4 s segment was 46 samples at once)."""
+    import subprocess
+
+
+    hls = tmp_path / "hls"
+    hls.mkdir()
+    ffmpeg = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+         "testsrc2=size=160x120:rate=25", "-t", "40", "-c:v", "libx264", "-g", "25",
+         "-pix_fmt", "yuv420p", "-preset", "ultrafast", "-f", "hls", "-hls_time", "4",
+         "-hls_list_size", "6", str(hls / "index.m3u8")],
+        stdin=subprocess.DEVNULL,
+    )
+    runner, port = await serve_dir(hls)
+    harness, engine, client = await build(embedder, redis_url, serve_settings())
+    try:
+        for _ in range(200):  # the playlist appears with the first segment (4 s)
+            if (hls / "index.m3u8").exists():
+                break
+            await asyncio.sleep(0.1)
+        r = await harness.client.put(
+            "/streams/hls", json={"url": f"http://127.0.0.1:{port}/live/index.m3u8"},
+            headers=AUTH)
+        assert r.status == 201
+        # three segments' worth of windows (12 s at 11.5 Hz, less the first window)
+        assert await harness.sink.wait_for(110, timeout_s=90, stream="hls")
+        skipped = harness.metrics.registry.get_sample_value(
+            "restrav_stream_windows_skipped_total", {"stream": "hls", "reason": "overload"})
+        assert not skipped, skipped
+    finally:
+        await teardown(harness, engine, client)
+        await runner.cleanup()
+        ffmpeg.kill()
+        ffmpeg.wait()
 
 
 async def test_hls_source_scores_and_alerts_reach_the_sink(
@@ -349,7 +429,6 @@ async def test_hls_source_scores_and_alerts_reach_the_sink(
     import subprocess
 
     import numpy as np
-    from aiohttp import web
 
     from monitor.classifier import Classifier, Scaler
 
@@ -362,13 +441,7 @@ async def test_hls_source_scores_and_alerts_reach_the_sink(
          "-hls_playlist_type", "vod", str(hls / "index.m3u8")],
         check=True,
     )
-    app = web.Application()
-    app.router.add_static("/live", hls)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve_dir(hls)
     always_ai = Classifier(kind="logreg", scaler=Scaler(np.zeros(21), np.ones(21)),
                            params={"coef": np.zeros((1, 21)), "intercept": np.array([5.0])},
                            threshold=0.5)
@@ -400,6 +473,28 @@ async def test_hls_source_scores_and_alerts_reach_the_sink(
         await harness.client.close()
         await client.aclose()
         await runner.cleanup()
+
+
+async def test_ready_only_once_the_configured_streams_are_listed(
+    embedder: Embedder, redis_url: str
+) -> None:
+    """Before the manager has listed the configured streams /readyz is 503 (and the gauge
+    0, read by a scrape alone); after, /readyz is 200 and GET /streams shows them."""
+    harness, engine, client = await build(embedder, redis_url, serve_settings(), restore=False)
+    try:
+        c = harness.client
+        r = await c.get("/readyz")
+        assert r.status == 503 and "streams" in (await r.json())["reasons"]
+        assert (await c.get("/metrics")).status == 200
+        assert harness.metrics.registry.get_sample_value("restrav_serve_ready") == 0.0
+        await harness.manager.restore((StreamSpec(id="cfg", url="rtsp://127.0.0.1:9/c"),))
+        assert (await c.get("/metrics")).status == 200  # no /readyz: the scrape evaluates it
+        assert harness.metrics.registry.get_sample_value("restrav_serve_ready") == 1.0
+        assert (await c.get("/readyz")).status == 200
+        listing = await (await c.get("/streams", headers=AUTH)).json()
+        assert [s["id"] for s in listing["streams"]] == ["cfg"]
+    finally:
+        await teardown(harness, engine, client)
 
 
 async def test_readyz_reports_redis_down_and_draining(embedder: Embedder, tmp_path: Path) -> None:
@@ -437,7 +532,8 @@ async def test_pause_and_delete_end_an_active_alert(
     embedder: Embedder, redis_url: str, clip: Path
 ) -> None:
     """A paused stream is not in alert (gauge 0, ``alert_end`` reason ``paused``); resumed it
-    alerts again; deleting it in alert writes an ``alert_end`` (reason ``stopped``)."""
+    alerts again; deleting it in alert writes an ``alert_end`` (reason ``deleted``), a
+    shutdown one with reason ``shutdown``."""
     import numpy as np
 
     from monitor.classifier import Classifier, Scaler
@@ -478,6 +574,14 @@ async def test_pause_and_delete_end_an_active_alert(
         assert [e.kind for e in await events(3)][2] == "alert_start"
         assert (await harness.client.delete("/streams/cam", headers=AUTH)).status in (200, 204)
         ev = (await events(4))[3]
-        assert (ev.kind, ev.reason) == ("alert_end", "stopped")
+        assert (ev.kind, ev.reason) == ("alert_end", "deleted")
+        # a shutdown ends an active alert too, and says so
+        r = await harness.client.put(
+            "/streams/cam2", json={"url": str(clip), "loop": True}, headers=AUTH)
+        assert r.status == 201
+        assert [e.kind for e in await events(5)][4] == "alert_start"
+        await harness.manager.stop()
+        ev = (await events(6))[5]
+        assert (ev.kind, ev.reason, ev.stream_id) == ("alert_end", "shutdown", "cam2")
     finally:
         await teardown(harness, engine, client)

@@ -20,9 +20,11 @@ from .redisproc import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def restrav(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """Run ``restrav ARGS`` with this checkout's code; stdin closed, output captured."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+def restrav(*args: str, timeout_s: float = 120.0, **env_vars: str
+            ) -> subprocess.CompletedProcess[str]:
+    """Run ``restrav ARGS`` with this checkout's code (``env_vars`` added to the
+    environment); stdin closed, output captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **env_vars}
     env.pop("RESTRAV_REDIS__URL", None)
     return subprocess.run(
         [sys.executable, "-m", "workers.cli", *args], cwd=ROOT, env=env, capture_output=True,
@@ -122,19 +124,20 @@ def test_serve_refuses_when_no_stream_is_valid(tmp_path: Path) -> None:
     assert_one_line(proc, 3, "no configured stream is valid", "cam:", "ftp")
 
 
-def test_serve_logs_a_stream_that_fails(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """A missing file: the stream goes `failed`, and the log says so with the reason (no -v)."""
+def serve_until(tmp_path: Path, words: str, *args: str) -> str:
+    """Run ``restrav serve --port 0 ARGS`` until its stderr holds ``words`` (or 120 s),
+    then SIGTERM it; its stderr."""
     err_path = tmp_path / "err.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop("RESTRAV_REDIS__URL", None)
     with err_path.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "serve", "--port", "0", "--model",
-             str(tiny_model_dir), "--device", "cpu", "--stream", "cam=/nonexistent.mp4"],
+            [sys.executable, "-m", "workers.cli", "serve", "--port", "0", *args],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
         )
         try:
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and "stream cam: failed" not in err_path.read_text():
+            while time.monotonic() < deadline and words not in err_path.read_text():
                 assert proc.poll() is None, err_path.read_text()
                 time.sleep(0.2)
             proc.send_signal(signal.SIGTERM)
@@ -143,7 +146,13 @@ def test_serve_logs_a_stream_that_fails(tmp_path: Path, tiny_model_dir: Path) ->
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    text = err_path.read_text()
+    return err_path.read_text()
+
+
+def test_serve_logs_a_stream_that_fails(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A missing file: the stream goes `failed`, and the log says so with the reason (no -v)."""
+    text = serve_until(tmp_path, "stream cam: failed", "--model", str(tiny_model_dir),
+                       "--device", "cpu", "--stream", "cam=/nonexistent.mp4")
     assert "stream cam: failed (not_found" in text, text
     assert "/nonexistent.mp4" in text
     assert "API listening on http://127.0.0.1:" in text
@@ -153,3 +162,45 @@ def test_worker_with_redis_down_is_one_line_exit_3(tiny_model_dir: Path) -> None
     proc = restrav("worker", "--redis-url", DOWN, "--model", str(tiny_model_dir), "--device",
                    "cpu")
     assert_one_line(proc, 3, "Redis unavailable", "--redis-url")
+
+
+def test_a_misspelt_environment_variable_is_named_with_the_valid_keys() -> None:
+    proc = restrav("doctor", RESTRAV_MODEL__DEVIC="cpu")
+    assert_one_line(proc, 3, "unknown key model.devic",
+                    "environment variable RESTRAV_MODEL__DEVIC", "valid keys here:", "device")
+    assert "pydantic" not in proc.stderr and "Extra inputs" not in proc.stderr
+
+
+def test_a_misspelt_file_key_names_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("serve:\n  api:\n    tokn: x\n")
+    proc = restrav("doctor", "--config", str(cfg))
+    assert_one_line(proc, 3, "unknown key serve.api.tokn", f"settings file {cfg}",
+                    "token_file")
+    assert "pydantic" not in proc.stderr
+
+
+def test_a_missing_token_file_is_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "serve.yaml"
+    missing = tmp_path / "secrets" / "api_token"
+    cfg.write_text(f"serve:\n  api:\n    token_file: {missing}\n")
+    proc = restrav("serve", "--config", str(cfg), "--port", "0", "--stream", "cam=rtsp://h/x")
+    assert_one_line(proc, 3, f"serve.api.token_file {missing}", "No such file")
+
+
+def test_a_clip_given_as_the_model_is_not_a_model(tmp_path: Path) -> None:
+    """torch's advice (re-run with weights_only=False: run the file's code) never reaches
+    the user."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    proc = restrav("score", "--model", str(clip), "--device", "cpu", str(clip))
+    assert_one_line(proc, 3, "not a model", "clips are the inputs")
+    assert "weights_only" not in proc.stderr and "file an issue" not in proc.stderr
+
+
+def test_serve_without_streams_or_token_says_what_is_missing(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    text = serve_until(tmp_path, "no streams and no API token", "--model",
+                       str(tiny_model_dir), "--device", "cpu")
+    assert "--stream ID=URL" in text and "serve.api.token" in text, text

@@ -396,3 +396,93 @@ def test_string_labels_name_the_ai_class_and_the_artifact_scores_it(
     assert back.positive_label == ai and back.positive_label_ == ai
     np.testing.assert_array_equal(back.predict(x), clf.predict(x))
     np.testing.assert_array_equal(back.predict_proba(x), clf.predict_proba(x))
+
+
+def test_video_embedder_is_left_out_of_pandas_output(tmp_path: Path, tiny_model_dir: Path
+                                                     ) -> None:
+    """sklearn.set_config(transform_output="pandas"), common in notebooks, leaves the
+    3-D embeddings alone: scikit-learn does not try to wrap them (with pandas that
+    raised "Must pass 2-d input"; without pandas, as here, an ImportError)."""
+    import sklearn
+
+    from tests.media import write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, fps=25, n_frames=75, size=(64, 48))
+    with sklearn.config_context(transform_output="pandas"):
+        z = VideoEmbedder(model=str(tiny_model_dir), device="cpu", image_size=56
+                          ).fit_transform([str(clip)])
+    assert isinstance(z, np.ndarray) and z.shape[:2] == (1, 24)
+
+
+def test_a_single_path_is_refused_not_read_per_character() -> None:
+    with pytest.raises(TypeError, match=r"expected a list of paths.*'/x/clip\.mp4'"):
+        VideoEmbedder().transform("/x/clip.mp4")
+    with pytest.raises(TypeError, match="expected a list of paths"):
+        VideoEmbedder().fit(Path("/x/clip.mp4"))
+
+
+@pytest.mark.parametrize("est", [
+    ReStraVClassifier(target_fpr=2), ReStraVClassifier(target_fpr=-0.5),
+    ReStraVClassifier(epochs=0), ReStraVClassifier(batch_size=0),
+    ReStraVClassifier(kind="random_forest", hyper={"n_tree": 10}),
+    ReStraVClassifier(kind="logreg", hyper={"max_depth": 3}),
+    ReStraVClassifier(kind="nope"), ReStraVClassifier(lr=0.0),
+    TrajectoryFeatures(steps="yes"), TrajectoryFeatures(samples=2),  # type: ignore[arg-type]
+    TrajectoryFeatures(zero_step_eps=-1.0),
+], ids=repr)
+def test_parameters_are_validated_at_fit(est: object) -> None:
+    """Each refused with a ValueError naming the parameter (target_fpr=2 was an
+    IndexError, batch_size=0 a range() error, the others passed silently)."""
+    x = _trajectories(n=20) if isinstance(est, TrajectoryFeatures) else \
+        np.random.default_rng(0).normal(size=(20, 21))
+    y = np.arange(20) % 2
+    with pytest.raises(ValueError, match=r"target_fpr|epochs|batch_size|hyper|kind|lr|steps|"
+                                         r"samples|zero_step_eps"):
+        est.fit(x, y)  # type: ignore[attr-defined]
+
+
+def test_bfloat16_tensors_are_read() -> None:
+    z = torch.tensor(_trajectories(), dtype=torch.bfloat16)
+    got = TrajectoryFeatures().fit_transform(z)
+    want = np.stack([window_features(t).features for t in z.float().numpy()])
+    np.testing.assert_array_equal(got, want)
+    assert TrajectoryFeatures().fit_transform(list(z)).shape == got.shape
+
+
+def test_a_loaded_model_keeps_its_fit_settings(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 21))
+    y = np.arange(60) % 2
+    clf = ReStraVClassifier(kind="random_forest", target_fpr=0.05, epochs=3, lr=0.01,
+                            batch_size=16, seed=7, hyper={"n_trees": 5}).fit(x, y)
+    clf.save(tmp_path / "a")
+    back = ReStraVClassifier.load(tmp_path / "a")
+    keep = ("target_fpr", "epochs", "lr", "batch_size", "seed", "hyper")
+    assert {k: back.get_params()[k] for k in keep} == {k: clf.get_params()[k] for k in keep}
+    again = clone(back).fit(x, y)  # refits at the saved settings: the same model
+    np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))
+
+
+def test_repeated_frames_are_counted_as_the_cli_flags_them() -> None:
+    """SPEC section 1: a window with repeated frames is flagged; ``repeated_`` gives each
+    trajectory's count (the CLI's ``repeated_frames``)."""
+    z = _trajectories(n=3)
+    z[1, 5] = z[1, 4]  # one frame shown twice
+    z[2, 10:13] = z[2, 9]  # three more times
+    tf = TrajectoryFeatures()
+    tf.fit_transform(z)
+    assert tf.repeated_.tolist() == [window_features(t).repeated_frames for t in z] == [0, 1, 3]
+    tf.set_params(steps=True).transform(z)
+    assert tf.repeated_.tolist() == [0, 1, 3]
+
+
+def test_nan_or_inf_trajectories_are_named() -> None:
+    z = _trajectories(n=4)
+    z[2, 7, 3] = np.nan
+    with pytest.raises(ValueError, match="trajectory 2 holds NaN or inf"):
+        TrajectoryFeatures().fit_transform(z)
+    z[2, 7, 3] = 0.0
+    z[3, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="trajectory 3 holds NaN or inf"):
+        TrajectoryFeatures(steps=True).fit_transform(list(z))

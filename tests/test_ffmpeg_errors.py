@@ -60,3 +60,19 @@ def test_a_server_error_mid_stream_is_named_not_called_corrupt() -> None:
         list(_decoded(FailingContainer(), None, "cam"))
     assert "5xx server error" in info.value.message
     assert "corrupt" not in info.value.message and "Errno" not in info.value.message
+
+
+def test_a_refused_rtsp_connection_is_unreachable_not_corrupt(tmp_path: Path) -> None:
+    """The camera's RTSP server is down (it ran, then stopped: its port refuses): the error
+    says the server cannot be reached, not that the input is not a video or corrupt."""
+    server = RtspServer(tmp_path / "rtsp-server.log")
+    server.start()
+    url = server.read_url("cam")
+    server.stop()
+    with pytest.raises(InputError) as info:
+        LiveVideo(url, DecodeLimits(open_timeout_s=20, read_timeout_s=20),
+                  {"rtsp_transport": "tcp"}, description="cam")
+    err = info.value
+    assert err.code == "unreachable", err.to_dict()
+    assert "Connection refused" in err.message and "cannot reach the server" in err.message
+    assert "corrupt" not in err.message and "not a video" not in err.message

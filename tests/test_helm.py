@@ -3,8 +3,9 @@
 Rendering: ``helm-python-sdk`` binds Helm's own Go SDK (v4, ``libhelm_c``), so ``include``,
 ``toYaml``, Sprig and ``lookup`` behave as under ``helm template`` (offline: ``lookup`` finds
 nothing). Validation: ``kubernetes-validate`` with its bundled (offline) schemas, strict
-(unknown fields are errors). The three CRD kinds (KEDA ScaledObject, ServiceMonitor,
-PrometheusRule) have no bundled schema: their fields are checked by the assertions below.
+(unknown fields are errors). The four CRD kinds (KEDA ScaledObject and
+TriggerAuthentication, ServiceMonitor, PrometheusRule) have no bundled schema: their fields
+are checked by the assertions below.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 CHART = DEPLOY / "helm" / "restrav-monitor"
 KUBE_VERSION = "1.30.0"
-CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 
 EVERYTHING: dict[str, Any] = {
     "serve": {"replicas": 3, "streams": [{"id": "cam1", "url": "rtsp://cam.local/s"}]},
@@ -44,13 +45,23 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return docs
 
 
-@pytest.mark.parametrize("values", [None, EVERYTHING], ids=["defaults", "everything"])
+WORKER_ONLY: dict[str, Any] = {
+    "serve": {"enabled": False},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+                "prometheusRule": {"enabled": True, "labels": {"release": "kps"}}},
+}
+
+
+@pytest.mark.parametrize("values", [None, EVERYTHING, WORKER_ONLY],
+                         ids=["defaults", "everything", "worker-only"])
 def test_every_manifest_validates_against_the_kubernetes_schemas(
     values: dict[str, Any] | None,
 ) -> None:
     docs = render(values)
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "ConfigMap", "Secret"} <= kinds
+    # the Secret is serve's API token
+    assert {"Deployment", "Service", "ConfigMap"} | ({"Secret"} if values is not WORKER_ONLY
+                                                     else set()) <= kinds
     for doc in docs:
         if doc["kind"] in CRD_KINDS:
             continue
@@ -137,3 +148,44 @@ def test_api_token_secret_survives_upgrades() -> None:
     serve = next(d for d in existing if d["kind"] == "Deployment"
                  and d["metadata"]["name"].endswith("-serve"))
     assert "mine" in json.dumps(serve["spec"]["template"]["spec"])
+
+
+def test_monitoring_objects_carry_the_extra_labels_prometheus_selects_by() -> None:
+    """kube-prometheus-stack picks ServiceMonitors and PrometheusRules by its ``release``
+    label: the chart adds the labels given, next to its own."""
+    docs = render(WORKER_ONLY)
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        (doc,) = [d for d in docs if d["kind"] == kind]
+        assert doc["metadata"]["labels"]["release"] == "kps", doc["metadata"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == "rel"
+    (plain,) = [d for d in render(EVERYTHING) if d["kind"] == "ServiceMonitor"]
+    assert "release" not in plain["metadata"]["labels"]
+
+
+def test_keda_reads_the_redis_password_from_the_existing_secret() -> None:
+    """With redis.existingSecret the scaler gets the password through a
+    TriggerAuthentication on that Secret; without it, no authentication is rendered."""
+    docs = render(EVERYTHING)
+    (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
+    (auth,) = [d for d in docs if d["kind"] == "TriggerAuthentication"]
+    assert auth["apiVersion"] == "keda.sh/v1alpha1"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    assert auth["spec"] == {"secretTargetRef": [
+        {"parameter": "password", "name": "redis-url", "key": "password"}]}
+    plain = render({"worker": {"keda": {"enabled": True}}})
+    assert not [d for d in plain if d["kind"] == "TriggerAuthentication"]
+    (scaled,) = [d for d in plain if d["kind"] == "ScaledObject"]
+    assert "authenticationRef" not in scaled["spec"]["triggers"][0]
+
+
+def test_a_worker_only_install_ships_no_serve_rules() -> None:
+    """serve.enabled=false: RestravNoServeReplica (absent(up{job="restrav-serve"})) would
+    page forever, and no other stream rule can fire: the stream group is left out, the
+    queue rules are kept as shipped."""
+    (rule,) = [d for d in render(WORKER_ONLY) if d["kind"] == "PrometheusRule"]
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert "RestravNoServeReplica" not in names and "RestravStreamStalled" not in names
+    assert rule["spec"]["groups"] == [g for g in shipped["groups"]
+                                      if g["name"] != "restrav-streams"]

@@ -15,16 +15,22 @@ from monitor.sources.rtsp import AVSource, burst_frames
 from .queue_helpers import http_server
 
 
-@pytest.fixture
-def hls_url(tmp_path: Path) -> Iterator[str]:
+def make_hls(tmp_path: Path, seconds: int, segment_s: int) -> Path:
+    """A 64x48 25 fps H.264 HLS rendition made by the real ffmpeg; its folder."""
     out = tmp_path / "hls"
     out.mkdir()
     subprocess.run(
         ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25",
-         "-t", "6", "-c:v", "libx264", "-g", "25", "-hls_time", "2", "-hls_list_size", "0",
-         "-f", "hls", str(out / "index.m3u8")],
+         "-t", str(seconds), "-c:v", "libx264", "-g", "25", "-hls_time", str(segment_s),
+         "-hls_list_size", "0", "-f", "hls", str(out / "index.m3u8")],
         check=True, timeout=120,
     )
+    return out
+
+
+@pytest.fixture
+def hls_url(tmp_path: Path) -> Iterator[str]:
+    out = make_hls(tmp_path, seconds=6, segment_s=2)
     with http_server(out) as base:
         yield f"{base}/index.m3u8"
 
@@ -82,3 +88,23 @@ def test_burst_frames_are_bounded_in_memory() -> None:
     assert burst_frames("hls", 30.0, 8, 6.0, frame_bytes=frame_1080p * 100,
                         max_bytes=16 * mib) == 8
     assert burst_frames("hls", 30.0, 8, 6.0, frame_bytes=0, max_bytes=16 * mib) == 180
+
+
+async def test_hls_frames_reach_the_reader_at_their_own_pace(tmp_path: Path) -> None:
+    """FFmpeg's hls demuxer hands a 4 s segment over at once; the source releases its
+    frames at their presentation times, so a segment is not one burst of samples for the
+    engine (whose per-stream backlog is 24 samples, about 2 s). Checked as a lower bound
+    only: frame i arrives no earlier than its time after frame 0's."""
+    out = make_hls(tmp_path, seconds=8, segment_s=4)
+    with http_server(out) as base:
+        src = AVSource(f"{base}/index.m3u8", "cam",
+                       DecodeLimits(open_timeout_s=30, read_timeout_s=30), hls_segment_s=4.0)
+        await src.start()
+        try:
+            frames = [await src.recv() for _ in range(50)]  # 2 s of the first segment
+        finally:
+            await src.aclose()
+    t0, p0 = frames[0].arrival_s, frames[0].pts_s
+    early = [(f.index, round(f.arrival_s - t0, 3), round(f.pts_s - p0, 3)) for f in frames
+             if f.arrival_s - t0 < (f.pts_s - p0) - 0.01]
+    assert not early, early[:5]

@@ -8,6 +8,8 @@ tests/chaos/test_api_fuzz.py.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -66,3 +68,18 @@ async def test_answers_match_the_documented_schemas(h: Harness) -> None:
         assert resp.status in (401, 404, 422)
         conforms(await resp.json(), "ErrorBody")
     assert (await c.delete("/streams/doc-1", headers=AUTH)).status == 204
+
+
+async def test_the_routes_open_without_a_token_are_the_ones_the_readme_names(
+    h: Harness
+) -> None:
+    """The token policy is documented where operators read it: every route that answers
+    without a token (documented ``needs the token`` False) is named in README's control
+    API section as needing none, and answers 200 without one."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Control API", 1)[1].split("###", 1)[0]
+    policy = section.split("need none", 1)[0]
+    open_routes = {p for m, p, _, auth, *_ in OPERATIONS if not auth}
+    assert open_routes == set(re.findall(r"`(/[a-z.]+)`", policy)), policy
+    for path in sorted(open_routes):
+        assert (await h.client.get(path)).status == 200, path

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pytest
@@ -29,7 +30,11 @@ from tests.test_webrtc_service import TOKEN, settings_for
 from tests.webrtc_peers import ClipTrack, Service, WhipPublisher, free_port, metric_value
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
+ALERTMANAGER_CONFIG = (
+    Path(__file__).resolve().parents[1] / "deploy" / "alertmanager" / "alertmanager.yml"
+)
 PROMETHEUS = shutil.which("prometheus")
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus not installed (apt-get install prometheus; CI has it)"
@@ -53,28 +58,20 @@ async def alerts(http: ClientSession, url: str) -> list[dict[str, Any]]:
     return list(body["data"]["alerts"])
 
 
-class Prometheus:
-    """The real server scraping one ``restrav serve`` with the quick rules."""
+class Daemon:
+    """A server process started by ``__enter__`` (its output in ``dir/log_name``), ended by
+    ``__exit__``."""
 
-    def __init__(self, tmp_path: Path, serve_port: int) -> None:
-        self.dir = tmp_path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        quick_rules(tmp_path / "alerts.yml", for_s=3)
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": ["alerts.yml"],
-            "scrape_configs": [{"job_name": "restrav-serve",
-                                "static_configs": [{"targets": [f"127.0.0.1:{serve_port}"]}]}],
-        }))
+    dir: Path
+    log_name: str
 
-    def __enter__(self) -> Prometheus:
-        self.log = (self.dir / "prometheus.log").open("w")
-        self.proc = subprocess.Popen(
-            [str(PROMETHEUS), f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+    def args(self) -> list[str]:
+        """The command line."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.log = (self.dir / self.log_name).open("w")
+        self.proc = subprocess.Popen(self.args(), stdout=self.log, stderr=subprocess.STDOUT)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -82,23 +79,109 @@ class Prometheus:
         self.proc.wait(30)
         self.log.close()
 
+
+class Prometheus(Daemon):
+    """The real server scraping one ``restrav serve`` with the quick rules."""
+
+    log_name = "prometheus.log"
+
+    def __init__(self, tmp_path: Path, serve_port: int, alertmanager_port: int | None = None
+                 ) -> None:
+        self.dir = tmp_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        quick_rules(tmp_path / "alerts.yml", for_s=3)
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": ["alerts.yml"],
+            "scrape_configs": [{"job_name": "restrav-serve",
+                                "static_configs": [{"targets": [f"127.0.0.1:{serve_port}"]}]}],
+        }
+        if alertmanager_port is not None:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [
+                {"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]}
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    def args(self) -> list[str]:
+        """The command line."""
+        return [str(PROMETHEUS), f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}"]
+
     async def firing_until(self, http: ClientSession, alertname: str, want: set[str],
                            timeout_s: float = 120.0) -> list[dict[str, Any]]:
         """Poll until the streams firing ``alertname`` are exactly ``want``; the alerts."""
-        seen: list[dict[str, Any]] = []
-        got: set[str] = set()
-        for _ in range(int(timeout_s / 0.2)):  # generous: the CPU is shared
-            try:
-                seen = await alerts(http, self.url)
-            except (OSError, ClientError):  # not listening yet, or 503 while starting
-                seen = []
-            got = {a["labels"]["stream"] for a in seen
-                   if a["labels"]["alertname"] == alertname and a["state"] == "firing"}
-            if got == want:
-                return seen
-            assert self.proc.poll() is None, (self.dir / "prometheus.log").read_text()
-            await asyncio.sleep(0.2)
-        pytest.fail(f"{alertname} firing for {sorted(got)}, wanted {sorted(want)}: {seen}")
+
+        async def fetch() -> tuple[Any, list[dict[str, Any]]]:
+            seen = await alerts(http, self.url)
+            return {a["labels"]["stream"] for a in seen if a["labels"]["alertname"] ==
+                    alertname and a["state"] == "firing"}, seen
+
+        return await poll_until(fetch, want, self.proc, self.dir / "prometheus.log",
+                                timeout_s, f"{alertname} firing for")
+
+    async def value_until(self, http: ClientSession, query: str, want: str,
+                          timeout_s: float = 120.0) -> None:
+        """Poll until the instant query's single result has the value ``want``."""
+
+        async def fetch() -> tuple[Any, Any]:
+            async with http.get(f"{self.url}/api/v1/query", params={"query": query}) as r:
+                result = (await r.json())["data"]["result"]
+            return (result[0]["value"][1] if len(result) == 1 else result), result
+
+        await poll_until(fetch, want, self.proc, self.dir / "prometheus.log", timeout_s, query)
+
+
+async def poll_until(fetch: Callable[[], Awaitable[tuple[Any, Any]]], want: Any,
+                     proc: subprocess.Popen[bytes], log: Path, timeout_s: float, what: str
+                     ) -> Any:
+    """Poll ``fetch`` (-> (value, detail)) until the value is ``want``; the detail.
+    Fails the test after ``timeout_s`` (generous: the CPU is shared) or if ``proc`` died."""
+    got: Any = None
+    detail: Any = None
+    for _ in range(int(timeout_s / 0.2)):
+        try:
+            got, detail = await fetch()
+        except (OSError, ClientError):  # not listening yet, or 503 while starting
+            got = detail = None
+        if got == want:
+            return detail
+        assert proc.poll() is None, log.read_text()
+        await asyncio.sleep(0.2)
+    pytest.fail(f"{what} {got}, wanted {want}: {detail}")
+
+
+class Alertmanager(Daemon):
+    """The real Alertmanager with the shipped configuration (inhibit rules included)."""
+
+    log_name = "alertmanager.log"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path / "am"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def args(self) -> list[str]:
+        """The command line (no cluster gossip port)."""
+        assert ALERTMANAGER is not None
+        return [ALERTMANAGER, f"--config.file={ALERTMANAGER_CONFIG}",
+                f"--storage.path={self.dir}", f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address="]
+
+    async def alerts_until(self, http: ClientSession, want: dict[str, str],
+                           timeout_s: float = 180.0) -> list[dict[str, Any]]:
+        """Poll until the alerts it holds are ``want`` (alertname -> "active" or
+        "suppressed"), counting only those of alert names in ``want``."""
+
+        async def fetch() -> tuple[Any, list[dict[str, Any]]]:
+            async with http.get(f"{self.url}/api/v2/alerts") as r:
+                seen = list(await r.json())
+            return {a["labels"]["alertname"]: a["status"]["state"] for a in seen
+                    if a["labels"]["alertname"] in want}, seen
+
+        return list(await poll_until(fetch, want, self.proc, self.dir / "alertmanager.log",
+                                     timeout_s, "Alertmanager holds"))
 
 
 async def test_prometheus_ends_the_ai_alert_of_a_paused_and_a_deleted_stream(
@@ -174,3 +257,40 @@ async def test_prometheus_fires_stalled_for_a_dead_camera_not_for_a_waiting_whip
                     "query": 'restrav_stream_awaiting_publisher{stream="whipcam"}'})).json()
                 assert st["data"]["result"][0]["value"][1] == "1", st
             assert not [a for a in seen if a["labels"].get("stream") == "whipcam"], seen
+
+
+async def test_ready_follows_the_real_state_without_readyz_and_a_waiting_whip_stream_shows(
+    tiny_model_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """Nobody calls /readyz: Prometheus alone reads ``restrav_serve_ready`` 1 from its first
+    scrape on (RestravServeNotReady never pending), and a declared WHIP stream that never had
+    a publisher reads ``restrav_stream_awaiting_publisher`` 1."""
+    settings = settings_for(tiny_model_dir, redis_url,
+                            streams=[{"id": "whipcam", "url": "whip://whipcam"}])
+    async with Service(settings) as svc, ClientSession() as http:
+        with Prometheus(tmp_path, svc.port) as prom:
+            await prom.value_until(
+                http, 'restrav_stream_awaiting_publisher{stream="whipcam"}', "1")
+            await prom.value_until(
+                http, "count_over_time(restrav_serve_ready[5m]) >= bool 5", "1")
+            await prom.value_until(http, "min_over_time(restrav_serve_ready[5m])", "1")
+            seen = await alerts(http, prom.url)
+    assert not [a for a in seen if a["labels"]["alertname"] == "RestravServeNotReady"], seen
+
+
+@pytest.mark.skipif(ALERTMANAGER is None, reason="prometheus-alertmanager not installed")
+async def test_a_dead_camera_pages_once_through_the_shipped_inhibit_rules(
+    tiny_model_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """A camera that does not answer is stalled (reconnecting) and reconnects over and
+    over: Prometheus fires both alerts, the real Alertmanager with the shipped config holds
+    RestravReconnectStorm back (suppressed) behind RestravStreamStalled."""
+    dead = free_port()  # nothing listens there: the camera does not answer
+    settings = settings_for(tiny_model_dir, redis_url, streams=[
+        {"id": "deadcam", "url": f"rtsp://127.0.0.1:{dead}/live"}])
+    async with Service(settings) as svc, ClientSession() as http:
+        with Alertmanager(tmp_path) as am, Prometheus(tmp_path, svc.port, am.port):
+            seen = await am.alerts_until(http, {"RestravStreamStalled": "active",
+                                                "RestravReconnectStorm": "suppressed"})
+    storm = next(a for a in seen if a["labels"]["alertname"] == "RestravReconnectStorm")
+    assert storm["labels"]["stream"] == "deadcam" and storm["status"]["inhibitedBy"], storm

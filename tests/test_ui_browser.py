@@ -328,3 +328,62 @@ async def test_operator_page_with_200_streams_then_one(tmp_path: Path) -> None:
         feeder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feeder
+
+
+async def test_operator_page_draws_a_long_outage_and_spares_a_waiting_whip_stream(
+    tmp_path: Path
+) -> None:
+    """A camera reconnecting for 5 minutes (longer than the 30 s history) is banded up to
+    now; a WHIP stream waiting for its publisher is neither banded nor counted as
+    stalled; the row's error, cut short in the row, is whole in its tooltip."""
+    from tests.test_livefeed import TOKEN as FEED_TOKEN
+    from tests.test_livefeed import FeedServer, status
+
+    t0 = time.time()
+    refused = ("rtsp://cam.local/live: cannot reach the server (Connection refused); "
+               "is it running, and are the host and port right?")
+    outage = {**status("outage", state="reconnecting",
+                       history=[("running", t0 - 400), ("reconnecting", t0 - 300)]),
+              "kind": "rtsp", "state_since": t0 - 300, "reconnects": 28,
+              "error": {"code": "unreachable", "message": refused}}
+    waiting = {**status("whipcam", state="reconnecting",
+                        history=[("running", t0 - 20), ("reconnecting", t0 - 10)]),
+               "kind": "whip", "state_since": t0 - 10}
+    srv = FeedServer(UiSettings(tick_s=0.5, history_s=30))
+    srv.feed.statuses = lambda: [outage, waiting, status("ok")]
+    async with srv:
+        await srv.feed.start()
+        async with open_page(f"{srv.url}/ui#token={FEED_TOKEN}", tmp_path) as dt:
+            page = ("JSON.stringify({summary: document.getElementById('summary').innerText,"
+                    " rows: Object.fromEntries([...document.querySelectorAll("
+                    "'.row:not([hidden])')].map(r => [r.dataset.id,"
+                    " {bands: Number(r.dataset.bands), title: r.title}])),"
+                    " errors: restravUi.errors})")
+            v = await until(dt, page, lambda v: len(v["rows"]) == 3, 60, "three rows")
+    assert v["rows"]["outage"]["bands"] >= 1, v  # the outage is drawn though it began 5 min ago
+    assert v["rows"]["whipcam"]["bands"] == 0, v
+    assert "1 stalled / failing" in v["summary"], v
+    assert v["rows"]["outage"]["title"] == f"unreachable: {refused}", v
+    assert v["rows"]["ok"]["title"] == "" and v["errors"] == [], v
+
+
+async def test_operator_page_of_a_service_without_a_token_says_what_to_set(
+    tmp_path: Path
+) -> None:
+    """No API token configured: the page asks for none (there is none to give); it says
+    which setting turns it on."""
+    from tests.test_livefeed import FeedServer
+
+    srv = FeedServer(UiSettings(tick_s=0.5, history_s=30), token=None)
+    async with srv:
+        await srv.feed.start()
+        async with open_page(f"{srv.url}/ui", tmp_path) as dt:
+            v = await until(
+                dt, "JSON.stringify({shown: !document.getElementById('login').hidden,"
+                    " error: document.getElementById('loginError').textContent,"
+                    " input: getComputedStyle(document.getElementById('token')).display,"
+                    " errors: restravUi.errors})",
+                lambda v: v["shown"] and v["error"], 60, "the page's message")
+    assert "no API token" in v["error"] and "serve.api.token_file" in v["error"], v
+    assert "RESTRAV_SERVE__API__TOKEN" in v["error"], v
+    assert v["input"] == "none" and v["errors"] == [], v  # nothing to type

@@ -400,3 +400,60 @@ async def test_packet_loss_burst_never_lands_inside_a_window(
         assert sum(body["gaps"].values()) >= 1, body["gaps"]
     print(f"\nlost {lost} RTP packets; longest hole between sampled frames "
           f"{sampled.max():.2f} s; gaps {body['gaps']}")
+
+
+async def test_a_publishers_delete_is_a_normal_end_not_an_error(
+    tiny_model_dir: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A publisher that ends its session with DELETE: the declared stream waits for the
+    next one with no error on its status and no WARNING logged for it."""
+    settings = settings_for(tiny_model_dir, redis_url,
+                            streams=[{"id": "cam1", "url": "whip://cam1"}])
+    frames = [pattern_frame(i, W, H) for i in range(40)]
+    async with Service(settings) as svc:
+        pub = WhipPublisher(svc.url, "cam1", ClipTrack(frames, loop=True), TOKEN)
+        assert await pub.start() == 201
+        try:
+            assert len(await wait_scores(redis_url, "cam1", 1)) >= 1
+        finally:
+            caplog.clear()
+            with caplog.at_level("INFO"):
+                assert await pub.stop() == 200
+                body: Any = None
+                for _ in range(300):
+                    _, body = await svc.get_json("/streams/cam1", TOKEN)
+                    if body["reconnects"] >= 1:  # back to waiting for a publisher
+                        break
+                    await asyncio.sleep(0.1)
+    assert body["reconnects"] >= 1 and body["error"] is None, body
+    assert body["state"] in ("starting", "reconnecting"), body
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "cam1" in r.getMessage()]
+    assert not warnings, warnings
+    ended = [r.getMessage() for r in caplog.records if "publisher ended its session" in
+             r.getMessage()]
+    assert ended and all(r.levelname == "INFO" for r in caplog.records
+                         if "publisher ended its session" in r.getMessage()), ended
+
+
+async def test_a_second_serve_on_the_same_redis_without_cluster_mode_is_refused(
+    tiny_model_dir: Path, redis_url: str
+) -> None:
+    """Two serve processes on one Redis without serve.cluster.enabled would both score
+    every stream: the second is refused in one line naming the first; once the first
+    has drained, a successor starts at once."""
+    from monitor.errors import ConfigError
+    from workers.serve_cmd import serve
+
+    first = settings_for(tiny_model_dir, redis_url)
+    first = first.model_copy(update={"serve": first.serve.model_copy(update={
+        "cluster": first.serve.cluster.model_copy(update={"replica": "serve-a"})})})
+    async with Service(first):
+        with pytest.raises(ConfigError) as info:
+            # bounded: a second serve that is not refused runs until this gives up
+            await asyncio.wait_for(serve(settings_for(tiny_model_dir, redis_url)), 60)
+    message = info.value.message
+    assert "another restrav serve (serve-a)" in message and "serve.cluster" in message
+    assert "\n" not in message
+    async with Service(settings_for(tiny_model_dir, redis_url)) as svc:
+        assert (await svc.get_json("/healthz"))[0] == 200

@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -38,6 +39,7 @@ from monitor.metrics import LiveFeedMetrics, StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager, validate_spec
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink, sink_ready_check
+from monitor.solo import SoloGuard
 from monitor.sources.rtsp import resolve_decode_backend
 from monitor.whip_hub import attach_webrtc
 
@@ -69,8 +71,8 @@ Streams come from the config file (serve.streams) and the HTTP control API
 (/streams, bearer token from serve.api.token or serve.api.token_file); the set
 is kept in Redis and restored on restart. The operator page, every stream with
 its live P(AI) timeline and alerts, is at http://HOST:PORT/ (it asks for the
-API token once; serve.ui). /healthz, /readyz and /metrics need no
-token. SIGTERM or SIGINT drains: not ready, stop intake, finish in-flight
+API token once; serve.ui). /healthz, /readyz, /metrics and /openapi.json
+need no token. SIGTERM or SIGINT drains: not ready, stop intake, finish in-flight
 batches, flush sinks, within serve.drain_deadline_s.
 
 Many replicas (serve.cluster.enabled, Redis required): each replica runs only
@@ -160,6 +162,17 @@ def listen_urls(addresses: list[Any]) -> list[str]:
     return urls
 
 
+async def _let_go(solo: SoloGuard | None, task: asyncio.Task[None] | None) -> None:
+    """Stop renewing the single-serve key (``task``), then delete it (``solo``)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if solo is not None:
+        await solo.release()
+        await solo.client.aclose()
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT; return the exit status."""
     settings = _settings(args)
@@ -175,9 +188,27 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     registry = CollectorRegistry()
     metrics = StreamMetrics(registry)
     loop = asyncio.get_running_loop()
+    redis_url = settings.redis.url.get_secret_value() if settings.redis.url else None
+    replica = s.cluster.replica or socket.gethostname()
+    solo: SoloGuard | None = None
+    if redis_url and not s.cluster.enabled:  # before the model load: a refusal is quick
+        solo = SoloGuard(aioredis.from_url(
+            redis_url, socket_connect_timeout=settings.redis.connect_timeout_s,
+            socket_timeout=settings.redis.connect_timeout_s), replica)
+        try:
+            await solo.acquire()
+        except ConfigError:
+            await solo.client.aclose()
+            raise
+    # renewed from now on: the model load may outlast the key's TTL
+    solo_task = asyncio.create_task(solo.run(), name="solo-guard") if solo else None
 
     log.info("loading model %s", settings.model.ref)
-    embedder = await asyncio.to_thread(build_embedder, settings)
+    try:
+        embedder = await asyncio.to_thread(build_embedder, settings)
+    except BaseException:  # not started: the key goes now, not after its TTL
+        await _let_go(solo, solo_task)
+        raise
     embedder.batch_size = max(embedder.batch_size, s.engine.max_batch)
     s = s.model_copy(update={"source": resolve_decode_backend(s.source, str(embedder.device))})
     classifier = build_classifier(settings, embedder.embedding_dim)
@@ -189,8 +220,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     sinks: list[Sink] = []
     redis_client: Any = None
     redis_sink: RedisSink | None = None
-    redis_url = settings.redis.url.get_secret_value() if settings.redis.url else None
-    replica = s.cluster.replica or socket.gethostname()
     if s.cluster.enabled and not redis_url:
         raise ConfigError("serve.cluster.enabled needs redis.url (leases live in Redis)")
     if redis_url:
@@ -242,6 +271,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
                      ready_checks=checks)
     if token is None:
         log.warning("no API token: the control API is disabled (health and metrics still served)")
+        if not s.streams and not (redis_url and s.persist_streams):
+            print("restrav serve: no streams and no API token, so nothing will be scored and "
+                  "the operator page stays off: add streams (--stream ID=URL or "
+                  "serve.streams), or set an API token to add them at runtime "
+                  "(serve.api.token, serve.api.token_file or RESTRAV_SERVE__API__TOKEN)",
+                  file=sys.stderr, flush=True)
     app = create_app(ctx)
     if s.ui.enabled:
         feed.statuses = lambda: [st.to_json() for st in manager.list()]
@@ -275,7 +310,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     print(f"restrav serve: draining (deadline {s.drain_deadline_s:.1f} s)", file=sys.stderr,
           flush=True)
     await webrtc.aclose()  # WHIP sessions end before their streams stop
+    await _let_go(None, solo_task)  # not renewed while draining: a successor sees it go
     await manager.stop()
+    await _let_go(solo, None)  # our streams stopped: a successor may start now
     engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
     flushed = await sink.flush(max(0.0, deadline - time.monotonic()))
     if isinstance(manager, ClusteredStreamManager):

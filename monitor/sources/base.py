@@ -60,15 +60,19 @@ __all__ = [
 
 class SourceError(RestravError):
     """A source failed. ``permanent`` errors (a missing file, a bad URL) stop the
-    stream in state ``failed``; the others are retried with backoff."""
+    stream in state ``failed``; the others are retried with backoff. ``expected`` marks
+    a normal end that is not a fault (a WHIP publisher's DELETE): the stream waits for
+    its source again, logged at INFO, with no error left on its status."""
 
     code = "source_error"
 
-    def __init__(self, message: str, code: str | None = None, permanent: bool = False) -> None:
+    def __init__(self, message: str, code: str | None = None, permanent: bool = False,
+                 expected: bool = False) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
         self.permanent = permanent
+        self.expected = expected
 
 
 @dataclass(frozen=True, slots=True)

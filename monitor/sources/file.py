@@ -9,7 +9,6 @@ permanent failure; the end of the file stops the stream (``SourceClosed``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,7 @@ class FileSource(AVSource):
         self.path = path
         self.loop = loop
         self.realtime = realtime
-        self._clock0: float | None = None
-        self._pts0 = 0.0
+        self._paced = realtime
 
     @classmethod
     async def open(cls, spec: StreamSpec, ctx: SourceContext) -> FileSource:
@@ -70,14 +68,3 @@ class FileSource(AVSource):
             current = self._open_video()
             self._video = current
             self._clock0 = None  # the next pass restarts the clock at its first frame
-
-    def _pace(self, pts_s: float) -> None:
-        if not self.realtime:
-            return
-        now = time.monotonic()
-        if self._clock0 is None:
-            self._clock0, self._pts0 = now, pts_s
-            return
-        delay = (pts_s - self._pts0) - (now - self._clock0)
-        if delay > 0:
-            self._quit.wait(delay)

@@ -41,6 +41,16 @@ MAX_BUFFER_FRAMES = 1024
 """Upper bound of a sized frame buffer (as ``serve.source.buffer_frames``)."""
 
 
+PACE_RESYNC_S = 1.0
+"""A paced source whose frame times are this far from the wall clock restarts its clock
+(1 s: a catch-up burst stays within the engine's per-stream backlog of 24 samples)."""
+
+
+def is_hls(fmt: str) -> bool:
+    """Whether FFmpeg's format name (``"hls"``, ``"hls,applehttp"``) is HLS."""
+    return "hls" in fmt.split(",")
+
+
 def burst_frames(
     fmt: str, fps: float | None, configured: int, hls_segment_s: float,
     frame_bytes: int = 0, max_bytes: int = 0,
@@ -49,7 +59,7 @@ def burst_frames(
     demuxer hands over a whole segment in one burst) a segment's worth at the stream's
     rate (25 fps when unknown), at most :data:`MAX_BUFFER_FRAMES` and, given the size of
     one decoded frame, at most ``max_bytes`` of frames (never below ``configured``)."""
-    if "hls" not in fmt.split(","):
+    if not is_hls(fmt):
         return configured
     segment = math.ceil((fps or 25.0) * hls_segment_s)
     cap = MAX_BUFFER_FRAMES
@@ -89,6 +99,9 @@ class AVSource:
         self._buffer: FrameBuffer | None = None
         self._video: LiveVideo | None = None
         self.frames_read = 0
+        self._paced = False
+        self._clock0: float | None = None
+        self._pts0 = 0.0
 
     @classmethod
     async def open(cls, spec: StreamSpec, ctx: SourceContext) -> AVSource:
@@ -130,6 +143,11 @@ class AVSource:
                 permanent=self._permanent(exc),
             ) from None
         info = self._video.info
+        # FFmpeg's hls demuxer hands a whole segment (4-10 s) over at once: released as
+        # it comes, a segment is a burst of samples larger than the engine's per-stream
+        # backlog, and whole windows are skipped as overload. Paced at its own frame
+        # times, a live HLS feed reaches the engine as an RTSP feed does.
+        self._paced = self._paced or is_hls(info.format)
         self._buffer_frames = burst_frames(
             info.format, info.fps, self._buffer_frames, self._hls_segment_s,
             # a decoded 4:2:0 frame (NV12/YUV420P): 1.5 bytes a pixel
@@ -146,7 +164,19 @@ class AVSource:
         return False
 
     def _pace(self, pts_s: float) -> None:
-        """Hook for real-time playback of files (no-op for live inputs)."""
+        """When paced (HLS, files played in real time): wait until ``pts_s`` is due on the
+        wall clock, counted from the first frame. A clock more than
+        :data:`PACE_RESYNC_S` off (behind after a stall, or a timestamp jump ahead) is
+        set again at this frame: never a catch-up burst, never a long wait."""
+        if not self._paced:
+            return
+        now = time.monotonic()
+        delay = (pts_s - self._pts0) - (now - self._clock0) if self._clock0 is not None else 0.0
+        if self._clock0 is None or not -PACE_RESYNC_S <= delay <= PACE_RESYNC_S:
+            self._clock0, self._pts0 = now, pts_s
+            return
+        if delay > 0:
+            self._quit.wait(delay)
 
     def _frames(self, video: LiveVideo) -> Any:
         return video.frames()

@@ -58,8 +58,9 @@ class WebRTCError(SourceError):
     """A WebRTC peer misbehaved or went away: a refused WHEP request, a bad SDP
     answer, ICE failure, a publisher that left. Retried unless ``permanent``."""
 
-    def __init__(self, message: str, code: str = "webrtc", permanent: bool = False) -> None:
-        super().__init__(message, code=code, permanent=permanent)
+    def __init__(self, message: str, code: str = "webrtc", permanent: bool = False,
+                 expected: bool = False) -> None:
+        super().__init__(message, code=code, permanent=permanent, expected=expected)
 
 
 def frame_to_rgb(frame: Any) -> RGBArray:
@@ -191,14 +192,21 @@ class TrackSource:
             raise RuntimeError("TrackSource.recv() before start()")
         return await self.buffer.get()
 
-    async def aclose(self) -> None:
-        """Stop draining and release queued frames; idempotent. Does not close the peer."""
+    async def aclose(self, publisher_ended: bool = False) -> None:
+        """Stop draining and release queued frames; idempotent. Does not close the peer.
+        ``publisher_ended``: the publisher ended its session itself (WHIP DELETE), a
+        normal end that the reader sees as an ``expected`` error (code ``publisher_left``)."""
         if self._closed:
             return
         self._closed = True
         self.ended_event.set()
         if self.buffer is not None:
-            self.buffer.close(WebRTCError(f"{self.description}: closed", code="webrtc_closed"))
+            self.buffer.close(
+                WebRTCError(f"{self.description}: the publisher ended its session",
+                            code="publisher_left", expected=True)
+                if publisher_ended
+                else WebRTCError(f"{self.description}: closed", code="webrtc_closed")
+            )
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

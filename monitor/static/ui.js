@@ -32,10 +32,12 @@ function takeToken() {
   }
   return sessionStorage.getItem(KEY);
 }
-function askToken(message) {
+function askToken(message, canSignIn = true) {
   $("login").hidden = false;
   $("loginError").textContent = message || "";
-  $("token").focus();
+  // no token configured on the service: nothing to type, only what to change
+  $("token").hidden = $("loginForm").querySelector("button").hidden = !canSignIn;
+  if (canSignIn) $("token").focus();
 }
 $("loginForm").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -52,7 +54,10 @@ $("forget").addEventListener("click", () => {
   setConn("off", "no token");
   askToken("");
 });
-const auth = () => ({ Authorization: "Bearer " + sessionStorage.getItem(KEY) });
+const auth = () => {
+  const token = sessionStorage.getItem(KEY);
+  return token ? { Authorization: "Bearer " + token } : {};
+};
 
 // --- time --------------------------------------------------------------------------------
 const nowS = () => Date.now() / 1000 + ui.offset;
@@ -74,8 +79,9 @@ function setConn(state, text) {
 
 async function connect() {
   if (ui.ctrl) ui.ctrl.abort();
+  // asked even without a token: a service with none configured says so (503), and the
+  // page then says what to set instead of asking for a token nobody has
   const token = sessionStorage.getItem(KEY);
-  if (!token) return askToken("");
   const ctrl = new AbortController();
   ui.ctrl = ctrl;
   setConn("wait", "connecting…");
@@ -90,14 +96,16 @@ async function connect() {
   if (resp.status === 401) {
     sessionStorage.removeItem(KEY);
     setConn("off", "not signed in");
-    return askToken("That token was refused (401). Check serve.api.token.");
+    return askToken(token ? "That token was refused (401). Check serve.api.token." : "");
   }
   if (resp.status === 503) {
     const body = await resp.json().catch(() => ({}));
     const code = (body.error && body.error.code) || "unavailable";
     if (code === "control_disabled") {
       setConn("off", "no API token configured");
-      return askToken("This service has no API token (serve.api.token), so the page is off.");
+      return askToken("This service has no API token, so this page is off: set "
+        + "serve.api.token or serve.api.token_file (or RESTRAV_SERVE__API__TOKEN) and "
+        + "restart restrav serve.", false);
     }
     return retryLater(code);
   }
@@ -227,7 +235,7 @@ function reorder() {
   if ($("alertsFirst").checked) {
     const rank = (id) => {
       const s = ui.streams.get(id).summary;
-      return s.alert ? 0 : (["failed", "stalled", "reconnecting"].includes(s.state) ? 1 : 2);
+      return s.alert ? 0 : (troubled(s) ? 1 : 2);
     };
     ids.sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : 1));
   }
@@ -246,6 +254,11 @@ function reorder() {
   render();
 }
 
+// stalled, reconnecting or failed; a WHIP stream waiting for its publisher is not
+function troubled(sm) {
+  return ["failed", "stalled", "reconnecting"].includes(sm.state) && !sm.awaiting;
+}
+
 function summarise() {
   const c = { streams: 0, running: 0, alert: 0, problem: 0, paused: 0 };
   for (const s of ui.streams.values()) {
@@ -253,7 +266,7 @@ function summarise() {
     const st = s.summary.state;
     if (st === "running") c.running += 1;
     if (st === "paused") c.paused += 1;
-    if (["failed", "stalled", "reconnecting"].includes(st)) c.problem += 1;
+    if (troubled(s.summary)) c.problem += 1;
     if (s.summary.alert) c.alert += 1;
   }
   const el = $("summary");
@@ -343,6 +356,8 @@ function fillRow(row, s, idx) {
   if (sm.reconnects) bits.push(sm.reconnects + " reconnect" + (sm.reconnects > 1 ? "s" : ""));
   if (sm.error) bits.push(sm.error);
   meta.append(bits.filter(Boolean).join(" · "));
+  // the row cuts the line short: the whole error on hover
+  row.title = sm.error ? sm.error + ": " + (sm.error_message || "") : "";
   const f = fmtP(s);
   const num = row.querySelector(".num");
   num.textContent = f.text;
@@ -406,9 +421,18 @@ function drawTimeline(canvas, s, big) {
   }
   // state bands (stalled, reconnecting, paused, failed, stopped)
   const states = s.marks.filter((m) => m[1] === "state").sort((a, b) => a[0] - b[0]);
+  // the state in force is drawn up to now whatever its start: its mark may be older than
+  // the history (a long outage) and gone from the marks
+  const cur = s.summary.state;
+  if (cur && (!states.length || states[states.length - 1][2] !== cur)) {
+    const since = s.summary.since ?? t0;
+    if (!states.length || since >= states[states.length - 1][0]) states.push([since, "state", cur]);
+  }
   states.forEach((m, i) => {
     const col = STATE_BANDS[m[2]];
     if (!col) return;
+    // a WHIP stream's reconnecting is waiting for its publisher, not an outage
+    if (s.summary.kind === "whip" && m[2] === "reconnecting") return;
     const end = i + 1 < states.length ? states[i + 1][0] : t1;
     if (end < t0) return;
     const x0 = Math.max(left, X(m[0])), x1 = Math.min(right, X(end));
@@ -601,4 +625,5 @@ $("dRemove").addEventListener("click", () => control("remove"));
 // between updates, keep the time axis moving on screen
 setInterval(() => { if (ui.conn === "live") render(); }, 1000);
 
-if (takeToken()) connect(); else askToken("");
+takeToken();
+connect();  // without a token too: the service says whether it has one (see connect)
