@@ -118,6 +118,9 @@ def test_worker_with_the_compose_config_scores_a_clip_from_the_mounted_folder(
         result = json.loads(raw)
         assert result["ok"] is True, result
         assert result["status"] == "scored" and result["clip"]
+        # no classifier is configured in compose: the bundled one gives a P(AI)
+        assert isinstance(result["clip"]["window"]["score"], float), result["clip"]["window"]
+        assert isinstance(result["aggregate"]["score_mean"], float)
     finally:
         worker.terminate()
         worker.wait(timeout=60)
@@ -195,3 +198,32 @@ def test_a_firing_alert_reaches_alertmanager(tmp_path: Path, alertmanager: int) 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_compose_serve_and_worker_score_with_the_bundled_classifier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each serve and worker service, with its config file and its environment as compose
+    resolves them, loads a classifier: P(AI) is reported, and the LikelyAIGenerated alert
+    can fire. (The worker's P(AI) is checked end to end in the test above.)"""
+    from monitor.classifier import load_classifier
+    from monitor.published import bundled_classifier_dir
+    from workers.common import build_classifier
+
+    services = compose_config()["services"]
+    bundled = load_classifier(bundled_classifier_dir())
+    for name in ("serve", "serve-2", "worker"):
+        svc = services[name]
+        argv = svc["command"]
+        env = svc.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env)
+        for key in [k for k in os.environ if k.startswith("RESTRAV_")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            if key.startswith("RESTRAV_") and not key.startswith("RESTRAV_REDIS__"):
+                monkeypatch.setenv(key, str(value))
+        settings = load_settings(DEPLOY / "config" / Path(argv[argv.index("--config") + 1]).name)
+        clf = build_classifier(settings)
+        assert clf is not None, f"{name}: no classifier, P(AI) would be null"
+        assert clf.threshold == bundled.threshold and clf.zero_step_angle_deg == 90.0, name
