@@ -594,3 +594,29 @@ def test_published_pipeline_scores_as_the_cli_and_refuses_a_mixed_convention(
     with pytest.raises(ValueError, match="zero_step_angle_deg=90"):
         save_pipeline(make_pipeline(TrajectoryFeatures(), loaded), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_on_another_backbone_is_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from monitor.config import load_settings
+    from workers.common import build_classifier
+
+    clf = load_classifier(bundled_classifier_dir())  # recorded: dinov2_vits14
+    clf.save(tmp_path / "art")
+
+    def warnings_for(ref: str) -> list[str]:
+        settings = load_settings(None, classifier={"path": str(tmp_path / "art")},
+                                 model={"ref": ref})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="restrav"):
+            assert build_classifier(settings, 257 * 384) is not None
+        return [r.getMessage() for r in caplog.records]
+
+    # the same weights under their Hugging Face id and torch.hub name: no warning
+    assert warnings_for("facebook/dinov2-small") == []
+    assert warnings_for("dinov2_vits14") == []
+    (msg,) = warnings_for("facebook/dinov2-base")
+    assert "backbone: trained with 'dinov2_vits14', now 'facebook/dinov2-base'" in msg
