@@ -143,6 +143,7 @@ def _summary(st: dict[str, Any]) -> dict[str, Any]:
         "paused": st.get("paused"),
         "alert": st.get("alert_active"),
         "reconnects": st.get("reconnects"),
+        "yielding": st.get("yielding", False),
         "error": err.get("code") if isinstance(err, dict) else None,
     }
 
