@@ -47,7 +47,12 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from monitor.alerts import AlertEvent  # noqa: E402
 from monitor.config import EngineSettings, ServeSettings, StreamSpec  # noqa: E402
-from monitor.engine import Engine, EngineSample, freeze_startup_heap  # noqa: E402
+from monitor.engine import (  # noqa: E402
+    GIL_SWITCH_INTERVAL_S,
+    Engine,
+    EngineSample,
+    freeze_startup_heap,
+)
 from monitor.metrics import StreamMetrics  # noqa: E402
 from monitor.service import StreamManager  # noqa: E402
 from monitor.standin import StandInEmbedder, StillFrame, register_synthetic_source  # noqa: E402
@@ -308,11 +313,10 @@ def main() -> int:
     p.add_argument("--gc-seconds", type=float, default=12.0, help="each GC phase at 2x")
     p.add_argument("--skip-policy", action="store_true",
                    help="also run 2x with the old policy (skip; batch 16, queue 256)")
-    p.add_argument("--switch-interval-ms", type=float, default=None,
-                   help="sys.setswitchinterval (default: Python's 5 ms)")
+    p.add_argument("--switch-interval-ms", type=float, default=GIL_SWITCH_INTERVAL_S * 1000,
+                   help="sys.setswitchinterval, as serve sets it (Python's default: 5)")
     args = p.parse_args()
-    if args.switch_interval_ms is not None:
-        sys.setswitchinterval(args.switch_interval_ms / 1000)
+    sys.setswitchinterval(args.switch_interval_ms / 1000)
     torch.set_num_threads(1)
     register_synthetic_source()
     # the heap `serve` has: torch and transformers loaded (about 300 k tracked objects)
@@ -323,7 +327,8 @@ def main() -> int:
 
     print("# bench_overload: shedding under overload (real Engine, StreamManager, stream tasks)")
     print(f"CPU: {cpu_model()}; Python {platform.python_version()}, torch {torch.__version__}")
-    print(f"stand-in backbone: {args.fixed_ms:g} ms + n x {args.per_sample_ms:g} ms per batch; "
+    print(f"interpreter switch interval {args.switch_interval_ms:g} ms; "
+          f"stand-in backbone: {args.fixed_ms:g} ms + n x {args.per_sample_ms:g} ms per batch; "
           f"streams at {SAMPLE_HZ:.1f} Hz, hop 1; {args.warmup:g} s warm-up, "
           f"{args.seconds:g} s measured per row\n")
     cap = measure_capacity(standin, 3.0)

@@ -4,15 +4,16 @@ Contract:
 
 * Streams :meth:`Engine.register` with a callback; the event loop hands in
   samples with :meth:`Engine.submit` (non-blocking). Each sample is embedded
-  once. One worker thread owns the model and the device: it takes samples from
-  a bounded queue and micro-batches them across streams (``max_batch`` frames,
-  waiting at most ``max_wait_ms`` for a batch to fill), converts the sampled
-  frames to RGB on the CPU or, with ``pixel_path="yuv"``, hands their 4:2:0 planes
-  to the device for conversion (:mod:`monitor.colour`), runs one forward pass per
-  batch and updates each stream's
-  :class:`~monitor.geometry.WindowRing` (a preallocated ``(24, D)`` ring on the
-  device): one distance and one angle per sample, synchronised with the host
-  once per batch.
+  once. One worker, two threads: the device thread owns the model; it takes
+  samples from a bounded queue and micro-batches them across streams (``max_batch``
+  frames; after an idle spell waiting at most ``max_wait_ms`` for a batch to fill),
+  converts the sampled frames to RGB on the CPU or, with ``pixel_path="yuv"``, hands
+  their 4:2:0 planes to the device for conversion (:mod:`monitor.colour`) and runs
+  one forward pass per batch. The host thread owns the window states: in batch
+  order it updates each stream's :class:`~monitor.geometry.WindowRing` (a
+  preallocated ``(24, D)`` ring on the device): one distance and one angle per
+  sample, synchronised with the host once per batch, then classifies and delivers,
+  while the device thread runs the next forward pass.
 * A window is 24 consecutive samples of one segment (``k`` increasing by one);
   any discontinuity (a gap, a skipped or failed sample) starts a new window.
   A window is scored when full and then every ``hop`` samples; its 21 features
@@ -50,6 +51,7 @@ import concurrent.futures
 import gc
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -147,6 +149,19 @@ class _Unregister:
 
 _STOP = _Stop()
 
+
+@dataclass
+class _Embedded:
+    """A batch between the device step and the host step."""
+
+    batch: Sequence[EngineSample | _Unregister]
+    samples: list[EngineSample]
+    z: torch.Tensor | None
+    t_start: float
+    t_conv: float
+    t_embed: float
+    device_s: float = 0.0
+
 _TICK_S = 0.25
 """How often the event-loop side re-derives sizes and slots and reclaims idle slots."""
 
@@ -237,6 +252,8 @@ class Engine:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._items: collections.deque[EngineSample | _Unregister | _Stop] = collections.deque()
+        # device thread -> host thread: two batches at most (blocks, never drops)
+        self._handoff: queue.Queue[_Embedded | _Stop] = queue.Queue(maxsize=2)
         self._queued = 0  # samples in _items (control items are not bounded: one per stream)
         self.batch_limit = settings.max_batch if settings.max_batch is not None else 16
         self.queue_limit = settings.queue_samples if settings.queue_samples is not None else 256
@@ -533,21 +550,49 @@ class Engine:
         return batch, False
 
     def _run(self) -> None:
+        """The device thread: take a batch, convert, forward, hand it to the host thread.
+        Its next forward pass overlaps the host work of the previous batch (the bounded
+        hand-off blocks when the host thread is two batches behind: no drops there; the
+        engine queue's policy applies upstream)."""
+        host = threading.Thread(target=self._run_host, name="restrav-host", daemon=True)
+        host.start()
+        try:
+            while True:
+                batch, stop = self._take()
+                if stop:
+                    break
+                t0 = time.monotonic()
+                try:
+                    e = self._embed(batch)
+                # device-worker boundary: a bug in one batch is logged and kept in .error
+                # for inspection; the batch's streams are released and the worker goes on
+                except Exception as exc:
+                    log.exception("device worker: batch of %d failed", len(batch))
+                    self.error = exc
+                    continue
+                e.device_s = time.monotonic() - t0
+                self._handoff.put(e)
+        finally:
+            self._handoff.put(_STOP)
+            host.join()
+
+    def _run_host(self) -> None:
+        """The host thread: score the embedded batches in order."""
         while True:
-            batch, stop = self._take()
-            if stop:
-                break
+            e = self._handoff.get()
+            if isinstance(e, _Stop):
+                return
             t0 = time.monotonic()
             try:
-                self.process(batch)
-            # device-worker boundary: a bug in one batch is logged and kept in .error
-            # for inspection; the batch's streams are released and the worker goes on
+                self._score(e)
+            # device-worker boundary (host side): as in _run
             except Exception as exc:
-                log.exception("device worker: batch of %d failed", len(batch))
+                log.exception("device worker: scoring a batch of %d failed", len(e.samples))
                 self.error = exc
-            n = sum(1 for b in batch if isinstance(b, EngineSample))
+            n = len(e.samples)
             if n:
-                busy = time.monotonic() - t0
+                # the two steps overlap: a batch costs the slower of the two
+                busy = max(e.device_s, time.monotonic() - t0)
                 with self._lock:
                     self.cost.update(n, busy)
 
@@ -565,18 +610,18 @@ class Engine:
         return st
 
     def process(self, batch: Sequence[EngineSample | _Unregister]) -> list[StreamScore]:
-        """Embed and score one micro-batch (the worker's step; callable directly in tests
-        and benchmarks without the thread). Returns the scores it delivered."""
+        """Embed and score one micro-batch (both steps of the worker in turn; callable
+        directly in tests and benchmarks without the threads). Returns the scores it
+        delivered."""
+        return self._score(self._embed(batch))
+
+    def _embed(self, batch: Sequence[EngineSample | _Unregister]) -> _Embedded:
+        """The device step: convert the frames and run the forward pass."""
         m = self.metrics
         t_start = time.monotonic()
         samples: list[EngineSample] = []
         rgbs: list[RGBArray | YUVPlanes] = []
-        todo: list[EngineSample] = []
-        for item in batch:
-            if isinstance(item, _Unregister):
-                self._states.pop(item.stream_id, None)
-            else:
-                todo.append(item)
+        todo = [item for item in batch if isinstance(item, EngineSample)]
         # one conversion per distinct frame (repeated samples share one; a PyAV frame must
         # not be converted by two threads at once), in parallel across frames
         distinct = list({id(s.frame): s.frame for s in todo}.values())
@@ -597,14 +642,27 @@ class Engine:
                 continue
             samples.append(item)
             rgbs.append(rgb)
-        if not samples:
-            return []
         t_conv = time.monotonic()
+        if not samples:
+            return _Embedded(batch, samples, None, t_start, t_conv, t_conv)
         z = self.embedder.embed_tensor(rgbs)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t_embed = time.monotonic()
         self.samples_embedded += len(samples)
+        return _Embedded(batch, samples, z, t_start, t_conv, t_embed)
+
+    def _score(self, e: _Embedded) -> list[StreamScore]:
+        """The host step: ring updates, features, classifier, metrics, delivery (in
+        batch order; it owns the window states)."""
+        m = self.metrics
+        for item in e.batch:
+            if isinstance(item, _Unregister):
+                self._states.pop(item.stream_id, None)
+        samples, z = e.samples, e.z
+        if z is None:
+            return []
+        t_start, t_conv, t_embed = e.t_start, e.t_conv, e.t_embed
 
         # geometry: push every sample on the device, synchronise once, then commit in order
         states: list[_WindowState | None] = []
@@ -722,6 +780,13 @@ class Engine:
             m.device_memory.labels(dev, "reserved").set(torch.cuda.memory_reserved(self.device))
         else:
             m.device_memory.labels(dev, "rss").set(rss_bytes())
+
+
+GIL_SWITCH_INTERVAL_S = 0.001
+"""The interpreter switch interval ``serve`` sets (Python's default is 5 ms): a worker
+thread coming back from the device (or a sleep) waits up to one interval for the GIL
+while the event loop runs; at 4x overload on two cores that cost the worker about a
+tenth of its throughput (BENCHMARKS.md, bench_overload)."""
 
 
 def freeze_startup_heap() -> int:

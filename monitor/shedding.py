@@ -7,7 +7,7 @@ Contract:
   batches) and answers the worker's capacity in samples per second at a batch size.
 * :func:`derive_sizes` turns that fit and the number of streams into the engine's
   batch limit and queue bound (``serve.engine.max_batch`` / ``queue_samples`` left
-  unset): a batch large enough that the fixed cost is at most a tenth of it, small
+  unset): a batch large enough that the fixed cost is at most 5 % of it, small
   enough to finish within a latency budget, and a queue that holds every stream's
   samples for ``headroom_s`` (a collector pause or a slow batch does not overflow it).
 * :class:`Shedder` decides, per submitted sample, whether its stream runs or yields.
@@ -107,14 +107,15 @@ def derive_sizes(
     """``(batch limit, queue bound)`` for a worker whose batch costs
     ``fixed_s + per_sample_s * n`` and ``streams`` streams at ``stream_hz``.
 
-    The batch limit is the smallest size at which the fixed cost is at most 10 % of the
-    batch (9 x fixed / per sample), within ``[min_batch, max_batch]`` and no larger than
+    The batch limit is the smallest size at which the fixed cost is at most 5 % of the
+    batch (19 x fixed / per sample), within ``[min_batch, max_batch]`` and no larger than
     what finishes within ``latency_budget_s``. The queue holds ``headroom_s`` of every
     stream's samples and at least four full batches, within ``[min_queue, max_queue]``.
     """
     batch = min_batch
     if per_sample_s > 0.0:
-        batch = max(batch, math.ceil(9.0 * fixed_s / per_sample_s - 1e-9))  # float noise
+        # fixed cost at most 5 % of a batch: a saturated device loses little to it
+        batch = max(batch, math.ceil(19.0 * fixed_s / per_sample_s - 1e-9))  # float noise
         batch = min(batch, max(min_batch, int((latency_budget_s - fixed_s) / per_sample_s)))
     batch = max(min_batch, min(max_batch, batch))
     queue = max(min_queue, 4 * batch, math.ceil(streams * stream_hz * headroom_s))

@@ -175,10 +175,12 @@ def test_batch_cost_fit_and_derived_sizes() -> None:
         same.update(32, 0.010)
     assert same.get() == (0.0, pytest.approx(0.010 / 32))
     assert same.capacity(32) == pytest.approx(3200)
-    # 2 ms fixed, 1/12,000 s per sample: fixed cost a tenth of the batch at 216 samples
-    batch, queue = derive_sizes(0.002, 1 / 12_000, streams=320, stream_hz=11.5)
-    assert batch == 216
-    assert queue == max(4 * 216, int(np.ceil(320 * 11.5 * 0.5)))
+    # 2 ms fixed, 1 ms per sample: fixed cost 5 % of the batch at 38 samples
+    batch, queue = derive_sizes(0.002, 0.001, streams=320, stream_hz=11.5)
+    assert batch == 38
+    assert queue == max(4 * 38, int(np.ceil(320 * 11.5 * 0.5)))
+    # 2 ms fixed, 1/12,000 s per sample (an H100): 456 would do, the limit is 256
+    assert derive_sizes(0.002, 1 / 12_000, streams=320, stream_hz=11.5)[0] == 256
     # a slow device: the latency budget caps the batch
     assert derive_sizes(0.05, 0.01, streams=4, stream_hz=11.5)[0] == 20
     # few streams: the queue keeps its floor

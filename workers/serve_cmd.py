@@ -30,7 +30,7 @@ from monitor.api import (
 )
 from monitor.cluster import ClusteredStreamManager
 from monitor.config import ServeSettings, Settings, StreamSpec
-from monitor.engine import Engine, freeze_startup_heap
+from monitor.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap
 from monitor.errors import ConfigError, InputError
 from monitor.http_guard import ServerLog
 from monitor.livefeed import LiveFeed, add_ui_routes
@@ -264,6 +264,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     # that a full collection scans only what streams allocate (pauses of 100-200 ms with
     # about 300 k tracked objects overflowed the engine queue; BENCHMARKS.md)
     freeze_startup_heap()
+    # the device and host threads get the GIL back sooner from a busy event loop
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     stop_event = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
