@@ -72,10 +72,9 @@ def cpu_model() -> str:
 
 @dataclass
 class _Run:
-    """Per-stream goodput bookkeeping of the scores written in the measured period."""
+    """Per-stream goodput bookkeeping."""
 
-    windows: int = 0
-    runs: int = 0
+    useful: int = 0
     last_end: float = -1.0
     last_at: float = 0.0
     longest_wait_s: float = 0.0
@@ -83,26 +82,31 @@ class _Run:
 
 @dataclass
 class CountingSink:
-    """A sink that counts goodput per stream (no buffer: O(1) per score)."""
+    """A sink that counts goodput per stream (no buffer: O(1) per score).
 
-    measuring: bool = False
-    t0: float = 0.0
+    Goodput is counted by the frames' arrival times: a sample that arrived in
+    ``[t0, t1]`` and ends in a scored window counts, also when that window is scored
+    after ``t1`` (keep the run going a window's time after ``t1``), so that runs cut
+    by the edges of the period are neither lost nor counted twice.
+    """
+
+    t0: float = math.inf
+    t1: float = math.inf
     streams: dict[str, _Run] = field(default_factory=dict)
 
     def publish(self, score: StreamScore) -> None:
         r = self.streams.setdefault(score.stream_id, _Run())
-        # consecutive windows of one run end one sample apart; anything else is a new run,
-        # whose first window also makes its 23 earlier samples useful (a run that began
-        # before the measured period is not counted again)
+        # consecutive windows of one run end one sample apart; a window that starts a run
+        # makes all its 24 samples useful, a later one only its last
         new_run = abs(score.end_s - r.last_end - SAMPLE_INTERVAL_S) > SAMPLE_INTERVAL_S / 4
         r.last_end = score.end_s
-        if not self.measuring:
-            return
+        first = WINDOW_SAMPLES - 1 if new_run else 0
+        r.useful += sum(1 for j in range(first + 1)
+                        if self.t0 <= score.arrival_s - j * SAMPLE_INTERVAL_S <= self.t1)
         now = time.monotonic()
-        r.longest_wait_s = max(r.longest_wait_s, now - max(r.last_at, self.t0))
-        r.last_at = now
-        r.windows += 1
-        r.runs += new_run
+        if self.t0 <= now <= self.t1:
+            r.longest_wait_s = max(r.longest_wait_s, now - max(r.last_at, self.t0))
+            r.last_at = now
 
     def publish_event(self, event: AlertEvent) -> None:
         pass
@@ -117,8 +121,8 @@ class CountingSink:
         pass
 
     def useful(self) -> dict[str, int]:
-        """Samples that ended in a scored window, per stream."""
-        return {k: r.windows + (WINDOW_SAMPLES - 1) * r.runs for k, r in self.streams.items()}
+        """Samples that arrived in the period and ended in a scored window, per stream."""
+        return {k: r.useful for k, r in self.streams.items()}
 
     def waits(self, end: float) -> dict[str, float]:
         """The longest time each stream went without a score in the measured period."""
@@ -228,14 +232,13 @@ async def run_load(
         gc_pauses.pauses.clear()
         gc.callbacks.append(gc_pauses)
     sink.t0 = time.monotonic()
-    sink.measuring = True
     yielding: list[int] = []
     t_end = sink.t0 + seconds
     while time.monotonic() < t_end:
         await asyncio.sleep(0.5)
         yielding.append(engine.shedder.yielding)
-    sink.measuring = False
-    elapsed = time.monotonic() - sink.t0
+    sink.t1 = time.monotonic()
+    elapsed = sink.t1 - sink.t0
     if gc_pauses is not None:
         gc.callbacks.remove(gc_pauses)
     statuses = manager.list()
@@ -247,6 +250,8 @@ async def run_load(
     slots = engine.shedder.slots if engine.shedder.yielding else n_streams
     stop.set()
     await tick
+    # windows still filling at t1 end a window's time later (their samples arrived in time)
+    await asyncio.sleep(2 * WINDOW_SAMPLES * SAMPLE_INTERVAL_S)
     batch, queue, cap = engine.batch_limit, engine.queue_limit, engine.capacity_sps
     await manager.stop()
     await engine.drain(30)
@@ -311,6 +316,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="measured time per load")
     p.add_argument("--warmup", type=float, default=6.0, help="warm-up per load")
     p.add_argument("--gc-seconds", type=float, default=12.0, help="each GC phase at 2x")
+    p.add_argument("--target-utilisation", type=float, default=None,
+                   help="serve.engine.target_utilisation (default: the setting's default)")
     p.add_argument("--skip-policy", action="store_true",
                    help="also run 2x with the old policy (skip; batch 16, queue 256)")
     p.add_argument("--switch-interval-ms", type=float, default=GIL_SWITCH_INTERVAL_S * 1000,
@@ -321,6 +328,9 @@ def main() -> int:
     register_synthetic_source()
     # the heap `serve` has: torch and transformers loaded (about 300 k tracked objects)
     import transformers.models.dinov2.modeling_dinov2  # noqa: F401
+
+    tuned = ({} if args.target_utilisation is None
+             else {"target_utilisation": args.target_utilisation})
 
     def standin() -> StandInEmbedder:
         return StandInEmbedder(args.fixed_ms / 1000, args.per_sample_ms / 1000)
@@ -361,7 +371,7 @@ def main() -> int:
         n = max(1, round(x * cap / SAMPLE_HZ))
         rows.append((f"{x:g}x", "rotate, derived",
                      asyncio.run(run_load(standin(), n, args.warmup, args.seconds,
-                                          EngineSettings()))))
+                                          EngineSettings(**tuned)))))
     if args.skip_policy:
         n = max(1, round(2 * cap / SAMPLE_HZ))
         old = EngineSettings(shedding="skip", max_batch=16, queue_samples=256)
