@@ -257,6 +257,11 @@ class StreamSpec(BaseModel):
     transport: Literal["tcp", "udp"] | None = Field(None, description="RTSP transport.")
     loop: bool = Field(False, description="File sources: play the file again at its end.")
     credentials_ref: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    priority: int = Field(
+        0, ge=-100, le=100,
+        description="Under overload streams of higher priority keep running; lower ones "
+        "yield whole windows first.",
+    )
 
 
 class StreamCredentials(_Section):
@@ -315,9 +320,31 @@ class ServeSourceSettings(_Section):
 class EngineSettings(_Section):
     """The device worker: micro-batching across streams and overload control."""
 
-    max_batch: int = Field(16, ge=1, le=1024)
+    max_batch: int | None = Field(
+        None, ge=1, le=1024,
+        description="Frames per forward pass; None: derived from the measured batch cost "
+        "(16 to 256).",
+    )
     max_wait_ms: float = Field(10.0, ge=0, le=10_000)
-    queue_samples: int = Field(256, ge=1, le=100_000, description="Samples queued, all streams.")
+    queue_samples: int | None = Field(
+        None, ge=1, le=100_000,
+        description="Samples queued, all streams; None: derived from the batch limit and "
+        "the number of streams (0.5 s of every stream's samples, at least 256).",
+    )
+    shedding: Literal["rotate", "skip"] = Field(
+        "rotate",
+        description="Under overload: rotate (whole streams take turns, yielding whole "
+        "windows) or skip (each stream skips a window when its backlog is full).",
+    )
+    rotation_windows: int = Field(
+        1, ge=1, le=1000,
+        description="rotate: windows a stream runs beyond its first before it hands its "
+        "turn to a waiting stream of the same priority.",
+    )
+    target_utilisation: float = Field(
+        0.95, gt=0, le=1,
+        description="rotate: share of the measured device capacity the running streams use.",
+    )
     max_backlog_per_stream: int = Field(
         24, ge=1, le=10_000, description="A stream with more samples queued skips a window."
     )

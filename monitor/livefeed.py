@@ -148,6 +148,7 @@ def _summary(st: dict[str, Any]) -> dict[str, Any]:
         # a WHIP stream waiting for its publisher is not stalled (no band, not counted)
         "awaiting": publisher_awaited(str(st.get("kind")), st.get("state")),
         "reconnects": st.get("reconnects"),
+        "yielding": st.get("yielding", False),
         "error": err.get("code") if isinstance(err, dict) else None,
         "error_message": err.get("message") if isinstance(err, dict) else None,
     }

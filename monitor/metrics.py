@@ -43,9 +43,13 @@ class StreamMetrics:
     - ``restrav_stream_frames_dropped_total{stream,reason}``: ``buffer_full`` (decode
       buffer kept the latest), ``overload`` (a sample of a skipped window),
       ``convert_error`` (a frame that could not be converted to RGB), ``shutdown``
-      (submitted while draining or after removal).
+      (submitted while draining or after removal), ``yield`` (a sample of a window the
+      stream yielded to others under overload).
     - ``restrav_stream_windows_scored_total{stream}``
-    - ``restrav_stream_windows_skipped_total{stream,reason}``: ``overload``.
+    - ``restrav_stream_windows_skipped_total{stream,reason}``: ``overload`` (the
+      backstop: a stream's backlog or the queue was full), ``yield`` (whole windows a
+      stream yielded while streams take turns: degraded, not failing).
+    - ``restrav_stream_yielding{stream}``: 1 while the stream yields its turn.
     - ``restrav_stream_gaps_total{stream,reason}``: windows ended by ``pts_jump``,
       ``pts_backwards``, ``reconnect``, ``stall``, ``drop`` (frames dropped by the
       decode buffer), ``pause``.
@@ -65,6 +69,13 @@ class StreamMetrics:
       embed, geometry, classify, sink).
     - ``restrav_engine_batch_size``: histogram of frames per device batch.
     - ``restrav_engine_queue_samples``: samples waiting for the device worker.
+    - ``restrav_engine_streams_yielding``: streams waiting for their turn on the device.
+    - ``restrav_engine_stream_slots``: streams that may run at once (the number of
+      streams while the engine has not been overloaded).
+    - ``restrav_engine_capacity_samples_per_second``: the worker's capacity at its batch
+      limit, from the measured batch cost (0 before the first batch).
+    - ``restrav_engine_batch_limit``, ``restrav_engine_queue_limit``: the batch limit
+      and queue bound in force (derived unless set).
     - ``restrav_engine_device_memory_bytes{device,kind}``: ``allocated`` / ``reserved``
       (CUDA), ``rss`` (process resident memory on CPU).
     - ``restrav_sink_writes_total{sink,outcome}``: batches ``ok``, ``error`` (backend
@@ -169,6 +180,28 @@ class StreamMetrics:
         self.queue_samples = Gauge(
             "restrav_engine_queue_samples", "Samples waiting for the device worker", registry=r
         )
+        self.stream_yielding = Gauge(
+            "restrav_stream_yielding", "1 while the stream yields its turn on the device",
+            ["stream"], registry=r,
+        )
+        self.streams_yielding = Gauge(
+            "restrav_engine_streams_yielding", "Streams waiting for their turn on the device",
+            registry=r,
+        )
+        self.stream_slots = Gauge(
+            "restrav_engine_stream_slots", "Streams that may run on the device at once",
+            registry=r,
+        )
+        self.capacity = Gauge(
+            "restrav_engine_capacity_samples_per_second",
+            "Samples per second the device worker sustains (measured batch cost)", registry=r,
+        )
+        self.batch_limit = Gauge(
+            "restrav_engine_batch_limit", "Frames per device batch at most", registry=r
+        )
+        self.queue_limit = Gauge(
+            "restrav_engine_queue_limit", "Samples the engine queue holds at most", registry=r
+        )
         self.device_memory = Gauge(
             "restrav_engine_device_memory_bytes", "Device memory in use",
             ["device", "kind"], registry=r,
@@ -240,7 +273,7 @@ class StreamMetrics:
         for s in STREAM_STATES:
             _remove(self.state, stream, s)
         for g in (self.last_score, self.last_score_ts, self.alert_active,
-                  self.awaiting_publisher):
+                  self.awaiting_publisher, self.stream_yielding):
             _remove(g, stream)
 
 

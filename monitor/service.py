@@ -286,7 +286,7 @@ class StreamManager:
         def on_score(sc: StreamScore) -> None:
             self._on_score(st, sc)
 
-        self.engine.register(spec.id, on_score, st.status.hop)
+        self.engine.register(spec.id, on_score, st.status.hop, spec.priority)
         if lost_credentials:
             log.warning("stream %s: its inline credentials were not persisted", spec.id)
             st.status.error = {

@@ -137,7 +137,10 @@ class StreamStatus:
     """What the API shows for one stream (no credentials anywhere).
 
     ``owner`` is the replica running the stream (None: not owned by any replica,
-    or a single-replica service) and ``fence`` its fencing token.
+    or a single-replica service) and ``fence`` its fencing token. ``yielding`` is true
+    while the stream yields its turn on an overloaded device (degraded: its samples
+    are dropped in whole windows, ``windows_yielded`` of them so far), ``priority``
+    the operator's priority for keeping it running.
     """
 
     id: str
@@ -160,6 +163,9 @@ class StreamStatus:
     history: list[tuple[str, float]] = field(default_factory=list)
     owner: str | None = None
     fence: int | None = None
+    priority: int = 0
+    yielding: bool = False
+    windows_yielded: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON view (``history``: the last state transitions, oldest first)."""
@@ -184,6 +190,9 @@ class StreamStatus:
             "history": [{"state": s, "at": round(t, 3)} for s, t in self.history[-20:]],
             "owner": self.owner,
             "fence": self.fence,
+            "priority": self.priority,
+            "yielding": self.yielding,
+            "windows_yielded": self.windows_yielded,
         }
 
     @classmethod
@@ -202,6 +211,8 @@ class StreamStatus:
             last_score=d.get("last_score"), alert_active=bool(d.get("alert_active", False)),
             history=[(str(h["state"]), float(h["at"])) for h in d.get("history") or []],
             owner=d.get("owner"), fence=d.get("fence"),
+            priority=int(d.get("priority", 0)), yielding=bool(d.get("yielding", False)),
+            windows_yielded=int(d.get("windows_yielded", 0)),
         )
 
 
@@ -218,7 +229,7 @@ class ManagedStream:
         self.kind = kind
         self.status = StreamStatus(
             id=spec.id, kind=kind, url=redact_url(spec.url), state="starting",
-            state_since=time.time(), paused=spec.paused, hop=hop,
+            state_since=time.time(), paused=spec.paused, hop=hop, priority=spec.priority,
         )
         self.sampler: LiveSampler[SourceFrame] | None = None
         self.tracker = tracker
@@ -449,21 +460,22 @@ class StreamRunner:
                         )
                     )
                     if not ok:
+                        # plain fields of the engine, O(1): reading the counter back from
+                        # the registry scanned every metric (ms at hundreds of streams, on
+                        # every refused sample) and collapsed the loop under overload
                         st.status.frames_dropped += 1
-                        st.status.windows_skipped = self._skipped(sid)
+                        counts = self.engine.counts(sid)
+                        if counts is not None:
+                            st.status.windows_skipped = counts.windows_skipped
+                            st.status.windows_yielded = counts.windows_yielded
+                            st.status.yielding = counts.yielding
+                    elif st.status.yielding:
+                        st.status.yielding = False
         finally:
             if recv is not None:
                 recv.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RestravError, SourceClosed):
                     await recv
-
-    def _skipped(self, sid: str) -> int:
-        if self.metrics is None:
-            return 0
-        v = self.metrics.registry.get_sample_value(
-            "restrav_stream_windows_skipped_total", {"stream": sid, "reason": "overload"}
-        )
-        return int(v or 0)
 
 
 def _release(exc: BaseException) -> None:

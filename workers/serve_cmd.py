@@ -31,12 +31,13 @@ from monitor.api import (
 )
 from monitor.cluster import ClusteredStreamManager
 from monitor.config import ServeSettings, Settings, StreamSpec
-from monitor.engine import Engine
+from monitor.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap
 from monitor.errors import ConfigError, InputError
 from monitor.http_guard import ServerLog
 from monitor.livefeed import LiveFeed, add_ui_routes
 from monitor.metrics import LiveFeedMetrics, StreamMetrics
 from monitor.service import RedisDesiredStore, StreamManager, validate_spec
+from monitor.shedding import MAX_DERIVED_BATCH
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink, sink_ready_check
 from monitor.solo import SoloGuard
@@ -209,7 +210,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     except BaseException:  # not started: the key goes now, not after its TTL
         await _let_go(solo, solo_task)
         raise
-    embedder.batch_size = max(embedder.batch_size, s.engine.max_batch)
+    embedder.batch_size = max(embedder.batch_size, s.engine.max_batch or MAX_DERIVED_BATCH)
     s = s.model_copy(update={"source": resolve_decode_backend(s.source, str(embedder.device))})
     classifier = build_classifier(settings, embedder.embedding_dim)
     if classifier is None:
@@ -294,6 +295,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         print(f"restrav serve: API listening on {url}", file=sys.stderr, flush=True)
 
     await manager.restore(s.streams)
+    # the model, torch and the app are loaded: move them out of the collector's reach, so
+    # that a full collection scans only what streams allocate (pauses of 100-200 ms with
+    # about 300 k tracked objects overflowed the engine queue; BENCHMARKS.md)
+    freeze_startup_heap()
+    # the device and host threads get the GIL back sooner from a busy event loop
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
     stop_event = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

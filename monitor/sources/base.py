@@ -209,6 +209,7 @@ class FrameBuffer:
         self._closed = False
         self._error: BaseException | None = None
         self._pending_drops = 0
+        self._waiting = False  # the consumer waits on _event (guarded by _cond)
         self.dropped = 0
 
     def _wake(self) -> None:
@@ -243,7 +244,11 @@ class FrameBuffer:
                 frame = replace(frame, dropped_before=frame.dropped_before + self._pending_drops)
                 self._pending_drops = 0
             self._items.append(frame)
-        self._wake()
+            # wake the loop only when the consumer waits: a self-pipe write per frame cost
+            # the loop a wake-up per frame even while it was busy draining the buffer
+            wake, self._waiting = self._waiting, False
+        if wake:
+            self._wake()
         return True
 
     def close(self, error: BaseException | None = None) -> None:
@@ -268,6 +273,7 @@ class FrameBuffer:
                         raise self._error
                     raise SourceClosed("source ended")
                 self._event.clear()
+                self._waiting = True
             await self._event.wait()
 
     def __len__(self) -> int:

@@ -355,6 +355,8 @@ function fillRow(row, s, idx) {
   const bits = [sm.kind];
   if (sm.reconnects) bits.push(sm.reconnects + " reconnect" + (sm.reconnects > 1 ? "s" : ""));
   if (sm.error) bits.push(sm.error);
+  // degraded, not failing: the device is at capacity and streams take turns
+  if (sm.yielding) bits.push("yielding (overload)");
   meta.append(bits.filter(Boolean).join(" · "));
   // the row cuts the line short: the whole error on hover
   row.title = sm.error ? sm.error + ": " + (sm.error_message || "") : "";
@@ -550,7 +552,8 @@ function showDetail(d) {
   const s = ui.streams.get(d.id) || blank(d.id);
   const st = d.status || {};
   $("dId").textContent = d.id;
-  const sub = [st.state, st.kind, st.url].filter(Boolean).join(" · ");
+  const sub = [st.state, st.yielding ? "yielding (overload)" : "", st.kind, st.url]
+    .filter(Boolean).join(" · ");
   $("dSub").textContent = sub + (st.error ? "  —  " + st.error.code + ": " + st.error.message : "");
   $("dPause").disabled = st.state === "paused";
   $("dResume").disabled = st.state !== "paused";
