@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor import FEATURE_SPEC_VERSION
 from monitor.classifier import (
@@ -56,13 +58,37 @@ def test_fpr_threshold_holds_on_training_real_rows() -> None:
     assert clf.threshold_mode == "fpr<=0.05"
 
 
+def fpr_at(real: np.ndarray, t: float) -> float:
+    return float(np.mean(real >= t))
+
+
 def test_threshold_helpers() -> None:
     real = np.linspace(0, 1, 101)
     t = threshold_for_fpr(real, 0.1)
-    assert np.mean(real >= t) <= 0.1 and np.mean(real >= np.nextafter(real[-11], -1)) > 0.1
+    # pinned from both sides: the rate is met, and the next lower float breaks it
+    assert fpr_at(real, t) <= 0.1 < fpr_at(real, np.nextafter(t, -np.inf))
+    assert np.sum(real >= t) == 10  # ten of 101 real rows may be flagged, and are
     assert threshold_for_fpr(real, 0.0) > 1.0
+    assert fpr_at(real, threshold_for_fpr(real, 1.0)) == 1.0
+    # 0.29 * 100 rounds down to 28.999...: still 29 real rows may be flagged
+    hundred = np.arange(100) / 100
+    assert np.sum(hundred >= threshold_for_fpr(hundred, 0.29)) == 29
     s = np.array([0.1, 0.4, 0.6, 0.9])
     assert threshold_max_f1(s, np.array([0, 0, 1, 1])) == 0.6
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=60),
+    st.floats(0.0, 0.999),
+)
+def test_threshold_for_fpr_is_the_smallest_that_meets_the_rate(
+    scores: list[float], target: float
+) -> None:
+    real = np.asarray(scores)
+    t = threshold_for_fpr(real, target)
+    assert fpr_at(real, t) <= target
+    assert fpr_at(real, np.nextafter(t, -np.inf)) > target
 
 
 def test_scaler_is_fitted_on_what_it_is_given_only() -> None:
