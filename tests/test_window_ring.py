@@ -54,6 +54,40 @@ def test_deferred_commits_and_restart_in_push_order() -> None:
     assert ring.samples == 60 - restart_at
 
 
+@pytest.mark.parametrize("batch", [1, 7])
+def test_restart_starts_a_new_trajectory_by_its_geometry(batch: int) -> None:
+    """After ``push(restart=True)`` no window crosses the gap: the ring is not ready
+    until 24 samples of the new trajectory, and then its geometry (features,
+    distances, angles, the stored embeddings) is the new trajectory's alone. The
+    trajectory before the gap is far away, so a step across it would show. Pushes are
+    committed one by one or in batches (the gap inside a batch)."""
+    before = trajectory(30, 40, seed=3) + 1000.0
+    after = trajectory(40, 40, seed=4)
+    ring = WindowRing(40)
+    for row in before:
+        ring.update(torch.from_numpy(row))
+    assert ring.ready
+    pending = []
+    for i, row in enumerate(after):
+        r = ring.push(torch.from_numpy(row), restart=(i == 0))
+        pending.append(r)
+        if (i + 1) % batch:  # the engine commits a batch of pushes after one sync
+            continue
+        for p in pending:
+            ring.commit(None, None) if p is None else ring.commit(float(p[0]), float(p[1]))
+        pending = []
+        got = ring.features()
+        if i < WINDOW_SAMPLES - 1:
+            assert got is None and not ring.ready, i
+            continue
+        ref = window_features(after[i - 23 : i + 1])
+        assert got is not None, i
+        np.testing.assert_allclose(got.features, ref.features, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(got.distances, ref.distances, rtol=1e-9)
+        np.testing.assert_allclose(got.angles_deg, ref.angles_deg, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(ring.window().numpy(), after[i - 23 : i + 1])
+
+
 def test_reset_ends_the_window() -> None:
     z = trajectory(30, 20)
     ring = WindowRing(20)
