@@ -48,6 +48,11 @@ def test_fit_save_load_round_trip(tmp_path: Path, kind: str) -> None:
     again = load_classifier(tmp_path / "art")
     np.testing.assert_array_equal(again.predict_proba(x), p)
     assert again.threshold == clf.threshold
+    assert again.threshold_mode == clf.threshold_mode and again.summary == clf.summary
+    # into a folder not there yet (parents made), and over an earlier artifact
+    clf.save(tmp_path / "new" / "nested")
+    again.save(tmp_path / "art")
+    assert load_classifier(tmp_path / "new" / "nested").threshold == clf.threshold
 
 
 def test_fpr_threshold_holds_on_training_real_rows() -> None:
@@ -89,6 +94,41 @@ def test_threshold_for_fpr_is_the_smallest_that_meets_the_rate(
     t = threshold_for_fpr(real, target)
     assert fpr_at(real, t) <= target
     assert fpr_at(real, np.nextafter(t, -np.inf)) > target
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.1, 0.2, 0.3, 0.5, 0.7, 0.9]), st.booleans()),
+                min_size=1, max_size=30))
+def test_threshold_max_f1_is_the_smallest_threshold_of_the_best_f1(
+    rows: list[tuple[float, bool]]
+) -> None:
+    """Against a brute-force reference (scikit-learn's f1_score at every distinct score):
+    the threshold of the highest F1, the lowest such threshold when several tie."""
+    from sklearn.metrics import f1_score
+
+    s = np.array([r[0] for r in rows])
+    y = np.array([r[1] for r in rows], dtype=int)
+    f1 = {t: f1_score(y, s >= t, zero_division=0.0) for t in np.unique(s)}
+    best = max(f1.values())
+    want = min(t for t, v in f1.items() if np.isclose(v, best, rtol=0, atol=1e-12))
+    assert threshold_max_f1(s, y) == want
+
+
+def test_threshold_max_f1_edges() -> None:
+    # the top score is real: no threshold there (F1 0) may win
+    assert threshold_max_f1(np.array([0.2, 0.6, 0.9]), np.array([1, 1, 0])) == 0.2
+    assert threshold_max_f1(np.array([]), np.array([])) == 0.5  # nothing to fit: the default
+
+
+def test_backbone_mismatches_name_each_differing_option() -> None:
+    x, y = separable()
+    clf = fit_classifier(x, y, kind="logreg")
+    clf.summary["backbone_options"] = {"image_size": 224, "normalize": True, "dtype": "float32"}
+    assert clf.backbone_mismatches({"image_size": 224, "normalize": True}) == []
+    assert clf.backbone_mismatches({"image_size": 448, "normalize": False, "batch": 8}) == [
+        "image_size: trained with 224, now 448", "normalize: trained with True, now False"]
+    clf.summary.pop("backbone_options")
+    assert clf.backbone_mismatches({"image_size": 448}) == []  # nothing recorded
 
 
 def test_scaler_is_fitted_on_what_it_is_given_only() -> None:
