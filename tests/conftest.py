@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 import torch
+from hypothesis import Phase, settings
 
 SHARED_CLIPS = Path(
     os.environ.get("RESTRAV_SHARED_CLIPS")
@@ -142,6 +143,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             yellow=True, bold=True,
         )
 
+
+# scripts/mutation.sh runs pytest with --hypothesis-profile=mutation: a failing example
+# ends the test at once instead of being shrunk (shrinking made killed mutants time out)
+settings.register_profile(
+    "mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate], deadline=None
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
