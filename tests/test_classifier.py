@@ -142,6 +142,16 @@ def test_bad_artifacts(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="not a classifier artifact"):
         load_classifier(tmp_path)
     x, y = separable()
+    for name in ("b", "c"):
+        fit_classifier(x, y, kind="logreg").save(tmp_path / name)
+    assert load_classifier(tmp_path / "b" / META_FILE).kind == "logreg"  # the json's path
+    with pytest.raises(ArtifactError, match="not a classifier artifact"):
+        load_classifier(tmp_path / "b" / TENSOR_FILE)  # another file of it is not
+    (tmp_path / "b" / TENSOR_FILE).unlink()
+    (tmp_path / "c" / META_FILE).unlink()
+    for half in ("b", "c"):  # either file alone is not an artifact
+        with pytest.raises(ArtifactError, match="not a classifier artifact"):
+            load_classifier(tmp_path / half)
     fit_classifier(x, y, kind="logreg").save(tmp_path / "a")
     meta = json.loads((tmp_path / "a" / META_FILE).read_text())
     meta["feature_spec"] = "restrav-21/0"
