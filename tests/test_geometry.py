@@ -172,8 +172,25 @@ def test_time_reversal_keeps_angle_statistics(z: np.ndarray) -> None:
 def test_features_from_steps_rejects_wrong_lengths() -> None:
     with pytest.raises(ValueError, match=r"need 23 distances and 22 angles, got \(22,\)"):
         features_from_steps(np.zeros(22), np.zeros(22))
-    with pytest.raises(ValueError):
-        window_features(np.zeros((23, 4)))
+    for bad in (np.zeros((23, 4)), np.zeros((25, 4)), np.zeros((24, 2, 2))):
+        with pytest.raises(ValueError, match=r"a window is \(24, D\), got shape"):
+            window_features(bad)
+
+
+def test_features_are_float64_whatever_the_input() -> None:
+    rng = np.random.default_rng(8)
+    d = rng.uniform(0, 100, 23).astype(np.float32)
+    a = rng.uniform(0, 180, 22).astype(np.float32)
+    want = features_from_steps(d.astype(np.float64), a.astype(np.float64))
+    got = features_from_steps(d, a)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_window_features_use_the_epsilon_given() -> None:
+    z = np.cumsum(np.full((WINDOW_SAMPLES, 3), 1e-3), axis=0)  # steps of 1.7e-3
+    assert window_features(z).repeated_frames == 0
+    assert window_features(z, zero_step_eps=1e-2).repeated_frames == WINDOW_SAMPLES - 1
 
 
 def test_trajectory_steps_needs_three_samples_of_two_dimensions() -> None:

@@ -184,6 +184,8 @@ def test_the_window_before_it_is_full_and_a_float64_ring() -> None:
         np.testing.assert_array_equal(ring.window().numpy(), want)
     got = ring.features(start_s=3.0)
     assert got is not None and got.start_s == 3.0
+    default = ring.features()
+    assert default is not None and default.start_s == 0.0
 
 
 def test_wrong_width_is_named() -> None:
