@@ -49,6 +49,10 @@ def test_fit_save_load_round_trip(tmp_path: Path, kind: str) -> None:
     np.testing.assert_array_equal(again.predict_proba(x), p)
     assert again.threshold == clf.threshold
     assert again.threshold_mode == clf.threshold_mode and again.summary == clf.summary
+    assert again.backbone == "tiny"
+    np.testing.assert_array_equal(again.predict_proba(x[0]), p[:1])  # one row is accepted
+    with pytest.raises(ValueError, match="expected 21 features per row, got 5"):
+        again.predict_proba(x[:, :5])
     # into a folder not there yet (parents made), and over an earlier artifact
     clf.save(tmp_path / "new" / "nested")
     again.save(tmp_path / "art")
@@ -136,6 +140,7 @@ def test_scaler_is_fitted_on_what_it_is_given_only() -> None:
     s = Scaler.fit(x)
     np.testing.assert_allclose(s.transform(x).mean(axis=0), 0.0)
     np.testing.assert_allclose(s.mean, x.mean(axis=0))
+    np.testing.assert_allclose(s.std, x.std(axis=0))  # per column
 
 
 def test_bad_artifacts(tmp_path: Path) -> None:
@@ -150,20 +155,32 @@ def test_bad_artifacts(tmp_path: Path) -> None:
     (tmp_path / "b" / TENSOR_FILE).unlink()
     (tmp_path / "c" / META_FILE).unlink()
     for half in ("b", "c"):  # either file alone is not an artifact
-        with pytest.raises(ArtifactError, match="not a classifier artifact"):
+        with pytest.raises(ArtifactError, match=r"not a classifier artifact.*`restrav train`"):
             load_classifier(tmp_path / half)
+    # an artifact written before threshold_mode, backbone and summary were recorded
+    fit_classifier(x, y, kind="logreg").save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / META_FILE).read_text())
+    for key in ("threshold", "threshold_mode", "backbone", "summary"):
+        meta.pop(key)
+    (tmp_path / "old" / META_FILE).write_text(json.dumps(meta))
+    old = load_classifier(tmp_path / "old")
+    assert (old.threshold, old.threshold_mode, old.backbone, old.summary) == (0.5, "fixed", "", {})
     fit_classifier(x, y, kind="logreg").save(tmp_path / "a")
     meta = json.loads((tmp_path / "a" / META_FILE).read_text())
     meta["feature_spec"] = "restrav-21/0"
     (tmp_path / "a" / META_FILE).write_text(json.dumps(meta))
-    with pytest.raises(ArtifactError, match="feature spec"):
+    with pytest.raises(ArtifactError, match="feature spec 'restrav-21/0' != "):
         load_classifier(tmp_path / "a")
     meta["feature_spec"], meta["kind"] = FEATURE_SPEC_VERSION, "pickle"
     (tmp_path / "a" / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="unknown classifier kind"):
         load_classifier(tmp_path / "a")
+    meta["kind"] = "logreg"
+    (tmp_path / "a" / META_FILE).write_text(json.dumps({**meta, "params": ["nope"]}))
+    with pytest.raises(ArtifactError, match=r"artifact lacks tensor 'param\.nope'"):
+        load_classifier(tmp_path / "a")
     (tmp_path / "a" / TENSOR_FILE).write_bytes(b"\x80\x04garbage")
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="unreadable artifact: "):
         load_classifier(tmp_path / "a")
 
 
