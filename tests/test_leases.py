@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -169,6 +170,35 @@ async def test_heartbeats_list_live_replicas_and_prune_dead_ones(
     assert await client.smembers(keys.REPLICAS) == {b"a"}
     with pytest.raises(ValueError):
         LeaseStore(client, "has space", 1.0)
+
+
+async def test_replicas_read_older_and_broken_heartbeats_and_unregister(
+    client: aioredis.Redis,
+) -> None:
+    """A name without a heartbeat (sorted first) or with a broken one is pruned and the
+    rest still listed; a heartbeat without ``owned``/``draining`` (an older replica)
+    reads as 0 / False; a leaving replica's unregister removes it."""
+    a, z = LeaseStore(client, "a", 30), LeaseStore(client, "z", 30)
+    await client.sadd(keys.REPLICAS, "0gone", "m", "x")
+    await client.set(keys.replica_key("m"), json.dumps({"capacity": 3}))
+    await client.set(keys.replica_key("x"), "not json")
+    await a.heartbeat(ReplicaInfo("a", 8, 2))
+    await z.heartbeat(ReplicaInfo("z", 1, 0))
+    assert await a.replicas() == [ReplicaInfo("a", 8, 2), ReplicaInfo("m", 3, 0, False),
+                                  ReplicaInfo("z", 1, 0)]
+    assert await client.smembers(keys.REPLICAS) == {b"a", b"m", b"z"}
+    await z.unregister()
+    assert await a.replicas() == [ReplicaInfo("a", 8, 2), ReplicaInfo("m", 3, 0, False)]
+    assert not await client.exists(keys.replica_key("z"))
+
+
+async def test_last_seq_reads_the_newest_stored_score(client: aioredis.Redis) -> None:
+    store = LeaseStore(client, "a", 30)
+    assert await store.last_seq("cam") is None
+    await client.hset(keys.stream_latest("cam"), "seq", "41")
+    assert await store.last_seq("cam") == 41
+    await client.hset(keys.stream_latest("cam"), "seq", "garbage")
+    assert await store.last_seq("cam") is None
 
 
 def simulate(names: list[str], streams: list[str], owners: dict[str, str | None],
