@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from monitor import keys
 from monitor.alerts import AlertEvent
 from monitor.assignment import plan, targets
-from monitor.leases import LeaseStore, ReplicaInfo
+from monitor.leases import Lease, LeaseStore, ReplicaInfo, parse_lease
 from monitor.metrics import StreamMetrics
 from monitor.sinks import RedisSink
 from monitor.types import Score, StreamScore, WindowFeatures
@@ -190,6 +190,13 @@ async def test_replicas_read_older_and_broken_heartbeats_and_unregister(
     await z.unregister()
     assert await a.replicas() == [ReplicaInfo("a", 8, 2), ReplicaInfo("m", 3, 0, False)]
     assert not await client.exists(keys.replica_key("z"))
+
+
+def test_parse_lease_reads_owner_and_fence_and_refuses_malformed_values() -> None:
+    assert parse_lease(b"replica-a 7") == Lease("replica-a", 7)
+    assert parse_lease("replica-a 7") == Lease("replica-a", 7)  # a decoding client
+    for bad in (None, b" 7", b"replica-a", b"replica-a x", b""):
+        assert parse_lease(bad) is None, bad
 
 
 async def test_last_seq_reads_the_newest_stored_score(client: aioredis.Redis) -> None:
