@@ -168,8 +168,9 @@ async def test_heartbeats_list_live_replicas_and_prune_dead_ones(
     await asyncio.sleep(0.2)
     assert await a.replicas() == [ReplicaInfo("a", 8, 2)]
     assert await client.smembers(keys.REPLICAS) == {b"a"}
-    with pytest.raises(ValueError):
-        LeaseStore(client, "has space", 1.0)
+    for bad in ("has space", ""):
+        with pytest.raises(ValueError, match="must be non-empty without spaces"):
+            LeaseStore(client, bad, 1.0)
 
 
 async def test_replicas_read_older_and_broken_heartbeats_and_unregister(
