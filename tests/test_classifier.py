@@ -68,7 +68,8 @@ def test_fpr_threshold_holds_on_training_real_rows() -> None:
 
 
 def fpr_at(real: np.ndarray, t: float) -> float:
-    return float(np.mean(real >= t))
+    # in float64, as P(AI) is: a float32 array would compare at float32 (NEP 50)
+    return float(np.mean(np.asarray(real, dtype=np.float64) >= t))
 
 
 def test_threshold_helpers() -> None:
@@ -79,6 +80,12 @@ def test_threshold_helpers() -> None:
     assert np.sum(real >= t) == 10  # ten of 101 real rows may be flagged, and are
     assert threshold_for_fpr(real, 0.0) > 1.0
     assert fpr_at(real, threshold_for_fpr(real, 1.0)) == 1.0
+    # float32 scores: the threshold is still the smallest in float64, where it is compared
+    real32 = real.astype(np.float32)
+    t32 = threshold_for_fpr(real32, 0.1)
+    assert fpr_at(real32, t32) <= 0.1 < fpr_at(real32, np.nextafter(t32, -np.inf))
+    with pytest.raises(ValueError, match=r"^no real rows to set a false-positive-rate thr"):
+        threshold_for_fpr([], 0.1)
     # 0.29 * 100 rounds down to 28.999...: still 29 real rows may be flagged
     hundred = np.arange(100) / 100
     assert np.sum(hundred >= threshold_for_fpr(hundred, 0.29)) == 29
