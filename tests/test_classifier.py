@@ -86,6 +86,11 @@ def test_threshold_helpers() -> None:
     assert fpr_at(real32, t32) <= 0.1 < fpr_at(real32, np.nextafter(t32, -np.inf))
     with pytest.raises(ValueError, match=r"^no real rows to set a false-positive-rate thr"):
         threshold_for_fpr([], 0.1)
+    # a target just below 9 / 10 whose product with 10 rounds up to 9: only 8 may be flagged
+    ten = np.arange(10) / 10
+    below = float(np.nextafter(0.9, 0.0))
+    t = threshold_for_fpr(ten, below)
+    assert fpr_at(ten, t) <= below < fpr_at(ten, np.nextafter(t, -np.inf))
     # 0.29 * 100 rounds down to 28.999...: still 29 real rows may be flagged
     hundred = np.arange(100) / 100
     assert np.sum(hundred >= threshold_for_fpr(hundred, 0.29)) == 29
