@@ -37,9 +37,18 @@ def threshold_for_fpr(scores_real: npt.ArrayLike, target_fpr: float) -> float:
     s = np.sort(np.asarray(scores_real, dtype=np.float64))
     if s.size == 0:
         raise ValueError("no real rows to set a false-positive-rate threshold on")
-    allowed = int(np.floor(target_fpr * s.size))
+    n = s.size
+    # the most real rows that may be flagged: the largest k with k / n <= target_fpr,
+    # measured as the rate is (floor(target * n) alone loses one to rounding: 0.29 * 100)
+    allowed = min(int(np.floor(target_fpr * n)), n)
+    while allowed < n and (allowed + 1) / n <= target_fpr:
+        allowed += 1
+    while allowed > 0 and allowed / n > target_fpr:
+        allowed -= 1
     if allowed <= 0:
         return float(np.nextafter(s[-1], np.inf))
+    if allowed >= n:
+        return float(s[0])  # every real row may be flagged
     # keep at most `allowed` real scores at or above the threshold
     return float(np.nextafter(s[-allowed - 1], np.inf))
 

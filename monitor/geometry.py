@@ -263,4 +263,4 @@ class WindowRing:
         """The embeddings of the current window, oldest first, ``(min(n, 24), D)`` (a copy)."""
         n = min(self._n, WINDOW_SAMPLES)
         idx = [(self._head - n + 1 + i) % WINDOW_SAMPLES for i in range(n)]
-        return self.ring[torch.tensor(idx, device=self.device)]
+        return self.ring[torch.tensor(idx, dtype=torch.long, device=self.device)]

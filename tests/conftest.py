@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 import torch
+from hypothesis import Phase, settings
 
 SHARED_CLIPS = Path(
     os.environ.get("RESTRAV_SHARED_CLIPS")
@@ -80,11 +81,16 @@ def tiny_embedder(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     return Embedder(load_backbone(str(tiny_model_dir), "cpu"), batch_size=4)
 
 
+CLIPS_MISSING = "the real-world clips are absent"
+"""In the reason of every test skipped for want of the shared clips (summarised at the end)."""
+
+
 @pytest.fixture(scope="session")
 def shared_clips() -> Path:
-    """The 16 real-world clips of ../shared/clips (skip if the folder is absent)."""
+    """The 16 real-world clips of ../shared/clips (skip if the folder is absent; the
+    session's summary then names the skipped tests and how to get the clips)."""
     if not (SHARED_CLIPS / "manifest.json").is_file():
-        pytest.skip(f"{SHARED_CLIPS} not present")
+        pytest.skip(f"{CLIPS_MISSING}: {SHARED_CLIPS} not present")
     return SHARED_CLIPS
 
 
@@ -123,6 +129,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "cuda" in item.keywords:
             item.add_marker(skip)
 
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One loud line when tests were skipped for want of the shared clips: a clone
+    outside this workspace runs without them, and those skips must not go unseen."""
+    skipped = [r.nodeid for r in terminalreporter.stats.get("skipped", [])
+               if CLIPS_MISSING in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line(
+            f"SHARED CLIPS MISSING: {len(skipped)} tests skipped ({', '.join(skipped)}): "
+            f"no clips at {SHARED_CLIPS}; get them with `.venv/bin/python "
+            "scripts/fetch_clips.py` (the 16 clips of tests/clips.json, each checked by its "
+            "sha256) or point RESTRAV_SHARED_CLIPS at a copy",
+            yellow=True, bold=True,
+        )
+
+
+# scripts/mutation.sh runs pytest with --hypothesis-profile=mutation: a failing example
+# ends the test at once instead of being shrunk (shrinking made killed mutants time out)
+settings.register_profile(
+    "mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate], deadline=None
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -181,12 +181,35 @@ def _resolution_change(d: Path) -> Case:
     return Case("resolution-change", out, frozenset({"too_large"}))
 
 
+def has_libxvid() -> bool:
+    """Whether the ffmpeg CLI can write Xvid (MPEG-4 Part 2 with packed B-frames)."""
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    return " libxvid " in out
+
+
+def _stand_in(name: str, d: Path) -> Path:
+    """A clip made here with the trait of the shared clip ``name`` (its container and
+    codec; for the AVI, MPEG-4 Part 2 with packed B-frames where ffmpeg has libxvid)."""
+    src = "testsrc2=size=96x64:rate=25"
+    if name.endswith(".avi"):
+        codec = ("-c:v", "libxvid", "-bf", "2") if has_libxvid() else (
+            "-c:v", "mpeg4", "-bf", "2", "-vtag", "XVID")
+        return _lavfi(d / "made.packed.avi", src, *codec, seconds=3.0)
+    if name.endswith(".gif"):
+        return _lavfi(d / "made.gif", "testsrc2=size=96x64:rate=10", "-c:v", "gif", seconds=3.0)
+    return _lavfi(d / "made.part0.mp4", src, "-c:v", "libx264", "-preset", "ultrafast",
+                  "-pix_fmt", "yuv420p", seconds=3.0)
+
+
 def sources(shared_clips: Path, d: Path) -> list[Path]:
-    """Real clips to mutate: three shared clips of different containers, plus one made."""
-    picks = [shared_clips / n for n in (
+    """Real clips to mutate: three shared clips of different containers, plus one made.
+    A shared clip that is absent (a clone without ../shared/clips) is replaced by a clip
+    made with its container and codec, so that the corpus is whole everywhere."""
+    picks = [shared_clips / n if (shared_clips / n).is_file() else _stand_in(n, d) for n in (
         "real__mmaction2__test.avi", "real__mmaction2__part_0.mp4",
         "ai__open_sora__sora_16x240x426_26.gif",
-    ) if (shared_clips / n).is_file()]
+    )]
     mkv = _lavfi(d / "src.mkv", "testsrc2=size=96x64:rate=25", "-c:v", "libx264", "-preset",
                  "ultrafast", "-bf", "2", seconds=3.0)
     return [*picks, mkv]
@@ -232,5 +255,5 @@ def make_corpus(d: Path, shared_clips: Path, full: bool, seed: int = 14) -> list
     return cases
 
 
-__all__ = ["DAMAGED", "DOCUMENTED", "UNKNOWN_CODEC", "Case", "make_corpus", "sources",
-           "unknown_codec"]
+__all__ = ["DAMAGED", "DOCUMENTED", "UNKNOWN_CODEC", "Case", "has_libxvid", "make_corpus",
+           "sources", "unknown_codec"]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor import FEATURE_SPEC_VERSION
 from monitor.classifier import (
@@ -44,6 +46,15 @@ def test_fit_save_load_round_trip(tmp_path: Path, kind: str) -> None:
     again = load_classifier(tmp_path / "art")
     np.testing.assert_array_equal(again.predict_proba(x), p)
     assert again.threshold == clf.threshold
+    assert again.threshold_mode == clf.threshold_mode and again.summary == clf.summary
+    assert again.backbone == "tiny"
+    np.testing.assert_array_equal(again.predict_proba(x[0]), p[:1])  # one row is accepted
+    with pytest.raises(ValueError, match="expected 21 features per row, got 5"):
+        again.predict_proba(x[:, :5])
+    # into a folder not there yet (parents made), and over an earlier artifact
+    clf.save(tmp_path / "new" / "nested")
+    again.save(tmp_path / "art")
+    assert load_classifier(tmp_path / "new" / "nested").threshold == clf.threshold
 
 
 def test_fpr_threshold_holds_on_training_real_rows() -> None:
@@ -54,13 +65,84 @@ def test_fpr_threshold_holds_on_training_real_rows() -> None:
     assert clf.threshold_mode == "fpr<=0.05"
 
 
+def fpr_at(real: np.ndarray, t: float) -> float:
+    # in float64, as P(AI) is: a float32 array would compare at float32 (NEP 50)
+    return float(np.mean(np.asarray(real, dtype=np.float64) >= t))
+
+
 def test_threshold_helpers() -> None:
     real = np.linspace(0, 1, 101)
     t = threshold_for_fpr(real, 0.1)
-    assert np.mean(real >= t) <= 0.1 and np.mean(real >= np.nextafter(real[-11], -1)) > 0.1
+    # pinned from both sides: the rate is met, and the next lower float breaks it
+    assert fpr_at(real, t) <= 0.1 < fpr_at(real, np.nextafter(t, -np.inf))
+    assert np.sum(real >= t) == 10  # ten of 101 real rows may be flagged, and are
     assert threshold_for_fpr(real, 0.0) > 1.0
+    assert fpr_at(real, threshold_for_fpr(real, 1.0)) == 1.0
+    # float32 scores: the threshold is still the smallest in float64, where it is compared
+    real32 = real.astype(np.float32)
+    t32 = threshold_for_fpr(real32, 0.1)
+    assert fpr_at(real32, t32) <= 0.1 < fpr_at(real32, np.nextafter(t32, -np.inf))
+    with pytest.raises(ValueError, match=r"^no real rows to set a false-positive-rate thr"):
+        threshold_for_fpr([], 0.1)
+    # a target just below 9 / 10 whose product with 10 rounds up to 9: only 8 may be flagged
+    ten = np.arange(10) / 10
+    below = float(np.nextafter(0.9, 0.0))
+    t = threshold_for_fpr(ten, below)
+    assert fpr_at(ten, t) <= below < fpr_at(ten, np.nextafter(t, -np.inf))
+    # 0.29 * 100 rounds down to 28.999...: still 29 real rows may be flagged
+    hundred = np.arange(100) / 100
+    assert np.sum(hundred >= threshold_for_fpr(hundred, 0.29)) == 29
     s = np.array([0.1, 0.4, 0.6, 0.9])
     assert threshold_max_f1(s, np.array([0, 0, 1, 1])) == 0.6
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=60),
+    st.floats(0.0, 0.999),
+)
+def test_threshold_for_fpr_is_the_smallest_that_meets_the_rate(
+    scores: list[float], target: float
+) -> None:
+    real = np.asarray(scores)
+    t = threshold_for_fpr(real, target)
+    assert fpr_at(real, t) <= target
+    assert fpr_at(real, np.nextafter(t, -np.inf)) > target
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.1, 0.2, 0.3, 0.5, 0.7, 0.9]), st.booleans()),
+                min_size=1, max_size=30))
+def test_threshold_max_f1_is_the_smallest_threshold_of_the_best_f1(
+    rows: list[tuple[float, bool]]
+) -> None:
+    """Against a brute-force reference (scikit-learn's f1_score at every distinct score):
+    the threshold of the highest F1, the lowest such threshold when several tie."""
+    from sklearn.metrics import f1_score
+
+    s = np.array([r[0] for r in rows])
+    y = np.array([r[1] for r in rows], dtype=int)
+    f1 = {t: f1_score(y, s >= t, zero_division=0.0) for t in np.unique(s)}
+    best = max(f1.values())
+    want = min(t for t, v in f1.items() if np.isclose(v, best, rtol=0, atol=1e-12))
+    assert threshold_max_f1(s, y) == want
+
+
+def test_threshold_max_f1_edges() -> None:
+    # the top score is real: no threshold there (F1 0) may win
+    assert threshold_max_f1(np.array([0.2, 0.6, 0.9]), np.array([1, 1, 0])) == 0.2
+    assert threshold_max_f1(np.array([]), np.array([])) == 0.5  # nothing to fit: the default
+
+
+def test_backbone_mismatches_name_each_differing_option() -> None:
+    x, y = separable()
+    clf = fit_classifier(x, y, kind="logreg")
+    clf.summary["backbone_options"] = {"image_size": 224, "normalize": True, "dtype": "float32"}
+    assert clf.backbone_mismatches({"image_size": 224, "normalize": True}) == []
+    assert clf.backbone_mismatches({"image_size": 448, "normalize": False, "batch": 8}) == [
+        "image_size: trained with 224, now 448", "normalize: trained with True, now False"]
+    clf.summary.pop("backbone_options")
+    assert clf.backbone_mismatches({"image_size": 448}) == []  # nothing recorded
 
 
 def test_scaler_is_fitted_on_what_it_is_given_only() -> None:
@@ -68,24 +150,47 @@ def test_scaler_is_fitted_on_what_it_is_given_only() -> None:
     s = Scaler.fit(x)
     np.testing.assert_allclose(s.transform(x).mean(axis=0), 0.0)
     np.testing.assert_allclose(s.mean, x.mean(axis=0))
+    np.testing.assert_allclose(s.std, x.std(axis=0))  # per column
 
 
 def test_bad_artifacts(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="not a classifier artifact"):
         load_classifier(tmp_path)
     x, y = separable()
+    for name in ("b", "c"):
+        fit_classifier(x, y, kind="logreg").save(tmp_path / name)
+    assert load_classifier(tmp_path / "b" / META_FILE).kind == "logreg"  # the json's path
+    with pytest.raises(ArtifactError, match="not a classifier artifact"):
+        load_classifier(tmp_path / "b" / TENSOR_FILE)  # another file of it is not
+    (tmp_path / "b" / TENSOR_FILE).unlink()
+    (tmp_path / "c" / META_FILE).unlink()
+    for half in ("b", "c"):  # either file alone is not an artifact
+        with pytest.raises(ArtifactError, match=r"not a classifier artifact.*`restrav train`"):
+            load_classifier(tmp_path / half)
+    # an artifact written before threshold_mode, backbone and summary were recorded
+    fit_classifier(x, y, kind="logreg").save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / META_FILE).read_text())
+    for key in ("threshold", "threshold_mode", "backbone", "summary"):
+        meta.pop(key)
+    (tmp_path / "old" / META_FILE).write_text(json.dumps(meta))
+    old = load_classifier(tmp_path / "old")
+    assert (old.threshold, old.threshold_mode, old.backbone, old.summary) == (0.5, "fixed", "", {})
     fit_classifier(x, y, kind="logreg").save(tmp_path / "a")
     meta = json.loads((tmp_path / "a" / META_FILE).read_text())
     meta["feature_spec"] = "restrav-21/0"
     (tmp_path / "a" / META_FILE).write_text(json.dumps(meta))
-    with pytest.raises(ArtifactError, match="feature spec"):
+    with pytest.raises(ArtifactError, match="feature spec 'restrav-21/0' != "):
         load_classifier(tmp_path / "a")
     meta["feature_spec"], meta["kind"] = FEATURE_SPEC_VERSION, "pickle"
     (tmp_path / "a" / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="unknown classifier kind"):
         load_classifier(tmp_path / "a")
+    meta["kind"] = "logreg"
+    (tmp_path / "a" / META_FILE).write_text(json.dumps({**meta, "params": ["nope"]}))
+    with pytest.raises(ArtifactError, match=r"artifact lacks tensor 'param\.nope'"):
+        load_classifier(tmp_path / "a")
     (tmp_path / "a" / TENSOR_FILE).write_bytes(b"\x80\x04garbage")
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="unreadable artifact: "):
         load_classifier(tmp_path / "a")
 
 

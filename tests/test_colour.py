@@ -82,19 +82,48 @@ def test_levels_equal_ffmpeg_rgb24_on_every_shared_clip(shared_clips: Path) -> N
             assert_levels_match(levels(p), frame_to_rgb(f), path.name)
 
 
+def assert_model_input_equals_preprocess(path: Path) -> None:
+    frames = first_frames(path, 4)
+    planes = [frame_planes(f) for f in frames]
+    assert all(p is not None for p in planes)
+    got = planes_to_pixels(planes, 224, CPU)  # type: ignore[arg-type]
+    want = preprocess([frame_to_rgb(f) for f in frames], 224, CPU)
+    torch.testing.assert_close(got, want, rtol=0, atol=1.5 / 255, msg=path.name)
+    assert (got - want).abs().mean() < 1e-5, path.name
+
+
 def test_model_input_equals_preprocess_on_shared_clips(shared_clips: Path) -> None:
     for path in clips_420(shared_clips)[:6]:
-        frames = first_frames(path, 4)
-        planes = [frame_planes(f) for f in frames]
-        assert all(p is not None for p in planes)
-        got = planes_to_pixels(planes, 224, CPU)  # type: ignore[arg-type]
-        want = preprocess([frame_to_rgb(f) for f in frames], 224, CPU)
-        torch.testing.assert_close(got, want, rtol=0, atol=1.5 / 255, msg=path.name)
-        assert (got - want).abs().mean() < 1e-5, path.name
+        assert_model_input_equals_preprocess(path)
+
+
+def test_model_input_equals_preprocess_on_made_clips(tmp_path: Path) -> None:
+    """The shared clips' check on clips made here (full and limited range, BT.601 and
+    BT.709, rotated, an odd size), so it runs where the shared clips are absent."""
+    for name, args in (("full.mp4", ["-pix_fmt", "yuvj420p"]),
+                       ("bt709.mp4", ["-pix_fmt", "yuv420p", "-colorspace", "bt709"]),
+                       ("rot90.mp4", ["-pix_fmt", "yuv420p", "-metadata:s:v:0", "rotate=90"])):
+        assert_model_input_equals_preprocess(
+            reformatted(tmp_path, ["-c:v", "libx264", "-crf", "10", *args], name))
 
 
 def test_features_equal_on_a_real_window(shared_clips: Path, tiny_embedder: Embedder) -> None:
     path = shared_clips / "real__torchcodec__nasa_13013.mp4"  # BT.709 tagged, limited range
+    assert_window_features_equal(path, tiny_embedder)
+
+
+def test_features_equal_on_a_made_window(tmp_path: Path, tiny_embedder: Embedder) -> None:
+    src, path = tmp_path / "src.mp4", tmp_path / "bt709.mp4"
+    write_clip(src, fps=25, n_frames=WINDOW_SAMPLES + 6, size=(66, 50), motion="jitter")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
+                    "-crf", "10", "-pix_fmt", "yuv420p", "-colorspace", "bt709", str(path)],
+                   check=True, timeout=60)
+    assert_window_features_equal(path, tiny_embedder)
+
+
+def assert_window_features_equal(path: Path, tiny_embedder: Embedder) -> None:
+    """A window's features from the device colour path equal those from FFmpeg's RGB
+    (a BT.709-tagged, limited-range clip)."""
     frames = first_frames(path, WINDOW_SAMPLES)
     planes = [frame_planes(f) for f in frames]
     assert all(p is not None and p.matrix == "bt709" for p in planes)

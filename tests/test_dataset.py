@@ -4,6 +4,7 @@ failure listing, on real encoded clips and the tiny random backbone."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,24 @@ def test_extract_resumes_after_interruption(
         extract_features(clips, tiny_embedder, out, backbone="other")
     with pytest.raises(ConfigError, match="backbone_options"):
         extract_features(clips, tiny_embedder, out, backbone_options={"image_size": 112})
+
+
+def test_extract_smoke_on_made_clips(
+    tiny_embedder, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """The shared clips' smoke test on clips made like them: a GIF, MPEG-4 Part 2 in an
+    AVI (with B-frames) and an H.264 MP4."""
+    gif, avi, mp4 = tmp_path / "a.gif", tmp_path / "b.avi", tmp_path / "c.mp4"
+    write_clip(gif, fps=10.0, n_frames=30, codec="gif")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=96x64:rate=25", "-t", "3", "-c:v", "mpeg4", "-bf", "2",
+                    str(avi)], check=True, timeout=60)
+    write_clip(mp4, fps=25.0, n_frames=75)
+    csv = tmp_path / "m.csv"
+    csv.write_text(f"path,label,generator\n{gif},ai,gifgen\n{avi},ai,avigen\n{mp4},real,\n")
+    summary = extract_features(discover(csv), tiny_embedder, tmp_path / "t")
+    assert summary.failed == 0 and summary.extracted == 3
+    assert set(load_table(tmp_path / "t").col("codec")) == {"gif", "mpeg4", "h264"}
 
 
 def test_extract_smoke_on_shared_clips(

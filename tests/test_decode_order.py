@@ -24,6 +24,8 @@ from monitor.embed import Embedder
 from monitor.pipeline import score_file
 from monitor.types import Sample
 
+from .hostile import has_libxvid
+
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
 
 PACKED_AVI = "real__mmaction2__test.avi"
@@ -88,6 +90,36 @@ def assert_frame_exact(path: Path, clock: Path | None = None) -> str:
 
 def test_packed_b_frames_avi_is_sampled_as_ffmpeg_decodes_it(shared_clips: Path) -> None:
     assert assert_frame_exact(shared_clips / PACKED_AVI) == "dts"
+
+
+@pytest.fixture(scope="module")
+def packed_avi(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MPEG-4 Part 2 AVI with packed B-frames, like the shared clip: Xvid packs each
+    B-frame into the chunk of the P-frame after it and fills the next chunk with a
+    not-coded VOP of a few bytes (the pattern checked here, as ffprobe lists it)."""
+    if not has_libxvid():
+        pytest.skip("the ffmpeg CLI has no libxvid encoder (Debian's ffmpeg has it; CI does)")
+    path = tmp_path_factory.mktemp("packed") / "packed.avi"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25", "-t", "4", "-c:v", "libxvid",
+           "-bf", "2", str(path))
+    sizes = [int(x) for x in subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=size",
+         "-of", "csv=p=0", str(path)], check=True, capture_output=True, text=True, timeout=60,
+    ).stdout.split()]
+    assert sum(1 for n in sizes if n <= 8) >= 10, f"not packed: packet sizes {sizes[:12]}"
+    return path
+
+
+def test_made_packed_b_frames_avi_is_sampled_as_ffmpeg_decodes_it(packed_avi: Path) -> None:
+    assert assert_frame_exact(packed_avi) == "dts"
+
+
+def test_made_packed_avi_centre_window_has_no_spurious_repeat(
+    packed_avi: Path, tiny_embedder: Embedder
+) -> None:
+    result = score_file(packed_avi, tiny_embedder)
+    assert result.centre.repeated_samples == 0
+    assert result.info.timestamps == "dts"
 
 
 def test_made_out_of_order_clips_are_sampled_as_ffmpeg_decodes_them(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from monitor.estimators import (
 )
 from monitor.geometry import trajectory_steps, window_features
 from monitor.types import FEATURE_NAMES
+from tests.media import write_clip
 from tests.test_score import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,29 +145,55 @@ def test_classifier_binary_labels_and_fpr_threshold() -> None:
 
 
 def test_grid_search_with_group_splits() -> None:
-    z = np.concatenate([_trajectories(n=20, seed=2), _trajectories(n=20, seed=3) * [1.0] * 1])
+    """Group-aware cross-validation and a grid search over the pipeline find the real
+    signal (the AI trajectories wiggle): every fold ranks AI above real, the refitted
+    best pipeline gives P(AI) in the positive column, and labels shuffled by group
+    (the same splits, no signal left) score near chance."""
+    z = np.concatenate([_trajectories(n=20, seed=2), _trajectories(n=20, seed=3)])
     z[20:, :, :] += np.linspace(0, 3, 24)[None, :, None] * np.sin(np.arange(24))[None, :, None]
     y = np.array([0] * 20 + [1] * 20)
     groups = np.arange(40) // 2
     pipe = make_pipeline(TrajectoryFeatures(), StandardScaler(), ReStraVClassifier(kind="logreg"))
-    scores = cross_val_score(pipe, z, y, groups=groups, cv=GroupKFold(n_splits=4))
-    assert scores.shape == (4,)
+    cv = GroupKFold(n_splits=4)
+    auc = cross_val_score(pipe, z, y, groups=groups, cv=cv, scoring="roc_auc")
+    assert auc.shape == (4,) and auc.min() >= 0.9, auc
+    shuffled = np.random.default_rng(0).permutation(20)[groups]  # one label per group
+    chance = cross_val_score(pipe, z, shuffled % 2, groups=groups, cv=cv, scoring="roc_auc")
+    assert chance.mean() < 0.75, chance
     grid = GridSearchCV(
         pipe,
         {"restravclassifier__kind": ["logreg", "gaussian_nb"],
          "restravclassifier__threshold_mode": ["fixed", "f1"]},
-        cv=GroupKFold(n_splits=4),
+        cv=cv,
     ).fit(z, y, groups=groups)
-    assert grid.best_params_["restravclassifier__kind"] in ("logreg", "gaussian_nb")
-    assert grid.predict_proba(z).shape == (40, 2)
+    assert grid.best_score_ >= 0.95, grid.cv_results_["mean_test_score"]
+    assert list(grid.classes_) == [0, 1]
+    p_ai = grid.predict_proba(z)[:, 1]
+    assert p_ai[y == 1].min() > p_ai[y == 0].max()
+    np.testing.assert_array_equal(grid.predict(z), y)
 
 
 # ---- the shared clips through the tiny random DINOv2 ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def clips(shared_clips: Path) -> list[str]:
-    return [str(shared_clips / n) for n in CLIP_NAMES]
+#: clips made here like CLIP_NAMES (frame rate, frame count): AI 8 fps 2 s, AI 10 fps,
+#: real 30 fps, real 6 fps; run everywhere, the shared clips where they are present
+MADE_CLIPS = (("latte.mp4", 8.0, 16, "linear"), ("sora_plan.mp4", 10.0, 30, "jitter"),
+              ("test2.mp4", 30.0, 90, "linear"), ("frigate.mp4", 6.0, 30, "jitter"))
+
+
+@pytest.fixture(scope="module", params=["shared", "made"])
+def clips(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    if request.param == "shared":
+        shared: Path = request.getfixturevalue("shared_clips")
+        return [str(shared / n) for n in CLIP_NAMES]
+    d = tmp_path_factory.mktemp("made-clips")
+    for name, fps, n, motion in MADE_CLIPS:
+        write_clip(d / name, fps=fps, n_frames=n, motion=motion)
+    labels = ["ai-generated", "ai-generated", "real", "real"]  # as y = [1, 1, 0, 0]
+    (d / "manifest.json").write_text(json.dumps(
+        [{"file": name, "label": label} for (name, *_), label in zip(MADE_CLIPS, labels)]))
+    return [str(d / name) for name, *_ in MADE_CLIPS]
 
 
 @pytest.fixture(scope="module")
@@ -236,10 +263,11 @@ def test_readme_example_runs() -> None:
     exec(compile(m.group(1), "README.md", "exec"), {})
 
 
-def test_notebook_example_runs(shared_clips: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_notebook_example_runs(clips: list[str], tiny_model_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
-           "RESTRAV_MODEL": str(tiny_model_dir), "RESTRAV_CLIPS": str(shared_clips),
-           "RESTRAV_OUT": str(tmp_path / "model"), "RESTRAV_CLIP_NAMES": ",".join(CLIP_NAMES)}
+           "RESTRAV_MODEL": str(tiny_model_dir), "RESTRAV_CLIPS": str(Path(clips[0]).parent),
+           "RESTRAV_OUT": str(tmp_path / "model"),
+           "RESTRAV_CLIP_NAMES": ",".join(Path(c).name for c in clips)}
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "notebook.py")], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr

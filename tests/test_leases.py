@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from monitor import keys
 from monitor.alerts import AlertEvent
 from monitor.assignment import plan, targets
-from monitor.leases import LeaseStore, ReplicaInfo
+from monitor.leases import Lease, LeaseStore, ReplicaInfo, parse_lease
 from monitor.metrics import StreamMetrics
 from monitor.sinks import RedisSink
 from monitor.types import Score, StreamScore, WindowFeatures
@@ -167,8 +168,45 @@ async def test_heartbeats_list_live_replicas_and_prune_dead_ones(
     await asyncio.sleep(0.2)
     assert await a.replicas() == [ReplicaInfo("a", 8, 2)]
     assert await client.smembers(keys.REPLICAS) == {b"a"}
-    with pytest.raises(ValueError):
-        LeaseStore(client, "has space", 1.0)
+    for bad in ("has space", ""):
+        with pytest.raises(ValueError, match="must be non-empty without spaces"):
+            LeaseStore(client, bad, 1.0)
+
+
+async def test_replicas_read_older_and_broken_heartbeats_and_unregister(
+    client: aioredis.Redis,
+) -> None:
+    """A name without a heartbeat (sorted first) or with a broken one is pruned and the
+    rest still listed; a heartbeat without ``owned``/``draining`` (an older replica)
+    reads as 0 / False; a leaving replica's unregister removes it."""
+    a, z = LeaseStore(client, "a", 30), LeaseStore(client, "z", 30)
+    await client.sadd(keys.REPLICAS, "0gone", "m", "x")
+    await client.set(keys.replica_key("m"), json.dumps({"capacity": 3}))
+    await client.set(keys.replica_key("x"), "not json")
+    await a.heartbeat(ReplicaInfo("a", 8, 2))
+    await z.heartbeat(ReplicaInfo("z", 1, 0))
+    assert await a.replicas() == [ReplicaInfo("a", 8, 2), ReplicaInfo("m", 3, 0, False),
+                                  ReplicaInfo("z", 1, 0)]
+    assert await client.smembers(keys.REPLICAS) == {b"a", b"m", b"z"}
+    await z.unregister()
+    assert await a.replicas() == [ReplicaInfo("a", 8, 2), ReplicaInfo("m", 3, 0, False)]
+    assert not await client.exists(keys.replica_key("z"))
+
+
+def test_parse_lease_reads_owner_and_fence_and_refuses_malformed_values() -> None:
+    assert parse_lease(b"replica-a 7") == Lease("replica-a", 7)
+    assert parse_lease("replica-a 7") == Lease("replica-a", 7)  # a decoding client
+    for bad in (None, b" 7", b"replica-a", b"replica-a x", b""):
+        assert parse_lease(bad) is None, bad
+
+
+async def test_last_seq_reads_the_newest_stored_score(client: aioredis.Redis) -> None:
+    store = LeaseStore(client, "a", 30)
+    assert await store.last_seq("cam") is None
+    await client.hset(keys.stream_latest("cam"), "seq", "41")
+    assert await store.last_seq("cam") == 41
+    await client.hset(keys.stream_latest("cam"), "seq", "garbage")
+    assert await store.last_seq("cam") is None
 
 
 def simulate(names: list[str], streams: list[str], owners: dict[str, str | None],

@@ -101,3 +101,42 @@ def test_property_samples_are_consecutive_and_causal(deltas: list[float]) -> Non
         assert b.time_s - a.time_s == pytest.approx(SAMPLE_INTERVAL_S)
     for s in out:
         assert times[s.frame] <= s.time_s + 1e-9
+
+
+def test_arguments_must_be_positive() -> None:
+    for gap, interval in ((0.0, 0.1), (-1.0, 0.1), (0.5, 0.0), (0.5, -0.1)):
+        with pytest.raises(ValueError, match=r"^gap_tolerance_s and interval_s must be > 0$"):
+            LiveSampler(gap_tolerance_s=gap, interval_s=interval)
+    with pytest.raises(ValueError, match="frame time must be finite, got nan"):
+        LiveSampler().push(0, math.nan)
+
+
+def test_edges_within_the_time_slack_and_the_gap_tolerance() -> None:
+    """Exactly at the slack or the tolerance is not a gap; a frame at a sample time plus
+    the slack shows that sample; indices count every frame pushed, from 0."""
+    eps = 1e-9  # monitor.sampler._TIME_EPS_S
+    s: LiveSampler[str] = LiveSampler(gap_tolerance_s=0.5, interval_s=0.25)
+    assert s.push("a", 0.0) == (None, [])
+    assert s.push("b", 0.0) == (None, [])  # the same time again: not backwards
+    reason, out = s.push("c", 0.25 + eps)  # 0.25 belongs to c
+    assert reason is None
+    assert [(r.time_s, r.frame, r.frame_index, r.k) for r in out] == [(0.0, "b", 1, 0)]
+    reason, out = s.push("d", 0.25)  # back by the slack only: not backwards
+    assert reason is None and out == []
+    reason, out = s.push("e", 0.75)  # 0.5 after d: the tolerance, not beyond it
+    assert reason is None
+    assert [(r.time_s, r.frame, r.frame_index, r.repeated) for r in out] == [
+        (0.25, "d", 3, False), (0.5, "d", 3, True)]
+    assert s.frames_seen == 5 and s.segment == 0
+    reason, out = s.push("f", 0.75 - 2 * eps)
+    assert reason == "pts_backwards" and out == [] and s.segment == 1
+    reason, out = s.push("g", 0.9)
+    assert [(r.frame, r.frame_index, r.segment, r.k) for r in out] == [("f", 5, 1, 0)]
+    assert s.frames_seen == 7
+
+
+def test_default_gap_tolerance_is_half_a_second() -> None:
+    s: LiveSampler[int] = LiveSampler()
+    assert s.push(0, 0.0)[0] is None
+    assert s.push(1, 0.45)[0] is None
+    assert s.push(2, 1.0)[0] == "pts_jump"

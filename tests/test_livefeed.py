@@ -107,6 +107,25 @@ def test_ticks_fold_scores_into_points_alerts_and_marks() -> None:
     assert feed.detail("cam1") is None
 
 
+def test_a_tick_folds_to_its_highest_p_and_any_flag_not_its_last_window() -> None:
+    """The flagged, highest-scoring window arrives first and a lower, unflagged one last
+    (and with an earlier end): the point still carries the highest P(AI), the flag of
+    any window, the latest end and the mean curvature. The next tick starts afresh."""
+    clock = Clock()
+    t0 = clock.t
+    statuses = [status("cam1")]
+    feed = LiveFeed(UiSettings(tick_s=1.0, history_s=10), statuses=lambda: statuses, clock=clock)
+    feed.publish(score("cam1", 1, t0 - 0.2, 0.7, curvature=100.0, repeated=2))
+    feed.publish(score("cam1", 2, t0 - 0.5, 0.2, curvature=130.0))
+    feed.publish(score("cam1", 3, t0 - 0.6, None, curvature=100.0))
+    up = feed.tick()
+    assert up["points"]["cam1"] == [round(t0 - 0.2, 2), 0.7, 110.0, 1, 0]
+    clock.t += 1
+    feed.publish(score("cam1", 4, clock.t - 0.1, 0.1, curvature=90.0))
+    up = feed.tick()
+    assert up["points"]["cam1"] == [round(clock.t - 0.1, 2), 0.1, 90.0, 0, 0]
+
+
 def test_an_alert_ending_and_the_next_starting_in_one_tick_both_reach_the_page() -> None:
     """With tick_s above the alert's min_duration_s both events fall in one tick: the
     update carries both periods (the first closed), not only the newest."""

@@ -62,10 +62,15 @@ async def test_answers_match_the_documented_schemas(h: Harness) -> None:
                        headers=AUTH)
     assert resp.status == 200
     conforms(await resp.json(), "StreamOutcome")
-    for resp in (await c.get("/streams/nope", headers=AUTH),
-                 await c.post("/streams", json={"id": "x"}, headers=AUTH),
-                 await c.get("/streams")):
-        assert resp.status in (401, 404, 422)
+    # each error with its exact status, documented for its route, in the ErrorBody shape
+    errors = {
+        ("get", "/streams/{id}", 404): await c.get("/streams/nope", headers=AUTH),
+        ("post", "/streams", 422): await c.post("/streams", json={"id": "x"}, headers=AUTH),
+        ("get", "/streams", 401): await c.get("/streams"),
+    }
+    for (method, path, status), resp in errors.items():
+        assert resp.status == status, (method, path, resp.status)
+        assert str(status) in DOC["paths"][path][method]["responses"], (method, path, status)
         conforms(await resp.json(), "ErrorBody")
     assert (await c.delete("/streams/doc-1", headers=AUTH)).status == 204
 

@@ -3,6 +3,8 @@ real redis-server): the lean versions of the chaos scenarios in tests/chaos/.
 
 * A worker that held a job past the visibility timeout (paused, cut off) answers
   late: its answer is discarded and counted, the reply stream gets one answer.
+  Taken over while it still runs (it answers before the new owner does), its
+  answer writes nothing and the new owner's lock survives.
 * The same entry delivered again after its answer was written (the
   acknowledgement lost) is acknowledged without a second reply.
 * A worker deletes a job id's lock only while it holds its own token (after an
@@ -137,6 +139,34 @@ def take_over(client: redis.Redis, job_id: str) -> str:
     token = "other 0123 4567"
     client.set(keys.lock_key(job_id), token, px=60_000)
     return token
+
+
+def test_a_job_taken_over_while_its_worker_still_runs_keeps_the_new_owners_answer(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    # The other order of test_late_answer_is_discarded_and_counted: worker A is still
+    # scoring when another worker takes the job id's lock over, and A answers before
+    # the new owner does. A's fenced answer must write nothing: the new owner's lock
+    # survives, no result, note or reply is stored, and the late answer is counted.
+    ensure_group(client, "workers")
+    submit(client, clip, "taken")
+    taken: list[str] = []
+
+    def lose_the_lock(job: Job, attempt: int) -> None:
+        taken.append(take_over(client, job.job_id))
+
+    worker = idle_worker(client, scorer, "a", WorkerHooks(lose_the_lock))
+    entry = fetch_entry(worker)
+    worker.process(entry)
+    assert taken, "the hook never ran"
+    assert client.get(keys.lock_key("taken")) == taken[0]
+    assert get_result(client, "taken") is None
+    assert client.xlen("restrav:replies:taken") == 0
+    assert [f for _, f in client.xrange(keys.RESULTS) if f["job_id"] == "taken"] == []
+    assert sample(worker.metrics, "restrav_queue_late_answers_total") == 1
+    assert sample(worker.metrics, "restrav_queue_jobs_total", outcome="scored") == 0
+    # the entry is left for the new owner to answer and acknowledge
+    assert client.xpending(keys.JOBS, "workers")["pending"] == 1
 
 
 def test_internal_error_keeps_the_new_owners_lock(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,49 @@ def test_grid_sampler_picks_last_frame_at_or_before_each_time() -> None:
     out += s.finish()
     assert [r.frame for r in out] == ["a", "b", "b", "c", "c"]
     assert [r.repeated for r in out] == [False, False, True, False, True]
+
+
+def test_grid_times_bounds() -> None:
+    assert grid_times(0.0) == [0.0]  # a single frame's clip: one sample
+    assert grid_times(0.5, start_s=1.0) == pytest.approx(
+        [1.0 + k * SAMPLE_INTERVAL_S for k in range(6)])
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match=r"duration must be finite and >= 0, got"):
+            grid_times(bad)
+
+
+def test_grid_sampler_times_before_the_first_frame_are_resolved_at_once() -> None:
+    """Sample times before the first frame show the first frame (``before_first``) and
+    are returned by the push of that frame; later times wait for the next frame."""
+    s: GridSampler[str] = GridSampler([0.0, 0.2, 0.6, 0.9])
+    first = s.push("a", 0.5)
+    assert [(r.time_s, r.frame, r.frame_index, r.repeated, r.before_first) for r in first] == [
+        (0.0, "a", 0, False, True), (0.2, "a", 0, True, True)]
+    second = s.push("b", 0.7)
+    assert [(r.time_s, r.frame, r.frame_index, r.repeated, r.before_first) for r in second] == [
+        (0.6, "a", 0, True, False)]
+    rest = s.finish()
+    assert [(r.frame, r.frame_index, r.before_first) for r in rest] == [("b", 1, False)]
+    assert s.frames_seen == 2 and s.done
+
+
+def test_grid_sampler_edges_within_the_time_slack() -> None:
+    """A frame whose time is a sample time plus the slack shows that sample; a sample at
+    the first frame's time is not before it; no sample times at all is no work."""
+    eps = 1e-9  # monitor.sampler._TIME_EPS_S
+    s: GridSampler[str] = GridSampler([0.25, 0.5])
+    assert s.push("a", 0.0) == []
+    assert s.push("b", 0.25 + eps) == []  # 0.25 belongs to b, not a
+    out = s.push("c", 0.75)
+    assert [(r.frame, r.frame_index, r.before_first) for r in out] == [
+        ("b", 1, False), ("b", 1, False)]
+    at_first: GridSampler[str] = GridSampler([0.25])
+    assert at_first.push("a", 0.25 + eps) == []
+    (r,) = at_first.finish()
+    assert (r.frame, r.frame_index, r.before_first) == ("a", 0, False)
+    empty: GridSampler[str] = GridSampler([])
+    assert empty.done and empty.push("a", 0.0) == [] and empty.finish() == []
+    assert empty.frames_seen == 1
 
 
 @pytest.mark.parametrize(

@@ -50,23 +50,67 @@ def expected_repeats(path: Path) -> int:
     return sum(1 for a, b in itertools.pairwise(idx) if a == b)
 
 
+def assert_scored(path: Path, embedder: Embedder, fps: float, size: tuple[int, int]) -> None:
+    """One clip through score_file: finite features, the repeats the decoded times
+    predict, a source below the 11.5 Hz sample rate flagged, the displayed size."""
+    result = score_file(path, embedder)
+    assert embedder.embedding_dim == 257 * TINY_HIDDEN
+    w = result.centre.window
+    assert w.features.shape == (21,) and np.isfinite(w.features).all(), path.name
+    assert result.centre.repeated_samples == expected_repeats(path), path.name
+    assert w.repeated_frames >= result.centre.repeated_samples  # zero steps include repeats
+    if fps < 11.5:
+        assert result.centre.repeated_samples > 0 and result.centre.flagged, path.name
+    assert (result.info.width, result.info.height) == size, path.name
+
+
 def test_every_shared_clip(shared_clips: Path, tiny_embedder: Embedder) -> None:
     manifest = json.loads((shared_clips / "manifest.json").read_text())
     assert len(manifest) == 16
-    slow_sources = 0
     for entry in manifest:
-        path = shared_clips / entry["file"]
-        result = score_file(path, tiny_embedder)
-        assert tiny_embedder.embedding_dim == 257 * TINY_HIDDEN
-        w = result.centre.window
-        assert w.features.shape == (21,) and np.isfinite(w.features).all(), entry["file"]
-        assert result.centre.repeated_samples == expected_repeats(path), entry["file"]
-        assert w.repeated_frames >= result.centre.repeated_samples  # zero steps include repeats
-        if entry["fps"] < 11.5:
-            slow_sources += 1
-            assert result.centre.repeated_samples > 0 and result.centre.flagged, entry["file"]
-        assert result.info.width == entry["width"] and result.info.height == entry["height"]
-    assert slow_sources >= 4  # the 6 and 8 fps clips
+        assert_scored(shared_clips / entry["file"], tiny_embedder, entry["fps"],
+                      (entry["width"], entry["height"]))
+    assert sum(e["fps"] < 11.5 for e in manifest) >= 4  # the 6 and 8 fps clips
+
+
+def rotated(path: Path, degrees: int) -> Path:
+    out = path.with_name(f"rot{degrees}-{path.name}")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(path), "-c", "copy",
+                    "-metadata:s:v:0", f"rotate={degrees}", str(out)], check=True, timeout=60)
+    return out
+
+
+VFR_GAPS = np.random.default_rng(7).choice([1 / 60, 1 / 30, 1 / 15, 0.2], size=60)
+MADE_CLIPS: dict[str, tuple[str, float, dict[str, object]]] = {
+    # name: (file, fps for the flag, write_clip arguments): the shared clips' oddities
+    "6fps": ("six.mp4", 6.0, {"fps": 6.0, "n_frames": 30}),
+    "8fps-odd-size": ("eight.mp4", 8.0, {"fps": 8.0, "n_frames": 40, "size": (178, 100)}),
+    "10fps-gif": ("ten.gif", 10.0, {"fps": 10.0, "n_frames": 30, "codec": "gif"}),
+    "non-zero-start": ("late.mp4", 30.0, {"pts_s": [3.5 + i / 30 for i in range(90)]}),
+    "vfr": ("vfr.mkv", 30.0, {"pts_s": np.concatenate([[0.0], np.cumsum(VFR_GAPS)[:-1]])
+                              .round(4).tolist()}),
+    "mpeg4-in-mp4": ("part2.mp4", 25.0, {"fps": 25.0, "n_frames": 75, "codec": "mpeg4"}),
+    "shorter-than-2s": ("short.mp4", 30.0, {"fps": 30.0, "n_frames": 45}),
+    "exactly-2s": ("two.mp4", 25.0, {"fps": 25.0, "n_frames": 50}),
+    "portrait-rotated": ("rot.mp4", 25.0, {"fps": 25.0, "n_frames": 75}),
+}
+
+
+@pytest.mark.parametrize("name", list(MADE_CLIPS))
+def test_every_made_clip(name: str, tmp_path: Path, tiny_embedder: Embedder) -> None:
+    """test_every_shared_clip's checks on clips made here with the shared clips' oddities
+    (frame rates below 11.5 Hz, GIF, an odd size, a first timestamp not zero, variable
+    frame rate, MPEG-4 Part 2, 1.5 s and exactly 2 s, rotation to portrait): run everywhere."""
+    file, fps, kwargs = MADE_CLIPS[name]
+    path = tmp_path / file
+    write_clip(path, **kwargs)  # type: ignore[arg-type]
+    size = kwargs.get("size", (64, 48))
+    assert isinstance(size, tuple)
+    if name == "portrait-rotated":
+        path, size = rotated(path, 90), (size[1], size[0])
+    if name == "vfr":
+        assert len({round(b - a, 3) for a, b in itertools.pairwise(decoded_pts(path))}) >= 3
+    assert_scored(path, tiny_embedder, fps, size)
 
 
 def test_all_windows_equal_batch_features_on_the_same_frames(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from monitor.geometry import WindowRing, window_features
+from monitor.geometry import ZERO_STEP_EPS, WindowRing, window_features
 from monitor.types import WINDOW_SAMPLES
 
 
@@ -54,6 +56,40 @@ def test_deferred_commits_and_restart_in_push_order() -> None:
     assert ring.samples == 60 - restart_at
 
 
+@pytest.mark.parametrize("batch", [1, 7])
+def test_restart_starts_a_new_trajectory_by_its_geometry(batch: int) -> None:
+    """After ``push(restart=True)`` no window crosses the gap: the ring is not ready
+    until 24 samples of the new trajectory, and then its geometry (features,
+    distances, angles, the stored embeddings) is the new trajectory's alone. The
+    trajectory before the gap is far away, so a step across it would show. Pushes are
+    committed one by one or in batches (the gap inside a batch)."""
+    before = trajectory(30, 40, seed=3) + 1000.0
+    after = trajectory(40, 40, seed=4)
+    ring = WindowRing(40)
+    for row in before:
+        ring.update(torch.from_numpy(row))
+    assert ring.ready
+    pending = []
+    for i, row in enumerate(after):
+        r = ring.push(torch.from_numpy(row), restart=(i == 0))
+        pending.append(r)
+        if (i + 1) % batch:  # the engine commits a batch of pushes after one sync
+            continue
+        for p in pending:
+            ring.commit(None, None) if p is None else ring.commit(float(p[0]), float(p[1]))
+        pending = []
+        got = ring.features()
+        if i < WINDOW_SAMPLES - 1:
+            assert got is None and not ring.ready, i
+            continue
+        ref = window_features(after[i - 23 : i + 1])
+        assert got is not None, i
+        np.testing.assert_allclose(got.features, ref.features, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(got.distances, ref.distances, rtol=1e-9)
+        np.testing.assert_allclose(got.angles_deg, ref.angles_deg, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(ring.window().numpy(), after[i - 23 : i + 1])
+
+
 def test_reset_ends_the_window() -> None:
     z = trajectory(30, 20)
     ring = WindowRing(20)
@@ -90,3 +126,68 @@ def test_on_cuda_matches_reference() -> None:
     got = ring.features()
     assert got is not None and ring.ring.device.type == "cuda"
     np.testing.assert_allclose(got.features, window_features(z[-24:]).features, rtol=1e-7)
+
+
+def test_a_fresh_ring_is_empty() -> None:
+    ring = WindowRing(4)
+    assert ring.samples == 0 and not ring.ready and ring.features() is None
+    assert ring.window().shape == (0, 4)
+
+
+def test_update_reports_each_step_and_nothing_for_a_first_sample() -> None:
+    """update() returns None for the first sample of a window (after construction and
+    after reset), then the step's distance, its angle from the second step on, and
+    whether it is a zero step (shorter than the epsilon, which itself is not)."""
+    ring = WindowRing(2)
+    for _ in range(2):
+        assert ring.update(torch.tensor([0.0, 0.0])) is None
+        g1 = ring.update(torch.tensor([3.0, 4.0]))
+        assert g1 is not None and (g1.distance, g1.angle_deg, g1.zero_step) == (5.0, None, False)
+        g2 = ring.update(torch.tensor([3.0, 8.0]))
+        assert g2 is not None and g2.distance == 4.0 and not g2.zero_step
+        assert g2.angle_deg == pytest.approx(math.degrees(math.acos(0.8)))
+        g3 = ring.update(torch.tensor([3.0, 8.0]))
+        assert g3 is not None and (g3.distance, g3.angle_deg, g3.zero_step) == (0.0, 0.0, True)
+        ring.reset()
+    eps_ring = WindowRing(1, ring_dtype=torch.float64)
+    eps_ring.update(torch.tensor([0.0], dtype=torch.float64))
+    g = eps_ring.update(torch.tensor([ZERO_STEP_EPS], dtype=torch.float64))
+    assert g is not None and g.distance == ZERO_STEP_EPS and not g.zero_step
+
+
+def test_rounding_past_a_cosine_of_one_gives_0_and_180_degrees_not_nan() -> None:
+    """Collinear steps whose cosine rounds to just above 1 (or below -1) must be clamped:
+    arccos of it would be NaN."""
+    found = 0
+    for seed in range(200):
+        v = torch.from_numpy(np.random.default_rng(seed).normal(size=8))
+        a = float(torch.mv(torch.stack([v, v]), v)[0])
+        if a / (math.sqrt(a) * math.sqrt(a)) <= 1.0:
+            continue
+        found += 1
+        for third, angle in ((2 * v, 0.0), (0 * v, 180.0)):
+            ring = WindowRing(8, ring_dtype=torch.float64)
+            ring.update(0 * v)
+            ring.update(v)
+            g = ring.update(third)
+            assert g is not None and g.angle_deg == angle, (seed, g)
+    assert found >= 3
+
+
+def test_the_window_before_it_is_full_and_a_float64_ring() -> None:
+    z = trajectory(30, 6, seed=5).astype(np.float64) + 1e-12  # not representable in float32
+    ring = WindowRing(6, ring_dtype=torch.float64)
+    assert ring.steps.shape == (2, 6) and ring.ring.dtype == torch.float64
+    for i, row in enumerate(z):
+        ring.update(torch.from_numpy(row))
+        want = z[max(0, i - WINDOW_SAMPLES + 1) : i + 1]
+        np.testing.assert_array_equal(ring.window().numpy(), want)
+    got = ring.features(start_s=3.0)
+    assert got is not None and got.start_s == 3.0
+    default = ring.features()
+    assert default is not None and default.start_s == 0.0
+
+
+def test_wrong_width_is_named() -> None:
+    with pytest.raises(ValueError, match="embedding has 5 values, expected 4"):
+        WindowRing(4).push(torch.zeros(5))

@@ -1,4 +1,5 @@
-"""The hostile corpus (tests/hostile.py, >= 300 files made from the shared clips)
+"""The hostile corpus (tests/hostile.py, >= 300 files made from the shared clips or
+stand-ins made like them)
 through `restrav score` and through the queue with real worker processes and a real
 redis-server: one JSON answer per file with a documented code, no traceback, no hang,
 and the workers never die. Prints its figures (recorded in RELIABILITY.md)."""
@@ -19,6 +20,7 @@ import pytest
 from monitor import keys
 from monitor.config import QueueSettings
 from monitor.queue import Job, JobOptions, connect, enqueue, get_result
+from tests.conftest import SHARED_CLIPS
 from tests.hostile import DOCUMENTED, Case, make_corpus
 from tests.media import write_clip
 from tests.queue_helpers import wait_for
@@ -33,8 +35,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(SCORE_TIMEOUT_S + 600)]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, shared_clips: Path) -> list[Case]:
-    cases = make_corpus(tmp_path_factory.mktemp("hostile-corpus"), shared_clips, full=True)
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Case]:
+    # made stand-ins replace the shared clips where they are absent (tests/hostile.py)
+    cases = make_corpus(tmp_path_factory.mktemp("hostile-corpus"), SHARED_CLIPS, full=True)
     assert len(cases) >= 300
     return cases
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The chaos suite (marker `chaos`, tests/chaos/) bounded for CI: every scenario runs,
+# with smaller counts than the figures of RELIABILITY.md (each count can be raised
+# through its variable here or in the environment). The 1 h soak is not run: the
+# soak runs RESTRAV_SOAK_S (60 s here) with its churn. Extra arguments go to pytest.
+# Measured: 14 scenarios in 10 min 24 s on 2 shared, busy cores (niced; TESTING.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RESTRAV_CHAOS_RESTARTS=${RESTRAV_CHAOS_RESTARTS:-10}          # full: 50
+export RESTRAV_CHAOS_QUEUE_KILLS=${RESTRAV_CHAOS_QUEUE_KILLS:-10}    # full: 20
+export RESTRAV_CHAOS_FUZZ_EXAMPLES=${RESTRAV_CHAOS_FUZZ_EXAMPLES:-25} # full: 60
+export RESTRAV_SOAK_S=${RESTRAV_SOAK_S:-60}                          # full: 120; by hand: 3600
+exec ./scripts/test.sh -m chaos "$@"
