@@ -16,8 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.classifier import KINDS, Scaler
-from monitor.fitting import fit_classifier, fit_kind
+from monitor.core.classifier import KINDS, Scaler
+from monitor.learn.fitting import fit_classifier, fit_kind
 from monitor.types import N_FEATURES
 
 

@@ -31,12 +31,12 @@ from bench.common import (
     timed,
     vit_flops_per_frame,
 )
-from monitor.backbone import load_backbone
-from monitor.decode_file import probe, sample_file
-from monitor.embed import Embedder, preprocess
-from monitor.geometry import WindowRing
-from monitor.pipeline import score_file
-from monitor.sampler import grid_times
+from monitor.core.backbone import load_backbone
+from monitor.core.embed import Embedder, preprocess
+from monitor.core.geometry import WindowRing
+from monitor.core.pipeline import score_file
+from monitor.media.decode_file import probe, sample_file
+from monitor.media.sampler import grid_times
 
 DEFAULT_CLIP = (
     Path(__file__).resolve().parents[1].parent / "shared/clips/real__mmaction2__test2.mp4"

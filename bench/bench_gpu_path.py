@@ -35,14 +35,14 @@ import av
 import torch
 
 from bench.common import machine, random_backbone_dir, table
-from monitor.backbone import load_backbone
 from monitor.config import EngineSettings, ServeSourceSettings, StreamSpec
-from monitor.decode import LiveVideo
-from monitor.embed import Embedder
-from monitor.engine import Engine, EngineSample
-from monitor.sampler import LiveSampler
-from monitor.sources.base import SourceContext
-from monitor.sources.file import FileSource
+from monitor.core.backbone import load_backbone
+from monitor.core.embed import Embedder
+from monitor.live.engine import Engine, EngineSample
+from monitor.media.decode import LiveVideo
+from monitor.media.sampler import LiveSampler
+from monitor.media.sources.base import SourceContext
+from monitor.media.sources.file import FileSource
 from monitor.types import SourceClosed, StreamScore
 
 FULL_HZ = 11.5
@@ -208,7 +208,7 @@ def decode_scaling(clip: Path, counts: list[int], seconds: float) -> list[list[o
 
             def work(j: int, threads: int = threads, stop: float = stop,
                      done: list[int] = done) -> None:
-                from monitor.decode import DecodeLimits
+                from monitor.media.decode import DecodeLimits
 
                 while time.monotonic() < stop:
                     video = LiveVideo(str(clip), DecodeLimits(threads=threads))
@@ -236,9 +236,9 @@ def pixel_path_cost(clip: Path, device: torch.device, batch: int) -> list[list[o
     """Per-frame cost of making the model input from decoded frames: RGB on the CPU
     (swscale) + upload + resize, against 4:2:0 planes + upload + conversion and resize
     on the device; bytes uploaded per frame."""
-    from monitor.colour import frame_planes, planes_to_pixels
-    from monitor.decode import frame_to_rgb
-    from monitor.embed import preprocess
+    from monitor.core.embed import preprocess
+    from monitor.media.colour import frame_planes, planes_to_pixels
+    from monitor.media.decode import frame_to_rgb
 
     video = LiveVideo(str(clip))
     try:

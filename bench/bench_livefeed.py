@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from monitor.config import UiSettings
-from monitor.livefeed import THETA_MEAN, LiveFeed, Subscriber
+from monitor.live.livefeed import THETA_MEAN, LiveFeed, Subscriber
 from monitor.types import N_FEATURES, Score, StreamScore, WindowFeatures
 
 

@@ -1,10 +1,10 @@
 """Overload: does the service shed load and keep its goodput, or collapse? Prints tables.
 
-The real :class:`~monitor.engine.Engine` (settings as ``serve`` builds it: batch and
-queue derived, rotation on), the real :class:`~monitor.service.StreamManager` and
+The real :class:`~monitor.live.engine.Engine` (settings as ``serve`` builds it: batch and
+queue derived, rotation on), the real :class:`~monitor.live.service.StreamManager` and
 stream tasks (sampler, submit, score callbacks, alert hysteresis), fed by synthetic
 live sources at 11.5 Hz, with a stand-in backbone of known cost
-(:class:`~monitor.standin.StandInEmbedder`, default ``2 ms + n x 1 ms`` per batch: a
+(:class:`~monitor.live.standin.StandInEmbedder`, default ``2 ms + n x 1 ms`` per batch: a
 capacity of about 1,000 samples/s, so that 4x overload is about 350 streams, which
 these two cores can feed; ``--per-sample-ms 0.083`` is an H100 in bf16, whose capacity
 the event loop of two cores cannot offer 4x of).
@@ -17,7 +17,7 @@ the event loop of two cores cannot offer 4x of).
    (per-stream goodput: min / mean, Jain's index; the longest time a stream went without
    a score), streams yielding, windows skipped by the backstop.
 3. Garbage-collector pauses (every generation, from ``gc.callbacks``) at 2x, before and
-   after :func:`~monitor.engine.freeze_startup_heap`, in the same process.
+   after :func:`~monitor.live.engine.freeze_startup_heap`, in the same process.
 
 Example: ``python -m bench.bench_overload`` (about 2.5 minutes).
 """
@@ -45,17 +45,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from monitor.alerts import AlertEvent  # noqa: E402
 from monitor.config import EngineSettings, ServeSettings, StreamSpec  # noqa: E402
-from monitor.engine import (  # noqa: E402
+from monitor.live.alerts import AlertEvent  # noqa: E402
+from monitor.live.engine import (  # noqa: E402
     GIL_SWITCH_INTERVAL_S,
     Engine,
     EngineSample,
     freeze_startup_heap,
 )
+from monitor.live.service import StreamManager  # noqa: E402
+from monitor.live.standin import StandInEmbedder, StillFrame, register_synthetic_source  # noqa: E402
 from monitor.metrics import StreamMetrics  # noqa: E402
-from monitor.service import StreamManager  # noqa: E402
-from monitor.standin import StandInEmbedder, StillFrame, register_synthetic_source  # noqa: E402
 from monitor.types import SAMPLE_HZ, SAMPLE_INTERVAL_S, WINDOW_SAMPLES, StreamScore  # noqa: E402
 
 

@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from monitor import keys  # noqa: E402
-from monitor.backbone import load_backbone  # noqa: E402
 from monitor.config import QueueSettings  # noqa: E402
-from monitor.decode import DecodeLimits  # noqa: E402
-from monitor.embed import Embedder  # noqa: E402
+from monitor.core.backbone import load_backbone  # noqa: E402
+from monitor.core.embed import Embedder  # noqa: E402
+from monitor.media.decode import DecodeLimits  # noqa: E402
 from monitor.queue import ClipScorer, Job, JobOptions, connect, enqueue  # noqa: E402
 from tests.media import write_clip  # noqa: E402
 from tests.redisproc import RedisProcess  # noqa: E402

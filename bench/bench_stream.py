@@ -46,12 +46,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor.backbone import load_backbone  # noqa: E402
-from monitor.colour import YUVPlanes, frame_planes  # noqa: E402
 from monitor.config import MODEL_DTYPES, EngineSettings  # noqa: E402
-from monitor.embed import Embedder, preprocess  # noqa: E402
-from monitor.engine import Engine, EngineSample  # noqa: E402
-from monitor.geometry import window_features  # noqa: E402
+from monitor.core.backbone import load_backbone  # noqa: E402
+from monitor.core.embed import Embedder, preprocess  # noqa: E402
+from monitor.core.geometry import window_features  # noqa: E402
+from monitor.live.engine import Engine, EngineSample  # noqa: E402
+from monitor.media.colour import YUVPlanes, frame_planes  # noqa: E402
 from monitor.types import (  # noqa: E402
     SAMPLE_INTERVAL_S,
     WINDOW_SAMPLES,

@@ -24,9 +24,9 @@ from bench.common import (
     timed,
     vit_flops_per_frame,
 )
-from monitor.backbone import load_backbone
-from monitor.embed import Embedder, preprocess
-from monitor.pipeline import score_file
+from monitor.core.backbone import load_backbone
+from monitor.core.embed import Embedder, preprocess
+from monitor.core.pipeline import score_file
 from monitor.types import FEATURE_NAMES
 
 

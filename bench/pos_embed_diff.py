@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import random_backbone_dir, table
-from monitor.backbone import load_backbone
-from monitor.embed import Embedder
-from monitor.pipeline import score_file
+from monitor.core.backbone import load_backbone
+from monitor.core.embed import Embedder
+from monitor.core.pipeline import score_file
 
 
 def main() -> None:

@@ -34,14 +34,14 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor.backbone import load_backbone  # noqa: E402
 from monitor.config import StreamSpec, load_settings  # noqa: E402
-from monitor.decode_guard import rss_bytes  # noqa: E402
-from monitor.embed import Embedder  # noqa: E402
-from monitor.engine import Engine  # noqa: E402
+from monitor.core.backbone import load_backbone  # noqa: E402
+from monitor.core.embed import Embedder  # noqa: E402
+from monitor.live.engine import Engine  # noqa: E402
+from monitor.live.service import StreamManager  # noqa: E402
+from monitor.live.sinks.base import BufferedSink, Item  # noqa: E402
+from monitor.media.decode_guard import rss_bytes  # noqa: E402
 from monitor.metrics import StreamMetrics  # noqa: E402
-from monitor.service import StreamManager  # noqa: E402
-from monitor.sinks.base import BufferedSink, Item  # noqa: E402
 
 
 class CountingSink(BufferedSink):

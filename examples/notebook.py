@@ -19,7 +19,12 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from monitor.estimators import ReStraVClassifier, TrajectoryFeatures, VideoEmbedder, save_pipeline
+from monitor.estimators import (
+    ReStraVClassifier,
+    TrajectoryFeatures,
+    VideoEmbedder,
+    save_pipeline,
+)
 
 MODEL = os.environ.get("RESTRAV_MODEL", "facebook/dinov2-small")
 CLIPS = Path(os.environ.get("RESTRAV_CLIPS", "../shared/clips"))

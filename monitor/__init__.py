@@ -1,7 +1,7 @@
 """restrav-monitor: ReStraV AI-generated video detection as a library.
 
 Importing this package does nothing but define names: no I/O, no model loading,
-no environment reads. See ``monitor.pipeline`` for the stage order.
+no environment reads. See ``monitor.core.pipeline`` for the stage order.
 """
 
 __version__ = "0.1.0"

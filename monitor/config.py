@@ -29,7 +29,17 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
-from .safe_input import DEFAULT_FORMATS
+
+DEFAULT_FORMATS: tuple[str, ...] = (
+    "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "flv", "mpegts", "mpeg",
+    "asf", "ogg", "nut", "mxf", "ivf", "obu", "dv", "gif", "yuv4mpegpipe",
+    "h264", "hevc", "vvc", "m4v", "mpegvideo", "av1", "vc1", "mjpeg",
+    "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe", "tiff_pipe", "gif_pipe",
+    "rm", "wtv", "smjpeg", "swf",
+    # audio-only containers: allowed so that they are answered "no video stream"
+    "wav", "mp3", "flac", "aac", "ac3", "aiff", "amr", "w64",
+)
+"""FFmpeg demuxers allowed for files by default (``decode.allowed_formats``)."""
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 
@@ -241,7 +251,7 @@ class StreamSpec(BaseModel):
     """One live feed the streaming service should run (config file or control API).
 
     ``kind`` picks the source implementation (``rtsp``, ``http``, ``file`` and
-    whatever :func:`monitor.sources.register_source_kind` added); None infers it
+    whatever :func:`monitor.media.sources.register_source_kind` added); None infers it
     from the URL scheme. ``credentials_ref`` names an entry of
     ``serve.credentials`` (user and password kept out of the URL and out of
     Redis). Credentials written inline in ``url`` work but are never persisted.

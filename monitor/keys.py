@@ -63,7 +63,7 @@ STREAMS_DESIRED = f"{PREFIX}:streams"
 STREAMS_DESIRED_MARK = "~set"
 """A field of :data:`STREAMS_DESIRED` that is no stream (stream ids never hold ``~``):
 set by serve replicas once they follow the hash, never deleted by an edit. The hash
-without it, after a replica saw it, means Redis lost its data (``monitor.cluster``)."""
+without it, after a replica saw it, means Redis lost its data (``monitor.cluster.manager``)."""
 
 
 def stream_scores(stream_id: str) -> str:
@@ -89,13 +89,13 @@ def lease_value(replica: str, token: int) -> str:
 def stream_fence(stream_id: str) -> str:
     """The fencing counter of one live feed: INCR'd by every new owner. It grows as
     long as Redis keeps its data; after a data loss it starts again at 1 (so a
-    fenced write is checked against the lease holder too, :mod:`monitor.sinks.fenced`)."""
+    fenced write is checked against the lease holder too, :mod:`monitor.live.sinks.fenced`)."""
     return f"{PREFIX}:{{{stream_id}}}:fence"
 
 
 SERVE_SOLO = f"{PREFIX}:serve:solo"
 """String held (TTL, renewed) by the one serve process that runs without cluster mode on
-this Redis (:class:`monitor.solo.SoloGuard`); a second one is refused."""
+this Redis (:class:`monitor.live.solo.SoloGuard`); a second one is refused."""
 
 REPLICAS = f"{PREFIX}:replicas"
 """Set of `restrav serve` replica names (members whose heartbeat key expired are pruned)."""

@@ -25,24 +25,24 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 # target: files to mutate ; test files that judge them
 declare -A MUTATE TESTS
-MUTATE[geometry]="monitor/geometry.py"
+MUTATE[geometry]="monitor/core/geometry.py"
 TESTS[geometry]="tests/test_geometry.py tests/test_window_ring.py"
-MUTATE[sampler]="monitor/sampler.py"
+MUTATE[sampler]="monitor/media/sampler.py"
 TESTS[sampler]="tests/test_sampling.py tests/test_live_sampler.py"
-MUTATE[classifier]="monitor/classifier.py"
+MUTATE[classifier]="monitor/core/classifier.py monitor/learn/fitting.py"
 TESTS[classifier]="tests/test_classifier.py tests/test_classifier_kinds.py"
 MUTATE[queue]="monitor/queue/answers.py monitor/queue/leases.py"
 TESTS[queue]="tests/test_queue.py tests/test_queue_fencing.py tests/test_queue_duplicates.py"
-MUTATE[leases]="monitor/leases.py monitor/sinks/fenced.py"
+MUTATE[leases]="monitor/cluster/leases.py monitor/live/sinks/fenced.py"
 TESTS[leases]="tests/test_leases.py"
-MUTATE[desired]="monitor/desired.py"
+MUTATE[desired]="monitor/live/desired.py"
 TESTS[desired]="tests/test_cluster.py"
 ALL="geometry sampler classifier queue leases desired"
 # where a file holds more than the subject, only these functions (mutmut's fnmatch names;
 # MUTATION_ALL=1 mutates every function of the files)
 declare -A FOCUS
-FOCUS[classifier]="monitor.classifier.x_threshold_* monitor.classifier.xǁClassifierǁ*
-  monitor.classifier.x_load_classifier* monitor.classifier.xǁScalerǁ*"
+FOCUS[classifier]="monitor.learn.fitting.x_threshold_* monitor.core.classifier.xǁClassifierǁ*
+  monitor.core.classifier.x_load_classifier* monitor.core.classifier.xǁScalerǁ*"
 FOCUS[queue]="monitor.queue.answers.xǁAnswersǁpublish* monitor.queue.answers.xǁAnswersǁ_write*
   monitor.queue.answers.xǁAnswersǁduplicate* monitor.queue.answers.xǁAnswersǁreject*
   monitor.queue.answers.xǁAnswersǁfinish* monitor.queue.leases.xǁLeasesǁtake*

@@ -75,8 +75,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     """An Embedder on CPU over the tiny model (float32, batch 4)."""
-    from monitor.backbone import load_backbone
-    from monitor.embed import Embedder
+    from monitor.core.backbone import load_backbone
+    from monitor.core.embed import Embedder
 
     return Embedder(load_backbone(str(tiny_model_dir), "cpu"), batch_size=4)
 

@@ -18,7 +18,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from monitor.config import QueueSettings
-from monitor.fetch import SourcePolicy
+from monitor.media.fetch import SourcePolicy
 from monitor.metrics import QueueMetrics
 from monitor.queue import Job, JobOptions, Scorer, Worker, WorkerHooks, enqueue
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from monitor.dataset import FeatureTable
+from monitor.learn.dataset import FeatureTable
 from monitor.types import FEATURE_NAMES
 
 

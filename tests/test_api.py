@@ -17,14 +17,14 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from monitor import keys
-from monitor.api import ApiContext, create_app
-from monitor.backbone import load_backbone
 from monitor.config import ServeSettings, StreamSpec, load_settings
-from monitor.embed import Embedder
-from monitor.engine import Engine
+from monitor.core.backbone import load_backbone
+from monitor.core.embed import Embedder
+from monitor.live.api import ApiContext, create_app
+from monitor.live.engine import Engine
+from monitor.live.service import RedisDesiredStore, StreamManager
+from monitor.live.sinks import MemorySink
 from monitor.metrics import StreamMetrics
-from monitor.service import RedisDesiredStore, StreamManager
-from monitor.sinks import MemorySink
 
 from .media import write_clip
 
@@ -285,8 +285,8 @@ async def test_credentials_never_stored_or_shown_and_the_set_is_restored(
 
 
 async def test_token_from_file(tmp_path: Path) -> None:
-    from monitor.api import resolve_token
     from monitor.config import ApiSettings
+    from monitor.live.api import resolve_token
 
     f = tmp_path / "token"
     f.write_text("from-file\n")
@@ -430,7 +430,7 @@ async def test_hls_source_scores_and_alerts_reach_the_sink(
 
     import numpy as np
 
-    from monitor.classifier import Classifier, Scaler
+    from monitor.core.classifier import Classifier, Scaler
 
     hls = tmp_path / "hls"
     hls.mkdir()
@@ -498,7 +498,7 @@ async def test_ready_only_once_the_configured_streams_are_listed(
 
 
 async def test_readyz_reports_redis_down_and_draining(embedder: Embedder, tmp_path: Path) -> None:
-    from monitor.api import CTX_KEY, redis_ready_check
+    from monitor.live.api import CTX_KEY, redis_ready_check
 
     from .redisproc import RedisProcess
 
@@ -536,7 +536,7 @@ async def test_pause_and_delete_end_an_active_alert(
     shutdown one with reason ``shutdown``."""
     import numpy as np
 
-    from monitor.classifier import Classifier, Scaler
+    from monitor.core.classifier import Classifier, Scaler
 
     always_ai = Classifier(kind="logreg", scaler=Scaler(np.zeros(21), np.ones(21)),
                            params={"coef": np.zeros((1, 21)), "intercept": np.array([5.0])},

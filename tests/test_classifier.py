@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor import FEATURE_SPEC_VERSION
-from monitor.classifier import (
+from monitor.core.classifier import (
     META_FILE,
     TENSOR_FILE,
     Scaler,
     load_classifier,
 )
 from monitor.errors import ArtifactError
-from monitor.fitting import fit_classifier, threshold_for_fpr, threshold_max_f1
+from monitor.learn.fitting import fit_classifier, threshold_for_fpr, threshold_max_f1
 
 
 def separable(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

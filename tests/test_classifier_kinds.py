@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.classifier import (
+from monitor.core.classifier import (
     KINDS,
     PROBA,
     THETA_MEAN,
@@ -17,7 +17,7 @@ from monitor.classifier import (
     load_classifier,
     mahalanobis_sq,
 )
-from monitor.fitting import fit_classifier, fit_kind, threshold_for_fpr
+from monitor.learn.fitting import fit_classifier, fit_kind, threshold_for_fpr
 from monitor.types import N_FEATURES
 
 
@@ -43,7 +43,7 @@ def test_exported_kind_predicts_like_sklearn(kind: str) -> None:
     params, model = fit_kind(kind, xs_train, y[:160], seed=1, **SMALL)
     ours = PROBA[kind](params, xs_test)
     if kind == "svm_rbf":
-        from monitor.classifier import svm_decision
+        from monitor.core.classifier import svm_decision
 
         np.testing.assert_allclose(
             svm_decision(params, xs_test), model.decision_function(xs_test), rtol=1e-9, atol=1e-9
@@ -61,7 +61,7 @@ def test_exported_kind_predicts_like_sklearn(kind: str) -> None:
 
 def test_forest_traversal_matches_sklearn_apply() -> None:
     """Every row reaches the same leaf as sklearn's own traversal, tree by tree."""
-    from monitor.classifier import forest_leaf_values
+    from monitor.core.classifier import forest_leaf_values
 
     x, y = _data(seed=3)
     xs = Scaler.fit(x).transform(x)
@@ -132,7 +132,7 @@ def test_supervised_kind_refuses_one_class_labels() -> None:
 
 
 def test_mlp_and_logreg_keep_their_logit_form() -> None:
-    from monitor.classifier import LOGITS
+    from monitor.core.classifier import LOGITS
 
     x, y = _data()
     for kind in ("mlp", "logreg"):

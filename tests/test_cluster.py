@@ -22,15 +22,15 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from monitor import keys
-from monitor.backbone import load_backbone
-from monitor.cluster import ClusteredStreamManager
+from monitor.cluster.leases import Lease, LeaseStore
+from monitor.cluster.manager import ClusteredStreamManager
 from monitor.config import StreamSpec, load_settings
-from monitor.desired import DesiredSetKeeper, RedisDesiredStore
-from monitor.embed import Embedder
-from monitor.engine import Engine
-from monitor.leases import Lease, LeaseStore
+from monitor.core.backbone import load_backbone
+from monitor.core.embed import Embedder
+from monitor.live.desired import DesiredSetKeeper, RedisDesiredStore
+from monitor.live.engine import Engine
+from monitor.live.sinks import RedisSink
 from monitor.metrics import StreamMetrics
-from monitor.sinks import RedisSink
 
 from .cluster_procs import Cluster, check_no_overlap, stream_clip, wait_for
 from .redisproc import RedisProcess

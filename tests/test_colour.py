@@ -1,7 +1,7 @@
-"""Colour conversion and resize on the device (monitor.colour) equal today's CPU path.
+"""Colour conversion and resize on the device (monitor.media.colour) equal today's CPU path.
 
 The CPU path is FFmpeg's rgb24 conversion (PyAV ``to_ndarray``), then /255 and the
-bicubic antialiased resize of ``monitor.embed.preprocess``. The device path uploads
+bicubic antialiased resize of ``monitor.core.embed.preprocess``. The device path uploads
 4:2:0 planes and converts them with torch; both run here on the CPU, and the
 ``cuda`` test repeats the comparison on a GPU.
 """
@@ -18,14 +18,14 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from monitor.colour import YUVPlanes, frame_planes, planes_to_pixels, yuv_to_rgb
 from monitor.config import EngineSettings
-from monitor.decode import LiveVideo, frame_to_rgb
-from monitor.embed import Embedder, preprocess
-from monitor.engine import Engine, EngineSample, pixel_path
-from monitor.geometry import window_features
+from monitor.core.embed import Embedder, preprocess
+from monitor.core.geometry import window_features
+from monitor.live.engine import Engine, EngineSample, pixel_path
+from monitor.media.colour import YUVPlanes, frame_planes, planes_to_pixels, yuv_to_rgb
+from monitor.media.decode import LiveVideo, frame_to_rgb
+from monitor.media.sources import SourceFrame
 from monitor.metrics import StreamMetrics
-from monitor.sources import SourceFrame
 from monitor.types import WINDOW_SAMPLES, StreamScore
 
 from .media import write_clip, write_h264_420

@@ -206,8 +206,8 @@ def test_compose_serve_and_worker_score_with_the_bundled_classifier(
     """Each serve and worker service, with its config file and its environment as compose
     resolves them, loads a classifier: P(AI) is reported, and the LikelyAIGenerated alert
     can fire. (The worker's P(AI) is checked end to end in the test above.)"""
-    from monitor.classifier import load_classifier
-    from monitor.published import bundled_classifier_dir
+    from monitor.core.classifier import load_classifier
+    from monitor.core.published import bundled_classifier_dir
     from workers.common import build_classifier
 
     services = compose_config()["services"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.decode_file import probe, sample_file
-from monitor.embed import Embedder
-from monitor.pipeline import score_file
-from monitor.sampler import centre_window_start, window_times
+from monitor.core.embed import Embedder
+from monitor.core.pipeline import score_file
+from monitor.media.decode_file import probe, sample_file
+from monitor.media.sampler import centre_window_start, window_times
 from monitor.types import Sample
 from tests.media import write_clip
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.backbone import load_backbone
-from monitor.embed import Embedder
-from monitor.pipeline import score_file
+from monitor.core.backbone import load_backbone
+from monitor.core.embed import Embedder
+from monitor.core.pipeline import score_file
 from tests.media import write_clip
 
 pytestmark = pytest.mark.cuda

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.dataset import extract_features, load_table, read_errors
-from monitor.discovery import ClipSpec, discover
+from monitor.core.pipeline import ClipResult, score_file
 from monitor.errors import ConfigError
-from monitor.pipeline import ClipResult, score_file
+from monitor.learn.dataset import extract_features, load_table, read_errors
+from monitor.learn.discovery import ClipSpec, discover
 from monitor.types import FEATURE_NAMES
 
 from .media import write_clip

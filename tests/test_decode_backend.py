@@ -15,12 +15,17 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.colour import frame_planes, yuv_to_rgb
 from monitor.config import ServeSettings, ServeSourceSettings, StreamSpec
-from monitor.decode import LiveVideo, choose_decode_backend, frame_to_rgb, gpu_decode_available
-from monitor.sources.base import SourceContext
-from monitor.sources.file import FileSource
-from monitor.sources.rtsp import resolve_decode_backend
+from monitor.media.colour import frame_planes, yuv_to_rgb
+from monitor.media.decode import (
+    LiveVideo,
+    choose_decode_backend,
+    frame_to_rgb,
+    gpu_decode_available,
+)
+from monitor.media.sources.base import SourceContext
+from monitor.media.sources.file import FileSource
+from monitor.media.sources.rtsp import resolve_decode_backend
 
 from .media import write_h264_420
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.decode_file import probe, sample_file
-from monitor.decode_info import normalise_rotation
-from monitor.embed import Embedder
-from monitor.pipeline import score_file
+from monitor.core.embed import Embedder
+from monitor.core.pipeline import score_file
+from monitor.media.decode_file import probe, sample_file
+from monitor.media.decode_info import normalise_rotation
 from monitor.types import Sample
 
 from .hostile import has_libxvid
@@ -192,7 +192,7 @@ def test_time_guess_follows_ffmpeg_best_effort_rule() -> None:
     """Scrambled pts with sane dts: decode-order times; frames without any dts (a live
     input) keep their pts even after they went backwards (a camera's clock reset), as
     FFmpeg's best-effort timestamp does, instead of counting frames at a guessed rate."""
-    from monitor.decode_guard import TimeGuess
+    from monitor.media.decode_guard import TimeGuess
 
     def times(stamps: list[tuple[int | None, int | None]]) -> list[float]:
         guess = TimeGuess(0.5, 0.04)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.backbone import load_backbone
-from monitor.embed import Embedder, preprocess
+from monitor.core.backbone import load_backbone
+from monitor.core.embed import Embedder, preprocess
 from monitor.errors import ModelError, ModelNotFound
 from tests.conftest import TINY_HIDDEN, build_tiny_dinov2
 
@@ -19,7 +19,7 @@ from tests.conftest import TINY_HIDDEN, build_tiny_dinov2
 def to_hub_layout(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a transformers Dinov2 state dict to the torch.hub (facebookresearch) layout.
 
-    Written independently of monitor.embed (which maps the other way)."""
+    Written independently of monitor.core.embed (which maps the other way)."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for k, v in hf_state.items():
@@ -217,7 +217,7 @@ def test_precisions_load_and_stay_close_to_float32(tiny_model_dir: Path, dtype: 
 
 def test_padding_to_fixed_batch_sizes_keeps_each_frames_embedding(tiny_model_dir: Path) -> None:
     """Compiled models see only a few batch sizes: padded rows never leak into results."""
-    from monitor.embed import _buckets
+    from monitor.core.embed import _buckets
 
     assert _buckets(24) == (1, 2, 4, 8, 16, 24)
     assert _buckets(1) == (1,)

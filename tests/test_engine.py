@@ -16,13 +16,13 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from monitor.config import EngineSettings
-from monitor.decode import LiveVideo, frame_to_rgb
-from monitor.embed import Embedder
-from monitor.engine import Engine, EngineSample
-from monitor.geometry import window_features
+from monitor.core.embed import Embedder
+from monitor.core.geometry import window_features
+from monitor.live.engine import Engine, EngineSample
+from monitor.media.decode import LiveVideo, frame_to_rgb
+from monitor.media.sampler import LiveResolved, LiveSampler
+from monitor.media.sources import SourceFrame
 from monitor.metrics import StreamMetrics
-from monitor.sampler import LiveResolved, LiveSampler
-from monitor.sources import SourceFrame
 from monitor.types import SAMPLE_INTERVAL_S, WINDOW_SAMPLES, RGBArray, StreamScore
 
 from .media import write_clip
@@ -31,7 +31,7 @@ from .media import write_clip
 @pytest.fixture(scope="module")
 def small_embedder(tiny_model_dir: Path) -> Iterator[Embedder]:
     """The tiny model at 112 px (65 tokens): the same code path, 4x less work on 2 cores."""
-    from monitor.backbone import load_backbone
+    from monitor.core.backbone import load_backbone
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread is faster than two
@@ -254,7 +254,7 @@ def test_overload_skips_whole_windows_never_single_samples(
 
 
 def test_scores_carry_the_classifier_probability(clip: Path, small_embedder: Embedder) -> None:
-    from monitor.fitting import fit_classifier
+    from monitor.learn.fitting import fit_classifier
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 21))
@@ -275,7 +275,7 @@ def test_scores_carry_the_classifier_probability(clip: Path, small_embedder: Emb
 
 @pytest.mark.cuda
 def test_engine_on_cuda_matches_cpu_reference(clip: Path, tiny_model_dir: Path) -> None:
-    from monitor.backbone import load_backbone
+    from monitor.core.backbone import load_backbone
 
     gpu = Embedder(load_backbone(str(tiny_model_dir), "cuda"), batch_size=16)
     frames = decoded(clip)

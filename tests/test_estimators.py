@@ -21,7 +21,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from monitor.classifier import load_classifier
+from monitor.core.classifier import load_classifier
+from monitor.core.geometry import trajectory_steps, window_features
 from monitor.estimators import (
     ReStraVClassifier,
     TrajectoryFeatures,
@@ -29,7 +30,6 @@ from monitor.estimators import (
     _as_trajectories,
     save_pipeline,
 )
-from monitor.geometry import trajectory_steps, window_features
 from monitor.types import FEATURE_NAMES
 from tests.media import write_clip
 from tests.test_score import run_cli
@@ -280,7 +280,7 @@ def test_notebook_example_runs(clips: list[str], tiny_model_dir: Path, tmp_path:
 def test_clear_error_without_scikit_learn() -> None:
     code = (
         "import sys; sys.modules['sklearn'] = None\n"
-        "import monitor.pipeline, monitor.classifier  # the core imports without it\n"
+        "import monitor.core.pipeline, monitor.core.classifier  # the core imports without it\n"
         "import monitor.estimators\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from monitor.evaluation import (
+from monitor.learn.evaluation import (
     auroc,
     average_precision,
     binary_metrics,
@@ -23,7 +23,7 @@ from monitor.evaluation import (
     shortcut_baselines,
     tpr_at_fpr,
 )
-from monitor.training import stratified_split
+from monitor.learn.training import stratified_split
 
 from .tables import synthetic_table
 

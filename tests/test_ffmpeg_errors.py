@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.decode import DecodeLimits, LiveVideo, http_status_of
 from monitor.errors import InputError
+from monitor.media.decode import DecodeLimits, LiveVideo, http_status_of
 
 from .liveproc import RtspServer
 
@@ -47,7 +47,7 @@ def test_a_server_error_mid_stream_is_named_not_called_corrupt() -> None:
     a corrupt file."""
     import av.error
 
-    from monitor.decode import _decoded
+    from monitor.media.decode import _decoded
 
     tag = 0xF8 | ord("5") << 8 | ord("X") << 16 | ord("X") << 24
 

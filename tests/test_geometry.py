@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from monitor.geometry import (
+from monitor.core.geometry import (
     ZERO_STEP_EPS,
     WindowRing,
     features_from_steps,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.decode import DecodeLimits
-from monitor.sources.rtsp import AVSource, burst_frames
+from monitor.media.decode import DecodeLimits
+from monitor.media.sources.rtsp import AVSource, burst_frames
 
 from .queue_helpers import http_server
 
@@ -49,7 +49,7 @@ async def test_hls_buffer_follows_the_serve_settings(tmp_path: Path) -> None:
     """Through the opener serve uses: hls_segment_s and hls_buffer_mib from the settings
     (a 1280x720 feed, 1.3 MiB a frame: 16 MiB hold 12 frames of the 50 in 2 s)."""
     from monitor.config import StreamSpec, load_settings
-    from monitor.sources.base import SourceContext
+    from monitor.media.sources.base import SourceContext
 
     out = tmp_path / "hls"
     out.mkdir()

@@ -18,9 +18,7 @@ import redis
 
 from monitor import keys
 from monitor.config import QueueSettings
-from monitor.decode import DecodeLimits, LiveVideo
-from monitor.decode_file import probe, sample_file
-from monitor.embed import Embedder
+from monitor.core.embed import Embedder
 from monitor.errors import (
     DecodeError,
     DecodeTimeout,
@@ -28,9 +26,11 @@ from monitor.errors import (
     NotEnoughFrames,
     UnsupportedSource,
 )
-from monitor.fetch import SourcePolicy, local_source
+from monitor.media.decode import DecodeLimits, LiveVideo
+from monitor.media.decode_file import probe, sample_file
+from monitor.media.fetch import SourcePolicy, local_source
+from monitor.media.safe_input import DEFAULT_FORMATS, OpenedFile
 from monitor.queue import ClipScorer, Job, JobOptions, enqueue, get_result
-from monitor.safe_input import DEFAULT_FORMATS, OpenedFile
 
 from .conftest import SHARED_CLIPS
 from .hostile import UNKNOWN_CODEC, Case, ffmpeg, make_corpus, unknown_codec
@@ -308,7 +308,7 @@ def test_a_file_stream_reads_the_file_it_checked(
     """`restrav serve` file streams (LiveVideo): the name swapped for a playlist right
     after the check changes nothing: FFmpeg reads the file that was opened and checked,
     and closing the stream closes its descriptor."""
-    import monitor.decode as decode
+    import monitor.media.decode as decode
 
     path = tmp_path / "cam.mp4"
     write_clip(path, fps=25, n_frames=10, size=(64, 48))
@@ -354,7 +354,7 @@ def test_closing_twice_never_closes_a_descriptor_reused_since(tmp_path: Path) ->
         finally:
             os.close(other)
 
-    from monitor.safe_input import open_local
+    from monitor.media.safe_input import open_local
 
     opened = open_local(clip, 1 << 30)
     reused_after(opened.close, opened.fd)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.http_guard import JsonTooDeep, json_depth, loads_json
+from monitor.live.http_guard import JsonTooDeep, json_depth, loads_json
 
 from .redisproc import free_port, wait_port
 

@@ -17,12 +17,12 @@ import redis
 from pydantic import ValidationError
 
 from monitor import keys
-from monitor.decode import DecodeLimits
-from monitor.embed import Embedder
+from monitor.core.embed import Embedder
 from monitor.errors import InputError
-from monitor.fetch import DownloadTimeout, SourcePolicy, download, local_source
+from monitor.media.decode import DecodeLimits
+from monitor.media.fetch import DownloadTimeout, SourcePolicy, download, local_source
+from monitor.media.safe_input import open_local
 from monitor.queue import ClipScorer, Job
-from monitor.safe_input import open_local
 
 from .media import write_clip
 from .queue_helpers import jobs, running_worker, sample, serve_http, wait_for

@@ -54,7 +54,7 @@ def test_score_serve_and_worker_run_without_the_train_extra(
     clip = tmp_path / "a.mp4"
     write_clip(clip, fps=25, n_frames=60, size=(64, 48))
     code = BLOCK + (
-        "import workers.serve_cmd, workers.queue_cmd, monitor.queue, monitor.service\n"
+        "import workers.serve_cmd, workers.queue_cmd, monitor.queue, monitor.live.service\n"
         "from workers.cli import main\n"
         f"sys.exit(main(['score', {str(clip)!r}, '--model', {str(tiny_model_dir)!r},"
         " '--device', 'cpu']))\n"

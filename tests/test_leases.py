@@ -17,11 +17,11 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from monitor import keys
-from monitor.alerts import AlertEvent
-from monitor.assignment import plan, targets
-from monitor.leases import Lease, LeaseStore, ReplicaInfo, parse_lease
+from monitor.cluster.assignment import plan, targets
+from monitor.cluster.leases import Lease, LeaseStore, ReplicaInfo, parse_lease
+from monitor.live.alerts import AlertEvent
+from monitor.live.sinks import RedisSink
 from monitor.metrics import StreamMetrics
-from monitor.sinks import RedisSink
 from monitor.types import Score, StreamScore, WindowFeatures
 
 

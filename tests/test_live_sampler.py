@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.sampler import GridSampler, LiveSampler, grid_times
+from monitor.media.sampler import GridSampler, LiveSampler, grid_times
 from monitor.types import SAMPLE_INTERVAL_S
 
 
@@ -114,7 +114,7 @@ def test_arguments_must_be_positive() -> None:
 def test_edges_within_the_time_slack_and_the_gap_tolerance() -> None:
     """Exactly at the slack or the tolerance is not a gap; a frame at a sample time plus
     the slack shows that sample; indices count every frame pushed, from 0."""
-    eps = 1e-9  # monitor.sampler._TIME_EPS_S
+    eps = 1e-9  # monitor.media.sampler._TIME_EPS_S
     s: LiveSampler[str] = LiveSampler(gap_tolerance_s=0.5, interval_s=0.25)
     assert s.push("a", 0.0) == (None, [])
     assert s.push("b", 0.0) == (None, [])  # the same time again: not backwards

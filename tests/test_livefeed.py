@@ -1,4 +1,4 @@
-"""The operator page's feed and its Server-Sent Events stream (monitor.livefeed).
+"""The operator page's feed and its Server-Sent Events stream (monitor.live.livefeed).
 
 The feed runs in a real aiohttp server on loopback; clients are aiohttp's own
 client and raw sockets (a client that connects and never reads). Scores are
@@ -20,10 +20,10 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout, web
 from prometheus_client import CollectorRegistry
 
-from monitor.alerts import AlertEvent
-from monitor.api import check_bearer
 from monitor.config import UiSettings, load_settings
-from monitor.livefeed import THETA_MEAN, LiveFeed, add_ui_routes
+from monitor.live.alerts import AlertEvent
+from monitor.live.api import check_bearer
+from monitor.live.livefeed import THETA_MEAN, LiveFeed, add_ui_routes
 from monitor.metrics import LiveFeedMetrics
 from monitor.types import N_FEATURES, Score, StreamScore, WindowFeatures
 from tests.webrtc_peers import Service, free_port, serve_app

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema_rs
 import schemathesis
 
-from monitor.openapi import OPERATIONS, openapi_document
+from monitor.live.openapi import OPERATIONS, openapi_document
 
 from . import test_api
 from .test_api import AUTH, Harness

@@ -20,14 +20,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from monitor.api import ApiContext, create_app
 from monitor.config import EngineSettings, ServeSettings, StreamSpec
-from monitor.engine import Engine, EngineSample
+from monitor.live.api import ApiContext, create_app
+from monitor.live.engine import Engine, EngineSample
+from monitor.live.service import StreamManager
+from monitor.live.shedding import ACCEPT, YIELD_WINDOW, BatchCost, Shedder, derive_sizes
+from monitor.live.sinks import MemorySink
+from monitor.live.standin import StandInEmbedder, StillFrame, register_synthetic_source
 from monitor.metrics import StreamMetrics
-from monitor.service import StreamManager
-from monitor.shedding import ACCEPT, YIELD_WINDOW, BatchCost, Shedder, derive_sizes
-from monitor.sinks import MemorySink
-from monitor.standin import StandInEmbedder, StillFrame, register_synthetic_source
 from monitor.types import SAMPLE_INTERVAL_S, WINDOW_SAMPLES, StreamScore
 
 W = WINDOW_SAMPLES

@@ -23,8 +23,8 @@ import yaml
 from aiohttp import ClientError, ClientSession
 
 from monitor import keys
-from monitor.classifier import Classifier, Scaler
 from monitor.config import load_settings
+from monitor.core.classifier import Classifier, Scaler
 from tests.media import pattern_frame, write_clip
 from tests.test_webrtc_service import TOKEN, settings_for
 from tests.webrtc_peers import ClipTrack, Service, WhipPublisher, free_port, metric_value

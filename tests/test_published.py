@@ -21,11 +21,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monitor.classifier import load_classifier
-from monitor.embed import Embedder
-from monitor.geometry import WindowRing, trajectory_steps, window_features
-from monitor.pipeline import score_file
-from monitor.published import (
+from monitor.core.classifier import load_classifier
+from monitor.core.embed import Embedder
+from monitor.core.geometry import WindowRing, trajectory_steps, window_features
+from monitor.core.pipeline import score_file
+from monitor.core.published import (
     DEFAULT_CLASSIFIER,
     bundled_classifier_dir,
     import_upstream,
@@ -300,7 +300,7 @@ def test_serve_file_stream_scores_with_the_default_classifier_as_upstream(
 
     import yaml
 
-    from monitor.backbone import load_backbone
+    from monitor.core.backbone import load_backbone
 
     from .redisproc import free_port
 
@@ -470,8 +470,8 @@ def slow_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_extract_train_eval_round_trip_in_the_upstream_convention(
     slow_clips: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from monitor.backbone import load_backbone
-    from monitor.dataset import load_table
+    from monitor.core.backbone import load_backbone
+    from monitor.learn.dataset import load_table
 
     config = tmp_path / "settings.yaml"
     config.write_text("model:\n  image_size: 112\n")

@@ -16,9 +16,10 @@ import redis
 
 from monitor import keys
 from monitor.config import QueueSettings
-from monitor.decode import DecodeLimits
-from monitor.embed import Embedder
-from monitor.fetch import SourcePolicy, local_source
+from monitor.core.embed import Embedder
+from monitor.media.decode import DecodeLimits
+from monitor.media.fetch import SourcePolicy, local_source
+from monitor.media.safe_input import OpenedFile
 from monitor.queue import (
     ClipScorer,
     Job,
@@ -32,7 +33,6 @@ from monitor.queue import (
     trim_jobs,
     wait_results,
 )
-from monitor.safe_input import OpenedFile
 from workers.cli import main as cli_main
 
 from .media import write_clip

@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor import keys
 from monitor.config import QueueSettings
-from monitor.decode import DecodeLimits
-from monitor.embed import Embedder
+from monitor.core.embed import Embedder
+from monitor.media.decode import DecodeLimits
 from monitor.metrics import QueueMetrics
 from monitor.queue import (
     ClipScorer,

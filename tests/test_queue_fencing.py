@@ -31,8 +31,9 @@ from prometheus_client import CollectorRegistry
 
 from monitor import keys
 from monitor.config import QueueSettings
-from monitor.decode import DecodeLimits
-from monitor.embed import Embedder
+from monitor.core.embed import Embedder
+from monitor.media.decode import DecodeLimits
+from monitor.media.safe_input import OpenedFile
 from monitor.metrics import QueueMetrics
 from monitor.queue import (
     ClipScorer,
@@ -46,7 +47,6 @@ from monitor.queue import (
     queue_stats,
     worker_health,
 )
-from monitor.safe_input import OpenedFile
 
 from .media import write_clip
 from .queue_helpers import FAST_QUEUE, running_worker, sample, submit_replying, wait_for

@@ -28,11 +28,11 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import ResponseError
 
 from monitor import keys
+from monitor.live.sinks import RedisSink
+from monitor.live.sinks.base import sink_ready_check
+from monitor.live.sinks.fenced import FencedWriter
 from monitor.metrics import StreamMetrics
 from monitor.redis_faults import redis_unavailable, refusal_code, write_refused
-from monitor.sinks import RedisSink
-from monitor.sinks.base import sink_ready_check
-from monitor.sinks.fenced import FencedWriter
 
 from .redisproc import RedisProcess
 from .test_sinks import score

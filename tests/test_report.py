@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 
-from monitor.model_card import write_training_outputs
-from monitor.report import PLOTS, evaluate_artifact, write_report
-from monitor.training import read_split, train
+from monitor.learn.model_card import write_training_outputs
+from monitor.learn.report import PLOTS, evaluate_artifact, write_report
+from monitor.learn.training import read_split, train
 
 from .tables import synthetic_table
 
@@ -65,7 +65,7 @@ def test_a_table_of_new_clips_is_evaluated_whole(tmp_path: Path) -> None:
 
 def test_timeline_legend_shows_clip_ids_starting_with_underscore() -> None:
     """matplotlib drops legend labels that start with `_`: clip ids may (``_cam1/a.mp4``)."""
-    from monitor.plots import draw_timeline, pyplot
+    from monitor.learn.plots import draw_timeline, pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots()

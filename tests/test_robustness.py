@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from monitor.backbone import load_backbone
-from monitor.embed import Embedder
-from monitor.fitting import fit_classifier
-from monitor.pipeline import score_file
-from monitor.robustness import (
+from monitor.core.backbone import load_backbone
+from monitor.core.embed import Embedder
+from monitor.core.pipeline import score_file
+from monitor.learn.fitting import fit_classifier
+from monitor.learn.robustness import (
     robustness_markdown,
     robustness_report,
     run_robustness,

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.decode_file import probe, sample_file
-from monitor.sampler import GridSampler, centre_window_start, grid_times, window_times
+from monitor.media.decode_file import probe, sample_file
+from monitor.media.sampler import GridSampler, centre_window_start, grid_times, window_times
 from monitor.types import SAMPLE_INTERVAL_S, WINDOW_SAMPLES, Sample
 from tests.media import decoded_pts, write_clip
 
@@ -80,7 +80,7 @@ def test_grid_sampler_times_before_the_first_frame_are_resolved_at_once() -> Non
 def test_grid_sampler_edges_within_the_time_slack() -> None:
     """A frame whose time is a sample time plus the slack shows that sample; a sample at
     the first frame's time is not before it; no sample times at all is no work."""
-    eps = 1e-9  # monitor.sampler._TIME_EPS_S
+    eps = 1e-9  # monitor.media.sampler._TIME_EPS_S
     s: GridSampler[str] = GridSampler([0.25, 0.5])
     assert s.push("a", 0.0) == []
     assert s.push("b", 0.25 + eps) == []  # 0.25 belongs to b, not a

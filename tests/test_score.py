@@ -14,12 +14,12 @@ import av
 import numpy as np
 import pytest
 
-from monitor.decode_file import probe, sample_file
-from monitor.embed import Embedder
-from monitor.fitting import fit_classifier
-from monitor.geometry import window_features
-from monitor.pipeline import score_file
-from monitor.sampler import centre_window_start, grid_times, window_times
+from monitor.core.embed import Embedder
+from monitor.core.geometry import window_features
+from monitor.core.pipeline import score_file
+from monitor.learn.fitting import fit_classifier
+from monitor.media.decode_file import probe, sample_file
+from monitor.media.sampler import centre_window_start, grid_times, window_times
 from monitor.types import FEATURE_NAMES, WINDOW_SAMPLES, Sample
 from tests.conftest import TINY_HIDDEN
 from tests.media import decoded_pts, write_clip

@@ -15,10 +15,10 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from monitor import keys
-from monitor.alerts import AlertEvent
+from monitor.live.alerts import AlertEvent
+from monitor.live.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink
+from monitor.live.sinks.base import sink_ready_check
 from monitor.metrics import StreamMetrics
-from monitor.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink
-from monitor.sinks.base import sink_ready_check
 from monitor.types import Score, StreamScore, WindowFeatures
 
 from .redisproc import RedisProcess

@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from monitor.alerts import AlertTracker
-from monitor.service import Backoff, strip_credentials
-from monitor.sources import DropPolicy, FrameBuffer, SourceClosed, SourceError, SourceFrame
+from monitor.live.alerts import AlertTracker
+from monitor.live.service import Backoff, strip_credentials
+from monitor.media.sources import DropPolicy, FrameBuffer, SourceClosed, SourceError, SourceFrame
 
 
 def test_backoff_delays_stay_between_floor_and_exponential_ceiling() -> None:
@@ -122,10 +122,10 @@ async def test_buffer_block_policy_loses_nothing_and_ends_with_the_error() -> No
 def test_an_unwatched_stream_leaves_its_alert(kind: str, state: str, reason: str | None) -> None:
     from prometheus_client import CollectorRegistry
 
-    from monitor.alerts import AlertEvent
     from monitor.config import StreamSpec, load_settings
+    from monitor.live.alerts import AlertEvent
+    from monitor.live.stream_task import ManagedStream, StreamRunner
     from monitor.metrics import StreamMetrics
-    from monitor.stream_task import ManagedStream, StreamRunner
 
     metrics = StreamMetrics(CollectorRegistry())
     events: list[AlertEvent] = []
@@ -163,9 +163,9 @@ async def test_a_window_scored_after_the_stream_was_paused_leaves_its_alert_alon
     ``alert_end``: they are published, but start no alert (``min_duration_s`` 0) and arm
     none (a high score after resuming must wait ``min_duration_s`` again)."""
     from monitor.config import StreamSpec, load_settings
-    from monitor.service import StreamManager
-    from monitor.sinks.memory import MemorySink
-    from monitor.stream_task import ManagedStream
+    from monitor.live.service import StreamManager
+    from monitor.live.sinks.memory import MemorySink
+    from monitor.live.stream_task import ManagedStream
     from monitor.types import Score, StreamScore, WindowFeatures
 
     sink = MemorySink()

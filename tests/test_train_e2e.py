@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monitor.classifier import load_classifier
-from monitor.dataset import load_table
-from monitor.pipeline import score_file
-from monitor.report import PLOTS
-from monitor.training import read_split, train
+from monitor.core.classifier import load_classifier
+from monitor.core.pipeline import score_file
+from monitor.learn.dataset import load_table
+from monitor.learn.report import PLOTS
+from monitor.learn.training import read_split, train
 
 from .media import pattern_frame, write_clip
 
@@ -94,8 +94,8 @@ IMAGE_SIZE = 112
 def test_extract_train_eval_score(
     labelled_clips: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from monitor.backbone import load_backbone
-    from monitor.embed import Embedder
+    from monitor.core.backbone import load_backbone
+    from monitor.core.embed import Embedder
 
     config = tmp_path / "settings.yaml"
     config.write_text(f"model:\n  image_size: {IMAGE_SIZE}\n")
@@ -159,7 +159,7 @@ def test_extract_train_eval_score(
     np.save(tmp_path / "x.npy", test_centre.features)
     x_npy, p_npy = str(tmp_path / "x.npy"), str(tmp_path / "p.npy")
     code = ("import numpy as np; from pathlib import Path; "
-            "from monitor.classifier import load_classifier; "
+            "from monitor.core.classifier import load_classifier; "
             f"p = load_classifier(Path({str(art)!r})).predict_proba(np.load({x_npy!r})); "
             f"np.save({p_npy!r}, p)")
     env = dict(os.environ, PYTHONPATH=str(ROOT))

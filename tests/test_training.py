@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor import classifier as classifier_mod
-from monitor.classifier import load_classifier
-from monitor.dataset import FeatureTable
+from monitor.core.classifier import load_classifier
 from monitor.errors import ConfigError
-from monitor.model_card import write_training_outputs
-from monitor.training import (
+from monitor.learn.dataset import FeatureTable
+from monitor.learn.model_card import write_training_outputs
+from monitor.learn.training import (
     CARD_FILE,
     SPLIT_FILE,
     group_split,
@@ -163,7 +163,7 @@ def test_training_free_kinds_train_on_real_only_tables(kind: str, tmp_path: Path
 
 
 def test_cli_train_and_eval_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from monitor.dataset import load_table, write_table
+    from monitor.learn.dataset import load_table, write_table
     from workers.cli import main
 
     table = synthetic_table(fps_shortcut=True)

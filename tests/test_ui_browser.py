@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession
 
-from monitor.alerts import AlertEvent
-from monitor.classifier import Classifier, Scaler
 from monitor.config import Settings, UiSettings, load_settings
-from monitor.livefeed import THETA_MEAN
-from monitor.pipeline import score_file
+from monitor.core.classifier import Classifier, Scaler
+from monitor.core.pipeline import score_file
+from monitor.live.alerts import AlertEvent
+from monitor.live.livefeed import THETA_MEAN
 from tests.media import write_clip
 from tests.test_webrtc_browser import (
     CHROMIUM,

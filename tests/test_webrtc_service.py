@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-import monitor.sources.webrtc as webrtc_source
+import monitor.webrtc.tracks as webrtc_source
 from monitor import keys
 from monitor.config import Settings, load_settings
-from monitor.geometry import window_features
+from monitor.core.geometry import window_features
 from monitor.types import SAMPLE_INTERVAL_S, WINDOW_SAMPLES
 from tests.media import pattern_frame
 from tests.webrtc_peers import (

@@ -10,8 +10,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from monitor.metrics import WebRTCMetrics
-from monitor.sources.webrtc import WebRTCError
-from monitor.sources.whep import WhepSource, same_origin, whep_target
+from monitor.webrtc.tracks import WebRTCError
+from monitor.webrtc.whep import WhepSource, same_origin, whep_target
 from tests.media import pattern_frame
 from tests.webrtc_peers import WhepServer
 

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor.config import WebRTCSettings
 from monitor.metrics import WebRTCMetrics
-from monitor.sources.webrtc import TrackSource, WebRTCError
-from monitor.whip import WhipEndpoint
+from monitor.webrtc.tracks import TrackSource, WebRTCError
+from monitor.webrtc.whip import WhipEndpoint
 from tests.media import pattern_frame
 from tests.webrtc_peers import ClipTrack, WhipPublisher, ice, serve_app, whip_offer
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.geometry import ZERO_STEP_EPS, WindowRing, window_features
+from monitor.core.geometry import ZERO_STEP_EPS, WindowRing, window_features
 from monitor.types import WINDOW_SAMPLES
 
 

@@ -244,7 +244,7 @@ def free_port() -> int:
 
 def tiny_classifier(directory: Path) -> Path:
     """A logistic-regression artifact fitted on synthetic features (scores in (0, 1))."""
-    from monitor.fitting import fit_classifier
+    from monitor.learn.fitting import fit_classifier
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (64, 21)), rng.normal(0.5, 1, (64, 21))])

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monitor.config import MODEL_DTYPES, Settings, load_settings
-from monitor.decode import DecodeLimits
 from monitor.errors import ConfigError
+from monitor.media.decode import DecodeLimits
 
 if TYPE_CHECKING:  # torch loads with these: imported where a model is built
-    from monitor.classifier import Classifier
-    from monitor.embed import Embedder
+    from monitor.core.classifier import Classifier
+    from monitor.core.embed import Embedder
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -125,8 +125,8 @@ def decode_limits(settings: Settings) -> DecodeLimits:
 
 def build_embedder(settings: Settings) -> Embedder:
     """Load the backbone named by the settings and wrap it in an Embedder."""
-    from monitor.backbone import load_backbone
-    from monitor.embed import Embedder
+    from monitor.core.backbone import load_backbone
+    from monitor.core.embed import Embedder
 
     m = settings.model
     if m.threads:
@@ -146,8 +146,8 @@ def build_classifier(settings: Settings, embedding_dim: int | None = None) -> Cl
     embedding width ``embedding_dim`` when given, image size, normalisation, dtype)
     is still loaded, with one WARNING naming each difference: its scores were
     calibrated on other features."""
-    from monitor.classifier import load_classifier
-    from monitor.published import resolve_classifier_ref
+    from monitor.core.classifier import load_classifier
+    from monitor.core.published import resolve_classifier_ref
 
     path = resolve_classifier_ref(settings.classifier.path)
     if path is None:
@@ -172,7 +172,7 @@ def embedder_mismatches(
     (``dinov2_vits14`` is ``facebook/dinov2-small``); a local model directory or file
     cannot be named, so its embedding width stands for it when ``embedding_dim`` is given.
     """
-    from monitor.backbone import same_backbone
+    from monitor.core.backbone import same_backbone
 
     m = settings.model
     diffs = clf.backbone_mismatches(

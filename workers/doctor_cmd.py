@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
 
 
 def _model_location(ref: str) -> dict[str, Any]:
-    from monitor.backbone import HUB_NAMES
+    from monitor.core.backbone import HUB_NAMES
 
     path = Path(ref).expanduser()
     if path.is_file():
@@ -69,9 +69,9 @@ def _model_location(ref: str) -> dict[str, Any]:
 
 def _classifier(ref: Path | None) -> dict[str, Any]:
     """Which classifier would score, and whether it loads."""
-    from monitor.classifier import load_classifier
+    from monitor.core.classifier import load_classifier
+    from monitor.core.published import resolve_classifier_ref
     from monitor.errors import ArtifactError
-    from monitor.published import resolve_classifier_ref
 
     path = resolve_classifier_ref(ref)
     if path is None:

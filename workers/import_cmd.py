@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check and convert; write OUT (with LICENSE and NOTICE) atomically."""
-    from monitor.published import import_upstream, notice_text
+    from monitor.core.published import import_upstream, notice_text
 
     src: Path = args.src
     out: Path = args.out

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from monitor import keys
 from monitor.config import QueueSettings, Settings, load_settings
 from monitor.errors import ConfigError, RestravError
-from monitor.fetch import SourcePolicy
+from monitor.media.fetch import SourcePolicy
 from monitor.metrics import QueueMetrics
 from monitor.queue import (
     JOB_ID_PATTERN,

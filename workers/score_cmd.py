@@ -10,9 +10,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from monitor.core.pipeline import error_json, score_file
+from monitor.core.published import resolve_classifier_ref
 from monitor.errors import RestravError
-from monitor.pipeline import error_json, score_file
-from monitor.published import resolve_classifier_ref
 
 from .common import (
     EXIT_OK,

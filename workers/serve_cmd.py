@@ -21,7 +21,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from monitor.api import (
+from monitor.cluster.manager import ClusteredStreamManager
+from monitor.config import ServeSettings, Settings, StreamSpec
+from monitor.errors import ConfigError, InputError
+from monitor.live.api import (
     ApiContext,
     ReadyCheck,
     check_bearer,
@@ -29,20 +32,17 @@ from monitor.api import (
     redis_ready_check,
     resolve_token,
 )
-from monitor.cluster import ClusteredStreamManager
-from monitor.config import ServeSettings, Settings, StreamSpec
-from monitor.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap
-from monitor.errors import ConfigError, InputError
-from monitor.http_guard import ServerLog
-from monitor.livefeed import LiveFeed, add_ui_routes
+from monitor.live.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap
+from monitor.live.http_guard import ServerLog
+from monitor.live.livefeed import LiveFeed, add_ui_routes
+from monitor.live.service import RedisDesiredStore, StreamManager, validate_spec
+from monitor.live.shedding import MAX_DERIVED_BATCH
+from monitor.live.sinks import FanoutSink, RedisSink, StdoutSink
+from monitor.live.sinks.base import Sink, sink_ready_check
+from monitor.live.solo import SoloGuard
+from monitor.media.sources.rtsp import resolve_decode_backend
 from monitor.metrics import LiveFeedMetrics, StreamMetrics
-from monitor.service import RedisDesiredStore, StreamManager, validate_spec
-from monitor.shedding import MAX_DERIVED_BATCH
-from monitor.sinks import FanoutSink, RedisSink, StdoutSink
-from monitor.sinks.base import Sink, sink_ready_check
-from monitor.solo import SoloGuard
-from monitor.sources.rtsp import resolve_decode_backend
-from monitor.whip_hub import attach_webrtc
+from monitor.webrtc.hub import attach_webrtc
 
 from .common import (
     EXIT_OK,

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from monitor.classifier import KINDS
+from monitor.core.classifier import KINDS
 from monitor.errors import ConfigError
-from monitor.robustness import (
+from monitor.learn.robustness import (
     DEFAULT_TRANSFORMS,
     TRANSFORMS,
     robustness_markdown,
@@ -203,7 +203,7 @@ def register(sub: Any) -> None:
 
 
 def _emit(obj: Any) -> None:
-    from monitor.evaluation import json_ready
+    from monitor.learn.evaluation import json_ready
 
     sys.stdout.write(json.dumps(json_ready(obj)) + "\n")
     sys.stdout.flush()
@@ -211,8 +211,8 @@ def _emit(obj: Any) -> None:
 
 def run_extract(args: argparse.Namespace) -> int:
     """Discover clips, extract their features; exit 1 if any clip failed."""
-    from monitor.dataset import extract_features  # pyarrow: the train extra
-    from monitor.discovery import discover  # pyarrow: the train extra
+    from monitor.learn.dataset import extract_features  # pyarrow: the train extra
+    from monitor.learn.discovery import discover  # pyarrow: the train extra
 
     settings = settings_from_args(args)
     clips = discover(args.source)
@@ -252,9 +252,9 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, write the artifact, print the held-out metrics."""
-    from monitor.dataset import load_table  # pyarrow: the train extra
-    from monitor.model_card import write_training_outputs
-    from monitor.training import train
+    from monitor.learn.dataset import load_table  # pyarrow: the train extra
+    from monitor.learn.model_card import write_training_outputs
+    from monitor.learn.training import train
 
     table = load_table(args.table)
     try:
@@ -293,11 +293,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate and write the report."""
-    from monitor.classifier import load_classifier
-    from monitor.dataset import load_table  # pyarrow: the train extra
-    from monitor.published import resolve_classifier_ref
-    from monitor.report import evaluate_artifact, write_report
-    from monitor.training import read_split
+    from monitor.core.classifier import load_classifier
+    from monitor.core.published import resolve_classifier_ref
+    from monitor.learn.dataset import load_table  # pyarrow: the train extra
+    from monitor.learn.report import evaluate_artifact, write_report
+    from monitor.learn.training import read_split
 
     table = load_table(args.table)
     clf_dir = resolve_classifier_ref(args.classifier)
@@ -329,8 +329,8 @@ def _recalibrate(clf: Any, clf_dir: Path, table: Any, args: argparse.Namespace) 
     """Write ``clf`` with the threshold for ``--target-fpr`` on the table's real centre rows."""
     import shutil
 
-    from monitor.dataset import CENTRE
-    from monitor.fitting import threshold_for_fpr
+    from monitor.learn.dataset import CENTRE
+    from monitor.learn.fitting import threshold_for_fpr
 
     if not 0.0 <= args.target_fpr < 1.0:
         raise ConfigError(f"--target-fpr must be in [0, 1), got {args.target_fpr}")
@@ -351,8 +351,8 @@ def _recalibrate(clf: Any, clf_dir: Path, table: Any, args: argparse.Namespace) 
 
 def run_robustness_cmd(args: argparse.Namespace) -> int:
     """Transform, score, report; exit 1 if any variant failed."""
-    from monitor.evaluation import json_ready
-    from monitor.pipeline import score_file
+    from monitor.core.pipeline import score_file
+    from monitor.learn.evaluation import json_ready
 
     settings = settings_from_args(args)
     embedder = build_embedder(settings)

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from .. import keys
 from ..errors import InputError
-from ..fetch import SourcePolicy, local_source
+from ..media.fetch import SourcePolicy, local_source
 from ..redaction import redact_url
 from ..redis_faults import redis_unavailable
 from .answers import Answers

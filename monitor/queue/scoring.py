@@ -8,15 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..decode import DecodeLimits
-from ..safe_input import OpenedFile
+from ..media.decode import DecodeLimits
+from ..media.safe_input import OpenedFile
 from ..types import FEATURE_NAMES, NO_CLASSIFIER, Score
 from .jobs import INVALID_JOB, UNKNOWN_CLASSIFIER, JobOptions, JobRejected
 
 if TYPE_CHECKING:  # torch: imported when a clip is scored (`worker --check` stays light)
-    from ..classifier import Classifier
-    from ..embed import Embedder
-    from ..pipeline import ClipResult
+    from ..core.classifier import Classifier
+    from ..core.embed import Embedder
+    from ..core.pipeline import ClipResult
 
 
 def _mean(values: list[float]) -> float | None:
@@ -107,7 +107,7 @@ class ClipScorer:
                     raise JobRejected(
                         UNKNOWN_CLASSIFIER, f"unknown classifier {name!r} (known: {known})"
                     )
-                from ..classifier import load_classifier
+                from ..core.classifier import load_classifier
 
                 self._loaded[name] = load_classifier(self.paths[name])
             return self._loaded[name]
@@ -122,7 +122,7 @@ class ClipScorer:
 
     def __call__(self, path: OpenedFile, options: JobOptions, shown: str) -> dict[str, Any]:
         """Score ``path``; return ``{"clip": ClipResult.to_json(), "aggregate": ...}``."""
-        from ..pipeline import score_file
+        from ..core.pipeline import score_file
 
         classifier = self.check(options)
         result = score_file(

@@ -13,7 +13,7 @@ import redis
 
 from .. import keys
 from ..config import QueueSettings
-from ..fetch import SourcePolicy
+from ..media.fetch import SourcePolicy
 from ..metrics import QueueMetrics
 from .answers import Answers
 from .backoff import Backoff

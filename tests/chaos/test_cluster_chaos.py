@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.cluster import ORPHAN_TICKS
+from monitor.cluster.manager import ORPHAN_TICKS
 from monitor.types import WINDOW_S
 from tests.cluster_procs import Cluster, PartitionProxy, check_no_overlap, stream_clip, wait_for
 from tests.redisproc import RedisProcess

@@ -1,0 +1,194 @@
+"""Stream leases and replica heartbeats in Redis: who runs which live stream.
+
+Contract:
+
+* A lease is the key ``restrav:{stream}:lease`` holding ``"<replica> <fence>"``
+  with a TTL. :meth:`LeaseStore.acquire` takes a free lease in one Lua script
+  that also INCRs ``restrav:{stream}:fence``: the fencing token, which grows
+  with every new owner as long as Redis keeps its data (after a data loss the
+  counter starts again at 1, so two owners in turn may hold the same token).
+  Every score, ``latest`` and event write carries the writer's name and token,
+  and Redis refuses it unless the lease holds exactly that name and token and
+  the counter equals the token (:mod:`monitor.live.sinks.fenced`), so a paused or
+  partitioned former owner can never write after the new owner took the
+  lease, even across a Redis restart without data.
+* :meth:`renew` extends leases this replica still holds; a lease that expired
+  without anyone taking it (the counter still equals our token) is taken back
+  under the same token. Any other outcome is a loss: the caller stops the
+  stream at once. :meth:`release` deletes a lease only if it is still ours.
+* Replicas register in the set ``restrav:replicas`` and keep a heartbeat key
+  ``restrav:replica:<name>`` (JSON: capacity, owned, draining) with a TTL;
+  :meth:`replicas` returns the live ones and prunes the dead names.
+* Every method raises redis errors to the caller (the coordinator counts them
+  and tries again on its next tick); nothing here sleeps or loops.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .. import keys
+
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then return {0, cur} end
+local t = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. t, 'PX', ARGV[2])
+return {t, ''}
+"""
+
+_RENEW = """
+local cur = redis.call('GET', KEYS[1])
+local mine = ARGV[1] .. ' ' .. ARGV[2]
+if cur == mine then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if (not cur) and redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('SET', KEYS[1], mine, 'PX', ARGV[3])
+  return 2
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease as read from Redis: its holder and fencing token."""
+
+    owner: str
+    fence: int
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """One replica's heartbeat: capacity (streams it may run), owned, draining."""
+
+    name: str
+    capacity: int
+    owned: int = 0
+    draining: bool = False
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def parse_lease(raw: Any) -> Lease | None:
+    """``"<replica> <fence>"`` -> Lease (None for a missing or malformed value)."""
+    if raw is None:
+        return None
+    owner, _, fence = _text(raw).rpartition(" ")
+    try:
+        return Lease(owner, int(fence)) if owner else None
+    except ValueError:
+        return None
+
+
+class LeaseStore:
+    """Leases and heartbeats of one replica (see the module docstring)."""
+
+    def __init__(self, client: Any, replica: str, lease_ttl_s: float) -> None:
+        if not replica or " " in replica:
+            raise ValueError(f"replica name {replica!r} must be non-empty without spaces")
+        self.client = client
+        self.replica = replica
+        self.ttl_ms = max(1, int(lease_ttl_s * 1000))
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    async def acquire(self, stream_id: str) -> int | None:
+        """Take the free lease of ``stream_id``: the new fencing token, or None if held."""
+        res = await self._acquire(
+            keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id)],
+            args=[self.replica, self.ttl_ms],
+        )
+        token = int(res[0])
+        return token if token > 0 else None
+
+    async def renew(self, owned: dict[str, int]) -> dict[str, bool]:
+        """Renew every lease in ``owned`` (id -> token), pipelined: id -> still ours."""
+        if not owned:
+            return {}
+        ids = sorted(owned)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sid in ids:
+                await self._renew(
+                    keys=[keys.stream_lease(sid), keys.stream_fence(sid)],
+                    args=[self.replica, owned[sid], self.ttl_ms],
+                    client=pipe,
+                )
+            res = await pipe.execute()
+        return {sid: int(r) > 0 for sid, r in zip(ids, res)}
+
+    async def release(self, stream_id: str, token: int) -> bool:
+        """Delete the lease if it is still ours (token and replica); True if it was."""
+        res = await self._release(
+            keys=[keys.stream_lease(stream_id)], args=[keys.lease_value(self.replica, token)]
+        )
+        return int(res) == 1
+
+    async def owners(self, stream_ids: list[str]) -> dict[str, Lease | None]:
+        """The current lease of each stream (None: free)."""
+        if not stream_ids:
+            return {}
+        raw = await self.client.mget([keys.stream_lease(s) for s in stream_ids])
+        return {s: parse_lease(v) for s, v in zip(stream_ids, raw)}
+
+    async def heartbeat(self, info: ReplicaInfo) -> None:
+        """Register this replica and refresh its heartbeat (TTL: the lease TTL)."""
+        body = json.dumps({"capacity": info.capacity, "owned": info.owned,
+                           "draining": info.draining, "at": round(time.time(), 3)})
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.sadd(keys.REPLICAS, self.replica)
+            pipe.set(keys.replica_key(self.replica), body, px=self.ttl_ms)
+            await pipe.execute()
+
+    async def unregister(self) -> None:
+        """Forget this replica's heartbeat (it is leaving)."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.REPLICAS, self.replica)
+            pipe.delete(keys.replica_key(self.replica))
+            await pipe.execute()
+
+    async def replicas(self) -> list[ReplicaInfo]:
+        """Every replica with a live heartbeat, by name; dead names are pruned."""
+        names = sorted(_text(n) for n in await self.client.smembers(keys.REPLICAS))
+        if not names:
+            return []
+        raw = await self.client.mget([keys.replica_key(n) for n in names])
+        out: list[ReplicaInfo] = []
+        dead: list[str] = []
+        for name, v in zip(names, raw):
+            if v is None:
+                dead.append(name)
+                continue
+            try:
+                d = json.loads(v)
+                out.append(ReplicaInfo(name, int(d["capacity"]), int(d.get("owned", 0)),
+                                       bool(d.get("draining", False))))
+            except (ValueError, KeyError, TypeError):
+                dead.append(name)
+        if dead:
+            await self.client.srem(keys.REPLICAS, *dead)
+        return out
+
+    async def last_seq(self, stream_id: str) -> int | None:
+        """The ``seq`` of the stream's newest stored score (None: none yet)."""
+        v = await self.client.hget(keys.stream_latest(stream_id), "seq")
+        try:
+            return int(_text(v)) if v is not None else None
+        except ValueError:
+            return None

@@ -1,0 +1,576 @@
+"""The operator page's live feed: per-stream timelines and a bounded Server-Sent Events fan-out.
+
+Contract:
+
+* :class:`LiveFeed` is a sink (:class:`~monitor.live.sinks.base.Sink`): the stream
+  manager's fan-out hands it every score and alert event, never blocking. It
+  keeps, per stream, a timeline of the last ``history_s`` seconds at one point
+  per ``tick_s`` (the highest P(AI) of the tick, the mean of the mean-curvature
+  feature ``theta_mean``, whether any window was flagged for repeated frames,
+  the segment), the alert periods, marks (state changes, reconnects, gaps by
+  reason) and the 21 features of the latest window.
+* States, reconnects and gaps are read from the manager's status (the
+  ``statuses`` callable, polled once per tick): the feed does not reach into
+  the manager.
+* Once per tick one ``update`` message is built, serialised once and offered
+  to every subscriber. A subscriber holds at most ``client_buffer_messages``
+  messages; one that falls that far behind (a client that does not read) is
+  dropped, its connection aborted, and counted in
+  ``restrav_ui_clients_dropped_total{reason="slow"}``. At most ``max_clients``
+  subscribe at once (``restrav_ui_clients_refused_total{reason="too_many"}``).
+* :meth:`LiveFeed.drain` tells every client (``event: bye``, ``{"reason":
+  "draining"}``), ends their responses, and aborts the ones that do not take
+  the goodbye within a deadline; later connections are refused.
+
+HTTP (:func:`add_ui_routes`)::
+
+    GET /, GET /ui           no auth   the page (static HTML; it holds no data)
+    GET /ui/app.js, app.css  no auth   its script and style
+    GET /ui/events           bearer    text/event-stream: snapshot, update..., bye
+    GET /ui/streams/{id}     bearer    one stream: status, latest features, timeline
+
+Why the event stream takes the token in the ``Authorization`` header: the page
+reads it with ``fetch()`` and a streamed body rather than ``EventSource``
+(which cannot send headers), so the token never appears in a URL: not in
+access logs, proxies or browser history, and no ticket state is needed on the
+server. The page keeps the token in ``sessionStorage`` (one tab, gone when it
+closes); a ``#token=`` fragment, which browsers never send, is accepted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from ..config import UiSettings
+from ..metrics import LiveFeedMetrics
+from ..types import FEATURE_NAMES, StreamScore
+from .alerts import AlertEvent
+from .stream_task import publisher_awaited
+
+log = logging.getLogger("restrav.ui")
+
+THETA_MEAN = FEATURE_NAMES.index("theta_mean")
+_MAX_ALERTS = 100
+_MAX_MARKS = 200
+_DRAIN_DEADLINE_S = 2.0
+_PAGE_FILES = {"ui.html": "text/html", "ui.js": "text/javascript", "ui.css": "text/css"}
+_SECURITY_HEADERS = {
+    # the page loads only its own script and style and talks only to this origin
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+StatusLister = Callable[[], Iterable[dict[str, Any]]]
+"""Returns every stream's status as JSON (``StreamStatus.to_json()``)."""
+
+
+def _r(v: float | None, nd: int) -> float | None:
+    if v is None or not math.isfinite(v):
+        return None
+    return round(v, nd)
+
+
+@dataclass
+class _Bucket:
+    """Scores of one stream received during the current tick."""
+
+    t: float = 0.0
+    p_max: float | None = None
+    c_sum: float = 0.0
+    c_n: int = 0
+    flagged: bool = False
+    segment: int = 0
+
+    def add(self, sc: StreamScore) -> None:
+        self.t = max(self.t, sc.wall_end or sc.scored_at)
+        p = sc.p_ai
+        if p is not None and (self.p_max is None or p > self.p_max):
+            self.p_max = p
+        c = float(sc.score.window.features[THETA_MEAN])
+        if math.isfinite(c):
+            self.c_sum += c
+            self.c_n += 1
+        self.flagged = self.flagged or sc.score.flagged
+        self.segment = sc.segment
+
+    def point(self) -> list[Any]:
+        """``[t, p_ai (max), curvature (mean, degrees), flagged (0/1), segment]``."""
+        c = self.c_sum / self.c_n if self.c_n else None
+        return [round(self.t, 2), _r(self.p_max, 4), _r(c, 3), int(self.flagged), self.segment]
+
+
+@dataclass
+class _Track:
+    """What the feed keeps about one stream."""
+
+    points: collections.deque[list[Any]]
+    alerts: collections.deque[list[float | None]] = field(
+        default_factory=lambda: collections.deque(maxlen=_MAX_ALERTS)
+    )
+    marks: collections.deque[list[Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=_MAX_MARKS)
+    )
+    bucket: _Bucket | None = None
+    latest: dict[str, Any] | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    seen_history_at: float = 0.0
+    gaps: dict[str, int] = field(default_factory=dict)
+
+
+def _summary(st: dict[str, Any]) -> dict[str, Any]:
+    """The part of a status the list view shows (sent when it changes: nothing in it
+    changes at every window, so a steady stream costs no status bytes)."""
+    err = st.get("error")
+    return {
+        "state": st.get("state"),
+        # when the state began: a state older than history_s is still drawn up to now
+        "since": st.get("state_since"),
+        "kind": st.get("kind"),
+        "paused": st.get("paused"),
+        "alert": st.get("alert_active"),
+        # a WHIP stream waiting for its publisher is not stalled (no band, not counted)
+        "awaiting": publisher_awaited(str(st.get("kind")), st.get("state")),
+        "reconnects": st.get("reconnects"),
+        "yielding": st.get("yielding", False),
+        "error": err.get("code") if isinstance(err, dict) else None,
+        "error_message": err.get("message") if isinstance(err, dict) else None,
+    }
+
+
+class Subscriber:
+    """One event-stream client: a bounded queue of encoded messages.
+
+    :meth:`offer` never blocks: it returns False when the queue is full (the
+    caller drops the client). :meth:`get` returns None once the subscriber is
+    closed and its queue is empty.
+    """
+
+    def __init__(self, max_messages: int) -> None:
+        self.max_messages = max_messages
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self.closed = False
+        self.abort: Callable[[], None] | None = None
+        """Set by the HTTP handler: closes the connection at once (a dropped client)."""
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be written."""
+        return len(self._queue)
+
+    def offer(self, msg: bytes) -> bool:
+        """Queue ``msg``; False (nothing queued) when full or closed."""
+        if self.closed or len(self._queue) >= self.max_messages:
+            return False
+        self._queue.append(msg)
+        self._wake.set()
+        return True
+
+    def close(self, last: bytes | None = None) -> None:
+        """No more messages after ``last`` (queued past the bound: a goodbye)."""
+        if last is not None and not self.closed:
+            self._queue.append(last)
+        self.closed = True
+        self._wake.set()
+
+    async def get(self) -> bytes | None:
+        """The next message; None when closed and drained."""
+        while not self._queue:
+            if self.closed:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+        return self._queue.popleft()
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One Server-Sent Events message (``data`` as compact JSON on one line)."""
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return f"event: {event}\ndata: {body}\n\n".encode()
+
+
+class LiveFeed:
+    """Timelines for the operator page and their bounded fan-out (see the module docstring)."""
+
+    name = "livefeed"
+
+    def __init__(
+        self,
+        settings: UiSettings = UiSettings(),
+        alert_enter: float = 0.8,
+        alert_leave: float = 0.6,
+        metrics: LiveFeedMetrics | None = None,
+        statuses: StatusLister | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.alert_enter = alert_enter
+        self.alert_leave = alert_leave
+        self.metrics = metrics
+        self.statuses = statuses
+        self.clock = clock
+        self.max_points = max(2, math.ceil(settings.history_s / settings.tick_s) + 1)
+        self._tracks: dict[str, _Track] = {}
+        self._subs: set[Subscriber] = set()
+        self._alerts_changed: dict[str, list[list[float | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.draining = False
+        self.dropped = 0
+        self.refused = 0
+        self.messages = 0
+        self._ticks = 0
+        self._snapshot: tuple[int, bytes] | None = None
+
+    # --- sink side (called on the event loop; never blocks) ---------------------------
+
+    def _track(self, stream_id: str) -> _Track:
+        tr = self._tracks.get(stream_id)
+        if tr is None:
+            tr = _Track(points=collections.deque(maxlen=self.max_points))
+            self._tracks[stream_id] = tr
+        return tr
+
+    def publish(self, score: StreamScore) -> None:
+        """Add one scored window to its stream's current tick."""
+        tr = self._track(score.stream_id)
+        if tr.bucket is None:
+            tr.bucket = _Bucket()
+        tr.bucket.add(score)
+        w = score.score.window
+        tr.latest = {
+            "seq": score.seq,
+            "segment": score.segment,
+            "at": round(score.wall_end or score.scored_at, 3),
+            "p_ai": _r(score.p_ai, 6),
+            "threshold": score.score.threshold,
+            "flagged": score.score.flagged,
+            "repeated_samples": score.score.repeated_samples,
+            "zero_steps": w.repeated_frames,
+            "features": {n: _r(float(v), 6) for n, v in zip(FEATURE_NAMES, w.features)},
+        }
+
+    def publish_event(self, event: AlertEvent) -> None:
+        """Open or close an alert period of the event's stream."""
+        tr = self._track(event.stream_id)
+        if event.kind == "alert_start":
+            period: list[float | None] = [round(event.since, 2), None]
+            tr.alerts.append(period)
+        elif event.kind == "alert_end" and tr.alerts and tr.alerts[-1][1] is None:
+            period = tr.alerts[-1]
+            period[1] = round(event.at, 2)
+        else:
+            return
+        touched = self._alerts_changed.setdefault(event.stream_id, [])
+        if not any(p is period for p in touched):
+            touched.append(period)
+
+    async def start(self) -> None:
+        """Start the ticker."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._ticker(), name="livefeed")
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Nothing to write anywhere durable: always True."""
+        return True
+
+    async def aclose(self) -> None:
+        """Drain the clients (if not yet) and stop the ticker."""
+        await self.drain("shutdown")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # --- ticks --------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            self.tick()
+
+    def tick(self) -> dict[str, Any]:
+        """Close the current tick: fold buckets into points, poll statuses, broadcast.
+
+        Returns the update (also sent to every subscriber as ``event: update``).
+        """
+        now = self.clock()
+        self._ticks += 1
+        status, marks, removed = self._poll(now)  # first: a removed stream gets no point
+        points: dict[str, list[Any]] = {}
+        for sid, tr in self._tracks.items():
+            if tr.bucket is not None:
+                pt = tr.bucket.point()
+                tr.points.append(pt)
+                points[sid] = pt
+                tr.bucket = None
+        # every period opened or closed this tick (an alert can end and the next start
+        # within one tick), oldest first; pages match them by their start time
+        alerts = {sid: [list(p) for p in periods]
+                  for sid, periods in sorted(self._alerts_changed.items()) if sid in self._tracks}
+        self._alerts_changed.clear()
+        update = {"t": round(now, 2), "points": points, "status": status, "marks": marks,
+                  "alerts": alerts, "removed": removed}
+        self._broadcast(sse("update", update))
+        return update
+
+    def _poll(self, now: float) -> tuple[dict[str, Any], dict[str, list[Any]], list[str]]:
+        """Read the manager's statuses: changed summaries, new marks, removed streams."""
+        changed: dict[str, Any] = {}
+        marks: dict[str, list[Any]] = {}
+        if self.statuses is None:
+            return changed, marks, []
+        present: set[str] = set()
+        for st in self.statuses():
+            sid = str(st["id"])
+            present.add(sid)
+            tr = self._track(sid)
+            tr.status = st
+            new: list[Any] = []
+            for h in st.get("history", []):
+                at = float(h["at"])
+                if at > tr.seen_history_at:
+                    new.append([round(at, 2), "state", h["state"]])
+                    tr.seen_history_at = at
+            gaps = st.get("gaps", {})
+            for reason, n in gaps.items():
+                if n > tr.gaps.get(reason, 0):
+                    new.append([round(now, 2), "gap", reason])
+            tr.gaps = dict(gaps)
+            tr.marks.extend(new)
+            if new:
+                marks[sid] = new
+            summ = _summary(st)
+            if summ != tr.summary:
+                tr.summary = summ
+                changed[sid] = summ
+        removed = sorted(set(self._tracks) - present)
+        for sid in removed:
+            del self._tracks[sid]
+        return changed, marks, removed
+
+    # --- subscribers --------------------------------------------------------------------
+
+    def subscribe(self) -> Subscriber | str:
+        """A new subscriber, or the reason it is refused (``too_many``, ``draining``)."""
+        reason = None
+        if self.draining:
+            reason = "draining"
+        elif len(self._subs) >= self.settings.max_clients:
+            reason = "too_many"
+        if reason is not None:
+            self.refused += 1
+            if self.metrics is not None:
+                self.metrics.clients_refused.labels(reason).inc()
+            return reason
+        sub = Subscriber(self.settings.client_buffer_messages)
+        self._subs.add(sub)
+        self._count_clients()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Forget ``sub`` (its connection ended)."""
+        sub.close()
+        self._subs.discard(sub)
+        self._count_clients()
+
+    @property
+    def clients(self) -> int:
+        """Subscribers now."""
+        return len(self._subs)
+
+    def _count_clients(self) -> None:
+        if self.metrics is not None:
+            self.metrics.clients.set(len(self._subs))
+
+    def drop(self, sub: Subscriber, reason: str) -> None:
+        """Disconnect ``sub`` now (counted by ``reason``)."""
+        if sub not in self._subs:
+            return
+        self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.clients_dropped.labels(reason).inc()
+        log.warning("ui event stream: a client was dropped (%s, %d messages behind)",
+                    reason, sub.queued)
+        self.unsubscribe(sub)
+        if sub.abort is not None:
+            sub.abort()
+
+    def _broadcast(self, msg: bytes) -> None:
+        self.messages += 1
+        if self.metrics is not None:
+            self.metrics.messages.inc()
+        for sub in list(self._subs):
+            if not sub.offer(msg):
+                self.drop(sub, "slow")
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a new client needs: settings, and every stream's timeline."""
+        now = self.clock()
+        horizon = now - self.settings.history_s
+        streams = {}
+        for sid, tr in self._tracks.items():
+            streams[sid] = {
+                "summary": tr.summary or _summary(tr.status),
+                "points": [p for p in tr.points if p[0] >= horizon],
+                "alerts": [a for a in tr.alerts if a[1] is None or a[1] >= horizon],
+                "marks": [m for m in tr.marks if m[0] >= horizon],
+            }
+        return {
+            "t": round(now, 2),
+            "history_s": self.settings.history_s,
+            "tick_s": self.settings.tick_s,
+            "alert_enter": self.alert_enter,
+            "alert_leave": self.alert_leave,
+            "feature_names": list(FEATURE_NAMES),
+            "streams": streams,
+        }
+
+    def snapshot_message(self) -> bytes:
+        """:meth:`snapshot` as an SSE message, built at most once a tick: pages that
+        connect together (after a restart) share one serialisation."""
+        if self._snapshot is None or self._snapshot[0] != self._ticks:
+            self._snapshot = (self._ticks, sse("snapshot", self.snapshot()))
+        return self._snapshot[1]
+
+    def detail(self, stream_id: str) -> dict[str, Any] | None:
+        """One stream: its full status, latest window (21 named features) and timeline."""
+        tr = self._tracks.get(stream_id)
+        if tr is None:
+            return None
+        return {
+            "id": stream_id,
+            "status": tr.status,
+            "latest": tr.latest,
+            "points": list(tr.points),
+            "alerts": list(tr.alerts),
+            "marks": list(tr.marks),
+        }
+
+    async def drain(self, reason: str = "draining") -> None:
+        """Tell every client ``bye`` and close; abort those still writing after a deadline."""
+        if self.draining and not self._subs:
+            return
+        self.draining = True
+        bye = sse("bye", {"reason": reason})
+        subs = list(self._subs)
+        for sub in subs:
+            sub.close(bye)
+        deadline = time.monotonic() + _DRAIN_DEADLINE_S
+        while self._subs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for sub in list(self._subs):
+            self.drop(sub, "write_timeout")
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+FEED_KEY: web.AppKey[LiveFeed] = web.AppKey("restrav_livefeed")
+
+
+def _page_file(name: str) -> bytes:
+    return resources.files("monitor.live").joinpath(f"static/{name}").read_bytes()
+
+
+def add_ui_routes(
+    app: web.Application,
+    feed: LiveFeed,
+    check_auth: Callable[[web.Request], web.Response | None],
+) -> None:
+    """Mount the page and its event stream on ``app``; drain the feed on app cleanup.
+
+    ``check_auth(request)`` returns None for a request with the API token, else
+    the response to send (the API's bearer check).
+    """
+    files = {name: (_page_file(name), ctype) for name, ctype in _PAGE_FILES.items()}
+    app[FEED_KEY] = feed
+
+    def static(name: str) -> Callable[[web.Request], Any]:
+        body, ctype = files[name]
+
+        async def handler(request: web.Request) -> web.Response:
+            resp = web.Response(body=body, content_type=ctype, charset="utf-8")
+            resp.headers.update(_SECURITY_HEADERS)
+            return resp
+
+        return handler
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        if (deny := check_auth(request)) is not None:
+            return deny
+        sub = feed.subscribe()
+        if isinstance(sub, str):
+            why = ("shutting down" if sub == "draining"
+                   else f"at most {feed.settings.max_clients} event-stream clients")
+            refusal = web.json_response({"error": {"code": sub, "message": why}}, status=503)
+            refusal.headers["Retry-After"] = "5"
+            return refusal
+        resp = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+        })
+        resp.force_close()
+        transport = request.transport
+
+        def abort() -> None:
+            if transport is not None:
+                transport.abort()
+
+        sub.abort = abort
+        m = feed.metrics
+        try:
+            await resp.prepare(request)
+            msg: bytes | None = feed.snapshot_message()
+            while msg is not None:
+                await resp.write(msg)
+                if m is not None:
+                    m.bytes_sent.inc(len(msg))
+                msg = await sub.get()
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client left, or was dropped (its transport aborted)
+        finally:
+            feed.unsubscribe(sub)
+        return resp
+
+    async def stream_detail(request: web.Request) -> web.Response:
+        if (deny := check_auth(request)) is not None:
+            return deny
+        d = feed.detail(request.match_info["id"])
+        if d is None:
+            return web.json_response(
+                {"error": {"code": "not_found", "message": "no such stream"}}, status=404
+            )
+        return web.json_response(d, dumps=lambda o: json.dumps(o, allow_nan=False))
+
+    async def cleanup(app: web.Application) -> None:
+        await feed.drain("shutdown")
+
+    app.router.add_get("/", static("ui.html"))
+    app.router.add_get("/ui", static("ui.html"))
+    app.router.add_get("/ui/app.js", static("ui.js"))
+    app.router.add_get("/ui/app.css", static("ui.css"))
+    app.router.add_get("/ui/events", events)
+    app.router.add_get(r"/ui/streams/{id:[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}}", stream_detail)
+    app.on_shutdown.append(cleanup)
+
+
+__all__ = ["FEED_KEY", "LiveFeed", "StatusLister", "Subscriber", "add_ui_routes", "sse"]

@@ -1,0 +1,165 @@
+"""The control API's OpenAPI 3.1 document, generated from the pydantic models.
+
+:data:`OPERATIONS` lists every route of :mod:`monitor.live.api` (method, path,
+auth, request body model, responses); :func:`openapi_document` turns it into
+the document served at ``GET /openapi.json``: the request body schema is
+:class:`~monitor.config.StreamSpec`'s own JSON schema, responses use the
+models below. ``tests/test_openapi.py`` checks that the document lists
+exactly the routes the application serves, and the chaos suite fuzzes the
+running service from it with schemathesis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from ..config import STREAM_ID_PATTERN, StreamSpec
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable ``code`` and a message for people."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+class StreamStatusBody(BaseModel):
+    """One stream's status (the main fields; more may be added)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    kind: str
+    url: str = Field(description="The stream URL with credentials redacted.")
+    state: str
+    paused: bool
+    reconnects: int
+    frames: int
+    windows_scored: int
+
+
+class StreamList(BaseModel):
+    """``GET /streams``."""
+
+    streams: list[StreamStatusBody]
+
+
+class StreamOutcome(BaseModel):
+    """``POST``/``PUT /streams``: what happened and the stream's status."""
+
+    outcome: str = Field(description="created, unchanged or replaced")
+    stream: StreamStatusBody
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: ready, or the reasons it is not (by check)."""
+
+    ready: bool
+    reasons: dict[str, str]
+
+
+class Health(BaseModel):
+    """``GET /healthz``."""
+
+    status: str
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    StreamSpec, ErrorBody, StreamStatusBody, StreamList, StreamOutcome, Readiness, Health,
+)
+
+_ERR = "ErrorBody"
+_AUTH_ERRORS = {401: _ERR, 503: _ERR}
+_BODY_ERRORS = {400: _ERR, 413: _ERR, 415: _ERR, 422: _ERR}
+
+# (method, path, summary, needs the token, request body model, {status: model name or None})
+OPERATIONS: tuple[tuple[str, str, str, bool, str | None, dict[int, str | None]], ...] = (
+    ("get", "/healthz", "Liveness", False, None, {200: "Health"}),
+    ("get", "/readyz", "Readiness", False, None, {200: "Readiness", 503: "Readiness"}),
+    ("get", "/metrics", "Prometheus metrics (text)", False, None, {200: "text"}),
+    ("get", "/openapi.json", "This document", False, None, {200: "json"}),
+    ("get", "/streams", "Every stream's status", True, None, {200: "StreamList"}),
+    ("post", "/streams", "Add a stream (idempotent by id)", True, "StreamSpec",
+     {200: "StreamOutcome", 201: "StreamOutcome", 409: _ERR, 429: _ERR, **_BODY_ERRORS}),
+    ("put", "/streams/{id}", "Create or replace a stream", True, "StreamSpecNoId",
+     {200: "StreamOutcome", 201: "StreamOutcome", 429: _ERR, **_BODY_ERRORS}),
+    ("get", "/streams/{id}", "One stream's status", True, None,
+     {200: "StreamStatusBody", 404: _ERR}),
+    ("delete", "/streams/{id}", "Remove a stream (also when absent)", True, None, {204: None}),
+    ("post", "/streams/{id}/pause", "Pause a stream", True, None,
+     {200: "StreamStatusBody", 404: _ERR}),
+    ("post", "/streams/{id}/resume", "Resume a paused stream", True, None,
+     {200: "StreamStatusBody", 404: _ERR}),
+)
+"""The routes of :func:`monitor.live.api.create_app`, in the document's terms."""
+
+
+def _response(model: str | None) -> dict[str, Any]:
+    if model is None:
+        return {"description": "no content"}
+    if model == "text":
+        return {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    if model == "json":
+        return {"description": "OK", "content": {"application/json": {"schema": {
+            "type": "object"}}}}
+    return {"description": model, "content": {"application/json": {"schema": {
+        "$ref": f"#/components/schemas/{model}"}}}}
+
+
+def openapi_document(version: str = "0") -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the control API (see the module docstring)."""
+    _, defs = models_json_schema(
+        [(m, "validation" if m is StreamSpec else "serialization") for m in MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    no_id = dict(schemas["StreamSpec"])
+    no_id["properties"] = {k: v for k, v in no_id["properties"].items() if k != "id"}
+    no_id["required"] = [k for k in no_id.get("required", []) if k != "id"]
+    no_id["title"] = "StreamSpecNoId"
+    no_id["description"] = "A stream spec for PUT: the id comes from the path."
+    schemas["StreamSpecNoId"] = no_id
+    paths: dict[str, dict[str, Any]] = {}
+    id_param = {"name": "id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": STREAM_ID_PATTERN}}
+    for method, path, summary, auth, body, responses in OPERATIONS:
+        op: dict[str, Any] = {
+            "summary": summary,
+            "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '')}"
+                           .replace("}", "").replace(".", "_") or method,
+            "responses": {
+                str(code): _response(model)
+                for code, model in {**(_AUTH_ERRORS if auth else {}), **responses}.items()
+            },
+        }
+        if "{id}" in path:
+            op["parameters"] = [id_param]
+            # an id outside the pattern matches no route: 404 (never a 5xx)
+            op["responses"].setdefault("404", _response(_ERR))
+        if auth:
+            op["security"] = [{"bearer": []}]
+        if body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{body}"}}}}
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "restrav serve control API", "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+__all__ = ["MODELS", "OPERATIONS", "ErrorBody", "StreamStatusBody", "openapi_document"]

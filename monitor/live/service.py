@@ -1,0 +1,354 @@
+"""The stream manager: the control surface over every live stream of this process.
+
+Contract:
+
+* :class:`StreamManager` keeps one :class:`~monitor.live.stream_task.ManagedStream`
+  per stream and runs its task through a
+  :class:`~monitor.live.stream_task.StreamRunner` (connect, read, reconnect with
+  backoff, states and gaps: see :mod:`monitor.live.stream_task`). Scores come back
+  from the :class:`~monitor.live.engine.Engine` on the event loop, update the
+  stream's status and alert hysteresis, and go to the sink.
+* :meth:`StreamManager.add` / :meth:`remove` / :meth:`pause` / :meth:`resume` are
+  idempotent by stream id. With a :class:`~monitor.live.desired.DesiredStore` the
+  desired set (specs with credentials stripped, paused flag) is written on every
+  change (:class:`~monitor.live.desired.DesiredSetWriter`) and restored by
+  :meth:`StreamManager.restore`.
+* :meth:`StreamManager.stop` is the drain step of intake: every task ends and
+  its source closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from ..config import ServeSettings, StreamSpec
+from ..errors import InputError, RestravError, UnsupportedSource
+from ..media.sources import kind_for
+from ..metrics import StreamMetrics
+from ..types import StreamScore
+from .alerts import AlertEvent, AlertTracker
+from .desired import DesiredSetWriter, DesiredStore, RedisDesiredStore, spec_from_record
+from .engine import Engine
+from .sinks.base import Sink
+from .stream_task import (
+    STATES,
+    Backoff,
+    ManagedStream,
+    StreamRunner,
+    StreamStatus,
+    strip_credentials,
+    watched,
+)
+
+log = logging.getLogger("restrav.streams")
+
+_NETWORK_KINDS = ("rtsp", "http")
+
+__all__ = [
+    "STATES",
+    "Backoff",
+    "DesiredStore",
+    "RedisDesiredStore",
+    "StreamManager",
+    "StreamStatus",
+    "strip_credentials",
+]
+
+
+def validate_spec(settings: ServeSettings, spec: StreamSpec, from_api: bool = False) -> str:
+    """Check a spec against the serve settings; return its kind. Raises InputError
+    (used by StreamManager, and by `serve` before it loads the model)."""
+    kind = kind_for(spec)
+    url = spec.url
+    if any(ord(c) < 0x21 or c == "\x7f" for c in url):
+        raise InputError("url must not contain spaces or control characters")
+    if kind in _NETWORK_KINDS:
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise InputError(f"malformed url: {exc}") from None
+        if parts.scheme.lower() not in settings.source.allowed_schemes:
+            raise UnsupportedSource(
+                f"URL scheme {parts.scheme!r} is not allowed; allowed: "
+                f"{', '.join(settings.source.allowed_schemes)}"
+            )
+        if not parts.hostname:
+            raise InputError("url has no host")
+    if kind == "file":
+        if from_api and not settings.api.allow_file_sources:
+            raise UnsupportedSource(
+                "file sources are disabled for the API (serve.api.allow_file_sources)"
+            )
+        if "file" not in settings.source.allowed_schemes:
+            raise UnsupportedSource(
+                "file sources are not allowed (serve.source.allowed_schemes)"
+            )
+    ref = spec.credentials_ref
+    if ref is not None and ref not in settings.credentials:
+        raise InputError(
+            f"credentials_ref {spec.credentials_ref!r} is not defined in serve.credentials"
+        )
+    return kind
+
+
+class StreamManager:
+    """Runs and controls every live stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sink: Sink,
+        settings: ServeSettings = ServeSettings(),
+        metrics: StreamMetrics | None = None,
+        store: DesiredStore | None = None,
+        decode_threads: int = 0,
+        max_pixels: int = 8192 * 8192,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.sink = sink
+        self.settings = settings
+        self.metrics = metrics
+        self.store = store
+        self.runner = StreamRunner(
+            engine, settings, metrics, decode_threads, max_pixels,
+            rng or random.Random(), clock, self._publish_alert,
+        )
+        self.writer = DesiredSetWriter(
+            store, settings.persist_streams, lambda: {k: s.spec for k, s in self._streams.items()}
+        )
+        self._streams: dict[str, ManagedStream] = {}
+        self._lock = asyncio.Lock()
+        self._accepting = True
+        self.restored = False
+        """True once :meth:`restore` has listed the configured and persisted streams
+        (/readyz waits for it: ready means ``GET /streams`` shows them)."""
+
+    # --- validation ------------------------------------------------------------------
+
+    def validate(self, spec: StreamSpec, from_api: bool = False) -> str:
+        """Check a spec against the settings; return its kind. Raises InputError."""
+        return validate_spec(self.settings, spec, from_api)
+
+    # --- queries ---------------------------------------------------------------------
+
+    def __contains__(self, stream_id: str) -> bool:
+        return stream_id in self._streams
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def get(self, stream_id: str) -> StreamStatus | None:
+        """The status of one stream, or None."""
+        st = self._streams.get(stream_id)
+        return st.status if st else None
+
+    def spec(self, stream_id: str) -> StreamSpec | None:
+        """The spec of one stream, or None."""
+        st = self._streams.get(stream_id)
+        return st.spec if st else None
+
+    def list(self) -> list[StreamStatus]:
+        """Every stream's status, by id."""
+        return [self._streams[k].status for k in sorted(self._streams)]
+
+    # --- control ---------------------------------------------------------------------
+
+    async def add(self, spec: StreamSpec, from_api: bool = False, persist: bool = True) -> str:
+        """Run ``spec``. Returns ``"created"``, ``"unchanged"`` (same spec) or ``"replaced"``.
+
+        Raises :class:`~monitor.errors.InputError` for a spec the settings refuse.
+        """
+        kind = self.validate(spec, from_api)
+        async with self._lock:
+            if not self._accepting:
+                raise RestravError("shutting down; not accepting streams")
+            old = self._streams.get(spec.id)
+            if old is not None and old.spec == spec and not old.lost_credentials:
+                return "unchanged"
+            if old is not None:
+                await self._stop_stream(old, forget=False, reason="replaced")
+            self._start_stream(spec, kind)
+        if persist:
+            await self.writer.put(spec)
+        return "created" if old is None else "replaced"
+
+    async def remove(self, stream_id: str) -> bool:
+        """Stop and forget a stream; False if it did not exist."""
+        async with self._lock:
+            st = self._streams.pop(stream_id, None)
+            if st is None:
+                return False
+            await self._stop_stream(st, forget=True, reason="deleted")
+        await self.writer.delete(stream_id)
+        return True
+
+    async def pause(self, stream_id: str) -> StreamStatus | None:
+        """Stop reading a stream but keep it (state ``paused``); None if unknown."""
+        async with self._lock:
+            st = self._streams.get(stream_id)
+            if st is None:
+                return None
+            if st.spec.paused:
+                return st.status
+            st.spec = st.spec.model_copy(update={"paused": True})
+            await self._pause_local(st)
+            spec = st.spec
+        await self.writer.put(spec)
+        return st.status
+
+    async def resume(self, stream_id: str) -> StreamStatus | None:
+        """Resume a paused stream; None if unknown."""
+        async with self._lock:
+            st = self._streams.get(stream_id)
+            if st is None:
+                return None
+            if not st.spec.paused:
+                return st.status
+            st.spec = st.spec.model_copy(update={"paused": False})
+            st.status.paused = False
+            self.runner.start(st)
+            spec = st.spec
+        await self.writer.put(spec)
+        return st.status
+
+    async def restore(self, config_specs: tuple[StreamSpec, ...] = ()) -> None:
+        """Start the config's streams, then the persisted desired set (which wins)."""
+        specs = await self.load_desired(config_specs)
+        for spec, lost in specs.values():
+            try:
+                kind = self.validate(spec)
+            except InputError as exc:
+                log.warning("stream %s not started: %s", spec.id, exc.message)
+                continue
+            async with self._lock:
+                self._start_stream(spec, kind, lost_credentials=lost)
+        self.restored = True
+
+    async def load_desired(
+        self, config_specs: tuple[StreamSpec, ...] = ()
+    ) -> dict[str, tuple[StreamSpec, bool]]:
+        """The config's specs overlaid with the stored desired set (id -> spec, lost)."""
+        specs: dict[str, tuple[StreamSpec, bool]] = {s.id: (s, False) for s in config_specs}
+        if self.store is None:
+            return specs
+        try:
+            records = await self.store.load()
+        except (OSError, RestravError, ConnectionError) as exc:
+            log.warning("desired set not restored (store unreachable: %s)", exc)
+            records = []
+        except Exception as exc:  # noqa: BLE001 - redis client errors: start without it
+            log.warning("desired set not restored (%s: %s)", type(exc).__name__, exc)
+            records = []
+        for rec in records:
+            try:
+                spec, lost = spec_from_record(rec)
+            except ValueError as exc:
+                log.warning("desired set: invalid record skipped: %s", exc)
+                continue
+            specs[spec.id] = (spec, lost)
+        return specs
+
+    async def stop(self) -> None:
+        """Stop intake: every stream task ends and its source closes (state ``stopped``)."""
+        async with self._lock:
+            self._accepting = False
+            for st in list(self._streams.values()):
+                await self.runner.cancel(st)
+                self.runner.set_state(st, "stopped", end_reason="shutdown")
+        await self.writer.aclose()
+
+    # --- one stream's lifecycle ------------------------------------------------------
+
+    def _hop(self, spec: StreamSpec) -> int:
+        return spec.hop or self.settings.engine.hop
+
+    def _start_stream(
+        self, spec: StreamSpec, kind: str, lost_credentials: bool = False,
+        fence: int | None = None, seq_offset: int = 0,
+    ) -> ManagedStream:
+        a = self.settings.alerts
+        st = ManagedStream(spec, kind, self._hop(spec), AlertTracker(spec.id, a.enter, a.leave,
+                                                                    a.min_duration_s))
+        st.lost_credentials = lost_credentials
+        st.fence = fence
+        st.seq_offset = seq_offset
+        st.status.fence = fence
+        self._streams[spec.id] = st
+
+        def on_score(sc: StreamScore) -> None:
+            self._on_score(st, sc)
+
+        self.engine.register(spec.id, on_score, st.status.hop, spec.priority)
+        if lost_credentials:
+            log.warning("stream %s: its inline credentials were not persisted", spec.id)
+            st.status.error = {
+                "code": "credentials_lost",
+                "message": "the URL had inline credentials, which are never stored; "
+                "re-add the stream, or use credentials_ref",
+            }
+            self.runner.set_state(st, "failed")
+        elif spec.paused:
+            self.runner.set_state(st, "paused")
+        else:
+            self.runner.start(st)
+        return st
+
+    async def _pause_local(self, st: ManagedStream) -> None:
+        await self.runner.cancel(st)
+        self.runner.gap(st, "pause")
+        self.runner.set_state(st, "paused")
+        st.status.paused = True
+
+    async def _stop_stream(self, st: ManagedStream, forget: bool, reason: str = "stopped"
+                           ) -> None:
+        """Cancel ``st``'s task; an active alert ends with ``reason``."""
+        await self.runner.cancel(st)
+        self.runner.set_state(st, "stopped", end_reason=reason)
+        self.engine.unregister(st.spec.id)
+        if forget and self.metrics is not None:
+            self.metrics.forget_stream(st.spec.id)
+
+    def _on_score(self, st: ManagedStream, sc: StreamScore) -> None:
+        """Runs on the event loop for each scored window of ``st``."""
+        if self._streams.get(st.spec.id) is not st:
+            return  # removed, replaced or handed over meanwhile
+        if st.seq_offset or st.fence is not None:
+            sc = dataclasses.replace(sc, seq=sc.seq + st.seq_offset, fence=st.fence)
+        st.status.windows_scored += 1
+        st.status.last_score = {
+            "seq": sc.seq,
+            "p_ai": sc.p_ai,
+            "start_s": round(sc.start_s, 6),
+            "end_s": round(sc.end_s, 6),
+            "flagged": sc.score.flagged,
+            "at": round(sc.scored_at, 3),
+        }
+        m = self.metrics
+        if m is not None and sc.p_ai is not None:
+            m.last_score.labels(st.spec.id).set(sc.p_ai)
+            m.last_score_ts.labels(st.spec.id).set(sc.scored_at)
+        # a window still in the engine when the stream was paused or stopped is published,
+        # but must not start an alert (nor arm one) after its alert_end
+        event = st.tracker.update(sc.p_ai, sc.scored_at) if watched(st) else None
+        if event is not None:
+            st.status.alert_active = st.tracker.active
+            if m is not None:
+                m.alert_active.labels(st.spec.id).set(1.0 if st.tracker.active else 0.0)
+                if event.kind == "alert_start":
+                    m.alerts.labels(st.spec.id).inc()
+            self._publish_alert(st, event)
+        self.sink.publish(sc)
+
+    def _publish_alert(self, st: ManagedStream, event: AlertEvent) -> None:
+        """Write an alert transition to the sink, with the owner's fence."""
+        if st.fence is not None:
+            event = dataclasses.replace(event, fence=st.fence)
+        self.sink.publish_event(event)

@@ -1,0 +1,87 @@
+"""Fenced writes: a score (stream entry + ``latest``) or an event that Redis refuses
+when the writer's fencing token is stale.
+
+With leases (:mod:`monitor.cluster.leases`) every score and alert event carries the
+fencing token of its replica's lease. Each write is one Lua script, atomic in
+Redis: it writes only when the stream's lease ``restrav:{stream}:lease`` holds
+exactly this writer's lease (``"<replica> <token>"``) and the stream's counter
+``restrav:{stream}:fence`` equals the token; else it writes nothing and
+returns 0. A new owner INCRs the counter and sets the lease to its own name
+when it takes it, so every write of the former owner that reaches Redis after
+that moment is refused, however long that owner was paused or partitioned.
+The lease check matters when Redis lost its data: the counter then starts
+again at 1 and a new owner may get the very token a former owner still holds;
+the lease names the new owner, so the former one is still refused. A write
+while the lease is absent (expired, released, or lost with Redis' data) is
+refused as well. A refusal is not an outage: the caller counts it and drops
+the item (it belongs to an ownership that ended).
+
+Written entries get two more fields, ``owner`` (the replica) and ``fence``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ... import keys
+
+# KEYS: lease, fence, target(s); ARGV: token, "<owner> <token>", maxlen, fields...
+_CHECK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] or redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+local f = {}
+for i = 4, #ARGV do f[#f + 1] = ARGV[i] end
+"""
+
+_SCORE = _CHECK + """
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(f))
+redis.call('HSET', KEYS[4], unpack(f))
+return 1
+"""
+
+_EVENT = _CHECK + """
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(f))
+return 1
+"""
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for k, v in fields.items():
+        out += [k, v]
+    return out
+
+
+class FencedWriter:
+    """Queues fenced score and event scripts on a pipeline (see the module docstring)."""
+
+    def __init__(self, client: Any, owner: str) -> None:
+        self.owner = owner
+        self._score = client.register_script(_SCORE)
+        self._event = client.register_script(_EVENT)
+
+    async def score(
+        self, pipe: Any, stream_id: str, fence: int, fields: dict[str, str], maxlen: int
+    ) -> None:
+        """Queue the fenced XADD of ``restrav:{stream}:scores`` + HSET of ``latest``."""
+        await self._score(
+            keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id),
+                  keys.stream_scores(stream_id), keys.stream_latest(stream_id)],
+            args=self._args(fence, maxlen, fields),
+            client=pipe,
+        )
+
+    async def event(
+        self, pipe: Any, stream_id: str, fence: int, fields: dict[str, str], maxlen: int
+    ) -> None:
+        """Queue the fenced XADD of an alert event to ``restrav:events``."""
+        await self._event(
+            keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id), keys.EVENTS],
+            args=self._args(fence, maxlen, fields),
+            client=pipe,
+        )
+
+    def _args(self, fence: int, maxlen: int, fields: dict[str, str]) -> list[str]:
+        f = {**fields, "owner": self.owner, "fence": str(fence)}
+        return [str(fence), keys.lease_value(self.owner, fence), str(maxlen), *_flat(f)]

@@ -1,0 +1,145 @@
+"""The Redis sink: per stream a capped score stream and a ``latest`` hash, plus alert events.
+
+For each score, in one MULTI/EXEC with the other items of its batch:
+``XADD restrav:{stream}:scores MAXLEN ~ N * <fields>`` and
+``HSET restrav:{stream}:latest <fields>``, so ``latest`` always matches the
+newest entry of the score stream. Alert events go to ``restrav:events``
+(``XADD MAXLEN ~``). Field values are strings; ``p_ai`` is empty without a
+classifier; ``features`` is a JSON list of the 21 features.
+
+A connection or timeout error, or a refused write (``OOM`` at ``maxmemory``, a
+``READONLY`` replica, ``NOREPLICAS``, ``MISCONF``, ``BUSY``, ... also when Redis
+refuses a command of the MULTI/EXEC or the EXEC itself; see
+:mod:`monitor.redis_faults`) raises :class:`SinkUnavailable`: the batch stays
+buffered (bounded), the sink reports itself unavailable (serve's /readyz turns
+503), and the batch is written when Redis takes writes again. Any other error
+(``WRONGTYPE``, a bug) propagates; :class:`~monitor.live.sinks.base.BufferedSink`
+keeps and retries that batch too, and logs it as a failure, not an outage.
+
+Items that carry a fencing token (replicas with leases) are written by the
+fenced scripts of :mod:`monitor.live.sinks.fenced` instead: Redis refuses them when
+the token is stale; each refusal is counted in
+``restrav_stale_writes_refused_total{stream}`` and reported to ``on_refused``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ... import keys
+from ...metrics import StreamMetrics
+from ...redis_faults import redis_unavailable, refusal_code
+from ...types import StreamScore
+from ..alerts import AlertEvent
+from .base import BufferedSink, Item, SinkUnavailable
+from .fenced import FencedWriter
+
+
+def score_fields(score: StreamScore) -> dict[str, str]:
+    """The flat string fields stored for one score (stream entry and latest hash)."""
+    j = score.to_json(features=True)
+    out: dict[str, str] = {}
+    for k, v in j.items():
+        if k == "features":
+            out[k] = json.dumps(v)
+        elif v is None:
+            out[k] = ""
+        elif isinstance(v, bool):
+            out[k] = "1" if v else "0"
+        else:
+            out[k] = str(v)
+    return out
+
+
+def event_fields(event: AlertEvent) -> dict[str, str]:
+    """The flat string fields stored for one alert event."""
+    return {k: ("" if v is None else str(v)) for k, v in event.to_json().items()}
+
+
+class RedisSink(BufferedSink):
+    """Scores and events into Redis (see the module docstring)."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        scores_maxlen: int = 10_000,
+        events_maxlen: int = 100_000,
+        owner: str = "",
+        on_refused: Callable[[str, int], None] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.client = client
+        self.scores_maxlen = scores_maxlen
+        self.events_maxlen = events_maxlen
+        self.fenced = FencedWriter(client, owner)
+        self.on_refused = on_refused
+        self.refused = 0
+
+    @classmethod
+    def from_url(
+        cls, url: str, connect_timeout_s: float = 2.0, metrics: StreamMetrics | None = None,
+        **kw: Any,
+    ) -> RedisSink:
+        """A sink with its own client for ``url``."""
+        client = aioredis.from_url(
+            url, socket_connect_timeout=connect_timeout_s, socket_timeout=connect_timeout_s
+        )
+        return cls(client, metrics=metrics, **kw)
+
+    async def write(self, items: list[Item]) -> None:
+        """One MULTI/EXEC for the batch; fenced items are checked inside it."""
+        fenced: dict[int, tuple[str, int]] = {}  # command index -> (stream, token)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for it in items:
+                    if it.fence is not None:
+                        fenced[len(pipe.command_stack)] = (it.stream_id, it.fence)
+                        if isinstance(it, StreamScore):
+                            await self.fenced.score(
+                                pipe, it.stream_id, it.fence, score_fields(it),
+                                self.scores_maxlen,
+                            )
+                        else:
+                            await self.fenced.event(
+                                pipe, it.stream_id, it.fence, event_fields(it),
+                                self.events_maxlen,
+                            )
+                    elif isinstance(it, StreamScore):
+                        fields: Any = score_fields(it)
+                        pipe.xadd(
+                            keys.stream_scores(it.stream_id), fields,
+                            maxlen=self.scores_maxlen, approximate=True,
+                        )
+                        pipe.hset(keys.stream_latest(it.stream_id), mapping=fields)
+                    elif isinstance(it, AlertEvent):
+                        ev: Any = event_fields(it)
+                        pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
+                results = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            if not redis_unavailable(exc):
+                raise
+            why = refusal_code(exc) or type(exc).__name__
+            raise SinkUnavailable(f"redis: {why}") from exc
+        for idx, (stream_id, token) in fenced.items():
+            if int(results[idx]) == 0:
+                self._refused(stream_id, token)
+
+    def _refused(self, stream_id: str, token: int) -> None:
+        self.refused += 1
+        if self.metrics is not None:
+            self.metrics.stale_writes_refused.labels(stream_id).inc()
+        if self.on_refused is not None:
+            self.on_refused(stream_id, token)
+
+    async def aclose(self) -> None:
+        """Flush what can be flushed, then close the client."""
+        await super().aclose()
+        await self.client.aclose()

@@ -1,0 +1,39 @@
+"""JSON lines on stdout (or any text stream): the sink of a laptop without Redis.
+
+One object per line: a score (``"type": "score"``, the fields of
+:meth:`~monitor.live.engine.StreamScore.to_json`) or an alert event
+(``"type": "event"``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from ...types import StreamScore
+from .base import BufferedSink, Item
+
+
+class StdoutSink(BufferedSink):
+    """Writes JSON lines to ``stream`` (default ``sys.stdout``); scores carry their 21
+    features unless ``features=False`` (without a classifier they are all there is)."""
+
+    name = "stdout"
+
+    def __init__(self, stream: TextIO | None = None, features: bool = True, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.stream = stream
+        self.features = features
+
+    async def write(self, items: list[Item]) -> None:
+        """Write and flush one line per item."""
+        out = self.stream or sys.stdout
+        lines = []
+        for it in items:
+            if isinstance(it, StreamScore):
+                lines.append(json.dumps({"type": "score", **it.to_json(self.features)}))
+            else:
+                lines.append(json.dumps({"type": "event", **it.to_json()}))
+        out.write("\n".join(lines) + "\n")
+        out.flush()

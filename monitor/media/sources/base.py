@@ -1,0 +1,281 @@
+"""The live source contract, the frame buffer between a decode thread and asyncio,
+and the registry of source kinds.
+
+Contract of a live source (what :class:`monitor.live.service.StreamManager` drives,
+and what a new kind such as WebRTC implements)::
+
+    source = await opener(spec, ctx)      # connect; raises SourceError
+    frame = await source.recv()           # -> SourceFrame, in arrival order
+                                          #    SourceClosed: ended for good (file end)
+                                          #    SourceError: lost (reconnect)
+    await source.aclose()                 # idempotent; stops threads
+
+* A :class:`SourceFrame` carries its presentation time ``pts_s`` on the
+  source's clock, its arrival time (``time.monotonic()``), a per-connection
+  ``index`` and the frame in the source's own form (``image``) with a
+  ``to_rgb`` function (and optionally ``to_planes``, its 4:2:0 planes for
+  conversion on the device): only the few frames the 11.5 Hz grid samples are
+  ever converted, and the conversion runs on the engine's side, not on the
+  event loop.
+* ``dropped_before`` counts frames the source dropped just before this one (a
+  full buffer keeping the latest): the stream ends its window there.
+* Openers register per kind with :func:`register_source_kind`; a spec's kind
+  is explicit or inferred from its URL scheme (:func:`kind_for`).
+* Error messages and ``description`` never contain credentials (use
+  :func:`monitor.redaction.redact_url`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from ...config import ServeSourceSettings, StreamSpec
+from ...errors import RestravError, UnsupportedSource
+from ...types import RGBArray, SourceClosed
+from ..colour import YUVPlanes
+
+__all__ = [
+    "DropPolicy",
+    "FrameBuffer",
+    "LiveSource",
+    "SourceClosed",
+    "SourceContext",
+    "SourceError",
+    "SourceFrame",
+    "SourceOpener",
+    "kind_for",
+    "opener_for",
+    "register_source_kind",
+    "registered_kinds",
+]
+
+
+class SourceError(RestravError):
+    """A source failed. ``permanent`` errors (a missing file, a bad URL) stop the
+    stream in state ``failed``; the others are retried with backoff. ``expected`` marks
+    a normal end that is not a fault (a WHIP publisher's DELETE): the stream waits for
+    its source again, logged at INFO, with no error left on its status."""
+
+    code = "source_error"
+
+    def __init__(self, message: str, code: str | None = None, permanent: bool = False,
+                 expected: bool = False) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.permanent = permanent
+        self.expected = expected
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFrame:
+    """One frame from a live source; see the module docstring."""
+
+    pts_s: float
+    arrival_s: float
+    index: int
+    image: Any
+    to_rgb: Callable[[Any], RGBArray]
+    dropped_before: int = 0
+    to_planes: Callable[[Any], YUVPlanes | None] | None = None
+
+    def rgb(self) -> RGBArray:
+        """The frame as RGB ``uint8`` ``(H, W, 3)`` (converts; call once per sample)."""
+        return self.to_rgb(self.image)
+
+    def planes(self) -> YUVPlanes | None:
+        """The frame's 4:2:0 planes for conversion on the device, or None when the
+        source or the pixel format offers none (the caller then uses :meth:`rgb`)."""
+        return self.to_planes(self.image) if self.to_planes is not None else None
+
+
+@runtime_checkable
+class LiveSource(Protocol):
+    """One connection to a feed (see the module docstring)."""
+
+    description: str
+    """Redacted, printable name of the source."""
+
+    async def recv(self) -> SourceFrame:
+        """The next frame; SourceClosed at the end, SourceError when lost."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop and release everything; idempotent."""
+        ...
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What an opener gets besides the spec: the URL with credentials injected
+    (never print it), its redacted form, and the source settings."""
+
+    url: str
+    description: str
+    settings: ServeSourceSettings
+    decode_threads: int = 0
+    max_pixels: int = 8192 * 8192
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SourceOpener = Callable[[StreamSpec, SourceContext], Awaitable[LiveSource]]
+
+_KINDS: dict[str, SourceOpener] = {}
+_SCHEMES: dict[str, str] = {}
+
+
+def register_source_kind(kind: str, opener: SourceOpener, schemes: tuple[str, ...] = ()) -> None:
+    """Make ``kind`` available to stream specs; URLs with one of ``schemes`` default to it."""
+    _KINDS[kind] = opener
+    for s in schemes:
+        _SCHEMES[s] = kind
+
+
+def registered_kinds() -> tuple[str, ...]:
+    """Every kind a spec may name."""
+    return tuple(sorted(_KINDS))
+
+
+def kind_for(spec: StreamSpec) -> str:
+    """The source kind of ``spec``: explicit, or from its URL scheme (a bare path is a file)."""
+    if spec.kind is not None:
+        if spec.kind not in _KINDS:
+            raise UnsupportedSource(
+                f"unknown source kind {spec.kind!r}; known: {', '.join(registered_kinds())}"
+            )
+        return spec.kind
+    try:
+        scheme = urlsplit(spec.url).scheme.lower()
+    except ValueError:
+        raise UnsupportedSource("malformed URL") from None
+    if len(scheme) <= 1:  # a bare path (or a drive letter)
+        scheme = "file"
+    kind = _SCHEMES.get(scheme)
+    if kind is None:
+        raise UnsupportedSource(
+            f"unsupported URL scheme {scheme!r}; use one of {', '.join(sorted(_SCHEMES))}"
+        )
+    return kind
+
+
+def opener_for(kind: str) -> SourceOpener:
+    """The opener registered for ``kind``."""
+    try:
+        return _KINDS[kind]
+    except KeyError:
+        raise UnsupportedSource(f"unknown source kind {kind!r}") from None
+
+
+class DropPolicy(enum.Enum):
+    """What a full :class:`FrameBuffer` does with a new frame."""
+
+    KEEP_LATEST = "keep_latest"
+    """Drop the oldest buffered frame (live sources: never fall behind real time)."""
+    BLOCK = "block"
+    """Make the producer wait (inputs read faster than real time that must not drop)."""
+
+
+class FrameBuffer:
+    """A bounded hand-off of frames from one producer thread to one asyncio consumer.
+
+    ``put`` (thread side) applies the :class:`DropPolicy`, counting drops; a frame
+    after drops carries them in ``dropped_before``. ``close(error)`` ends the
+    stream: ``get`` raises ``error`` (or :class:`SourceClosed`) once the frames
+    before it are consumed.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        capacity: int,
+        policy: DropPolicy = DropPolicy.KEEP_LATEST,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._loop = loop
+        self.capacity = capacity
+        self.policy = policy
+        self._items: collections.deque[SourceFrame] = collections.deque()
+        self._cond = threading.Condition()
+        self._event = asyncio.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._pending_drops = 0
+        self._waiting = False  # the consumer waits on _event (guarded by _cond)
+        self.dropped = 0
+
+    def _wake(self) -> None:
+        # a RuntimeError means the loop closed at shutdown: nobody is waiting
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    def put(self, frame: SourceFrame, quit_event: threading.Event | None = None) -> bool:
+        """Add a frame (producer thread). Returns False when the buffer is closed."""
+        with self._cond:
+            if self._closed:
+                return False
+            if len(self._items) >= self.capacity:
+                if self.policy is DropPolicy.KEEP_LATEST:
+                    # the frame after the dropped one inherits the hole (and any before it)
+                    old = self._items.popleft()
+                    self.dropped += 1
+                    hole = old.dropped_before + 1
+                    if self._items:
+                        head = self._items[0]
+                        self._items[0] = replace(head, dropped_before=head.dropped_before + hole)
+                    else:
+                        self._pending_drops += hole
+                else:
+                    while len(self._items) >= self.capacity and not self._closed:
+                        if quit_event is not None and quit_event.is_set():
+                            return False
+                        self._cond.wait(0.1)
+                    if self._closed:
+                        return False
+            if self._pending_drops:
+                frame = replace(frame, dropped_before=frame.dropped_before + self._pending_drops)
+                self._pending_drops = 0
+            self._items.append(frame)
+            # wake the loop only when the consumer waits: a self-pipe write per frame cost
+            # the loop a wake-up per frame even while it was busy draining the buffer
+            wake, self._waiting = self._waiting, False
+        if wake:
+            self._wake()
+        return True
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the stream (producer or consumer side); idempotent, first error wins."""
+        with self._cond:
+            if not self._closed:
+                self._closed = True
+                self._error = error
+            self._cond.notify_all()
+        self._wake()
+
+    async def get(self) -> SourceFrame:
+        """The next frame (consumer side)."""
+        while True:
+            with self._cond:
+                if self._items:
+                    item = self._items.popleft()
+                    self._cond.notify_all()
+                    return item
+                if self._closed:
+                    if self._error is not None:
+                        raise self._error
+                    raise SourceClosed("source ended")
+                self._event.clear()
+                self._waiting = True
+            await self._event.wait()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
