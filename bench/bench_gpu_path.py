@@ -38,7 +38,8 @@ from bench.common import machine, random_backbone_dir, table
 from monitor.config import EngineSettings, ServeSourceSettings, StreamSpec
 from monitor.core.backbone import load_backbone
 from monitor.core.embed import Embedder
-from monitor.live.engine import Engine, EngineSample
+from monitor.live.batch import EngineSample
+from monitor.live.engine import Engine
 from monitor.media.decode import LiveVideo
 from monitor.media.sampler import LiveSampler
 from monitor.media.sources.base import SourceContext

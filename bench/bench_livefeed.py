@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from monitor.config import UiSettings
-from monitor.live.livefeed import THETA_MEAN, LiveFeed, Subscriber
+from monitor.live.fanout import Subscriber
+from monitor.live.livefeed import THETA_MEAN, LiveFeed
 from monitor.types import N_FEATURES, Score, StreamScore, WindowFeatures
 
 

@@ -47,12 +47,8 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from monitor.config import EngineSettings, ServeSettings, StreamSpec  # noqa: E402
 from monitor.live.alerts import AlertEvent  # noqa: E402
-from monitor.live.engine import (  # noqa: E402
-    GIL_SWITCH_INTERVAL_S,
-    Engine,
-    EngineSample,
-    freeze_startup_heap,
-)
+from monitor.live.batch import EngineSample  # noqa: E402
+from monitor.live.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap  # noqa: E402
 from monitor.live.service import StreamManager  # noqa: E402
 from monitor.live.standin import StandInEmbedder, StillFrame, register_synthetic_source  # noqa: E402
 from monitor.metrics import StreamMetrics  # noqa: E402

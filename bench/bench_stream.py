@@ -50,7 +50,8 @@ from monitor.config import MODEL_DTYPES, EngineSettings  # noqa: E402
 from monitor.core.backbone import load_backbone  # noqa: E402
 from monitor.core.embed import Embedder, preprocess  # noqa: E402
 from monitor.core.geometry import window_features  # noqa: E402
-from monitor.live.engine import Engine, EngineSample  # noqa: E402
+from monitor.live.batch import EngineSample  # noqa: E402
+from monitor.live.engine import Engine  # noqa: E402
 from monitor.media.colour import YUVPlanes, frame_planes  # noqa: E402
 from monitor.types import (  # noqa: E402
     SAMPLE_INTERVAL_S,

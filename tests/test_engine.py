@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 from monitor.config import EngineSettings
 from monitor.core.embed import Embedder
 from monitor.core.geometry import window_features
-from monitor.live.engine import Engine, EngineSample
+from monitor.live.batch import EngineSample
+from monitor.live.engine import Engine
 from monitor.media.decode import LiveVideo, frame_to_rgb
 from monitor.media.sampler import LiveResolved, LiveSampler
 from monitor.media.sources import SourceFrame

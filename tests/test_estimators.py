@@ -23,13 +23,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from monitor.core.classifier import load_classifier
 from monitor.core.geometry import trajectory_steps, window_features
-from monitor.estimators import (
-    ReStraVClassifier,
-    TrajectoryFeatures,
-    VideoEmbedder,
-    _as_trajectories,
-    save_pipeline,
-)
+from monitor.estimators import ReStraVClassifier, TrajectoryFeatures, VideoEmbedder, save_pipeline
+from monitor.learn.feature_estimators import _as_trajectories
 from monitor.types import FEATURE_NAMES
 from tests.media import write_clip
 from tests.test_score import run_cli

@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry
 from monitor.config import UiSettings, load_settings
 from monitor.live.alerts import AlertEvent
 from monitor.live.api import check_bearer
-from monitor.live.livefeed import THETA_MEAN, LiveFeed, add_ui_routes
+from monitor.live.livefeed import THETA_MEAN, LiveFeed
+from monitor.live.page import add_ui_routes
 from monitor.metrics import LiveFeedMetrics
 from monitor.types import N_FEATURES, Score, StreamScore, WindowFeatures
 from tests.webrtc_peers import Service, free_port, serve_app
@@ -301,7 +302,7 @@ async def test_drain_aborts_a_client_stuck_in_a_write() -> None:
     async with FeedServer(UiSettings(client_buffer_messages=10_000)) as srv:
         stuck = connect_stuck(srv.url)
         await wait_for(lambda: srv.feed.clients == 1, what="the stuck client")
-        sub = next(iter(srv.feed._subs))
+        sub = next(iter(srv.feed.fanout._subs))
         # until messages pile up behind a write that cannot finish
         await flood(srv.feed, lambda: sub.queued > 20)
         assert sub.queued > 20

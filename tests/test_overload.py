@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 
 from monitor.config import EngineSettings, ServeSettings, StreamSpec
 from monitor.live.api import ApiContext, create_app
-from monitor.live.engine import Engine, EngineSample
+from monitor.live.batch import EngineSample
+from monitor.live.engine import Engine
 from monitor.live.service import StreamManager
 from monitor.live.shedding import ACCEPT, YIELD_WINDOW, BatchCost, Shedder, derive_sizes
 from monitor.live.sinks import MemorySink

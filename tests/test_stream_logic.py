@@ -124,7 +124,8 @@ def test_an_unwatched_stream_leaves_its_alert(kind: str, state: str, reason: str
 
     from monitor.config import StreamSpec, load_settings
     from monitor.live.alerts import AlertEvent
-    from monitor.live.stream_task import ManagedStream, StreamRunner
+    from monitor.live.stream_state import ManagedStream
+    from monitor.live.stream_task import StreamRunner
     from monitor.metrics import StreamMetrics
 
     metrics = StreamMetrics(CollectorRegistry())
@@ -165,7 +166,7 @@ async def test_a_window_scored_after_the_stream_was_paused_leaves_its_alert_alon
     from monitor.config import StreamSpec, load_settings
     from monitor.live.service import StreamManager
     from monitor.live.sinks.memory import MemorySink
-    from monitor.live.stream_task import ManagedStream
+    from monitor.live.stream_state import ManagedStream
     from monitor.types import Score, StreamScore, WindowFeatures
 
     sink = MemorySink()

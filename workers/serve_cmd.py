@@ -34,7 +34,8 @@ from monitor.live.api import (
 )
 from monitor.live.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap
 from monitor.live.http_guard import ServerLog
-from monitor.live.livefeed import LiveFeed, add_ui_routes
+from monitor.live.livefeed import LiveFeed
+from monitor.live.page import add_ui_routes
 from monitor.live.service import RedisDesiredStore, StreamManager, validate_spec
 from monitor.live.shedding import MAX_DERIVED_BATCH
 from monitor.live.sinks import FanoutSink, RedisSink, StdoutSink

@@ -34,7 +34,7 @@ from ..live.desired import DesiredSetKeeper, RedisDesiredStore, spec_from_record
 from ..live.engine import Engine
 from ..live.service import StreamManager
 from ..live.sinks.base import Sink
-from ..live.stream_task import StreamStatus
+from ..live.stream_state import StreamStatus
 from ..metrics import StreamMetrics
 from .assignment import plan
 from .leases import Lease, LeaseStore, ReplicaInfo

@@ -49,7 +49,7 @@ from .. import keys
 from ..config import StreamSpec
 from ..errors import InputError, RestravError
 from ..live.desired import record_for
-from ..live.stream_task import StreamStatus
+from ..live.stream_state import StreamStatus
 from ..media.sources import kind_for
 from ..redaction import redact_url
 from .coordination import ORPHAN_TICKS, REDIS_ERRORS, LeaseCoordination

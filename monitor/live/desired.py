@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from .. import keys
 from ..config import StreamSpec
-from .stream_task import strip_credentials
+from .stream_state import strip_credentials
 
 log = logging.getLogger("restrav.streams")
 

@@ -22,12 +22,8 @@ Contract:
   "draining"}``), ends their responses, and aborts the ones that do not take
   the goodbye within a deadline; later connections are refused.
 
-HTTP (:func:`add_ui_routes`)::
-
-    GET /, GET /ui           no auth   the page (static HTML; it holds no data)
-    GET /ui/app.js, app.css  no auth   its script and style
-    GET /ui/events           bearer    text/event-stream: snapshot, update..., bye
-    GET /ui/streams/{id}     bearer    one stream: status, latest features, timeline
+The subscribers are :class:`~monitor.live.fanout.Fanout`'s; the routes
+(:func:`monitor.live.page.add_ui_routes`) serve the page and the event stream.
 
 Why the event stream takes the token in the ``Authorization`` header: the page
 reads it with ``fetch()`` and a streamed body rather than ``EventSource``
@@ -42,40 +38,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
-
-from aiohttp import web
 
 from ..config import UiSettings
 from ..metrics import LiveFeedMetrics
 from ..types import FEATURE_NAMES, StreamScore
 from .alerts import AlertEvent
-from .stream_task import publisher_awaited
+from .fanout import Fanout, Subscriber, sse
+from .stream_state import publisher_awaited
 
 log = logging.getLogger("restrav.ui")
 
 THETA_MEAN = FEATURE_NAMES.index("theta_mean")
 _MAX_ALERTS = 100
 _MAX_MARKS = 200
-_DRAIN_DEADLINE_S = 2.0
-_PAGE_FILES = {"ui.html": "text/html", "ui.js": "text/javascript", "ui.css": "text/css"}
-_SECURITY_HEADERS = {
-    # the page loads only its own script and style and talks only to this origin
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
-}
-
 StatusLister = Callable[[], Iterable[dict[str, Any]]]
 """Returns every stream's status as JSON (``StreamStatus.to_json()``)."""
 
@@ -154,58 +135,6 @@ def _summary(st: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Subscriber:
-    """One event-stream client: a bounded queue of encoded messages.
-
-    :meth:`offer` never blocks: it returns False when the queue is full (the
-    caller drops the client). :meth:`get` returns None once the subscriber is
-    closed and its queue is empty.
-    """
-
-    def __init__(self, max_messages: int) -> None:
-        self.max_messages = max_messages
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._wake = asyncio.Event()
-        self.closed = False
-        self.abort: Callable[[], None] | None = None
-        """Set by the HTTP handler: closes the connection at once (a dropped client)."""
-
-    @property
-    def queued(self) -> int:
-        """Messages waiting to be written."""
-        return len(self._queue)
-
-    def offer(self, msg: bytes) -> bool:
-        """Queue ``msg``; False (nothing queued) when full or closed."""
-        if self.closed or len(self._queue) >= self.max_messages:
-            return False
-        self._queue.append(msg)
-        self._wake.set()
-        return True
-
-    def close(self, last: bytes | None = None) -> None:
-        """No more messages after ``last`` (queued past the bound: a goodbye)."""
-        if last is not None and not self.closed:
-            self._queue.append(last)
-        self.closed = True
-        self._wake.set()
-
-    async def get(self) -> bytes | None:
-        """The next message; None when closed and drained."""
-        while not self._queue:
-            if self.closed:
-                return None
-            self._wake.clear()
-            await self._wake.wait()
-        return self._queue.popleft()
-
-
-def sse(event: str, data: Any) -> bytes:
-    """One Server-Sent Events message (``data`` as compact JSON on one line)."""
-    body = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    return f"event: {event}\ndata: {body}\n\n".encode()
-
-
 class LiveFeed:
     """Timelines for the operator page and their bounded fan-out (see the module docstring)."""
 
@@ -228,13 +157,9 @@ class LiveFeed:
         self.clock = clock
         self.max_points = max(2, math.ceil(settings.history_s / settings.tick_s) + 1)
         self._tracks: dict[str, _Track] = {}
-        self._subs: set[Subscriber] = set()
+        self.fanout = Fanout(settings, metrics)
         self._alerts_changed: dict[str, list[list[float | None]]] = {}
         self._task: asyncio.Task[None] | None = None
-        self.draining = False
-        self.dropped = 0
-        self.refused = 0
-        self.messages = 0
         self._ticks = 0
         self._snapshot: tuple[int, bytes] | None = None
 
@@ -328,7 +253,7 @@ class LiveFeed:
         self._alerts_changed.clear()
         update = {"t": round(now, 2), "points": points, "status": status, "marks": marks,
                   "alerts": alerts, "removed": removed}
-        self._broadcast(sse("update", update))
+        self.fanout.broadcast(sse("update", update))
         return update
 
     def _poll(self, now: float) -> tuple[dict[str, Any], dict[str, list[Any]], list[str]]:
@@ -366,60 +291,48 @@ class LiveFeed:
             del self._tracks[sid]
         return changed, marks, removed
 
-    # --- subscribers --------------------------------------------------------------------
+    # --- subscribers (the fan-out's) -------------------------------------------------
 
     def subscribe(self) -> Subscriber | str:
         """A new subscriber, or the reason it is refused (``too_many``, ``draining``)."""
-        reason = None
-        if self.draining:
-            reason = "draining"
-        elif len(self._subs) >= self.settings.max_clients:
-            reason = "too_many"
-        if reason is not None:
-            self.refused += 1
-            if self.metrics is not None:
-                self.metrics.clients_refused.labels(reason).inc()
-            return reason
-        sub = Subscriber(self.settings.client_buffer_messages)
-        self._subs.add(sub)
-        self._count_clients()
-        return sub
+        return self.fanout.subscribe()
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Forget ``sub`` (its connection ended)."""
-        sub.close()
-        self._subs.discard(sub)
-        self._count_clients()
+        self.fanout.unsubscribe(sub)
+
+    def drop(self, sub: Subscriber, reason: str) -> None:
+        """Disconnect ``sub`` now (counted by ``reason``)."""
+        self.fanout.drop(sub, reason)
+
+    async def drain(self, reason: str = "draining") -> None:
+        """Tell every client ``bye`` and close; abort those still writing after a deadline."""
+        await self.fanout.drain(reason)
 
     @property
     def clients(self) -> int:
         """Subscribers now."""
-        return len(self._subs)
+        return self.fanout.clients
 
-    def _count_clients(self) -> None:
-        if self.metrics is not None:
-            self.metrics.clients.set(len(self._subs))
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`drain` began: new clients are refused."""
+        return self.fanout.draining
 
-    def drop(self, sub: Subscriber, reason: str) -> None:
-        """Disconnect ``sub`` now (counted by ``reason``)."""
-        if sub not in self._subs:
-            return
-        self.dropped += 1
-        if self.metrics is not None:
-            self.metrics.clients_dropped.labels(reason).inc()
-        log.warning("ui event stream: a client was dropped (%s, %d messages behind)",
-                    reason, sub.queued)
-        self.unsubscribe(sub)
-        if sub.abort is not None:
-            sub.abort()
+    @property
+    def dropped(self) -> int:
+        """Clients dropped so far (slow, write timeout)."""
+        return self.fanout.dropped
 
-    def _broadcast(self, msg: bytes) -> None:
-        self.messages += 1
-        if self.metrics is not None:
-            self.metrics.messages.inc()
-        for sub in list(self._subs):
-            if not sub.offer(msg):
-                self.drop(sub, "slow")
+    @property
+    def refused(self) -> int:
+        """Clients refused so far (too many, draining)."""
+        return self.fanout.refused
+
+    @property
+    def messages(self) -> int:
+        """Update messages broadcast so far."""
+        return self.fanout.messages
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a new client needs: settings, and every stream's timeline."""
@@ -463,114 +376,4 @@ class LiveFeed:
             "alerts": list(tr.alerts),
             "marks": list(tr.marks),
         }
-
-    async def drain(self, reason: str = "draining") -> None:
-        """Tell every client ``bye`` and close; abort those still writing after a deadline."""
-        if self.draining and not self._subs:
-            return
-        self.draining = True
-        bye = sse("bye", {"reason": reason})
-        subs = list(self._subs)
-        for sub in subs:
-            sub.close(bye)
-        deadline = time.monotonic() + _DRAIN_DEADLINE_S
-        while self._subs and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for sub in list(self._subs):
-            self.drop(sub, "write_timeout")
-
-
-# --- HTTP --------------------------------------------------------------------------------
-
-FEED_KEY: web.AppKey[LiveFeed] = web.AppKey("restrav_livefeed")
-
-
-def _page_file(name: str) -> bytes:
-    return resources.files("monitor.live").joinpath(f"static/{name}").read_bytes()
-
-
-def add_ui_routes(
-    app: web.Application,
-    feed: LiveFeed,
-    check_auth: Callable[[web.Request], web.Response | None],
-) -> None:
-    """Mount the page and its event stream on ``app``; drain the feed on app cleanup.
-
-    ``check_auth(request)`` returns None for a request with the API token, else
-    the response to send (the API's bearer check).
-    """
-    files = {name: (_page_file(name), ctype) for name, ctype in _PAGE_FILES.items()}
-    app[FEED_KEY] = feed
-
-    def static(name: str) -> Callable[[web.Request], Any]:
-        body, ctype = files[name]
-
-        async def handler(request: web.Request) -> web.Response:
-            resp = web.Response(body=body, content_type=ctype, charset="utf-8")
-            resp.headers.update(_SECURITY_HEADERS)
-            return resp
-
-        return handler
-
-    async def events(request: web.Request) -> web.StreamResponse:
-        if (deny := check_auth(request)) is not None:
-            return deny
-        sub = feed.subscribe()
-        if isinstance(sub, str):
-            why = ("shutting down" if sub == "draining"
-                   else f"at most {feed.settings.max_clients} event-stream clients")
-            refusal = web.json_response({"error": {"code": sub, "message": why}}, status=503)
-            refusal.headers["Retry-After"] = "5"
-            return refusal
-        resp = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-store",
-            "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
-        })
-        resp.force_close()
-        transport = request.transport
-
-        def abort() -> None:
-            if transport is not None:
-                transport.abort()
-
-        sub.abort = abort
-        m = feed.metrics
-        try:
-            await resp.prepare(request)
-            msg: bytes | None = feed.snapshot_message()
-            while msg is not None:
-                await resp.write(msg)
-                if m is not None:
-                    m.bytes_sent.inc(len(msg))
-                msg = await sub.get()
-            await resp.write_eof()
-        except ConnectionError:
-            pass  # the client left, or was dropped (its transport aborted)
-        finally:
-            feed.unsubscribe(sub)
-        return resp
-
-    async def stream_detail(request: web.Request) -> web.Response:
-        if (deny := check_auth(request)) is not None:
-            return deny
-        d = feed.detail(request.match_info["id"])
-        if d is None:
-            return web.json_response(
-                {"error": {"code": "not_found", "message": "no such stream"}}, status=404
-            )
-        return web.json_response(d, dumps=lambda o: json.dumps(o, allow_nan=False))
-
-    async def cleanup(app: web.Application) -> None:
-        await feed.drain("shutdown")
-
-    app.router.add_get("/", static("ui.html"))
-    app.router.add_get("/ui", static("ui.html"))
-    app.router.add_get("/ui/app.js", static("ui.js"))
-    app.router.add_get("/ui/app.css", static("ui.css"))
-    app.router.add_get("/ui/events", events)
-    app.router.add_get(r"/ui/streams/{id:[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}}", stream_detail)
-    app.on_shutdown.append(cleanup)
-
-
-__all__ = ["FEED_KEY", "LiveFeed", "StatusLister", "Subscriber", "add_ui_routes", "sse"]
+__all__ = ["THETA_MEAN", "LiveFeed", "StatusLister"]

@@ -36,15 +36,8 @@ from .alerts import AlertEvent, AlertTracker
 from .desired import DesiredSetWriter, DesiredStore, RedisDesiredStore, spec_from_record
 from .engine import Engine
 from .sinks.base import Sink
-from .stream_task import (
-    STATES,
-    Backoff,
-    ManagedStream,
-    StreamRunner,
-    StreamStatus,
-    strip_credentials,
-    watched,
-)
+from .stream_state import STATES, Backoff, ManagedStream, StreamStatus, strip_credentials, watched
+from .stream_task import StreamRunner
 
 log = logging.getLogger("restrav.streams")
 

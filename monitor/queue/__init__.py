@@ -42,6 +42,9 @@ locks, renewal), :mod:`.reclaim` (what to take next), :mod:`.backoff`,
 
 A library: no signals, no argv. :meth:`Worker.run` returns when its stop event
 is set; the composition root owns signals and exit codes.
+
+Layer: may use ``core``, ``media`` and the base; nothing above (``live``,
+``cluster``, ``webrtc``) and not ``learn``.
 """
 
 from __future__ import annotations
