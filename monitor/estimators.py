@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(or pip install 'scikit-learn>=1.6')"
     ) from exc
 
-from .backbone import load_backbone
+from .backends import make_embedder
 from .classifier import (
     KINDS,
     Classifier,
@@ -184,7 +184,9 @@ class VideoEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     embedding are :func:`monitor.pipeline.score_file`, the code of ``restrav score``.
 
     ``model``, ``device``, ``dtype``, ``image_size`` and ``normalize`` are those of
-    ``restrav score`` (``--model`` etc.); the loaded backbone is shared by clones.
+    ``restrav score`` (``--model`` etc.), and so are ``backend`` and ``backend_mode``
+    (``--backend``, ``--backend-mode``: :func:`monitor.backends.make_embedder`, the
+    constructor every path uses); the loaded backbone is shared by clones.
     Bad input raises :class:`monitor.errors.InputError` naming the file.
     """
 
@@ -197,6 +199,8 @@ class VideoEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         image_size: int = 224,
         normalize: str = "none",
         hop: int | None = None,
+        backend: str = "torch",
+        backend_mode: str = "float32",
     ) -> None:
         self.model = model
         self.device = device
@@ -205,6 +209,8 @@ class VideoEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         self.image_size = image_size
         self.normalize = normalize
         self.hop = hop
+        self.backend = backend
+        self.backend_mode = backend_mode
 
     def fit(self, x: Any, y: Any = None) -> VideoEmbedder:
         """Nothing to learn; returns self (the backbone loads on first transform)."""
@@ -213,11 +219,13 @@ class VideoEmbedder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     def embedder(self) -> Embedder:
         """The Embedder for these parameters (loaded once per process)."""
         key = (self.model, self.device, self.dtype, self.image_size, self.batch_size,
-               self.normalize)
+               self.normalize, self.backend, self.backend_mode)
         if key not in _EMBEDDERS:
-            bb = load_backbone(self.model, self.device, self.dtype, self.image_size)
-            _EMBEDDERS[key] = Embedder(bb, batch_size=self.batch_size,
-                                       normalize=self.normalize)  # type: ignore[arg-type]
+            _EMBEDDERS[key] = make_embedder(
+                self.model, self.device, self.dtype, self.image_size,
+                batch_size=self.batch_size, normalize=self.normalize,  # type: ignore[arg-type]
+                backend=self.backend, mode=self.backend_mode,
+            )
         return _EMBEDDERS[key]
 
     def transform(self, x: Sequence[Any]) -> npt.NDArray[np.float32]:

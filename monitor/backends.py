@@ -1,0 +1,555 @@
+"""Backbone runtimes: eager torch, ONNX Runtime, OpenVINO (the one place every path picks one).
+
+Contract:
+
+* :func:`make_embedder` is the only constructor of an :class:`~monitor.embed.Embedder`
+  that the composition roots (score, serve's engine, the queue worker, extract) and
+  :class:`~monitor.estimators.VideoEmbedder` use. It loads the backbone with
+  :func:`~monitor.backbone.load_backbone` and, for ``backend`` other than ``torch``,
+  runs it through an exported graph. The output contract does not change: per frame,
+  all tokens after the final LayerNorm, flattened, float32.
+* ``backend`` is ``auto``, ``torch``, ``onnxruntime`` or ``openvino``; ``mode`` (the
+  runtime's precision) is ``float32``, ``bfloat16`` (OpenVINO on CPUs with AVX512_BF16
+  or AMX) or ``int8`` (ONNX Runtime static quantisation calibrated on real frames, the
+  LayerNorms, softmaxes and the last block kept in float32; it needs calibration frames).
+  :data:`MEASURED_DRIFT` holds each mode's drift measured by ``bench/bench_backends.py``
+  (definition: :func:`feature_drift`); ``auto`` never picks a mode whose drift exceeds
+  :data:`DRIFT_BOUND`, and on CUDA it is torch.
+* A runtime asked for by name and not installed raises :class:`MissingRuntime` (a
+  ConfigError: one line naming what to install, exit 3 in the CLI).
+* Exported graphs are cached under ``cache_dir`` (default ``~/.cache/restrav/graphs``),
+  one directory per key (weights' SHA-256, image size, position embeddings, runtime,
+  its version, torch's version, mode, calibration frames' hash, exporter version). A
+  manifest written last records the key and each file's SHA-256; a graph is loaded
+  from the bytes whose hash was checked (ONNX and OpenVINO IR are data, no code runs
+  from them), and a missing, stale or corrupted entry is rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from .backbone import Backbone, CompileMode, load_backbone
+from .embed import Embedder, preprocess
+from .errors import ConfigError
+from .types import RGBArray
+
+log = logging.getLogger("restrav.backends")
+
+BackendName = Literal["auto", "torch", "onnxruntime", "openvino"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+RuntimeMode = Literal["float32", "bfloat16", "int8"]
+MODES: tuple[str, ...] = ("float32", "bfloat16", "int8")
+
+CPU_FAST_EXTRA = "pip install 'restrav-monitor[cpu-fast]'"
+PACKAGES: dict[str, str] = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+"""Runtime name -> the Python distribution that provides it (both in the cpu-fast extra)."""
+
+EXPORTER_VERSION = 1
+"""Bumped whenever the export changes what a graph computes: every cached graph is then stale."""
+
+DRIFT_BOUND = 0.01
+"""The largest feature drift ``auto`` accepts (1 %, :func:`feature_drift`)."""
+PROB_BOUND = 0.01
+"""The largest change of P(AI) under the default classifier ``auto`` accepts."""
+
+MEASURED_DRIFT: dict[tuple[str, str], tuple[float, float]] = {
+    ("torch", "float32"): (0.0, 0.0),
+    ("onnxruntime", "float32"): (2.1e-5, 1.0e-6),
+    ("openvino", "float32"): (2.4e-5, 1.0e-6),
+    ("openvino", "bfloat16"): (5.5e-1, 4.0e-2),
+    ("onnxruntime", "int8"): (1.7, 2.0e-1),
+}
+"""(runtime, mode) -> (feature drift, largest P(AI) change) on the 16 shared clips, random
+real-size ViT-S/14, measured by ``python -m bench.bench_backends`` (BENCHMARKS.md, "CPU
+backends"). Rounded up; a mode missing here is never picked by ``auto``."""
+
+AUTO_ORDER: tuple[tuple[str, str], ...] = (
+    ("openvino", "float32"),
+    ("onnxruntime", "float32"),
+    ("torch", "float32"),
+)
+"""``auto`` on a CPU: the first installed entry within the bounds, fastest first as measured
+side by side on AVX-512 and AVX2 CPUs (BENCHMARKS.md)."""
+
+
+def feature_drift(
+    features: npt.ArrayLike, reference: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """Per clip and feature, the drift of ``features`` from ``reference`` (both ``(clips, 21)``,
+    the reference from eager torch float32 on the same clips):
+    ``|f - f_ref| / max(|f_ref|, std of that feature over the clips)``.
+
+    A mode's drift is the maximum of the result; the one definition used by the
+    benchmark, the tests and ``restrav doctor``.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if f.shape != ref.shape or ref.ndim != 2:
+        raise ValueError(f"expected two (clips, features) arrays, got {f.shape} and {ref.shape}")
+    scale = np.maximum(np.abs(ref), ref.std(axis=0, keepdims=True))
+    out: npt.NDArray[np.float64] = np.abs(f - ref) / np.where(scale > 0, scale, 1.0)
+    return out
+
+
+class MissingRuntime(ConfigError):
+    """A backend was asked for whose runtime is not installed."""
+
+
+def installed(runtime: str) -> bool:
+    """True when ``runtime`` (``torch``, ``onnxruntime``, ``openvino``) can be imported."""
+    if runtime == "torch":
+        return True
+    return importlib.util.find_spec(runtime) is not None
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed version of a runtime's distribution ("" when not installed)."""
+    try:
+        return importlib.metadata.version(PACKAGES.get(runtime, runtime))
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def has_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16)."""
+    f = cpu_flags() if flags is None else flags
+    return "avx512_bf16" in f or "amx_bf16" in f
+
+
+def within_bounds(runtime: str, mode: str) -> bool:
+    """True when the measured drift of (runtime, mode) is within :data:`DRIFT_BOUND` and
+    :data:`PROB_BOUND` (False when it was never measured)."""
+    measured = MEASURED_DRIFT.get((runtime, mode))
+    return measured is not None and measured[0] <= DRIFT_BOUND and measured[1] <= PROB_BOUND
+
+
+def choose_backend(
+    backend: str, mode: str, device: torch.device, is_installed: Callable[[str], bool] = installed
+) -> tuple[str, str]:
+    """Resolve ``(backend, mode)`` to the runtime and precision that will run.
+
+    ``auto`` is torch float32 on CUDA; on a CPU the first installed entry of
+    :data:`AUTO_ORDER` that is within the bounds (``mode`` is then ignored: a reduced
+    mode is never picked automatically). A named backend must be installed
+    (:class:`MissingRuntime` otherwise) and run on the CPU; its mode is kept as asked,
+    whatever its drift (reported by ``restrav doctor``).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if mode not in MODES:
+        raise ConfigError(f"backend mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if backend == "auto":
+        if device.type != "cpu":
+            return "torch", "float32"
+        for rt, md in AUTO_ORDER:
+            if is_installed(rt) and within_bounds(rt, md):
+                return rt, md
+        return "torch", "float32"
+    if backend == "torch":
+        if mode != "float32":
+            raise ConfigError(
+                f"backend torch runs --dtype's precision; mode {mode!r} needs onnxruntime "
+                "or openvino"
+            )
+        return "torch", "float32"
+    if not is_installed(backend):
+        raise MissingRuntime(
+            f"backend {backend!r} needs the {PACKAGES[backend]} package: {CPU_FAST_EXTRA}"
+        )
+    if device.type != "cpu":
+        raise ConfigError(f"backend {backend!r} runs on the CPU only; use --device cpu")
+    if mode == "bfloat16" and backend != "openvino":
+        raise ConfigError("mode bfloat16 is offered by the openvino backend only")
+    if mode == "int8" and backend != "onnxruntime":
+        raise ConfigError("mode int8 is offered by the onnxruntime backend only")
+    return backend, mode
+
+
+def default_threads() -> int:
+    """CPU cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_cache_dir() -> Path:
+    """``~/.cache/restrav/graphs``: where exported graphs are kept."""
+    return Path.home() / ".cache" / "restrav" / "graphs"
+
+
+# -- the cache ---------------------------------------------------------------------------
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes, bytes), in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def graph_key(
+    backbone: Backbone, runtime: str, mode: str, calibration_sha256: str | None
+) -> dict[str, Any]:
+    """What a cached graph depends on; any difference makes it stale."""
+    return {
+        "weights_sha256": weights_sha256(backbone.model),
+        "image_size": backbone.image_size,
+        "pos_embed": backbone.pos_embed,
+        "runtime": runtime,
+        "runtime_version": runtime_version(runtime),
+        "torch_version": torch.__version__,
+        "mode": mode,
+        "calibration_sha256": calibration_sha256,
+        "exporter_version": EXPORTER_VERSION,
+    }
+
+
+def _key_id(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+MANIFEST = "manifest.json"
+
+
+def read_verified(entry: Path, key: dict[str, Any]) -> dict[str, bytes] | None:
+    """The files of a cache entry, read once and checked against its manifest.
+
+    None (the caller rebuilds) when the manifest is missing or unreadable, records
+    another key, or any file is missing or its SHA-256 differs. The bytes returned are
+    the ones hashed: nothing is read from disk again after the check.
+    """
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("key") != key:
+        log.warning("graph cache %s is stale (built for other settings); rebuilding", entry)
+        return None
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return None
+    out: dict[str, bytes] = {}
+    for name, digest in files.items():
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            return None
+        try:
+            data = (entry / name).read_bytes()
+        except OSError:
+            log.warning("graph cache %s lacks %s; rebuilding", entry, name)
+            return None
+        if hashlib.sha256(data).hexdigest() != digest:
+            log.warning("graph cache %s: %s fails its checksum; rebuilding", entry, name)
+            return None
+        out[name] = data
+    return out
+
+
+def write_entry(entry: Path, key: dict[str, Any], files: dict[str, bytes]) -> None:
+    """Write a cache entry: files first, then the manifest, into a fresh directory that
+    replaces ``entry`` (a reader never sees a manifest before its files)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        digests = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+        manifest = {"key": key, "files": digests}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- export and build ----------------------------------------------------------------------
+
+
+class _Hidden(torch.nn.Module):
+    """pixel_values -> last_hidden_state (the final LayerNorm of all tokens)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(pixel_values=pixels).last_hidden_state
+        return out
+
+
+def export_onnx(backbone: Backbone) -> bytes:
+    """The backbone as an ONNX graph (opset 17, dynamic batch), float32, on the CPU."""
+    model = _Hidden(backbone.model).eval()
+    size = backbone.image_size
+    with tempfile.TemporaryDirectory(prefix="restrav-export-") as d, warnings.catch_warnings():
+        # the TorchScript exporter warns about its deprecation and traced shape checks
+        warnings.simplefilter("ignore")
+        path = Path(d) / "graph.onnx"
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 3, size, size),),
+            str(path),
+            input_names=["pixels"],
+            output_names=["hidden"],
+            dynamic_axes={"pixels": {0: "n"}, "hidden": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        return path.read_bytes()
+
+
+SENSITIVE_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Div", "Erf")
+"""ONNX op types kept in float32 by the int8 mode (normalisations, softmax, GELU)."""
+
+
+def quantize_int8(onnx_bytes: bytes, calibration: npt.NDArray[np.float32], layers: int) -> bytes:
+    """Static int8 quantisation (QDQ, per-channel weights, symmetric activations) of an
+    exported graph, calibrated on ``calibration`` pixels ``(N, 3, S, S)``; the
+    :data:`SENSITIVE_OPS` nodes and every node of the last block stay float32."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
+            if self.i >= len(calibration):
+                return None
+            batch = calibration[self.i : self.i + 4]
+            self.i += 4
+            return {"pixels": batch}
+
+    graph = onnx.load_from_string(onnx_bytes)
+    last = f"/model/encoder/layer.{layers - 1}/"
+    exclude = [
+        n.name for n in graph.graph.node if n.op_type in SENSITIVE_OPS or n.name.startswith(last)
+    ]
+    with tempfile.TemporaryDirectory(prefix="restrav-int8-") as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
+        src.write_bytes(onnx_bytes)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+            nodes_to_exclude=exclude,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"ActivationSymmetric": True, "CalibPercentile": 99.999},
+        )
+        return dst.read_bytes()
+
+
+def _build_files(
+    backbone: Backbone, runtime: str, mode: str, calibration: npt.NDArray[np.float32] | None
+) -> dict[str, bytes]:
+    onnx_bytes = export_onnx(backbone)
+    if runtime == "onnxruntime":
+        if mode == "int8":
+            if calibration is None:
+                raise ConfigError("mode int8 needs calibration frames (real frames of real clips)")
+            layers = int(getattr(backbone.model.config, "num_hidden_layers", 1))
+            onnx_bytes = quantize_int8(onnx_bytes, calibration, layers)
+        return {"graph.onnx": onnx_bytes}
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="restrav-ov-") as d:
+        src = Path(d) / "graph.onnx"
+        src.write_bytes(onnx_bytes)
+        model = ov.convert_model(str(src))
+        ov.save_model(model, str(Path(d) / "graph.xml"), compress_to_fp16=False)
+        return {
+            "graph.xml": (Path(d) / "graph.xml").read_bytes(),
+            "graph.bin": (Path(d) / "graph.bin").read_bytes(),
+        }
+
+
+@dataclass
+class BuildInfo:
+    """How a runtime graph came to be (for doctor, the benchmark and logs)."""
+
+    runtime: str
+    mode: str
+    cache_entry: Path | None
+    built: bool
+    build_s: float
+
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+"""``(N, 3, S, S)`` float32 pixels -> ``(N, tokens, hidden)`` float32 hidden states."""
+
+
+def _onnxruntime_runner(files: dict[str, bytes], threads: int) -> Runner:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(files["graph.onnx"], so, providers=["CPUExecutionProvider"])
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.detach().cpu().float().contiguous().numpy()
+        return torch.from_numpy(session.run(None, {"pixels": x})[0])
+
+    return run
+
+
+def _openvino_runner(files: dict[str, bytes], threads: int, mode: str) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    weights = ov.Tensor(np.frombuffer(files["graph.bin"], dtype=np.uint8).copy())
+    model = core.read_model(files["graph.xml"].decode(), weights)
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": "bf16" if mode == "bfloat16" else "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.detach().cpu().float().contiguous().numpy()
+        out = request.infer({0: x})
+        return torch.from_numpy(np.array(out[compiled.output(0)], dtype=np.float32))
+
+    return run
+
+
+def build_runner(
+    backbone: Backbone,
+    runtime: str,
+    mode: str = "float32",
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+    calibration: npt.NDArray[np.float32] | None = None,
+) -> tuple[Runner, BuildInfo]:
+    """A runtime's forward for ``backbone``, from the verified cache or built (and cached).
+
+    ``calibration`` (pixels, int8 only) is part of the key: other frames, another graph.
+    """
+    import time
+
+    cal_sha = (
+        hashlib.sha256(np.ascontiguousarray(calibration, dtype=np.float32).tobytes()).hexdigest()
+        if calibration is not None and mode == "int8"
+        else None
+    )
+    key = graph_key(backbone, runtime, mode, cal_sha)
+    entry = (cache_dir or default_cache_dir()) / f"{runtime}-{mode}-{_key_id(key)}"
+    t0 = time.perf_counter()
+    files = read_verified(entry, key)
+    built = files is None
+    if files is None:
+        log.info("building the %s %s graph (once; cached in %s)", runtime, mode, entry)
+        files = _build_files(backbone, runtime, mode, calibration if mode == "int8" else None)
+        write_entry(entry, key, files)
+    n = threads or default_threads()
+    runner = (
+        _onnxruntime_runner(files, n)
+        if runtime == "onnxruntime"
+        else _openvino_runner(files, n, mode)
+    )
+    return runner, BuildInfo(runtime, mode, entry, built, time.perf_counter() - t0)
+
+
+def calibration_pixels(frames: Sequence[RGBArray], backbone: Backbone) -> npt.NDArray[np.float32]:
+    """Model input for calibration frames, preprocessed as the Embedder does (no
+    normalisation: SPEC section 2)."""
+    return preprocess(frames, backbone.image_size, "cpu").numpy()
+
+
+def make_embedder(
+    ref: str,
+    device: str | torch.device = "auto",
+    dtype: str = "float32",
+    image_size: int = 224,
+    batch_size: int = 8,
+    normalize: Literal["none", "imagenet"] = "none",
+    compile: CompileMode = "off",
+    backend: str = "auto",
+    mode: str = "float32",
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+    calibration: npt.NDArray[np.float32] | None = None,
+) -> Embedder:
+    """Load ``ref`` and wrap it in an Embedder running on the chosen backend.
+
+    The one constructor every path uses (see the module docstring). A runtime backend
+    needs ``dtype`` float32 and ``compile`` off (the graph is exported from the float32
+    model; its precision is ``mode``). ``threads`` sets torch's and the runtime's
+    intra-op threads (None: torch's default for torch, the process's cores for a runtime).
+    The Embedder's ``backend`` and ``backend_mode`` attributes say what runs.
+    """
+    backbone = load_backbone(ref, device, dtype, image_size)
+    runtime, md = choose_backend(backend, mode, backbone.device, installed)
+    if runtime != "torch" and (dtype != "float32" or compile != "off"):
+        if backend == "auto":
+            runtime, md = "torch", "float32"
+        else:
+            raise ConfigError(
+                f"backend {runtime!r} exports the float32 model: use --dtype float32 (its "
+                "precision is the backend mode) and compile off"
+            )
+    if threads:
+        torch.set_num_threads(threads)
+    if runtime == "torch":
+        emb = Embedder(backbone, batch_size=batch_size, normalize=normalize, compile=compile)
+        emb.backend, emb.backend_mode = "torch", backbone.precision
+        return emb
+    runner, info = build_runner(backbone, runtime, md, threads, cache_dir, calibration)
+    log.info(
+        "backbone on %s (%s)%s in %.1f s", runtime, md,
+        ", graph built" if info.built else ", graph from cache", info.build_s,
+    )
+    emb = Embedder(backbone, batch_size=batch_size, normalize=normalize, runner=runner)
+    emb.backend, emb.backend_mode = runtime, md
+    return emb
