@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .backbone import Backbone, CompileMode, load_backbone
+from .backbone import Backbone, CompileMode, load_backbone, resolve_device
 from .embed import Embedder, preprocess
 from .errors import ConfigError
 from .types import RGBArray
@@ -432,6 +432,9 @@ def _onnxruntime_runner(files: dict[str, bytes], threads: int) -> Runner:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle intra-op threads sleep instead of spinning: on two cores a spinning pool
+    # takes the CPU that the streams' decode threads need between batches
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(files["graph.onnx"], so, providers=["CPUExecutionProvider"])
 
     def run(pixels: torch.Tensor) -> torch.Tensor:
@@ -452,6 +455,8 @@ def _openvino_runner(files: dict[str, bytes], threads: int, mode: str) -> Runner
         "INFERENCE_PRECISION_HINT": "bf16" if mode == "bfloat16" else "f32",
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
+        # no pinning: the decode threads share these cores, the OS places both
+        "ENABLE_CPU_PINNING": False,
     }
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
@@ -529,8 +534,10 @@ def make_embedder(
     intra-op threads (None: torch's default for torch, the process's cores for a runtime).
     The Embedder's ``backend`` and ``backend_mode`` attributes say what runs.
     """
-    backbone = load_backbone(ref, device, dtype, image_size)
-    runtime, md = choose_backend(backend, mode, backbone.device, installed)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    # checked before the (slow) model load: a missing runtime fails at once
+    runtime, md = choose_backend(backend, mode, dev, installed)
+    backbone = load_backbone(ref, dev, dtype, image_size)
     if runtime != "torch" and (dtype != "float32" or compile != "off"):
         if backend == "auto":
             runtime, md = "torch", "float32"
