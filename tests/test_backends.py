@@ -236,3 +236,24 @@ def test_drift_is_relative_to_the_feature_or_its_spread() -> None:
     # feature 0: |0.1| / max(10, std 10) = 0.01; feature 1 at 0: |0.01| / std 1 = 0.01
     assert d[0, 0] == pytest.approx(0.01) and d[0, 1] == pytest.approx(0.01)
     assert d[1].max() == 0.0
+
+
+@_needs("onnxruntime")
+def test_settings_and_video_embedder_reach_the_same_constructor(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("sklearn", reason="VideoEmbedder needs the train extra")
+    monkeypatch.setattr(backends, "default_cache_dir", lambda: tmp_path)
+    from monitor.config import load_settings
+    from monitor.estimators import VideoEmbedder
+    from workers.common import build_embedder
+
+    settings = load_settings(None, model={
+        "ref": str(tiny_model_dir), "device": "cpu", "backend": "onnxruntime",
+        "graph_cache": tmp_path,
+    })
+    emb = build_embedder(settings)
+    assert (emb.backend, emb.backend_mode) == ("onnxruntime", "float32")
+    ve = VideoEmbedder(model=str(tiny_model_dir), device="cpu", backend="onnxruntime")
+    assert ve.embedder().backend == "onnxruntime"
+    assert VideoEmbedder(model=str(tiny_model_dir), device="cpu").embedder().backend == "torch"
