@@ -292,8 +292,13 @@ def write_entry(entry: Path, key: dict[str, Any], files: dict[str, bytes]) -> No
         manifest = {"key": key, "files": digests}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            # another process wrote the entry meanwhile: keep theirs (it is verified on
+            # every load); this process runs from the bytes it built
+            log.info("graph cache %s was written by another process meanwhile", entry)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
