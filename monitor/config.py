@@ -84,7 +84,28 @@ class ModelSettings(_Section):
     normalize: Literal["none", "imagenet"] = Field(
         "none", description="Input normalisation; SPEC says none (paper and code agree)."
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch default).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Intra-op CPU threads of torch and of the runtime backends (None: torch's "
+        "default; a runtime uses the process's cores).",
+    )
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "torch",
+        description="Backbone runtime: torch (eager, as always); onnxruntime or openvino "
+        "(exported graph, CPU only, the cpu-fast extra); auto (the fastest installed runtime "
+        "whose measured feature drift is within 1 %; torch on CUDA). See BENCHMARKS.md.",
+    )
+    backend_mode: Literal["float32", "bfloat16", "int8"] = Field(
+        "float32",
+        description="A runtime backend's precision: float32 (exact), bfloat16 (openvino, "
+        "CPUs with AVX512_BF16/AMX), int8 (onnxruntime, needs calibration frames). Reduced "
+        "modes move the features (drift in `restrav doctor` and BENCHMARKS.md); auto never "
+        "picks them.",
+    )
+    graph_cache: Path | None = Field(
+        None, description="Where exported graphs are cached (None: ~/.cache/restrav/graphs)."
+    )
 
 
 class DecodeSettings(_Section):

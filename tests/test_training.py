@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor import classifier as classifier_mod
+from monitor.core import classifier as classifier_mod
 from monitor.core.classifier import load_classifier
 from monitor.errors import ConfigError
 from monitor.learn.dataset import FeatureTable

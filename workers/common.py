@@ -86,6 +86,19 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--batch-size", type=int, metavar="N", help="frames per forward pass (default 8)"
     )
+    g.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        help="backbone runtime (default torch; onnxruntime/openvino need "
+        "pip install 'restrav-monitor[cpu-fast]'; auto: the fastest installed one whose "
+        "features stay within 1 %%, torch on CUDA)",
+    )
+    g.add_argument(
+        "--backend-mode",
+        choices=("float32", "bfloat16", "int8"),
+        help="a runtime backend's precision (default float32; reduced modes move the "
+        "features: see BENCHMARKS.md)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -96,6 +109,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("device", "device"),
         ("dtype", "dtype"),
         ("batch_size", "batch_size"),
+        ("backend", "backend"),
+        ("backend_mode", "backend_mode"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -124,17 +139,16 @@ def decode_limits(settings: Settings) -> DecodeLimits:
 
 
 def build_embedder(settings: Settings) -> Embedder:
-    """Load the backbone named by the settings and wrap it in an Embedder."""
-    from monitor.core.backbone import load_backbone
-    from monitor.core.embed import Embedder
+    """Load the backbone named by the settings and wrap it in an Embedder on the chosen
+    backend (:func:`monitor.core.backends.make_embedder`, the one place that chooses)."""
+    from monitor.core.backends import make_embedder
 
     m = settings.model
-    if m.threads:
-        import torch
-
-        torch.set_num_threads(m.threads)
-    backbone = load_backbone(m.ref, m.device, m.dtype, m.image_size)
-    return Embedder(backbone, batch_size=m.batch_size, normalize=m.normalize, compile=m.compile)
+    return make_embedder(
+        m.ref, m.device, m.dtype, m.image_size, batch_size=m.batch_size,
+        normalize=m.normalize, compile=m.compile, backend=m.backend, mode=m.backend_mode,
+        threads=m.threads, cache_dir=m.graph_cache,
+    )
 
 
 def build_classifier(settings: Settings, embedding_dim: int | None = None) -> Classifier | None:

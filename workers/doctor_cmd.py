@@ -28,6 +28,10 @@ def register(sub: Any) -> None:
                    help="classifier to check (default: settings, else the bundled one)")
     p.add_argument("--redis-url", metavar="URL", help="Redis to check (default: settings)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"),
+                   help="backbone runtime to check (default: settings)")
+    p.add_argument("--backend-mode", choices=("float32", "bfloat16", "int8"),
+                   help="its precision (default: settings)")
     p.set_defaults(func=run, device=None, dtype=None, batch_size=None)
 
 
@@ -110,6 +114,44 @@ def _damaged_weights(directory: Path) -> list[str]:
     return damaged
 
 
+def _backends(backend: str, mode: str, device: str) -> dict[str, Any]:
+    """The configured backbone runtime, what it resolves to here, the installed runtimes,
+    the CPU flags that matter, and every mode's measured drift (BENCHMARKS.md)."""
+    from monitor.core.backbone import resolve_device
+    from monitor.core.backends import (
+        DRIFT_BOUND,
+        MEASURED_DRIFT,
+        choose_backend,
+        cpu_flags,
+        installed,
+        within_bounds,
+    )
+    from monitor.core.graphs import runtime_version
+    from monitor.errors import ConfigError
+
+    flags = cpu_flags()
+    info: dict[str, Any] = {"configured": f"{backend} {mode}"}
+    try:
+        rt, md = choose_backend(backend, mode, resolve_device(device), installed)
+        info["runs"] = f"{rt} {md}"
+    except ConfigError as exc:
+        info["runs"] = f"error: {exc.message}"
+    info["installed"] = [
+        f"{r} {runtime_version(r)}" for r in ("torch", "onnxruntime", "openvino") if installed(r)
+    ]
+    info["cpu_flags"] = [
+        f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+        if f in flags
+    ]
+    info["measured_drift"] = [
+        f"{r} {m}: drift {d:.2g}, max dP(AI) {p:.2g} "
+        f"({'within' if within_bounds(r, m) else 'over'} the {DRIFT_BOUND:.0%} bound"
+        f"{'' if within_bounds(r, m) else '; auto never picks it'})"
+        for (r, m), (d, p) in MEASURED_DRIFT.items()
+    ]
+    return info
+
+
 def _redis(url: str | None) -> dict[str, Any]:
     if not url:
         return {"configured": False}
@@ -179,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
         },
         "model": _model_location(settings.model.ref),
         "classifier": _classifier(settings.classifier.path),
+        "backend": _backends(
+            settings.model.backend, settings.model.backend_mode, settings.model.device
+        ),
         "redis": _redis(
             args.redis_url
             or (settings.redis.url.get_secret_value() if settings.redis.url else None)

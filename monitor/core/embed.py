@@ -13,7 +13,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -100,6 +100,10 @@ class Embedder:
     Runs ``batch_size`` frames per forward pass under ``torch.inference_mode``;
     the geometry downstream is float64 whatever ``dtype`` the model runs in.
     Not thread-safe: one thread owns an Embedder and its device.
+
+    ``runner`` (from :mod:`monitor.core.backends`) replaces the torch call: ``(N, 3, S, S)``
+    float32 pixels -> ``(N, tokens, hidden)`` float32 final-LayerNorm states of an
+    exported graph of the same backbone; the output contract does not change.
     """
 
     def __init__(
@@ -108,8 +112,15 @@ class Embedder:
         batch_size: int = 8,
         normalize: Literal["none", "imagenet"] = "none",
         compile: CompileMode = "off",
+        runner: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.backbone = backbone
+        self.runner = runner
+        self.backend = "torch" if runner is None else "runtime"
+        """Which runtime computes the forward (set by
+        :func:`monitor.core.backends.make_embedder`)."""
+        self.backend_mode = backbone.precision
+        """Its precision: the torch dtype name, or the runtime's mode."""
         self.batch_size = batch_size
         self.normalize = normalize
         self.compile = compile
@@ -133,6 +144,8 @@ class Embedder:
         """The bare model call: ``(N, 3, S, S)`` -> ``(N, D)`` float32, one pass (under
         autocast for the mixed precisions; padded to a fixed batch size when compiled)."""
         n = pixels.shape[0]
+        if self.runner is not None:
+            return self.runner(pixels).reshape(n, -1).float()
         if self._buckets:
             size = next((b for b in self._buckets if b >= n), n)
             if size > n:

@@ -30,7 +30,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "(or pip install 'scikit-learn>=1.6')"
     ) from exc
 
-from ..core.backbone import DTYPES, load_backbone
+from ..core.backbone import DTYPES
+from ..core.backends import make_embedder
 from ..core.embed import Embedder
 from ..core.geometry import ZERO_STEP_EPS, features_from_steps, trajectory_steps
 from ..core.pipeline import score_file
@@ -180,7 +181,9 @@ class VideoEmbedder(TransformerMixin, BaseEstimator,  # type: ignore[misc,call-a
     embedding are :func:`monitor.core.pipeline.score_file`, the code of ``restrav score``.
 
     ``model``, ``device``, ``dtype``, ``image_size`` and ``normalize`` are those of
-    ``restrav score`` (``--model`` etc.); the loaded backbone is shared by clones.
+    ``restrav score`` (``--model`` etc.), and so are ``backend`` and ``backend_mode``
+    (``--backend``, ``--backend-mode``: :func:`monitor.core.backends.make_embedder`, the
+    constructor every path uses); the loaded backbone is shared by clones.
     Bad input raises :class:`monitor.errors.InputError` naming the file; a single
     path (a string) instead of a list of them raises TypeError.
     """
@@ -193,6 +196,8 @@ class VideoEmbedder(TransformerMixin, BaseEstimator,  # type: ignore[misc,call-a
         "image_size": [Interval(Integral, 1, None, closed="left")],
         "normalize": [StrOptions({"none", "imagenet"})],
         "hop": [Interval(Integral, 1, None, closed="left"), None],
+        "backend": [StrOptions({"auto", "torch", "onnxruntime", "openvino"})],
+        "backend_mode": [StrOptions({"float32", "bfloat16", "int8"})],
     }
 
     def __init__(
@@ -204,6 +209,8 @@ class VideoEmbedder(TransformerMixin, BaseEstimator,  # type: ignore[misc,call-a
         image_size: int = 224,
         normalize: str = "none",
         hop: int | None = None,
+        backend: str = "torch",
+        backend_mode: str = "float32",
     ) -> None:
         self.model = model
         self.device = device
@@ -212,6 +219,8 @@ class VideoEmbedder(TransformerMixin, BaseEstimator,  # type: ignore[misc,call-a
         self.image_size = image_size
         self.normalize = normalize
         self.hop = hop
+        self.backend = backend
+        self.backend_mode = backend_mode
 
     def fit(self, x: Any, y: Any = None) -> VideoEmbedder:
         """Check the parameters; nothing to learn (the backbone loads on first
@@ -223,11 +232,13 @@ class VideoEmbedder(TransformerMixin, BaseEstimator,  # type: ignore[misc,call-a
     def embedder(self) -> Embedder:
         """The Embedder for these parameters (loaded once per process)."""
         key = (self.model, self.device, self.dtype, self.image_size, self.batch_size,
-               self.normalize)
+               self.normalize, self.backend, self.backend_mode)
         if key not in _EMBEDDERS:
-            bb = load_backbone(self.model, self.device, self.dtype, self.image_size)
-            _EMBEDDERS[key] = Embedder(bb, batch_size=self.batch_size,
-                                       normalize=self.normalize)  # type: ignore[arg-type]
+            _EMBEDDERS[key] = make_embedder(
+                self.model, self.device, self.dtype, self.image_size,
+                batch_size=self.batch_size, normalize=self.normalize,  # type: ignore[arg-type]
+                backend=self.backend, mode=self.backend_mode,
+            )
         return _EMBEDDERS[key]
 
     def transform(self, x: Sequence[Any]) -> npt.NDArray[np.float32]:

@@ -1,0 +1,236 @@
+"""Backbone runtimes: eager torch, ONNX Runtime, OpenVINO (the one place every path picks one).
+
+Contract:
+
+* :func:`make_embedder` is the only constructor of an :class:`~monitor.core.embed.Embedder`
+  that the composition roots (score, serve's engine, the queue worker, extract) and
+  :class:`~monitor.learn.estimators.VideoEmbedder` use. It loads the backbone with
+  :func:`~monitor.core.backbone.load_backbone` and, for ``backend`` other than ``torch``,
+  runs it through an exported graph. The output contract does not change: per frame,
+  all tokens after the final LayerNorm, flattened, float32.
+* ``backend`` is ``auto``, ``torch``, ``onnxruntime`` or ``openvino``; ``mode`` (the
+  runtime's precision) is ``float32``, ``bfloat16`` (OpenVINO on CPUs with AVX512_BF16
+  or AMX) or ``int8`` (ONNX Runtime static quantisation calibrated on real frames, the
+  LayerNorms, softmaxes and the last block kept in float32; it needs calibration frames).
+  :data:`MEASURED_DRIFT` holds each mode's drift measured by ``bench/bench_backends.py``
+  (definition: :func:`feature_drift`); ``auto`` never picks a mode whose drift exceeds
+  :data:`DRIFT_BOUND`, and on CUDA it is torch.
+* A runtime asked for by name and not installed raises :class:`MissingRuntime` (a
+  ConfigError: one line naming what to install, exit 3 in the CLI).
+* Exported graphs and their verified cache are :mod:`monitor.core.graphs`: a graph is
+  loaded only from bytes whose SHA-256 was checked; a missing, stale or corrupted
+  entry is rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ..errors import ConfigError
+from ..types import RGBArray
+from .backbone import Backbone, CompileMode, load_backbone, resolve_device
+from .embed import Embedder, preprocess
+from .graphs import PACKAGES, build_runner
+
+log = logging.getLogger("restrav.backends")
+
+BackendName = Literal["auto", "torch", "onnxruntime", "openvino"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+RuntimeMode = Literal["float32", "bfloat16", "int8"]
+MODES: tuple[str, ...] = ("float32", "bfloat16", "int8")
+
+CPU_FAST_EXTRA = "pip install 'restrav-monitor[cpu-fast]'"
+
+EXPORTER_VERSION = 1
+"""Bumped whenever the export changes what a graph computes: every cached graph is then stale."""
+
+DRIFT_BOUND = 0.01
+"""The largest feature drift ``auto`` accepts (1 %, :func:`feature_drift`)."""
+PROB_BOUND = 0.01
+"""The largest change of P(AI) under the default classifier ``auto`` accepts."""
+
+MEASURED_DRIFT: dict[tuple[str, str], tuple[float, float]] = {
+    ("torch", "float32"): (0.0, 0.0),
+    ("onnxruntime", "float32"): (3e-6, 2e-6),
+    ("openvino", "float32"): (3e-6, 2e-6),
+    ("openvino", "bfloat16"): (0.75, 0.38),
+    ("onnxruntime", "int8"): (1.5, 0.89),
+}
+"""(runtime, mode) -> (feature drift, largest P(AI) change) on the 16 shared clips' centre
+windows, random real-size ViT-S/14, measured by ``python -m bench.bench_backends``
+(BENCHMARKS.md, "CPU backends"), rounded up. A mode missing here is never picked by
+``auto``. These are measured on random weights: rerun the benchmark with ``--model`` on
+the real checkpoint before trusting a reduced mode."""
+
+AUTO_ORDER: tuple[tuple[str, str], ...] = (
+    ("openvino", "float32"),
+    ("onnxruntime", "float32"),
+    ("torch", "float32"),
+)
+"""``auto`` on a CPU: the first installed entry within the bounds, fastest first as measured
+side by side on the development machine (2-core Xeon with AVX-512, VNNI, AMX;
+BENCHMARKS.md). Not yet measured on an AVX2-only CPU, where the order may differ."""
+
+
+def feature_drift(
+    features: npt.ArrayLike, reference: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """Per clip and feature, the drift of ``features`` from ``reference`` (both ``(clips, 21)``,
+    the reference from eager torch float32 on the same clips):
+    ``|f - f_ref| / max(|f_ref|, std of that feature over the clips)``.
+
+    A mode's drift is the maximum of the result; the one definition used by the
+    benchmark, the tests and ``restrav doctor``.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if f.shape != ref.shape or ref.ndim != 2:
+        raise ValueError(f"expected two (clips, features) arrays, got {f.shape} and {ref.shape}")
+    scale = np.maximum(np.abs(ref), ref.std(axis=0, keepdims=True))
+    out: npt.NDArray[np.float64] = np.abs(f - ref) / np.where(scale > 0, scale, 1.0)
+    return out
+
+
+class MissingRuntime(ConfigError):
+    """A backend was asked for whose runtime is not installed."""
+
+
+def installed(runtime: str) -> bool:
+    """True when ``runtime`` (``torch``, ``onnxruntime``, ``openvino``) can be imported."""
+    if runtime == "torch":
+        return True
+    return importlib.util.find_spec(runtime) is not None
+
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def has_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16)."""
+    f = cpu_flags() if flags is None else flags
+    return "avx512_bf16" in f or "amx_bf16" in f
+
+
+def within_bounds(runtime: str, mode: str) -> bool:
+    """True when the measured drift of (runtime, mode) is within :data:`DRIFT_BOUND` and
+    :data:`PROB_BOUND` (False when it was never measured)."""
+    measured = MEASURED_DRIFT.get((runtime, mode))
+    return measured is not None and measured[0] <= DRIFT_BOUND and measured[1] <= PROB_BOUND
+
+
+def choose_backend(
+    backend: str, mode: str, device: torch.device, is_installed: Callable[[str], bool] = installed
+) -> tuple[str, str]:
+    """Resolve ``(backend, mode)`` to the runtime and precision that will run.
+
+    ``auto`` is torch float32 on CUDA; on a CPU the first installed entry of
+    :data:`AUTO_ORDER` that is within the bounds (``mode`` is then ignored: a reduced
+    mode is never picked automatically). A named backend must be installed
+    (:class:`MissingRuntime` otherwise) and run on the CPU; its mode is kept as asked,
+    whatever its drift (reported by ``restrav doctor``).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if mode not in MODES:
+        raise ConfigError(f"backend mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if backend == "auto":
+        if device.type != "cpu":
+            return "torch", "float32"
+        for rt, md in AUTO_ORDER:
+            if is_installed(rt) and within_bounds(rt, md):
+                return rt, md
+        return "torch", "float32"
+    if backend == "torch":
+        if mode != "float32":
+            raise ConfigError(
+                f"backend torch runs --dtype's precision; mode {mode!r} needs onnxruntime "
+                "or openvino"
+            )
+        return "torch", "float32"
+    if not is_installed(backend):
+        raise MissingRuntime(
+            f"backend {backend!r} needs the {PACKAGES[backend]} package: {CPU_FAST_EXTRA}"
+        )
+    if device.type != "cpu":
+        raise ConfigError(f"backend {backend!r} runs on the CPU only; use --device cpu")
+    if mode == "bfloat16" and backend != "openvino":
+        raise ConfigError("mode bfloat16 is offered by the openvino backend only")
+    if mode == "int8" and backend != "onnxruntime":
+        raise ConfigError("mode int8 is offered by the onnxruntime backend only")
+    return backend, mode
+
+
+
+def calibration_pixels(frames: Sequence[RGBArray], backbone: Backbone) -> npt.NDArray[np.float32]:
+    """Model input for calibration frames, preprocessed as the Embedder does (no
+    normalisation: SPEC section 2)."""
+    return preprocess(frames, backbone.image_size, "cpu").numpy()
+
+
+def make_embedder(
+    ref: str,
+    device: str | torch.device = "auto",
+    dtype: str = "float32",
+    image_size: int = 224,
+    batch_size: int = 8,
+    normalize: Literal["none", "imagenet"] = "none",
+    compile: CompileMode = "off",
+    backend: str = "auto",
+    mode: str = "float32",
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+    calibration: npt.NDArray[np.float32] | None = None,
+) -> Embedder:
+    """Load ``ref`` and wrap it in an Embedder running on the chosen backend.
+
+    The one constructor every path uses (see the module docstring). A runtime backend
+    needs ``dtype`` float32 and ``compile`` off (the graph is exported from the float32
+    model; its precision is ``mode``). ``threads`` sets torch's and the runtime's
+    intra-op threads (None: torch's default for torch, the process's cores for a runtime).
+    The Embedder's ``backend`` and ``backend_mode`` attributes say what runs.
+    """
+    dev = resolve_device(device) if isinstance(device, str) else device
+    # checked before the (slow) model load: a missing runtime fails at once
+    runtime, md = choose_backend(backend, mode, dev, installed)
+    backbone = load_backbone(ref, dev, dtype, image_size)
+    if runtime != "torch" and (dtype != "float32" or compile != "off"):
+        if backend == "auto":
+            runtime, md = "torch", "float32"
+        else:
+            raise ConfigError(
+                f"backend {runtime!r} exports the float32 model: use --dtype float32 (its "
+                "precision is the backend mode) and compile off"
+            )
+    if threads:
+        torch.set_num_threads(threads)
+    if runtime == "torch":
+        emb = Embedder(backbone, batch_size=batch_size, normalize=normalize, compile=compile)
+        emb.backend, emb.backend_mode = "torch", backbone.precision
+        return emb
+    runner, info = build_runner(backbone, runtime, md, threads, cache_dir, calibration)
+    log.info(
+        "backbone on %s (%s)%s in %.1f s", runtime, md,
+        ", graph built" if info.built else ", graph from cache", info.build_s,
+    )
+    emb = Embedder(backbone, batch_size=batch_size, normalize=normalize, runner=runner)
+    emb.backend, emb.backend_mode = runtime, md
+    return emb
