@@ -24,11 +24,13 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .redis_conn import check_redis_url
 from .safe_input import DEFAULT_FORMATS
 
 DEFAULT_MODEL = "facebook/dinov2-small"
@@ -109,10 +111,23 @@ class ClassifierSettings(_Section):
 
 
 class RedisSettings(_Section):
-    """Redis connection (None: no Redis)."""
+    """Redis connection (None: no Redis). ``url``: one server (``redis://``,
+    ``rediss://``, ``unix://``) or Sentinel (``redis+sentinel://`` /
+    ``rediss+sentinel://``), see :mod:`monitor.redis_conn`; checked when the settings
+    load, the URL never quoted in the error."""
 
     url: SecretStr | None = None
     connect_timeout_s: float = Field(2.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_form(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            try:
+                check_redis_url(v.get_secret_value())
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        return v
 
 
 class QueueSettings(_Section):

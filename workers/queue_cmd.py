@@ -101,8 +101,9 @@ def _add_redis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis-url",
         metavar="URL",
-        help="redis://[:password@]host:port/db (default: redis.url from settings, "
-        "RESTRAV_REDIS__URL)",
+        help="redis://[:password@]host:port/db, or Sentinel: "
+        "redis+sentinel://[:password@]host:port[,host:port...]/SERVICE[/DB] "
+        "(default: redis.url from settings, RESTRAV_REDIS__URL)",
     )
 
 

@@ -17,7 +17,6 @@ import sys
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -36,6 +35,7 @@ from monitor.errors import ConfigError, InputError
 from monitor.http_guard import ServerLog
 from monitor.livefeed import LiveFeed, add_ui_routes
 from monitor.metrics import LiveFeedMetrics, StreamMetrics
+from monitor.redis_conn import async_redis_client
 from monitor.service import RedisDesiredStore, StreamManager, validate_spec
 from monitor.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.sinks.base import Sink, sink_ready_check
@@ -103,7 +103,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--redis-url", "--redis", dest="redis", metavar="URL",
-        help="redis://[:password@]host:port/db (overrides redis.url; --redis is the old name)",
+        help="redis://[:password@]host:port/db, or Sentinel: "
+        "redis+sentinel://[:password@]host:port[,host:port...]/SERVICE[/DB] "
+        "(overrides redis.url; --redis is the old name)",
     )
     add_settings_args(p)
     p.set_defaults(func=run)
@@ -192,7 +194,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     replica = s.cluster.replica or socket.gethostname()
     solo: SoloGuard | None = None
     if redis_url and not s.cluster.enabled:  # before the model load: a refusal is quick
-        solo = SoloGuard(aioredis.from_url(
+        solo = SoloGuard(async_redis_client(
             redis_url, socket_connect_timeout=settings.redis.connect_timeout_s,
             socket_timeout=settings.redis.connect_timeout_s), replica)
         try:

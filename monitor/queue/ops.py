@@ -12,18 +12,19 @@ import redis
 
 from .. import keys
 from ..config import QueueSettings
+from ..redis_conn import redis_client
 from .jobs import Job, QueueFull, entry_ms
 
 
 def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
-    """A Redis client (decoded strings) for the queue."""
-    client: redis.Redis = redis.Redis.from_url(
+    """A Redis client (decoded strings) for the queue; ``url`` in any form of
+    :mod:`monitor.redis_conn` (one server or Sentinel)."""
+    return redis_client(
         url,
         decode_responses=True,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
     )
-    return client
 
 
 def ensure_group(client: redis.Redis, group: str) -> None:
