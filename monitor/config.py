@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
-from .redis_conn import check_redis_url
+from .redis_conn import Durability, check_redis_url
 from .safe_input import DEFAULT_FORMATS
 
 DEFAULT_MODEL = "facebook/dinov2-small"
@@ -118,6 +118,17 @@ class RedisSettings(_Section):
 
     url: SecretStr | None = None
     connect_timeout_s: float = Field(2.0, gt=0)
+    wait_replicas: int = Field(
+        0, ge=0, description="Replicas that must acknowledge (WAIT) a job enqueued by submit, "
+        "a job's answer and a lease grant before they count as done; 0: off (one Redis). "
+        "With Sentinel and one replica: 1.")
+    wait_timeout_s: float = Field(
+        1.0, gt=0, description="How long such a write waits for its replicas; fewer "
+        "acknowledgements by then: not done (retried, or the lease not taken).")
+
+    def durability(self) -> Durability:
+        """The WAIT these settings ask for."""
+        return Durability(self.wait_replicas, max(1, int(self.wait_timeout_s * 1000)))
 
     @field_validator("url")
     @classmethod

@@ -35,6 +35,7 @@ from .engine import Engine
 from .errors import InputError
 from .leases import Lease, LeaseStore, ReplicaInfo
 from .metrics import StreamMetrics
+from .redis_conn import Durability
 from .service import StreamManager
 from .sinks.base import Sink
 from .stream_task import StreamStatus
@@ -59,6 +60,7 @@ class LeaseCoordination(StreamManager):
         metrics: StreamMetrics | None,
         client: Any,
         replica: str,
+        durability: Durability | None = None,
         **kw: Any,
     ) -> None:
         store = RedisDesiredStore(client)
@@ -67,7 +69,7 @@ class LeaseCoordination(StreamManager):
         self.client = client
         self.cfg = settings.cluster
         self.replica = replica
-        self.leases = LeaseStore(client, replica, self.cfg.lease_ttl_s)
+        self.leases = LeaseStore(client, replica, self.cfg.lease_ttl_s, durability)
         self.owned: dict[str, int] = {}  # stream -> fencing token, oldest acquisition first
         self._desired: dict[str, tuple[StreamSpec, bool]] = {}
         self.keeper = DesiredSetKeeper(

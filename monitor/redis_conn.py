@@ -28,8 +28,17 @@ retry by the caller) reaches the new primary, without a restart. Redis errors
 during a failover are the usual connection errors and ``READONLY`` refusals,
 which every writer already treats as an outage (:mod:`monitor.redis_faults`).
 
-Closing a client closes its connections to the sentinels as well. Base module:
-imports nothing of restrav-monitor but the error tree.
+Closing a client closes its connections to the sentinels as well.
+
+:class:`Durability` is the ``WAIT`` after a write that must survive a failover (a job
+enqueued, a job's answer, a lease grant with its fencing increment): Redis replicates
+asynchronously, so a write the primary acknowledged can be missing on the replica a
+sentinel promotes. With ``replicas`` > 0 such a write is sent in one pipeline with
+``WAIT replicas timeout_ms`` (same connection: ``WAIT`` counts the replicas that have
+this connection's writes), and fewer acknowledgements raise
+:class:`~monitor.redis_faults.NotReplicated`: the write is treated as not done.
+Base module: imports nothing of restrav-monitor but the error tree and
+:mod:`monitor.redis_faults`.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import redis.asyncio.sentinel as aiosentinel
 import redis.sentinel as sentinel
 
 from .errors import ConfigError
+from .redis_faults import NotReplicated
 
 SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})
 """URL schemes of Redis Sentinel (the second with TLS)."""
@@ -99,6 +109,34 @@ class SentinelTarget:
             out["ssl"] = True
             out.update(self.tls_options)
         return out
+
+
+@dataclass(frozen=True)
+class Durability:
+    """How many replicas must acknowledge a write that has to survive a failover, and
+    how long to wait for them (module docstring). ``replicas == 0``: off (one Redis)."""
+
+    replicas: int = 0
+    timeout_ms: int = 1000
+
+    @property
+    def enabled(self) -> bool:
+        """Whether writes wait for replicas at all."""
+        return self.replicas > 0
+
+    def queue_wait(self, pipe: Any) -> bool:
+        """Queue ``WAIT`` on ``pipe`` after its writes; True if queued (enabled)."""
+        if self.enabled:
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+        return self.enabled
+
+    def check(self, acknowledged: Any, what: str) -> None:
+        """Raise :class:`NotReplicated` when ``acknowledged`` (WAIT's reply) is short."""
+        if int(acknowledged) < self.replicas:
+            raise NotReplicated(
+                f"NOTREPLICATED {what}: {int(acknowledged)} of {self.replicas} replica(s) "
+                f"acknowledged within {self.timeout_ms} ms"
+            )
 
 
 def _bad(what: str) -> ConfigError:
@@ -291,6 +329,7 @@ def async_redis_client(url: str, **options: Any) -> aioredis.Redis:
 
 __all__ = [
     "AsyncSentinelRedis",
+    "Durability",
     "SentinelRedis",
     "SentinelTarget",
     "async_redis_client",

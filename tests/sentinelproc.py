@@ -10,8 +10,11 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.redisproc import free_port, wait_port
@@ -133,7 +136,18 @@ class SentinelSetup:
         self.wait_synced(timeout_s)
         for sp in self.sentinel_ports:
             self._start_sentinel(sp, primary)
-        self.wait_sentinels_agree(timeout_s)
+        if self.sentinel_ports:
+            self.wait_sentinels_agree(timeout_s)
+
+    def freeze(self, port: int) -> None:
+        """SIGSTOP one node (it stops acknowledging replication; sockets stay open)."""
+        self.nodes[port].send_signal(signal.SIGSTOP)
+        self.stopped.add(port)
+
+    def thaw(self, port: int) -> None:
+        """SIGCONT a frozen node."""
+        self.nodes[port].send_signal(signal.SIGCONT)
+        self.stopped.discard(port)
 
     def wait_synced(self, timeout_s: float = 30.0) -> None:
         """Until every running replica's link to the primary is up."""
@@ -235,3 +249,17 @@ class SentinelSetup:
                 proc.wait(timeout=10)
         self.sentinels.clear()
         self.nodes.clear()
+
+
+@contextmanager
+def started(setup: SentinelSetup) -> Iterator[SentinelSetup]:
+    """``setup`` started (the test fails if it cannot be), stopped at the end."""
+    try:
+        setup.start()
+    except (RuntimeError, AssertionError) as exc:
+        setup.stop()
+        pytest.fail(str(exc))
+    try:
+        yield setup
+    finally:
+        setup.stop()

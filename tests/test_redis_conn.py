@@ -29,7 +29,7 @@ from monitor.redis_conn import (
     parse_sentinel_url,
     redis_client,
 )
-from tests.sentinelproc import SERVICE, SentinelSetup
+from tests.sentinelproc import SERVICE, SentinelSetup, started
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,14 +144,8 @@ def test_clients_of_a_sentinel_url_are_sentinel_clients() -> None:
 
 @pytest.fixture
 def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
-    setup = SentinelSetup(tmp_path / "sentinel", password="hunter2")
-    try:
-        setup.start()
-    except (RuntimeError, AssertionError) as exc:
-        setup.stop()
-        pytest.fail(str(exc))
-    yield setup
-    setup.stop()
+    with started(SentinelSetup(tmp_path / "sentinel", password="hunter2")) as setup:
+        yield setup
 
 
 def retrying(fn, timeout_s: float = 30.0):  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
+from redis.exceptions import RedisError
 
 from monitor import keys
 from monitor.config import QueueSettings, Settings, load_settings
@@ -44,6 +45,7 @@ from monitor.queue import (
     worker_health,
 )
 from monitor.redaction import redact_url
+from monitor.redis_faults import redis_unavailable, refusal_code
 
 from .common import (
     EXIT_OK,
@@ -183,6 +185,28 @@ def _source(text: str) -> str:
     return text if "://" in text else str(Path(text).expanduser().absolute())
 
 
+SUBMIT_ATTEMPTS = 5
+"""Tries per job while Redis is unreachable, refuses writes (a failover under way) or
+its replicas do not acknowledge the job (``redis.wait_replicas``): about 7.5 s."""
+
+
+def _enqueue_retrying(client: Any, job: Job, settings: Settings) -> str:
+    """Enqueue ``job``, trying again under the same job id (answered once whatever
+    number of entries it gets) while Redis is unavailable or the replicas did not
+    acknowledge it; the last error propagates: the job is then not reported enqueued."""
+    durability = settings.redis.durability()
+    for attempt in range(SUBMIT_ATTEMPTS):
+        try:
+            return enqueue(client, job, settings.queue, durability)
+        except RedisError as exc:
+            if not redis_unavailable(exc) or attempt == SUBMIT_ATTEMPTS - 1:
+                raise
+            log.warning("job %s not enqueued yet (%s); trying again", job.job_id,
+                        refusal_code(exc) or type(exc).__name__)
+            time.sleep(min(4.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
 def run_submit(args: argparse.Namespace) -> int:
     """Enqueue the sources; with --wait print results as they arrive."""
     if args.job_id and len(args.sources) != 1:
@@ -203,7 +227,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 options=options,
                 reply_to=reply_to,
             )
-            entry_id = enqueue(client, job, settings.queue)
+            entry_id = _enqueue_retrying(client, job, settings)
             ids.add(job.job_id)
             line = {"job_id": job.job_id, "entry_id": entry_id, "source": redact_url(job.source)}
             print(json.dumps(line), file=sys.stderr if args.wait else sys.stdout, flush=True)
@@ -310,6 +334,7 @@ def run_worker(args: argparse.Namespace) -> int:
             policy=policy,
             max_file_bytes=limits.max_file_bytes,
             hooks=testing_hooks(dict(os.environ)),
+            durability=settings.redis.durability(),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

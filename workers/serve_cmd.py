@@ -248,6 +248,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     if s.cluster.enabled and redis_sink is not None:
         manager = clustered = ClusteredStreamManager(
             engine, sink, s, metrics, redis_client, replica,
+            durability=settings.redis.durability(),
             decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
         )
         redis_sink.on_refused = clustered.on_refused

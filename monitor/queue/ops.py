@@ -12,7 +12,7 @@ import redis
 
 from .. import keys
 from ..config import QueueSettings
-from ..redis_conn import redis_client
+from ..redis_conn import Durability, redis_client
 from .jobs import Job, QueueFull, entry_ms
 
 
@@ -56,14 +56,31 @@ def backlog(client: redis.Redis, group: str) -> int:
     return int(client.xlen(keys.JOBS))
 
 
-def enqueue(client: redis.Redis, job: Job, settings: QueueSettings) -> str:
-    """Append ``job`` to the queue; return its entry id. Raises :class:`QueueFull`."""
+def enqueue(
+    client: redis.Redis, job: Job, settings: QueueSettings, durability: Durability | None = None
+) -> str:
+    """Append ``job`` to the queue; return its entry id. Raises :class:`QueueFull`.
+
+    With ``durability`` enabled the XADD and a ``WAIT`` go in one pipeline, and too
+    few replica acknowledgements raise :class:`~monitor.redis_faults.NotReplicated`:
+    the job may be lost by a failover, so it is not enqueued as far as the caller
+    knows (it may be there: enqueue it again under the same job id, which answers it
+    once).
+    """
     if backlog(client, settings.group) >= settings.max_queue_length:
         raise QueueFull(
             f"the queue holds {settings.max_queue_length} unfinished jobs "
             "(queue.max_queue_length); try again later or add workers"
         )
-    entry_id: Any = client.xadd(keys.JOBS, {keys.JOB_FIELD: job.model_dump_json()})
+    fields: Any = {keys.JOB_FIELD: job.model_dump_json()}
+    if durability is None or not durability.enabled:
+        entry_id: Any = client.xadd(keys.JOBS, fields)
+        return str(entry_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keys.JOBS, fields)
+    durability.queue_wait(pipe)
+    entry_id, acked = pipe.execute()
+    durability.check(acked, f"job {job.job_id} enqueued as {entry_id}")
     return str(entry_id)
 
 

@@ -1,0 +1,151 @@
+"""Writes that must survive a failover wait for a replica (``redis.wait_replicas``):
+a real primary and a real replica on loopback; the replica is frozen (SIGSTOP) to
+make it miss its acknowledgement. A job enqueued, a lease grant and a job's answer
+that the replica did not acknowledge count as not done: enqueue raises
+NotReplicated, the lease is not taken, the answer is retried and written once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitor import keys
+from monitor.config import QueueSettings, load_settings
+from monitor.decode import DecodeLimits
+from monitor.embed import Embedder
+from monitor.leases import LeaseStore
+from monitor.metrics import QueueMetrics
+from monitor.queue import ClipScorer, Job, JobOptions, Worker, connect, enqueue, ensure_group
+from monitor.redis_conn import Durability, async_redis_client
+from monitor.redis_faults import NotReplicated, redis_unavailable
+from monitor.safe_input import OpenedFile
+
+from .media import write_clip
+from .queue_helpers import FAST_QUEUE, in_thread, sample, wait_for
+from .sentinelproc import SentinelSetup, started
+
+WAIT = Durability(replicas=1, timeout_ms=300)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[SentinelSetup]:
+    """A primary and one replica, no sentinels."""
+    with started(SentinelSetup(tmp_path / "pair", replicas=1, sentinels=0)) as setup:
+        yield setup
+
+
+def urls(pair: SentinelSetup) -> tuple[str, int]:
+    primary, replica = pair.node_ports
+    return f"redis://127.0.0.1:{primary}/0", replica
+
+
+def test_settings_turn_durability_on() -> None:
+    assert load_settings(None).redis.durability() == Durability(0, 1000)
+    assert not Durability().enabled
+    d = load_settings(None, redis={"wait_replicas": 2, "wait_timeout_s": 0.25}).redis.durability()
+    assert d == Durability(2, 250) and d.enabled
+    assert redis_unavailable(NotReplicated("x"))  # every writer retries it like an outage
+
+
+def test_a_job_the_replica_did_not_acknowledge_is_not_enqueued(pair: SentinelSetup) -> None:
+    url, replica_port = urls(pair)
+    client = connect(url)
+    replica = pair.node(replica_port)
+    try:
+        job = Job(job_id="d1", source="/x.mp4")
+        entry_id = enqueue(client, job, QueueSettings(), WAIT)
+        assert [e for e, _ in replica.xrange(keys.JOBS)] == [entry_id]  # on the replica
+        pair.freeze(replica_port)
+        with pytest.raises(NotReplicated):
+            enqueue(client, Job(job_id="d2", source="/x.mp4"), QueueSettings(), WAIT)
+        pair.thaw(replica_port)
+        # off (one Redis): no WAIT, nothing raised while the replica is frozen
+        pair.freeze(replica_port)
+        enqueue(client, Job(job_id="d3", source="/x.mp4"), QueueSettings())
+        pair.thaw(replica_port)
+    finally:
+        client.close()
+        replica.close()
+
+
+def test_a_lease_grant_the_replica_did_not_acknowledge_is_not_taken(
+    pair: SentinelSetup,
+) -> None:
+    url, replica_port = urls(pair)
+
+    async def run() -> None:
+        client = async_redis_client(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            store = LeaseStore(client, "r1", 10.0, WAIT)
+            assert await store.acquire("cam") == 1
+            pair.freeze(replica_port)
+            assert await store.acquire("cam2") is None  # granted on the primary, not replicated
+            assert await client.get(keys.stream_lease("cam2")) is None  # released again
+            assert await client.get(keys.stream_fence("cam2")) == b"1"  # the token is skipped
+            pair.thaw(replica_port)
+            assert await store.acquire("cam2") == 2
+            assert await client.get(keys.stream_lease("cam2")) == b"r1 2"
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    replica = pair.node(replica_port)
+    try:
+        assert replica.get(keys.stream_lease("cam")) == "r1 1"
+        assert replica.get(keys.stream_lease("cam2")) == "r1 2"
+    finally:
+        replica.close()
+
+
+@pytest.fixture
+def scorer(tiny_embedder: Embedder) -> ClipScorer:
+    return ClipScorer(tiny_embedder, None, DecodeLimits(max_pixels=10_000))
+
+
+def test_an_answer_the_replica_did_not_acknowledge_is_retried_and_written_once(
+    pair: SentinelSetup, scorer: ClipScorer, tmp_path: Path
+) -> None:
+    url, replica_port = urls(pair)
+    client = connect(url)
+    clip = tmp_path / "a.mp4"
+    write_clip(clip, fps=30, n_frames=60)
+    ensure_group(client, "workers")
+    enqueue(client, Job(job_id="ans", source=str(clip), options=JobOptions(hop=12),
+                        reply_to="restrav:replies:ans"), QueueSettings())
+
+    def then_the_replica_freezes(path: OpenedFile, options: JobOptions, shown: str) -> Any:
+        out = scorer(path, options, shown)
+        pair.freeze(replica_port)
+        return out
+
+    worker = Worker(client, QueueSettings(**FAST_QUEUE), then_the_replica_freezes,
+                    QueueMetrics(CollectorRegistry()), name="w", durability=WAIT)
+    (entry,) = worker.fetcher.fetch(1, block=False)
+    thread, failed = in_thread(lambda: worker.process(entry))
+    try:
+        wait_for(lambda: sample(worker.metrics, "restrav_queue_redis_errors_total") >= 2
+                 or not thread.is_alive(), 60, "answers not acknowledged")
+        # written on the primary, but not done: no answer is counted yet
+        assert client.exists(keys.result_key("ans"))
+        assert sample(worker.metrics, "restrav_queue_jobs_total", outcome="scored") == 0
+    finally:
+        pair.thaw(replica_port)
+    thread.join(60)
+    assert not thread.is_alive() and not failed, failed
+    assert sample(worker.metrics, "restrav_queue_jobs_total", outcome="scored") == 1
+    assert sample(worker.metrics, "restrav_queue_late_answers_total") == 0
+    replica = pair.node(replica_port)
+    try:
+        for c in (client, replica):  # one result, one note, one reply, acknowledged: everywhere
+            assert c.exists(keys.result_key("ans"))
+            assert [f["job_id"] for _, f in c.xrange(keys.RESULTS)] == ["ans"]
+            assert c.xlen("restrav:replies:ans") == 1
+            assert c.xpending(keys.JOBS, "workers")["pending"] == 0
+    finally:
+        replica.close()
+        client.close()
