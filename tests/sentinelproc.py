@@ -189,6 +189,11 @@ class SentinelSetup:
                     seen.add(int(d["port"]))
                     ok = ok and int(d["num-other-sentinels"]) >= want_others and int(
                         d["num-slaves"]) >= want_replicas and "s_down" not in d["flags"]
+                    # every replica promotable: seen up, its link to the primary up
+                    for r in s.execute_command("SENTINEL", "REPLICAS", SERVICE) or []:
+                        rd = dict(zip(r[::2], r[1::2])) if isinstance(r, list) else dict(r)
+                        ok = ok and "s_down" not in rd["flags"] and "disconnected" not in (
+                            rd["flags"]) and rd.get("master-link-status") == "ok"
                 except (redis.RedisError, KeyError, ValueError):
                     ok = False
                 finally:
@@ -224,7 +229,7 @@ class SentinelSetup:
 
     def bring_back(self, port: int, timeout_s: float = 30.0) -> None:
         """Restart a SIGKILLed node (or SIGCONT a frozen one) as a replica of the current
-        primary, and wait until it is in sync and the sentinels know it again."""
+        primary, and wait until it is in sync and every sentinel sees it promotable."""
         if port in self.stopped:
             self.nodes[port].send_signal(signal.SIGCONT)
             self.stopped.discard(port)
@@ -233,6 +238,8 @@ class SentinelSetup:
             assert primary is not None
             self._start_node(port, primary)
         self.wait_synced(timeout_s)
+        if self.sentinels:
+            self.wait_sentinels_agree(timeout_s)
 
     def stop(self) -> None:
         """Terminate every process (continuing frozen ones first)."""

@@ -7,11 +7,13 @@ NotReplicated, the lease is not taken, the answer is retried and written once.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client import CollectorRegistry
 
 from monitor import keys
@@ -24,6 +26,7 @@ from monitor.queue import ClipScorer, Job, JobOptions, Worker, connect, enqueue,
 from monitor.redis_conn import Durability, async_redis_client
 from monitor.redis_faults import NotReplicated, redis_unavailable
 from monitor.safe_input import OpenedFile
+from monitor.sinks.fenced import FencedWriter
 
 from .media import write_clip
 from .queue_helpers import FAST_QUEUE, in_thread, sample, wait_for
@@ -149,3 +152,68 @@ def test_an_answer_the_replica_did_not_acknowledge_is_retried_and_written_once(
     finally:
         replica.close()
         client.close()
+
+
+async def _retrying(make: Any, timeout_s: float = 30.0) -> Any:
+    """Await ``make()`` until it stops failing like a failover does (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await make()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def _fenced_score(client: Any, owner: str, stream: str, token: int) -> int:
+    """One fenced score write (1 written, 0 refused)."""
+    writer = FencedWriter(client, owner)
+    async with client.pipeline(transaction=True) as pipe:
+        await writer.score(pipe, stream, token, {"seq": "0"}, 100)
+        (res,) = await pipe.execute()
+    return int(res)
+
+
+def test_fencing_across_a_failover_that_loses_a_grant(tmp_path: Path) -> None:
+    """A promoted replica lacks what it had not received. With WAIT a grant is held
+    only once the replica has it, so it survives the failover; a grant taken without
+    WAIT can vanish with the old primary and its fencing counter starts over, yet the
+    former owner stays fenced (the lease names the holder), and the new owner writes."""
+    with started(SentinelSetup(tmp_path / "s", replicas=1, sentinels=3)) as setup:
+
+        async def run() -> None:
+            client = async_redis_client(setup.url(), socket_connect_timeout=1, socket_timeout=1)
+            try:
+                durable = LeaseStore(client, "b", 60.0, WAIT)
+                plain = LeaseStore(client, "b", 60.0)
+                assert await durable.acquire("kept") == 1
+                old = setup.primary_port()
+                (replica,) = [p for p in setup.node_ports if p != old]
+                setup.freeze(replica)
+                # and cut its link: what the primary takes from now on never reaches it
+                # (a frozen replica would still read what its socket had buffered)
+                direct = setup.node(old or 0)
+                assert direct.client_kill_filter(_type="replica") == 1
+                direct.close()
+                assert await durable.acquire("cam") is None  # not acknowledged: not taken
+                assert await plain.acquire("lost") == 1  # on the primary alone
+                assert await _fenced_score(client, "b", "lost", 1) == 1
+                assert setup.kill_primary() == old
+                setup.thaw(replica)
+                assert setup.wait_promoted(old) == replica
+                # the durable grant survived; the plain one is gone, its counter with it
+                lease = await _retrying(lambda: client.get(keys.stream_lease("kept")))
+                assert lease == b"b 1"
+                assert await client.get(keys.stream_lease("lost")) is None
+                assert await client.get(keys.stream_fence("lost")) is None
+                assert await _fenced_score(client, "b", "lost", 1) == 0  # former owner fenced
+                other = LeaseStore(client, "c", 60.0)
+                assert await other.acquire("kept") is None  # held, as before the failover
+                assert await other.acquire("lost") == 1  # the same token number again...
+                assert await _fenced_score(client, "b", "lost", 1) == 0  # ...still refused
+                assert await _fenced_score(client, "c", "lost", 1) == 1
+            finally:
+                await client.aclose()
+
+        asyncio.run(run())
