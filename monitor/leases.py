@@ -40,7 +40,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from . import keys
-from .redis_conn import Durability
+from .redis_conn import Durability, arediscover
 
 log = logging.getLogger("restrav.cluster")
 
@@ -145,6 +145,7 @@ class LeaseStore:
             )
             with contextlib.suppress(RedisError, OSError):  # best effort: it expires anyway
                 await self.release(stream_id, token)
+            await arediscover(self.client)  # maybe a deposed primary: ask the sentinels again
             return None
         return token
 

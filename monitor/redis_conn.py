@@ -327,13 +327,32 @@ def async_redis_client(url: str, **options: Any) -> aioredis.Redis:
     return client
 
 
+def rediscover(client: Any) -> None:
+    """After a write the replicas did not acknowledge: drop every connection of a
+    Sentinel client (also those other threads are using: their commands fail like in
+    any failover and are retried), so that the next command asks the sentinels for the
+    primary again. A deposed primary that came back (frozen, partitioned) takes
+    writes from the connections it still has until a sentinel demotes it, seconds
+    later; no replica acknowledges them. No-op for a client of one server."""
+    if isinstance(client, SentinelRedis):
+        client.connection_pool.disconnect()
+
+
+async def arediscover(client: Any) -> None:
+    """The asyncio twin of :func:`rediscover`."""
+    if isinstance(client, AsyncSentinelRedis):
+        await client.connection_pool.disconnect()
+
+
 __all__ = [
     "AsyncSentinelRedis",
     "Durability",
     "SentinelRedis",
     "SentinelTarget",
+    "arediscover",
     "async_redis_client",
     "check_redis_url",
     "parse_sentinel_url",
     "redis_client",
+    "rediscover",
 ]

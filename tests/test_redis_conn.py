@@ -222,3 +222,16 @@ def test_submit_and_doctor_take_a_sentinel_url(
     report = json.loads(doc.stdout)
     assert report["redis"]["reachable"] is True, report["redis"]
     assert SERVICE in report["redis"]["url"]
+
+
+def test_queue_clients_of_the_cli_time_out_reads_past_their_longest_block() -> None:
+    from workers.queue_cmd import _redis
+
+    s = load_settings(None, redis={"url": "redis+sentinel://127.0.0.1:1/svc",
+                                   "connect_timeout_s": 2, "wait_timeout_s": 3},
+                      queue={"block_ms": 1000})
+    c = _redis(s)
+    try:  # a frozen primary is a TimeoutError after 2 + 3 + 1 s, not a hang
+        assert c.connection_pool.connection_kwargs["socket_timeout"] == 6.0
+    finally:
+        c.close()

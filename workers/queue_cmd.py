@@ -45,7 +45,8 @@ from monitor.queue import (
     worker_health,
 )
 from monitor.redaction import redact_url
-from monitor.redis_faults import redis_unavailable, refusal_code
+from monitor.redis_conn import rediscover
+from monitor.redis_faults import NotReplicated, redis_unavailable, refusal_code
 
 from .common import (
     EXIT_OK,
@@ -174,11 +175,15 @@ def _settings(args: argparse.Namespace, with_model: bool) -> Settings:
 
 
 def _redis(settings: Settings) -> Any:
-    if settings.redis.url is None:
+    r = settings.redis
+    if r.url is None:
         raise ConfigError(
             "no Redis configured: pass --redis-url or set RESTRAV_REDIS__URL (or redis.url)"
         )
-    return connect(settings.redis.url.get_secret_value(), settings.redis.connect_timeout_s)
+    # a frozen or partitioned Redis is a timeout, not a hang: longer than any blocking call
+    blocking_s = max(settings.queue.block_ms / 1000, 1.0, r.wait_timeout_s)
+    return connect(r.url.get_secret_value(), r.connect_timeout_s,
+                   read_timeout_s=r.connect_timeout_s + blocking_s + 1.0)
 
 
 def _source(text: str) -> str:
@@ -201,6 +206,8 @@ def _enqueue_retrying(client: Any, job: Job, settings: Settings) -> str:
         except RedisError as exc:
             if not redis_unavailable(exc) or attempt == SUBMIT_ATTEMPTS - 1:
                 raise
+            if isinstance(exc, NotReplicated):  # maybe a deposed primary: ask again
+                rediscover(client)
             log.warning("job %s not enqueued yet (%s); trying again", job.job_id,
                         refusal_code(exc) or type(exc).__name__)
             time.sleep(min(4.0, 0.5 * 2**attempt))

@@ -16,13 +16,20 @@ from ..redis_conn import Durability, redis_client
 from .jobs import Job, QueueFull, entry_ms
 
 
-def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
+def connect(url: str, timeout_s: float = 2.0, read_timeout_s: float | None = None) -> redis.Redis:
     """A Redis client (decoded strings) for the queue; ``url`` in any form of
-    :mod:`monitor.redis_conn` (one server or Sentinel)."""
+    :mod:`monitor.redis_conn` (one server or Sentinel).
+
+    ``read_timeout_s`` bounds the wait for each reply (None: unbounded). It must exceed
+    the longest blocking command (``XREADGROUP BLOCK``, ``WAIT``); with it, a Redis that
+    stops answering without closing the connection (frozen, partitioned) is a
+    ``TimeoutError`` after that long, and the next try reconnects (with Sentinel: to
+    the primary the sentinels name then)."""
     return redis_client(
         url,
         decode_responses=True,
         socket_connect_timeout=timeout_s,
+        socket_timeout=read_timeout_s,
         health_check_interval=30,
     )
 
