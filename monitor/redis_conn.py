@@ -328,20 +328,22 @@ def async_redis_client(url: str, **options: Any) -> aioredis.Redis:
 
 
 def rediscover(client: Any) -> None:
-    """After a write the replicas did not acknowledge: drop every connection of a
-    Sentinel client (also those other threads are using: their commands fail like in
-    any failover and are retried), so that the next command asks the sentinels for the
-    primary again. A deposed primary that came back (frozen, partitioned) takes
-    writes from the connections it still has until a sentinel demotes it, seconds
-    later; no replica acknowledges them. No-op for a client of one server."""
+    """After a write the replicas did not acknowledge: close the idle connections of a
+    Sentinel client (the caller's own, released after its write, among them), so that
+    the next command on them asks the sentinels for the primary again. A deposed
+    primary that came back (frozen, partitioned) takes writes from the connections it
+    still has until a sentinel demotes it, seconds later; no replica acknowledges
+    them. Connections other threads are using are left alone (closing one under a
+    reader breaks redis-py's parser, not only the command); they are closed when the
+    deposed primary is demoted, or on a later call. No-op for a client of one server."""
     if isinstance(client, SentinelRedis):
-        client.connection_pool.disconnect()
+        client.connection_pool.disconnect(inuse_connections=False)
 
 
 async def arediscover(client: Any) -> None:
     """The asyncio twin of :func:`rediscover`."""
     if isinstance(client, AsyncSentinelRedis):
-        await client.connection_pool.disconnect()
+        await client.connection_pool.disconnect(inuse_connections=False)
 
 
 __all__ = [

@@ -28,6 +28,7 @@ from monitor.redis_conn import (
     check_redis_url,
     parse_sentinel_url,
     redis_client,
+    rediscover,
 )
 from tests.sentinelproc import SERVICE, SentinelSetup, started
 
@@ -166,6 +167,11 @@ def test_sentinel_client_follows_a_failover(sentinel_setup: SentinelSetup) -> No
     try:
         client.set("before", "1")
         assert client.wait(1, 5000) == 1  # on the replica before the primary dies
+        idle = list(client.connection_pool._available_connections)
+        assert idle and all(c._sock is not None for c in idle)
+        rediscover(client)  # idle connections closed: the next command asks the sentinels
+        assert all(c._sock is None for c in idle)
+        assert client.get("before") == "1"
         old = setup.kill_primary()
         new = setup.wait_promoted(old)
         # the same client object, no restart: its next writes reach the new primary
