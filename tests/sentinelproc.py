@@ -96,6 +96,7 @@ class SentinelSetup:
         args = [self.exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.dir),
                 "--dbfilename", f"dump-{port}.rdb",
+                "--logfile", str(self.dir / f"node-{port}.log"),
                 "--replica-announce-ip", "127.0.0.1"]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
@@ -110,6 +111,7 @@ class SentinelSetup:
         conf = self.dir / f"sentinel-{port}.conf"
         lines = [
             f"port {port}", "bind 127.0.0.1", f"dir {self.dir}",
+            f"logfile {self.dir / f'sentinel-{port}.log'}",
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 2",
             f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}",
             f"sentinel failover-timeout {SERVICE} {self.failover_timeout_ms}",
