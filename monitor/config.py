@@ -24,11 +24,13 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .redis_conn import Durability, check_redis_url
 
 DEFAULT_FORMATS: tuple[str, ...] = (
     "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "flv", "mpegts", "mpeg",
@@ -140,10 +142,34 @@ class ClassifierSettings(_Section):
 
 
 class RedisSettings(_Section):
-    """Redis connection (None: no Redis)."""
+    """Redis connection (None: no Redis). ``url``: one server (``redis://``,
+    ``rediss://``, ``unix://``) or Sentinel (``redis+sentinel://`` /
+    ``rediss+sentinel://``), see :mod:`monitor.redis_conn`; checked when the settings
+    load, the URL never quoted in the error."""
 
     url: SecretStr | None = None
     connect_timeout_s: float = Field(2.0, gt=0)
+    wait_replicas: int = Field(
+        0, ge=0, description="Replicas that must acknowledge (WAIT) a job enqueued by submit, "
+        "a job's answer and a lease grant before they count as done; 0: off (one Redis). "
+        "With Sentinel and one replica: 1.")
+    wait_timeout_s: float = Field(
+        1.0, gt=0, description="How long such a write waits for its replicas; fewer "
+        "acknowledgements by then: not done (retried, or the lease not taken).")
+
+    def durability(self) -> Durability:
+        """The WAIT these settings ask for."""
+        return Durability(self.wait_replicas, max(1, int(self.wait_timeout_s * 1000)))
+
+    @field_validator("url")
+    @classmethod
+    def _known_form(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            try:
+                check_redis_url(v.get_secret_value())
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None
+        return v
 
 
 class QueueSettings(_Section):

@@ -29,6 +29,7 @@ SECRET_PARAMS = frozenset(
         "x-amz-signature",
         "jwt",
         "session",
+        "sentinel_password",
         "credential",
     }
 )

@@ -5,8 +5,9 @@ answer: ``maxmemory`` reached under ``noeviction`` (``OOM``), a read-only
 replica (``READONLY``, e.g. after its master died and before a failover), a
 replica that lost its master (``MASTERDOWN``), a dataset still loading
 (``LOADING``), a busy script (``BUSY``), too few replicas or a failed
-snapshot (``NOREPLICAS``, ``MISCONF``), or a cluster in flux (``TRYAGAIN``,
-``CLUSTERDOWN``). Writers treat these like a lost connection: not ready,
+snapshot (``NOREPLICAS``, ``MISCONF``), a cluster in flux (``TRYAGAIN``,
+``CLUSTERDOWN``), or a write its replicas did not acknowledge in time
+(:class:`NotReplicated`, ``NOTREPLICATED``). Writers treat these like a lost connection: not ready,
 buffer, retry with backoff, flush when Redis takes writes again.
 
 Where redis-py puts the code (each case seen from a real redis-server):
@@ -38,13 +39,23 @@ from redis.exceptions import (
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+
+class NotReplicated(RedisError):
+    """A write the primary took but too few replicas acknowledged within the WAIT
+    timeout (:class:`monitor.redis_conn.Durability`). It may be lost by a failover,
+    so it counts as not done: the caller retries it (answers, scores) or gives it up
+    (a lease is then not taken; ``submit`` reports the job as not enqueued)."""
+
+
 _CLASS_CODES: dict[type[Exception], str] = {
+    NotReplicated: "NOTREPLICATED",
     OutOfMemoryError: "OOM", ReadOnlyError: "READONLY", MasterDownError: "MASTERDOWN",
     BusyLoadingError: "LOADING", TryAgainError: "TRYAGAIN", ClusterDownError: "CLUSTERDOWN",
 }
@@ -122,5 +133,6 @@ def redis_unavailable(exc: BaseException) -> bool:
 
 
 __all__ = [
-    "REFUSAL_CLASSES", "REFUSAL_CODES", "redis_unavailable", "refusal_code", "write_refused",
+    "REFUSAL_CLASSES", "REFUSAL_CODES", "NotReplicated", "redis_unavailable", "refusal_code",
+    "write_refused",
 ]

@@ -159,3 +159,19 @@ def submit_replying(client: redis.Redis, source: Path, job_id: str, hop: int = 1
     job = Job(job_id=job_id, source=str(source), options=JobOptions(hop=hop),
               reply_to=f"restrav:replies:{job_id}")
     return enqueue(client, job, QueueSettings())
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``fn`` in a daemon thread (as a worker's job thread would); the list
+    collects what it raised."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # what the job thread would see
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, failed

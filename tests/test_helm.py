@@ -189,3 +189,22 @@ def test_a_worker_only_install_ships_no_serve_rules() -> None:
     assert "RestravNoServeReplica" not in names and "RestravStreamStalled" not in names
     assert rule["spec"]["groups"] == [g for g in shipped["groups"]
                                       if g["name"] != "restrav-streams"]
+
+
+def test_keda_asks_the_sentinels_when_redis_is_sentinel() -> None:
+    values: dict[str, Any] = {
+        "redis": {"url": "redis+sentinel://s0:26379,s1:26379/restrav/0"},
+        "worker": {"keda": {"enabled": True, "sentinelMaster": "restrav",
+                            "sentinelAddresses": "s0:26379,s1:26379"}},
+    }
+    (scaled,) = [d for d in render(values) if d["kind"] == "ScaledObject"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis-sentinel-streams"
+    meta = trigger["metadata"]
+    assert meta["addresses"] == "s0:26379,s1:26379" and meta["sentinelMaster"] == "restrav"
+    assert "address" not in meta and meta["stream"] == "restrav:jobs"
+    env = next(d for d in render(values) if d["kind"] == "Deployment"
+               and d["metadata"]["name"].endswith("-worker"))["spec"]["template"]["spec"]
+    urls = [e["value"] for c in env["containers"] for e in c["env"]
+            if e["name"] == "RESTRAV_REDIS__URL"]
+    assert urls == ["redis+sentinel://s0:26379,s1:26379/restrav/0"]

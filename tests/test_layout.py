@@ -12,7 +12,10 @@ import pytest
 
 MONITOR = Path(__file__).resolve().parents[1] / "monitor"
 
-BASE = {"__init__", "config", "errors", "keys", "metrics", "redaction", "redis_faults", "types"}
+BASE = {
+    "__init__", "config", "errors", "keys", "metrics", "redaction", "redis_conn", "redis_faults",
+    "types",
+}
 """The shared base: value types, errors, settings, metrics, Redis keys, redaction."""
 SHIMS = {"estimators"}
 """Public import paths kept for users (``monitor.estimators`` re-exports ``monitor.learn``)."""

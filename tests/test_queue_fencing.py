@@ -49,7 +49,14 @@ from monitor.queue import (
 )
 
 from .media import write_clip
-from .queue_helpers import FAST_QUEUE, running_worker, sample, submit_replying, wait_for
+from .queue_helpers import (
+    FAST_QUEUE,
+    in_thread,
+    running_worker,
+    sample,
+    submit_replying,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -242,17 +249,8 @@ def test_an_answer_refused_for_memory_is_retried_until_redis_takes_it(
 
     worker = idle_worker(client, then_redis_is_full, "w")
     entry = fetch_entry(worker)
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.process(entry)
-        except BaseException as exc:  # what the job thread would see
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
+    thread, failed = in_thread(lambda: worker.process(entry))
     try:
-        thread.start()
         wait_for(
             lambda: sample(worker.metrics, "restrav_queue_redis_errors_total") >= 1
             or not thread.is_alive(),

@@ -157,10 +157,12 @@ def _redis(url: str | None) -> dict[str, Any]:
         return {"configured": False}
     import redis
 
+    from monitor.errors import ConfigError
     from monitor.redaction import redact_url
+    from monitor.redis_conn import redis_client
 
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client = redis_client(url, socket_connect_timeout=2, socket_timeout=2)
         client.ping()
         return {
             "configured": True,
@@ -168,7 +170,7 @@ def _redis(url: str | None) -> dict[str, Any]:
             "reachable": True,
             "version": client.info("server").get("redis_version"),
         }
-    except (redis.RedisError, OSError, ValueError) as exc:
+    except (redis.RedisError, OSError, ValueError, ConfigError) as exc:
         return {
             "configured": True,
             "url": redact_url(url),

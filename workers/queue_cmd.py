@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
+from redis.exceptions import RedisError
 
 from monitor import keys
 from monitor.config import QueueSettings, Settings, load_settings
@@ -44,6 +45,8 @@ from monitor.queue import (
     worker_health,
 )
 from monitor.redaction import redact_url
+from monitor.redis_conn import rediscover
+from monitor.redis_faults import NotReplicated, redis_unavailable, refusal_code
 
 from .common import (
     EXIT_OK,
@@ -101,8 +104,9 @@ def _add_redis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis-url",
         metavar="URL",
-        help="redis://[:password@]host:port/db (default: redis.url from settings, "
-        "RESTRAV_REDIS__URL)",
+        help="redis://[:password@]host:port/db, or Sentinel: "
+        "redis+sentinel://[:password@]host:port[,host:port...]/SERVICE[/DB] "
+        "(default: redis.url from settings, RESTRAV_REDIS__URL)",
     )
 
 
@@ -171,15 +175,45 @@ def _settings(args: argparse.Namespace, with_model: bool) -> Settings:
 
 
 def _redis(settings: Settings) -> Any:
-    if settings.redis.url is None:
+    r = settings.redis
+    if r.url is None:
         raise ConfigError(
             "no Redis configured: pass --redis-url or set RESTRAV_REDIS__URL (or redis.url)"
         )
-    return connect(settings.redis.url.get_secret_value(), settings.redis.connect_timeout_s)
+    # a frozen or partitioned Redis is a timeout, not a hang: longer than any blocking call
+    blocking_s = max(settings.queue.block_ms / 1000, 1.0, r.wait_timeout_s)
+    return connect(r.url.get_secret_value(), r.connect_timeout_s,
+                   read_timeout_s=r.connect_timeout_s + blocking_s + 1.0)
 
 
 def _source(text: str) -> str:
     return text if "://" in text else str(Path(text).expanduser().absolute())
+
+
+SUBMIT_ATTEMPTS = 5
+"""Tries per job while Redis is unreachable, refuses writes (a failover under way) or
+its replicas do not acknowledge the job (``redis.wait_replicas``): about 7.5 s."""
+
+
+def _enqueue_retrying(client: Any, job: Job, settings: Settings) -> str:
+    """Enqueue ``job``, trying again under the same job id (answered once whatever
+    number of entries it gets) while Redis is unavailable or the replicas did not
+    acknowledge it; the last error propagates: the job is then not reported enqueued."""
+    durability = settings.redis.durability()
+    for attempt in range(SUBMIT_ATTEMPTS):
+        try:
+            return enqueue(client, job, settings.queue, durability)
+        except RedisError as exc:
+            if not redis_unavailable(exc) or attempt == SUBMIT_ATTEMPTS - 1:
+                raise
+            if isinstance(exc, NotReplicated):  # maybe a deposed primary: ask again
+                rediscover(client)
+            # INFO: the outcome is what the user needs (the job enqueued, or one line
+            # saying Redis is unavailable); -v shows each attempt
+            log.info("job %s not enqueued yet (%s); trying again", job.job_id,
+                     refusal_code(exc) or type(exc).__name__)
+            time.sleep(min(4.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -202,7 +236,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 options=options,
                 reply_to=reply_to,
             )
-            entry_id = enqueue(client, job, settings.queue)
+            entry_id = _enqueue_retrying(client, job, settings)
             ids.add(job.job_id)
             line = {"job_id": job.job_id, "entry_id": entry_id, "source": redact_url(job.source)}
             print(json.dumps(line), file=sys.stderr if args.wait else sys.stdout, flush=True)
@@ -309,6 +343,7 @@ def run_worker(args: argparse.Namespace) -> int:
             policy=policy,
             max_file_bytes=limits.max_file_bytes,
             hooks=testing_hooks(dict(os.environ)),
+            durability=settings.redis.durability(),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -17,7 +17,6 @@ import sys
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -43,6 +42,7 @@ from monitor.live.sinks.base import Sink, sink_ready_check
 from monitor.live.solo import SoloGuard
 from monitor.media.sources.rtsp import resolve_decode_backend
 from monitor.metrics import LiveFeedMetrics, StreamMetrics
+from monitor.redis_conn import async_redis_client
 from monitor.webrtc.hub import attach_webrtc
 
 from .common import (
@@ -105,7 +105,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--redis-url", "--redis", dest="redis", metavar="URL",
-        help="redis://[:password@]host:port/db (overrides redis.url; --redis is the old name)",
+        help="redis://[:password@]host:port/db, or Sentinel: "
+        "redis+sentinel://[:password@]host:port[,host:port...]/SERVICE[/DB] "
+        "(overrides redis.url; --redis is the old name)",
     )
     add_settings_args(p)
     p.set_defaults(func=run)
@@ -194,7 +196,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     replica = s.cluster.replica or socket.gethostname()
     solo: SoloGuard | None = None
     if redis_url and not s.cluster.enabled:  # before the model load: a refusal is quick
-        solo = SoloGuard(aioredis.from_url(
+        solo = SoloGuard(async_redis_client(
             redis_url, socket_connect_timeout=settings.redis.connect_timeout_s,
             socket_timeout=settings.redis.connect_timeout_s), replica)
         try:
@@ -248,6 +250,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     if s.cluster.enabled and redis_sink is not None:
         manager = clustered = ClusteredStreamManager(
             engine, sink, s, metrics, redis_client, replica,
+            durability=settings.redis.durability(),
             decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
         )
         redis_sink.on_refused = clustered.on_refused

@@ -36,6 +36,7 @@ from ..live.service import StreamManager
 from ..live.sinks.base import Sink
 from ..live.stream_state import StreamStatus
 from ..metrics import StreamMetrics
+from ..redis_conn import Durability
 from .assignment import plan
 from .leases import Lease, LeaseStore, ReplicaInfo
 
@@ -59,6 +60,7 @@ class LeaseCoordination(StreamManager):
         metrics: StreamMetrics | None,
         client: Any,
         replica: str,
+        durability: Durability | None = None,
         **kw: Any,
     ) -> None:
         store = RedisDesiredStore(client)
@@ -67,7 +69,7 @@ class LeaseCoordination(StreamManager):
         self.client = client
         self.cfg = settings.cluster
         self.replica = replica
-        self.leases = LeaseStore(client, replica, self.cfg.lease_ttl_s)
+        self.leases = LeaseStore(client, replica, self.cfg.lease_ttl_s, durability)
         self.owned: dict[str, int] = {}  # stream -> fencing token, oldest acquisition first
         self._desired: dict[str, tuple[StreamSpec, bool]] = {}
         self.keeper = DesiredSetKeeper(

@@ -19,18 +19,30 @@ Contract:
 * Replicas register in the set ``restrav:replicas`` and keep a heartbeat key
   ``restrav:replica:<name>`` (JSON: capacity, owned, draining) with a TTL;
   :meth:`replicas` returns the live ones and prunes the dead names.
+* With a :class:`~monitor.redis_conn.Durability` (``redis.wait_replicas`` > 0) a
+  grant is followed by ``WAIT`` on the same connection; a grant the replicas did not
+  acknowledge (a promoted replica could lack it, and its fencing increment) is
+  released again and :meth:`acquire` returns None: the lease is not taken. The
+  counter keeps the increment, which only skips a token.
 * Every method raises redis errors to the caller (the coordinator counts them
   and tries again on its next tick); nothing here sleeps or loops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from .. import keys
+from ..redis_conn import Durability, arediscover
+
+log = logging.getLogger("restrav.cluster")
 
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
@@ -99,24 +111,43 @@ def parse_lease(raw: Any) -> Lease | None:
 class LeaseStore:
     """Leases and heartbeats of one replica (see the module docstring)."""
 
-    def __init__(self, client: Any, replica: str, lease_ttl_s: float) -> None:
+    def __init__(self, client: Any, replica: str, lease_ttl_s: float,
+                 durability: Durability | None = None) -> None:
         if not replica or " " in replica:
             raise ValueError(f"replica name {replica!r} must be non-empty without spaces")
         self.client = client
         self.replica = replica
         self.ttl_ms = max(1, int(lease_ttl_s * 1000))
+        self.durability = durability or Durability()
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
     async def acquire(self, stream_id: str) -> int | None:
-        """Take the free lease of ``stream_id``: the new fencing token, or None if held."""
-        res = await self._acquire(
-            keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id)],
-            args=[self.replica, self.ttl_ms],
-        )
-        token = int(res[0])
-        return token if token > 0 else None
+        """Take the free lease of ``stream_id``: the new fencing token, or None if held
+        (or, with durability, if the replicas did not acknowledge the grant in time)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            await self._acquire(
+                keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id)],
+                args=[self.replica, self.ttl_ms],
+                client=pipe,
+            )
+            waits = self.durability.queue_wait(pipe)
+            res = await pipe.execute()
+        token = int(res[0][0])
+        if token <= 0:
+            return None
+        if waits and int(res[1]) < self.durability.replicas:
+            log.warning(
+                "stream %s: lease grant (fence %d) not acknowledged by %d replica(s) within "
+                "%d ms; not taken", stream_id, token, self.durability.replicas,
+                self.durability.timeout_ms,
+            )
+            with contextlib.suppress(RedisError, OSError):  # best effort: it expires anyway
+                await self.release(stream_id, token)
+            await arediscover(self.client)  # maybe a deposed primary: ask the sentinels again
+            return None
+        return token
 
     async def renew(self, owned: dict[str, int]) -> dict[str, bool]:
         """Renew every lease in ``owned`` (id -> token), pipelined: id -> still ours."""

@@ -11,7 +11,10 @@ from __future__ import annotations
 #       9 token, 10 mode (fenced | dead | keep | none), 11 reply? (1/0), 12 reply maxlen,
 #       13 dead maxlen, 14... the dead-letter entry's fields and values (mode dead)
 # returns 1 answered, 0 already answered (fenced: acknowledged; dead: nothing written),
-#        -1 another worker or entry owns the job (nothing written)
+#        -1 another worker or entry owns the job (nothing written),
+#        2 (fenced) answered already with this very body: this attempt's own answer, written
+#          by a try whose replication was not confirmed; the result is written again (its
+#          TTL renewed: a write, so a WAIT after it covers it) and nothing else is repeated
 # The reply is the first write: a reply stream of the wrong type fails the script
 # before anything is written.
 ANSWER = """
@@ -22,9 +25,12 @@ local answered = mode ~= 'none' and redis.call('EXISTS', KEYS[1]) == 1
 if mode == 'fenced' then
   if holder and holder ~= ARGV[9] then return -1 end
   if answered then
+    local ours = redis.call('GET', KEYS[1]) == ARGV[1]
+    if ours then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
     redis.pcall('XACK', KEYS[3], ARGV[4], ARGV[3])
     redis.call('HDEL', KEYS[4], ARGV[3])
     if holder then redis.call('DEL', KEYS[5]) end
+    if ours then return 2 end
     return 0
   end
 elseif mode == 'dead' then

@@ -37,6 +37,8 @@ REPLY_MAXLEN = 10_000
 ANSWERED = 1
 ALREADY_ANSWERED = 0
 OWNED_ELSEWHERE = -1
+ANSWERED_BEFORE = 2
+"""This attempt's own answer, written by an earlier try (its replication unconfirmed)."""
 
 
 class Answers:
@@ -74,12 +76,19 @@ class Answers:
         mode: str,
         dead: list[str] | None = None,
     ) -> int:
-        """Run the answer script; return ANSWERED, ALREADY_ANSWERED or OWNED_ELSEWHERE."""
+        """Run the answer script; return ANSWERED, ALREADY_ANSWERED, OWNED_ELSEWHERE or
+        ANSWERED_BEFORE. With ``ctx.durability`` on, a ``WAIT`` follows the script on
+        the same connection, and an answer the replicas did not acknowledge raises
+        :class:`~monitor.redis_faults.NotReplicated` (not done: the caller tries again
+        with the same body, which a surviving first write answers with ANSWERED_BEFORE,
+        or the entry stays unacknowledged and is delivered again)."""
         ctx = self.ctx
         body = json.dumps(result)
         job_id = result.get("job_id") or ""
         error = result.get("error") or {}
-        outcome = self._answer(
+        pipe = ctx.client.pipeline(transaction=False)
+        self._answer(
+            client=pipe,
             keys=[
                 keys.result_key(job_id),
                 keys.RESULTS,
@@ -106,7 +115,12 @@ class Answers:
                 *(dead or []),
             ],
         )
-        return int(outcome)
+        waits = ctx.durability.queue_wait(pipe)
+        replies = pipe.execute()
+        outcome = int(replies[0])
+        if waits and outcome in (ANSWERED, ANSWERED_BEFORE):
+            ctx.durability.check(replies[1], f"answer to job {job_id or entry.id}")
+        return outcome
 
     def publish(self, entry: Entry, result: dict[str, Any], reply_to: str | None) -> bool:
         """Store a scoring's result, note it on ``restrav:results``, reply, acknowledge:
@@ -117,7 +131,7 @@ class Answers:
         answer: counted and logged).
         """
         outcome = self._write(entry, result, reply_to, "fenced")
-        if outcome == ANSWERED:
+        if outcome in (ANSWERED, ANSWERED_BEFORE):
             return True
         self.ctx.metrics.late_answers.inc()
         why = (

@@ -11,6 +11,7 @@ import redis
 
 from ..config import QueueSettings
 from ..metrics import QueueMetrics
+from ..redis_conn import Durability
 from .jobs import Entry
 
 
@@ -37,6 +38,8 @@ class WorkerContext:
     started_at: float = field(default_factory=time.time)
     failing_since: float | None = None
     last_error: str | None = None
+    durability: Durability = field(default_factory=Durability)
+    """The WAIT after each answer (off by default: one Redis)."""
 
     @property
     def group(self) -> str:

@@ -31,7 +31,8 @@ from .. import keys
 from ..errors import InputError
 from ..media.fetch import SourcePolicy, local_source
 from ..redaction import redact_url
-from ..redis_faults import redis_unavailable
+from ..redis_conn import rediscover
+from ..redis_faults import NotReplicated, redis_unavailable
 from .answers import Answers
 from .backoff import Backoff
 from .context import WorkerContext
@@ -186,6 +187,8 @@ class JobRunner:
             except redis.RedisError as exc:
                 if not redis_unavailable(exc):
                     raise
+                if isinstance(exc, NotReplicated):  # maybe a deposed primary: ask again
+                    rediscover(self.ctx.client)
                 self.ctx.metrics.redis_errors.inc()
                 if time.monotonic() >= deadline:
                     raise

@@ -12,18 +12,26 @@ import redis
 
 from .. import keys
 from ..config import QueueSettings
+from ..redis_conn import Durability, redis_client
 from .jobs import Job, QueueFull, entry_ms
 
 
-def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
-    """A Redis client (decoded strings) for the queue."""
-    client: redis.Redis = redis.Redis.from_url(
+def connect(url: str, timeout_s: float = 2.0, read_timeout_s: float | None = None) -> redis.Redis:
+    """A Redis client (decoded strings) for the queue; ``url`` in any form of
+    :mod:`monitor.redis_conn` (one server or Sentinel).
+
+    ``read_timeout_s`` bounds the wait for each reply (None: unbounded). It must exceed
+    the longest blocking command (``XREADGROUP BLOCK``, ``WAIT``); with it, a Redis that
+    stops answering without closing the connection (frozen, partitioned) is a
+    ``TimeoutError`` after that long, and the next try reconnects (with Sentinel: to
+    the primary the sentinels name then)."""
+    return redis_client(
         url,
         decode_responses=True,
         socket_connect_timeout=timeout_s,
+        socket_timeout=read_timeout_s,
         health_check_interval=30,
     )
-    return client
 
 
 def ensure_group(client: redis.Redis, group: str) -> None:
@@ -55,14 +63,31 @@ def backlog(client: redis.Redis, group: str) -> int:
     return int(client.xlen(keys.JOBS))
 
 
-def enqueue(client: redis.Redis, job: Job, settings: QueueSettings) -> str:
-    """Append ``job`` to the queue; return its entry id. Raises :class:`QueueFull`."""
+def enqueue(
+    client: redis.Redis, job: Job, settings: QueueSettings, durability: Durability | None = None
+) -> str:
+    """Append ``job`` to the queue; return its entry id. Raises :class:`QueueFull`.
+
+    With ``durability`` enabled the XADD and a ``WAIT`` go in one pipeline, and too
+    few replica acknowledgements raise :class:`~monitor.redis_faults.NotReplicated`:
+    the job may be lost by a failover, so it is not enqueued as far as the caller
+    knows (it may be there: enqueue it again under the same job id, which answers it
+    once).
+    """
     if backlog(client, settings.group) >= settings.max_queue_length:
         raise QueueFull(
             f"the queue holds {settings.max_queue_length} unfinished jobs "
             "(queue.max_queue_length); try again later or add workers"
         )
-    entry_id: Any = client.xadd(keys.JOBS, {keys.JOB_FIELD: job.model_dump_json()})
+    fields: Any = {keys.JOB_FIELD: job.model_dump_json()}
+    if durability is None or not durability.enabled:
+        entry_id: Any = client.xadd(keys.JOBS, fields)
+        return str(entry_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keys.JOBS, fields)
+    durability.queue_wait(pipe)
+    entry_id, acked = pipe.execute()
+    durability.check(acked, f"job {job.job_id} enqueued as {entry_id}")
     return str(entry_id)
 
 

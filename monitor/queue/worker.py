@@ -15,6 +15,7 @@ from .. import keys
 from ..config import QueueSettings
 from ..media.fetch import SourcePolicy
 from ..metrics import QueueMetrics
+from ..redis_conn import Durability
 from .answers import Answers
 from .backoff import Backoff
 from .context import WorkerContext
@@ -47,12 +48,14 @@ class Worker:
         policy: SourcePolicy | None = None,
         max_file_bytes: int = 2 * 1024**3,
         hooks: WorkerHooks | None = None,
+        durability: Durability | None = None,
     ) -> None:
         if settings.heartbeat_interval_s * 2 > settings.visibility_timeout_s:
             raise ValueError(
                 "queue.heartbeat_interval_s must be at most half of queue.visibility_timeout_s"
             )
-        self.ctx = WorkerContext(client, settings, metrics, name or default_worker_name())
+        self.ctx = WorkerContext(client, settings, metrics, name or default_worker_name(),
+                                 durability=durability or Durability())
         self.client = client
         self.settings = settings
         self.metrics = metrics

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 
 from ... import keys
 from ...metrics import StreamMetrics
+from ...redis_conn import async_redis_client
 from ...redis_faults import redis_unavailable, refusal_code
 from ...types import StreamScore
 from ..alerts import AlertEvent
@@ -88,8 +89,9 @@ class RedisSink(BufferedSink):
         cls, url: str, connect_timeout_s: float = 2.0, metrics: StreamMetrics | None = None,
         **kw: Any,
     ) -> RedisSink:
-        """A sink with its own client for ``url``."""
-        client = aioredis.from_url(
+        """A sink with its own client for ``url`` (one server or Sentinel: see
+        :mod:`monitor.redis_conn`)."""
+        client = async_redis_client(
             url, socket_connect_timeout=connect_timeout_s, socket_timeout=connect_timeout_s
         )
         return cls(client, metrics=metrics, **kw)

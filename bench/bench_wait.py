@@ -1,0 +1,143 @@
+"""The cost of waiting for a replica (``redis.wait_replicas``) per durable write.
+
+    python bench/bench_wait.py [--n 2000]
+
+Starts a real primary and one replica (redis-server, loopback, no persistence) and
+times, with and without ``WAIT 1``, the writes that wait: ``enqueue`` (XADD of a
+job), a job's answer (the fenced answer script, through ``Answers.publish``), and a
+lease grant (``LeaseStore.acquire``, asyncio); plus a fenced score write, which does
+not wait today, for comparison (with a WAIT appended by hand). Prints one table row
+per write: mean and p99 latency in microseconds, without and with WAIT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from monitor.cluster.leases import LeaseStore  # noqa: E402
+from monitor.config import QueueSettings  # noqa: E402
+from monitor.live.sinks.fenced import FencedWriter  # noqa: E402
+from monitor.metrics import QueueMetrics  # noqa: E402
+from monitor.queue import Job, connect, enqueue, ensure_group  # noqa: E402
+from monitor.queue.answers import Answers  # noqa: E402
+from monitor.queue.context import WorkerContext  # noqa: E402
+from monitor.queue.jobs import Entry  # noqa: E402
+from monitor.redis_conn import Durability, async_redis_client  # noqa: E402
+from tests.sentinelproc import SentinelSetup  # noqa: E402
+
+WAIT = Durability(1, 1000)
+
+
+def stats_us(samples: list[float]) -> tuple[float, float]:
+    """Mean and p99 of ``samples`` (seconds) in microseconds."""
+    ordered = sorted(samples)
+    return (sum(ordered) / len(ordered) * 1e6,
+            ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e6)
+
+
+def timed(n: int, fn: Callable[[int], None]) -> list[float]:
+    """``fn(i)`` for i in range(n), each timed."""
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_enqueue(url: str, n: int, durability: Durability) -> list[float]:
+    client = connect(url)
+    q = QueueSettings(max_queue_length=10**9)
+    try:
+        return timed(n, lambda i: enqueue(client, Job(job_id=f"e{i}", source="/x.mp4"), q,
+                                          durability))
+    finally:
+        client.close()
+
+
+def bench_answer(url: str, n: int, durability: Durability, tag: str) -> list[float]:
+    client = connect(url)
+    ensure_group(client, "workers")
+    ctx = WorkerContext(client, QueueSettings(), QueueMetrics(CollectorRegistry()), "bench",
+                        durability=durability)
+    answers = Answers(ctx)
+    result = {"job_id": "", "ok": True, "status": "scored", "error": None,
+              "aggregate": {"score_mean": 0.5}, "clip": {"windows": [0.5] * 40}}
+    try:
+        def one(i: int) -> None:
+            entry = Entry(id=f"1-{i}", fields={}, deliveries=1, job_id=f"a{tag}{i}")
+            answers.publish(entry, {**result, "job_id": f"a{tag}{i}"}, None)
+        return timed(n, one)
+    finally:
+        client.close()
+
+
+async def bench_async(url: str, n: int, durability: Durability, tag: str
+                      ) -> tuple[list[float], list[float]]:
+    client = async_redis_client(url, socket_connect_timeout=2, socket_timeout=2)
+    store = LeaseStore(client, "bench", 60.0, durability)
+    writer = FencedWriter(client, "bench")
+    leases: list[float] = []
+    scores: list[float] = []
+    fields = {"seq": "0", "p_ai": "0.5", "features": "[" + ",".join(["1.0"] * 21) + "]"}
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            token = await store.acquire(f"s{tag}{i}")
+            leases.append(time.perf_counter() - t0)
+            assert token is not None
+            t0 = time.perf_counter()
+            async with client.pipeline(transaction=True) as pipe:
+                await writer.score(pipe, f"s{tag}{i}", token, fields, 100)
+                await pipe.execute()
+            if durability.enabled:
+                await client.execute_command("WAIT", durability.replicas, durability.timeout_ms)
+            scores.append(time.perf_counter() - t0)
+    finally:
+        await client.aclose()
+    return leases, scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        setup = SentinelSetup(Path(d), replicas=1, sentinels=0)
+        setup.start()
+        try:
+            url = f"redis://127.0.0.1:{setup.node_ports[0]}/0"
+            rows: dict[str, list[tuple[float, float]]] = {}
+            for label, dur in (("off", Durability()), ("wait", WAIT)):
+                rows.setdefault("enqueue (XADD)", []).append(
+                    stats_us(bench_enqueue(url, args.n, dur)))
+                rows.setdefault("answer (script)", []).append(
+                    stats_us(bench_answer(url, args.n, dur, label)))
+                leases, scores = asyncio.run(bench_async(url, args.n, dur, label))
+                rows.setdefault("lease grant (script)", []).append(stats_us(leases))
+                rows.setdefault("fenced score (MULTI/EXEC; WAIT after)", []).append(
+                    stats_us(scores))
+        finally:
+            setup.stop()
+    print(f"{platform.machine()} {platform.python_version()}, n={args.n} each, primary + "
+          "1 replica on loopback")
+    print("| write | without WAIT mean / p99 (us) | WAIT 1 mean / p99 (us) |")
+    print("|---|---|---|")
+    for name, ((m0, p0), (m1, p1)) in rows.items():
+        print(f"| {name} | {m0:.0f} / {p0:.0f} | {m1:.0f} / {p1:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
