@@ -243,6 +243,31 @@ class SentinelSetup:
         if self.sentinels:
             self.wait_sentinels_agree(timeout_s)
 
+    def topology(self) -> tuple[int, set[int]]:
+        """The primary the sentinels name and the nodes that say they replicate it.
+
+        Asserts the setup is whole: the named primary says ``master`` and every other
+        running node says ``slave`` with its link up to that primary. A node that came
+        back may be promoted by a later failover (a busy machine can miss the sentinels'
+        pings), so a caller checks the shape, not which port holds which role."""
+        primary = self.primary_port()
+        assert primary is not None, "no sentinel names a primary"
+        assert self.role(primary) == "master", f"the named primary {primary} is not one"
+        replicas: set[int] = set()
+        for p in self.nodes:
+            if p == primary or p in self.stopped:
+                continue
+            c = self.node(p)
+            try:
+                info = c.info("replication")
+            finally:
+                c.close()
+            assert info["role"] == "slave", f"node {p} says {info['role']}, not slave"
+            assert int(info["master_port"]) == primary, f"node {p} follows another primary"
+            assert info["master_link_status"] == "up", f"node {p} is not in sync"
+            replicas.add(p)
+        return primary, replicas
+
     def stop(self) -> None:
         """Terminate every process (continuing frozen ones first)."""
         for port in list(self.stopped):
