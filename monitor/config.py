@@ -319,6 +319,9 @@ class StreamSpec(BaseModel):
         description="Under overload streams of higher priority keep running; lower ones "
         "yield whole windows first.",
     )
+    evidence: bool = Field(
+        True, description="Keep evidence of this stream's alerts (with serve.evidence.dir set).",
+    )
 
 
 class StreamCredentials(_Section):
@@ -426,6 +429,48 @@ class AlertSettings(_Section):
     min_duration_s: float = Field(2.0, ge=0, description="Above `enter` this long to alert.")
 
 
+class EvidenceSettings(_Section):
+    """What is kept of a flagged window: its 24 sampled frames as an MP4, a contact sheet
+    and a JSON record, in ``dir`` (None: no evidence is kept, no frame is retained).
+
+    Frames are retained in memory per stream only as long as a window needs them
+    (``frames_per_stream``), downscaled to ``frame_width`` and JPEG-compressed, bounded by
+    ``stream_bytes`` per stream and ``memory_bytes`` in all. On disk, records older than
+    ``max_age_s`` and the oldest beyond ``max_disk_bytes`` are deleted."""
+
+    dir: Path | None = Field(None, description="Where evidence records go (None: off).")
+    low_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Also keep every window with P(AI) at or above this (None: alert starts "
+        "only).",
+    )
+    frame_width: int = Field(240, ge=16, le=1920, description="Width of kept frames, px.")
+    jpeg_quality: int = Field(75, ge=10, le=95, description="JPEG quality of kept frames.")
+    frames_per_stream: int = Field(
+        48, ge=24, le=1000, description="Sampled frames kept per stream (>= one window)."
+    )
+    stream_bytes: int = Field(
+        1024**2, ge=16 * 1024, description="Bound on one stream's kept frames, bytes."
+    )
+    memory_bytes: int = Field(
+        64 * 1024**2, ge=64 * 1024, description="Bound on all kept frames, bytes."
+    )
+    max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="Records older are deleted.")
+    max_disk_bytes: int = Field(
+        1024**3, ge=64 * 1024, description="Oldest records are deleted beyond this total."
+    )
+    queue_records: int = Field(
+        8, ge=1, le=1000, description="Records waiting to be written; more are dropped."
+    )
+    capture_queue: int = Field(
+        1024, ge=1, le=100_000, description="Frames waiting to be compressed; more dropped."
+    )
+    frames_wait_s: float = Field(
+        5.0, gt=0, le=60,
+        description="How long a record waits for its window's frames to be compressed.",
+    )
+
+
 class ServeSinkSettings(_Section):
     """Where scores go: Redis (from the redis section) and/or stdout JSON lines."""
 
@@ -508,6 +553,7 @@ class ServeSettings(_Section):
     persist_streams: bool = Field(True, description="Keep the desired set in Redis.")
     drain_deadline_s: float = Field(10.0, gt=0)
     cluster: ClusterSettings = ClusterSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
 
 
 class Settings(BaseSettings):

@@ -32,6 +32,7 @@ from monitor.live.api import (
     resolve_token,
 )
 from monitor.live.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap
+from monitor.live.evidence.recorder import EvidenceRecorder
 from monitor.live.http_guard import ServerLog
 from monitor.live.livefeed import LiveFeed
 from monitor.live.page import add_ui_routes
@@ -41,7 +42,7 @@ from monitor.live.sinks import FanoutSink, RedisSink, StdoutSink
 from monitor.live.sinks.base import Sink, sink_ready_check
 from monitor.live.solo import SoloGuard
 from monitor.media.sources.rtsp import resolve_decode_backend
-from monitor.metrics import LiveFeedMetrics, StreamMetrics
+from monitor.metrics import EvidenceMetrics, LiveFeedMetrics, StreamMetrics
 from monitor.redis_conn import async_redis_client
 from monitor.webrtc.hub import attach_webrtc
 
@@ -183,6 +184,12 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
+def classifier_name(settings: Settings) -> str:
+    """The classifier as evidence records name it: its file name, or ``default``."""
+    path = settings.classifier.path
+    return path.name if path is not None else "default"
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     """The service: returns the exit status after a drain (``stop`` or a signal)."""
     s = settings.serve
@@ -246,12 +253,19 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     sink = FanoutSink(sinks)
     await sink.start()
 
+    evidence = EvidenceRecorder.from_settings(
+        s.evidence, EvidenceMetrics(registry), replica=replica,
+        classifier=classifier_name(settings) if classifier is not None else None,
+    )
+    if evidence is not None:
+        evidence.start()
     manager: StreamManager
     if s.cluster.enabled and redis_sink is not None:
         manager = clustered = ClusteredStreamManager(
             engine, sink, s, metrics, redis_client, replica,
             durability=settings.redis.durability(),
             decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+            evidence=evidence,
         )
         redis_sink.on_refused = clustered.on_refused
         print(f"restrav serve: replica {replica} (leases in Redis)", file=sys.stderr, flush=True)
@@ -262,6 +276,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         manager = StreamManager(
             engine, sink, s, metrics, store,
             decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+            evidence=evidence,
         )
 
     async def model_ready() -> tuple[bool, str]:
@@ -330,6 +345,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         n = await manager.handover()  # after the flush: our last scores land before the next owner
         print(f"restrav serve: handed over {n} streams", file=sys.stderr, flush=True)
     await sink.aclose()
+    if evidence is not None:  # queued records are written (bounded by the deadline)
+        await asyncio.to_thread(evidence.stop, max(1.0, deadline - time.monotonic()))
     await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

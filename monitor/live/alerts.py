@@ -26,9 +26,13 @@ class AlertEvent:
     fence: int | None = None
     reason: str | None = None
     """Why an alert ended without a low score (``paused``, ``stopped``, ...); None otherwise."""
+    evidence: str | None = None
+    """The id of the evidence record of an ``alert_start`` (``GET /evidence/{id}``); None
+    when evidence is off for the stream."""
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object written to the events stream (``reason`` only when set)."""
+        """The JSON object written to the events stream (``reason``, ``evidence`` only when
+        set)."""
         out: dict[str, Any] = {
             "stream": self.stream_id,
             "kind": self.kind,
@@ -38,6 +42,8 @@ class AlertEvent:
         }
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.evidence is not None:
+            out["evidence"] = self.evidence
         return out
 
 
