@@ -499,6 +499,10 @@ class UiSettings(_Section):
     """The operator page (``GET /``, ``/ui``) and its live event stream (``/ui/events``)."""
 
     enabled: bool = Field(True, description="Serve the operator page and its event stream.")
+    thumbnails: bool = Field(
+        True, description="Serve each stream's latest retained frame (GET "
+        "/streams/{id}/thumbnail); off for sites that must not show images.",
+    )
     history_s: float = Field(300.0, ge=10, le=3600, description="Timeline span kept per stream.")
     tick_s: float = Field(1.0, ge=0.1, le=10, description="One update message per tick.")
     max_clients: int = Field(50, ge=1, le=1000, description="Event-stream clients at once.")

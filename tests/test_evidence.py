@@ -317,3 +317,26 @@ def test_the_live_feed_links_an_alert_period_to_its_evidence() -> None:
     event = AlertEvent("cam", "alert_start", 0.9, 10.0, 9.0, evidence="1700000010000-cam-4")
     assert event.to_json()["evidence"] == "1700000010000-cam-4"
     assert "evidence" not in AlertEvent("cam", "alert_start", 0.9, 10.0, 9.0).to_json()
+
+
+async def test_review_routes_answer_404_with_evidence_or_thumbnails_off(tmp_path: Path) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from monitor.live.review import add_review_routes
+
+    rec = EvidenceRecorder(_settings(tmp_path))
+    rec.watch("cam")
+    _fill(rec.store, "cam", 3)
+    for recorder, thumbnails, code in ((None, True, "evidence_off"),
+                                       (rec, False, "thumbnails_off"), (rec, True, None)):
+        app = web.Application()
+        add_review_routes(app, recorder, lambda request: None, thumbnails)
+        async with TestClient(TestServer(app)) as c:
+            r = await c.get("/streams/cam/thumbnail")
+            assert r.headers["Cache-Control"] == "no-store"
+            if code is None:
+                assert r.status == 200 and r.content_type == "image/jpeg"
+                assert decode_jpeg(await r.read()).shape == (64, 96, 3)
+            else:
+                assert r.status == 404 and (await r.json())["error"]["code"] == code

@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 import redis
+from aiohttp import ClientSession
 
 from monitor.config import load_settings
 from monitor.core.classifier import Classifier, Scaler
@@ -103,7 +104,7 @@ async def wait_for(cond: Any, timeout_s: float, what: str) -> Any:
 
 @pytest.mark.slow
 async def test_an_alert_keeps_the_frames_the_engine_scored(
-    tiny_model_dir: Path, redis_url: str, tmp_path: Path
+    tiny_model_dir: Path, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clip = tmp_path / "jerky.mp4"
     write_clip(clip, fps=25, n_frames=150, size=(128, 96), frame_fn=coded_frame)
@@ -121,7 +122,9 @@ async def test_an_alert_keeps_the_frames_the_engine_scored(
         folder = tmp_path / "evidence" / rid
         await wait_for(lambda: (folder / RECORD).is_file(), 60, f"the record {rid}")
         metrics = await svc.metrics_text()
+        served = await fetch_review(svc, rid)
     assert svc.rc == 0
+    assert TOKEN not in caplog.text
     assert sorted(p.name for p in folder.iterdir()) == sorted([CLIP, SHEET, RECORD])
     assert not any(p.name.startswith(".tmp-") for p in folder.parent.iterdir())
     assert metric_value(metrics, "restrav_evidence_records_total") is not None
@@ -155,6 +158,39 @@ async def test_an_alert_keeps_the_frames_the_engine_scored(
         assert min(d for i, d in enumerate(diffs) if i != want) > diffs[want] + 5, t
     sheet = decode_jpeg((folder / SHEET).read_bytes())
     assert sheet.shape[1] == 6 * 64 and sheet.shape[0] >= 4 * 48
+
+    # the control API served the same record and files, never to be cached
+    body, clip_bytes, sheet_bytes, thumb = served
+    assert body == {**rec, "urls": {"clip": f"/evidence/{rid}/{CLIP}",
+                                    "sheet": f"/evidence/{rid}/{SHEET}"}}
+    assert clip_bytes == (folder / CLIP).read_bytes()
+    assert sheet_bytes == (folder / SHEET).read_bytes()
+    assert decode_jpeg(thumb).shape == (48, 64, 3)
+
+
+async def fetch_review(svc: Service, rid: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    """The record, clip, sheet and thumbnail as the API serves them (checking headers),
+    after checking that a missing or wrong token, or a malformed id, gets no image."""
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    out: list[Any] = []
+    async with ClientSession() as http:
+        for path, ctype in ((f"/evidence/{rid}", "application/json"),
+                            (f"/evidence/{rid}/{CLIP}", "video/mp4"),
+                            (f"/evidence/{rid}/{SHEET}", "image/jpeg"),
+                            ("/streams/cam/thumbnail", "image/jpeg")):
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                async with http.get(svc.url + path, headers=headers) as r:
+                    assert r.status == 401 and r.content_type == "application/json", path
+                    assert r.headers["Cache-Control"] == "no-store"
+            async with http.get(svc.url + path, headers=good) as r:
+                assert r.status == 200 and r.content_type == ctype, (path, r.status)
+                assert r.headers["Cache-Control"] == "no-store"
+                out.append(await r.json() if ctype == "application/json" else await r.read())
+        for path in ("/evidence/..%2F..%2Fetc", f"/evidence/{rid[:-1]}9999/{CLIP}",
+                     "/evidence/1234", "/streams/nope/thumbnail"):
+            async with http.get(svc.url + path, headers=good) as r:
+                assert r.status == 404, path
+    return out[0], out[1], out[2], out[3]
 
 
 @pytest.mark.slow

@@ -288,7 +288,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         # PING answers while writes are refused (OOM, READONLY): the sink knows better
         checks["redis_writes"] = sink_ready_check(redis_sink)
     ctx = ApiContext(manager=manager, metrics=metrics, settings=s.api, token=token,
-                     ready_checks=checks)
+                     ready_checks=checks, evidence=evidence, thumbnails=s.ui.thumbnails)
     if token is None:
         log.warning("no API token: the control API is disabled (health and metrics still served)")
         if not s.streams and not (redis_url and s.persist_streams):

@@ -17,6 +17,10 @@ Routes (``{id}``: 1-64 of letters, digits, ``_ . -``)::
     DELETE /streams/{id}            bearer    204 (also when absent: idempotent)
     POST   /streams/{id}/pause      bearer    200 status / 404
     POST   /streams/{id}/resume     bearer    200 status / 404
+    GET    /streams/{id}/thumbnail  bearer    the latest retained frame (JPEG) / 404
+    GET    /evidence/{eid}          bearer    an evidence record (JSON) / 404
+    GET    /evidence/{eid}/clip.mp4, /evidence/{eid}/sheet.jpg    its files
+                                              (:mod:`monitor.live.review`; no-store)
 
 Control routes need ``Authorization: Bearer <token>`` (constant-time compare);
 without a configured token they answer 503 (control plane disabled). Bodies
@@ -50,8 +54,10 @@ from redis.exceptions import RedisError
 from ..config import ApiSettings, StreamSpec
 from ..errors import InputError, RestravError
 from ..metrics import StreamMetrics
+from .evidence.recorder import EvidenceRecorder
 from .http_guard import JsonTooDeep, loads_json
 from .openapi import openapi_document
+from .review import add_review_routes
 from .service import StreamManager
 
 log = logging.getLogger("restrav.api")
@@ -72,6 +78,9 @@ class ApiContext:
     token: str | None
     ready_checks: dict[str, ReadyCheck] = field(default_factory=dict)
     draining: bool = False
+    evidence: EvidenceRecorder | None = None
+    """Evidence records and thumbnails (:mod:`monitor.live.review`); None: off."""
+    thumbnails: bool = True
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -319,6 +328,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     app.router.add_delete(f"/streams/{_ID}", delete_stream)
     app.router.add_post(f"/streams/{_ID}/pause", pause_stream)
     app.router.add_post(f"/streams/{_ID}/resume", resume_stream)
+    add_review_routes(app, ctx.evidence, _auth, ctx.thumbnails)
     return app
 
 
