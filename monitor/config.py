@@ -435,8 +435,10 @@ class EvidenceSettings(_Section):
 
     Frames are retained in memory per stream only as long as a window needs them
     (``frames_per_stream``), downscaled to ``frame_width`` and JPEG-compressed, bounded by
-    ``stream_bytes`` per stream and ``memory_bytes`` in all. On disk, records older than
-    ``max_age_s`` and the oldest beyond ``max_disk_bytes`` are deleted."""
+    ``stream_bytes`` per stream and ``memory_bytes`` in all (records waiting to be written
+    hold their window's frames beyond these: at most ``queue_records`` x 24). On disk,
+    records older than ``max_age_s`` and the oldest beyond ``max_disk_bytes`` are
+    deleted."""
 
     dir: Path | None = Field(None, description="Where evidence records go (None: off).")
     low_threshold: float | None = Field(

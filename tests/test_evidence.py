@@ -340,3 +340,23 @@ async def test_review_routes_answer_404_with_evidence_or_thumbnails_off(tmp_path
                 assert decode_jpeg(await r.read()).shape == (64, 96, 3)
             else:
                 assert r.status == 404 and (await r.json())["error"]["code"] == code
+
+
+def test_a_request_keeps_its_frames_when_the_ring_moves_on(tmp_path: Path) -> None:
+    store = FrameStore(keep=24, stream_bytes=10**6, memory_bytes=10**7)
+    store.open("cam")
+    _fill(store, "cam", 24)
+    held = tuple(store.window("cam", 0, 0.0, 2.0))
+    _fill(store, "cam", 30, start_k=24)  # the ring now holds k 30..53 only
+    assert store.window("cam", 0, 0.0, 2.0) == []
+    w = EvidenceWriter(_settings(tmp_path), store)
+    w.start()
+    rid = f"{round(time.time() * 1000)}-cam-1"
+    req = _request(rid)
+    w.submit(EvidenceRequest(req.id, req.stream_id, req.segment, req.start_s, req.end_s,
+                             req.record, held))
+    wait_until(w.idle, 60, "the request handled")
+    w.stop()
+    assert w.written == 1 and w.dropped == {}
+    rec = json.loads((tmp_path / "evidence" / rid / RECORD).read_text())
+    assert [f["k"] for f in rec["frames"]] == list(range(24))

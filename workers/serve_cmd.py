@@ -256,6 +256,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     evidence = EvidenceRecorder.from_settings(
         s.evidence, EvidenceMetrics(registry), replica=replica,
         classifier=classifier_name(settings) if classifier is not None else None,
+        engine_backlog=s.engine.max_backlog_per_stream,
     )
     if evidence is not None:
         evidence.start()

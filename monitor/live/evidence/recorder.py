@@ -4,6 +4,9 @@ Contract:
 
 * :meth:`EvidenceRecorder.watch` / :meth:`forget` start and stop retaining a stream's
   frames (a spec with ``evidence: false`` is never retained: nothing of it is kept).
+  Each stream keeps ``frames_per_stream`` frames, and at least 24 + the engine's
+  ``max_backlog_per_stream`` + 8: a frame is kept when it is submitted, and its window
+  is scored up to that backlog later.
 * :meth:`on_sample` (event loop, per submitted sample) hands the frame to the
   compressing thread; :meth:`on_score` (event loop, per scored window) asks the
   writer for a record when the window started an alert, or when its P(AI) is at or
@@ -38,12 +41,14 @@ class EvidenceRecorder:
 
     def __init__(self, settings: EvidenceSettings, metrics: EvidenceMetrics | None = None,
                  replica: str | None = None, classifier: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, engine_backlog: int = 24) -> None:
         self.settings = settings
         self.replica = replica
         self.classifier = classifier
-        self.store = FrameStore(settings.frames_per_stream, settings.stream_bytes,
-                                settings.memory_bytes)
+        # frames are kept when submitted; a window is scored up to engine_backlog samples
+        # later: the ring must still hold its 24 frames then (8 more for the loop's delay)
+        self.keep = max(settings.frames_per_stream, WINDOW_SAMPLES + engine_backlog + 8)
+        self.store = FrameStore(self.keep, settings.stream_bytes, settings.memory_bytes)
         self.capture = FrameCapture(self.store, settings.frame_width, settings.jpeg_quality,
                                     settings.capture_queue, metrics, clock)
         self.writer = EvidenceWriter(settings, self.store, metrics, clock)
@@ -108,8 +113,9 @@ class EvidenceRecorder:
             "samples": WINDOW_SAMPLES,
             "score": sc.to_json(features=True),
         }
+        frames = tuple(self.store.window(sc.stream_id, sc.segment, sc.start_s, sc.end_s))
         self.writer.submit(EvidenceRequest(rid, sc.stream_id, sc.segment, sc.start_s, sc.end_s,
-                                           record))
+                                           record, frames))
         return rid
 
     def thumbnail(self, stream_id: str) -> KeptFrame | None:

@@ -5,7 +5,8 @@ Contract:
 * :meth:`EvidenceWriter.submit` never blocks: a :class:`EvidenceRequest` goes to a
   bounded queue (``queue_records``); when full it is dropped and counted
   (``records_dropped{reason="queue_full"}``): a slow disk costs evidence, never scoring.
-* One thread waits (at most ``frames_wait_s``) for the window's 24 frames in the
+* A request holds the window's frames already retained when it was scored; one thread
+  waits (at most ``frames_wait_s``) for any still missing in the
   :class:`~monitor.live.evidence.frames.FrameStore` (fewer: ``frames_missing``), then
   writes ``clip.mp4`` (H.264, each frame at its sample time), ``sheet.jpg`` (the
   contact sheet, each frame labelled with its time and ``R`` when it repeated the
@@ -54,6 +55,9 @@ class EvidenceRequest:
     start_s: float
     end_s: float
     record: dict[str, Any]
+    frames: tuple[KeptFrame, ...] = ()
+    """The window's frames already retained when it was scored (held by the request, so
+    that a writer behind schedule still finds them after the ring moved on)."""
 
 
 class EvidenceWriter(QueueThread[EvidenceRequest]):
@@ -110,8 +114,12 @@ class EvidenceWriter(QueueThread[EvidenceRequest]):
 
     def handle(self, req: EvidenceRequest) -> None:
         """Write one record (or drop it, counted), then apply retention."""
-        frames = self.store.wait_window(req.stream_id, req.segment, req.start_s, req.end_s,
-                                        WINDOW_SAMPLES, self.settings.frames_wait_s)
+        frames = list(req.frames)
+        if len(frames) < WINDOW_SAMPLES:  # the capture thread was behind: wait for the rest
+            have = {f.k for f in frames}
+            later = self.store.wait_window(req.stream_id, req.segment, req.start_s, req.end_s,
+                                           WINDOW_SAMPLES, self.settings.frames_wait_s)
+            frames = sorted(frames + [f for f in later if f.k not in have], key=lambda f: f.k)
         if len(frames) != WINDOW_SAMPLES:
             self._drop("frames_missing", req.id)
             return
