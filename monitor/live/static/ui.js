@@ -531,10 +531,62 @@ function openDetail(id) {
 $("dClose").addEventListener("click", () => { ui.selected = null; $("detail").hidden = true; render(); });
 document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("dClose").click(); });
 
+// images and clips: fetched with the token in the header, shown from blob: URLs (no token
+// in any URL; the server answers them with Cache-Control: no-store)
+async function blobUrl(path) {
+  const r = await fetch(path, { headers: auth(), cache: "no-store" });
+  if (!r.ok) throw new Error(`HTTP ${r.status}`);
+  return URL.createObjectURL(await r.blob());
+}
+function setBlob(el, url) {
+  if (el.dataset.blob) URL.revokeObjectURL(el.dataset.blob);
+  el.dataset.blob = url;
+  el.src = url;
+}
+async function refreshThumb(id) {
+  try {
+    const url = await blobUrl("/streams/" + encodeURIComponent(id) + "/thumbnail");
+    if (ui.selected !== id) { URL.revokeObjectURL(url); return; }
+    setBlob($("dThumb"), url);
+    $("dThumb").hidden = false;
+  } catch (e) {
+    $("dThumb").hidden = true;  // none retained yet, evidence or thumbnails off
+  }
+}
+
+async function showEvidence(eid) {
+  $("evView").hidden = false;
+  $("evTitle").textContent = "loading " + eid + "…";
+  try {
+    const r = await fetch("/evidence/" + encodeURIComponent(eid), { headers: auth(), cache: "no-store" });
+    if (!r.ok) {
+      $("evTitle").textContent = r.status === 404 ? eid + ": not written (yet, or dropped)" : `HTTP ${r.status}`;
+      return;
+    }
+    const rec = await r.json();
+    setBlob($("evSheet"), await blobUrl(rec.urls.sheet));
+    setBlob($("evClip"), await blobUrl(rec.urls.clip));
+    const sc = rec.score;
+    $("evTitle").textContent = `${rec.stream} · ${rec.reason} · P(AI) ${sc.p_ai === null ? "–" : (sc.p_ai * 100).toFixed(1) + "%"}`
+      + ` · ${clock(sc.wall_end)} · window #${sc.seq}, ${rec.frames.filter((f) => f.repeated).length} repeated`;
+    const body = $("evFeatures").tBodies[0];
+    body.replaceChildren();
+    rec.feature_names.forEach((n, i) => {
+      const tr = body.insertRow();
+      const a = tr.insertCell(); a.className = "n"; a.textContent = n;
+      const b = tr.insertCell(); b.className = "v"; b.textContent = Number(sc.features[i]).toPrecision(4);
+    });
+    ui.evidence = rec.id;
+  } catch (e) {
+    $("evTitle").textContent = eid + ": " + e;
+  }
+}
+
 async function refreshDetail() {
   const id = ui.selected;
   if (!id || detailBusy) return;
   detailBusy = true;
+  refreshThumb(id);
   try {
     const r = await fetch("/ui/streams/" + encodeURIComponent(id), { headers: auth(), cache: "no-store" });
     if (r.status === 404) { $("dMsg").textContent = "this stream is gone"; return; }
@@ -591,6 +643,23 @@ function showDetail(d) {
   const gaps = Object.entries(st.gaps || {}).map(([k, v]) => `${k} ${v}`).join(", ");
   $("dGaps").textContent = "gaps: " + (gaps || "none") + " · frames " + (st.frames ?? 0)
     + ", dropped " + (st.frames_dropped ?? 0) + " · alerts " + d.alerts.length;
+  const ev = $("dEvidence");
+  const kept = d.alerts.filter((a) => a[2]).sort((a, b) => b[0] - a[0]);
+  if (ev.dataset.ids !== kept.map((a) => a[2]).join()) {  // rebuilt only when it changes
+    ev.dataset.ids = kept.map((a) => a[2]).join();
+    ev.replaceChildren();
+    for (const a of kept) {
+      const li = document.createElement("li");
+      const btn = document.createElement("button");
+      btn.type = "button";
+      btn.dataset.evidence = a[2];
+      btn.textContent = `alert at ${clock(a[0])}` + (a[1] === null ? " (active)" : "");
+      btn.addEventListener("click", () => showEvidence(a[2]));
+      li.append(btn);
+      ev.append(li);
+    }
+    if (!kept.length) ev.textContent = "none";
+  }
   const hist = $("dHistory");
   hist.replaceChildren();
   const items = [
