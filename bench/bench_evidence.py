@@ -8,10 +8,11 @@ Two measurements, side by side in one run:
    all, frames refused at the ``memory_bytes`` bound, and the capture cost per frame.
 2. Scoring with evidence on vs off: the threaded engine (tiny random DINOv2 by default,
    CPU) fed as fast as it accepts by S streams for ``--seconds``; windows scored per
-   second without evidence, and with evidence retaining every sample and writing a
-   record for every window (``low_threshold`` 0: the worst case, many alerts) into a
-   folder bounded to a few records (retention deletes the oldest all along). Runs
-   alternate off/on twice so the noise of a shared machine shows.
+   second with evidence ``off``, with every sample's frame retained but no alert
+   (``frames``: the steady state), and with a record written for every window as well
+   (``all``: the worst case, an alert a window) into a folder bounded to a few records
+   (retention deletes the oldest all along). The three modes alternate twice so the
+   noise of a shared machine shows.
 
 Frames are the real clip ``real__inference__example_video.mp4`` (shared clips; else a
 synthetic pattern) decoded by PyAV, scaled to 1280x720 yuv420p for the memory section (a
@@ -106,12 +107,12 @@ def bench_memory(streams: int, frames: list[CamFrame], tmp: Path) -> dict[str, f
 
 
 async def bench_scoring(emb: Embedder, frames: list[CamFrame], streams: int, seconds: float,
-                        evidence: bool, tmp: Path) -> dict[str, Any]:
+                        mode: str, tmp: Path) -> dict[str, Any]:
     """Section 2: windows scored per second, streams fed as fast as the engine accepts."""
     engine = Engine(emb, None, EngineSettings(max_batch=16, hop=4,
                                               max_backlog_per_stream=WINDOW_SAMPLES * 2))
     rec: EvidenceRecorder | None = None
-    if evidence:
+    if mode != "off":
         folder = tmp / f"ev{streams}-{time.monotonic_ns()}"
         rec = EvidenceRecorder(EvidenceSettings(dir=folder, low_threshold=0.0,
                                                 max_disk_bytes=2 * 2**20, frames_wait_s=1.0),
@@ -121,8 +122,8 @@ async def bench_scoring(emb: Embedder, frames: list[CamFrame], streams: int, sec
 
     def on_score(sc: StreamScore) -> None:
         scored[0] += 1
-        if rec is not None:  # p_ai is None (no classifier): ask as an alert start would
-            rec.on_score(sc, alert_started=True)
+        if rec is not None:  # p_ai is None (no classifier): "all" asks as an alert start would
+            rec.on_score(sc, alert_started=mode == "all")
 
     for i in range(streams):
         engine.register(f"cam{i}", on_score, 4)
@@ -189,15 +190,16 @@ def main() -> None:
         small = camera_frames(96, 426, 240)
         print(f"\nScoring: {a.scoring_streams} streams of 426x240 fed as fast as accepted, hop 4, "
               f"{a.seconds:.0f} s a run, tiny random DINOv2 on the CPU; evidence on = every "
-              "sample retained and a record written for every window (2 MiB folder bound)\n")
+              "sample retained (frames), and a record written for every window as well (all; 2 MiB "
+              "folder bound)\n")
         print("| run | evidence | windows/s | records | deleted | records dropped "
               "| frames dropped |")
         print("|---:|---|---:|---:|---:|---:|---:|")
-        for run, on in enumerate((False, True, False, True), start=1):
-            r = asyncio.run(bench_scoring(emb, small, a.scoring_streams, a.seconds, on, tmp))
+        for run, mode in enumerate(("off", "frames", "all") * 2, start=1):
+            r = asyncio.run(bench_scoring(emb, small, a.scoring_streams, a.seconds, mode, tmp))
             extra = (f"| {r['records']:.0f} | {r['deleted']:.0f} | {r['dropped']} "
-                     f"| {r['frames_dropped']:.0f} |" if on else "| | | | |")
-            print(f"| {run} | {'on' if on else 'off'} | {r['windows_per_s']:.1f} {extra}")
+                     f"| {r['frames_dropped']:.0f} |" if mode != "off" else "| | | | |")
+            print(f"| {run} | {mode} | {r['windows_per_s']:.1f} {extra}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ file, with its default, bounds and description (the README's tables follow it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -483,18 +484,50 @@ class ServeSinkSettings(_Section):
     write_batch: int = Field(256, ge=1)
 
 
+class ApiToken(_Section):
+    """A named API token: ``viewer`` reads (the page, streams, evidence); ``operator`` also
+    adds, replaces, pauses, resumes and removes streams."""
+
+    token: SecretStr = Field(description="The bearer token (at least 16 characters).")
+    role: Literal["viewer", "operator"] = "viewer"
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value().strip()) < 16:
+            raise ValueError("a named token needs at least 16 characters")
+        return v
+
+
 class ApiSettings(_Section):
-    """The HTTP control plane. Control routes need the bearer token."""
+    """The HTTP control plane. Control routes need a bearer token: ``token`` (or
+    ``token_file``) is an operator token named ``operator``; ``tokens`` adds named
+    tokens with roles. Logs name the token, never show it."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: SecretStr | None = None
     token_file: Path | None = Field(None, description="Read the token from this file.")
+    tokens: dict[str, ApiToken] = Field(
+        default_factory=dict,
+        description="Named tokens: name (1-64 of letters, digits, _ . -) -> {token, role}.",
+    )
     max_body_bytes: int = Field(16_384, ge=256, le=1_048_576)
     max_streams: int = Field(256, ge=1)
     allow_file_sources: bool = Field(
         False, description="Let API clients add file:// sources (reads server files)."
     )
+
+    @field_validator("tokens")
+    @classmethod
+    def _token_names(cls, v: dict[str, ApiToken]) -> dict[str, ApiToken]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise ValueError(f"token name {name!r}: 1-64 of letters, digits, _ . -")
+        secrets = [t.token.get_secret_value().strip() for t in v.values()]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two named tokens have the same value")
+        return v
 
 
 class UiSettings(_Section):

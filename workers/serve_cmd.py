@@ -26,7 +26,7 @@ from monitor.errors import ConfigError, InputError
 from monitor.live.api import (
     ApiContext,
     ReadyCheck,
-    check_bearer,
+    authorize,
     create_app,
     redis_ready_check,
     resolve_token,
@@ -290,7 +290,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         checks["redis_writes"] = sink_ready_check(redis_sink)
     ctx = ApiContext(manager=manager, metrics=metrics, settings=s.api, token=token,
                      ready_checks=checks, evidence=evidence, thumbnails=s.ui.thumbnails)
-    if token is None:
+    if not ctx.tokens:
         log.warning("no API token: the control API is disabled (health and metrics still served)")
         if not s.streams and not (redis_url and s.persist_streams):
             print("restrav serve: no streams and no API token, so nothing will be scored and "
@@ -301,7 +301,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     app = create_app(ctx)
     if s.ui.enabled:
         feed.statuses = lambda: [st.to_json() for st in manager.list()]
-        add_ui_routes(app, feed, lambda request: check_bearer(request, token))
+        tokens = ctx.tokens or ()
+        add_ui_routes(app, feed, lambda request: authorize(request, tokens, "viewer"))
     webrtc = attach_webrtc(app, manager, settings.webrtc, registry, token)
     # malformed HTTP: one line, no request bytes (they may hold the token), counted
     server_log = ServerLog(

@@ -167,7 +167,10 @@ def openapi_document(version: str = "0") -> dict[str, Any]:
                            .replace("}", "").replace(".", "_") or method,
             "responses": {
                 str(code): _response(model)
-                for code, model in {**(_AUTH_ERRORS if auth else {}), **responses}.items()
+                for code, model in {**(_AUTH_ERRORS if auth else {}),
+                                    # a viewer token may read, never change
+                                    **({403: _ERR} if auth and method != "get" else {}),
+                                    **responses}.items()
             },
         }
         if "{id}" in path or "{eid}" in path:
