@@ -189,7 +189,7 @@ def main() -> None:
         emb = Embedder(load_backbone(str(random_backbone_dir("tiny")), "cpu"), batch_size=16)
         small = camera_frames(96, 426, 240)
         print(f"\nScoring: {a.scoring_streams} streams of 426x240 fed as fast as accepted, hop 4, "
-              f"{a.seconds:.0f} s a run, tiny random DINOv2 on the CPU; evidence on = every "
+              f"{a.seconds:.0f} s a run, tiny random DINOv2 on the CPU; frames = every "
               "sample retained (frames), and a record written for every window as well (all; 2 MiB "
               "folder bound)\n")
         print("| run | evidence | windows/s | records | deleted | records dropped "

@@ -74,6 +74,21 @@ async def test_changes_are_logged_with_the_token_name_only(
                      "stream gate: resumed by token 'operator'",  # the single token of today
                      "stream gate: removed by token 'alice'"]
     assert not any(t in caplog.text for t in (ALICE, TOKEN, VIEWER))
+    # and on restrav:events (the harness's memory sink): who, what, when
+    await h.sink.flush(10)
+    control = [e.to_json() for e in h.sink.changes]
+    assert [(e["stream"], e["kind"], e["action"], e["by"]) for e in control] == [
+        ("gate", "control", "created", "alice"), ("gate", "control", "resumed", "operator"),
+        ("gate", "control", "removed", "alice")]
+    assert not any(t in str(control) for t in (ALICE, TOKEN, VIEWER))
+
+
+async def test_only_an_operator_acknowledges(h: Harness) -> None:
+    path = "/evidence/1796640000123-gate-4/ack"
+    r = await h.client.post(path, headers=bearer(VIEWER))
+    assert r.status == 403
+    r = await h.client.post(path, headers=bearer(ALICE))  # allowed; this harness keeps none
+    assert r.status == 404 and (await r.json())["error"]["code"] == "evidence_off"
 
 
 async def test_unknown_or_missing_tokens_get_401(h: Harness) -> None:

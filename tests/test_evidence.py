@@ -331,7 +331,7 @@ async def test_review_routes_answer_404_with_evidence_or_thumbnails_off(tmp_path
     for recorder, thumbnails, code in ((None, True, "evidence_off"),
                                        (rec, False, "thumbnails_off"), (rec, True, None)):
         app = web.Application()
-        add_review_routes(app, recorder, lambda request: None, thumbnails)
+        add_review_routes(app, recorder, lambda request, role: None, thumbnails)
         async with TestClient(TestServer(app)) as c:
             r = await c.get("/streams/cam/thumbnail")
             assert r.headers["Cache-Control"] == "no-store"

@@ -123,7 +123,19 @@ async def test_an_alert_keeps_the_frames_the_engine_scored(
         await wait_for(lambda: (folder / RECORD).is_file(), 60, f"the record {rid}")
         metrics = await svc.metrics_text()
         served = await fetch_review(svc, rid)
+        async with ClientSession() as http, http.post(
+                f"{svc.url}/evidence/{rid}/ack", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["by"] == "operator"
+
+        def acknowledged() -> list[dict[str, str]]:
+            return [ev for _, ev in r.xrange("restrav:events") if ev["kind"] == "acknowledged"]
+
+        acks = await wait_for(acknowledged, 30, "the acknowledgement in restrav:events")
     assert svc.rc == 0
+    assert len(acks) == 1 and acks[0]["evidence"] == rid and acks[0]["stream"] == "cam"
+    assert acks[0]["by"] == "operator" and TOKEN not in str(acks)
     assert TOKEN not in caplog.text
     assert sorted(p.name for p in folder.iterdir()) == sorted([CLIP, SHEET, RECORD])
     assert not any(p.name.startswith(".tmp-") for p in folder.parent.iterdir())

@@ -20,6 +20,7 @@ Routes (``{id}``: 1-64 of letters, digits, ``_ . -``)::
     GET    /streams/{id}/thumbnail  bearer    the latest retained frame (JPEG) / 404
     GET    /evidence/{eid}          bearer    an evidence record (JSON) / 404
     GET    /evidence/{eid}/clip.mp4, /evidence/{eid}/sheet.jpg    its files
+    POST   /evidence/{eid}/ack      operator  acknowledge it (on restrav:events, by name)
                                               (:mod:`monitor.live.review`; no-store)
 
 Control routes need ``Authorization: Bearer <token>`` (constant-time compare) of a
@@ -44,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +59,7 @@ from redis.exceptions import RedisError
 from ..config import ApiSettings, StreamSpec
 from ..errors import InputError, RestravError
 from ..metrics import StreamMetrics
+from .alerts import StreamEvent
 from .evidence.recorder import EvidenceRecorder
 from .http_guard import JsonTooDeep, loads_json
 from .openapi import openapi_document
@@ -148,9 +151,12 @@ def _auth(request: web.Request, role: str = "viewer") -> web.Response | None:
 
 
 def _changed(request: web.Request, what: str, stream_id: str) -> None:
-    """Log a change with the name of the token that made it (never the token)."""
+    """Log a change, and put it on ``restrav:events``, with the name of the token that
+    made it (never the token)."""
     who: NamedToken = request[PRINCIPAL_KEY]
     log.info("stream %s: %s by token %r", stream_id, what, who.name)
+    request.app[CTX_KEY].manager.sink.publish_event(
+        StreamEvent(stream_id, "control", time.time(), who.name, action=what))
 
 
 async def _read_spec(request: web.Request, stream_id: str | None) -> StreamSpec | web.Response:
@@ -352,7 +358,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     app.router.add_delete(f"/streams/{_ID}", delete_stream)
     app.router.add_post(f"/streams/{_ID}/pause", pause_stream)
     app.router.add_post(f"/streams/{_ID}/resume", resume_stream)
-    add_review_routes(app, ctx.evidence, _auth, ctx.thumbnails)
+    add_review_routes(app, ctx.evidence, _auth, ctx.thumbnails, ctx.manager.sink.publish_event)
     return app
 
 

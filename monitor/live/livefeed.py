@@ -49,7 +49,7 @@ from typing import Any
 from ..config import UiSettings
 from ..metrics import LiveFeedMetrics
 from ..types import FEATURE_NAMES, StreamScore
-from .alerts import AlertEvent
+from .alerts import AlertEvent, Event
 from .fanout import Fanout, Subscriber, sse
 from .stream_state import publisher_awaited
 
@@ -192,8 +192,10 @@ class LiveFeed:
             "features": {n: _r(float(v), 6) for n, v in zip(FEATURE_NAMES, w.features)},
         }
 
-    def publish_event(self, event: AlertEvent) -> None:
-        """Open or close an alert period of the event's stream."""
+    def publish_event(self, event: Event) -> None:
+        """Open or close an alert period of the event's stream (other events: nothing)."""
+        if not isinstance(event, AlertEvent):
+            return
         tr = self._track(event.stream_id)
         if event.kind == "alert_start":
             period: list[Any] = [round(event.since, 2), None]
