@@ -360,3 +360,29 @@ def test_a_request_keeps_its_frames_when_the_ring_moves_on(tmp_path: Path) -> No
     assert w.written == 1 and w.dropped == {}
     rec = json.loads((tmp_path / "evidence" / rid / RECORD).read_text())
     assert [f["k"] for f in rec["frames"]] == list(range(24))
+
+
+async def test_the_event_log_keeps_the_newest_within_its_bound() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from monitor.live.alerts import StreamEvent
+    from monitor.live.review import add_review_routes
+    from monitor.live.sinks import EventLog
+
+    log = EventLog(max_events=3)
+    log.publish(_score(1, 0.9))  # scores are not events
+    for i in range(5):
+        log.publish_event(StreamEvent("cam", "control", 100.0 + i, "alice", action="paused"))
+    log.publish_event(AlertEvent("cam", "alert_start", 0.9, 200.0, 199.0, evidence="e"))
+    assert [e["n"] for e in log.recent(10)] == [6, 5, 4]
+    assert log.recent(1) == [{"n": 6, **AlertEvent("cam", "alert_start", 0.9, 200.0, 199.0,
+                                                   evidence="e").to_json()}]
+    for events, limit, status in ((log, "2", 200), (log, "x", 400), (None, "2", 404)):
+        app = web.Application()
+        add_review_routes(app, None, lambda request, role: None, events=events)
+        async with TestClient(TestServer(app)) as c:
+            r = await c.get(f"/events?limit={limit}")
+            assert r.status == status and r.headers["Cache-Control"] == "no-store"
+            if status == 200:
+                assert [e["n"] for e in (await r.json())["events"]] == [6, 5]

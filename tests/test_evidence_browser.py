@@ -70,6 +70,8 @@ async def test_the_page_shows_thumbnails_and_the_evidence_of_an_alert(
     settings = page_settings(tmp_path, tiny_model_dir, redis_url)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     async with Service(settings) as svc, open_page(f"{svc.url}/#token={TOKEN}", tmp_path) as dt:
+        # every request the page makes is listed (the default buffer keeps 250)
+        await dt.evaluate("performance.setResourceTimingBufferSize(100000), 1")
         await until(dt, "JSON.stringify(document.querySelectorAll('.row').length)",
                     lambda n: n == 1, 60, "the stream's row")
         await dt.evaluate("document.querySelector('.row[data-id=\"cam\"]').click(), 1")
@@ -100,10 +102,28 @@ async def test_the_page_shows_thumbnails_and_the_evidence_of_an_alert(
                     "the clip playing")
         await dt.evaluate("document.getElementById('evView').scrollIntoView(), 1")
         await screenshot(dt, tmp_path / "operator-page-evidence.png")
+        # the event log: the alert with its evidence, acknowledged from the page
+        await dt.evaluate("document.getElementById('eventsBtn').click(), 1")
+        row = f"#eList li[data-kind=alert_start][data-evidence='{eid}']"
+        await until(dt, f"JSON.stringify(!!document.querySelector(\"{row} .ev-ack\"))",
+                    lambda v: v is True, 30, "the alert in the event log")
+        await dt.evaluate(f"document.querySelector(\"{row} .ev-ack\").click(), 1")
+        await until(dt, f"JSON.stringify(document.querySelector(\"{row}\").innerText)",
+                    lambda t: "acknowledged by operator" in t, 30, "the acknowledgement")
+        acks = [ev for _, ev in r.xrange("restrav:events") if ev["kind"] == "acknowledged"]
+        assert [(a["evidence"], a["by"]) for a in acks] == [(eid, "operator")]
+        await screenshot(dt, tmp_path / "operator-page-events.png")
+        # one click from the log to the record (the view emptied first)
+        await dt.evaluate("document.getElementById('evView').hidden = true, "
+                          "document.querySelector('#evFeatures tbody').replaceChildren(), 1")
+        await dt.evaluate(f"document.querySelector(\"{row} .ev-open\").click(), 1")
+        await until(dt, VIEW_JS, lambda v: not v["hidden"] and v["features"] == 21
+                    and v["sheet"] > 0, 30, "the record from the log")
         urls: list[str] = json.loads(await dt.evaluate(
             "JSON.stringify(performance.getEntriesByType('resource').map(e => e.name))"))
         assert any(f"/evidence/{eid}/clip.mp4" in u for u in urls)
         assert any("/streams/cam/thumbnail" in u for u in urls)
+        assert any(f"/evidence/{eid}/ack" in u for u in urls) and any("/events" in u for u in urls)
         assert not any(TOKEN in u for u in urls), urls
         errors: list[Any] = json.loads(await dt.evaluate("JSON.stringify(restravUi.errors)"))
         assert errors == []

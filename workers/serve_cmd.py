@@ -38,7 +38,7 @@ from monitor.live.livefeed import LiveFeed
 from monitor.live.page import add_ui_routes
 from monitor.live.service import RedisDesiredStore, StreamManager, validate_spec
 from monitor.live.shedding import MAX_DERIVED_BATCH
-from monitor.live.sinks import FanoutSink, RedisSink, StdoutSink
+from monitor.live.sinks import EventLog, FanoutSink, RedisSink, StdoutSink
 from monitor.live.sinks.base import Sink, sink_ready_check
 from monitor.live.solo import SoloGuard
 from monitor.media.sources.rtsp import resolve_decode_backend
@@ -250,6 +250,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     feed = LiveFeed(s.ui, s.alerts.enter, s.alerts.leave, LiveFeedMetrics(registry))
     if s.ui.enabled:
         sinks.append(feed)
+    event_log = EventLog()  # the operator page's event log (GET /events)
+    sinks.append(event_log)
     sink = FanoutSink(sinks)
     await sink.start()
 
@@ -289,7 +291,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         # PING answers while writes are refused (OOM, READONLY): the sink knows better
         checks["redis_writes"] = sink_ready_check(redis_sink)
     ctx = ApiContext(manager=manager, metrics=metrics, settings=s.api, token=token,
-                     ready_checks=checks, evidence=evidence, thumbnails=s.ui.thumbnails)
+                     ready_checks=checks, evidence=evidence, thumbnails=s.ui.thumbnails,
+                     events=event_log)
     if not ctx.tokens:
         log.warning("no API token: the control API is disabled (health and metrics still served)")
         if not s.streams and not (redis_url and s.persist_streams):

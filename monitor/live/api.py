@@ -21,6 +21,7 @@ Routes (``{id}``: 1-64 of letters, digits, ``_ . -``)::
     GET    /evidence/{eid}          bearer    an evidence record (JSON) / 404
     GET    /evidence/{eid}/clip.mp4, /evidence/{eid}/sheet.jpg    its files
     POST   /evidence/{eid}/ack      operator  acknowledge it (on restrav:events, by name)
+    GET    /events                  bearer    recent events of this process, newest first
                                               (:mod:`monitor.live.review`; no-store)
 
 Control routes need ``Authorization: Bearer <token>`` (constant-time compare) of a
@@ -65,6 +66,7 @@ from .http_guard import JsonTooDeep, loads_json
 from .openapi import openapi_document
 from .review import add_review_routes
 from .service import StreamManager
+from .sinks.eventlog import EventLog
 from .tokens import PRINCIPAL_KEY, ROLES, NamedToken, authorize, named_tokens
 
 log = logging.getLogger("restrav.api")
@@ -88,6 +90,8 @@ class ApiContext:
     evidence: EvidenceRecorder | None = None
     """Evidence records and thumbnails (:mod:`monitor.live.review`); None: off."""
     thumbnails: bool = True
+    events: EventLog | None = None
+    """The recent events ``GET /events`` lists (:class:`~monitor.live.sinks.EventLog`)."""
     tokens: tuple[NamedToken, ...] | None = None
     """Who may call: None builds them from ``settings.tokens`` and ``token`` (an operator
     token named ``operator``)."""
@@ -358,7 +362,8 @@ def create_app(ctx: ApiContext) -> web.Application:
     app.router.add_delete(f"/streams/{_ID}", delete_stream)
     app.router.add_post(f"/streams/{_ID}/pause", pause_stream)
     app.router.add_post(f"/streams/{_ID}/resume", resume_stream)
-    add_review_routes(app, ctx.evidence, _auth, ctx.thumbnails, ctx.manager.sink.publish_event)
+    add_review_routes(app, ctx.evidence, _auth, ctx.thumbnails,
+                      ctx.manager.sink.publish_event, ctx.events)
     return app
 
 

@@ -7,6 +7,9 @@ browser or proxy keeps an image; images and tokens are never logged)::
     GET /evidence/{eid}/clip.mp4     the window's 24 sampled frames, H.264
     GET /evidence/{eid}/sheet.jpg    the contact sheet
     GET /streams/{id}/thumbnail      the stream's latest retained frame (JPEG)
+    GET /events?limit=N              this process's recent events, newest first (at most
+                                     MAX_EVENTS): alerts (with their evidence ids), who
+                                     changed which stream, acknowledgements
     POST /evidence/{eid}/ack         (operator) acknowledge a record: an ``acknowledged``
                                      event with the token's name on ``restrav:events``
 
@@ -31,6 +34,7 @@ from aiohttp import web
 from .alerts import StreamEvent
 from .evidence.recorder import EvidenceRecorder
 from .evidence.writer import CLIP, RECORD, SHEET
+from .sinks.eventlog import EventLog
 from .tokens import PRINCIPAL_KEY
 
 log = logging.getLogger("restrav.api")
@@ -41,6 +45,8 @@ NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _EID = r"{eid:[0-9]{13}-[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}-[0-9]{1,20}}"
 _SID = r"{id:[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}}"
 _FILES = {CLIP: "video/mp4", SHEET: "image/jpeg"}
+MAX_EVENTS = 500
+"""Most events one ``GET /events`` returns (and the event log keeps)."""
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -54,10 +60,12 @@ def add_review_routes(
     check_auth: Callable[..., web.Response | None],
     thumbnails: bool = True,
     publish: Callable[[StreamEvent], None] | None = None,
+    events: EventLog | None = None,
 ) -> None:
     """Mount the routes of the module docstring on ``app``; ``check_auth(request, role)``
     is the API's token check (None: allowed, else the refusal to send; it leaves the
-    caller's token at ``request[PRINCIPAL_KEY]``); ``publish`` takes acknowledgements."""
+    caller's token at ``request[PRINCIPAL_KEY]``); ``publish`` takes acknowledgements;
+    ``events`` is the log ``GET /events`` reads (None: 404)."""
 
     def guard(request: web.Request, role: str = "viewer") -> web.Response | None:
         if (deny := check_auth(request, role)) is not None:
@@ -119,6 +127,19 @@ def add_review_routes(
             publish(event)
         return web.json_response(event.to_json(), headers=NO_STORE)
 
+    async def recent_events(request: web.Request) -> web.Response:
+        if (deny := check_auth(request, "viewer")) is not None:
+            deny.headers.update(NO_STORE)
+            return deny
+        if events is None:
+            return _error(404, "events_off", "no event log in this process")
+        try:
+            limit = min(MAX_EVENTS, max(1, int(request.query.get("limit", "100"))))
+        except ValueError:
+            return _error(400, "bad_limit", f"limit: an integer, 1-{MAX_EVENTS}")
+        return web.json_response({"events": events.recent(limit)}, headers=NO_STORE)
+
+    app.router.add_get("/events", recent_events)
     app.router.add_get(f"/evidence/{_EID}", record)
     app.router.add_post(f"/evidence/{_EID}/ack", acknowledge)
     for name in _FILES:

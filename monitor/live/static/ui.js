@@ -212,6 +212,7 @@ function onUpdate(m) {
   setConn("live", "live");
   if (structural) reorder(); else render();
   if (ui.selected && (m.points[ui.selected] || m.status[ui.selected])) refreshDetail();
+  if (!$("events").hidden) refreshEvents();
 }
 
 // stale stream: nothing for a while (a proxy that buffers, a half-open connection)
@@ -581,6 +582,73 @@ async function showEvidence(eid) {
     $("evTitle").textContent = eid + ": " + e;
   }
 }
+
+// --- the event log: alerts, changes and acknowledgements across streams, newest first ---
+let eventsBusy = false;
+function describe(e) {
+  if (e.kind === "alert_start") return `alert, P(AI) ${(Number(e.p_ai) * 100).toFixed(0)}%`;
+  if (e.kind === "alert_end") return "alert ended" + (e.reason ? ` (${e.reason})` : "");
+  if (e.kind === "control") return `${e.action} by ${e.by}`;
+  if (e.kind === "acknowledged") return `acknowledged by ${e.by}`;
+  return e.kind;
+}
+async function refreshEvents() {
+  if (eventsBusy) return;
+  eventsBusy = true;
+  try {
+    const r = await fetch("/events?limit=100", { headers: auth(), cache: "no-store" });
+    if (!r.ok) { $("eMsg").textContent = `events: HTTP ${r.status}`; return; }
+    const events = (await r.json()).events;
+    const list = $("eList");
+    const key = events.map((e) => e.n).join();
+    if (list.dataset.key === key) return;
+    list.dataset.key = key;
+    const acked = new Map(events.filter((e) => e.kind === "acknowledged").map((e) => [e.evidence, e.by]));
+    list.replaceChildren();
+    for (const e of events) {
+      const li = document.createElement("li");
+      li.className = e.kind;
+      li.dataset.kind = e.kind;
+      const b = document.createElement("b");
+      b.textContent = e.stream;
+      li.append(clock(e.at) + " ", b, " " + describe(e));
+      if (e.kind === "alert_start" && e.evidence) {
+        li.dataset.evidence = e.evidence;
+        const open = document.createElement("button");
+        open.type = "button"; open.className = "ev-open"; open.textContent = "evidence";
+        open.addEventListener("click", () => { $("events").hidden = true; openDetail(e.stream); showEvidence(e.evidence); });
+        li.append(open);
+        if (acked.has(e.evidence)) {
+          const s = document.createElement("span");
+          s.className = "acked"; s.textContent = "acknowledged by " + acked.get(e.evidence);
+          li.append(s);
+        } else {
+          const ack = document.createElement("button");
+          ack.type = "button"; ack.className = "ev-ack"; ack.textContent = "acknowledge";
+          ack.addEventListener("click", () => acknowledge(e.evidence));
+          li.append(ack);
+        }
+      }
+      list.append(li);
+    }
+    if (!events.length) list.textContent = "no events yet";
+  } catch (err) {
+    $("eMsg").textContent = "events: " + err;
+  } finally {
+    eventsBusy = false;
+  }
+}
+async function acknowledge(eid) {
+  const r = await fetch("/evidence/" + encodeURIComponent(eid) + "/ack", { method: "POST", headers: auth() });
+  await r.text();  // read to the end (the answer: who and when, shown by the next refresh)
+  $("eMsg").textContent = r.ok ? "" : (r.status === 403 ? "acknowledging needs an operator token" : `acknowledge: HTTP ${r.status}`);
+  refreshEvents();
+}
+$("eventsBtn").addEventListener("click", () => {
+  $("events").hidden = !$("events").hidden;
+  if (!$("events").hidden) { $("dClose").click(); refreshEvents(); }
+});
+$("eClose").addEventListener("click", () => { $("events").hidden = true; });
 
 async function refreshDetail() {
   const id = ui.selected;
