@@ -119,10 +119,25 @@ async def test_the_page_shows_thumbnails_and_the_evidence_of_an_alert(
         await dt.evaluate(f"document.querySelector(\"{row} .ev-open\").click(), 1")
         await until(dt, VIEW_JS, lambda v: not v["hidden"] and v["features"] == 21
                     and v["sheet"] > 0, 30, "the record from the log")
+        # add a stream from the page: refused with its reason, then added
+        await dt.evaluate("document.getElementById('addBtn').click(), 1")
+        for sid, ok in (("bad id!", False), ("cam2", True)):
+            await dt.evaluate(
+                f"document.getElementById('addId').value = {json.dumps(sid)}, "
+                "document.getElementById('addUrl').value = 'rtsp://127.0.0.1:9/none', "
+                "document.getElementById('addForm').requestSubmit(), 1")
+            msg = await until(dt, "JSON.stringify(document.getElementById('addMsg').textContent)",
+                              lambda m: "…" not in m and m != "", 30, "the add outcome")
+            assert msg == "cam2: created" if ok else msg.startswith("HTTP 422"), msg
+        status, body = await svc.get_json("/streams/cam2", TOKEN)
+        assert status == 200 and body["url"] == "rtsp://127.0.0.1:9/none"
+        await until(dt, "JSON.stringify(document.querySelectorAll('.row').length)",
+                    lambda n: n == 2, 30, "the new stream's row")
         urls: list[str] = json.loads(await dt.evaluate(
             "JSON.stringify(performance.getEntriesByType('resource').map(e => e.name))"))
         assert any(f"/evidence/{eid}/clip.mp4" in u for u in urls)
         assert any("/streams/cam/thumbnail" in u for u in urls)
+        assert any(u.endswith("/streams") for u in urls)
         assert any(f"/evidence/{eid}/ack" in u for u in urls) and any("/events" in u for u in urls)
         assert not any(TOKEN in u for u in urls), urls
         errors: list[Any] = json.loads(await dt.evaluate("JSON.stringify(restravUi.errors)"))

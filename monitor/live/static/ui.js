@@ -644,6 +644,28 @@ async function acknowledge(eid) {
   $("eMsg").textContent = r.ok ? "" : (r.status === 403 ? "acknowledging needs an operator token" : `acknowledge: HTTP ${r.status}`);
   refreshEvents();
 }
+// --- add a stream through the control API (POST /streams; an operator token) ------------
+$("addBtn").addEventListener("click", () => {
+  $("addForm").hidden = !$("addForm").hidden;
+  if (!$("addForm").hidden) $("addId").focus();
+});
+$("addForm").addEventListener("submit", async (ev) => {
+  ev.preventDefault();  // never a form submission: the token goes in a header
+  const body = { id: $("addId").value.trim(), url: $("addUrl").value.trim() };
+  $("addMsg").textContent = "adding " + body.id + "…";
+  try {
+    const r = await fetch("/streams", {
+      method: "POST", headers: { ...auth(), "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const d = await r.json().catch(() => ({}));
+    $("addMsg").textContent = r.ok ? `${body.id}: ${d.outcome}`
+      : `HTTP ${r.status}: ${d.error ? d.error.message : "refused"}`;
+    if (r.ok) { $("addId").value = ""; $("addUrl").value = ""; }
+  } catch (err) {
+    $("addMsg").textContent = String(err);
+  }
+});
+
 $("eventsBtn").addEventListener("click", () => {
   $("events").hidden = !$("events").hidden;
   if (!$("events").hidden) { $("dClose").click(); refreshEvents(); }
