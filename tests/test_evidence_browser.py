@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,16 @@ async def test_the_page_shows_thumbnails_and_the_evidence_of_an_alert(
                     "the thumbnail refreshed")
         d = await until(dt, DETAIL_JS, lambda d: len(d["evidence"]) >= 1, 120,
                         "the alert in the evidence list")
+        # the hover readout: time and P(AI) of the point under the pointer, near "now"
+        box = json.loads(await dt.evaluate(
+            "JSON.stringify(document.getElementById('dCanvas').getBoundingClientRect())"))
+        await dt.call("Input.dispatchMouseEvent", type="mouseMoved",
+                      x=box["right"] - 12, y=box["top"] + box["height"] / 2)
+        readout = await until(
+            dt, "JSON.stringify(document.getElementById('hover').hidden ? '' : "
+                "document.getElementById('hover').textContent)",
+            lambda t: "P(AI) 100.0%" in t, 30, "the hover readout")
+        assert re.fullmatch(r"\d\d:\d\d:\d\d · P\(AI\) 100\.0%", readout), readout
         eid = d["evidence"][0]
         starts = [ev for _, ev in r.xrange("restrav:events") if ev["kind"] == "alert_start"]
         assert eid in {ev["evidence"] for ev in starts}

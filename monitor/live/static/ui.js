@@ -516,8 +516,32 @@ function drawTimeline(canvas, s, big) {
     g.textAlign = "right";
     g.fillText("now", right, h - 4);
   }
+  canvas.hoverView = { pts, left, right, t0, t1, hasP: s.hasP };  // for the hover readout
   return out;
 }
+
+// hover readout on any timeline: the time under the pointer and the nearest point's value
+const hover = document.createElement("div");
+hover.id = "hover";
+hover.className = "hover";
+hover.hidden = true;
+document.body.append(hover);
+document.addEventListener("mousemove", (e) => {
+  const c = e.target;
+  const v = c instanceof HTMLCanvasElement ? c.hoverView : null;
+  if (!v || !v.pts.length) { hover.hidden = true; return; }
+  const x = e.clientX - c.getBoundingClientRect().left;
+  if (x < v.left || x > v.right) { hover.hidden = true; return; }
+  const t = v.t0 + ((x - v.left) / (v.right - v.left)) * (v.t1 - v.t0);
+  let best = v.pts[0];
+  for (const p of v.pts) if (Math.abs(p[0] - t) < Math.abs(best[0] - t)) best = p;
+  const val = v.hasP ? (best[1] === null ? "–" : `P(AI) ${(best[1] * 100).toFixed(1)}%`)
+    : (best[2] === null ? "–" : `curvature ${best[2].toFixed(1)}°`);
+  hover.textContent = `${clock(best[0])} · ${val}`;
+  hover.style.left = e.clientX + 12 + "px";
+  hover.style.top = e.clientY + 12 + "px";
+  hover.hidden = false;
+});
 
 // --- one stream --------------------------------------------------------------------------
 let detailBusy = false;
