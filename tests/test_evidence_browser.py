@@ -80,6 +80,12 @@ async def test_the_page_shows_thumbnails_and_the_evidence_of_an_alert(
         assert first["thumbSrc"].startswith("blob:")
         await until(dt, DETAIL_JS, lambda d: d["thumbSrc"] != first["thumbSrc"], 30,
                     "the thumbnail refreshed")
+        row_thumb = ("JSON.stringify((i => [i.hidden ? 0 : i.naturalWidth, i.src])"
+                     "(document.querySelector('.row[data-id=\"cam\"] .rowthumb')))")
+        _, src = await until(dt, row_thumb, lambda v: v[0] == 64, 60, "the row's thumbnail")
+        assert src.startswith("blob:")
+        await until(dt, row_thumb, lambda v: v[1] != src and v[0] == 64, 30,
+                    "the row's thumbnail refreshed")
         d = await until(dt, DETAIL_JS, lambda d: len(d["evidence"]) >= 1, 120,
                         "the alert in the evidence list")
         # the hover readout: time and P(AI) of the point under the pointer, near "now"

@@ -358,6 +358,7 @@ class LiveFeed:
             "alert_enter": self.alert_enter,
             "alert_leave": self.alert_leave,
             "feature_names": list(FEATURE_NAMES),
+            "thumbnails": self.settings.thumbnails,
             "streams": streams,
         }
 

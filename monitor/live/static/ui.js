@@ -13,7 +13,7 @@ const STATE_BANDS = {
 const $ = (id) => document.getElementById(id);
 
 const ui = {
-  cfg: { history_s: 300, tick_s: 1, alert_enter: 0.8, alert_leave: 0.6, feature_names: [] },
+  cfg: { history_s: 300, tick_s: 1, alert_enter: 0.8, alert_leave: 0.6, feature_names: [], thumbnails: false },
   streams: new Map(), order: [], offset: 0, conn: "off", updates: 0, snapshots: 0,
   selected: null, rows: [], lastMsg: 0, ctrl: null, retry: 0, bye: null, rowH: 64,
 };
@@ -163,7 +163,7 @@ function onSnapshot(m) {
   ui.offset = m.t - Date.now() / 1000;
   Object.assign(ui.cfg, {
     history_s: m.history_s, tick_s: m.tick_s, alert_enter: m.alert_enter,
-    alert_leave: m.alert_leave, feature_names: m.feature_names,
+    alert_leave: m.alert_leave, feature_names: m.feature_names, thumbnails: m.thumbnails !== false,
   });
   ui.streams.clear();
   for (const [id, s] of Object.entries(m.streams)) {
@@ -213,6 +213,36 @@ function onUpdate(m) {
   if (structural) reorder(); else render();
   if (ui.selected && (m.points[ui.selected] || m.status[ui.selected])) refreshDetail();
   if (!$("events").hidden) refreshEvents();
+  refreshRowThumbs();
+}
+
+// each visible row's latest frame, once an update (serve.ui.thumbnails: false turns it off)
+const thumbsOff = new Set();
+let thumbsBusy = false;
+async function refreshRowThumbs() {
+  if (!ui.cfg.thumbnails || thumbsBusy) return;
+  thumbsBusy = true;
+  try {
+    for (const row of ui.rows) {
+      const id = row.dataset.id;
+      if (row.hidden || !id || thumbsOff.has(id)) continue;
+      const r = await fetch("/streams/" + encodeURIComponent(id) + "/thumbnail", { headers: auth(), cache: "no-store" });
+      if (!r.ok) {
+        const code = ((await r.json().catch(() => ({}))).error || {}).code;
+        if (code === "evidence_off" || code === "thumbnails_off") thumbsOff.add(id);
+        continue;
+      }
+      const url = URL.createObjectURL(await r.blob());
+      if (row.dataset.id !== id) { URL.revokeObjectURL(url); continue; }
+      const im = row.querySelector(".rowthumb");
+      setBlob(im, url);
+      im.hidden = false;
+    }
+  } catch (e) {
+    /* the next update retries */
+  } finally {
+    thumbsBusy = false;
+  }
 }
 
 // stale stream: nothing for a while (a proxy that buffers, a half-open connection)
@@ -292,6 +322,7 @@ function makeRow() {
   row.className = "row";
   row.innerHTML =
     '<div class="id"><div class="name"></div><div class="meta"></div></div>' +
+    '<img class="rowthumb" alt="" hidden>' +
     '<div class="score"><div class="num"></div><div class="unit"></div></div><canvas></canvas>';
   row.tabIndex = 0;
   row.setAttribute("role", "button");
@@ -341,6 +372,8 @@ function fillRow(row, s, idx) {
   row.classList.toggle("alert", !!sm.alert);
   row.classList.toggle("sel", ui.selected === s.id);
   row.querySelector(".name").textContent = s.id;
+  const im = row.querySelector(".rowthumb");
+  if (im.dataset.sid !== s.id) { im.hidden = true; im.dataset.sid = s.id; }  // a reused row
   const meta = row.querySelector(".meta");
   meta.replaceChildren();
   const pill = document.createElement("span");
@@ -538,9 +571,10 @@ document.addEventListener("mousemove", (e) => {
   const val = v.hasP ? (best[1] === null ? "–" : `P(AI) ${(best[1] * 100).toFixed(1)}%`)
     : (best[2] === null ? "–" : `curvature ${best[2].toFixed(1)}°`);
   hover.textContent = `${clock(best[0])} · ${val}`;
-  hover.style.left = e.clientX + 12 + "px";
-  hover.style.top = e.clientY + 12 + "px";
   hover.hidden = false;
+  // beside the pointer, inside the window
+  hover.style.left = Math.min(e.clientX + 12, window.innerWidth - hover.offsetWidth - 4) + "px";
+  hover.style.top = e.clientY + 12 + "px";
 });
 
 // --- one stream --------------------------------------------------------------------------
