@@ -241,3 +241,43 @@ async def test_an_unwritable_evidence_folder_costs_evidence_never_scores(
     # the alert still went out, naming a record that was never written
     starts = [ev for _, ev in r.xrange("restrav:events") if ev["kind"] == "alert_start"]
     assert len(starts) == 1 and starts[0]["evidence"]
+
+
+@pytest.mark.slow
+async def test_many_records_under_a_small_bound_keep_the_newest(
+    tiny_model_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    clip = tmp_path / "jerky.mp4"
+    write_clip(clip, fps=25, n_frames=150, size=(128, 96), frame_fn=coded_frame)
+    bound = 3 * 60 * 1024  # a few records (each about 40-60 KiB here)
+    settings = settings_for(tmp_path, tiny_model_dir, redis_url, clip, low_threshold=0.0,
+                            max_disk_bytes=bound)
+    folder = tmp_path / "evidence"
+    seen: set[str] = set()
+    async with Service(settings) as svc:
+        async def status() -> dict[str, Any]:
+            return dict((await svc.get_json("/streams/cam", TOKEN))[1])
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while (st := await status())["state"] != "stopped":
+            assert loop.time() < deadline, "the file stream never ended"
+            if folder.is_dir():  # what is on disk at any moment stays under the bound
+                names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+                seen |= names
+                size = sum(f.stat().st_size for n in names for f in (folder / n).glob("*"))
+                assert size <= bound + 64 * 1024, size  # + one record being renamed in
+            await asyncio.sleep(0.2)
+        metrics = await svc.metrics_text()
+    assert svc.rc == 0
+    written = metric_value(metrics, "restrav_evidence_records_total") or 0
+    deleted = metric_value(metrics, "restrav_evidence_records_deleted_total", reason="size")
+    left = sorted(p.name for p in folder.iterdir())
+    assert written >= 6 and deleted == written - len(left), (written, deleted, left)
+    assert sum(f.stat().st_size for n in left for f in (folder / n).glob("*")) <= bound
+    # the oldest went first: every record left is newer than every one deleted
+    gone = seen - set(left)
+    assert gone and max(gone) < min(left)
+    # scoring went on: every window of the file scored, none skipped, no sample dropped
+    assert st["windows_scored"] == (int(st["samples"]) - 24) // 4 + 1
+    assert st["frames_dropped"] == st["windows_skipped"] == 0
