@@ -466,7 +466,9 @@ class EvidenceSettings(_Section):
         8, ge=1, le=1000, description="Records waiting to be written; more are dropped."
     )
     capture_queue: int = Field(
-        1024, ge=1, le=100_000, description="Frames waiting to be compressed; more dropped."
+        32, ge=1, le=10_000,
+        description="Decoded frames waiting to be compressed (each holds its full-size "
+        "frame: 32 x 3 MB at 1080p); more are dropped, counted.",
     )
     frames_wait_s: float = Field(
         5.0, gt=0, le=60,
