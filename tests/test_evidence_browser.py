@@ -127,6 +127,10 @@ async def test_the_page_shows_thumbnails_and_the_evidence_of_an_alert(
         await dt.evaluate(f"document.querySelector(\"{row} .ev-ack\").click(), 1")
         await until(dt, f"JSON.stringify(document.querySelector(\"{row}\").innerText)",
                     lambda t: "acknowledged by operator" in t, 30, "the acknowledgement")
+        kinds = json.loads(await dt.evaluate(
+            "JSON.stringify([...document.querySelectorAll('#eList li')].map(li => li.dataset.kind"
+            " + ' ' + li.innerText))"))
+        assert any(k.startswith("state ") and "running" in k for k in kinds), kinds
         acks = [ev for _, ev in r.xrange("restrav:events") if ev["kind"] == "acknowledged"]
         assert [(a["evidence"], a["by"]) for a in acks] == [(eid, "operator")]
         await screenshot(dt, tmp_path / "operator-page-events.png")

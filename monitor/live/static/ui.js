@@ -648,6 +648,7 @@ function describe(e) {
   if (e.kind === "alert_end") return "alert ended" + (e.reason ? ` (${e.reason})` : "");
   if (e.kind === "control") return `${e.action} by ${e.by}`;
   if (e.kind === "acknowledged") return `acknowledged by ${e.by}`;
+  if (e.kind === "state") return e.state;
   return e.kind;
 }
 async function refreshEvents() {
@@ -656,7 +657,13 @@ async function refreshEvents() {
   try {
     const r = await fetch("/events?limit=100", { headers: auth(), cache: "no-store" });
     if (!r.ok) { $("eMsg").textContent = `events: HTTP ${r.status}`; return; }
-    const events = (await r.json()).events;
+    const logged = (await r.json()).events;
+    // state changes come from the timelines' marks (every stream's, this page's history)
+    const states = [];
+    for (const [id, st] of ui.streams) {
+      for (const m of st.marks) if (m[1] === "state") states.push({ n: `s${id}@${m[0]}`, kind: "state", stream: id, at: m[0], state: m[2] });
+    }
+    const events = logged.concat(states).sort((a, b) => b.at - a.at).slice(0, 100);
     const list = $("eList");
     const key = events.map((e) => e.n).join();
     if (list.dataset.key === key) return;
