@@ -119,6 +119,7 @@ async def test_the_page_shows_thumbnails_and_the_evidence_of_an_alert(
                     "the clip playing")
         await dt.evaluate("document.getElementById('evView').scrollIntoView(), 1")
         await screenshot(dt, tmp_path / "operator-page-evidence.png")
+        await dt.call("Input.dispatchMouseEvent", type="mouseMoved", x=5, y=5)  # readout off
         # the event log: the alert with its evidence, acknowledged from the page
         await dt.evaluate("document.getElementById('eventsBtn').click(), 1")
         row = f"#eList li[data-kind=alert_start][data-evidence='{eid}']"
