@@ -13,6 +13,7 @@ file, with its default, bounds and description (the README's tables follow it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -319,6 +320,9 @@ class StreamSpec(BaseModel):
         description="Under overload streams of higher priority keep running; lower ones "
         "yield whole windows first.",
     )
+    evidence: bool = Field(
+        True, description="Keep evidence of this stream's alerts (with serve.evidence.dir set).",
+    )
 
 
 class StreamCredentials(_Section):
@@ -426,6 +430,52 @@ class AlertSettings(_Section):
     min_duration_s: float = Field(2.0, ge=0, description="Above `enter` this long to alert.")
 
 
+class EvidenceSettings(_Section):
+    """What is kept of a flagged window: its 24 sampled frames as an MP4, a contact sheet
+    and a JSON record, in ``dir`` (None: no evidence is kept, no frame is retained).
+
+    Frames are retained in memory per stream only as long as a window needs them
+    (``frames_per_stream``), downscaled to ``frame_width`` and JPEG-compressed, bounded by
+    ``stream_bytes`` per stream and ``memory_bytes`` in all (records waiting to be written
+    hold their window's frames beyond these: at most ``queue_records`` x 24). On disk,
+    records older than ``max_age_s`` and the oldest beyond ``max_disk_bytes`` are
+    deleted."""
+
+    dir: Path | None = Field(None, description="Where evidence records go (None: off).")
+    low_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Also keep every window with P(AI) at or above this (None: alert starts "
+        "only).",
+    )
+    frame_width: int = Field(240, ge=16, le=1920, description="Width of kept frames, px.")
+    jpeg_quality: int = Field(75, ge=10, le=95, description="JPEG quality of kept frames.")
+    frames_per_stream: int = Field(
+        48, ge=24, le=1000, description="Sampled frames kept per stream (>= one window)."
+    )
+    stream_bytes: int = Field(
+        1024**2, ge=16 * 1024, description="Bound on one stream's kept frames, bytes."
+    )
+    memory_bytes: int = Field(
+        64 * 1024**2, ge=64 * 1024, description="Bound on all kept frames, bytes."
+    )
+    max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="Records older are deleted.")
+    max_disk_bytes: int = Field(
+        1024**3, ge=64 * 1024, description="Oldest records are deleted beyond this total."
+    )
+    queue_records: int = Field(
+        8, ge=1, le=1000, description="Records waiting to be written; more are dropped."
+    )
+    capture_queue: int = Field(
+        32, ge=1, le=10_000,
+        description="Decoded frames waiting to be compressed (each holds its full-size "
+        "frame: 32 x 3 MB at 1080p); more are dropped, counted.",
+    )
+    frames_wait_s: float = Field(
+        5.0, gt=0, le=60,
+        description="How long a record waits for its window's frames to be compressed.",
+    )
+
+
 class ServeSinkSettings(_Section):
     """Where scores go: Redis (from the redis section) and/or stdout JSON lines."""
 
@@ -436,24 +486,60 @@ class ServeSinkSettings(_Section):
     write_batch: int = Field(256, ge=1)
 
 
+class ApiToken(_Section):
+    """A named API token: ``viewer`` reads (the page, streams, evidence); ``operator`` also
+    adds, replaces, pauses, resumes and removes streams."""
+
+    token: SecretStr = Field(description="The bearer token (at least 16 characters).")
+    role: Literal["viewer", "operator"] = "viewer"
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value().strip()) < 16:
+            raise ValueError("a named token needs at least 16 characters")
+        return v
+
+
 class ApiSettings(_Section):
-    """The HTTP control plane. Control routes need the bearer token."""
+    """The HTTP control plane. Control routes need a bearer token: ``token`` (or
+    ``token_file``) is an operator token named ``operator``; ``tokens`` adds named
+    tokens with roles. Logs name the token, never show it."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: SecretStr | None = None
     token_file: Path | None = Field(None, description="Read the token from this file.")
+    tokens: dict[str, ApiToken] = Field(
+        default_factory=dict,
+        description="Named tokens: name (1-64 of letters, digits, _ . -) -> {token, role}.",
+    )
     max_body_bytes: int = Field(16_384, ge=256, le=1_048_576)
     max_streams: int = Field(256, ge=1)
     allow_file_sources: bool = Field(
         False, description="Let API clients add file:// sources (reads server files)."
     )
 
+    @field_validator("tokens")
+    @classmethod
+    def _token_names(cls, v: dict[str, ApiToken]) -> dict[str, ApiToken]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise ValueError(f"token name {name!r}: 1-64 of letters, digits, _ . -")
+        secrets = [t.token.get_secret_value().strip() for t in v.values()]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two named tokens have the same value")
+        return v
+
 
 class UiSettings(_Section):
     """The operator page (``GET /``, ``/ui``) and its live event stream (``/ui/events``)."""
 
     enabled: bool = Field(True, description="Serve the operator page and its event stream.")
+    thumbnails: bool = Field(
+        True, description="Serve each stream's latest retained frame (GET "
+        "/streams/{id}/thumbnail); off for sites that must not show images.",
+    )
     history_s: float = Field(300.0, ge=10, le=3600, description="Timeline span kept per stream.")
     tick_s: float = Field(1.0, ge=0.1, le=10, description="One update message per tick.")
     max_clients: int = Field(50, ge=1, le=1000, description="Event-stream clients at once.")
@@ -508,6 +594,7 @@ class ServeSettings(_Section):
     persist_streams: bool = Field(True, description="Keep the desired set in Redis.")
     drain_deadline_s: float = Field(10.0, gt=0)
     cluster: ClusterSettings = ClusterSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
 
 
 class Settings(BaseSettings):

@@ -479,3 +479,56 @@ class LiveFeedMetrics:
             "Bytes written to event-stream clients.",
             registry=registry,
         )
+
+
+# --- evidence of flagged windows (serve.evidence) ---------------------------------------
+
+
+class EvidenceMetrics:
+    """Metrics of the evidence kept for flagged windows.
+
+    - ``restrav_evidence_frames_bytes``: bytes of compressed frames retained in memory.
+    - ``restrav_evidence_frames_dropped_total{reason}``: sampled frames not retained:
+      ``queue_full`` (the compressor was behind), ``memory_full`` (``memory_bytes``
+      reached), ``convert_error`` (a frame that could not be downscaled).
+    - ``restrav_evidence_records_total``: records written.
+    - ``restrav_evidence_records_dropped_total{reason}``: ``queue_full`` (the writer was
+      behind: a slow disk), ``frames_missing`` (the window's frames were not all retained),
+      ``write_error`` (read-only or full disk, or any OS error).
+    - ``restrav_evidence_records_deleted_total{reason}``: ``age``, ``size`` (retention).
+    - ``restrav_evidence_disk_bytes``: bytes of the records on disk after the last pass.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.frames_bytes = Gauge(
+            "restrav_evidence_frames_bytes",
+            "Bytes of compressed sampled frames retained in memory for evidence.",
+            registry=registry,
+        )
+        self.frames_dropped = Counter(
+            "restrav_evidence_frames_dropped_total",
+            "Sampled frames not retained for evidence, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.records = Counter(
+            "restrav_evidence_records_total", "Evidence records written.", registry=registry
+        )
+        self.records_dropped = Counter(
+            "restrav_evidence_records_dropped_total",
+            "Evidence records not written, by reason (queue_full, frames_missing, write_error).",
+            ["reason"],
+            registry=registry,
+        )
+        self.records_deleted = Counter(
+            "restrav_evidence_records_deleted_total",
+            "Evidence records deleted by retention, by reason (age, size).",
+            ["reason"],
+            registry=registry,
+        )
+        self.disk_bytes = Gauge(
+            "restrav_evidence_disk_bytes",
+            "Bytes of evidence records on disk after the last retention pass.",
+            registry=registry,
+        )

@@ -8,6 +8,9 @@ how variable frame rate and non-zero starts are made.
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -101,3 +104,16 @@ def write_h264_420(path: Path, fps: float = 25.0, n_frames: int = 30,
     write_clip(path, fps=fps, n_frames=n_frames, size=size, motion="jitter", pix_fmt="yuv420p",
                crf=crf)
     return path
+
+
+def ffprobe_h264_frames(path: Path) -> int:
+    """Frames ffprobe decodes from ``path``'s video stream, which must be H.264."""
+    exe = shutil.which("ffprobe")
+    assert exe is not None, "ffprobe is not installed (apt-get install -y ffmpeg)"
+    out = subprocess.run(
+        [exe, "-v", "error", "-count_frames", "-select_streams", "v:0",
+         "-show_entries", "stream=nb_read_frames,codec_name", "-of", "json", str(path)],
+        check=True, capture_output=True, text=True).stdout
+    st = json.loads(out)["streams"][0]
+    assert st["codec_name"] == "h264", st
+    return int(st["nb_read_frames"])

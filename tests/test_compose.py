@@ -74,6 +74,12 @@ def test_compose_file_is_valid_and_workers_can_succeed() -> None:
     host, port = target.split(":")
     assert host == "alertmanager"
     assert {str(p["target"]) for p in services["alertmanager"]["ports"]} == {port}
+    # both serve replicas write evidence to one named volume, at the folder they are told
+    for name in ("serve", "serve-2"):
+        svc = services[name]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        folder = svc["environment"]["RESTRAV_SERVE__EVIDENCE__DIR"]
+        assert mounts[folder] == "evidence" and "evidence" in config["volumes"], name
 
 
 def test_worker_with_the_compose_config_scores_a_clip_from_the_mounted_folder(

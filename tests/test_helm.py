@@ -208,3 +208,27 @@ def test_keda_asks_the_sentinels_when_redis_is_sentinel() -> None:
     urls = [e["value"] for c in env["containers"] for e in c["env"]
             if e["name"] == "RESTRAV_REDIS__URL"]
     assert urls == ["redis+sentinel://s0:26379,s1:26379/restrav/0"]
+
+
+def test_serve_mounts_a_volume_at_the_evidence_folder() -> None:
+    def serve_pod(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        (dep,) = [d for d in render(values) if d["kind"] == "Deployment"
+                  and d["metadata"]["name"].endswith("serve")]
+        pod = dep["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        return pod, c
+
+    pod, c = serve_pod({})
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["RESTRAV_SERVE__EVIDENCE__DIR"] == "/var/lib/restrav/evidence"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["evidence"]["mountPath"] == "/var/lib/restrav/evidence"
+    assert not mounts["evidence"].get("readOnly")
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["evidence"]["emptyDir"]["sizeLimit"] == "2Gi"
+    pod, _ = serve_pod({"serve": {"evidence": {"existingClaim": "ev"}}})
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["evidence"]["persistentVolumeClaim"]["claimName"] == "ev"
+    pod, c = serve_pod({"serve": {"evidence": {"enabled": False}}})
+    assert "evidence" not in {v["name"] for v in pod["volumes"]}
+    assert "RESTRAV_SERVE__EVIDENCE__DIR" not in {e["name"] for e in c["env"]}

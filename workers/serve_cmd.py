@@ -26,22 +26,23 @@ from monitor.errors import ConfigError, InputError
 from monitor.live.api import (
     ApiContext,
     ReadyCheck,
-    check_bearer,
+    authorize,
     create_app,
     redis_ready_check,
     resolve_token,
 )
 from monitor.live.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap
+from monitor.live.evidence.recorder import EvidenceRecorder
 from monitor.live.http_guard import ServerLog
 from monitor.live.livefeed import LiveFeed
 from monitor.live.page import add_ui_routes
 from monitor.live.service import RedisDesiredStore, StreamManager, validate_spec
 from monitor.live.shedding import MAX_DERIVED_BATCH
-from monitor.live.sinks import FanoutSink, RedisSink, StdoutSink
+from monitor.live.sinks import EventLog, FanoutSink, RedisSink, StdoutSink
 from monitor.live.sinks.base import Sink, sink_ready_check
 from monitor.live.solo import SoloGuard
 from monitor.media.sources.rtsp import resolve_decode_backend
-from monitor.metrics import LiveFeedMetrics, StreamMetrics
+from monitor.metrics import EvidenceMetrics, LiveFeedMetrics, StreamMetrics
 from monitor.redis_conn import async_redis_client
 from monitor.webrtc.hub import attach_webrtc
 
@@ -183,6 +184,12 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
+def classifier_name(settings: Settings) -> str:
+    """The classifier as evidence records name it: its file name, or ``default``."""
+    path = settings.classifier.path
+    return path.name if path is not None else "default"
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     """The service: returns the exit status after a drain (``stop`` or a signal)."""
     s = settings.serve
@@ -243,15 +250,25 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     feed = LiveFeed(s.ui, s.alerts.enter, s.alerts.leave, LiveFeedMetrics(registry))
     if s.ui.enabled:
         sinks.append(feed)
+    event_log = EventLog()  # the operator page's event log (GET /events)
+    sinks.append(event_log)
     sink = FanoutSink(sinks)
     await sink.start()
 
+    evidence = EvidenceRecorder.from_settings(
+        s.evidence, EvidenceMetrics(registry), replica=replica,
+        classifier=classifier_name(settings) if classifier is not None else None,
+        engine_backlog=s.engine.max_backlog_per_stream,
+    )
+    if evidence is not None:
+        evidence.start()
     manager: StreamManager
     if s.cluster.enabled and redis_sink is not None:
         manager = clustered = ClusteredStreamManager(
             engine, sink, s, metrics, redis_client, replica,
             durability=settings.redis.durability(),
             decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+            evidence=evidence,
         )
         redis_sink.on_refused = clustered.on_refused
         print(f"restrav serve: replica {replica} (leases in Redis)", file=sys.stderr, flush=True)
@@ -262,6 +279,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         manager = StreamManager(
             engine, sink, s, metrics, store,
             decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+            evidence=evidence,
         )
 
     async def model_ready() -> tuple[bool, str]:
@@ -273,8 +291,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         # PING answers while writes are refused (OOM, READONLY): the sink knows better
         checks["redis_writes"] = sink_ready_check(redis_sink)
     ctx = ApiContext(manager=manager, metrics=metrics, settings=s.api, token=token,
-                     ready_checks=checks)
-    if token is None:
+                     ready_checks=checks, evidence=evidence, thumbnails=s.ui.thumbnails,
+                     events=event_log)
+    if not ctx.tokens:
         log.warning("no API token: the control API is disabled (health and metrics still served)")
         if not s.streams and not (redis_url and s.persist_streams):
             print("restrav serve: no streams and no API token, so nothing will be scored and "
@@ -285,7 +304,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     app = create_app(ctx)
     if s.ui.enabled:
         feed.statuses = lambda: [st.to_json() for st in manager.list()]
-        add_ui_routes(app, feed, lambda request: check_bearer(request, token))
+        tokens = ctx.tokens or ()
+        add_ui_routes(app, feed, lambda request: authorize(request, tokens, "viewer"))
     webrtc = attach_webrtc(app, manager, settings.webrtc, registry, token)
     # malformed HTTP: one line, no request bytes (they may hold the token), counted
     server_log = ServerLog(
@@ -330,6 +350,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
         n = await manager.handover()  # after the flush: our last scores land before the next owner
         print(f"restrav serve: handed over {n} streams", file=sys.stderr, flush=True)
     await sink.aclose()
+    if evidence is not None:  # queued records are written (bounded by the deadline)
+        await asyncio.to_thread(evidence.stop, max(1.0, deadline - time.monotonic()))
     await runner.cleanup()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -1,4 +1,6 @@
-"""Alert hysteresis on a stream's rolling P(AI): pure logic, no I/O.
+"""Alert hysteresis on a stream's rolling P(AI): pure logic, no I/O; and the events
+that go with alerts on ``restrav:events`` (:class:`StreamEvent`: who changed a stream or
+acknowledged an alert).
 
 An alert starts when P(AI) has stayed at or above ``enter`` for at least
 ``min_duration_s`` (on the caller's clock) and ends when P(AI) falls below
@@ -26,9 +28,13 @@ class AlertEvent:
     fence: int | None = None
     reason: str | None = None
     """Why an alert ended without a low score (``paused``, ``stopped``, ...); None otherwise."""
+    evidence: str | None = None
+    """The id of the evidence record of an ``alert_start`` (``GET /evidence/{id}``); None
+    when evidence is off for the stream."""
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object written to the events stream (``reason`` only when set)."""
+        """The JSON object written to the events stream (``reason``, ``evidence`` only when
+        set)."""
         out: dict[str, Any] = {
             "stream": self.stream_id,
             "kind": self.kind,
@@ -38,6 +44,8 @@ class AlertEvent:
         }
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.evidence is not None:
+            out["evidence"] = self.evidence
         return out
 
 
@@ -89,3 +97,33 @@ class AlertTracker:
         else:
             self._above_since = None
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """Who did what to a stream, for ``restrav:events``: ``kind`` is ``control`` (a change
+    through the API: ``action`` is ``created``, ``replaced``, ``removed``, ``paused`` or
+    ``resumed``) or ``acknowledged`` (an alert's ``evidence`` was reviewed). ``by`` is
+    the name of the token that made it, never the token."""
+
+    stream_id: str
+    kind: str
+    at: float
+    by: str
+    action: str | None = None
+    evidence: str | None = None
+    fence: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to the events stream (``action``, ``evidence`` when set)."""
+        out: dict[str, Any] = {"stream": self.stream_id, "kind": self.kind,
+                               "at": round(self.at, 6), "by": self.by}
+        if self.action is not None:
+            out["action"] = self.action
+        if self.evidence is not None:
+            out["evidence"] = self.evidence
+        return out
+
+
+Event = AlertEvent | StreamEvent
+"""Everything sinks put on ``restrav:events``."""

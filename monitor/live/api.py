@@ -17,14 +17,23 @@ Routes (``{id}``: 1-64 of letters, digits, ``_ . -``)::
     DELETE /streams/{id}            bearer    204 (also when absent: idempotent)
     POST   /streams/{id}/pause      bearer    200 status / 404
     POST   /streams/{id}/resume     bearer    200 status / 404
+    GET    /streams/{id}/thumbnail  bearer    the latest retained frame (JPEG) / 404
+    GET    /evidence/{eid}          bearer    an evidence record (JSON) / 404
+    GET    /evidence/{eid}/clip.mp4, /evidence/{eid}/sheet.jpg    its files
+    POST   /evidence/{eid}/ack      operator  acknowledge it (on restrav:events, by name)
+    GET    /events                  bearer    recent events of this process, newest first
+                                              (:mod:`monitor.live.review`; no-store)
 
-Control routes need ``Authorization: Bearer <token>`` (constant-time compare);
-without a configured token they answer 503 (control plane disabled). Bodies
+Control routes need ``Authorization: Bearer <token>`` (constant-time compare) of a
+named token (:func:`authorize`): reads (GET) a ``viewer`` or ``operator`` token, changes
+an ``operator`` token (403 for a viewer's); each change is logged with the token's
+name, never the token. Without any token they answer 503 (control plane disabled). Bodies
 are JSON objects of at most ``max_body_bytes`` (413 beyond), validated by
 :class:`~monitor.config.StreamSpec` (unknown fields refused); errors are JSON
 ``{"error": {"code", "message"}}`` with 400 (not JSON, nested deeper than
 32 levels, a malformed body), 401, 404, 409, 413,
-415 (not JSON content type), 422 (invalid spec) or 429 (too many streams).
+403 (a viewer token), 415 (not JSON content type), 422 (invalid spec) or 429 (too many
+streams).
 A refused request changes nothing. Every request is counted in
 ``restrav_api_requests_total{route,code}``.
 
@@ -37,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,9 +60,14 @@ from redis.exceptions import RedisError
 from ..config import ApiSettings, StreamSpec
 from ..errors import InputError, RestravError
 from ..metrics import StreamMetrics
+from .alerts import StreamEvent
+from .evidence.recorder import EvidenceRecorder
 from .http_guard import JsonTooDeep, loads_json
 from .openapi import openapi_document
+from .review import add_review_routes
 from .service import StreamManager
+from .sinks.eventlog import EventLog
+from .tokens import PRINCIPAL_KEY, ROLES, NamedToken, authorize, named_tokens
 
 log = logging.getLogger("restrav.api")
 
@@ -72,6 +87,18 @@ class ApiContext:
     token: str | None
     ready_checks: dict[str, ReadyCheck] = field(default_factory=dict)
     draining: bool = False
+    evidence: EvidenceRecorder | None = None
+    """Evidence records and thumbnails (:mod:`monitor.live.review`); None: off."""
+    thumbnails: bool = True
+    events: EventLog | None = None
+    """The recent events ``GET /events`` lists (:class:`~monitor.live.sinks.EventLog`)."""
+    tokens: tuple[NamedToken, ...] | None = None
+    """Who may call: None builds them from ``settings.tokens`` and ``token`` (an operator
+    token named ``operator``)."""
+
+    def __post_init__(self) -> None:
+        if self.tokens is None:
+            self.tokens = named_tokens(self.settings, self.token)
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -121,9 +148,19 @@ async def _count_and_guard(
     return resp
 
 
-def _auth(request: web.Request) -> web.Response | None:
+def _auth(request: web.Request, role: str = "viewer") -> web.Response | None:
     ctx = request.app[CTX_KEY]
-    return check_bearer(request, ctx.token)
+    assert ctx.tokens is not None
+    return authorize(request, ctx.tokens, role)
+
+
+def _changed(request: web.Request, what: str, stream_id: str) -> None:
+    """Log a change, and put it on ``restrav:events``, with the name of the token that
+    made it (never the token)."""
+    who: NamedToken = request[PRINCIPAL_KEY]
+    log.info("stream %s: %s by token %r", stream_id, what, who.name)
+    request.app[CTX_KEY].manager.sink.publish_event(
+        StreamEvent(stream_id, "control", time.time(), who.name, action=what))
 
 
 async def _read_spec(request: web.Request, stream_id: str | None) -> StreamSpec | web.Response:
@@ -172,6 +209,8 @@ async def _add(
         return json_error(422, exc.code, exc.message)
     except RestravError as exc:
         return json_error(503, exc.code, exc.message)
+    if outcome != "unchanged":
+        _changed(request, outcome, spec.id)
     status = mgr.get(spec.id)
     assert status is not None
     code = 201 if outcome == "created" else 200
@@ -234,7 +273,7 @@ async def list_streams(request: web.Request) -> web.Response:
 
 async def post_stream(request: web.Request) -> web.Response:
     """Add a stream (idempotent by id)."""
-    if (deny := _auth(request)) is not None:
+    if (deny := _auth(request, "operator")) is not None:
         return deny
     spec = await _read_spec(request, None)
     if isinstance(spec, web.Response):
@@ -244,7 +283,7 @@ async def post_stream(request: web.Request) -> web.Response:
 
 async def put_stream(request: web.Request) -> web.Response:
     """Create or replace a stream."""
-    if (deny := _auth(request)) is not None:
+    if (deny := _auth(request, "operator")) is not None:
         return deny
     spec = await _read_spec(request, request.match_info["id"])
     if isinstance(spec, web.Response):
@@ -264,18 +303,20 @@ async def get_stream(request: web.Request) -> web.Response:
 
 async def delete_stream(request: web.Request) -> web.Response:
     """Remove a stream (204 whether or not it existed)."""
-    if (deny := _auth(request)) is not None:
+    if (deny := _auth(request, "operator")) is not None:
         return deny
     try:
-        await request.app[CTX_KEY].manager.remove(request.match_info["id"])
+        removed = await request.app[CTX_KEY].manager.remove(request.match_info["id"])
     except RestravError as exc:  # replicas: the shared desired set is unreachable
         return json_error(503, exc.code, exc.message)
+    if removed:
+        _changed(request, "removed", request.match_info["id"])
     return web.Response(status=204)
 
 
 async def pause_stream(request: web.Request) -> web.Response:
     """Pause a stream."""
-    if (deny := _auth(request)) is not None:
+    if (deny := _auth(request, "operator")) is not None:
         return deny
     try:
         status = await request.app[CTX_KEY].manager.pause(request.match_info["id"])
@@ -283,12 +324,13 @@ async def pause_stream(request: web.Request) -> web.Response:
         return json_error(503, exc.code, exc.message)
     if status is None:
         return json_error(404, "not_found", "no such stream")
+    _changed(request, "paused", request.match_info["id"])
     return web.json_response(status.to_json())
 
 
 async def resume_stream(request: web.Request) -> web.Response:
     """Resume a paused stream."""
-    if (deny := _auth(request)) is not None:
+    if (deny := _auth(request, "operator")) is not None:
         return deny
     try:
         status = await request.app[CTX_KEY].manager.resume(request.match_info["id"])
@@ -296,6 +338,7 @@ async def resume_stream(request: web.Request) -> web.Response:
         return json_error(503, exc.code, exc.message)
     if status is None:
         return json_error(404, "not_found", "no such stream")
+    _changed(request, "resumed", request.match_info["id"])
     return web.json_response(status.to_json())
 
 
@@ -319,6 +362,8 @@ def create_app(ctx: ApiContext) -> web.Application:
     app.router.add_delete(f"/streams/{_ID}", delete_stream)
     app.router.add_post(f"/streams/{_ID}/pause", pause_stream)
     app.router.add_post(f"/streams/{_ID}/resume", resume_stream)
+    add_review_routes(app, ctx.evidence, _auth, ctx.thumbnails,
+                      ctx.manager.sink.publish_event, ctx.events)
     return app
 
 
@@ -354,11 +399,15 @@ def resolve_token(settings: ApiSettings) -> str | None:
 
 
 __all__ = [
+    "ROLES",
     "ApiContext",
+    "NamedToken",
     "ReadyCheck",
+    "authorize",
     "check_bearer",
     "create_app",
     "json_error",
+    "named_tokens",
     "readiness",
     "redis_ready_check",
     "resolve_token",

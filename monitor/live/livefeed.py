@@ -7,8 +7,9 @@ Contract:
   keeps, per stream, a timeline of the last ``history_s`` seconds at one point
   per ``tick_s`` (the highest P(AI) of the tick, the mean of the mean-curvature
   feature ``theta_mean``, whether any window was flagged for repeated frames,
-  the segment), the alert periods, marks (state changes, reconnects, gaps by
-  reason) and the 21 features of the latest window.
+  the segment), the alert periods (``[start, end]``, with the evidence id of the
+  window that started it as a third element when one was kept), marks (state
+  changes, reconnects, gaps by reason) and the 21 features of the latest window.
 * States, reconnects and gaps are read from the manager's status (the
   ``statuses`` callable, polled once per tick): the feed does not reach into
   the manager.
@@ -48,7 +49,7 @@ from typing import Any
 from ..config import UiSettings
 from ..metrics import LiveFeedMetrics
 from ..types import FEATURE_NAMES, StreamScore
-from .alerts import AlertEvent
+from .alerts import AlertEvent, Event
 from .fanout import Fanout, Subscriber, sse
 from .stream_state import publisher_awaited
 
@@ -101,7 +102,7 @@ class _Track:
     """What the feed keeps about one stream."""
 
     points: collections.deque[list[Any]]
-    alerts: collections.deque[list[float | None]] = field(
+    alerts: collections.deque[list[Any]] = field(
         default_factory=lambda: collections.deque(maxlen=_MAX_ALERTS)
     )
     marks: collections.deque[list[Any]] = field(
@@ -158,7 +159,7 @@ class LiveFeed:
         self.max_points = max(2, math.ceil(settings.history_s / settings.tick_s) + 1)
         self._tracks: dict[str, _Track] = {}
         self.fanout = Fanout(settings, metrics)
-        self._alerts_changed: dict[str, list[list[float | None]]] = {}
+        self._alerts_changed: dict[str, list[list[Any]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ticks = 0
         self._snapshot: tuple[int, bytes] | None = None
@@ -191,11 +192,15 @@ class LiveFeed:
             "features": {n: _r(float(v), 6) for n, v in zip(FEATURE_NAMES, w.features)},
         }
 
-    def publish_event(self, event: AlertEvent) -> None:
-        """Open or close an alert period of the event's stream."""
+    def publish_event(self, event: Event) -> None:
+        """Open or close an alert period of the event's stream (other events: nothing)."""
+        if not isinstance(event, AlertEvent):
+            return
         tr = self._track(event.stream_id)
         if event.kind == "alert_start":
-            period: list[float | None] = [round(event.since, 2), None]
+            period: list[Any] = [round(event.since, 2), None]
+            if event.evidence is not None:  # the record of the window that started it
+                period.append(event.evidence)
             tr.alerts.append(period)
         elif event.kind == "alert_end" and tr.alerts and tr.alerts[-1][1] is None:
             period = tr.alerts[-1]
@@ -353,6 +358,7 @@ class LiveFeed:
             "alert_enter": self.alert_enter,
             "alert_leave": self.alert_leave,
             "feature_names": list(FEATURE_NAMES),
+            "thumbnails": self.settings.thumbnails,
             "streams": streams,
         }
 

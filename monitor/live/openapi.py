@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from ..config import STREAM_ID_PATTERN, StreamSpec
+from .evidence.recorder import EVIDENCE_ID_PATTERN
 
 
 class ErrorDetail(BaseModel):
@@ -67,6 +68,20 @@ class Readiness(BaseModel):
     reasons: dict[str, str]
 
 
+class EvidenceRecord(BaseModel):
+    """``GET /evidence/{eid}``: the record written for a flagged window (more fields may
+    be added; ``score`` is the score as sinks write it, with its 21 features)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    stream: str
+    reason: str = Field(description="alert_start or low_threshold")
+    score: dict[str, Any]
+    frames: list[dict[str, Any]] = Field(description="time_s, wall_s, repeated, k per frame")
+    urls: dict[str, str] = Field(description="clip and sheet")
+
+
 class Health(BaseModel):
     """``GET /healthz``."""
 
@@ -75,6 +90,7 @@ class Health(BaseModel):
 
 MODELS: tuple[type[BaseModel], ...] = (
     StreamSpec, ErrorBody, StreamStatusBody, StreamList, StreamOutcome, Readiness, Health,
+    EvidenceRecord,
 )
 
 _ERR = "ErrorBody"
@@ -99,6 +115,18 @@ OPERATIONS: tuple[tuple[str, str, str, bool, str | None, dict[int, str | None]],
      {200: "StreamStatusBody", 404: _ERR}),
     ("post", "/streams/{id}/resume", "Resume a paused stream", True, None,
      {200: "StreamStatusBody", 404: _ERR}),
+    ("get", "/streams/{id}/thumbnail", "The stream's latest retained frame", True, None,
+     {200: "image/jpeg", 404: _ERR}),
+    ("get", "/evidence/{eid}", "An evidence record: the flagged window's score and frames",
+     True, None, {200: "EvidenceRecord", 404: _ERR}),
+    ("get", "/evidence/{eid}/clip.mp4", "The flagged window's 24 frames (H.264)", True, None,
+     {200: "video/mp4", 404: _ERR}),
+    ("get", "/evidence/{eid}/sheet.jpg", "The flagged window's contact sheet", True, None,
+     {200: "image/jpeg", 404: _ERR}),
+    ("post", "/evidence/{eid}/ack", "Acknowledge a record (operator)", True, None,
+     {200: "json", 404: _ERR}),
+    ("get", "/events", "Recent events of this process, newest first", True, None,
+     {200: "json", 400: _ERR, 404: _ERR}),
 )
 """The routes of :func:`monitor.live.api.create_app`, in the document's terms."""
 
@@ -108,6 +136,9 @@ def _response(model: str | None) -> dict[str, Any]:
         return {"description": "no content"}
     if model == "text":
         return {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    if model in ("image/jpeg", "video/mp4"):
+        return {"description": "OK (Cache-Control: no-store)", "content": {model: {
+            "schema": {"type": "string", "contentMediaType": model}}}}
     if model == "json":
         return {"description": "OK", "content": {"application/json": {"schema": {
             "type": "object"}}}}
@@ -131,6 +162,8 @@ def openapi_document(version: str = "0") -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     id_param = {"name": "id", "in": "path", "required": True,
                 "schema": {"type": "string", "pattern": STREAM_ID_PATTERN}}
+    eid_param = {"name": "eid", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": EVIDENCE_ID_PATTERN}}
     for method, path, summary, auth, body, responses in OPERATIONS:
         op: dict[str, Any] = {
             "summary": summary,
@@ -138,11 +171,14 @@ def openapi_document(version: str = "0") -> dict[str, Any]:
                            .replace("}", "").replace(".", "_") or method,
             "responses": {
                 str(code): _response(model)
-                for code, model in {**(_AUTH_ERRORS if auth else {}), **responses}.items()
+                for code, model in {**(_AUTH_ERRORS if auth else {}),
+                                    # a viewer token may read, never change
+                                    **({403: _ERR} if auth and method != "get" else {}),
+                                    **responses}.items()
             },
         }
-        if "{id}" in path:
-            op["parameters"] = [id_param]
+        if "{id}" in path or "{eid}" in path:
+            op["parameters"] = [id_param if "{id}" in path else eid_param]
             # an id outside the pattern matches no route: 404 (never a 5xx)
             op["responses"].setdefault("404", _response(_ERR))
         if auth:

@@ -24,9 +24,11 @@ from .livefeed import LiveFeed
 
 _PAGE_FILES = {"ui.html": "text/html", "ui.js": "text/javascript", "ui.css": "text/css"}
 _SECURITY_HEADERS = {
-    # the page loads only its own script and style and talks only to this origin
+    # the page loads only its own script and style and talks only to this origin; images
+    # and clips are fetched with the token in a header and shown from blob: URLs
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+    "connect-src 'self'; img-src 'self' data: blob:; media-src blob:; base-uri 'none'; "
+    "form-action 'none'; "
     "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

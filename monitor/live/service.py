@@ -33,8 +33,11 @@ from ..media.sources import kind_for
 from ..metrics import StreamMetrics
 from ..types import StreamScore
 from .alerts import AlertEvent, AlertTracker
+from .batch import EngineSample
 from .desired import DesiredSetWriter, DesiredStore, RedisDesiredStore, spec_from_record
 from .engine import Engine
+from .evidence.capture import SmallFrame
+from .evidence.recorder import EvidenceRecorder
 from .sinks.base import Sink
 from .stream_state import STATES, Backoff, ManagedStream, StreamStatus, strip_credentials, watched
 from .stream_task import StreamRunner
@@ -104,15 +107,18 @@ class StreamManager:
         max_pixels: int = 8192 * 8192,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        evidence: EvidenceRecorder | None = None,
     ) -> None:
         self.engine = engine
         self.sink = sink
+        self.evidence = evidence
         self.settings = settings
         self.metrics = metrics
         self.store = store
         self.runner = StreamRunner(
             engine, settings, metrics, decode_threads, max_pixels,
             rng or random.Random(), clock, self._publish_alert,
+            self._retain if evidence is not None else None,
         )
         self.writer = DesiredSetWriter(
             store, settings.persist_streams, lambda: {k: s.spec for k, s in self._streams.items()}
@@ -280,6 +286,8 @@ class StreamManager:
             self._on_score(st, sc)
 
         self.engine.register(spec.id, on_score, st.status.hop, spec.priority)
+        if self.evidence is not None:
+            self.evidence.watch(spec.id, spec.evidence)
         if lost_credentials:
             log.warning("stream %s: its inline credentials were not persisted", spec.id)
             st.status.error = {
@@ -306,6 +314,8 @@ class StreamManager:
         await self.runner.cancel(st)
         self.runner.set_state(st, "stopped", end_reason=reason)
         self.engine.unregister(st.spec.id)
+        if self.evidence is not None:
+            self.evidence.forget(st.spec.id)
         if forget and self.metrics is not None:
             self.metrics.forget_stream(st.spec.id)
 
@@ -331,6 +341,12 @@ class StreamManager:
         # a window still in the engine when the stream was paused or stopped is published,
         # but must not start an alert (nor arm one) after its alert_end
         event = st.tracker.update(sc.p_ai, sc.scored_at) if watched(st) else None
+        if self.evidence is not None:
+            started = event is not None and event.kind == "alert_start"
+            rid = self.evidence.on_score(sc, started)
+            if started and rid is not None:
+                assert event is not None
+                event = dataclasses.replace(event, evidence=rid)
         if event is not None:
             st.status.alert_active = st.tracker.active
             if m is not None:
@@ -339,6 +355,13 @@ class StreamManager:
                     m.alerts.labels(st.spec.id).inc()
             self._publish_alert(st, event)
         self.sink.publish(sc)
+
+    def _retain(self, sample: EngineSample) -> None:
+        """Keep a submitted sample's frame for evidence (compressed off the loop)."""
+        frame = sample.frame
+        if self.evidence is not None and isinstance(frame, SmallFrame):
+            self.evidence.on_sample(sample.stream_id, sample.segment, sample.k, sample.time_s,
+                                    sample.repeated, frame)
 
     def _publish_alert(self, st: ManagedStream, event: AlertEvent) -> None:
         """Write an alert transition to the sink, with the owner's fence."""

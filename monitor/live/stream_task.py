@@ -70,8 +70,11 @@ class StreamRunner:
         rng: random.Random,
         clock: Callable[[], float],
         on_alert_event: Callable[[ManagedStream, AlertEvent], None] = lambda st, ev: None,
+        on_sample: Callable[[EngineSample], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_sample = on_sample
+        """Called with every sample the engine accepted (evidence retention)."""
         self.on_alert_event = on_alert_event
         self.settings = settings
         self.metrics = metrics
@@ -270,12 +273,13 @@ class StreamRunner:
                     st.status.samples += 1
                     if m is not None:
                         m.frames_sampled.labels(sid).inc()
-                    ok = self.engine.submit(
-                        EngineSample(
-                            stream_id=sid, segment=r.segment, k=r.k, time_s=r.time_s,
-                            frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
-                        )
+                    sample = EngineSample(
+                        stream_id=sid, segment=r.segment, k=r.k, time_s=r.time_s,
+                        frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
                     )
+                    ok = self.engine.submit(sample)
+                    if ok and self.on_sample is not None:
+                        self.on_sample(sample)
                     if not ok:
                         # plain fields of the engine, O(1): reading the counter back from
                         # the registry scanned every metric (ms at hundreds of streams, on

@@ -483,6 +483,34 @@ def frame_to_rgb(frame: Any) -> RGBArray:
     return _to_rgb(frame)
 
 
+def new_scaler() -> Any:
+    """A private swscale context for :func:`frame_to_small_rgb` (one per thread)."""
+    from av.video.reformatter import VideoReformatter
+
+    return VideoReformatter()
+
+
+def frame_to_small_rgb(frame: Any, width: int, scaler: Any = None) -> RGBArray:
+    """One PyAV video frame scaled to ``width`` px wide (even height, aspect kept) and
+    converted to RGB ``uint8`` in one swscale pass (rotation metadata applied after).
+    Much cheaper than :func:`frame_to_rgb` then scaling: the full-size RGB is never made.
+
+    ``scaler`` (:func:`new_scaler`; None: a fresh one, about 1 ms more) must be the
+    caller's own: ``frame.reformat`` would use the frame's shared context, which the
+    engine's conversion thread may be using on the same frame at the same time.
+    Raises ValueError for a frame swscale refuses (a hardware frame)."""
+    w_in, h_in = int(frame.width), int(frame.height)
+    w = max(2, min(width, w_in) // 2 * 2)
+    h = max(2, round(h_in * w / max(1, w_in) / 2) * 2)
+    try:
+        small = (scaler or new_scaler()).reformat(frame, width=w, height=h, format="rgb24")
+    except (av.error.FFmpegError, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot scale the frame: {exc}") from None
+    rgb: RGBArray = small.to_ndarray()
+    rot = normalise_rotation(getattr(frame, "rotation", 0) or 0)
+    return np.ascontiguousarray(np.rot90(rgb, k=rot // 90)) if rot else rgb
+
+
 __all__ = [
     "LOOKAHEAD_FRAMES",
     "DecodeLimits",
@@ -491,7 +519,9 @@ __all__ = [
     "VideoInfo",
     "choose_decode_backend",
     "frame_to_rgb",
+    "frame_to_small_rgb",
     "gpu_decode_available",
+    "new_scaler",
     "normalise_rotation",
     "open_container",
     "source_name",

@@ -38,6 +38,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..media.colour import frame_planes
+from ..media.decode import frame_to_small_rgb
 from ..media.sources.base import (
     DropPolicy,
     FrameBuffer,
@@ -176,6 +177,7 @@ class TrackSource:
                         image=frame,
                         to_rgb=frame_to_rgb,
                         to_planes=frame_planes,
+                        to_small=frame_to_small_rgb,
                     )
                 )
                 self._index += 1

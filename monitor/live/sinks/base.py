@@ -38,11 +38,11 @@ from typing import Protocol, runtime_checkable
 
 from ...metrics import StreamMetrics
 from ...types import StreamScore
-from ..alerts import AlertEvent
+from ..alerts import AlertEvent, Event, StreamEvent
 
 log = logging.getLogger("restrav.sinks")
 
-Item = StreamScore | AlertEvent
+Item = StreamScore | AlertEvent | StreamEvent
 
 
 class SinkUnavailable(Exception):
@@ -59,8 +59,8 @@ class Sink(Protocol):
         """Queue one score (never blocks)."""
         ...
 
-    def publish_event(self, event: AlertEvent) -> None:
-        """Queue one alert event (never blocks)."""
+    def publish_event(self, event: Event) -> None:
+        """Queue one event: an alert's, or who changed a stream (never blocks)."""
         ...
 
     async def start(self) -> None:
@@ -130,8 +130,8 @@ class BufferedSink:
         """Queue one score."""
         self._put(score)
 
-    def publish_event(self, event: AlertEvent) -> None:
-        """Queue one alert event."""
+    def publish_event(self, event: Event) -> None:
+        """Queue one event."""
         self._put(event)
 
     @property

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from ...types import StreamScore
-from ..alerts import AlertEvent
+from ..alerts import Event
 from .base import Sink
 
 log = logging.getLogger("restrav.sinks")
@@ -32,7 +32,7 @@ class FanoutSink:
                 self.errors += 1
                 log.exception("sink %s failed to queue a score", s.name)
 
-    def publish_event(self, event: AlertEvent) -> None:
+    def publish_event(self, event: Event) -> None:
         """Queue the event in every sink."""
         for s in self.sinks:
             try:

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from ...types import StreamScore
-from ..alerts import AlertEvent
+from ..alerts import AlertEvent, StreamEvent
 from .base import BufferedSink, Item
 
 
@@ -19,6 +19,8 @@ class MemorySink(BufferedSink):
         super().__init__(**kw)
         self.scores: list[StreamScore] = []
         self.events: list[AlertEvent] = []
+        self.changes: list[StreamEvent] = []
+        """Who changed what (``control``, ``acknowledged``), apart from the alerts."""
         self._changed = asyncio.Event()
 
     async def write(self, items: list[Item]) -> None:
@@ -26,8 +28,10 @@ class MemorySink(BufferedSink):
         for it in items:
             if isinstance(it, StreamScore):
                 self.scores.append(it)
-            else:
+            elif isinstance(it, AlertEvent):
                 self.events.append(it)
+            else:
+                self.changes.append(it)
         self._changed.set()
 
     async def wait_for(self, n_scores: int, timeout_s: float, stream: str | None = None) -> bool:

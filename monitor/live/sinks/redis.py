@@ -36,7 +36,7 @@ from ...metrics import StreamMetrics
 from ...redis_conn import async_redis_client
 from ...redis_faults import redis_unavailable, refusal_code
 from ...types import StreamScore
-from ..alerts import AlertEvent
+from ..alerts import Event
 from .base import BufferedSink, Item, SinkUnavailable
 from .fenced import FencedWriter
 
@@ -57,8 +57,8 @@ def score_fields(score: StreamScore) -> dict[str, str]:
     return out
 
 
-def event_fields(event: AlertEvent) -> dict[str, str]:
-    """The flat string fields stored for one alert event."""
+def event_fields(event: Event) -> dict[str, str]:
+    """The flat string fields stored for one event (an alert's, or who changed what)."""
     return {k: ("" if v is None else str(v)) for k, v in event.to_json().items()}
 
 
@@ -121,7 +121,7 @@ class RedisSink(BufferedSink):
                             maxlen=self.scores_maxlen, approximate=True,
                         )
                         pipe.hset(keys.stream_latest(it.stream_id), mapping=fields)
-                    elif isinstance(it, AlertEvent):
+                    else:  # an alert's event, or who changed a stream
                         ev: Any = event_fields(it)
                         pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
                 results = await pipe.execute()

@@ -13,7 +13,7 @@ const STATE_BANDS = {
 const $ = (id) => document.getElementById(id);
 
 const ui = {
-  cfg: { history_s: 300, tick_s: 1, alert_enter: 0.8, alert_leave: 0.6, feature_names: [] },
+  cfg: { history_s: 300, tick_s: 1, alert_enter: 0.8, alert_leave: 0.6, feature_names: [], thumbnails: false },
   streams: new Map(), order: [], offset: 0, conn: "off", updates: 0, snapshots: 0,
   selected: null, rows: [], lastMsg: 0, ctrl: null, retry: 0, bye: null, rowH: 64,
 };
@@ -163,7 +163,7 @@ function onSnapshot(m) {
   ui.offset = m.t - Date.now() / 1000;
   Object.assign(ui.cfg, {
     history_s: m.history_s, tick_s: m.tick_s, alert_enter: m.alert_enter,
-    alert_leave: m.alert_leave, feature_names: m.feature_names,
+    alert_leave: m.alert_leave, feature_names: m.feature_names, thumbnails: m.thumbnails !== false,
   });
   ui.streams.clear();
   for (const [id, s] of Object.entries(m.streams)) {
@@ -212,6 +212,37 @@ function onUpdate(m) {
   setConn("live", "live");
   if (structural) reorder(); else render();
   if (ui.selected && (m.points[ui.selected] || m.status[ui.selected])) refreshDetail();
+  if (!$("events").hidden) refreshEvents();
+  refreshRowThumbs();
+}
+
+// each visible row's latest frame, once an update (serve.ui.thumbnails: false turns it off)
+const thumbsOff = new Set();
+let thumbsBusy = false;
+async function refreshRowThumbs() {
+  if (!ui.cfg.thumbnails || thumbsBusy) return;
+  thumbsBusy = true;
+  try {
+    for (const row of ui.rows) {
+      const id = row.dataset.id;
+      if (row.hidden || !id || thumbsOff.has(id)) continue;
+      const r = await fetch("/streams/" + encodeURIComponent(id) + "/thumbnail", { headers: auth(), cache: "no-store" });
+      if (!r.ok) {
+        const code = ((await r.json().catch(() => ({}))).error || {}).code;
+        if (code === "evidence_off" || code === "thumbnails_off") thumbsOff.add(id);
+        continue;
+      }
+      const url = URL.createObjectURL(await r.blob());
+      if (row.dataset.id !== id) { URL.revokeObjectURL(url); continue; }
+      const im = row.querySelector(".rowthumb");
+      setBlob(im, url);
+      im.hidden = false;
+    }
+  } catch (e) {
+    /* the next update retries */
+  } finally {
+    thumbsBusy = false;
+  }
 }
 
 // stale stream: nothing for a while (a proxy that buffers, a half-open connection)
@@ -291,6 +322,7 @@ function makeRow() {
   row.className = "row";
   row.innerHTML =
     '<div class="id"><div class="name"></div><div class="meta"></div></div>' +
+    '<img class="rowthumb" alt="" hidden>' +
     '<div class="score"><div class="num"></div><div class="unit"></div></div><canvas></canvas>';
   row.tabIndex = 0;
   row.setAttribute("role", "button");
@@ -340,6 +372,8 @@ function fillRow(row, s, idx) {
   row.classList.toggle("alert", !!sm.alert);
   row.classList.toggle("sel", ui.selected === s.id);
   row.querySelector(".name").textContent = s.id;
+  const im = row.querySelector(".rowthumb");
+  if (im.dataset.sid !== s.id) { im.hidden = true; im.dataset.sid = s.id; }  // a reused row
   const meta = row.querySelector(".meta");
   meta.replaceChildren();
   const pill = document.createElement("span");
@@ -515,8 +549,33 @@ function drawTimeline(canvas, s, big) {
     g.textAlign = "right";
     g.fillText("now", right, h - 4);
   }
+  canvas.hoverView = { pts, left, right, t0, t1, hasP: s.hasP };  // for the hover readout
   return out;
 }
+
+// hover readout on any timeline: the time under the pointer and the nearest point's value
+const hover = document.createElement("div");
+hover.id = "hover";
+hover.className = "hover";
+hover.hidden = true;
+document.body.append(hover);
+document.addEventListener("mousemove", (e) => {
+  const c = e.target;
+  const v = c instanceof HTMLCanvasElement ? c.hoverView : null;
+  if (!v || !v.pts.length) { hover.hidden = true; return; }
+  const x = e.clientX - c.getBoundingClientRect().left;
+  if (x < v.left || x > v.right) { hover.hidden = true; return; }
+  const t = v.t0 + ((x - v.left) / (v.right - v.left)) * (v.t1 - v.t0);
+  let best = v.pts[0];
+  for (const p of v.pts) if (Math.abs(p[0] - t) < Math.abs(best[0] - t)) best = p;
+  const val = v.hasP ? (best[1] === null ? "–" : `P(AI) ${(best[1] * 100).toFixed(1)}%`)
+    : (best[2] === null ? "–" : `curvature ${best[2].toFixed(1)}°`);
+  hover.textContent = `${clock(best[0])} · ${val}`;
+  hover.hidden = false;
+  // beside the pointer, inside the window
+  hover.style.left = Math.min(e.clientX + 12, window.innerWidth - hover.offsetWidth - 4) + "px";
+  hover.style.top = e.clientY + 12 + "px";
+});
 
 // --- one stream --------------------------------------------------------------------------
 let detailBusy = false;
@@ -531,10 +590,158 @@ function openDetail(id) {
 $("dClose").addEventListener("click", () => { ui.selected = null; $("detail").hidden = true; render(); });
 document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("dClose").click(); });
 
+// images and clips: fetched with the token in the header, shown from blob: URLs (no token
+// in any URL; the server answers them with Cache-Control: no-store)
+async function blobUrl(path) {
+  const r = await fetch(path, { headers: auth(), cache: "no-store" });
+  if (!r.ok) throw new Error(`HTTP ${r.status}`);
+  return URL.createObjectURL(await r.blob());
+}
+function setBlob(el, url) {
+  if (el.dataset.blob) URL.revokeObjectURL(el.dataset.blob);
+  el.dataset.blob = url;
+  el.src = url;
+}
+async function refreshThumb(id) {
+  try {
+    const url = await blobUrl("/streams/" + encodeURIComponent(id) + "/thumbnail");
+    if (ui.selected !== id) { URL.revokeObjectURL(url); return; }
+    setBlob($("dThumb"), url);
+    $("dThumb").hidden = false;
+  } catch (e) {
+    $("dThumb").hidden = true;  // none retained yet, evidence or thumbnails off
+  }
+}
+
+async function showEvidence(eid) {
+  $("evView").hidden = false;
+  $("evTitle").textContent = "loading " + eid + "…";
+  try {
+    const r = await fetch("/evidence/" + encodeURIComponent(eid), { headers: auth(), cache: "no-store" });
+    if (!r.ok) {
+      $("evTitle").textContent = r.status === 404 ? eid + ": not written (yet, or dropped)" : `HTTP ${r.status}`;
+      return;
+    }
+    const rec = await r.json();
+    setBlob($("evSheet"), await blobUrl(rec.urls.sheet));
+    setBlob($("evClip"), await blobUrl(rec.urls.clip));
+    const sc = rec.score;
+    $("evTitle").textContent = `${rec.stream} · ${rec.reason} · P(AI) ${sc.p_ai === null ? "–" : (sc.p_ai * 100).toFixed(1) + "%"}`
+      + ` · ${clock(sc.wall_end)} · window #${sc.seq}, ${rec.frames.filter((f) => f.repeated).length} repeated`;
+    const body = $("evFeatures").tBodies[0];
+    body.replaceChildren();
+    rec.feature_names.forEach((n, i) => {
+      const tr = body.insertRow();
+      const a = tr.insertCell(); a.className = "n"; a.textContent = n;
+      const b = tr.insertCell(); b.className = "v"; b.textContent = Number(sc.features[i]).toPrecision(4);
+    });
+    ui.evidence = rec.id;
+  } catch (e) {
+    $("evTitle").textContent = eid + ": " + e;
+  }
+}
+
+// --- the event log: alerts, changes and acknowledgements across streams, newest first ---
+let eventsBusy = false;
+function describe(e) {
+  if (e.kind === "alert_start") return `alert, P(AI) ${(Number(e.p_ai) * 100).toFixed(0)}%`;
+  if (e.kind === "alert_end") return "alert ended" + (e.reason ? ` (${e.reason})` : "");
+  if (e.kind === "control") return `${e.action} by ${e.by}`;
+  if (e.kind === "acknowledged") return `acknowledged by ${e.by}`;
+  if (e.kind === "state") return e.state;
+  return e.kind;
+}
+async function refreshEvents() {
+  if (eventsBusy) return;
+  eventsBusy = true;
+  try {
+    const r = await fetch("/events?limit=100", { headers: auth(), cache: "no-store" });
+    if (!r.ok) { $("eMsg").textContent = `events: HTTP ${r.status}`; return; }
+    const logged = (await r.json()).events;
+    // state changes come from the timelines' marks (every stream's, this page's history)
+    const states = [];
+    for (const [id, st] of ui.streams) {
+      for (const m of st.marks) if (m[1] === "state") states.push({ n: `s${id}@${m[0]}`, kind: "state", stream: id, at: m[0], state: m[2] });
+    }
+    const events = logged.concat(states).sort((a, b) => b.at - a.at).slice(0, 100);
+    const list = $("eList");
+    const key = events.map((e) => e.n).join();
+    if (list.dataset.key === key) return;
+    list.dataset.key = key;
+    const acked = new Map(events.filter((e) => e.kind === "acknowledged").map((e) => [e.evidence, e.by]));
+    list.replaceChildren();
+    for (const e of events) {
+      const li = document.createElement("li");
+      li.className = e.kind;
+      li.dataset.kind = e.kind;
+      const b = document.createElement("b");
+      b.textContent = e.stream;
+      li.append(clock(e.at) + " ", b, " " + describe(e));
+      if (e.kind === "alert_start" && e.evidence) {
+        li.dataset.evidence = e.evidence;
+        const open = document.createElement("button");
+        open.type = "button"; open.className = "ev-open"; open.textContent = "evidence";
+        open.addEventListener("click", () => { $("events").hidden = true; openDetail(e.stream); showEvidence(e.evidence); });
+        li.append(open);
+        if (acked.has(e.evidence)) {
+          const s = document.createElement("span");
+          s.className = "acked"; s.textContent = "acknowledged by " + acked.get(e.evidence);
+          li.append(s);
+        } else {
+          const ack = document.createElement("button");
+          ack.type = "button"; ack.className = "ev-ack"; ack.textContent = "acknowledge";
+          ack.addEventListener("click", () => acknowledge(e.evidence));
+          li.append(ack);
+        }
+      }
+      list.append(li);
+    }
+    if (!events.length) list.textContent = "no events yet";
+  } catch (err) {
+    $("eMsg").textContent = "events: " + err;
+  } finally {
+    eventsBusy = false;
+  }
+}
+async function acknowledge(eid) {
+  const r = await fetch("/evidence/" + encodeURIComponent(eid) + "/ack", { method: "POST", headers: auth() });
+  await r.text();  // read to the end (the answer: who and when, shown by the next refresh)
+  $("eMsg").textContent = r.ok ? "" : (r.status === 403 ? "acknowledging needs an operator token" : `acknowledge: HTTP ${r.status}`);
+  refreshEvents();
+}
+// --- add a stream through the control API (POST /streams; an operator token) ------------
+$("addBtn").addEventListener("click", () => {
+  $("addForm").hidden = !$("addForm").hidden;
+  if (!$("addForm").hidden) $("addId").focus();
+});
+$("addForm").addEventListener("submit", async (ev) => {
+  ev.preventDefault();  // never a form submission: the token goes in a header
+  const body = { id: $("addId").value.trim(), url: $("addUrl").value.trim() };
+  $("addMsg").textContent = "adding " + body.id + "…";
+  try {
+    const r = await fetch("/streams", {
+      method: "POST", headers: { ...auth(), "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const d = await r.json().catch(() => ({}));
+    $("addMsg").textContent = r.ok ? `${body.id}: ${d.outcome}`
+      : `HTTP ${r.status}: ${d.error ? d.error.message : "refused"}`;
+    if (r.ok) { $("addId").value = ""; $("addUrl").value = ""; }
+  } catch (err) {
+    $("addMsg").textContent = String(err);
+  }
+});
+
+$("eventsBtn").addEventListener("click", () => {
+  $("events").hidden = !$("events").hidden;
+  if (!$("events").hidden) { $("dClose").click(); refreshEvents(); }
+});
+$("eClose").addEventListener("click", () => { $("events").hidden = true; });
+
 async function refreshDetail() {
   const id = ui.selected;
   if (!id || detailBusy) return;
   detailBusy = true;
+  refreshThumb(id);
   try {
     const r = await fetch("/ui/streams/" + encodeURIComponent(id), { headers: auth(), cache: "no-store" });
     if (r.status === 404) { $("dMsg").textContent = "this stream is gone"; return; }
@@ -591,6 +798,23 @@ function showDetail(d) {
   const gaps = Object.entries(st.gaps || {}).map(([k, v]) => `${k} ${v}`).join(", ");
   $("dGaps").textContent = "gaps: " + (gaps || "none") + " · frames " + (st.frames ?? 0)
     + ", dropped " + (st.frames_dropped ?? 0) + " · alerts " + d.alerts.length;
+  const ev = $("dEvidence");
+  const kept = d.alerts.filter((a) => a[2]).sort((a, b) => b[0] - a[0]);
+  if (ev.dataset.ids !== kept.map((a) => a[2]).join()) {  // rebuilt only when it changes
+    ev.dataset.ids = kept.map((a) => a[2]).join();
+    ev.replaceChildren();
+    for (const a of kept) {
+      const li = document.createElement("li");
+      const btn = document.createElement("button");
+      btn.type = "button";
+      btn.dataset.evidence = a[2];
+      btn.textContent = `alert at ${clock(a[0])}` + (a[1] === null ? " (active)" : "");
+      btn.addEventListener("click", () => showEvidence(a[2]));
+      li.append(btn);
+      ev.append(li);
+    }
+    if (!kept.length) ev.textContent = "none";
+  }
   const hist = $("dHistory");
   hist.replaceChildren();
   const items = [

@@ -14,7 +14,8 @@ and what a new kind such as WebRTC implements)::
   source's clock, its arrival time (``time.monotonic()``), a per-connection
   ``index`` and the frame in the source's own form (``image``) with a
   ``to_rgb`` function (and optionally ``to_planes``, its 4:2:0 planes for
-  conversion on the device): only the few frames the 11.5 Hz grid samples are
+  conversion on the device, and ``to_small`` for evidence): only the few frames
+  the 11.5 Hz grid samples are
   ever converted, and the conversion runs on the engine's side, not on the
   event loop.
 * ``dropped_before`` counts frames the source dropped just before this one (a
@@ -86,10 +87,23 @@ class SourceFrame:
     to_rgb: Callable[[Any], RGBArray]
     dropped_before: int = 0
     to_planes: Callable[[Any], YUVPlanes | None] | None = None
+    to_small: Callable[[Any, int, Any], RGBArray] | None = None
+    """Scale and convert in one step (:func:`~monitor.media.decode.frame_to_small_rgb`);
+    None: :meth:`small_rgb` converts the whole frame and subsamples it."""
 
     def rgb(self) -> RGBArray:
         """The frame as RGB ``uint8`` ``(H, W, 3)`` (converts; call once per sample)."""
         return self.to_rgb(self.image)
+
+    def small_rgb(self, width: int, scaler: Any = None) -> RGBArray:
+        """The frame at most ``width`` px wide, RGB ``uint8`` (for evidence and thumbnails;
+        raises ValueError for a frame that cannot be scaled). ``scaler``: the calling
+        thread's own (:func:`~monitor.media.decode.new_scaler`)."""
+        if self.to_small is not None:
+            return self.to_small(self.image, width, scaler)
+        rgb = self.to_rgb(self.image)
+        step = max(1, -(-rgb.shape[1] // width))
+        return rgb[::step, ::step]
 
     def planes(self) -> YUVPlanes | None:
         """The frame's 4:2:0 planes for conversion on the device, or None when the

@@ -28,6 +28,7 @@ from ..decode import (
     LiveVideo,
     choose_decode_backend,
     frame_to_rgb,
+    frame_to_small_rgb,
     gpu_decode_available,
 )
 from .base import DropPolicy, FrameBuffer, SourceContext, SourceError, SourceFrame
@@ -198,6 +199,7 @@ class AVSource:
                     image=av_frame,
                     to_rgb=frame_to_rgb,
                     to_planes=frame_planes,
+                    to_small=frame_to_small_rgb,
                 )
                 self.frames_read += 1
                 if not buf.put(frame, self._quit):
