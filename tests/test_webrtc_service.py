@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -310,7 +311,9 @@ async def test_twenty_publish_cycles_leave_no_peer_connections_threads_or_memory
           f"{base_pool} pooled -> {threads} + {pool} pooled, RSS {base_rss / 2**20:.1f} -> "
           f"{rss / 2**20:.1f} MiB ({growth_mb:+.1f} MiB)")
     assert pcs == 0 and base_pcs == 0
-    assert threads == base_threads
+    # no thread was added by the cycles; the baseline may still hold an earlier test's
+    # engine threads on their way out (a loaded machine), which may end meanwhile
+    assert not Counter(threads) - Counter(base_threads), (base_threads, threads)
     assert pool <= max(base_pool, 32)
     assert metric_value(text, "restrav_webrtc_sessions", kind="whip") == 0
     assert metric_value(text, "restrav_webrtc_sessions_started_total", kind="whip") == 23
