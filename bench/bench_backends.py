@@ -16,8 +16,11 @@ The backbone is a random-weight real-size ViT-S/14 (no hub weights needed; speed
 depend on the weights, drift does somewhat: a real checkpoint may drift differently).
 The int8 mode is calibrated on frames of every other shared clip, and measured on all.
 
-Usage: python -m bench.bench_backends [--threads 2] [--seconds 1] [--clips 16]
-       [--batches 1,4,8,16,24] [--modes torch:float32,...]
+Usage: python -m bench.bench_backends [--threads 2] [--seconds 1] [--rounds 3] [--clips 16]
+       [--batches 1,4,8,16,24] [--modes torch:float32,...] [--no-drift]
+
+Speed: at each batch size every mode runs ``--rounds`` times in turn (round-robin, at
+least ``--seconds`` each); a mode's rate is the batch over its median time.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ def main() -> None:
     ap.add_argument("--arch", choices=["vits14", "tiny"], default="vits14")
     ap.add_argument("--seconds", type=float, default=1.0, help="minimum time per speed point")
     ap.add_argument("--clips", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="round-robin rounds per batch size")
+    ap.add_argument("--no-drift", action="store_true", help="speed and build cost only")
     ap.add_argument("--batches", default="1,4,8,16,24")
     ap.add_argument("--modes", default=",".join(MODES))
     args = ap.parse_args()
@@ -116,18 +121,31 @@ def main() -> None:
 
     # speed: the bare forward on ready pixels, every mode at each batch size in turn
     frames = [f for w in windows for f in w]
+    # (round-robin rounds, each mode's median: a load that changes during the run
+    # weighs on every mode alike)
     speed: dict[str, dict[int, float]] = {n: {} for n in embedders}
     for b in batches:
         px = preprocess(frames[:b], 224, "cpu")
-        for name, emb in embedders.items():
-            per, _ = timed(lambda e=emb, p=px: e.forward(p), torch.device("cpu"), args.seconds)
-            speed[name][b] = b / per
+        per_round: dict[str, list[float]] = {n: [] for n in embedders}
+        for r in range(args.rounds):
+            for name, emb in embedders.items():
+                per, _ = timed(lambda e=emb, p=px: e.forward(p), torch.device("cpu"),
+                               args.seconds, warmup=1 if r == 0 else 0)
+                per_round[name].append(per)
+        for name, pers in per_round.items():
+            speed[name][b] = b / float(np.median(pers))
     base = speed["torch float32"]
     rows = [[n] + [f"{s[b]:.2f} ({s[b] / base[b]:.2f}x)" for b in batches]
             for n, s in speed.items()]
     print("\nframes/s of the bare forward (ratio to eager torch float32, same run)")
     print(table(["runtime mode"] + [f"batch {b}" for b in batches], rows))
 
+    if args.no_drift:
+        rows = [[n, f"{b[0]:.1f} / {b[1]:.2f}"] for n, b in build.items()]
+        print("\ngraph build s (empty cache) / load s (verified cache)")
+        print(table(["runtime mode", "build s / cached load s"], rows))
+        print(f"\n(load at the end: {Path('/proc/loadavg').read_text().split()[:3]})")
+        return
     # drift on the shared clips
     feats: dict[str, np.ndarray] = {}
     probs: dict[str, np.ndarray] = {}

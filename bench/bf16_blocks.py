@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from bench.bench_backends import CLIPS, window_frames
-from bench.common import random_backbone_dir, table
+from bench.common import random_backbone_dir, table, window_features_of
 from monitor.core.backbone import load_backbone
 from monitor.core.backends import feature_drift
 from monitor.core.classifier import load_classifier
 from monitor.core.embed import Embedder
-from monitor.core.geometry import window_features
 from monitor.core.published import resolve_classifier_ref
 
 
@@ -53,10 +52,7 @@ def main() -> None:
         layer.forward = forward
 
     def run() -> tuple[np.ndarray, list[np.ndarray]]:
-        zs = [emb.embed(w).astype(np.float64) for w in wins]
-        feats = [window_features(z, zero_step_angle_deg=clf.zero_step_angle_deg).features
-                 for z in zs]
-        return np.stack(feats), zs
+        return window_features_of(emb, wins, clf.zero_step_angle_deg)
 
     ref, zr = run()
     pr = clf.predict_proba(ref)

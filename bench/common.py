@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -106,3 +107,17 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def window_features_of(
+    emb: Any, windows: list[Any], zero_step_angle_deg: float
+) -> tuple[Any, list[Any]]:
+    """The 21 features of each window (stacked) and its float64 embeddings, with ``emb``
+    (an Embedder) as it is configured now."""
+    import numpy as np
+
+    from monitor.core.geometry import window_features
+
+    zs = [emb.embed(w).astype(np.float64) for w in windows]
+    feats = [window_features(z, zero_step_angle_deg=zero_step_angle_deg).features for z in zs]
+    return np.stack(feats), zs

@@ -97,7 +97,8 @@ class ModelSettings(_Section):
         "torch",
         description="Backbone runtime: torch (eager, as always); onnxruntime or openvino "
         "(exported graph, CPU only, the cpu-fast extra); auto (the fastest installed runtime "
-        "whose measured feature drift is within 1 %; torch on CUDA). See BENCHMARKS.md.",
+        "whose measured feature drift is within 1 %, timed once on this machine and cached "
+        "beside the graphs; torch on CUDA). See BENCHMARKS.md.",
     )
     backend_mode: Literal["float32", "bfloat16", "int8"] = Field(
         "float32",

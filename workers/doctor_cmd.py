@@ -8,9 +8,12 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import EXIT_OK, EXIT_SOME_FAILED, settings_from_args
+
+if TYPE_CHECKING:
+    from monitor.config import ModelSettings
 
 HELP = "print versions, devices, model location, classifier and Redis reachability"
 
@@ -114,15 +117,18 @@ def _damaged_weights(directory: Path) -> list[str]:
     return damaged
 
 
-def _backends(backend: str, mode: str, device: str) -> dict[str, Any]:
+def _backends(model: ModelSettings, model_found: bool) -> dict[str, Any]:
     """The configured backbone runtime, what it resolves to here, the installed runtimes,
-    the CPU flags that matter, and every mode's measured drift (BENCHMARKS.md)."""
+    the CPU flags that matter, and every mode's measured drift (BENCHMARKS.md).
+
+    ``auto`` on a CPU with the model at hand is resolved as ``score`` and ``serve`` would:
+    from this machine's cached decision, or measured now (once) and cached."""
+    from monitor.core.autoselect import cpu_flags, cpu_model
     from monitor.core.backbone import resolve_device
     from monitor.core.backends import (
         DRIFT_BOUND,
         MEASURED_DRIFT,
         choose_backend,
-        cpu_flags,
         installed,
         within_bounds,
     )
@@ -130,15 +136,19 @@ def _backends(backend: str, mode: str, device: str) -> dict[str, Any]:
     from monitor.errors import ConfigError
 
     flags = cpu_flags()
-    info: dict[str, Any] = {"configured": f"{backend} {mode}"}
+    info: dict[str, Any] = {"configured": f"{model.backend} {model.backend_mode}"}
     try:
-        rt, md = choose_backend(backend, mode, resolve_device(device), installed)
+        device = resolve_device(model.device)
+        rt, md = choose_backend(model.backend, model.backend_mode, device, installed)
         info["runs"] = f"{rt} {md}"
+        if model.backend == "auto" and device.type == "cpu" and model.dtype == "float32":
+            info.update(_auto(model, model_found))
     except ConfigError as exc:
         info["runs"] = f"error: {exc.message}"
     info["installed"] = [
         f"{r} {runtime_version(r)}" for r in ("torch", "onnxruntime", "openvino") if installed(r)
     ]
+    info["cpu_model"] = cpu_model() or "unknown"
     info["cpu_flags"] = [
         f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
         if f in flags
@@ -150,6 +160,27 @@ def _backends(backend: str, mode: str, device: str) -> dict[str, Any]:
         for (r, m), (d, p) in MEASURED_DRIFT.items()
     ]
     return info
+
+
+def _auto(m: ModelSettings, model_found: bool) -> dict[str, Any]:
+    """``runs`` and ``auto`` for the auto backend: the decision and the rates behind it."""
+    if not model_found:
+        return {"runs": "auto: decided on first use (the model is not available here)"}
+    from monitor.core.backbone import load_backbone
+    from monitor.core.backends import resolve_auto
+
+    backbone = load_backbone(m.ref, "cpu", "float32", m.image_size)
+    choice = resolve_auto(backbone, m.batch_size, m.threads, m.graph_cache)
+    rates = sorted(choice.frames_per_s.items(), key=lambda kv: -kv[1])
+    return {
+        "runs": f"{choice.runtime} {choice.mode}",
+        "auto": {
+            "decision": "measured now" if choice.measured else "cached",
+            "file": str(choice.path),
+            "frames_per_s": [f"{n} {v:.2f}" for n, v in rates] or ["only torch float32"],
+            "dropped": [f"{n}: {why}" for n, why in choice.dropped.items()],
+        },
+    }
 
 
 def _redis(url: str | None) -> dict[str, Any]:
@@ -223,14 +254,13 @@ def run(args: argparse.Namespace) -> int:
         },
         "model": _model_location(settings.model.ref),
         "classifier": _classifier(settings.classifier.path),
-        "backend": _backends(
-            settings.model.backend, settings.model.backend_mode, settings.model.device
-        ),
+        "backend": None,
         "redis": _redis(
             args.redis_url
             or (settings.redis.url.get_secret_value() if settings.redis.url else None)
         ),
     }
+    report["backend"] = _backends(settings.model, bool(report["model"]["exists"]))
     ok = (
         report["model"]["exists"]
         and report["classifier"]["ok"]

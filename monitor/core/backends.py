@@ -14,7 +14,10 @@ Contract:
   LayerNorms, softmaxes and the last block kept in float32; it needs calibration frames).
   :data:`MEASURED_DRIFT` holds each mode's drift measured by ``bench/bench_backends.py``
   (definition: :func:`feature_drift`); ``auto`` never picks a mode whose drift exceeds
-  :data:`DRIFT_BOUND`, and on CUDA it is torch.
+  :data:`DRIFT_BOUND`, and on CUDA it is torch. On a CPU, ``auto`` considers the
+  :func:`auto_candidates` (installed, supported by the CPU's flags, within the bounds) and
+  :func:`~monitor.core.autoselect.choose_auto` picks the fastest by a short measurement
+  on this machine, cached per CPU, runtime versions and model.
 * A runtime asked for by name and not installed raises :class:`MissingRuntime` (a
   ConfigError: one line naming what to install, exit 3 in the CLI).
 * Exported graphs and their verified cache are :mod:`monitor.core.graphs`: a graph is
@@ -37,9 +40,10 @@ import torch
 
 from ..errors import ConfigError
 from ..types import RGBArray
+from .autoselect import AutoChoice, choose_auto, cpu_flags
 from .backbone import Backbone, CompileMode, load_backbone, resolve_device
 from .embed import Embedder, preprocess
-from .graphs import PACKAGES, build_runner
+from .graphs import PACKAGES, build_runner, default_threads
 
 log = logging.getLogger("restrav.backends")
 
@@ -74,11 +78,16 @@ the real checkpoint before trusting a reduced mode."""
 AUTO_ORDER: tuple[tuple[str, str], ...] = (
     ("openvino", "float32"),
     ("onnxruntime", "float32"),
+    ("openvino", "bfloat16"),
+    ("onnxruntime", "int8"),
     ("torch", "float32"),
 )
-"""``auto`` on a CPU: the first installed entry within the bounds, fastest first as measured
-side by side on the development machine (2-core Xeon with AVX-512, VNNI, AMX;
-BENCHMARKS.md). Not yet measured on an AVX2-only CPU, where the order may differ."""
+"""Every (runtime, mode) ``auto`` may consider on a CPU, in the order used before a
+measurement (fastest first on the development machine, BENCHMARKS.md); the measurement
+(:mod:`monitor.core.autoselect`) decides among those :func:`auto_candidates` keeps."""
+
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+"""CPU flags that make int8 matmuls fast (without one, int8 is not considered)."""
 
 
 def feature_drift(
@@ -112,18 +121,6 @@ def installed(runtime: str) -> bool:
 
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 def has_bf16(flags: frozenset[str] | None = None) -> bool:
     """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16)."""
     f = cpu_flags() if flags is None else flags
@@ -137,16 +134,37 @@ def within_bounds(runtime: str, mode: str) -> bool:
     return measured is not None and measured[0] <= DRIFT_BOUND and measured[1] <= PROB_BOUND
 
 
+def supported(mode: str, flags: frozenset[str]) -> bool:
+    """True when this CPU runs ``mode`` natively: bfloat16 needs AVX512_BF16 or AMX, int8
+    a VNNI or AMX-INT8 unit; float32 runs everywhere."""
+    if mode == "bfloat16":
+        return has_bf16(flags)
+    if mode == "int8":
+        return bool(INT8_FLAGS & flags)
+    return True
+
+
+def auto_candidates(
+    flags: frozenset[str], is_installed: Callable[[str], bool] = installed
+) -> list[tuple[str, str]]:
+    """What ``auto`` may run on a CPU with ``flags``: the :data:`AUTO_ORDER` entries that
+    are installed, supported by the CPU and within the bounds (:func:`within_bounds`);
+    torch float32 always."""
+    return [
+        (rt, md) for rt, md in AUTO_ORDER
+        if is_installed(rt) and supported(md, flags) and within_bounds(rt, md)
+    ]
+
+
 def choose_backend(
     backend: str, mode: str, device: torch.device, is_installed: Callable[[str], bool] = installed
 ) -> tuple[str, str]:
     """Resolve ``(backend, mode)`` to the runtime and precision that will run.
 
-    ``auto`` is torch float32 on CUDA; on a CPU the first installed entry of
-    :data:`AUTO_ORDER` that is within the bounds (``mode`` is then ignored: a reduced
-    mode is never picked automatically). A named backend must be installed
-    (:class:`MissingRuntime` otherwise) and run on the CPU; its mode is kept as asked,
-    whatever its drift (reported by ``restrav doctor``).
+    ``auto`` is torch float32 on CUDA; on a CPU the first of :func:`auto_candidates`
+    (``mode`` is then ignored), the choice before :func:`make_embedder` measures them.
+    A named backend must be installed (:class:`MissingRuntime` otherwise) and run on
+    the CPU; its mode is kept as asked, whatever its drift (reported by ``restrav doctor``).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -155,10 +173,7 @@ def choose_backend(
     if backend == "auto":
         if device.type != "cpu":
             return "torch", "float32"
-        for rt, md in AUTO_ORDER:
-            if is_installed(rt) and within_bounds(rt, md):
-                return rt, md
-        return "torch", "float32"
+        return auto_candidates(cpu_flags(), is_installed)[0]
     if backend == "torch":
         if mode != "float32":
             raise ConfigError(
@@ -186,6 +201,22 @@ def calibration_pixels(frames: Sequence[RGBArray], backbone: Backbone) -> npt.ND
     return preprocess(frames, backbone.image_size, "cpu").numpy()
 
 
+def resolve_auto(
+    backbone: Backbone,
+    batch_size: int = 8,
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+    is_installed: Callable[[str], bool] = installed,
+) -> AutoChoice:
+    """What ``auto`` runs for ``backbone`` on this CPU: the fastest of
+    :func:`auto_candidates`, measured once and cached
+    (:func:`~monitor.core.autoselect.choose_auto`)."""
+    n = threads or default_threads()
+    return choose_auto(
+        backbone, auto_candidates(cpu_flags(), is_installed), batch_size, n, cache_dir
+    )
+
+
 def make_embedder(
     ref: str,
     device: str | torch.device = "auto",
@@ -206,6 +237,8 @@ def make_embedder(
     needs ``dtype`` float32 and ``compile`` off (the graph is exported from the float32
     model; its precision is ``mode``). ``threads`` sets torch's and the runtime's
     intra-op threads (None: torch's default for torch, the process's cores for a runtime).
+    ``auto`` on a CPU in float32 measures its candidates once per machine and model
+    (:func:`resolve_auto`); with another dtype or compile it is torch.
     The Embedder's ``backend`` and ``backend_mode`` attributes say what runs.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
@@ -222,15 +255,22 @@ def make_embedder(
             )
     if threads:
         torch.set_num_threads(threads)
+    chosen = None
+    if backend == "auto" and dev.type == "cpu" and dtype == "float32" and compile == "off":
+        chosen = resolve_auto(backbone, batch_size, threads, cache_dir, installed)
+        runtime, md = chosen.runtime, chosen.mode
     if runtime == "torch":
         emb = Embedder(backbone, batch_size=batch_size, normalize=normalize, compile=compile)
         emb.backend, emb.backend_mode = "torch", backbone.precision
         return emb
-    runner, info = build_runner(backbone, runtime, md, threads, cache_dir, calibration)
-    log.info(
-        "backbone on %s (%s)%s in %.1f s", runtime, md,
-        ", graph built" if info.built else ", graph from cache", info.build_s,
-    )
+    if chosen is not None and chosen.runner is not None:
+        runner = chosen.runner
+    else:
+        runner, info = build_runner(backbone, runtime, md, threads, cache_dir, calibration)
+        log.info(
+            "backbone on %s (%s)%s in %.1f s", runtime, md,
+            ", graph built" if info.built else ", graph from cache", info.build_s,
+        )
     emb = Embedder(backbone, batch_size=batch_size, normalize=normalize, runner=runner)
     emb.backend, emb.backend_mode = runtime, md
     return emb

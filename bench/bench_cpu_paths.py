@@ -1,0 +1,299 @@
+"""Eager torch beside a fast CPU backend on the two service paths, side by side in one run:
+
+* ``queue``: a real ``restrav worker`` process (``model.threads`` cores) scoring real
+  encoded 720p25 H.264 clips from a private redis-server, every window at hop 1: clips
+  per minute, from the first XADD to the last answer, each backend in turn;
+* ``serve``: a real ``restrav serve`` process with N 720p25 H.264 streams played in real
+  time from local files (the ``file`` source, looping): per stream, windows scored per
+  second (the full rate is 11.5 at hop 1), windows skipped, and the p50/p95 latency from
+  frame arrival to score written (``restrav_stream_e2e_latency_seconds``, interpolated in
+  its buckets as Prometheus' histogram_quantile does), measured over ``--seconds``,
+  ``--warmup`` seconds after every stream's first score ("ready s": from the process's
+  start to then); each (backend, streams) in turn, backends alternating; and the
+  engine's measured capacity (``restrav_engine_capacity_samples_per_second``) with the
+  number of full-rate streams it would carry (capacity / 11.5).
+
+The backbone is a random-weight real-size ViT-S/14 (speed does not depend on the
+weights). Graphs are built into a private cache before the clock starts (their cost is
+bench_backends' "build s / cached load s"); every process then loads from that cache.
+The CPU (lscpu model and flags) and the load average at the start and end are printed:
+on a shared machine only the ratios in one run mean anything.
+
+Usage: python -m bench.bench_cpu_paths [--fast openvino] [--threads 2] [--parts queue,serve]
+       [--queue-clips 3] [--clip-seconds 3] [--streams 1,2] [--seconds 40] [--warmup 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.bench_backends import cpu_line
+from bench.common import random_backbone_dir, table
+from monitor import keys
+from monitor.config import QueueSettings
+from monitor.core.backbone import load_backbone
+from monitor.core.graphs import build_runner
+from monitor.queue import Job, JobOptions, connect, enqueue
+from tests.liveproc import end
+from tests.redisproc import RedisProcess, free_port, wait_port
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "bench-token"
+
+
+def loadavg() -> str:
+    """The 1-minute load average now."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def make_720p(path: Path, seconds: float) -> Path:
+    """1280x720 25 fps H.264 (moving test pattern, keyframe every second)."""
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc2=size=1280x720:rate=25", "-t", str(seconds), "-c:v", "libx264", "-g", "25",
+         "-pix_fmt", "yuv420p", "-preset", "veryfast", "-y", str(path)],
+        check=True,
+    )
+    return path
+
+
+def env_for(backend: str, model: Path, cache: Path, threads: int) -> dict[str, str]:
+    """Environment of a worker or serve process running ``backend``."""
+    return dict(
+        os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
+        RESTRAV_MODEL__REF=str(model), RESTRAV_MODEL__DEVICE="cpu",
+        RESTRAV_MODEL__THREADS=str(threads), RESTRAV_MODEL__BACKEND=backend,
+        RESTRAV_MODEL__GRAPH_CACHE=str(cache),
+    )
+
+
+# -- queue ---------------------------------------------------------------------------------
+
+
+def queue_run(backend: str, clips: list[Path], model: Path, cache: Path, threads: int,
+              url: str, root: Path) -> tuple[float, float]:
+    """(seconds to ready, seconds from the first XADD to the last answer) for one worker."""
+    client = connect(url)
+    client.flushdb()
+    name = f"w-{backend}"
+    env = env_for(backend, model, cache, threads)
+    env.update(RESTRAV_REDIS__URL=url, RESTRAV_QUEUE__BLOCK_MS="100")
+    t_start = time.perf_counter()
+    with (root / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "--name", name],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 900
+        while not client.exists(keys.heartbeat_key(name)):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                sys.exit(f"worker {name} did not start; see {root}/{name}.log")
+            time.sleep(0.1)
+        ready = time.perf_counter() - t_start
+        ids = [f"{backend}-{i}" for i in range(len(clips))]
+        t0 = time.perf_counter()
+        for job_id, clip in zip(ids, clips):
+            enqueue(client, Job(job_id=job_id, source=str(clip), options=JobOptions()),
+                    QueueSettings())
+        while sum(client.exists(keys.result_key(j)) for j in ids) < len(ids):
+            if proc.poll() is not None:
+                sys.exit(f"worker {name} exited; see {root}/{name}.log")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        bad = [j for j in ids if '"ok": true' not in (client.get(keys.result_key(j)) or "")]
+        if bad:
+            sys.exit(f"jobs failed: {bad}; see {root}/{name}.log")
+        return ready, elapsed
+    finally:
+        end(proc, signal.SIGTERM)
+        client.close()
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+SAMPLE = re.compile(r'^(restrav_[a-z0-9_]+)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN|\+Inf)$')
+
+
+def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
+    """Every labelled sample of serve's /metrics."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        text = r.read().decode()
+    out = []
+    for line in text.splitlines():
+        m = SAMPLE.match(line)
+        if m:
+            labels = dict(re.findall(r'([a-z_]+)="([^"]*)"', m.group(2) or ""))
+            out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def total(samples: list[tuple[str, dict[str, str], float]], name: str, **want: str) -> float:
+    """Sum of ``name``'s samples whose labels include ``want``."""
+    return sum(v for n, lab, v in samples
+               if n == name and all(lab.get(k) == x for k, x in want.items()))
+
+
+def buckets(samples: list[tuple[str, dict[str, str], float]], name: str) -> dict[float, float]:
+    """Cumulative bucket counts of a histogram, summed over its label sets."""
+    out: dict[float, float] = {}
+    for n, lab, v in samples:
+        if n == name + "_bucket":
+            le = float("inf") if lab["le"] == "+Inf" else float(lab["le"])
+            out[le] = out.get(le, 0.0) + v
+    return out
+
+
+def quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """histogram_quantile over the counts added between two scrapes (nan when none)."""
+    les = sorted(after)
+    counts = [after[le] - before.get(le, 0.0) for le in les]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    rank, prev_le, prev_c = q * counts[-1], 0.0, 0.0
+    for le, c in zip(les, counts):
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
+        prev_le, prev_c = le, c
+    return les[-1]
+
+
+def serve_run(backend: str, n: int, clip: Path, model: Path, cache: Path, threads: int,
+              root: Path, warmup: float, seconds: float) -> dict[str, Any]:
+    """One ``restrav serve`` with ``n`` real-time streams; figures over ``seconds``."""
+    port = free_port()
+    cfg = {
+        "serve": {
+            "api": {"port": port, "token": TOKEN},
+            "streams": [{"id": f"s{i}", "url": f"file://{clip}", "loop": True}
+                        for i in range(n)],
+        },
+    }
+    cfg_path = root / f"serve-{backend}-{n}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    t_start = time.perf_counter()
+    with (root / f"serve-{backend}-{n}.out").open("wb") as out, \
+            (root / f"serve-{backend}-{n}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "serve", "--config", str(cfg_path)],
+            cwd=REPO, env=env_for(backend, model, cache, threads), stdout=out, stderr=log,
+        )
+    try:
+        if not wait_port(port, 600):
+            sys.exit(f"serve did not start; see {root}")
+        deadline = time.monotonic() + 900
+        while not all(total(scrape(port), "restrav_stream_windows_scored_total", stream=f"s{i}")
+                      for i in range(n)):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                sys.exit(f"serve scored nothing; see {root}")
+            time.sleep(1.0)
+        ready = time.perf_counter() - t_start  # to every stream's first score
+        time.sleep(warmup)
+        a, t0 = scrape(port), time.perf_counter()
+        time.sleep(seconds)
+        b, el = scrape(port), time.perf_counter() - t0
+        lat_a = buckets(a, "restrav_stream_e2e_latency_seconds")
+        lat_b = buckets(b, "restrav_stream_e2e_latency_seconds")
+        scored = total(b, "restrav_stream_windows_scored_total") - total(
+            a, "restrav_stream_windows_scored_total")
+        sampled = total(b, "restrav_stream_frames_sampled_total") - total(
+            a, "restrav_stream_frames_sampled_total")
+        skipped = total(b, "restrav_stream_windows_skipped_total") - total(
+            a, "restrav_stream_windows_skipped_total")
+        return {
+            "backend": backend, "streams": n, "ready_s": ready,
+            "sampled_hz": sampled / el / n, "scored_hz": scored / el / n,
+            "skipped": skipped, "p50": quantile(0.5, lat_a, lat_b),
+            "p95": quantile(0.95, lat_a, lat_b), "seconds": el,
+            "capacity": total(b, "restrav_engine_capacity_samples_per_second"),
+        }
+    finally:
+        end(proc, signal.SIGTERM)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fast", default="openvino", help="the fast backend (default openvino)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parts", default="queue,serve")
+    ap.add_argument("--queue-clips", type=int, default=3)
+    ap.add_argument("--clip-seconds", type=float, default=3.0)
+    ap.add_argument("--streams", default="1,2")
+    ap.add_argument("--warmup", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=40.0)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    backends = ["torch", args.fast]
+    root = Path(tempfile.mkdtemp(prefix="restrav-cpu-paths-"))
+    print(f"CPU: {cpu_line()}")
+    print(f"threads {args.threads}; backends {backends}; load at start {loadavg()}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; logs in {root}")
+    model, cache = random_backbone_dir("vits14"), root / "graphs"
+    if args.fast != "torch":
+        _, info = build_runner(load_backbone(str(model), "cpu"), args.fast, "float32",
+                               args.threads, cache)
+        print(f"{args.fast} graph built in {info.build_s:.1f} s (before the clock)")
+    results: dict[str, Any] = {"cpu": cpu_line(), "queue": [], "serve": []}
+
+    if "queue" in args.parts:
+        clips = [make_720p(root / f"clip{i}.mp4", args.clip_seconds)
+                 for i in range(args.queue_clips)]
+        redis = RedisProcess(root)
+        redis.start()
+        try:
+            rows = []
+            for backend in backends:
+                ready, el = queue_run(backend, clips, model, cache, args.threads, redis.url,
+                                      root)
+                results["queue"].append({"backend": backend, "ready_s": ready, "seconds": el})
+                rows.append([backend, f"{ready:.1f}", f"{el:.1f}",
+                             f"{len(clips) / el * 60:.2f}", loadavg()])
+            base = results["queue"][0]["seconds"]
+            for row, r in zip(rows, results["queue"]):
+                row.insert(4, f"{base / r['seconds']:.2f}x")
+        finally:
+            redis.stop()
+        print(f"\nqueue worker: {len(clips)} clips of {args.clip_seconds:g} s 720p25 H.264, "
+              "whole clip at hop 1, one worker")
+        print(table(["backend", "ready s", "clips s", "clips/min", "vs torch", "load"], rows))
+
+    if "serve" in args.parts:
+        clip = make_720p(root / "stream.mp4", 20)
+        rows = []
+        for n in [int(s) for s in args.streams.split(",")]:
+            for backend in backends:
+                r = serve_run(backend, n, clip, model, cache, args.threads, root,
+                              args.warmup, args.seconds)
+                results["serve"].append(r)
+                rows.append([backend, n, f"{r['ready_s']:.1f}", f"{r['sampled_hz']:.2f}",
+                             f"{r['scored_hz']:.2f}", f"{r['skipped']:.0f}",
+                             f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{r['capacity']:.1f}",
+                             f"{r['capacity'] / 11.5:.2f}", loadavg()])
+        print(f"\nrestrav serve: 720p25 streams played in real time, {args.seconds:g} s "
+              f"measured after {args.warmup:g} s; per stream (full rate 11.5 Hz at hop 1)")
+        print(table(["backend", "streams", "ready s", "sampled Hz", "scored Hz",
+                     "windows skipped", "p50 latency s", "p95 latency s",
+                     "capacity samples/s", "streams at 11.5 Hz", "load"], rows))
+    print(f"\n(load at the end: {loadavg()})")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
