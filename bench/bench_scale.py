@@ -262,7 +262,9 @@ def summarise_profile(path: Path, top: int = 25) -> None:
     incl: Counter[tuple[str, str]] = Counter()
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
+        # "function (file:line)" -> "function (file)": a function's lines add up
+        frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") and ":" in f else f
+                  for f in stack.split(";")]
         thread, frames = frames[0], frames[1:]
         c = int(count)
         by_thread[thread] += c
