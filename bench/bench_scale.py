@@ -216,7 +216,13 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
         cmd = [spy, "record", "--threads", "-r", "200", "-f", "raw", "-o", str(profile),
                "--", *cmd]
     load0 = os.getloadavg()[0]
-    out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False)
+    try:
+        out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False,
+                             timeout=args.warmup + args.seconds + args.row_limit_s)
+    except subprocess.TimeoutExpired:
+        print(f"  row {n} ({tree.name}) did not finish within its limit", file=sys.stderr)
+        return {"streams": n, "tree": tree.name, "failed": "did not finish",
+                "load": (load0, os.getloadavg()[0])}
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"row {n} failed:\n{out.stderr[-3000:]}")
@@ -238,17 +244,22 @@ def export_tree(rev: str, into: Path) -> Path:
 def print_rows(rows: list[dict[str, Any]]) -> None:
     """The table."""
     print("| tree | streams | load avg | offered Hz/stream | sustained Hz/stream | samples/s | "
-          "frames/s | mean batch | windows skipped | p50 / p95 latency ms | CPU us/sample "
-          "(loop / device / host / other, CPU-s/s) | loop lag p99 / max ms | Redis cmd/s | "
-          "RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "frames/s | mean batch | windows skipped | frames dropped | p50 / p95 latency ms | "
+          "CPU us/sample (loop / device / host / other, CPU-s/s) | loop lag p99 / max ms | "
+          "Redis cmd/s | RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "failed" in r:
+            print(f"| {r['tree']} | {r['streams']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | "
+                  f"{r['failed']} |" + " |" * 12)
+            continue
         sh = r["cpu_share"]
         split = " / ".join(f"{sh.get(k, 0.0):.2f}" for k in
                            ("MainThread", "restrav-device", "restrav-host", "other"))
         print(f"| {r['tree']} | {r['streams']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | "
               f"{r['offered_hz']:.2f} | {r['sustained_hz']:.2f} | {r['embedded_sps']:.0f} | "
               f"{r['frames_per_s']:.0f} | {r['batch_mean']:.0f} | {r['skipped']:.0f} | "
+              f"{sum(r['dropped'].values()):.0f} | "
               f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} | {r['cpu_us']:.0f} ({split}) | "
               f"{r['lag_p99_ms']:.0f} / {r['lag_max_ms']:.0f} | {r['redis_cps']:.0f} | "
               f"{r['rss_mib']:.0f} |")
@@ -304,6 +315,8 @@ def main() -> int:
     p.add_argument("--compare", default=None, metavar="REV,REV",
                    help="before/after: run each row for both commits, alternating")
     p.add_argument("--repeat", type=int, default=1, help="rows per tree (with --compare)")
+    p.add_argument("--row-limit-s", type=float, default=150.0,
+                   help="a row still running this long after warm-up + seconds is cut")
     p.add_argument("--point", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--redis", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -22,8 +22,11 @@ Contract:
   back in a burst for ``burst_ms`` every ``burst_every_s``, as a network hands over a
   stalled buffer); ``phase=1`` (the default) starts each stream at a random offset
   within one frame interval, seeded by its name, so that streams do not all tick at
-  once. Frame times follow the source clock even when the event loop lags (it then
-  hands over the frames it owes at once, as a network buffer would).
+  once. Frame times follow the source clock even when the event loop lags: it then
+  hands over the frames it owes at once, as a decoder's buffer would, and, like
+  :class:`~monitor.media.sources.base.FrameBuffer` (keep the latest), only the last
+  ``buffer_frames`` of them (``serve.source.buffer_frames``); the frame after a hole
+  carries ``dropped_before``.
   :func:`register_synthetic_source` registers it as kind ``synthetic`` (scheme
   ``synth``); nothing is registered at import. Decode is not modelled: a frame
   costs the service nothing until it is sampled.
@@ -113,7 +116,7 @@ class SyntheticSource:
 
     def __init__(self, description: str, fps: float, size: int, frames: int = 0,
                  jitter_s: float = 0.0, burst_every_s: float = 0.0, burst_s: float = 0.0,
-                 phase: bool = False) -> None:
+                 phase: bool = False, buffer_frames: int = 0) -> None:
         self.description = description
         self.fps = fps
         self.frames = frames  # 0: endless
@@ -123,6 +126,7 @@ class SyntheticSource:
         self._rng = random.Random(zlib.crc32(description.encode()))
         self._image = np.zeros((size, size, 3), dtype=np.uint8)
         self._t0 = time.monotonic() + (self._rng.random() / fps if phase else 0.0)
+        self.buffer_frames = buffer_frames  # 0: unbounded
         self._i = 0
         self._closed = False
 
@@ -134,7 +138,7 @@ class SyntheticSource:
         return cls(ctx.description, float(q.get("fps", "11.5")), int(q.get("size", "32")),
                    int(q.get("frames", "0")), float(q.get("jitter_ms", "0")) / 1000,
                    float(q.get("burst_every_s", "0")), float(q.get("burst_ms", "0")) / 1000,
-                   q.get("phase", "1") == "1")
+                   q.get("phase", "1") == "1", ctx.settings.buffer_frames)
 
     def due(self, i: int) -> float:
         """When frame ``i`` is handed over (monotonic seconds)."""
@@ -152,13 +156,19 @@ class SyntheticSource:
         """The next frame, at its time on the source clock."""
         if self._closed or (self.frames and self._i >= self.frames):
             raise SourceClosed(self.description)
-        wait = self.due(self._i) - time.monotonic()
+        now = time.monotonic()
+        wait = self.due(self._i) - now
         if wait > 0:
             await asyncio.sleep(wait)
-        i = self._i
-        self._i += 1
+        dropped = 0
+        if self.buffer_frames:
+            # frames due by now beyond the buffer's capacity were dropped (oldest first)
+            owed = int((now - self._t0) * self.fps) + 1 - self._i
+            dropped = max(0, owed - self.buffer_frames)
+        i = self._i + dropped
+        self._i = i + 1
         return SourceFrame(pts_s=i / self.fps, arrival_s=time.monotonic(), index=i,
-                           image=self._image, to_rgb=_rgb)
+                           image=self._image, to_rgb=_rgb, dropped_before=dropped)
 
     async def aclose(self) -> None:
         """Stop (idempotent)."""

@@ -100,3 +100,12 @@ async def test_the_source_hands_over_frames_with_regular_pts() -> None:
     assert pts == pytest.approx([0, 0.02, 0.04, 0.06, 0.08])
     with pytest.raises(Exception, match="s"):
         await src.recv()
+
+
+async def test_a_source_far_behind_keeps_only_its_buffer_and_reports_the_hole() -> None:
+    src = SyntheticSource("s", 100.0, 4, buffer_frames=2)
+    src._t0 = time.monotonic() - 0.1  # 11 frames are due: the first 9 were dropped
+    f = await src.recv()
+    assert f.dropped_before >= 9 and f.pts_s == pytest.approx(f.dropped_before / 100)
+    g = await src.recv()
+    assert g.dropped_before == 0 and g.index == f.index + 1
