@@ -314,7 +314,9 @@ def main() -> int:
                    help="run N streams under py-spy and print where the time goes")
     p.add_argument("--compare", default=None, metavar="REV,REV",
                    help="before/after: run each row for both commits, alternating")
-    p.add_argument("--repeat", type=int, default=1, help="rows per tree (with --compare)")
+    p.add_argument("--trees", default=None, metavar="DIR,DIR",
+                   help="as --compare, for source trees (e.g. one with an extra package)")
+    p.add_argument("--repeat", type=int, default=1, help="rows per tree (--compare, --trees)")
     p.add_argument("--row-limit-s", type=float, default=150.0,
                    help="a row still running this long after warm-up + seconds is cut")
     p.add_argument("--point", type=int, default=None, help=argparse.SUPPRESS)
@@ -350,9 +352,11 @@ def main() -> int:
             trees = [ROOT]
             if args.compare:
                 trees = [export_tree(rev, Path(tmp) / rev) for rev in args.compare.split(",")]
+            elif args.trees:
+                trees = [Path(t).resolve() for t in args.trees.split(",")]
             rows = []
             for n in (int(v) for v in args.streams.split(",")):
-                for _ in range(args.repeat if args.compare else 1):
+                for _ in range(args.repeat if len(trees) > 1 else 1):
                     for tree in trees:
                         rows.append(_child(args, n, rs.url, None, tree))
                         print(f"  done {n}: {json.dumps(rows[-1])}", file=sys.stderr,
