@@ -63,6 +63,28 @@ def features_from_steps(distances: FloatArray, angles_deg: FloatArray) -> FloatA
     return out
 
 
+def features_from_steps_batch(distances: FloatArray, angles_deg: FloatArray) -> FloatArray:
+    """:func:`features_from_steps` of ``k`` windows at once (one numpy call per reduction
+    instead of one per window): ``(k, 23)`` distances and ``(k, 22)`` angles (degrees)
+    give ``(k, 21)`` features, each row equal to :func:`features_from_steps` of its row."""
+    d = np.asarray(distances, dtype=np.float64)
+    a = np.asarray(angles_deg, dtype=np.float64)
+    if d.ndim != 2 or d.shape[1:] != (N_DISTANCES,) or a.shape != (d.shape[0], N_ANGLES):
+        raise ValueError(
+            f"need (k, {N_DISTANCES}) distances and (k, {N_ANGLES}) angles, "
+            f"got {d.shape} and {a.shape}"
+        )
+    out = np.empty((d.shape[0], N_FEATURES), dtype=np.float64)
+    out[:, 0:7] = d[:, :7]
+    out[:, 7:13] = a[:, :6]
+    for col, x in ((13, d), (17, a)):
+        out[:, col] = x.mean(axis=1)
+        out[:, col + 1] = x.min(axis=1)
+        out[:, col + 2] = x.max(axis=1)
+        out[:, col + 3] = x.var(axis=1)
+    return out
+
+
 def trajectory_steps(
     z: npt.ArrayLike, zero_step_eps: float = ZERO_STEP_EPS, zero_step_angle_deg: float = 0.0
 ) -> tuple[FloatArray, FloatArray, int]:
@@ -243,6 +265,15 @@ class WindowRing:
         if r is None:
             return self.commit(None, None)
         return self.commit(float(r[0]), float(r[1]))
+
+    def window_steps(self) -> tuple[FloatArray, FloatArray, int] | None:
+        """The last 23 distances, 22 angles (copies) and the window's zero-length steps,
+        or None before the window is full (for :func:`features_from_steps_batch`)."""
+        if not self.ready:
+            return None
+        return (np.fromiter(self._d, dtype=np.float64, count=N_DISTANCES),
+                np.fromiter(self._a, dtype=np.float64, count=N_ANGLES),
+                sum(self._zero))
 
     def features(self, start_s: float = 0.0) -> WindowFeatures | None:
         """The 21 features of the last 24 samples, or None before the window is full."""

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import EngineSettings
-from ..core.geometry import ZERO_STEP_EPS, WindowRing
+from ..core.geometry import ZERO_STEP_EPS, WindowRing, features_from_steps_batch
 from ..media.colour import YUVPlanes
 from ..media.decode_guard import rss_bytes
 from ..metrics import StreamMetrics
@@ -266,7 +266,8 @@ class BatchScorer:
             if scalars
             else np.zeros((0, 2))
         )
-        ready: list[tuple[WindowState, EngineSample, WindowFeatures, int, float]] = []
+        due: list[tuple[WindowState, EngineSample, tuple[Any, Any, int], float, int,
+                        float]] = []
         j = 0
         for smp, st, p in zip(samples, states, pushed):
             if st is None:
@@ -284,9 +285,19 @@ class BatchScorer:
             st.arrivals.append(smp.arrival_s)
             ring = st.ring
             if ring.ready and (ring.samples - WINDOW_SAMPLES) % st.hop == 0:
-                wf = ring.features(start_s=st.times[0])
-                assert wf is not None
-                ready.append((st, smp, wf, sum(st.repeats), st.arrivals[0]))
+                steps = ring.window_steps()
+                assert steps is not None
+                due.append((st, smp, steps, st.times[0], sum(st.repeats), st.arrivals[0]))
+        # the features of every window due in the batch in one vectorised call
+        ready: list[tuple[WindowState, EngineSample, WindowFeatures, int, float]] = []
+        if due:
+            feats = features_from_steps_batch(np.stack([w[2][0] for w in due]),
+                                              np.stack([w[2][1] for w in due]))
+            for row, (st, smp, (d, a, zeros), start_s, reps, first) in zip(feats, due):
+                wf = WindowFeatures(features=row, repeated_frames=zeros, start_s=start_s,
+                                    distances=d, angles_deg=a,
+                                    zero_step_angle_deg=self.zero_step_angle_deg)
+                ready.append((st, smp, wf, reps, first))
         t_geom = time.monotonic()
 
         probs: list[float | None] = [None] * len(ready)
