@@ -197,19 +197,28 @@ def test_wrong_width_is_named() -> None:
 def test_the_step_table_gives_what_each_streams_ring_gives(seed: int) -> None:
     """Interleaved streams, several samples of a stream in one batch, restarts, batches
     of any size, a slot freed and reused: the batched update equals one ring per stream."""
+    _step_table_against_rings(seed, "cpu")
+
+
+@pytest.mark.cuda
+def test_the_step_table_on_cuda_gives_what_each_streams_ring_gives() -> None:
+    _step_table_against_rings(0, "cuda")
+
+
+def _step_table_against_rings(seed: int, device: str) -> None:
     rng = np.random.default_rng(seed)
     dim, streams = 16, 5
-    table = StepTable(dim, capacity=2)  # grows while streams are added
+    table = StepTable(dim, device, capacity=2)  # grows while streams are added
     slots = [table.add() for _ in range(streams)]
-    rings = [WindowRing(dim) for _ in range(streams)]
+    rings = [WindowRing(dim, device) for _ in range(streams)]
     pos = [0] * streams
     for batch_no in range(40):
         n = int(rng.integers(1, 12))
         who = [int(rng.integers(0, streams)) for _ in range(n)]
         if batch_no == 20:  # stream 0 goes; a new stream takes a slot (maybe its old one)
             table.remove(slots[0])
-            slots[0], rings[0], pos[0] = table.add(), WindowRing(dim), 0
-        z = torch.from_numpy(rng.normal(size=(n, dim)))
+            slots[0], rings[0], pos[0] = table.add(), WindowRing(dim, device), 0
+        z = torch.from_numpy(rng.normal(size=(n, dim))).to(device)
         restarts = [bool(rng.random() < 0.1) for _ in range(n)]
         positions, expected = [], []
         for i, s in enumerate(who):
@@ -217,7 +226,7 @@ def test_the_step_table_gives_what_each_streams_ring_gives(seed: int) -> None:
             positions.append(pos[s])
             r = rings[s].push(z[i], restart=pos[s] == 1)
             expected.append(None if r is None else (float(r[0]), float(r[1])))
-        got = table.push(z, [slots[s] for s in who], positions).numpy()
+        got = table.push(z, [slots[s] for s in who], positions).cpu().numpy()
         for i, exp in enumerate(expected):
             if exp is None:
                 assert positions[i] == 1
