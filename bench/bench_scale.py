@@ -52,7 +52,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_overload import cpu_model, lag_ticker  # noqa: E402
-from bench.standin import H100_MODELS, StandInEmbedder, register_synthetic_source  # noqa: E402
+from bench.standin import (  # noqa: E402
+    H100_MODELS,
+    StandInEmbedder,
+    SyntheticSource,
+    decoder_clock,
+    register_synthetic_source,
+)
 from tests.redisproc import RedisProcess, free_port  # noqa: E402
 
 TOKEN = "bench-scale-token"
@@ -201,6 +207,31 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         "lag_p99_ms": _pct(lag, 0.99), "lag_max_ms": max(lag, default=float("nan")),
         "redis_cps": (c1 - c0) / elapsed, "rss_mib": rss, "hwm_mib": hwm,
     }
+
+
+async def sources_only(n: int, fps: float, seconds: float) -> float:
+    """CPU microseconds per frame of ``n`` synthetic sources alone, each read by a bare
+    loop (the harness's share of a row's CPU, to tell it from the service's)."""
+    clock = decoder_clock()
+    srcs = [SyntheticSource(f"s{i}", fps, 16, phase=True, buffer_frames=8).clocked(clock)
+            for i in range(n)]
+    frames = 0
+    stop = time.monotonic() + 2.0 + seconds
+    t0, cpu0, f0 = 0.0, 0.0, 0
+
+    async def read(src: SyntheticSource) -> None:
+        nonlocal frames
+        while time.monotonic() < stop:
+            await src.recv()
+            frames += 1
+
+    async def mark() -> None:
+        nonlocal t0, cpu0, f0
+        await asyncio.sleep(2.0)
+        t0, cpu0, f0 = time.monotonic(), time.process_time(), frames
+
+    await asyncio.gather(mark(), *(read(s) for s in srcs))
+    return 1e6 * (time.process_time() - cpu0) / max(1, frames - f0)
 
 
 def _child(args: argparse.Namespace, n: int, redis_url: str,
@@ -362,6 +393,11 @@ def main() -> int:
                         print(f"  done {n}: {json.dumps(rows[-1])}", file=sys.stderr,
                               flush=True)
             print_rows(rows)
+            n = max(int(v) for v in args.streams.split(","))
+            us = asyncio.run(sources_only(n, args.fps, 10.0))
+            print(f"\nThe harness's own share: {n} synthetic sources read by a bare loop cost "
+                  f"{us:.1f} us of CPU per frame ({us * args.fps / 11.5:.1f} us per sample at "
+                  f"{args.fps:g} fps; load average {os.getloadavg()[0]:.1f}).")
         finally:
             rs.stop()
     return 0

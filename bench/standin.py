@@ -27,6 +27,13 @@ Contract:
   :class:`~monitor.media.sources.base.FrameBuffer` (keep the latest), only the last
   ``buffer_frames`` of them (``serve.source.buffer_frames``); the frame after a hole
   carries ``dropped_before``.
+  Opened as a stream (``synth://``), its frames are delivered as a decoder's are:
+  a :class:`DecoderClock` (one timer per event loop, every ``tick_s``) puts the
+  frames due into each source's real :class:`~monitor.media.sources.base.FrameBuffer`
+  (keep the latest ``serve.source.buffer_frames``; the frame after a hole carries
+  ``dropped_before``) and ``recv`` is the buffer's ``get``, so the event loop pays
+  what it pays for a real source (``delivery=sleep``: one ``asyncio.sleep`` per
+  frame instead, and no buffer unless ``buffer_frames`` is given).
   :func:`register_synthetic_source` registers it as kind ``synthetic`` (scheme
   ``synth``); nothing is registered at import. Decode is not modelled: a frame
   costs the service nothing until it is sampled.
@@ -47,7 +54,13 @@ import numpy as np
 import torch
 
 from monitor.config import StreamSpec
-from monitor.media.sources.base import SourceContext, SourceFrame, register_source_kind
+from monitor.media.sources.base import (
+    DropPolicy,
+    FrameBuffer,
+    SourceContext,
+    SourceFrame,
+    register_source_kind,
+)
 from monitor.types import SourceClosed
 
 H100_MODELS: dict[str, tuple[float, float]] = {
@@ -111,6 +124,48 @@ def _rgb(image: Any) -> Any:
     return image
 
 
+class DecoderClock:
+    """Delivers the frames of every clocked :class:`SyntheticSource` of one event loop:
+    every ``tick_s`` the frames due go into their sources' buffers (one timer for all
+    streams, as decode threads hand over frames; see the module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float = 0.005) -> None:
+        self.loop = loop
+        self.tick_s = tick_s
+        self.sources: dict[int, SyntheticSource] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, src: SyntheticSource) -> None:
+        """Deliver ``src``'s frames from now on."""
+        self.sources[id(src)] = src
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.tick_s, self._tick)
+
+    def remove(self, src: SyntheticSource) -> None:
+        """Stop delivering ``src``'s frames."""
+        self.sources.pop(id(src), None)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for src in list(self.sources.values()):
+            src.deliver(now)
+        self._timer = (self.loop.call_later(self.tick_s, self._tick) if self.sources
+                       else None)
+
+
+_CLOCKS: dict[asyncio.AbstractEventLoop, DecoderClock] = {}
+
+
+def decoder_clock() -> DecoderClock:
+    """The running loop's :class:`DecoderClock`."""
+    loop = asyncio.get_running_loop()
+    for old in [lp for lp in _CLOCKS if lp.is_closed()]:
+        del _CLOCKS[old]
+    if loop not in _CLOCKS:
+        _CLOCKS[loop] = DecoderClock(loop)
+    return _CLOCKS[loop]
+
+
 class SyntheticSource:
     """Frames at ``fps`` in real time (see the module docstring)."""
 
@@ -129,16 +184,38 @@ class SyntheticSource:
         self.buffer_frames = buffer_frames  # 0: unbounded
         self._i = 0
         self._closed = False
+        self._clock: DecoderClock | None = None
+        self._buffer: FrameBuffer | None = None
+
+    def clocked(self, clock: DecoderClock) -> SyntheticSource:
+        """Have ``clock`` deliver the frames into a FrameBuffer (see the module docstring)."""
+        self._clock = clock
+        self._buffer = FrameBuffer(clock.loop, max(1, self.buffer_frames or 8),
+                                   DropPolicy.KEEP_LATEST)
+        clock.add(self)
+        return self
+
+    def deliver(self, now: float) -> None:
+        """Put the frames due by ``now`` into the buffer (the clock's tick)."""
+        assert self._buffer is not None
+        while (not self.frames or self._i < self.frames) and self.due(self._i) <= now:
+            i = self._i
+            self._i += 1
+            self._buffer.put(SourceFrame(pts_s=i / self.fps, arrival_s=now, index=i,
+                                         image=self._image, to_rgb=_rgb))
+        if self.frames and self._i >= self.frames:
+            self._buffer.close()
 
     @classmethod
     async def open(cls, spec: StreamSpec, ctx: SourceContext) -> SyntheticSource:
         """The source of ``spec`` (query: ``fps``, ``size``, ``frames``, ``jitter_ms``,
         ``burst_every_s``, ``burst_ms``, ``phase``)."""
         q = {k: v[0] for k, v in parse_qs(urlsplit(spec.url).query).items()}
-        return cls(ctx.description, float(q.get("fps", "11.5")), int(q.get("size", "32")),
-                   int(q.get("frames", "0")), float(q.get("jitter_ms", "0")) / 1000,
-                   float(q.get("burst_every_s", "0")), float(q.get("burst_ms", "0")) / 1000,
-                   q.get("phase", "1") == "1", ctx.settings.buffer_frames)
+        src = cls(ctx.description, float(q.get("fps", "11.5")), int(q.get("size", "32")),
+                  int(q.get("frames", "0")), float(q.get("jitter_ms", "0")) / 1000,
+                  float(q.get("burst_every_s", "0")), float(q.get("burst_ms", "0")) / 1000,
+                  q.get("phase", "1") == "1", ctx.settings.buffer_frames)
+        return src if q.get("delivery") == "sleep" else src.clocked(decoder_clock())
 
     def due(self, i: int) -> float:
         """When frame ``i`` is handed over (monotonic seconds)."""
@@ -154,6 +231,10 @@ class SyntheticSource:
 
     async def recv(self) -> SourceFrame:
         """The next frame, at its time on the source clock."""
+        if self._buffer is not None:
+            if self._closed:
+                raise SourceClosed(self.description)
+            return await self._buffer.get()
         if self._closed or (self.frames and self._i >= self.frames):
             raise SourceClosed(self.description)
         now = time.monotonic()
@@ -173,6 +254,10 @@ class SyntheticSource:
     async def aclose(self) -> None:
         """Stop (idempotent)."""
         self._closed = True
+        if self._clock is not None:
+            self._clock.remove(self)
+        if self._buffer is not None:
+            self._buffer.close()
 
 
 def register_synthetic_source() -> None:

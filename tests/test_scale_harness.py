@@ -14,7 +14,12 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from bench.standin import StandInEmbedder, SyntheticSource, register_synthetic_source
+from bench.standin import (
+    StandInEmbedder,
+    SyntheticSource,
+    decoder_clock,
+    register_synthetic_source,
+)
 from monitor.config import ApiSettings, RedisSettings, ServeSettings, Settings, StreamSpec
 from monitor.types import FEATURE_NAMES
 from tests.redisproc import free_port
@@ -109,3 +114,19 @@ async def test_a_source_far_behind_keeps_only_its_buffer_and_reports_the_hole() 
     assert f.dropped_before >= 9 and f.pts_s == pytest.approx(f.dropped_before / 100)
     g = await src.recv()
     assert g.dropped_before == 0 and g.index == f.index + 1
+
+
+async def test_clocked_frames_come_through_a_frame_buffer_that_keeps_the_latest() -> None:
+    clock = decoder_clock()
+    src = SyntheticSource("c", 100.0, 4, buffer_frames=3).clocked(clock)
+    first = await src.recv()
+    assert first.index == 0 and first.dropped_before == 0
+    await asyncio.sleep(0.2)  # about 20 frames due; the buffer keeps the last 3
+    late = await src.recv()
+    assert late.dropped_before >= 10
+    assert late.index == first.index + late.dropped_before + 1
+    assert late.pts_s == pytest.approx(late.index / 100)
+    nxt = await src.recv()
+    assert nxt.index == late.index + 1 and nxt.dropped_before == 0
+    await src.aclose()
+    assert id(src) not in clock.sources
