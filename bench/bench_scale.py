@@ -39,6 +39,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -360,6 +361,8 @@ def main() -> int:
 
         print(json.dumps(asyncio.run(run_point(args))), flush=True)
         return 0
+    # SIGTERM: the running row's process is killed and the redis-server stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     fixed_s, per_s = H100_MODELS[args.model]
     a = args.fixed_ms if args.fixed_ms is not None else fixed_s * 1000
     b = args.per_sample_ms if args.per_sample_ms is not None else per_s * 1000
