@@ -171,6 +171,7 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         m0 = _scrape(await (await http.get(url)).text())
         c0, cpu0, th0 = await _commands(rc), time.process_time(), _thread_cpu()
         lags.clear()
+        print("measuring", flush=True)  # a profiler attaches now (--profile)
         t0w, t0 = time.time(), time.monotonic()
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
@@ -243,11 +244,9 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
         v = getattr(args, k)
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
-    if profile is not None:
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        cmd = [spy, "record", "--threads", "-r", "200", "-f", "raw", "-o", str(profile),
-               "--", *cmd]
     load0 = os.getloadavg()[0]
+    if profile is not None:
+        return _profiled(args, cmd, tree, profile, load0)
     try:
         out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False,
                              timeout=args.warmup + args.seconds + args.row_limit_s)
@@ -258,6 +257,29 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"row {n} failed:\n{out.stderr[-3000:]}")
+    r: dict[str, Any] = json.loads(lines[-1])
+    r["load"] = (load0, os.getloadavg()[0])
+    r["tree"] = tree.name
+    return r
+
+
+def _profiled(args: argparse.Namespace, cmd: list[str], tree: Path, profile: Path,
+              load0: float) -> dict[str, Any]:
+    """One row with py-spy attached for the measured period only (not start-up),
+    without pausing the process (``--nonblocking``)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    with subprocess.Popen(cmd, cwd=tree, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith("measuring"):
+                break
+        subprocess.run([spy, "record", "--threads", "--nonblocking", "-r", "100", "-f", "raw",
+                        "-d", str(max(1, int(args.seconds) - 1)), "-o", str(profile),
+                        "--pid", str(child.pid)], capture_output=True, check=True)
+        rest = child.stdout.read()
+    lines = [ln for ln in rest.splitlines() if ln.startswith("{")]
+    if child.returncode != 0 or not lines:
+        raise RuntimeError(f"profiled row {cmd} failed")
     r: dict[str, Any] = json.loads(lines[-1])
     r["load"] = (load0, os.getloadavg()[0])
     r["tree"] = tree.name
@@ -316,7 +338,8 @@ def summarise_profile(path: Path, top: int = 25) -> None:
         for f in set(frames):
             incl[(thread, f)] += c
     total = sum(by_thread.values())
-    print(f"py-spy: {total} samples at 200 Hz while a thread ran (idle left out)\n")
+    print(f"py-spy: {total} samples at 100 Hz over the measured period, while a thread ran "
+          f"(idle left out)\n")
     for thread, c in by_thread.most_common(4):
         print(f"### {thread}: {100 * c / total:.0f} % of the samples\n")
         print("| function | self % of thread | inclusive % |")
@@ -376,18 +399,19 @@ def main() -> int:
         rs = RedisProcess(Path(tmp))
         rs.start()
         try:
-            if args.profile is not None:
-                out = Path(tmp) / "profile.txt"
-                r = _child(args, args.profile, rs.url, out)
-                print_rows([r])
-                print()
-                summarise_profile(out)
-                return 0
             trees = [ROOT]
             if args.compare:
                 trees = [export_tree(rev, Path(tmp) / rev) for rev in args.compare.split(",")]
             elif args.trees:
                 trees = [Path(t).resolve() for t in args.trees.split(",")]
+            if args.profile is not None:
+                for i, tree in enumerate(trees):
+                    out = Path(tmp) / f"profile{i}.txt"
+                    r = _child(args, args.profile, rs.url, out, tree)
+                    print_rows([r])
+                    print()
+                    summarise_profile(out)
+                return 0
             rows = []
             for n in (int(v) for v in args.streams.split(",")):
                 for _ in range(args.repeat if len(trees) > 1 else 1):
