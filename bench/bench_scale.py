@@ -142,7 +142,14 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
     import redis.asyncio as aioredis
     from pydantic import SecretStr
 
-    from monitor.config import ApiSettings, RedisSettings, ServeSettings, Settings, StreamSpec
+    from monitor.config import (
+        ApiSettings,
+        EngineSettings,
+        RedisSettings,
+        ServeSettings,
+        Settings,
+        StreamSpec,
+    )
     from workers.serve_cmd import serve
 
     fixed_s, per_s = H100_MODELS[args.model]
@@ -155,10 +162,12 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
              f"&burst_every_s={args.burst_every_s:g}&burst_ms={args.burst_ms:g}")
     streams = tuple(StreamSpec(id=f"s{i}", url=f"synth://s{i}?{query}") for i in range(n))
     port = free_port()
+    engine = {} if args.convert_threads is None else {"convert_threads": args.convert_threads}
     settings = Settings(
         redis=RedisSettings(url=SecretStr(args.redis)),
         serve=ServeSettings(streams=streams, persist_streams=False,
-                            api=ApiSettings(port=port, token=SecretStr(TOKEN))),
+                            api=ApiSettings(port=port, token=SecretStr(TOKEN)),
+                            engine=EngineSettings(**engine)),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(serve(settings, stop, StandInEmbedder(fixed_s, per_s, args.dim)))
@@ -244,7 +253,7 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
            profile: Path | None, tree: Path = ROOT) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.bench_scale", "--point", str(n), "--redis", redis_url]
     for k in ("seconds", "warmup", "model", "fps", "jitter_ms", "burst_every_s", "burst_ms",
-              "dim", "fixed_ms", "per_sample_ms"):
+              "dim", "fixed_ms", "per_sample_ms", "convert_threads"):
         v = getattr(args, k)
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -369,6 +378,8 @@ def main() -> int:
     p.add_argument("--burst-every-s", type=float, default=0.0)
     p.add_argument("--burst-ms", type=float, default=0.0)
     p.add_argument("--dim", type=int, default=64, help="stand-in embedding size")
+    p.add_argument("--convert-threads", type=int, default=None,
+                   help="serve.engine.convert_threads (default: the setting's default)")
     p.add_argument("--profile", type=int, default=None, metavar="N",
                    help="run N streams under py-spy and print where the time goes")
     p.add_argument("--compare", default=None, metavar="REV,REV",
