@@ -213,7 +213,9 @@ async def run_load(
     sink = CountingSink()
     manager = StreamManager(engine, sink, settings, metrics)
     for i in range(n_streams):
-        await manager.add(StreamSpec(id=f"s{i}", url=f"synth://s{i}?fps={SAMPLE_HZ}&size=16"),
+        # as when these figures were taken: each source sleeps until its frames' times
+        url = f"synth://s{i}?fps={SAMPLE_HZ}&size=16&delivery=sleep&phase=0"
+        await manager.add(StreamSpec(id=f"s{i}", url=url),
                           persist=False)
     lags: list[float] = []
     stop = asyncio.Event()
