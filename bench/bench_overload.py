@@ -4,7 +4,7 @@ The real :class:`~monitor.live.engine.Engine` (settings as ``serve`` builds it: 
 queue derived, rotation on), the real :class:`~monitor.live.service.StreamManager` and
 stream tasks (sampler, submit, score callbacks, alert hysteresis), fed by synthetic
 live sources at 11.5 Hz, with a stand-in backbone of known cost
-(:class:`~monitor.live.standin.StandInEmbedder`, default ``2 ms + n x 1 ms`` per batch: a
+(:class:`~bench.standin.StandInEmbedder`, default ``2 ms + n x 1 ms`` per batch: a
 capacity of about 1,000 samples/s, so that 4x overload is about 350 streams, which
 these two cores can feed; ``--per-sample-ms 0.083`` is an H100 in bf16, whose capacity
 the event loop of two cores cannot offer 4x of).
@@ -45,12 +45,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from bench.standin import StandInEmbedder, StillFrame, register_synthetic_source  # noqa: E402
 from monitor.config import EngineSettings, ServeSettings, StreamSpec  # noqa: E402
 from monitor.live.alerts import AlertEvent  # noqa: E402
 from monitor.live.batch import EngineSample  # noqa: E402
 from monitor.live.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap  # noqa: E402
 from monitor.live.service import StreamManager  # noqa: E402
-from monitor.live.standin import StandInEmbedder, StillFrame, register_synthetic_source  # noqa: E402
 from monitor.metrics import StreamMetrics  # noqa: E402
 from monitor.types import SAMPLE_HZ, SAMPLE_INTERVAL_S, WINDOW_SAMPLES, StreamScore  # noqa: E402
 
@@ -64,6 +64,15 @@ def cpu_model() -> str:
     info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     return (f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs, "
             f"{info.get('Thread(s) per core', '?').strip()} thread(s) per core")
+
+
+async def lag_ticker(lags: list[float], stop: asyncio.Event, period_s: float = 0.01) -> None:
+    """Event-loop lag: how late each ``period_s`` sleep wakes (s), into ``lags``, until
+    ``stop`` is set."""
+    while not stop.is_set():
+        t = time.monotonic()
+        await asyncio.sleep(period_s)
+        lags.append(time.monotonic() - t - period_s)
 
 
 @dataclass
@@ -204,18 +213,13 @@ async def run_load(
     sink = CountingSink()
     manager = StreamManager(engine, sink, settings, metrics)
     for i in range(n_streams):
-        await manager.add(StreamSpec(id=f"s{i}", url=f"synth://s{i}?fps={SAMPLE_HZ}&size=16"),
+        # as when these figures were taken: each source sleeps until its frames' times
+        url = f"synth://s{i}?fps={SAMPLE_HZ}&size=16&delivery=sleep&phase=0"
+        await manager.add(StreamSpec(id=f"s{i}", url=url),
                           persist=False)
     lags: list[float] = []
     stop = asyncio.Event()
-
-    async def ticker() -> None:
-        while not stop.is_set():
-            t = time.monotonic()
-            await asyncio.sleep(0.01)
-            lags.append(time.monotonic() - t - 0.01)
-
-    tick = asyncio.create_task(ticker())
+    tick = asyncio.create_task(lag_ticker(lags, stop))
     await asyncio.sleep(warmup_s)
     statuses = manager.list()
     sampled0 = sum(s.samples for s in statuses)

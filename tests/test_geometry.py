@@ -16,6 +16,7 @@ from monitor.core.geometry import (
     ZERO_STEP_EPS,
     WindowRing,
     features_from_steps,
+    features_from_steps_batch,
     trajectory_steps,
     window_features,
 )
@@ -259,3 +260,18 @@ def test_incremental_reset_starts_a_fresh_window() -> None:
 def test_incremental_rejects_wrong_width() -> None:
     with pytest.raises(ValueError):
         WindowRing(4).update(torch.zeros(5))
+
+
+def test_features_of_many_windows_at_once_equal_each_window_alone() -> None:
+    rng = np.random.default_rng(3)
+    d = rng.gamma(2.0, 10.0, size=(50, WINDOW_SAMPLES - 1))
+    a = rng.uniform(0, 180, size=(50, WINDOW_SAMPLES - 2))
+    a[7, :] = 90.0  # a window of zero steps in the 90-degree convention
+    out = features_from_steps_batch(d, a)
+    assert out.shape == (50, N_FEATURES) and out.dtype == np.float64
+    for i in range(50):
+        np.testing.assert_allclose(out[i], features_from_steps(d[i], a[i]), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="distances"):
+        features_from_steps_batch(d[:, :5], a)
+    with pytest.raises(ValueError, match="angles"):
+        features_from_steps_batch(d, a[:3])

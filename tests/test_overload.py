@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from bench.standin import StandInEmbedder, StillFrame, register_synthetic_source
 from monitor.config import EngineSettings, ServeSettings, StreamSpec
 from monitor.live.api import ApiContext, create_app
 from monitor.live.batch import EngineSample
@@ -27,7 +28,6 @@ from monitor.live.engine import Engine
 from monitor.live.service import StreamManager
 from monitor.live.shedding import ACCEPT, YIELD_WINDOW, BatchCost, Shedder, derive_sizes
 from monitor.live.sinks import MemorySink
-from monitor.live.standin import StandInEmbedder, StillFrame, register_synthetic_source
 from monitor.metrics import StreamMetrics
 from monitor.types import SAMPLE_INTERVAL_S, WINDOW_SAMPLES, StreamScore
 

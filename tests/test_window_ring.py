@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.core.geometry import ZERO_STEP_EPS, WindowRing, window_features
+from monitor.core.geometry import ZERO_STEP_EPS, StepTable, WindowRing, window_features
 from monitor.types import WINDOW_SAMPLES
 
 
@@ -191,3 +191,60 @@ def test_the_window_before_it_is_full_and_a_float64_ring() -> None:
 def test_wrong_width_is_named() -> None:
     with pytest.raises(ValueError, match="embedding has 5 values, expected 4"):
         WindowRing(4).push(torch.zeros(5))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_step_table_gives_what_each_streams_ring_gives(seed: int) -> None:
+    """Interleaved streams, several samples of a stream in one batch, restarts, batches
+    of any size, a slot freed and reused: the batched update equals one ring per stream."""
+    _step_table_against_rings(seed, "cpu")
+
+
+@pytest.mark.cuda
+def test_the_step_table_on_cuda_gives_what_each_streams_ring_gives() -> None:
+    _step_table_against_rings(0, "cuda")
+
+
+def _step_table_against_rings(seed: int, device: str) -> None:
+    rng = np.random.default_rng(seed)
+    dim, streams = 16, 5
+    table = StepTable(dim, device, capacity=2)  # grows while streams are added
+    slots = [table.add() for _ in range(streams)]
+    rings = [WindowRing(dim, device) for _ in range(streams)]
+    pos = [0] * streams
+    for batch_no in range(40):
+        n = int(rng.integers(1, 12))
+        who = [int(rng.integers(0, streams)) for _ in range(n)]
+        if batch_no == 20:  # stream 0 goes; a new stream takes a slot (maybe its old one)
+            table.remove(slots[0])
+            slots[0], rings[0], pos[0] = table.add(), WindowRing(dim, device), 0
+        z = torch.from_numpy(rng.normal(size=(n, dim))).to(device)
+        restarts = [bool(rng.random() < 0.1) for _ in range(n)]
+        positions, expected = [], []
+        for i, s in enumerate(who):
+            pos[s] = 1 if restarts[i] or pos[s] == 0 else pos[s] + 1
+            positions.append(pos[s])
+            r = rings[s].push(z[i], restart=pos[s] == 1)
+            expected.append(None if r is None else (float(r[0]), float(r[1])))
+        got = table.push(z, [slots[s] for s in who], positions).cpu().numpy()
+        for i, exp in enumerate(expected):
+            if exp is None:
+                assert positions[i] == 1
+                continue
+            assert got[i, 0] == pytest.approx(exp[0], rel=1e-12)
+            if positions[i] >= 3:
+                assert got[i, 1] == pytest.approx(exp[1], rel=1e-9, abs=1e-12)
+
+
+def test_the_step_table_checks_the_batch_shape() -> None:
+    table = StepTable(4)
+    with pytest.raises(ValueError, match="expected"):
+        table.push(torch.zeros(2, 5), [table.add(), table.add()], [1, 1])
+
+
+def test_a_ring_without_device_state_only_commits() -> None:
+    ring = WindowRing(8, device_state=False)
+    assert ring.ring.numel() == 0
+    with pytest.raises(RuntimeError, match="only commits"):
+        ring.push(torch.zeros(8))
+    assert ring.commit(None, None) is None and ring.samples == 1

@@ -31,6 +31,7 @@ from monitor.live.api import (
     redis_ready_check,
     resolve_token,
 )
+from monitor.live.batch import TensorEmbedder
 from monitor.live.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap
 from monitor.live.evidence.recorder import EvidenceRecorder
 from monitor.live.http_guard import ServerLog
@@ -190,8 +191,14 @@ def classifier_name(settings: Settings) -> str:
     return path.name if path is not None else "default"
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
-    """The service: returns the exit status after a drain (``stop`` or a signal)."""
+async def serve(
+    settings: Settings, stop: asyncio.Event | None = None,
+    embedder: TensorEmbedder | None = None,
+) -> int:
+    """The service: returns the exit status after a drain (``stop`` or a signal).
+
+    ``embedder``: the backbone to use instead of loading ``settings.model`` (a
+    simulation's stand-in; the rest of the composition is the same)."""
     s = settings.serve
     token = resolve_token(s.api)
     check_port_free(s.api.host, s.api.port)  # before the model load, which takes seconds
@@ -214,13 +221,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> int:
     # renewed from now on: the model load may outlast the key's TTL
     solo_task = asyncio.create_task(solo.run(), name="solo-guard") if solo else None
 
-    log.info("loading model %s", settings.model.ref)
-    try:
-        embedder = await asyncio.to_thread(build_embedder, settings)
-    except BaseException:  # not started: the key goes now, not after its TTL
-        await _let_go(solo, solo_task)
-        raise
-    embedder.batch_size = max(embedder.batch_size, s.engine.max_batch or MAX_DERIVED_BATCH)
+    if embedder is None:
+        log.info("loading model %s", settings.model.ref)
+        try:
+            loaded = await asyncio.to_thread(build_embedder, settings)
+        except BaseException:  # not started: the key goes now, not after its TTL
+            await _let_go(solo, solo_task)
+            raise
+        loaded.batch_size = max(loaded.batch_size, s.engine.max_batch or MAX_DERIVED_BATCH)
+        embedder = loaded
     s = s.model_copy(update={"source": resolve_decode_backend(s.source, str(embedder.device))})
     classifier = build_classifier(settings, embedder.embedding_dim)
     if classifier is None:

@@ -63,6 +63,28 @@ def features_from_steps(distances: FloatArray, angles_deg: FloatArray) -> FloatA
     return out
 
 
+def features_from_steps_batch(distances: FloatArray, angles_deg: FloatArray) -> FloatArray:
+    """:func:`features_from_steps` of ``k`` windows at once (one numpy call per reduction
+    instead of one per window): ``(k, 23)`` distances and ``(k, 22)`` angles (degrees)
+    give ``(k, 21)`` features, each row equal to :func:`features_from_steps` of its row."""
+    d = np.asarray(distances, dtype=np.float64)
+    a = np.asarray(angles_deg, dtype=np.float64)
+    if d.ndim != 2 or d.shape[1:] != (N_DISTANCES,) or a.shape != (d.shape[0], N_ANGLES):
+        raise ValueError(
+            f"need (k, {N_DISTANCES}) distances and (k, {N_ANGLES}) angles, "
+            f"got {d.shape} and {a.shape}"
+        )
+    out = np.empty((d.shape[0], N_FEATURES), dtype=np.float64)
+    out[:, 0:7] = d[:, :7]
+    out[:, 7:13] = a[:, :6]
+    for col, x in ((13, d), (17, a)):
+        out[:, col] = x.mean(axis=1)
+        out[:, col + 1] = x.min(axis=1)
+        out[:, col + 2] = x.max(axis=1)
+        out[:, col + 3] = x.var(axis=1)
+    return out
+
+
 def trajectory_steps(
     z: npt.ArrayLike, zero_step_eps: float = ZERO_STEP_EPS, zero_step_angle_deg: float = 0.0
 ) -> tuple[FloatArray, FloatArray, int]:
@@ -133,7 +155,8 @@ class WindowRing:
     it in push order. ``window()`` returns
     the 24 embeddings of the current window, oldest first (a copy).
     ``zero_step_angle_deg`` is the feature convention (0 or 90, see the module
-    docstring), fixed for the ring's life.
+    docstring), fixed for the ring's life. ``device_state=False`` allocates nothing
+    on the device: the scalars come from a :class:`StepTable` and the ring only commits.
     """
 
     def __init__(
@@ -143,13 +166,17 @@ class WindowRing:
         zero_step_eps: float = ZERO_STEP_EPS,
         ring_dtype: torch.dtype = torch.float32,
         zero_step_angle_deg: float = 0.0,
+        device_state: bool = True,
     ) -> None:
         self.dim = dim
         self.device = torch.device(device)
         self.zero_step_eps = zero_step_eps
         self.zero_step_angle_deg = check_zero_step_angle(zero_step_angle_deg)
-        self.ring = torch.zeros(WINDOW_SAMPLES, dim, dtype=ring_dtype, device=self.device)
-        self.steps = torch.zeros(2, dim, dtype=torch.float64, device=self.device)
+        # device_state=False: the steps come from elsewhere (a StepTable), only commit()
+        self.ring = torch.zeros(WINDOW_SAMPLES if device_state else 0, dim, dtype=ring_dtype,
+                                device=self.device)
+        self.steps = torch.zeros(2 if device_state else 0, dim, dtype=torch.float64,
+                                 device=self.device)
         self._head = -1  # ring slot of the newest embedding
         self._cur_step = 0  # steps slot the next step is written to
         self._n = 0  # samples pushed since reset
@@ -185,6 +212,8 @@ class WindowRing:
 
         ``restart=True`` makes this sample the first of a new window (a gap).
         """
+        if not len(self.ring):
+            raise RuntimeError("a ring made with device_state=False only commits")
         zf = z.reshape(-1)
         if zf.numel() != self.dim:
             raise ValueError(f"embedding has {zf.numel()} values, expected {self.dim}")
@@ -244,6 +273,15 @@ class WindowRing:
             return self.commit(None, None)
         return self.commit(float(r[0]), float(r[1]))
 
+    def window_steps(self) -> tuple[FloatArray, FloatArray, int] | None:
+        """The last 23 distances, 22 angles (copies) and the window's zero-length steps,
+        or None before the window is full (for :func:`features_from_steps_batch`)."""
+        if not self.ready:
+            return None
+        return (np.fromiter(self._d, dtype=np.float64, count=N_DISTANCES),
+                np.fromiter(self._a, dtype=np.float64, count=N_ANGLES),
+                sum(self._zero))
+
     def features(self, start_s: float = 0.0) -> WindowFeatures | None:
         """The 21 features of the last 24 samples, or None before the window is full."""
         if not self.ready:
@@ -264,3 +302,80 @@ class WindowRing:
         n = min(self._n, WINDOW_SAMPLES)
         idx = [(self._head - n + 1 + i) % WINDOW_SAMPLES for i in range(n)]
         return self.ring[torch.tensor(idx, dtype=torch.long, device=self.device)]
+
+
+class StepTable:
+    """The device side of many streams' rings, updated one batch at a time: the engine's
+    form of :meth:`WindowRing.push` (a few tensor operations per batch, not several per
+    sample; one ``(D,)`` embedding and one float64 step per stream instead of a
+    ``(24, D)`` ring).
+
+    Contract: each stream holds a slot (:meth:`add`, :meth:`remove`).
+    ``push(z, slots, positions)`` takes a batch's embeddings ``(n, D)`` in sample order,
+    each sample's slot, and its position in its stream's trajectory (1 for the first
+    sample of a window, then 2, 3, ...; several samples of one stream may be in a
+    batch, in order), and returns ``(n, 2)`` float64 on the device: per sample the step
+    distance and its dot product with the previous step, exactly what
+    :meth:`WindowRing.push` returns for the same sequence (row values are meaningless
+    for position 1, and the dot for position 2), to be committed in order with
+    :meth:`WindowRing.commit`. Steps are taken between embeddings as stored
+    (``ring_dtype``) in float64, as the ring does.
+    """
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu",
+                 ring_dtype: torch.dtype = torch.float32, capacity: int = 64) -> None:
+        self.dim = dim
+        self.device = torch.device(device)
+        self.last_z = torch.zeros(capacity, dim, dtype=ring_dtype, device=self.device)
+        self.last_step = torch.zeros(capacity, dim, dtype=torch.float64, device=self.device)
+        self._free = list(range(capacity - 1, -1, -1))
+
+    def add(self) -> int:
+        """A free slot (the table doubles when full)."""
+        if not self._free:
+            n = len(self.last_z)
+            self.last_z = torch.cat([self.last_z, torch.zeros_like(self.last_z)])
+            self.last_step = torch.cat([self.last_step, torch.zeros_like(self.last_step)])
+            self._free = list(range(2 * n - 1, n - 1, -1))
+        return self._free.pop()
+
+    def remove(self, slot: int) -> None:
+        """Free ``slot`` (its stream is gone)."""
+        self._free.append(slot)
+
+    def push(self, z: torch.Tensor, slots: list[int], positions: list[int]) -> torch.Tensor:
+        """The batch's ``(n, 2)`` (distance, dot with the previous step); see the class."""
+        n = len(slots)
+        if z.shape != (n, self.dim):
+            raise ValueError(f"embeddings {tuple(z.shape)}, expected ({n}, {self.dim})")
+        # where each sample's previous embedding and previous step are: an earlier row of
+        # the batch (same slot), else row n + k of the table rows gathered below
+        last_row: dict[int, int] = {}
+        table: list[int] = []
+        prev = [0] * n
+        prev_step = [0] * n
+        for i, (slot, pos) in enumerate(zip(slots, positions)):
+            j = last_row.get(slot)
+            if j is None:
+                j = n + len(table)
+                table.append(slot)
+            prev[i] = j
+            prev_step[i] = j if pos >= 3 else i  # unused below position 3
+            last_row[slot] = i
+        zr = z.to(self.last_z.dtype)
+        dev = self.device
+        t_idx = torch.tensor(table, dtype=torch.long, device=dev)
+        z64 = zr.to(torch.float64)
+        all_z = torch.cat([z64, self.last_z.index_select(0, t_idx).to(torch.float64)])
+        steps = z64 - all_z.index_select(0, torch.tensor(prev, dtype=torch.long, device=dev))
+        all_steps = torch.cat([steps, self.last_step.index_select(0, t_idx)])
+        before = all_steps.index_select(0, torch.tensor(prev_step, dtype=torch.long,
+                                                        device=dev))
+        out = torch.stack([(steps * steps).sum(1).clamp_min(0.0).sqrt(),
+                           (steps * before).sum(1)], dim=1)
+        # each slot keeps its last sample's embedding and step for the next batch
+        rows = torch.tensor(list(last_row.values()), dtype=torch.long, device=dev)
+        keys = torch.tensor(list(last_row.keys()), dtype=torch.long, device=dev)
+        self.last_z.index_copy_(0, keys, zr.index_select(0, rows))
+        self.last_step.index_copy_(0, keys, steps.index_select(0, rows))
+        return out

@@ -6,12 +6,14 @@
   distinct frame and in parallel (RGB on the CPU, or 4:2:0 planes converted on the
   device with ``pixel_path="yuv"``), and runs one forward pass for the batch;
 * :meth:`BatchScorer.score` (the host step, in batch order; it owns the window
-  states): pushes every embedding into its stream's
-  :class:`~monitor.core.geometry.WindowRing`, synchronises with the host once,
-  commits the distances and angles, and for every window that is due (full, then
-  every ``hop`` samples) computes the 21 features, classifies them in one call and
-  builds the :class:`~monitor.types.StreamScore`. A window is 24 consecutive samples
-  of one segment: any discontinuity restarts the stream's ring.
+  states): computes every sample's step distance and angle on the device in one
+  batched update (:class:`~monitor.core.geometry.StepTable`: one embedding and one
+  step per stream, a few tensor operations per batch), synchronises with the host
+  once, commits them to each stream's :class:`~monitor.core.geometry.WindowRing`
+  (host side only), and for the windows that are due (full, then every ``hop``
+  samples) computes the 21 features in one vectorised call, classifies them in one
+  call and builds the :class:`~monitor.types.StreamScore`. A window is 24 consecutive
+  samples of one segment: any discontinuity restarts the stream's trajectory.
 
 The features are in the feature convention of the classifier applied. Delivery,
 admission and the threads are the engine's; this module never takes its lock.
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 
 from ..config import EngineSettings
-from ..core.geometry import ZERO_STEP_EPS, WindowRing
+from ..core.geometry import ZERO_STEP_EPS, StepTable, WindowRing, features_from_steps_batch
 from ..media.colour import YUVPlanes
 from ..media.decode_guard import rss_bytes
 from ..metrics import StreamMetrics
@@ -117,7 +119,8 @@ class Embedded:
 
 
 class WindowState:
-    """Worker side state of one stream: the device ring and the window's metadata."""
+    """Worker side state of one stream: its slot in the scorer's StepTable, its host ring
+    and the window's metadata."""
 
     def __init__(
         self,
@@ -127,8 +130,13 @@ class WindowState:
         hop: int,
         scored: Any,
         zero_step_angle_deg: float,
+        slot: int = 0,
     ) -> None:
-        self.ring = WindowRing(dim, device, eps, zero_step_angle_deg=zero_step_angle_deg)
+        # host side only: the device side is the scorer's StepTable (slot ``slot``)
+        self.ring = WindowRing(dim, device, eps, zero_step_angle_deg=zero_step_angle_deg,
+                               device_state=False)
+        self.slot = slot
+        self.position = 0  # in the current window's trajectory (1: its first sample)
         self.hop = hop
         self.segment = -1
         self.k = -1
@@ -162,6 +170,7 @@ class BatchScorer:
         # the windows' features are in the convention of the classifier that scores them
         self.zero_step_angle_deg = zero_step_angle_of(classifier)
         self._states: dict[str, WindowState] = {}
+        self.table = StepTable(self.dim, self.device)
         self._batches = 0
         self._pool = (
             concurrent.futures.ThreadPoolExecutor(settings.convert_threads, "restrav-convert")
@@ -187,7 +196,7 @@ class BatchScorer:
             m = self.metrics
             st = WindowState(self.dim, self.device, self.eps, hop,
                               m.windows_scored.labels(sid) if m is not None else None,
-                              self.zero_step_angle_deg)
+                              self.zero_step_angle_deg, self.table.add())
             self._states[sid] = st
         return st
 
@@ -242,51 +251,67 @@ class BatchScorer:
         m = self.metrics
         for item in e.batch:
             if isinstance(item, Unregister):
-                self._states.pop(item.stream_id, None)
+                gone = self._states.pop(item.stream_id, None)
+                if gone is not None:
+                    self.table.remove(gone.slot)
         samples, z = e.samples, e.z
         if z is None:
             return []
         t_start, t_conv, t_embed = e.t_start, e.t_conv, e.t_embed
 
-        # geometry: push every sample on the device, synchronise once, then commit in order
+        # geometry: every sample's step on the device in one batched update (StepTable),
+        # synchronise once, then commit in order
         states: list[WindowState | None] = []
-        pushed: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        rows: list[int] = []
+        slots: list[int] = []
+        positions: list[int] = []
         for i, smp in enumerate(samples):
             st = self.state(smp.stream_id)
             states.append(st)
             if st is None:
-                pushed.append(None)
                 continue
             restart = not (smp.segment == st.segment and smp.k == st.k + 1)
             st.segment, st.k = smp.segment, smp.k
-            pushed.append(st.ring.push(z[i], restart=restart))
-        scalars = [p for p in pushed if p is not None]
-        host = (
-            torch.stack([torch.stack(p) for p in scalars]).cpu().numpy()
-            if scalars
-            else np.zeros((0, 2))
-        )
-        ready: list[tuple[WindowState, EngineSample, WindowFeatures, int, float]] = []
-        j = 0
-        for smp, st, p in zip(samples, states, pushed):
+            st.position = 1 if restart else st.position + 1
+            rows.append(i)
+            slots.append(st.slot)
+            positions.append(st.position)
+        host = np.zeros((0, 2))
+        if rows:
+            zs = z if len(rows) == len(samples) else z[torch.tensor(rows, device=z.device)]
+            host = self.table.push(zs, slots, positions).cpu().numpy()
+        due: list[tuple[WindowState, EngineSample, tuple[Any, Any, int], float, int,
+                        float]] = []
+        j = -1
+        for smp, st in zip(samples, states):
             if st is None:
                 continue
-            if p is None:
+            j += 1
+            if positions[j] == 1:
                 st.ring.commit(None, None)
                 st.times.clear()
                 st.arrivals.clear()
                 st.repeats.clear()
             else:
                 st.ring.commit(float(host[j, 0]), float(host[j, 1]))
-                j += 1
                 st.repeats.append(smp.repeated)
             st.times.append(smp.time_s)
             st.arrivals.append(smp.arrival_s)
             ring = st.ring
             if ring.ready and (ring.samples - WINDOW_SAMPLES) % st.hop == 0:
-                wf = ring.features(start_s=st.times[0])
-                assert wf is not None
-                ready.append((st, smp, wf, sum(st.repeats), st.arrivals[0]))
+                steps = ring.window_steps()
+                assert steps is not None
+                due.append((st, smp, steps, st.times[0], sum(st.repeats), st.arrivals[0]))
+        # the features of every window due in the batch in one vectorised call
+        ready: list[tuple[WindowState, EngineSample, WindowFeatures, int, float]] = []
+        if due:
+            feats = features_from_steps_batch(np.stack([w[2][0] for w in due]),
+                                              np.stack([w[2][1] for w in due]))
+            for row, (st, smp, (d, a, zeros), start_s, reps, first) in zip(feats, due):
+                wf = WindowFeatures(features=row, repeated_frames=zeros, start_s=start_s,
+                                    distances=d, angles_deg=a,
+                                    zero_step_angle_deg=self.zero_step_angle_deg)
+                ready.append((st, smp, wf, reps, first))
         t_geom = time.monotonic()
 
         probs: list[float | None] = [None] * len(ready)

@@ -10,9 +10,10 @@ Contract:
   converts the sampled frames to RGB on the CPU or, with ``pixel_path="yuv"``, hands
   their 4:2:0 planes to the device for conversion (:mod:`monitor.media.colour`) and runs
   one forward pass per batch. The host thread owns the window states: in batch
-  order it updates each stream's :class:`~monitor.core.geometry.WindowRing` (a
-  preallocated ``(24, D)`` ring on the device): one distance and one angle per
-  sample, synchronised with the host once per batch, then classifies and delivers,
+  order it updates the streams' trajectories (one
+  :class:`~monitor.core.geometry.StepTable` on the device, one embedding and one step
+  per stream, updated per batch): one distance and one angle per sample, synchronised
+  with the host once per batch, then classifies and delivers,
   while the device thread runs the next forward pass.
 * A window is 24 consecutive samples of one segment (``k`` increasing by one);
   any discontinuity (a gap, a skipped or failed sample) starts a new window.

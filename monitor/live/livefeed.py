@@ -109,11 +109,27 @@ class _Track:
         default_factory=lambda: collections.deque(maxlen=_MAX_MARKS)
     )
     bucket: _Bucket | None = None
-    latest: dict[str, Any] | None = None
+    latest: StreamScore | None = None
     status: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     seen_history_at: float = 0.0
     gaps: dict[str, int] = field(default_factory=dict)
+
+
+def _latest(score: StreamScore) -> dict[str, Any]:
+    """A stream's latest window as the page shows it (21 named features)."""
+    w = score.score.window
+    return {
+        "seq": score.seq,
+        "segment": score.segment,
+        "at": round(score.wall_end or score.scored_at, 3),
+        "p_ai": _r(score.p_ai, 6),
+        "threshold": score.score.threshold,
+        "flagged": score.score.flagged,
+        "repeated_samples": score.score.repeated_samples,
+        "zero_steps": w.repeated_frames,
+        "features": {n: _r(float(v), 6) for n, v in zip(FEATURE_NAMES, w.features)},
+    }
 
 
 def _summary(st: dict[str, Any]) -> dict[str, Any]:
@@ -179,18 +195,9 @@ class LiveFeed:
         if tr.bucket is None:
             tr.bucket = _Bucket()
         tr.bucket.add(score)
-        w = score.score.window
-        tr.latest = {
-            "seq": score.seq,
-            "segment": score.segment,
-            "at": round(score.wall_end or score.scored_at, 3),
-            "p_ai": _r(score.p_ai, 6),
-            "threshold": score.score.threshold,
-            "flagged": score.score.flagged,
-            "repeated_samples": score.score.repeated_samples,
-            "zero_steps": w.repeated_frames,
-            "features": {n: _r(float(v), 6) for n, v in zip(FEATURE_NAMES, w.features)},
-        }
+        # kept as is: the named-feature dict is built when a page asks for the stream
+        # (detail), not for every window (it cost as much as the rest of the feed)
+        tr.latest = score
 
     def publish_event(self, event: Event) -> None:
         """Open or close an alert period of the event's stream (other events: nothing)."""
@@ -377,7 +384,7 @@ class LiveFeed:
         return {
             "id": stream_id,
             "status": tr.status,
-            "latest": tr.latest,
+            "latest": None if tr.latest is None else _latest(tr.latest),
             "points": list(tr.points),
             "alerts": list(tr.alerts),
             "marks": list(tr.marks),

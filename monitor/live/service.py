@@ -25,6 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import ServeSettings, StreamSpec
@@ -93,6 +94,22 @@ def validate_spec(settings: ServeSettings, spec: StreamSpec, from_api: bool = Fa
     return kind
 
 
+def retainer(evidence: EvidenceRecorder | None) -> Callable[[EngineSample], None] | None:
+    """What keeps each submitted sample's frame for evidence (compressed off the loop),
+    or None when evidence is off."""
+    if evidence is None:
+        return None
+    recorder = evidence
+
+    def retain(sample: EngineSample) -> None:
+        frame = sample.frame
+        if isinstance(frame, SmallFrame):
+            recorder.on_sample(sample.stream_id, sample.segment, sample.k, sample.time_s,
+                               sample.repeated, frame)
+
+    return retain
+
+
 class StreamManager:
     """Runs and controls every live stream (see the module docstring)."""
 
@@ -118,7 +135,7 @@ class StreamManager:
         self.runner = StreamRunner(
             engine, settings, metrics, decode_threads, max_pixels,
             rng or random.Random(), clock, self._publish_alert,
-            self._retain if evidence is not None else None,
+            retainer(evidence),
         )
         self.writer = DesiredSetWriter(
             store, settings.persist_streams, lambda: {k: s.spec for k, s in self._streams.items()}
@@ -282,8 +299,12 @@ class StreamManager:
         st.status.fence = fence
         self._streams[spec.id] = st
 
+        m = self.metrics
+        # the stream's gauges, looked up once (two labels() calls per window otherwise)
+        gauges = (m.last_score.labels(spec.id), m.last_score_ts.labels(spec.id)) if m else None
+
         def on_score(sc: StreamScore) -> None:
-            self._on_score(st, sc)
+            self._on_score(st, sc, gauges)
 
         self.engine.register(spec.id, on_score, st.status.hop, spec.priority)
         if self.evidence is not None:
@@ -319,8 +340,10 @@ class StreamManager:
         if forget and self.metrics is not None:
             self.metrics.forget_stream(st.spec.id)
 
-    def _on_score(self, st: ManagedStream, sc: StreamScore) -> None:
-        """Runs on the event loop for each scored window of ``st``."""
+    def _on_score(self, st: ManagedStream, sc: StreamScore,
+                  gauges: tuple[Any, Any] | None = None) -> None:
+        """Runs on the event loop for each scored window of ``st``; ``gauges``: the
+        stream's last-score and last-score-time children (looked up here without)."""
         if self._streams.get(st.spec.id) is not st:
             return  # removed, replaced or handed over meanwhile
         if st.seq_offset or st.fence is not None:
@@ -336,8 +359,10 @@ class StreamManager:
         }
         m = self.metrics
         if m is not None and sc.p_ai is not None:
-            m.last_score.labels(st.spec.id).set(sc.p_ai)
-            m.last_score_ts.labels(st.spec.id).set(sc.scored_at)
+            g_score, g_ts = gauges or (m.last_score.labels(st.spec.id),
+                                       m.last_score_ts.labels(st.spec.id))
+            g_score.set(sc.p_ai)
+            g_ts.set(sc.scored_at)
         # a window still in the engine when the stream was paused or stopped is published,
         # but must not start an alert (nor arm one) after its alert_end
         event = st.tracker.update(sc.p_ai, sc.scored_at) if watched(st) else None
@@ -355,13 +380,6 @@ class StreamManager:
                     m.alerts.labels(st.spec.id).inc()
             self._publish_alert(st, event)
         self.sink.publish(sc)
-
-    def _retain(self, sample: EngineSample) -> None:
-        """Keep a submitted sample's frame for evidence (compressed off the loop)."""
-        frame = sample.frame
-        if self.evidence is not None and isinstance(frame, SmallFrame):
-            self.evidence.on_sample(sample.stream_id, sample.segment, sample.k, sample.time_s,
-                                    sample.repeated, frame)
 
     def _publish_alert(self, st: ManagedStream, event: AlertEvent) -> None:
         """Write an alert transition to the sink, with the owner's fence."""

@@ -37,10 +37,10 @@ import traceback
 from collections.abc import Callable
 
 from ..config import ServeSettings
-from ..errors import InputError, RestravError
+from ..errors import InputError
 from ..media.sampler import LiveSampler
 from ..media.sources import SourceContext, SourceError, opener_for
-from ..media.sources.base import LiveSource, SourceFrame
+from ..media.sources.base import LiveSource
 from ..metrics import StreamMetrics
 from ..redaction import redact_text, redact_url
 from ..types import SourceClosed
@@ -221,82 +221,130 @@ class StreamRunner:
             backoff.ran_for(time.monotonic() - connected_at)
 
     async def _consume(self, st: ManagedStream, source: LiveSource) -> None:
-        """Read frames until the source ends (returns) or fails (SourceError)."""
+        """Read frames until the source ends (returns) or fails (SourceError).
+
+        One await per frame, the source's own: no task, no timer per frame (at 25 fps
+        and hundreds of streams a task and an ``asyncio.wait`` per frame were a tenth
+        of the event loop; BENCHMARKS.md, issue 25). Stalls are found by a watchdog
+        timer that fires once per ``stall_after_s`` of the stream: it marks the
+        stream stalled (the window ends) and, after ``stall_reconnect_s`` without a
+        frame, ends the read (the pending ``recv`` is cancelled; sources lose no
+        frame to a cancelled ``recv``) with a ``stalled`` SourceError."""
         s = self.settings.source
         sampler = st.sampler
         assert sampler is not None
         m = self.metrics
         sid = st.spec.id
-        recv: asyncio.Task[SourceFrame] | None = None
-        last_frame = time.monotonic()
-        stalled = False
+        # the stream's metric children, looked up once (a labels() call per frame and
+        # per sample cost a lock and a dict lookup each)
+        decoded = m.frames_decoded.labels(sid) if m is not None else None
+        sampled = m.frames_sampled.labels(sid) if m is not None else None
+        submit = self.engine.submit
+        on_sample = self.on_sample  # evidence retention, when on
+        status = st.status
+        loop = asyncio.get_running_loop()
+        watch = _StallWatch(self, st, loop, s.stall_after_s, s.stall_reconnect_s)
         try:
-            while True:
-                if recv is None:
-                    recv = asyncio.ensure_future(source.recv())
-                idle = time.monotonic() - last_frame
-                wait = (s.stall_reconnect_s if stalled else s.stall_after_s) - idle
-                done, _ = await asyncio.wait({recv}, timeout=max(0.0, wait))
-                if not done:
-                    idle = time.monotonic() - last_frame
-                    if not stalled and idle >= s.stall_after_s:
-                        stalled = True
-                        self.set_state(st, "stalled")
-                        self.gap(st, "stall")
-                    if idle >= s.stall_reconnect_s:
-                        raise SourceError(
-                            f"{source.description}: no frame for {idle:.1f} s", code="stalled"
+            async with asyncio.timeout(None) as deadline:
+                watch.start(deadline)
+                while True:
+                    try:
+                        frame = await source.recv()
+                    except SourceClosed:
+                        return
+                    watch.last_frame = time.monotonic()
+                    if status.state != "running":
+                        self.set_state(st, "running")
+                        status.error = None
+                    watch.stalled = False
+                    status.frames += 1
+                    if decoded is not None:
+                        decoded.inc()
+                    if frame.dropped_before:
+                        status.frames_dropped += frame.dropped_before
+                        if m is not None:
+                            m.frames_dropped.labels(sid, "buffer_full").inc(frame.dropped_before)
+                        self.gap(st, "drop")
+                    reason, samples = sampler.push(frame, frame.pts_s)
+                    if reason is not None:
+                        self.gap(st, reason)
+                    for r in samples:
+                        status.samples += 1
+                        if sampled is not None:
+                            sampled.inc()
+                        sample = EngineSample(
+                            stream_id=sid, segment=r.segment, k=r.k, time_s=r.time_s,
+                            frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
                         )
-                    continue
-                task, recv = recv, None
-                try:
-                    frame = task.result()
-                except SourceClosed:
-                    return
-                last_frame = time.monotonic()
-                if st.status.state != "running":
-                    self.set_state(st, "running")
-                    st.status.error = None
-                stalled = False
-                st.status.frames += 1
-                if m is not None:
-                    m.frames_decoded.labels(sid).inc()
-                if frame.dropped_before:
-                    st.status.frames_dropped += frame.dropped_before
-                    if m is not None:
-                        m.frames_dropped.labels(sid, "buffer_full").inc(frame.dropped_before)
-                    self.gap(st, "drop")
-                reason, samples = sampler.push(frame, frame.pts_s)
-                if reason is not None:
-                    self.gap(st, reason)
-                for r in samples:
-                    st.status.samples += 1
-                    if m is not None:
-                        m.frames_sampled.labels(sid).inc()
-                    sample = EngineSample(
-                        stream_id=sid, segment=r.segment, k=r.k, time_s=r.time_s,
-                        frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
-                    )
-                    ok = self.engine.submit(sample)
-                    if ok and self.on_sample is not None:
-                        self.on_sample(sample)
-                    if not ok:
-                        # plain fields of the engine, O(1): reading the counter back from
-                        # the registry scanned every metric (ms at hundreds of streams, on
-                        # every refused sample) and collapsed the loop under overload
-                        st.status.frames_dropped += 1
-                        counts = self.engine.counts(sid)
-                        if counts is not None:
-                            st.status.windows_skipped = counts.windows_skipped
-                            st.status.windows_yielded = counts.windows_yielded
-                            st.status.yielding = counts.yielding
-                    elif st.status.yielding:
-                        st.status.yielding = False
+                        ok = submit(sample)
+                        if ok and on_sample is not None:
+                            on_sample(sample)
+                        if not ok:
+                            # plain fields of the engine, O(1): reading the counter back
+                            # from the registry scanned every metric (ms at hundreds of
+                            # streams, on every refused sample) and collapsed the loop
+                            status.frames_dropped += 1
+                            counts = self.engine.counts(sid)
+                            if counts is not None:
+                                status.windows_skipped = counts.windows_skipped
+                                status.windows_yielded = counts.windows_yielded
+                                status.yielding = counts.yielding
+                        elif status.yielding:
+                            status.yielding = False
+        except TimeoutError:
+            if not watch.expired:
+                raise
+            idle = time.monotonic() - watch.last_frame
+            raise SourceError(
+                f"{source.description}: no frame for {idle:.1f} s", code="stalled"
+            ) from None
         finally:
-            if recv is not None:
-                recv.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RestravError, SourceClosed):
-                    await recv
+            watch.stop()
+
+
+class _StallWatch:
+    """The stall watchdog of one connection (see :meth:`StreamRunner._consume`): a timer
+    that re-arms itself from the last frame's time, so that frames cost no timer."""
+
+    def __init__(self, runner: StreamRunner, st: ManagedStream,
+                 loop: asyncio.AbstractEventLoop, after_s: float, reconnect_s: float) -> None:
+        self.runner = runner
+        self.st = st
+        self.loop = loop
+        self.after_s = after_s
+        self.reconnect_s = reconnect_s
+        self.last_frame = time.monotonic()
+        self.stalled = False
+        self.expired = False
+        self._deadline: asyncio.Timeout | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, deadline: asyncio.Timeout) -> None:
+        """Watch from now; ``deadline`` ends the read when the stream must reconnect."""
+        self._deadline = deadline
+        self._arm(self.after_s)
+
+    def _arm(self, delay_s: float) -> None:
+        self._timer = self.loop.call_later(max(0.0, delay_s), self._check)
+
+    def _check(self) -> None:
+        idle = time.monotonic() - self.last_frame
+        if not self.stalled and idle >= self.after_s:
+            self.stalled = True
+            self.runner.set_state(self.st, "stalled")
+            self.runner.gap(self.st, "stall")
+        if idle >= self.reconnect_s:
+            self.expired = True
+            assert self._deadline is not None
+            self._deadline.reschedule(self.loop.time())  # the read ends now
+            return
+        # the next check: when the stream would stall, or must reconnect
+        self._arm((self.reconnect_s if self.stalled else self.after_s) - idle)
+
+    def stop(self) -> None:
+        """No more checks (the read ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _release(exc: BaseException) -> None:

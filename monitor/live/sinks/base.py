@@ -107,6 +107,8 @@ class BufferedSink:
         self.last_error = ""
         """Why the last write failed (empty after a successful one)."""
         self._logged_failures: set[str] = set()  # kinds logged since the last good write
+        # looked up once: _put runs for every score
+        self._m_buffered = metrics.sink_buffered.labels(self.name) if metrics else None
 
     # -- subclass API
     async def write(self, items: list[Item]) -> None:
@@ -123,8 +125,8 @@ class BufferedSink:
         self._buf.append(item)
         self._idle.clear()
         self._wake.set()
-        if self.metrics is not None:
-            self.metrics.sink_buffered.labels(self.name).set(len(self._buf))
+        if self._m_buffered is not None:
+            self._m_buffered.set(len(self._buf))
 
     def publish(self, score: StreamScore) -> None:
         """Queue one score."""

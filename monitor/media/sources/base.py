@@ -18,6 +18,9 @@ and what a new kind such as WebRTC implements)::
   the 11.5 Hz grid samples are
   ever converted, and the conversion runs on the engine's side, not on the
   event loop.
+* ``recv`` may be cancelled (a stream stopped, a stall that ends the read): a
+  cancelled ``recv`` loses no frame (:class:`FrameBuffer` takes a frame off only
+  when it returns it).
 * ``dropped_before`` counts frames the source dropped just before this one (a
   full buffer keeping the latest): the stream ends its window there.
 * Openers register per kind with :func:`register_source_kind`; a spec's kind
