@@ -22,14 +22,13 @@ from __future__ import annotations
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from monitor import keys
 from tests.blackhole import Blackhole
+from tests.chaos.test_redis_serve import ready
 from tests.chaos.test_sentinel_serve import audit
 from tests.cluster_procs import Cluster, stream_clip, wait_for
 from tests.redisproc import RedisProcess
@@ -40,14 +39,6 @@ FAULT_S = float(os.environ.get("RESTRAV_CHAOS_REDIS_FAULT_S", "10"))
 CONNECT_TIMEOUT_S = 0.5  # redis.connect_timeout_s of tests.cluster_procs.Cluster
 SLACK_S = 5.0  # a loaded 2-core machine; a partition never detected waits for ever
 STREAMS = 2
-
-
-def ready(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=30) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def test_a_partition_that_keeps_tcp_open(tmp_path: Path, tiny_model_dir: Path) -> None:
