@@ -5,8 +5,10 @@ through restrav-monitor's Sentinel client, each followed by ``WAIT 1``
 (:class:`~monitor.redis_conn.Durability`); only those a replica acknowledged are
 counted. The primary is SIGKILLed, a sentinel promotes the replica, and the old
 primary is restarted (no persistence: it loads the RDB of its last full sync, older
-than the data) but, before the promoted primary has sent it the new data, that
-primary looks down (SIGSTOP) until a sentinel decides what to do with the failover.
+than the data) but, before the promoted primary has sent it the new data (its
+``repl-diskless-sync-delay`` raised so that this lasts until every sentinel sees the
+returning node), that primary looks down (SIGSTOP) until a sentinel decides what to
+do with the failover.
 
 With the harness's guard (the returning node starts at ``replica-priority 0``) the
 sentinels find no promotable replica, the frozen primary comes back as the primary
@@ -29,7 +31,7 @@ from monitor.redis_conn import Durability
 from monitor.redis_faults import NotReplicated
 
 from .queue_helpers import wait_for
-from .sentinelproc import SentinelSetup, started
+from .sentinelproc import SERVICE, SentinelSetup, started
 
 WAIT = Durability(replicas=1, timeout_ms=500)
 DECIDED = ("+promoted-slave", "-failover-abort-no-good-slave")
@@ -76,6 +78,30 @@ def decided(setup: SentinelSetup) -> str | None:
     return None
 
 
+def sync_delay(setup: SentinelSetup, port: int, seconds: int) -> None:
+    """Set one node's ``repl-diskless-sync-delay``."""
+    c = setup.node(port, timeout_s=5)
+    try:
+        c.config_set("repl-diskless-sync-delay", seconds)
+    finally:
+        c.close()
+
+
+def seen_up(setup: SentinelSetup, sentinel_port: int, node_port: int) -> bool:
+    """Whether a sentinel lists ``node_port`` as a replica it reaches (not down)."""
+    s = setup.sentinel(sentinel_port)
+    try:
+        for r in s.execute_command("SENTINEL", "REPLICAS", SERVICE) or []:
+            d = dict(zip(r[::2], r[1::2])) if isinstance(r, list) else dict(r)
+            if int(d["port"]) == node_port:
+                return "s_down" not in d["flags"] and "disconnected" not in d["flags"]
+        return False
+    except redis.RedisError:
+        return False
+    finally:
+        s.close()
+
+
 def lost_after_rejoin(setup: SentinelSetup) -> tuple[str, int, int, list[int]]:
     """Run the scenario; the failover's outcome, the primary frozen, the primary at the
     end and the acknowledged writes missing on it."""
@@ -91,13 +117,20 @@ def lost_after_rejoin(setup: SentinelSetup) -> tuple[str, int, int, list[int]]:
         new = setup.wait_promoted(old)
         for port in setup.sentinel_ports:  # only the coming decision counts
             (setup.dir / f"sentinel-{port}.log").write_text("")
-        setup.rejoin(old)  # holds old data; the primary waits 5 s before sending the new
+        # the primary waits repl-diskless-sync-delay before it sends the new data; a
+        # longer wait (a large dataset's sync) keeps the returning node stale until
+        # every sentinel sees it up, whatever the machine's load
+        sync_delay(setup, new, 60)
+        setup.rejoin(old)  # holds the data of its last full sync
+        wait_for(lambda: all(seen_up(setup, sp, old) for sp in setup.sentinel_ports), 60,
+                 "every sentinel to see the returning node")
         setup.freeze(new)
         try:
             wait_for(lambda: decided(setup) is not None, 60, "a sentinel's decision")
         finally:
             setup.thaw(new)
         outcome = decided(setup) or ""
+        sync_delay(setup, new, 5)  # Redis's default
         setup.bring_back(old)
         writer.close()
         primary = setup.primary_port()
