@@ -1,6 +1,7 @@
 """Live streams of two `serve` replicas across Redis Sentinel failovers.
 
-Real processes on loopback: one primary, one replica and three sentinels
+Real processes on loopback: one primary, RESTRAV_CHAOS_SENTINEL_REPLICAS replicas
+(default 1) and three sentinels
 (``tests/sentinelproc.py``), two `restrav serve` replicas (tiny model, leases with
 TTL RESTRAV_CHAOS_LEASE_TTL_S, default 2 s, shorter than a failover, renewed every
 0.5 s) sharing 8 looping file streams, all through the ``redis+sentinel://`` URL
@@ -41,6 +42,7 @@ FAILOVERS = int(os.environ.get("RESTRAV_CHAOS_FAILOVERS", "10"))
 N_STREAMS = 8
 LOAD_BETWEEN_S = 4.0
 LEASE_TTL_S = float(os.environ.get("RESTRAV_CHAOS_LEASE_TTL_S", "2"))
+REPLICAS = int(os.environ.get("RESTRAV_CHAOS_SENTINEL_REPLICAS", "1"))
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(FAILOVERS * 60 + 600)]
 
 
@@ -97,7 +99,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def test_live_streams_across_sentinel_failovers(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with started(SentinelSetup(tmp_path / "redis", replicas=1, sentinels=3)) as setup:
+    with started(SentinelSetup(tmp_path / "redis", replicas=REPLICAS, sentinels=3)) as setup:
         clip = stream_clip(tmp_path)
         c = Cluster(tmp_path, setup.url(), tiny_model_dir, lease_ttl_s=LEASE_TTL_S,
                     renew_interval_s=0.5, redis_settings={"wait_replicas": 1,
@@ -145,7 +147,8 @@ def test_live_streams_across_sentinel_failovers(tiny_model_dir: Path, tmp_path: 
             refused = sum(c.metric(n, "restrav_stale_writes_refused_total") for n in c.replicas)
             taken = sum(c.metric(n, "restrav_lease_acquisitions_total") for n in c.replicas)
             print(
-                f"\nSentinel failovers under live streams (lease TTL {LEASE_TTL_S:g} s): "
+                f"\nSentinel failovers under live streams (lease TTL {LEASE_TTL_S:g} s, "
+                f"{REPLICAS} Redis replica(s)): "
                 f"{len(kills)} SIGKILLs of the primary; "
                 f"promotion p50 {statistics.median(promote_s):.1f} s max {max(promote_s):.1f} s;"
                 f" old primary a synced replica again p50 {statistics.median(rejoin_s):.1f} s; "
