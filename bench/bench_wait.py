@@ -5,16 +5,19 @@
 Starts a real primary and one replica (redis-server, loopback, no persistence) and
 times, with and without ``WAIT 1``, the writes that wait: ``enqueue`` (XADD of a
 job), a job's answer (the fenced answer script, through ``Answers.publish``), and a
-lease grant (``LeaseStore.acquire``, asyncio); plus a fenced score write, which does
-not wait today, for comparison (with a WAIT appended by hand). Prints one table row
-per write: mean and p99 latency in microseconds, without and with WAIT.
+lease grant (``LeaseStore.acquire``, asyncio), and a batch of serve's fenced scores
+(``RedisSink.write``: MULTI/EXEC, then WAIT on the same connection with
+``redis.wait_scores``) of 1 and of 8 scores. Prints the CPU (lscpu) and one table
+row per write: mean and p99 latency in microseconds, without and with WAIT.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +31,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from monitor.cluster.leases import LeaseStore  # noqa: E402
 from monitor.config import QueueSettings  # noqa: E402
-from monitor.live.sinks.fenced import FencedWriter  # noqa: E402
+from monitor.live.sinks.redis import RedisSink  # noqa: E402
 from monitor.metrics import QueueMetrics  # noqa: E402
 from monitor.queue import Job, connect, enqueue, ensure_group  # noqa: E402
 from monitor.queue.answers import Answers  # noqa: E402
@@ -36,8 +39,20 @@ from monitor.queue.context import WorkerContext  # noqa: E402
 from monitor.queue.jobs import Entry  # noqa: E402
 from monitor.redis_conn import Durability, async_redis_client  # noqa: E402
 from tests.sentinelproc import SentinelSetup  # noqa: E402
+from tests.test_sinks import score  # noqa: E402
 
 WAIT = Durability(1, 1000)
+
+
+def cpu() -> str:
+    """lscpu's model name and the vector flags it lists."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.machine()
+    info = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in out.splitlines())}
+    flags = [f for f in info.get("Flags", "").split() if f.startswith(("avx", "sse4", "amx"))]
+    return f"{info.get('Model name', '?')}, {info.get('CPU(s)', '?')} CPUs, flags {' '.join(flags)}"
 
 
 def stats_us(samples: list[float]) -> tuple[float, float]:
@@ -85,29 +100,32 @@ def bench_answer(url: str, n: int, durability: Durability, tag: str) -> list[flo
 
 
 async def bench_async(url: str, n: int, durability: Durability, tag: str
-                      ) -> tuple[list[float], list[float]]:
+                      ) -> tuple[list[float], list[float], list[float]]:
+    """Lease grants, then score batches of 1 and of 8 through the sink."""
     client = async_redis_client(url, socket_connect_timeout=2, socket_timeout=2)
     store = LeaseStore(client, "bench", 60.0, durability)
-    writer = FencedWriter(client, "bench")
+    sink = RedisSink(client, owner="bench", durability=durability)
     leases: list[float] = []
-    scores: list[float] = []
-    fields = {"seq": "0", "p_ai": "0.5", "features": "[" + ",".join(["1.0"] * 21) + "]"}
+    ones: list[float] = []
+    eights: list[float] = []
     try:
         for i in range(n):
+            sid = f"s{tag}{i}"
             t0 = time.perf_counter()
-            token = await store.acquire(f"s{tag}{i}")
+            token = await store.acquire(sid)
             leases.append(time.perf_counter() - t0)
             assert token is not None
+            batch = [dataclasses.replace(score(sid, k), fence=token) for k in range(9)]
             t0 = time.perf_counter()
-            async with client.pipeline(transaction=True) as pipe:
-                await writer.score(pipe, f"s{tag}{i}", token, fields, 100)
-                await pipe.execute()
-            if durability.enabled:
-                await client.execute_command("WAIT", durability.replicas, durability.timeout_ms)
-            scores.append(time.perf_counter() - t0)
+            await sink.write(batch[:1])
+            ones.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await sink.write(batch[1:])
+            eights.append(time.perf_counter() - t0)
+        assert sink.refused == 0
     finally:
         await client.aclose()
-    return leases, scores
+    return leases, ones, eights
 
 
 def main() -> None:
@@ -125,13 +143,15 @@ def main() -> None:
                     stats_us(bench_enqueue(url, args.n, dur)))
                 rows.setdefault("answer (script)", []).append(
                     stats_us(bench_answer(url, args.n, dur, label)))
-                leases, scores = asyncio.run(bench_async(url, args.n, dur, label))
+                leases, ones, eights = asyncio.run(bench_async(url, args.n, dur, label))
                 rows.setdefault("lease grant (script)", []).append(stats_us(leases))
-                rows.setdefault("fenced score (MULTI/EXEC; WAIT after)", []).append(
-                    stats_us(scores))
+                rows.setdefault("score batch of 1 (sink: MULTI/EXEC + WAIT)", []).append(
+                    stats_us(ones))
+                rows.setdefault("score batch of 8 (sink: MULTI/EXEC + WAIT)", []).append(
+                    stats_us(eights))
         finally:
             setup.stop()
-    print(f"{platform.machine()} {platform.python_version()}, n={args.n} each, primary + "
+    print(f"{cpu()}; Python {platform.python_version()}; n={args.n} each, primary + "
           "1 replica on loopback")
     print("| write | without WAIT mean / p99 (us) | WAIT 1 mean / p99 (us) |")
     print("|---|---|---|")

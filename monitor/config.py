@@ -158,10 +158,19 @@ class RedisSettings(_Section):
     wait_timeout_s: float = Field(
         1.0, gt=0, description="How long such a write waits for its replicas; fewer "
         "acknowledgements by then: not done (retried, or the lease not taken).")
+    wait_scores: bool = Field(
+        True, description="With wait_replicas > 0, serve's score and alert writes wait "
+        "as well: a batch not acknowledged stays buffered and is written again (a fenced "
+        "score already stored is not repeated). false: they do not wait, and a failover "
+        "may lose the last scores written before it.")
 
     def durability(self) -> Durability:
         """The WAIT these settings ask for."""
         return Durability(self.wait_replicas, max(1, int(self.wait_timeout_s * 1000)))
+
+    def score_durability(self) -> Durability:
+        """The WAIT after serve's score writes (off unless ``wait_scores``)."""
+        return self.durability() if self.wait_scores else Durability()
 
     @field_validator("url")
     @classmethod

@@ -30,6 +30,7 @@ import redis
 import yaml
 
 from monitor import keys
+from monitor.redis_conn import redis_client
 
 from .redisproc import free_port
 
@@ -82,10 +83,12 @@ class Cluster:
     renew_interval_s: float = 0.5
     capacity: int = 32
     max_moves: int = 2
+    redis_settings: dict[str, Any] = field(default_factory=dict)  # more of `redis:`
     replicas: dict[str, Replica] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.r = redis.Redis.from_url(self.redis_url, decode_responses=True)
+    def __post_init__(self) -> None:  # any URL serve takes (redis+sentinel:// too)
+        self.r: redis.Redis = redis_client(self.redis_url, decode_responses=True,
+                                           socket_timeout=5, socket_connect_timeout=5)
 
     def start(self, name: str, redis_url: str | None = None) -> Replica:
         """Start replica ``name`` (``redis_url``: another way to the same Redis, a proxy)."""
@@ -93,7 +96,8 @@ class Cluster:
         cfg = {
             "model": {"ref": str(self.model_dir), "device": "cpu", "image_size": 56,
                       "threads": 1},
-            "redis": {"url": redis_url or self.redis_url, "connect_timeout_s": 0.5},
+            "redis": {"url": redis_url or self.redis_url, "connect_timeout_s": 0.5,
+                      **self.redis_settings},
             "serve": {
                 "api": {"port": port, "token": TOKEN, "allow_file_sources": True},
                 "engine": {"hop": 4},

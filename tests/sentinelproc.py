@@ -2,7 +2,20 @@
 ``redis-server`` process (sentinels: ``redis-server FILE --sentinel``) on loopback
 free ports, and the failover moves a chaos test needs (SIGKILL or SIGSTOP the
 primary, wait for a sentinel to promote a replica, bring the old one back as a
-replica of the new primary). Every wait is bounded."""
+replica of the new primary). Every wait is bounded.
+
+A node that comes back is not promotable until it has resynced: it starts with
+``replica-priority 0`` and gets :data:`PRIORITY` once its link to the primary is up.
+Without that, a sentinel may promote it while it waits for its sync, and it then
+serves the stale data it loaded at start: without persistence (``--save ""``) a
+replica still writes ``dump-PORT.rdb`` when it receives a full sync, loads that old
+file when it restarts, reports ``master_link_down_since_seconds:-1`` (never
+connected), which Sentinel's replica selection accepts, and waits up to
+``repl-diskless-sync-delay`` (5 s) for the primary to send the new data. If the
+primary merely looks down in those seconds (a busy machine, ``down-after`` 1 s),
+every write since that old sync is lost, including writes a replica acknowledged to
+``WAIT``: this is what lost 11 acknowledged jobs in one chaos run (RELIABILITY.md)
+and ``tests/test_sentinel_rejoin.py`` shows it."""
 
 from __future__ import annotations
 
@@ -20,17 +33,21 @@ import redis
 from tests.redisproc import free_port, wait_port
 
 SERVICE = "restrav"
+PRIORITY = 100
+"""The replica priority of a node in sync (Redis's default); 0 never promoted."""
 
 
 class SentinelSetup:
     """One primary, ``replicas`` replicas and ``sentinels`` sentinels (quorum 2),
-    with no persistence: a node that comes back has lost its data and syncs from the
-    primary (it is started as a replica, never as an empty primary)."""
+    with no persistence: a node that comes back has lost its data since its last full
+    sync and syncs from the primary (it is started as a replica, never as a primary,
+    and with ``replica-priority 0`` until it is in sync, unless ``guard_rejoin`` is
+    False)."""
 
     def __init__(
         self, directory: Path, replicas: int = 1, sentinels: int = 3,
         down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
-        password: str | None = None,
+        password: str | None = None, guard_rejoin: bool = True,
     ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
@@ -39,6 +56,7 @@ class SentinelSetup:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.password = password
+        self.guard_rejoin = guard_rejoin
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.node_ports = [free_port() for _ in range(1 + replicas)]
@@ -92,12 +110,12 @@ class SentinelSetup:
             c.close()
 
     # ---- processes ---------------------------------------------------------------
-    def _start_node(self, port: int, replica_of: int | None) -> None:
+    def _start_node(self, port: int, replica_of: int | None, priority: int = PRIORITY) -> None:
         args = [self.exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.dir),
                 "--dbfilename", f"dump-{port}.rdb",
                 "--logfile", str(self.dir / f"node-{port}.log"),
-                "--replica-announce-ip", "127.0.0.1"]
+                "--replica-announce-ip", "127.0.0.1", "--replica-priority", str(priority)]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
         if replica_of is not None:
@@ -195,7 +213,8 @@ class SentinelSetup:
                     for r in s.execute_command("SENTINEL", "REPLICAS", SERVICE) or []:
                         rd = dict(zip(r[::2], r[1::2])) if isinstance(r, list) else dict(r)
                         ok = ok and "s_down" not in rd["flags"] and "disconnected" not in (
-                            rd["flags"]) and rd.get("master-link-status") == "ok"
+                            rd["flags"]) and rd.get("master-link-status") == "ok" and int(
+                            rd.get("slave-priority", 0)) > 0
                 except (redis.RedisError, KeyError, ValueError):
                     ok = False
                 finally:
@@ -229,19 +248,43 @@ class SentinelSetup:
             time.sleep(0.05)
         raise AssertionError(f"no replica promoted within {timeout_s} s")
 
+    def rejoin(self, port: int) -> None:
+        """Restart a SIGKILLed node as a replica of the current primary and return at
+        once: it holds what it loaded from its last full-sync RDB until its resync, and
+        (with ``guard_rejoin``) a sentinel cannot promote it meanwhile."""
+        primary = self.primary_port()
+        assert primary is not None
+        self._start_node(port, primary, 0 if self.guard_rejoin else PRIORITY)
+
     def bring_back(self, port: int, timeout_s: float = 30.0) -> None:
         """Restart a SIGKILLed node (or SIGCONT a frozen one) as a replica of the current
-        primary, and wait until it is in sync and every sentinel sees it promotable."""
+        primary, and wait until it is in sync, promotable again and every sentinel sees
+        it so."""
         if port in self.stopped:
             self.nodes[port].send_signal(signal.SIGCONT)
             self.stopped.discard(port)
-        else:
-            primary = self.primary_port()
-            assert primary is not None
-            self._start_node(port, primary)
+        elif port not in self.nodes:
+            self.rejoin(port)
         self.wait_synced(timeout_s)
+        self.make_promotable(port)
         if self.sentinels:
             self.wait_sentinels_agree(timeout_s)
+
+    def make_promotable(self, port: int) -> None:
+        """Give a node in sync its replica priority back (sentinels read it from INFO)."""
+        c = self.node(port)
+        try:
+            c.config_set("replica-priority", PRIORITY)
+        finally:
+            c.close()
+
+    def sentinel_events(self, event: str) -> int:
+        """How many times the first sentinel logged ``event`` (``+switch-master``: the
+        failovers it saw, whoever caused them)."""
+        log = self.dir / f"sentinel-{self.sentinel_ports[0]}.log"
+        if not log.exists():
+            return 0
+        return sum(f" {event} " in line for line in log.read_text(errors="replace").splitlines())
 
     def topology(self) -> tuple[int, set[int]]:
         """The primary the sentinels name and the nodes that say they replicate it.

@@ -1,12 +1,15 @@
 """Writes that must survive a failover wait for a replica (``redis.wait_replicas``):
 a real primary and a real replica on loopback; the replica is frozen (SIGSTOP) to
-make it miss its acknowledgement. A job enqueued, a lease grant and a job's answer
-that the replica did not acknowledge count as not done: enqueue raises
-NotReplicated, the lease is not taken, the answer is retried and written once."""
+make it miss its acknowledgement. A job enqueued, a lease grant, a job's answer and a
+batch of serve's scores that the replica did not acknowledge count as not done:
+enqueue raises NotReplicated, the lease is not taken, the answer is retried and
+written once, the score batch stays buffered and, written again, stores each score
+once."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,9 @@ from monitor import keys
 from monitor.cluster.leases import LeaseStore
 from monitor.config import QueueSettings, load_settings
 from monitor.core.embed import Embedder
+from monitor.live.sinks.base import SinkUnavailable
 from monitor.live.sinks.fenced import FencedWriter
+from monitor.live.sinks.redis import RedisSink
 from monitor.media.decode import DecodeLimits
 from monitor.media.safe_input import OpenedFile
 from monitor.metrics import QueueMetrics
@@ -31,6 +36,7 @@ from monitor.redis_faults import NotReplicated, redis_unavailable
 from .media import write_clip
 from .queue_helpers import FAST_QUEUE, in_thread, sample, wait_for
 from .sentinelproc import SentinelSetup, started
+from .test_sinks import score
 
 WAIT = Durability(replicas=1, timeout_ms=300)
 
@@ -152,6 +158,41 @@ def test_an_answer_the_replica_did_not_acknowledge_is_retried_and_written_once(
     finally:
         replica.close()
         client.close()
+
+
+def test_a_score_batch_the_replica_did_not_acknowledge_is_written_again_once(
+    pair: SentinelSetup,
+) -> None:
+    url, replica_port = urls(pair)
+
+    async def run() -> None:
+        client = async_redis_client(url, socket_connect_timeout=2, socket_timeout=3)
+        sink = RedisSink(client, owner="a", durability=WAIT)
+        try:
+            token = await LeaseStore(client, "a", 60.0, WAIT).acquire("cam")
+            assert token == 1
+            batch = [dataclasses.replace(score("cam", i), fence=token) for i in range(3)]
+            pair.freeze(replica_port)
+            try:
+                with pytest.raises(SinkUnavailable, match="NOTREPLICATED"):
+                    await sink.write(batch)
+            finally:
+                pair.thaw(replica_port)
+            assert await client.xlen(keys.stream_scores("cam")) == 3  # on the primary alone
+            await sink.write(batch)  # the retry of the buffered batch: acknowledged
+            await sink.write([dataclasses.replace(score("cam", 3), fence=token)])
+            seqs = [int(f[b"seq"]) for _, f in await client.xrange(keys.stream_scores("cam"))]
+            assert seqs == [0, 1, 2, 3]  # each once, in order
+            stale = RedisSink(client, owner="b", durability=WAIT)
+            await stale.write([dataclasses.replace(score("cam", 4), fence=token)])
+            assert stale.refused == 1 and sink.refused == 0
+            replica = pair.node(replica_port)
+            assert replica.xlen(keys.stream_scores("cam")) == 4
+            replica.close()
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
 
 
 async def _retrying(make: Any, timeout_s: float = 30.0) -> Any:

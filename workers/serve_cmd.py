@@ -247,7 +247,7 @@ async def serve(
             redis_url, settings.redis.connect_timeout_s, metrics=metrics,
             scores_maxlen=s.sinks.scores_maxlen, events_maxlen=s.sinks.events_maxlen,
             buffer_max=s.sinks.buffer_max, write_batch=s.sinks.write_batch,
-            owner=replica,
+            owner=replica, durability=settings.redis.score_durability(),
         )
         redis_client = redis_sink.client
         sinks.append(redis_sink)

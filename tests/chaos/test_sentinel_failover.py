@@ -6,8 +6,9 @@ Real processes on loopback: one primary, one replica and three sentinels
 producers each running `restrav submit` one job after another, all through the
 ``redis+sentinel://`` URL with ``redis.wait_replicas: 1``. Meanwhile the primary is
 SIGKILLed RESTRAV_CHAOS_FAILOVERS times (default 10): a sentinel promotes the replica,
-the old primary comes back as a replica of the new one (without its data: it
-resyncs), and the load goes on. The second scenario freezes the primary (SIGSTOP: its
+the old primary comes back as a replica of the new one (without its data since its
+last full sync, and not promotable until it has resynced: ``tests/sentinelproc.py``
+says why), and the load goes on. The second scenario freezes the primary (SIGSTOP: its
 connections stay open, nothing answers) until a replica is promoted, then lets it go:
 the clients' read timeouts (``queue_cmd``: connect timeout + the longest blocking
 call + 1 s) bound a longer freeze; a write no replica acknowledged makes a client ask
@@ -166,7 +167,9 @@ def test_queue_across_sentinel_failovers(
                 f"{len(refused)}, answered {len(acked) - len(lost)}, lost {len(lost)}, "
                 f"answered twice {len(twice)}, scored twice {scored_twice}; kill to first "
                 f"answer after it p50 {pct(resume, 0.5):.1f} s p95 {pct(resume, 0.95):.1f} s; "
-                f"worker log lines naming a timeout {timeouts}"
+                f"worker log lines naming a timeout {timeouts}; failovers the sentinels "
+                f"made {setup.sentinel_events('+switch-master')}, attempts with no "
+                f"promotable replica {setup.sentinel_events('-failover-abort-no-good-slave')}"
             )
             assert len(kills) == FAILOVERS and len(acked) >= FAILOVERS
             assert lost == [] and twice == []

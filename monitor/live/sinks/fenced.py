@@ -16,6 +16,12 @@ while the lease is absent (expired, released, or lost with Redis' data) is
 refused as well. A refusal is not an outage: the caller counts it and drops
 the item (it belongs to an ownership that ended).
 
+A score is written once per owner: the score script returns 2 and writes nothing
+when ``latest`` already holds a score of the same owner and token with this ``seq``
+or a later one: a batch written again because its replica acknowledgement did not
+come (:mod:`monitor.live.sinks.redis`). Under one token an owner's ``seq`` only
+grows, so nothing else is skipped. Returns: 1 written, 0 refused, 2 already there.
+
 Written entries get two more fields, ``owner`` (the replica) and ``fence``.
 """
 
@@ -35,6 +41,13 @@ for i = 4, #ARGV do f[#f + 1] = ARGV[i] end
 """
 
 _SCORE = _CHECK + """
+local seq
+for i = 4, #ARGV - 1, 2 do if ARGV[i] == 'seq' then seq = tonumber(ARGV[i + 1]) end end
+local last = redis.call('HMGET', KEYS[4], 'seq', 'owner', 'fence')
+if seq and last[1] and last[2] and last[3] and last[2] .. ' ' .. last[3] == ARGV[2]
+    and tonumber(last[1]) >= seq then
+  return 2
+end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(f))
 redis.call('HSET', KEYS[4], unpack(f))
 return 1

@@ -20,6 +20,16 @@ Items that carry a fencing token (replicas with leases) are written by the
 fenced scripts of :mod:`monitor.live.sinks.fenced` instead: Redis refuses them when
 the token is stale; each refusal is counted in
 ``restrav_stale_writes_refused_total{stream}`` and reported to ``on_refused``.
+
+With a :class:`~monitor.redis_conn.Durability` (``redis.wait_replicas`` > 0 and
+``redis.wait_scores``) the MULTI/EXEC is followed by ``WAIT`` on the same connection
+(one round trip): a batch fewer replicas acknowledged raises :class:`SinkUnavailable`
+(``NOTREPLICATED``), stays buffered and is written again, after the client asked the
+sentinels for the primary again (a deposed primary takes writes until demoted). A
+failover then loses no score the sink counted as written. Written again, a fenced
+score already stored is not repeated (:mod:`monitor.live.sinks.fenced`); scores
+without a fencing token (serve without leases) and alert events may then appear
+twice.
 """
 
 from __future__ import annotations
@@ -33,8 +43,8 @@ from redis.exceptions import RedisError
 
 from ... import keys
 from ...metrics import StreamMetrics
-from ...redis_conn import async_redis_client
-from ...redis_faults import redis_unavailable, refusal_code
+from ...redis_conn import Durability, arediscover, async_redis_client
+from ...redis_faults import NotReplicated, redis_unavailable, refusal_code
 from ...types import StreamScore
 from ..alerts import Event
 from .base import BufferedSink, Item, SinkUnavailable
@@ -74,9 +84,11 @@ class RedisSink(BufferedSink):
         events_maxlen: int = 100_000,
         owner: str = "",
         on_refused: Callable[[str, int], None] | None = None,
+        durability: Durability | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        self.durability = durability or Durability()
         self.client = client
         self.scores_maxlen = scores_maxlen
         self.events_maxlen = events_maxlen
@@ -90,49 +102,76 @@ class RedisSink(BufferedSink):
         **kw: Any,
     ) -> RedisSink:
         """A sink with its own client for ``url`` (one server or Sentinel: see
-        :mod:`monitor.redis_conn`)."""
+        :mod:`monitor.redis_conn`); reads time out after ``connect_timeout_s`` plus the
+        ``durability`` wait, if any."""
+        wait = kw.get("durability") or Durability()
         client = async_redis_client(
-            url, socket_connect_timeout=connect_timeout_s, socket_timeout=connect_timeout_s
+            url, socket_connect_timeout=connect_timeout_s,
+            socket_timeout=connect_timeout_s + (wait.timeout_ms / 1000 if wait.enabled else 0),
         )
         return cls(client, metrics=metrics, **kw)
 
     async def write(self, items: list[Item]) -> None:
-        """One MULTI/EXEC for the batch; fenced items are checked inside it."""
+        """One MULTI/EXEC for the batch (then WAIT, with durability); fenced items are
+        checked inside it."""
         fenced: dict[int, tuple[str, int]] = {}  # command index -> (stream, token)
+        waits = self.durability.enabled
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
+            async with self.client.pipeline(transaction=not waits) as pipe:
+                if waits:  # MULTI/EXEC by hand: WAIT must follow on the same connection
+                    pipe.execute_command("MULTI")
                 for it in items:
-                    if it.fence is not None:
-                        fenced[len(pipe.command_stack)] = (it.stream_id, it.fence)
-                        if isinstance(it, StreamScore):
-                            await self.fenced.score(
-                                pipe, it.stream_id, it.fence, score_fields(it),
-                                self.scores_maxlen,
-                            )
-                        else:
-                            await self.fenced.event(
-                                pipe, it.stream_id, it.fence, event_fields(it),
-                                self.events_maxlen,
-                            )
-                    elif isinstance(it, StreamScore):
-                        fields: Any = score_fields(it)
-                        pipe.xadd(
-                            keys.stream_scores(it.stream_id), fields,
-                            maxlen=self.scores_maxlen, approximate=True,
-                        )
-                        pipe.hset(keys.stream_latest(it.stream_id), mapping=fields)
-                    else:  # an alert's event, or who changed a stream
-                        ev: Any = event_fields(it)
-                        pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
-                results = await pipe.execute()
+                    await self._queue(pipe, it, fenced)
+                if waits:
+                    pipe.execute_command("EXEC")
+                    self.durability.queue_wait(pipe)
+                reply = await pipe.execute()
+            results = self._acknowledged(reply) if waits else reply
+        except NotReplicated as exc:
+            await arediscover(self.client)  # maybe a deposed primary: ask the sentinels
+            raise SinkUnavailable("redis: NOTREPLICATED") from exc
         except (RedisError, OSError) as exc:
             if not redis_unavailable(exc):
                 raise
             why = refusal_code(exc) or type(exc).__name__
             raise SinkUnavailable(f"redis: {why}") from exc
+        offset = 1 if waits else 0  # the MULTI's own reply came first
         for idx, (stream_id, token) in fenced.items():
-            if int(results[idx]) == 0:
+            if int(results[idx - offset]) == 0:
                 self._refused(stream_id, token)
+
+    async def _queue(self, pipe: Any, it: Item, fenced: dict[int, tuple[str, int]]) -> None:
+        """Queue one item's writes on ``pipe``; fenced ones noted in ``fenced``."""
+        if it.fence is not None:
+            fenced[len(pipe.command_stack)] = (it.stream_id, it.fence)
+            if isinstance(it, StreamScore):
+                await self.fenced.score(
+                    pipe, it.stream_id, it.fence, score_fields(it), self.scores_maxlen
+                )
+            else:
+                await self.fenced.event(
+                    pipe, it.stream_id, it.fence, event_fields(it), self.events_maxlen
+                )
+        elif isinstance(it, StreamScore):
+            fields: Any = score_fields(it)
+            pipe.xadd(keys.stream_scores(it.stream_id), fields,
+                      maxlen=self.scores_maxlen, approximate=True)
+            pipe.hset(keys.stream_latest(it.stream_id), mapping=fields)
+        else:  # an alert's event, or who changed a stream
+            ev: Any = event_fields(it)
+            pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
+
+    def _acknowledged(self, reply: list[Any]) -> list[Any]:
+        """The EXEC results of a MULTI/EXEC + WAIT reply; raises what a transaction
+        pipeline would (a command's error) and :class:`NotReplicated` when short."""
+        results = reply[-2]
+        if results is None:
+            raise RedisError("EXEC aborted")
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        self.durability.check(reply[-1], "score batch")
+        return list(results)
 
     def _refused(self, stream_id: str, token: int) -> None:
         self.refused += 1
