@@ -15,6 +15,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -95,7 +96,8 @@ def embedder(tiny_model_dir: Path) -> Iterator[Embedder]:
 
 @contextlib.asynccontextmanager
 async def replica_a(
-    embedder: Embedder, redis_url: str, lease_ttl_s: float, renew_interval_s: float
+    embedder: Embedder, redis_url: str, lease_ttl_s: float, renew_interval_s: float,
+    sink_cls: type[RedisSink] = RedisSink,
 ) -> AsyncIterator[tuple[ClusteredStreamManager, RedisSink, aioredis.Redis, StreamMetrics]]:
     """Replica "a" in this process (engine, fenced Redis sink, clustered manager)."""
     settings = load_settings(serve={
@@ -107,7 +109,7 @@ async def replica_a(
     engine = Engine(embedder, None, settings.engine, metrics)
     engine.start(asyncio.get_running_loop())
     client = aioredis.from_url(redis_url)
-    sink = RedisSink(client, metrics=metrics, owner="a")
+    sink = sink_cls(client, metrics=metrics, owner="a")
     await sink.start()
     mgr = ClusteredStreamManager(engine, sink, settings, metrics, client, "a")
     sink.on_refused = mgr.on_refused
@@ -148,6 +150,52 @@ async def test_a_write_refused_as_stale_stops_the_stream_at_once(
         await asyncio.sleep(1.0)  # nothing more from "a": its stream task is gone
         assert await client.xlen(keys.stream_scores("cam")) == n
         assert "cam" not in mgr.owned and mgr.get("cam") is not None
+
+
+class GatedRedisSink(RedisSink):
+    """A real Redis sink whose writes wait while ``gate`` is clear (scores held in it on
+    cue, as a slow Redis would hold them); ``held``: items of the batch waiting now."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.held = 0
+
+    async def write(self, items: list[Any]) -> None:
+        if not self.gate.is_set():
+            self.held = len(items)
+            await self.gate.wait()
+            self.held = 0
+        await super().write(items)
+
+
+async def test_a_stream_given_up_has_its_buffered_scores_written_before_the_release(
+    embedder: Embedder, redis_url: str, clip: Path
+) -> None:
+    """Scores still in the sink carry the owner's token: released first, they would be
+    refused as stale and lost (seen as refusals after a rebalance under load)."""
+    async with replica_a(embedder, redis_url, 120, 60, GatedRedisSink) as (
+        mgr, sink, client, metrics
+    ):
+        assert isinstance(sink, GatedRedisSink)
+        await mgr.restore((file_stream("cam", clip),))
+        await wait_for_async(lambda: "cam" in mgr.owned, "the lease")
+        await wait_for_async(lambda: sink.written > 0, "a first score written")
+        sink.gate.clear()
+        await wait_for_async(lambda: sink.held > 0, "a score held in the sink")
+        # what a rebalance does (assignment.plan told this replica to release "cam")
+        give_up = asyncio.create_task(mgr._give_up("cam", "rebalance"))
+        await asyncio.sleep(0.5)  # the stream is stopped by now; its lease must still be held
+        assert await client.exists(keys.stream_lease("cam")) == 1
+        sink.gate.set()
+        await asyncio.wait_for(give_up, 30)
+        assert sink.refused == 0 and sink.held == 0 and not sink._buf
+        assert await client.exists(keys.stream_lease("cam")) == 0  # released after
+        stored = await client.xlen(keys.stream_scores("cam"))
+        assert stored == sink.written  # every score of the stream, none refused
+        assert metrics.registry.get_sample_value(
+            "restrav_handovers_total", {"reason": "rebalance"}) == 1.0
 
 
 async def test_redis_losing_its_data_does_not_remove_the_streams(

@@ -150,6 +150,11 @@ class LeaseCoordination(StreamManager):
             self.runner.gap(st, "handover")
             await self._stop_stream(st, forget=forget)
         if token is not None:
+            # the stream's last scores may still be in the sink's buffer, fenced with
+            # this token: written after the release they would be refused as stale and
+            # lost, so they go first (bounded: one renew interval, as a drain's flush)
+            if not await self.sink.flush(self.cfg.renew_interval_s):
+                log.warning("stream %s: sink not flushed before its release", stream_id)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.leases.release(stream_id, token)
             if self.metrics is not None:
