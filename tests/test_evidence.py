@@ -375,9 +375,9 @@ async def test_the_event_log_keeps_the_newest_within_its_bound() -> None:
     for i in range(5):
         log.publish_event(StreamEvent("cam", "control", 100.0 + i, "alice", action="paused"))
     log.publish_event(AlertEvent("cam", "alert_start", 0.9, 200.0, 199.0, evidence="e"))
-    assert [e["n"] for e in log.recent(10)] == [6, 5, 4]
-    assert log.recent(1) == [{"n": 6, **AlertEvent("cam", "alert_start", 0.9, 200.0, 199.0,
-                                                   evidence="e").to_json()}]
+    assert [e["n"] for e in log.memory(10)] == [6, 5, 4]
+    assert await log.recent(1) == ([{"n": 6, **AlertEvent(
+        "cam", "alert_start", 0.9, 200.0, 199.0, evidence="e").to_json()}], "memory")
     for events, limit, status in ((log, "2", 200), (log, "x", 400), (None, "2", 404)):
         app = web.Application()
         add_review_routes(app, None, lambda request, role: None, events=events)
@@ -385,4 +385,46 @@ async def test_the_event_log_keeps_the_newest_within_its_bound() -> None:
             r = await c.get(f"/events?limit={limit}")
             assert r.status == status and r.headers["Cache-Control"] == "no-store"
             if status == 200:
-                assert [e["n"] for e in (await r.json())["events"]] == [6, 5]
+                body = await r.json()
+                assert [e["n"] for e in body["events"]] == [6, 5]
+                assert body["source"] == "memory"
+
+
+async def test_the_event_log_lists_every_replica_s_events_from_redis(redis_url: str) -> None:
+    """A page on replica "a" lists what replica "b" wrote to restrav:events (an alert,
+    its acknowledgement, who changed what), parsed back to the page's types; with Redis
+    gone it falls back to this process's own events and says so."""
+    import redis.asyncio as aioredis
+
+    from monitor.live.alerts import StreamEvent
+    from monitor.live.sinks import EventLog, RedisSink
+    from tests.redisproc import free_port
+
+    b = RedisSink(aioredis.from_url(redis_url), owner="b")
+    await b.start()
+    b.publish_event(AlertEvent("cam-b", "alert_start", 0.93, 300.0, 298.5, evidence="e1"))
+    b.publish_event(StreamEvent("cam-b", "acknowledged", 301.0, "alice", evidence="e1"))
+    b.publish_event(StreamEvent("cam-c", "control", 302.0, "bob", action="paused"))
+    assert await b.flush(10)
+    await b.aclose()
+    client = aioredis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    log = EventLog(client=client)
+    log.publish_event(StreamEvent("cam-a", "control", 303.0, "carol", action="resumed"))
+    events, source = await log.recent(10)
+    assert source == "redis"
+    assert [(e["stream"], e["kind"]) for e in events] == [
+        ("cam-c", "control"), ("cam-b", "acknowledged"), ("cam-b", "alert_start")]
+    start = events[2]
+    assert (start["p_ai"], start["at"], start["since"], start["evidence"]) == (
+        0.93, 300.0, 298.5, "e1")
+    assert events[1]["by"] == "alice" and events[0]["action"] == "paused"
+    assert len({e["n"] for e in events}) == 3 and all(isinstance(e["n"], str) for e in events)
+    assert [e["kind"] for e in (await log.recent(1))[0]] == ["control"]
+    await client.aclose()
+    # Redis unreachable (nothing listens there): this process's events, marked as such
+    gone = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1,
+                             socket_connect_timeout=1)
+    log.client = gone
+    events, source = await log.recent(10)
+    assert source == "memory" and [e["stream"] for e in events] == ["cam-a"]
+    await gone.aclose()

@@ -259,7 +259,8 @@ async def serve(
     feed = LiveFeed(s.ui, s.alerts.enter, s.alerts.leave, LiveFeedMetrics(registry))
     if s.ui.enabled:
         sinks.append(feed)
-    event_log = EventLog()  # the operator page's event log (GET /events)
+    # the operator page's event log (GET /events): every replica's events from Redis
+    event_log = EventLog(client=redis_client)
     sinks.append(event_log)
     sink = FanoutSink(sinks)
     await sink.start()

@@ -137,7 +137,8 @@ def add_review_routes(
             limit = min(MAX_EVENTS, max(1, int(request.query.get("limit", "100"))))
         except ValueError:
             return _error(400, "bad_limit", f"limit: an integer, 1-{MAX_EVENTS}")
-        return web.json_response({"events": events.recent(limit)}, headers=NO_STORE)
+        recent, source = await events.recent(limit)
+        return web.json_response({"events": recent, "source": source}, headers=NO_STORE)
 
     app.router.add_get("/events", recent_events)
     app.router.add_get(f"/evidence/{_EID}", record)
