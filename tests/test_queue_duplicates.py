@@ -228,3 +228,23 @@ def test_an_entry_that_waits_for_a_live_owner_gives_its_delivery_back(
             entry_id, "w", 1)
     assert client.get(keys.lock_key("busy")) == "owner 1234 abcd"
     assert not client.exists(keys.result_key("busy")) and client.xlen(keys.RESULTS) == 0
+
+
+def test_a_duplicate_of_a_failed_job_is_noted_with_the_failure(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    """A new submission of a job id answered with an error gets that error again, and its
+    note says so (``ok`` 0 and the error's code), like the first answer's note."""
+    ensure_group(client, "workers")
+    entry_id = submit(client, clip, "failed")
+    stored = {"job_id": "failed", "entry_id": "1-0", "ok": False, "status": "error",
+              "error": {"code": "decode_error", "message": "not a video"}}
+    client.set(keys.result_key("failed"), json.dumps(stored))
+    worker = idle_worker(client, scorer)
+    worker.process(fetch_entry(worker))
+    notes = [f for _, f in client.xrange(keys.RESULTS)]
+    assert notes == [{"job_id": "failed", "entry_id": entry_id, "ok": "0",
+                      "code": "decode_error", "duplicate": "1"}]
+    replies = [json.loads(f["result"]) for _, f in client.xrange("restrav:replies:failed")]
+    assert replies == [stored]
+    assert client.xpending(keys.JOBS, "workers")["pending"] == 0
