@@ -208,6 +208,11 @@ def test_bad_inputs_get_error_results_and_are_acknowledged(
     # an invalid payload that names its reply stream is answered there too
     replies = list(wait_results(client, "restrav:replies:bad-field", {"bad-field"}, 10))
     assert replies == [got["bad-field"]]
+    # each answer's note says whether it failed and why
+    notes = {n[1]["job_id"]: (n[1]["ok"], n[1]["code"]) for n in client.xrange(keys.RESULTS)
+             if n[1]["job_id"]}
+    assert notes == {i: ("1", "") if got[i]["ok"] else ("0", got[i]["error"]["code"])
+                     for i in ids}
     # the two payloads without a job id are answered on the results stream only
     codes = [n[1]["code"] for n in client.xrange(keys.RESULTS) if not n[1]["job_id"]]
     assert codes == ["invalid_job", "invalid_job"]
