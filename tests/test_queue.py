@@ -193,9 +193,10 @@ def test_bad_inputs_get_error_results_and_are_acknowledged(
     submit(client, str(clip_dir / "a.mp4"), "good-after-bad")
     ids = [f"bad-{n}" for n in bad] + [
         "no-source", "bad-field", "bad-hop", "bad-clf", "good-after-bad"]
-    with running_worker(client, scorer) as (_, metrics):
+    with running_worker(client, scorer) as (worker, metrics):
         got = results_of(client, ids)
         wait_for(lambda: len(client.xrange(keys.RESULTS)) == len(ids) + 2, 10, "notes")
+        wait_for(lambda: worker.done == len(ids) + 2, 10, "every entry counted as done")
     for name, (_, code) in bad.items():
         res = got[f"bad-{name}"]
         assert res["ok"] is False and res["error"]["code"] == code, (name, res["error"])
