@@ -151,11 +151,20 @@ def test_scaler_is_fitted_on_what_it_is_given_only() -> None:
     np.testing.assert_allclose(s.transform(x).mean(axis=0), 0.0)
     np.testing.assert_allclose(s.mean, x.mean(axis=0))
     np.testing.assert_allclose(s.std, x.std(axis=0))  # per column
+    # float32 rows are fitted in float64; a constant feature keeps its raw units
+    rows = (np.random.default_rng(3).normal(size=(50, 21)) * 10 + 100).astype(np.float32)
+    rows[:, 4] = 7.0
+    s32 = Scaler.fit(rows)
+    assert s32.mean.dtype == np.float64 and s32.std.dtype == np.float64
+    np.testing.assert_array_equal(s32.mean, rows.astype(np.float64).mean(axis=0))
+    assert s32.std[4] == 1.0 and s32.transform(rows[:1] + 3.0)[0, 4] == 3.0
 
 
 def test_bad_artifacts(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="not a classifier artifact"):
+    with pytest.raises(ArtifactError) as err:
         load_classifier(tmp_path)
+    assert str(err.value) == (f"{tmp_path}: not a classifier artifact (needs {META_FILE} and "
+                              f"{TENSOR_FILE}); train one with `restrav train`")
     x, y = separable()
     for name in ("b", "c"):
         fit_classifier(x, y, kind="logreg").save(tmp_path / name)
