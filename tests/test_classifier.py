@@ -151,11 +151,20 @@ def test_scaler_is_fitted_on_what_it_is_given_only() -> None:
     np.testing.assert_allclose(s.transform(x).mean(axis=0), 0.0)
     np.testing.assert_allclose(s.mean, x.mean(axis=0))
     np.testing.assert_allclose(s.std, x.std(axis=0))  # per column
+    # float32 rows are fitted in float64; a constant feature keeps its raw units
+    rows = (np.random.default_rng(3).normal(size=(50, 21)) * 10 + 100).astype(np.float32)
+    rows[:, 4] = 7.0
+    s32 = Scaler.fit(rows)
+    assert s32.mean.dtype == np.float64 and s32.std.dtype == np.float64
+    np.testing.assert_array_equal(s32.mean, rows.astype(np.float64).mean(axis=0))
+    assert s32.std[4] == 1.0 and s32.transform(rows[:1] + 3.0)[0, 4] == 3.0
 
 
 def test_bad_artifacts(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactError, match="not a classifier artifact"):
+    with pytest.raises(ArtifactError) as err:
         load_classifier(tmp_path)
+    assert str(err.value) == (f"{tmp_path}: not a classifier artifact (needs {META_FILE} and "
+                              f"{TENSOR_FILE}); train one with `restrav train`")
     x, y = separable()
     for name in ("b", "c"):
         fit_classifier(x, y, kind="logreg").save(tmp_path / name)
@@ -200,3 +209,46 @@ def test_fit_rejects_single_class_and_wrong_width() -> None:
         fit_classifier(x, np.zeros(len(x)))
     with pytest.raises(ValueError):
         fit_classifier(x[:, :20], np.arange(len(x)) % 2)
+
+
+def test_artifact_keeps_its_feature_convention_and_provenance(tmp_path: Path) -> None:
+    """What an artifact says about its inputs and origin comes back as written, an old
+    artifact without them reads as SPEC's convention with no provenance, and a
+    convention that names none is refused with what the allowed ones are."""
+    x, y = separable()
+    clf = fit_classifier(x, y, kind="logreg")
+    clf.zero_step_angle_deg = 90.0
+    clf.provenance = {"source": "upstream", "sha256": {"weights.pt": "ab" * 32}}
+    clf.save(tmp_path / "up")
+    meta = json.loads((tmp_path / "up" / META_FILE).read_text(encoding="utf-8"))
+    assert meta["zero_step_angle_deg"] == 90.0 and meta["provenance"] == clf.provenance
+    assert meta["params"] == ["coef", "intercept"] and meta["kind"] == "logreg"
+    back = load_classifier(tmp_path / "up")
+    assert back.zero_step_angle_deg == 90.0 and back.provenance == clf.provenance
+    assert sorted(back.params) == ["coef", "intercept"]
+    np.testing.assert_array_equal(back.scaler.mean, clf.scaler.mean)
+    np.testing.assert_array_equal(back.scaler.std, clf.scaler.std)
+
+    clf.provenance = {}
+    clf.save(tmp_path / "here")  # trained here: no provenance key at all
+    assert "provenance" not in json.loads((tmp_path / "here" / META_FILE).read_text())
+    for key in ("zero_step_angle_deg", "provenance"):
+        meta.pop(key)
+    (tmp_path / "up" / META_FILE).write_text(json.dumps(meta))
+    old = load_classifier(tmp_path / "up")
+    assert (old.zero_step_angle_deg, old.provenance) == (0.0, {})
+    (tmp_path / "up" / META_FILE).write_text(json.dumps({**meta, "zero_step_angle_deg": 45}))
+    with pytest.raises(ArtifactError) as err:
+        load_classifier(tmp_path / "up")
+    assert str(err.value) == (f"{tmp_path / 'up'}: zero_step_angle_deg must be 0 (SPEC) or "
+                              "90 (upstream code), got 45")
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    (tmp_path / "up" / META_FILE).write_text(json.dumps({**meta, "feature_spec": "old"}))
+    with pytest.raises(ArtifactError) as err:
+        load_classifier(tmp_path / "up")
+    assert str(err.value) == (f"{tmp_path / 'up'}: feature spec 'old' != "
+                              f"{FEATURE_SPEC_VERSION!r}; retrain on features from this version")
+    (tmp_path / "up" / META_FILE).write_text(json.dumps({**meta, "kind": "pickle"}))
+    with pytest.raises(ArtifactError) as err:
+        load_classifier(tmp_path / "up")
+    assert str(err.value) == f"{tmp_path / 'up'}: unknown classifier kind 'pickle'"

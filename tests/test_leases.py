@@ -21,6 +21,7 @@ from monitor.cluster.assignment import plan, targets
 from monitor.cluster.leases import Lease, LeaseStore, ReplicaInfo, parse_lease
 from monitor.live.alerts import AlertEvent
 from monitor.live.sinks import RedisSink
+from monitor.live.sinks.redis import event_fields
 from monitor.metrics import StreamMetrics
 from monitor.types import Score, StreamScore, WindowFeatures
 
@@ -99,15 +100,20 @@ async def test_stale_fenced_writes_are_refused_and_counted(client: aioredis.Redi
     sink_b = RedisSink(client, owner="b")
     await sink_b.start()
     sink_b.publish(score("cam", 7, t_b))
+    # the owner's alert event is written, with its owner and fence
+    ended = AlertEvent("cam", "alert_end", 0.2, 3.0, 1.0, fence=t_b, reason="calm")
+    sink_b.publish_event(ended)
     assert await sink_b.flush(10)
     await sink_b.aclose()
+    events = [{k.decode(): v.decode() for k, v in e.items()}
+              for _, e in await client.xrange(keys.EVENTS)]
+    assert events == [{**event_fields(ended), "owner": "b", "fence": str(t_b)}]
     entries = await client.xrange(keys.stream_scores("cam"))
     assert [(e[b"seq"], e[b"owner"], int(e[b"fence"])) for _, e in entries] == [
         (b"0", b"a", t_a), (b"7", b"b", t_b)
     ]
     latest = await client.hgetall(keys.stream_latest("cam"))
     assert latest[b"seq"] == b"7"
-    assert await client.xlen(keys.EVENTS) == 0
     assert await client.xlen(keys.stream_scores("other")) == 1
     assert refused == [("cam", t_a), ("cam", t_a), ("cam", t_b)]
     assert registry.get_sample_value(

@@ -185,13 +185,18 @@ def test_bad_inputs_get_error_results_and_are_acknowledged(
     client.xadd(keys.JOBS, {keys.JOB_FIELD: "{not json"})
     client.xadd(keys.JOBS, {keys.JOB_FIELD: json.dumps({"job_id": "no-source"})})
     client.xadd(keys.JOBS, {"other": "field"})
+    client.xadd(keys.JOBS, {keys.JOB_FIELD: json.dumps(
+        {"job_id": "bad-field", "source": "/a.mp4", "reply_to": "restrav:replies:bad-field",
+         "unknown": 1})})
     submit(client, str(clip_dir / "a.mp4"), "bad-hop", hop=5000)
     submit(client, str(clip_dir / "a.mp4"), "bad-clf", classifier="nope")
     submit(client, str(clip_dir / "a.mp4"), "good-after-bad")
-    ids = [f"bad-{n}" for n in bad] + ["no-source", "bad-hop", "bad-clf", "good-after-bad"]
-    with running_worker(client, scorer) as (_, metrics):
+    ids = [f"bad-{n}" for n in bad] + [
+        "no-source", "bad-field", "bad-hop", "bad-clf", "good-after-bad"]
+    with running_worker(client, scorer) as (worker, metrics):
         got = results_of(client, ids)
         wait_for(lambda: len(client.xrange(keys.RESULTS)) == len(ids) + 2, 10, "notes")
+        wait_for(lambda: worker.done == len(ids) + 2, 10, "every entry counted as done")
     for name, (_, code) in bad.items():
         res = got[f"bad-{name}"]
         assert res["ok"] is False and res["error"]["code"] == code, (name, res["error"])
@@ -200,6 +205,15 @@ def test_bad_inputs_get_error_results_and_are_acknowledged(
     assert got["bad-hop"]["error"]["code"] == "invalid_job"
     assert got["bad-clf"]["error"]["code"] == "unknown_classifier"
     assert got["good-after-bad"]["ok"] is True
+    assert got["bad-field"]["error"]["code"] == "invalid_job"
+    # an invalid payload that names its reply stream is answered there too
+    replies = list(wait_results(client, "restrav:replies:bad-field", {"bad-field"}, 10))
+    assert replies == [got["bad-field"]]
+    # each answer's note says whether it failed and why
+    notes = {n[1]["job_id"]: (n[1]["ok"], n[1]["code"]) for n in client.xrange(keys.RESULTS)
+             if n[1]["job_id"]}
+    assert notes == {i: ("1", "") if got[i]["ok"] else ("0", got[i]["error"]["code"])
+                     for i in ids}
     # the two payloads without a job id are answered on the results stream only
     codes = [n[1]["code"] for n in client.xrange(keys.RESULTS) if not n[1]["job_id"]]
     assert codes == ["invalid_job", "invalid_job"]
@@ -335,7 +349,9 @@ def test_graceful_stop_releases_an_unfinished_job(
         client, scorer, hooks=hooks, shutdown_grace_s=0.2, visibility_timeout_s=30.0
     ) as (worker, metrics):
         wait_for(lambda: worker.inflight, 30, "job in flight")
-    # released: reclaimable at once, though the visibility timeout is 30 s
+    # released: reclaimable at once, though the visibility timeout is 30 s, and its
+    # job id's lock is gone (a worker of another name may take it now)
+    assert not client.exists(keys.lock_key("held"))
     rows = client.xpending_range(keys.JOBS, "workers", "-", "+", 10)
     assert len(rows) == 1 and rows[0]["time_since_delivered"] >= 30_000
     assert jobs(metrics, "released") == 1

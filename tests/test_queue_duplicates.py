@@ -205,3 +205,46 @@ def test_duplicate_answer_is_written_whole_or_not_at_all(
     assert [f.get("duplicate") for _, f in client.xrange(keys.RESULTS)] == ["1"]
     assert client.xlen("restrav:replies:dup") == 1
     assert client.xpending(keys.JOBS, "workers")["pending"] == 0
+
+
+def test_an_entry_that_waits_for_a_live_owner_gives_its_delivery_back(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    """A delivery that finds its job id locked by another entry's live owner is no
+    failed attempt: the entry's delivery count in Redis goes back to what it was, so
+    waiting however long never brings it nearer to the dead-letter stream."""
+    ensure_group(client, "workers")
+    entry_id = submit(client, clip, "busy")
+    worker = idle_worker(client, scorer)
+    entry = fetch_entry(worker)
+    # delivered a second time (its first worker died before taking the lock)
+    client.xclaim(keys.JOBS, "workers", "w", 0, [entry_id], retrycount=2, justid=True)
+    entry.deliveries = 2
+    client.set(keys.lock_key("busy"), "owner 1234 abcd", px=60_000)
+    for _ in range(3):  # each delivery that waits
+        worker.process(entry)
+        (row,) = client.xpending_range(keys.JOBS, "workers", "-", "+", 10)
+        assert (row["message_id"], row["consumer"], row["times_delivered"]) == (
+            entry_id, "w", 1)
+    assert client.get(keys.lock_key("busy")) == "owner 1234 abcd"
+    assert not client.exists(keys.result_key("busy")) and client.xlen(keys.RESULTS) == 0
+
+
+def test_a_duplicate_of_a_failed_job_is_noted_with_the_failure(
+    client: redis.Redis, clip: Path, scorer: ClipScorer
+) -> None:
+    """A new submission of a job id answered with an error gets that error again, and its
+    note says so (``ok`` 0 and the error's code), like the first answer's note."""
+    ensure_group(client, "workers")
+    entry_id = submit(client, clip, "failed")
+    stored = {"job_id": "failed", "entry_id": "1-0", "ok": False, "status": "error",
+              "error": {"code": "decode_error", "message": "not a video"}}
+    client.set(keys.result_key("failed"), json.dumps(stored))
+    worker = idle_worker(client, scorer)
+    worker.process(fetch_entry(worker))
+    notes = [f for _, f in client.xrange(keys.RESULTS)]
+    assert notes == [{"job_id": "failed", "entry_id": entry_id, "ok": "0",
+                      "code": "decode_error", "duplicate": "1"}]
+    replies = [json.loads(f["result"]) for _, f in client.xrange("restrav:replies:failed")]
+    assert replies == [stored]
+    assert client.xpending(keys.JOBS, "workers")["pending"] == 0

@@ -75,7 +75,7 @@ submit = submit_replying
 
 
 def test_late_answer_is_discarded_and_counted(
-    client: redis.Redis, clip: Path, scorer: ClipScorer
+    client: redis.Redis, clip: Path, scorer: ClipScorer, caplog: pytest.LogCaptureFixture
 ) -> None:
     ensure_group(client, "workers")
     submit(client, clip, "late")
@@ -110,6 +110,14 @@ def test_late_answer_is_discarded_and_counted(
     assert sample(metrics_a, "restrav_queue_late_answers_total") == 1
     assert sample(metrics_a, "restrav_queue_jobs_total", outcome="scored") == 0
     assert client.xpending(keys.JOBS, "workers")["pending"] == 0
+    assert late_answers_logged(caplog) == [
+        f"late answer to job late (entry {entry.id}, attempt 1) discarded: the job id is "
+        "answered already (this worker held it past the visibility timeout)"]
+
+
+def late_answers_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "restrav.queue" and r.getMessage().startswith("late answer")]
 
 
 def test_redelivered_answered_entry_gets_no_second_reply(
@@ -149,7 +157,7 @@ def take_over(client: redis.Redis, job_id: str) -> str:
 
 
 def test_a_job_taken_over_while_its_worker_still_runs_keeps_the_new_owners_answer(
-    client: redis.Redis, clip: Path, scorer: ClipScorer
+    client: redis.Redis, clip: Path, scorer: ClipScorer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The other order of test_late_answer_is_discarded_and_counted: worker A is still
     # scoring when another worker takes the job id's lock over, and A answers before
@@ -172,6 +180,9 @@ def test_a_job_taken_over_while_its_worker_still_runs_keeps_the_new_owners_answe
     assert [f for _, f in client.xrange(keys.RESULTS) if f["job_id"] == "taken"] == []
     assert sample(worker.metrics, "restrav_queue_late_answers_total") == 1
     assert sample(worker.metrics, "restrav_queue_jobs_total", outcome="scored") == 0
+    assert late_answers_logged(caplog) == [
+        f"late answer to job taken (entry {entry.id}, attempt 1) discarded: another worker "
+        "took the job over (this worker held it past the visibility timeout)"]
     # the entry is left for the new owner to answer and acknowledge
     assert client.xpending(keys.JOBS, "workers")["pending"] == 1
 
