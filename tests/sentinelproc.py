@@ -23,9 +23,10 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -35,6 +36,22 @@ from tests.redisproc import free_port, wait_port
 SERVICE = "restrav"
 PRIORITY = 100
 """The replica priority of a node in sync (Redis's default); 0 never promoted."""
+
+
+T = TypeVar("T")
+
+
+def retrying(fn: Callable[[], T], timeout_s: float = 30.0, pause_s: float = 0.1) -> T:
+    """``fn()`` again while a failover makes it fail: connection errors, timeouts and
+    READONLY (a demoted primary), every ``pause_s`` until ``timeout_s`` (then raises)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause_s)
 
 
 class SentinelSetup:

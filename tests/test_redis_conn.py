@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from monitor.redis_conn import (
     redis_client,
     rediscover,
 )
-from tests.sentinelproc import SERVICE, SentinelSetup, started
+from tests.sentinelproc import SERVICE, SentinelSetup, retrying, started
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,18 +148,6 @@ def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
     setup = SentinelSetup(tmp_path / "sentinel", password="hunter2", down_after_ms=2000)
     with started(setup):
         yield setup
-
-
-def retrying(fn, timeout_s: float = 30.0):  # type: ignore[no-untyped-def]
-    """Call ``fn`` until it stops raising connection errors or READONLY (a failover)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return fn()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def test_sentinel_client_follows_a_failover(sentinel_setup: SentinelSetup) -> None:

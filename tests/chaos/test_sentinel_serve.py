@@ -27,16 +27,13 @@ import itertools
 import os
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
 
 from monitor import keys
 from tests.cluster_procs import Cluster, stream_clip, wait_for
-from tests.sentinelproc import SentinelSetup, started
+from tests.sentinelproc import SentinelSetup, retrying, started
 
 FAILOVERS = int(os.environ.get("RESTRAV_CHAOS_FAILOVERS", "10"))
 N_STREAMS = 8
@@ -44,18 +41,6 @@ LOAD_BETWEEN_S = 4.0
 LEASE_TTL_S = float(os.environ.get("RESTRAV_CHAOS_LEASE_TTL_S", "2"))
 REPLICAS = int(os.environ.get("RESTRAV_CHAOS_SENTINEL_REPLICAS", "1"))
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(FAILOVERS * 60 + 600)]
-
-
-def retrying(fn: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    """``fn()`` again while a failover makes it fail (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return fn()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def audit(entries: list[tuple[int, dict[str, str]]]) -> dict[str, int]:
@@ -89,7 +74,7 @@ def audit(entries: list[tuple[int, dict[str, str]]]) -> dict[str, int]:
 
 def last_ms(c: Cluster, sid: str) -> int:
     """When the stream's newest stored score was written (its entry id), 0 if none."""
-    newest = retrying(lambda: c.r.xrevrange(keys.stream_scores(sid), count=1))
+    newest = retrying(lambda: c.r.xrevrange(keys.stream_scores(sid), count=1), 60.0, 0.2)
     return int(newest[0][0].split("-")[0]) if newest else 0
 
 
@@ -133,7 +118,7 @@ def test_live_streams_across_sentinel_failovers(tiny_model_dir: Path, tmp_path: 
             unresumed = 0
             stored = 0
             for sid in ids:
-                raw = retrying(lambda sid=sid: c.r.xrange(keys.stream_scores(sid)))
+                raw = retrying(lambda sid=sid: c.r.xrange(keys.stream_scores(sid)), 60.0, 0.2)
                 entries = [(int(i.split("-")[0]), f) for i, f in raw]
                 stored += len(entries)
                 for k, v in audit(entries).items():
