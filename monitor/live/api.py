@@ -316,29 +316,27 @@ async def delete_stream(request: web.Request) -> web.Response:
 
 async def pause_stream(request: web.Request) -> web.Response:
     """Pause a stream."""
-    if (deny := _auth(request, "operator")) is not None:
-        return deny
-    try:
-        status = await request.app[CTX_KEY].manager.pause(request.match_info["id"])
-    except RestravError as exc:  # replicas: the shared desired set is unreachable
-        return json_error(503, exc.code, exc.message)
-    if status is None:
-        return json_error(404, "not_found", "no such stream")
-    _changed(request, "paused", request.match_info["id"])
-    return web.json_response(status.to_json())
+    return await _set_paused(request, True)
 
 
 async def resume_stream(request: web.Request) -> web.Response:
     """Resume a paused stream."""
+    return await _set_paused(request, False)
+
+
+async def _set_paused(request: web.Request, pause: bool) -> web.Response:
+    """Pause or resume the stream named in the path (an operator's change, recorded)."""
     if (deny := _auth(request, "operator")) is not None:
         return deny
+    sid = request.match_info["id"]
+    manager = request.app[CTX_KEY].manager
     try:
-        status = await request.app[CTX_KEY].manager.resume(request.match_info["id"])
+        status = await (manager.pause(sid) if pause else manager.resume(sid))
     except RestravError as exc:  # replicas: the shared desired set is unreachable
         return json_error(503, exc.code, exc.message)
     if status is None:
         return json_error(404, "not_found", "no such stream")
-    _changed(request, "resumed", request.match_info["id"])
+    _changed(request, "paused" if pause else "resumed", sid)
     return web.json_response(status.to_json())
 
 
