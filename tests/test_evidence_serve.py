@@ -180,6 +180,19 @@ async def test_an_alert_keeps_the_frames_the_engine_scored(
     assert decode_jpeg(thumb).shape == (48, 64, 3)
 
 
+async def until_stopped(svc: Service, poll_s: float, each: Any = None) -> dict[str, Any]:
+    """The file stream ``cam``'s status once it has ended (bounded: 120 s), calling
+    ``each()`` at every poll before that."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while (st := dict((await svc.get_json("/streams/cam", TOKEN))[1]))["state"] != "stopped":
+        assert loop.time() < deadline, "the file stream never ended"
+        if each is not None:
+            each()
+        await asyncio.sleep(poll_s)
+    return st
+
+
 async def fetch_review(svc: Service, rid: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
     """The record, clip, sheet and thumbnail as the API serves them (checking headers),
     after checking that a missing or wrong token, or a malformed id, gets no image."""
@@ -216,14 +229,7 @@ async def test_an_unwritable_evidence_folder_costs_evidence_never_scores(
     settings = settings_for(tmp_path, tiny_model_dir, redis_url, clip, low_threshold=0.0,
                             dir=str(tmp_path / "blocker" / "evidence"))
     async with Service(settings) as svc:
-        async def status() -> dict[str, Any]:
-            return dict((await svc.get_json("/streams/cam", TOKEN))[1])
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 120
-        while (st := await status())["state"] != "stopped":
-            assert loop.time() < deadline, "the file stream never ended"
-            await asyncio.sleep(0.3)
+        st = await until_stopped(svc, 0.3)
         await wait_for(lambda: r.xlen("restrav:{cam}:scores") == st["windows_scored"],
                        60, "every score in Redis")
         metrics = await svc.metrics_text()
@@ -255,19 +261,15 @@ async def test_many_records_under_a_small_bound_keep_the_newest(
     folder = tmp_path / "evidence"
     seen: set[str] = set()
     async with Service(settings) as svc:
-        async def status() -> dict[str, Any]:
-            return dict((await svc.get_json("/streams/cam", TOKEN))[1])
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 120
-        while (st := await status())["state"] != "stopped":
-            assert loop.time() < deadline, "the file stream never ended"
-            if folder.is_dir():  # what is on disk at any moment stays under the bound
+        def on_disk() -> None:  # what is on disk at any moment stays under the bound
+            nonlocal seen
+            if folder.is_dir():
                 names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
                 seen |= names
                 size = sum(f.stat().st_size for n in names for f in (folder / n).glob("*"))
                 assert size <= bound + 64 * 1024, size  # + one record being renamed in
-            await asyncio.sleep(0.2)
+
+        st = await until_stopped(svc, 0.2, on_disk)
         metrics = await svc.metrics_text()
     assert svc.rc == 0
     written = metric_value(metrics, "restrav_evidence_records_total") or 0
