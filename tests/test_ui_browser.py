@@ -232,6 +232,10 @@ async def test_operator_page_shows_three_live_streams_and_a_forced_alert(
         await dt.evaluate("document.getElementById('dPause').click(), 1")
         await until(dt, ROWS_JS, lambda r: r["c"]["state"] == "paused", 30, "c paused")
         assert (await svc.get_json("/streams/c", TOKEN))[1]["state"] == "paused"
+        # the detail panel enables Resume when it has refreshed (the row may show
+        # "paused" first, from the live feed): a click on a disabled button does nothing
+        await until(dt, "JSON.stringify(!document.getElementById('dResume').disabled)",
+                    lambda enabled: enabled is True, 30, "Resume enabled")
         await dt.evaluate("document.getElementById('dResume').click(), 1")
         await until(dt, ROWS_JS, lambda r: r["c"]["state"] in ("starting", "running"),
                     30, "c resumed")
