@@ -33,7 +33,7 @@ from ..errors import InputError, RestravError, UnsupportedSource
 from ..media.sources import kind_for
 from ..metrics import StreamMetrics
 from ..types import StreamScore
-from .alerts import AlertEvent, AlertTracker
+from .alerts import AlertEvent, AlertTracker, EventBudget, StateEvent
 from .batch import EngineSample
 from .desired import DesiredSetWriter, DesiredStore, RedisDesiredStore, spec_from_record
 from .engine import Engine
@@ -135,7 +135,7 @@ class StreamManager:
         self.runner = StreamRunner(
             engine, settings, metrics, decode_threads, max_pixels,
             rng or random.Random(), clock, self._publish_alert,
-            retainer(evidence),
+            retainer(evidence), self._publish_state,
         )
         self.writer = DesiredSetWriter(
             store, settings.persist_streams, lambda: {k: s.spec for k, s in self._streams.items()}
@@ -380,6 +380,26 @@ class StreamManager:
                     m.alerts.labels(st.spec.id).inc()
             self._publish_alert(st, event)
         self.sink.publish(sc)
+
+    def _publish_state(self, st: ManagedStream, event: StateEvent) -> None:
+        """Put a state change on ``restrav:events`` within the stream's budget (a
+        flapping feed's excess is counted, and the next event that goes out says how
+        many were left out)."""
+        budget = st.state_budget
+        if budget is None:
+            sk = self.settings.sinks
+            budget = st.state_budget = EventBudget(sk.state_events_burst,
+                                                   sk.state_events_refill_s)
+        if not budget.take(event.at):
+            if self.metrics is not None:
+                self.metrics.state_events_suppressed.labels(st.spec.id).inc()
+            if budget.suppressed == 1:  # once per run of suppressed changes
+                log.info("stream %s: state changes too frequent; not all go to the event "
+                         "log (restrav_stream_state_events_suppressed_total)", st.spec.id)
+            return
+        if budget.suppressed:
+            event = dataclasses.replace(event, suppressed=budget.pop_suppressed())
+        self.sink.publish_event(event)
 
     def _publish_alert(self, st: ManagedStream, event: AlertEvent) -> None:
         """Write an alert transition to the sink, with the owner's fence."""
