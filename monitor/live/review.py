@@ -9,7 +9,8 @@ browser or proxy keeps an image; images and tokens are never logged)::
     GET /streams/{id}/thumbnail      the stream's latest sampled frame, small (JPEG)
     GET /events?limit=N              this process's recent events, newest first (at most
                                      MAX_EVENTS): alerts (with their evidence ids), who
-                                     changed which stream, acknowledgements
+                                     changed which stream, acknowledgements, streams'
+                                     state changes
     POST /evidence/{eid}/ack         (operator) acknowledge a record: an ``acknowledged``
                                      event with the token's name on ``restrav:events``
 

@@ -95,8 +95,8 @@ def validate_spec(settings: ServeSettings, spec: StreamSpec, from_api: bool = Fa
 
 
 def retainer(evidence: EvidenceRecorder | None) -> Callable[[EngineSample], None] | None:
-    """What keeps each submitted sample's frame for evidence (compressed off the loop),
-    or None when evidence is off."""
+    """What hands each submitted sample's frame to the recorder (evidence, thumbnails;
+    compressed off the loop when wanted), or None when both are off."""
     if evidence is None:
         return None
     recorder = evidence
