@@ -551,6 +551,7 @@ async def test_state_changes_go_to_restrav_events_within_each_stream_s_budget(
         managers[replica] = (mgr, st)
     mgr_a, st_a = managers["a"]
     mgr_b, st_b = managers["b"]
+    mgr_b.runner.set_state(st_b, "starting")  # transient: not published
     mgr_b.runner.set_state(st_b, "running")
     for i in range(10):  # cam-a flaps: ten changes in 4.5 s
         mgr_a.runner.set_state(st_a, ("running", "reconnecting")[i % 2])
@@ -569,7 +570,8 @@ async def test_state_changes_go_to_restrav_events_within_each_stream_s_budget(
          if e["stream"] == "cam-a"]
     assert a == [("stalled", "reconnecting", 7), ("running", "reconnecting", None),
                  ("reconnecting", "running", None), ("running", None, None)]
-    b = [(e["state"], e.get("reason")) for e in events if e["stream"] == "cam-b"]
-    assert b == [("stopped", "deleted"), ("running", None)]
+    b = [(e["state"], e.get("previous"), e.get("reason")) for e in events
+         if e["stream"] == "cam-b"]
+    assert b == [("stopped", "running", "deleted"), ("running", "starting", None)]
     assert reg.get_sample_value("restrav_stream_state_events_suppressed_total",
                                 {"stream": "cam-a"}) == 7

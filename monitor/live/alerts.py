@@ -129,7 +129,8 @@ class StreamEvent:
 @dataclass(frozen=True, slots=True)
 class StateEvent:
     """A stream's state changed, as this replica's serve saw it (``running``, ``stalled``,
-    ``reconnecting``, ``paused``, ``stopped``, ``failed``, ``starting``): ``previous`` the
+    ``reconnecting``, ``paused``, ``stopped``, ``failed``; not ``starting``, which is
+    always followed by one of these): ``previous`` the
     state it left, ``reason`` why it stopped or failed (``deleted``, ``replaced``,
     ``shutdown``, an error code) when known, ``suppressed`` how many changes of this
     stream were not published just before it (its :class:`EventBudget` ran out)."""

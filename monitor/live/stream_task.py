@@ -75,7 +75,9 @@ class StreamRunner:
     ) -> None:
         self.engine = engine
         self.on_state_event = on_state_event
-        """Called with every state change (the manager puts it on ``restrav:events``)."""
+        """Called with every state change but to ``starting`` (a transition always followed
+        by ``running``, ``reconnecting`` or ``failed``): the manager puts it on
+        ``restrav:events``."""
         self.on_sample = on_sample
         """Called with every sample the engine accepted (evidence retention)."""
         self.on_alert_event = on_alert_event
@@ -123,7 +125,7 @@ class StreamRunner:
             )
         else:
             log.info("stream %s: %s", st.spec.id, state)
-        if self.on_state_event is not None:
+        if self.on_state_event is not None and state != "starting":  # always followed
             reason = end_reason if state == "stopped" else None
             if state == "failed":
                 reason = str((st.status.error or {}).get("code", "unknown"))
