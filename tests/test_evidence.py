@@ -411,6 +411,14 @@ def test_thumbnails_are_throttled_bounded_and_forgotten() -> None:
     assert tight.total_bytes == 240
 
 
+def test_capture_threads_default_to_half_the_cpus_one_to_four(tmp_path: Path) -> None:
+    from monitor.live.evidence.capture import default_capture_threads
+
+    assert [default_capture_threads(n) for n in (1, 2, 3, 6, 8, 16, 64)] == [1, 1, 1, 3, 4, 4, 4]
+    assert EvidenceRecorder(_settings(tmp_path, capture_threads=3)).capture.threads == 3
+    assert EvidenceRecorder(_settings(tmp_path)).capture.threads == default_capture_threads()
+
+
 def test_a_pool_of_capture_threads_keeps_each_stream_in_sample_order() -> None:
     """Streams are spread over the threads, each stream on one thread: every frame of
     every stream is retained, in order."""

@@ -117,9 +117,7 @@ class FrameCapture:
     def put(self, item: _Item) -> bool:
         """Queue ``item`` on its stream's thread; False (nothing queued) when full."""
         shards = self._shards
-        shard = shards[zlib.crc32(item[0].encode()) % len(shards)] if len(shards) > 1 \
-            else shards[0]
-        return shard.put(item)
+        return shards[zlib.crc32(item[0].encode()) % len(shards)].put(item)
 
     def offer(self, stream_id: str, segment: int, k: int, time_s: float, repeated: bool,
               frame: SmallFrame, keep: bool = True) -> None:

@@ -65,7 +65,8 @@ class EvidenceRecorder:
         if ui is not None and ui.thumbnails:
             self.thumbs = ThumbnailStore(ui.thumbnail_stream_bytes, ui.thumbnail_memory_bytes,
                                          ui.thumbnail_interval_s)
-        width = settings.frame_width if self.store is not None or ui is None \
+        # one encode serves both: with evidence the thumbnail is the kept frame
+        width = settings.frame_width if ui is None or self.store is not None \
             else ui.thumbnail_width
         self.capture = FrameCapture(self.store, width, settings.jpeg_quality,
                                     settings.capture_queue, metrics, clock, self.thumbs,
