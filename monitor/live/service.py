@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import ServeSettings, StreamSpec
+from ..config import ServeSettings, ServeSinkSettings, StreamSpec
 from ..errors import InputError, RestravError, UnsupportedSource
 from ..media.sources import kind_for
 from ..metrics import StreamMetrics
@@ -110,6 +110,33 @@ def retainer(evidence: EvidenceRecorder | None) -> Callable[[EngineSample], None
     return retain
 
 
+def state_publisher(sink: Sink, settings: ServeSinkSettings, metrics: StreamMetrics | None
+                    ) -> Callable[[ManagedStream, StateEvent], None]:
+    """What puts a stream's state changes on ``restrav:events``, within the stream's
+    :class:`~monitor.live.alerts.EventBudget` (``state_events_burst`` at once, then one
+    per ``state_events_refill_s``): a flapping feed's excess is counted
+    (``restrav_stream_state_events_suppressed_total``, logged once per run) and the next
+    event that goes out says how many were left out."""
+
+    def publish(st: ManagedStream, event: StateEvent) -> None:
+        budget = st.state_budget
+        if budget is None:
+            budget = st.state_budget = EventBudget(settings.state_events_burst,
+                                                   settings.state_events_refill_s)
+        if not budget.take(event.at):
+            if metrics is not None:
+                metrics.state_events_suppressed.labels(st.spec.id).inc()
+            if budget.suppressed == 1:  # once per run of suppressed changes
+                log.info("stream %s: state changes too frequent; not all go to the event "
+                         "log (restrav_stream_state_events_suppressed_total)", st.spec.id)
+            return
+        if budget.suppressed:
+            event = dataclasses.replace(event, suppressed=budget.pop_suppressed())
+        sink.publish_event(event)
+
+    return publish
+
+
 class StreamManager:
     """Runs and controls every live stream (see the module docstring)."""
 
@@ -135,7 +162,7 @@ class StreamManager:
         self.runner = StreamRunner(
             engine, settings, metrics, decode_threads, max_pixels,
             rng or random.Random(), clock, self._publish_alert,
-            retainer(evidence), self._publish_state,
+            retainer(evidence), state_publisher(sink, settings.sinks, metrics),
         )
         self.writer = DesiredSetWriter(
             store, settings.persist_streams, lambda: {k: s.spec for k, s in self._streams.items()}
@@ -380,26 +407,6 @@ class StreamManager:
                     m.alerts.labels(st.spec.id).inc()
             self._publish_alert(st, event)
         self.sink.publish(sc)
-
-    def _publish_state(self, st: ManagedStream, event: StateEvent) -> None:
-        """Put a state change on ``restrav:events`` within the stream's budget (a
-        flapping feed's excess is counted, and the next event that goes out says how
-        many were left out)."""
-        budget = st.state_budget
-        if budget is None:
-            sk = self.settings.sinks
-            budget = st.state_budget = EventBudget(sk.state_events_burst,
-                                                   sk.state_events_refill_s)
-        if not budget.take(event.at):
-            if self.metrics is not None:
-                self.metrics.state_events_suppressed.labels(st.spec.id).inc()
-            if budget.suppressed == 1:  # once per run of suppressed changes
-                log.info("stream %s: state changes too frequent; not all go to the event "
-                         "log (restrav_stream_state_events_suppressed_total)", st.spec.id)
-            return
-        if budget.suppressed:
-            event = dataclasses.replace(event, suppressed=budget.pop_suppressed())
-        self.sink.publish_event(event)
 
     def _publish_alert(self, st: ManagedStream, event: AlertEvent) -> None:
         """Write an alert transition to the sink, with the owner's fence."""
