@@ -484,6 +484,11 @@ class EvidenceSettings(_Section):
         5.0, gt=0, le=60,
         description="How long a record waits for its window's frames to be compressed.",
     )
+    capture_threads: int = Field(
+        0, ge=0, le=64,
+        description="Threads compressing sampled frames (evidence and thumbnails); 0: half "
+        "the CPUs, 1 to 4. One keeps up with about 30-85 streams of 720p.",
+    )
 
 
 class ServeSinkSettings(_Section):
@@ -492,6 +497,14 @@ class ServeSinkSettings(_Section):
     stdout: bool | None = Field(None, description="None: stdout only when Redis is not set.")
     scores_maxlen: int = Field(10_000, ge=1, description="Approximate cap per score stream.")
     events_maxlen: int = Field(100_000, ge=1)
+    state_events_burst: int = Field(
+        10, ge=0, le=10_000,
+        description="State changes a stream may put on restrav:events at once (0: none); "
+        "beyond, one more per state_events_refill_s, the rest counted as suppressed.",
+    )
+    state_events_refill_s: float = Field(
+        30.0, gt=0, le=86_400, description="One more state event a stream per this long.",
+    )
     buffer_max: int = Field(10_000, ge=1, description="Scores buffered during an outage.")
     write_batch: int = Field(256, ge=1)
 
@@ -547,8 +560,23 @@ class UiSettings(_Section):
 
     enabled: bool = Field(True, description="Serve the operator page and its event stream.")
     thumbnails: bool = Field(
-        True, description="Serve each stream's latest retained frame (GET "
-        "/streams/{id}/thumbnail); off for sites that must not show images.",
+        True, description="Keep and serve each stream's latest sampled frame, small (GET "
+        "/streams/{id}/thumbnail, the page's rows); off for sites that must not show images: "
+        "then no frame is kept for it.",
+    )
+    thumbnail_width: int = Field(
+        160, ge=16, le=1920,
+        description="Width of thumbnails, px (with evidence kept for the stream, a thumbnail "
+        "is its kept frame: serve.evidence.frame_width).",
+    )
+    thumbnail_interval_s: float = Field(
+        1.0, ge=0.1, le=60, description="At most one thumbnail encoded a stream per interval.",
+    )
+    thumbnail_stream_bytes: int = Field(
+        64 * 1024, ge=1024, description="Bound on one stream's thumbnail, bytes.",
+    )
+    thumbnail_memory_bytes: int = Field(
+        16 * 1024**2, ge=64 * 1024, description="Bound on all thumbnails, bytes.",
     )
     history_s: float = Field(300.0, ge=10, le=3600, description="Timeline span kept per stream.")
     tick_s: float = Field(1.0, ge=0.1, le=10, description="One update message per tick.")

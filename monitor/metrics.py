@@ -56,6 +56,8 @@ class StreamMetrics:
     - ``restrav_stream_reconnects_total{stream}``
     - ``restrav_stream_source_errors_total{stream,code}``
     - ``restrav_stream_state{stream,state}``: 1 for the current state, 0 for the others.
+    - ``restrav_stream_state_events_suppressed_total{stream}``: state changes not put on
+      ``restrav:events`` (the stream's budget, ``serve.sinks.state_events_*``, ran out).
     - ``restrav_stream_last_score{stream}``: the last P(AI) (absent before the first).
     - ``restrav_stream_last_score_timestamp_seconds{stream}``: Unix time of it.
     - ``restrav_stream_alert_active{stream}``: 1 while the stream is in alert (0 while
@@ -143,6 +145,11 @@ class StreamMetrics:
         self.state = Gauge(
             "restrav_stream_state", "1 for the stream's current state, 0 for the others",
             ["stream", "state"], registry=r,
+        )
+        self.state_events_suppressed = Counter(
+            "restrav_stream_state_events_suppressed_total",
+            "State changes not put on restrav:events: the stream's event budget ran out",
+            ["stream"], registry=r,
         )
         self.last_score = Gauge(
             "restrav_stream_last_score", "Last P(AI-generated) of the stream", ["stream"],
@@ -489,8 +496,10 @@ class EvidenceMetrics:
 
     - ``restrav_evidence_frames_bytes``: bytes of compressed frames retained in memory.
     - ``restrav_evidence_frames_dropped_total{reason}``: sampled frames not retained:
-      ``queue_full`` (the compressor was behind), ``memory_full`` (``memory_bytes``
-      reached), ``convert_error`` (a frame that could not be downscaled).
+      ``queue_full`` (the compressors were behind), ``memory_full`` (``memory_bytes``
+      reached), ``thumbnail_memory_full`` (a thumbnail over ``serve.ui``'s bounds),
+      ``convert_error`` (a frame that could not be downscaled).
+    - ``restrav_thumbnails_bytes``: bytes of the streams' thumbnails held in memory.
     - ``restrav_evidence_records_total``: records written.
     - ``restrav_evidence_records_dropped_total{reason}``: ``queue_full`` (the writer was
       behind: a slow disk), ``frames_missing`` (the window's frames were not all retained),
@@ -508,8 +517,13 @@ class EvidenceMetrics:
         )
         self.frames_dropped = Counter(
             "restrav_evidence_frames_dropped_total",
-            "Sampled frames not retained for evidence, by reason.",
+            "Sampled frames not retained for evidence or thumbnails, by reason.",
             ["reason"],
+            registry=registry,
+        )
+        self.thumbnails_bytes = Gauge(
+            "restrav_thumbnails_bytes",
+            "Bytes of the streams' latest-frame thumbnails held in memory.",
             registry=registry,
         )
         self.records = Counter(

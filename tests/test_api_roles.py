@@ -45,7 +45,7 @@ async def test_a_viewer_reads_and_is_refused_every_change(h: Harness) -> None:
     assert (await c.post("/streams", json=SPEC, headers=bearer(ALICE))).status == 201
     for path in ("/streams", "/streams/gate", "/streams/gate/thumbnail"):
         r = await c.get(path, headers=bearer(VIEWER))
-        # the thumbnail passes the token check and finds evidence off
+        # the thumbnail passes the token check and finds no recorder (this harness has none)
         assert r.status == (404 if path.endswith("thumbnail") else 200), path
     changes: list[tuple[str, str, Any]] = [
         ("post", "/streams", {**SPEC, "id": "other"}), ("put", "/streams/gate", SPEC),

@@ -21,6 +21,7 @@ from monitor.live.alerts import AlertEvent
 from monitor.live.evidence.capture import FrameCapture
 from monitor.live.evidence.frames import FrameStore, KeptFrame
 from monitor.live.evidence.recorder import EvidenceRecorder
+from monitor.live.evidence.thumbs import ThumbnailStore
 from monitor.live.evidence.writer import CLIP, RECORD, SHEET, EvidenceRequest, EvidenceWriter
 from monitor.live.livefeed import LiveFeed
 from monitor.media.stills import decode_jpeg, encode_jpeg
@@ -319,27 +320,122 @@ def test_the_live_feed_links_an_alert_period_to_its_evidence() -> None:
     assert "evidence" not in AlertEvent("cam", "alert_start", 0.9, 10.0, 9.0).to_json()
 
 
-async def test_review_routes_answer_404_with_evidence_or_thumbnails_off(tmp_path: Path) -> None:
+async def test_review_routes_serve_thumbnails_with_evidence_off_and_none_when_off(
+        tmp_path: Path) -> None:
+    """Thumbnails need no evidence: with evidence off the thumbnail is served and the
+    evidence routes say ``evidence_off``; ``serve.ui.thumbnails: false`` keeps no
+    thumbnail (no recorder at all without evidence) and serves none."""
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
     from monitor.live.review import add_review_routes
 
-    rec = EvidenceRecorder(_settings(tmp_path))
-    rec.watch("cam")
-    _fill(rec.store, "cam", 3)
-    for recorder, thumbnails, code in ((None, True, "evidence_off"),
-                                       (rec, False, "thumbnails_off"), (rec, True, None)):
+    ui_on, ui_off = UiSettings(thumbnail_width=48), UiSettings(thumbnails=False)
+    assert EvidenceRecorder.from_settings(EvidenceSettings(), ui=ui_off) is None
+    thumbs_only = EvidenceRecorder.from_settings(EvidenceSettings(), ui=ui_on)
+    evidence_only = EvidenceRecorder.from_settings(_settings(tmp_path), ui=ui_off)
+    assert thumbs_only is not None and evidence_only is not None
+    assert not thumbs_only.evidence_on and thumbs_only.store is None
+    for rec in (thumbs_only, evidence_only):
+        rec.watch("cam")
+        rec.on_sample("cam", 0, 0, 0.0, False, _Frame(_picture(0)))
+        rec.capture.start()
+        wait_until(rec.capture.idle, 30, "the sample compressed")
+        rec.capture.stop()
+    assert evidence_only.thumbnail("cam") is None and evidence_only.store is not None
+    assert [f.k for f in evidence_only.store.window("cam", 0, 0.0, 1.0)] == [0]
+    assert thumbs_only.on_score(_score(1, 0.99), alert_started=True) is None
+    eid = "/evidence/1700000000000-cam-1"
+    for recorder, thumbnails, thumb_code, evidence_code in (
+            (None, True, "thumbnails_off", "evidence_off"),
+            (evidence_only, True, "thumbnails_off", "not_found"),
+            (thumbs_only, False, "thumbnails_off", "evidence_off"),
+            (thumbs_only, True, None, "evidence_off")):
         app = web.Application()
         add_review_routes(app, recorder, lambda request, role: None, thumbnails)
         async with TestClient(TestServer(app)) as c:
             r = await c.get("/streams/cam/thumbnail")
             assert r.headers["Cache-Control"] == "no-store"
-            if code is None:
+            if thumb_code is None:
                 assert r.status == 200 and r.content_type == "image/jpeg"
-                assert decode_jpeg(await r.read()).shape == (64, 96, 3)
+                assert decode_jpeg(await r.read()).shape == (32, 48, 3)
             else:
-                assert r.status == 404 and (await r.json())["error"]["code"] == code
+                assert r.status == 404 and (await r.json())["error"]["code"] == thumb_code
+            r = await c.get(eid)
+            assert r.status == 404 and (await r.json())["error"]["code"] == evidence_code
+
+
+def test_thumbnails_are_throttled_bounded_and_forgotten() -> None:
+    """One thumbnail encoded a stream per interval whatever the sampling rate, the newest
+    kept; the bounds refuse (counted) and a forgotten stream frees its bytes."""
+    reg = CollectorRegistry()
+    now = [1000.0]
+    thumbs = ThumbnailStore(stream_bytes=10**5, memory_bytes=10**6, interval_s=1.0)
+    cap = FrameCapture(None, width=48, quality=80, queue_max=64, metrics=EvidenceMetrics(reg),
+                       clock=lambda: now[0], thumbs=thumbs, threads=2)
+    assert cap.threads == 2
+    for sid in ("a", "b"):
+        thumbs.open(sid)
+    offered = []
+
+    class Counting(_Frame):
+        def small_rgb(self, width: int, scaler: Any = None) -> np.ndarray:
+            offered.append(self)
+            return super().small_rgb(width, scaler)
+
+    cap.start()
+    for k in range(35):  # about 3 s at 11.5 Hz, two streams
+        now[0] = 1000.0 + k * SAMPLE_INTERVAL_S
+        for sid in ("a", "b", "gone"):  # "gone" was never opened: nothing encoded
+            cap.offer(sid, 0, k, k * SAMPLE_INTERVAL_S, False, Counting(_picture(k)))
+    wait_until(cap.idle, 30, "the queue drained")
+    cap.stop()
+    # due at k 0 (0 s), 12 (1.04 s), 24 (2.09 s): three encodes a stream, not 35
+    assert len(offered) == 2 * 3
+    a, b = thumbs.get("a"), thumbs.get("b")
+    assert a is not None and b is not None and thumbs.get("gone") is None
+    assert (a.k, a.width) == (24, 48)
+    assert thumbs.total_bytes == len(a.jpeg) + len(b.jpeg)
+    assert reg.get_sample_value("restrav_thumbnails_bytes") == thumbs.total_bytes
+    thumbs.forget("a")
+    assert thumbs.get("a") is None and thumbs.total_bytes == len(b.jpeg)
+    # the bounds: one too large for a stream, one over the total
+    small = KeptFrame(0, 0, 0.0, 0.0, False, b"x" * 100, 8, 6)
+    tight = ThumbnailStore(stream_bytes=150, memory_bytes=250, interval_s=1.0)
+    for sid in ("a", "b", "c"):
+        tight.open(sid)
+    assert tight.put("a", small) and tight.put("b", small)
+    assert not tight.put("c", small)  # 300 > 250
+    assert not tight.put("a", KeptFrame(0, 1, 0.0, 0.0, False, b"x" * 200, 8, 6))
+    assert tight.put("a", KeptFrame(0, 2, 0.0, 0.0, False, b"y" * 140, 8, 6))  # replaces
+    assert tight.total_bytes == 240
+
+
+def test_capture_threads_default_to_half_the_cpus_one_to_four(tmp_path: Path) -> None:
+    from monitor.live.evidence.capture import default_capture_threads
+
+    assert [default_capture_threads(n) for n in (1, 2, 3, 6, 8, 16, 64)] == [1, 1, 1, 3, 4, 4, 4]
+    assert EvidenceRecorder(_settings(tmp_path, capture_threads=3)).capture.threads == 3
+    assert EvidenceRecorder(_settings(tmp_path)).capture.threads == default_capture_threads()
+
+
+def test_a_pool_of_capture_threads_keeps_each_stream_in_sample_order() -> None:
+    """Streams are spread over the threads, each stream on one thread: every frame of
+    every stream is retained, in order."""
+    store = FrameStore(keep=48, stream_bytes=10**6, memory_bytes=10**8)
+    cap = FrameCapture(store, width=32, quality=70, queue_max=1200, threads=3)
+    sids = [f"cam{i}" for i in range(12)]
+    for sid in sids:
+        store.open(sid)
+    for k in range(30):
+        for sid in sids:
+            cap.offer(sid, 0, k, k * SAMPLE_INTERVAL_S, False, _Frame(_picture(k)))
+    assert cap.dropped == {}
+    cap.start()
+    wait_until(cap.idle, 60, "the queues drained")
+    cap.stop()
+    for sid in sids:
+        assert [f.k for f in store.window(sid, 0, 0.0, 10.0)] == list(range(30)), sid
 
 
 def test_a_request_keeps_its_frames_when_the_ring_moves_on(tmp_path: Path) -> None:
@@ -428,3 +524,62 @@ async def test_the_event_log_lists_every_replica_s_events_from_redis(redis_url: 
     events, source = await log.recent(10)
     assert source == "memory" and [e["stream"] for e in events] == ["cam-a"]
     await gone.aclose()
+
+
+async def test_state_changes_go_to_restrav_events_within_each_stream_s_budget(
+        redis_url: str) -> None:
+    """Every replica's stream state changes are on ``restrav:events`` (so the page on any
+    replica lists them); a flapping feed spends its stream's budget and the rest is
+    counted, the next change that goes out saying how many were left out; another
+    stream's budget is its own."""
+    import redis.asyncio as aioredis
+
+    from monitor.config import StreamSpec, load_settings
+    from monitor.live.alerts import AlertTracker
+    from monitor.live.service import StreamManager
+    from monitor.live.sinks import EventLog, RedisSink
+    from monitor.live.stream_state import ManagedStream
+    from monitor.metrics import StreamMetrics
+
+    base = load_settings().serve
+    serve = base.model_copy(update={"sinks": base.sinks.model_copy(update={
+        "state_events_burst": 3, "state_events_refill_s": 10.0})})
+    now = [100.0]
+    reg = CollectorRegistry()
+    managers: dict[str, tuple[StreamManager, ManagedStream]] = {}
+    for replica in ("a", "b"):
+        sink = RedisSink(aioredis.from_url(redis_url), owner=replica)
+        await sink.start()
+        mgr = StreamManager(None, sink, serve, StreamMetrics(reg) if replica == "a" else None,  # type: ignore[arg-type]
+                            clock=lambda: now[0])
+        sid = f"cam-{replica}"
+        st = ManagedStream(StreamSpec(id=sid, url=f"rtsp://127.0.0.1/{sid}"), "rtsp", 8,
+                           AlertTracker(sid, 0.8, 0.6, 0.0))
+        mgr._streams[sid] = st
+        managers[replica] = (mgr, st)
+    mgr_a, st_a = managers["a"]
+    mgr_b, st_b = managers["b"]
+    mgr_b.runner.set_state(st_b, "starting")  # transient: not published
+    mgr_b.runner.set_state(st_b, "running")
+    for i in range(10):  # cam-a flaps: ten changes in 4.5 s
+        mgr_a.runner.set_state(st_a, ("running", "reconnecting")[i % 2])
+        now[0] += 0.5
+    now[0] += 20.0  # two tokens back
+    mgr_a.runner.set_state(st_a, "stalled")
+    mgr_b.runner.set_state(st_b, "stopped", end_reason="deleted")  # removed
+    for mgr, _ in managers.values():
+        assert await mgr.sink.flush(10)
+        await mgr.sink.aclose()
+    client = aioredis.from_url(redis_url)
+    events, source = await EventLog(client=client).recent(100)
+    await client.aclose()
+    assert source == "redis" and {e["kind"] for e in events} == {"state"}
+    a = [(e["state"], e.get("previous"), e.get("suppressed")) for e in events
+         if e["stream"] == "cam-a"]
+    assert a == [("stalled", "reconnecting", 7), ("running", "reconnecting", None),
+                 ("reconnecting", "running", None), ("running", None, None)]
+    b = [(e["state"], e.get("previous"), e.get("reason")) for e in events
+         if e["stream"] == "cam-b"]
+    assert b == [("stopped", "running", "deleted"), ("running", "starting", None)]
+    assert reg.get_sample_value("restrav_stream_state_events_suppressed_total",
+                                {"stream": "cam-a"}) == 7

@@ -20,6 +20,7 @@ import pytest
 import redis
 from aiohttp import ClientSession
 
+from monitor.config import EvidenceSettings
 from tests.media import write_clip
 from tests.test_evidence_serve import TOKEN, coded_frame, settings_for
 from tests.test_ui_browser import open_page, screenshot, until
@@ -195,3 +196,57 @@ async def test_a_page_with_a_wrong_token_sees_no_image(
             "JSON.stringify([...document.images].filter(i => i.naturalWidth > 0).length)"))
         assert shown == 0
     assert svc.rc == 0
+
+
+ROW_THUMB_JS = ("JSON.stringify((i => i ? [i.hidden ? 0 : i.naturalWidth, i.src] : [0, ''])"
+                "(document.querySelector('.row[data-id=\"cam\"] .rowthumb')))")
+
+
+@pytest.mark.slow
+async def test_thumbnails_need_no_evidence_and_one_setting_turns_them_off(
+    tiny_model_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """Evidence off (no ``serve.evidence.dir``): the row still shows the stream's latest
+    frame, ``thumbnail_width`` wide, refreshed; ``serve.ui.thumbnails: false``: no
+    thumbnail is served (404 ``thumbnails_off``), requested or shown."""
+    base = page_settings(tmp_path, tiny_model_dir, redis_url)
+    for on in (True, False):
+        s = base.serve
+        ui = s.ui.model_copy(update={"thumbnails": on, "thumbnail_width": 48})
+        settings = base.model_copy(update={"serve": s.model_copy(update={
+            "ui": ui, "evidence": EvidenceSettings()})})
+        async with Service(settings) as svc, \
+                open_page(f"{svc.url}/#token={TOKEN}", tmp_path) as dt:
+            await until(dt, "JSON.stringify(document.querySelectorAll('.row').length)",
+                        lambda n: n == 1, 60, "the stream's row")
+            # every fetch the loaded page makes from now on is listed (resource timing
+            # omits 404s whose body is not read)
+            await dt.evaluate("window.asked = [], window.fetch = (f => (u, o) => "
+                              "(window.asked.push(String(u)), f(u, o)))(window.fetch), 1")
+            # scores flow (so frames were sampled) before looking for thumbnails
+            await until(dt, "JSON.stringify(document.querySelector('.row .meta').innerText)",
+                        lambda t: "running" in t, 60, "the stream running")
+            if on:
+                _, src = await until(dt, ROW_THUMB_JS, lambda v: v[0] == 48, 60,
+                                     "the row's thumbnail")
+                assert src.startswith("blob:")
+                await until(dt, ROW_THUMB_JS, lambda v, old=src: v[1] != old and v[0] == 48, 30,
+                            "the row's thumbnail refreshed")
+                status, body = await svc.get_json("/evidence/1700000000000-cam-1", TOKEN)
+                assert status == 404 and body["error"]["code"] == "evidence_off"
+            else:
+                await asyncio.sleep(3)  # several page updates, each of which could ask
+                status, body = await svc.get_json("/streams/cam/thumbnail", TOKEN)
+                assert status == 404 and body["error"]["code"] == "thumbnails_off"
+                await dt.evaluate("document.querySelector('.row[data-id=\"cam\"]').click(), 1")
+                await asyncio.sleep(1)
+                shown = json.loads(await dt.evaluate(
+                    "JSON.stringify([...document.images].filter(i => !i.hidden && "
+                    "i.naturalWidth > 0).length)"))
+                assert shown == 0
+                asked: list[str] = json.loads(await dt.evaluate("JSON.stringify(asked)"))
+                assert any("/ui/streams/cam" in u for u in asked), asked  # the detail opened
+                assert not any("/thumbnail" in u for u in asked), asked
+            errors: list[Any] = json.loads(await dt.evaluate("JSON.stringify(restravUi.errors)"))
+            assert errors == []
+        assert svc.rc == 0

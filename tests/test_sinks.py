@@ -15,7 +15,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from monitor import keys
-from monitor.live.alerts import AlertEvent
+from monitor.live.alerts import AlertEvent, StateEvent
 from monitor.live.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink
 from monitor.live.sinks.base import sink_ready_check
 from monitor.metrics import StreamMetrics
@@ -121,14 +121,18 @@ async def test_stdout_sink_writes_json_lines_and_fanout_reaches_all() -> None:
     await fan.start()
     fan.publish(score("a", 0, p=None))
     fan.publish_event(AlertEvent("a", "alert_end", 0.1, 5.0, 1.0))
+    fan.publish_event(StateEvent("a", "stalled", 6.0, "running"))  # not on stdout
     assert await fan.flush(5)
     await fan.aclose()
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert len(lines) == 2
     assert lines[0]["type"] == "score" and lines[0]["p_ai"] is None and lines[0]["stream"] == "a"
     assert len(lines[0]["features"]) == 21  # without a classifier, the features are the output
     assert lines[1] == {"type": "event", "stream": "a", "kind": "alert_end", "p_ai": 0.1,
                         "at": 5.0, "since": 1.0}
     assert len(mem.scores) == 1 and len(mem.events) == 1
+    assert [e.to_json() for e in mem.states] == [
+        {"stream": "a", "kind": "state", "state": "stalled", "at": 6.0, "previous": "running"}]
 
 
 async def test_a_rejected_write_is_kept_retried_and_logged_once(

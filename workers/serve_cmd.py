@@ -265,8 +265,9 @@ async def serve(
     sink = FanoutSink(sinks)
     await sink.start()
 
+    # evidence (serve.evidence.dir) and the page's thumbnails (serve.ui.thumbnails)
     evidence = EvidenceRecorder.from_settings(
-        s.evidence, EvidenceMetrics(registry), replica=replica,
+        s.evidence, EvidenceMetrics(registry), ui=s.ui, replica=replica,
         classifier=classifier_name(settings) if classifier is not None else None,
         engine_backlog=s.engine.max_backlog_per_stream,
     )

@@ -1,6 +1,7 @@
 """Alert hysteresis on a stream's rolling P(AI): pure logic, no I/O; and the events
 that go with alerts on ``restrav:events`` (:class:`StreamEvent`: who changed a stream or
-acknowledged an alert).
+acknowledged an alert; :class:`StateEvent`: a stream's state changed), with the per-stream
+budget that keeps a flapping feed from flooding them (:class:`EventBudget`).
 
 An alert starts when P(AI) has stayed at or above ``enter`` for at least
 ``min_duration_s`` (on the caller's clock) and ends when P(AI) falls below
@@ -125,5 +126,73 @@ class StreamEvent:
         return out
 
 
-Event = AlertEvent | StreamEvent
+@dataclass(frozen=True, slots=True)
+class StateEvent:
+    """A stream's state changed, as this replica's serve saw it (``running``, ``stalled``,
+    ``reconnecting``, ``paused``, ``stopped``, ``failed``; not ``starting``, which is
+    always followed by one of these): ``previous`` the
+    state it left, ``reason`` why it stopped or failed (``deleted``, ``replaced``,
+    ``shutdown``, an error code) when known, ``suppressed`` how many changes of this
+    stream were not published just before it (its :class:`EventBudget` ran out)."""
+
+    stream_id: str
+    state: str
+    at: float
+    previous: str | None = None
+    reason: str | None = None
+    suppressed: int = 0
+    fence: int | None = None
+    """Always None: state events are written unfenced (what a replica saw, even one that
+    just lost the stream, is true of that replica)."""
+
+    @property
+    def kind(self) -> str:
+        """``state``, as the events stream names it."""
+        return "state"
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to the events stream (``previous``, ``reason`` and
+        ``suppressed`` only when set)."""
+        out: dict[str, Any] = {"stream": self.stream_id, "kind": "state", "state": self.state,
+                               "at": round(self.at, 6)}
+        if self.previous is not None:
+            out["previous"] = self.previous
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.suppressed:
+            out["suppressed"] = self.suppressed
+        return out
+
+
+class EventBudget:
+    """A token bucket for one stream's state events: ``burst`` at once, then one more
+    every ``refill_s``; :meth:`take` says whether an event at time ``at`` may go out and
+    counts those that may not (:attr:`suppressed`, reset by :meth:`pop_suppressed`).
+    ``burst`` 0 publishes none."""
+
+    def __init__(self, burst: int, refill_s: float) -> None:
+        self.burst = burst
+        self.refill_s = refill_s
+        self.tokens = float(burst)
+        self.suppressed = 0
+        self._last: float | None = None
+
+    def take(self, at: float) -> bool:
+        """Spend one token for an event at ``at`` (seconds); False (counted) when none."""
+        if self._last is not None and at > self._last:
+            self.tokens = min(float(self.burst), self.tokens + (at - self._last) / self.refill_s)
+        self._last = at if self._last is None else max(self._last, at)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.suppressed += 1
+        return False
+
+    def pop_suppressed(self) -> int:
+        """Events suppressed since the last call."""
+        n, self.suppressed = self.suppressed, 0
+        return n
+
+
+Event = AlertEvent | StreamEvent | StateEvent
 """Everything sinks put on ``restrav:events``."""

@@ -17,11 +17,12 @@ Routes (``{id}``: 1-64 of letters, digits, ``_ . -``)::
     DELETE /streams/{id}            bearer    204 (also when absent: idempotent)
     POST   /streams/{id}/pause      bearer    200 status / 404
     POST   /streams/{id}/resume     bearer    200 status / 404
-    GET    /streams/{id}/thumbnail  bearer    the latest retained frame (JPEG) / 404
+    GET    /streams/{id}/thumbnail  bearer    the latest sampled frame, small (JPEG) / 404
     GET    /evidence/{eid}          bearer    an evidence record (JSON) / 404
     GET    /evidence/{eid}/clip.mp4, /evidence/{eid}/sheet.jpg    its files
     POST   /evidence/{eid}/ack      operator  acknowledge it (on restrav:events, by name)
-    GET    /events                  bearer    recent events, newest first (Redis, else memory)
+    GET    /events                  bearer    recent events (alerts, changes, acks, states), newest
+                                              first (Redis, else memory)
                                               (:mod:`monitor.live.review`; no-store)
 
 Control routes need ``Authorization: Bearer <token>`` (constant-time compare) of a

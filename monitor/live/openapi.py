@@ -115,7 +115,7 @@ OPERATIONS: tuple[tuple[str, str, str, bool, str | None, dict[int, str | None]],
      {200: "StreamStatusBody", 404: _ERR}),
     ("post", "/streams/{id}/resume", "Resume a paused stream", True, None,
      {200: "StreamStatusBody", 404: _ERR}),
-    ("get", "/streams/{id}/thumbnail", "The stream's latest retained frame", True, None,
+    ("get", "/streams/{id}/thumbnail", "The stream's latest sampled frame, small", True, None,
      {200: "image/jpeg", 404: _ERR}),
     ("get", "/evidence/{eid}", "An evidence record: the flagged window's score and frames",
      True, None, {200: "EvidenceRecord", 404: _ERR}),
@@ -125,7 +125,8 @@ OPERATIONS: tuple[tuple[str, str, str, bool, str | None, dict[int, str | None]],
      {200: "image/jpeg", 404: _ERR}),
     ("post", "/evidence/{eid}/ack", "Acknowledge a record (operator)", True, None,
      {200: "json", 404: _ERR}),
-    ("get", "/events", "Recent events, newest first (every replica's from Redis)", True, None,
+    ("get", "/events", "Recent events, newest first: alerts, changes, acknowledgements, "
+     "state changes (every replica's from Redis)", True, None,
      {200: "json", 400: _ERR, 404: _ERR}),
 )
 """The routes of :func:`monitor.live.api.create_app`, in the document's terms."""

@@ -6,18 +6,20 @@ browser or proxy keeps an image; images and tokens are never logged)::
     GET /evidence/{eid}              the record (JSON), with the URLs of its files
     GET /evidence/{eid}/clip.mp4     the window's 24 sampled frames, H.264
     GET /evidence/{eid}/sheet.jpg    the contact sheet
-    GET /streams/{id}/thumbnail      the stream's latest retained frame (JPEG)
+    GET /streams/{id}/thumbnail      the stream's latest sampled frame, small (JPEG)
     GET /events?limit=N              this process's recent events, newest first (at most
                                      MAX_EVENTS): alerts (with their evidence ids), who
-                                     changed which stream, acknowledgements
+                                     changed which stream, acknowledgements, streams'
+                                     state changes
     POST /evidence/{eid}/ack         (operator) acknowledge a record: an ``acknowledged``
                                      event with the token's name on ``restrav:events``
 
 ``{eid}`` matches :data:`~monitor.live.evidence.recorder.EVIDENCE_ID_PATTERN` (one path
 component: no traversal); an unknown, malformed or not yet written record is 404, as is
-a thumbnail of a stream with no retained frame, or any thumbnail with
-``serve.ui.thumbnails`` off. Without evidence configured (``serve.evidence.dir``) the
-routes answer 404 ``evidence_off``.
+a thumbnail of a stream with no sampled frame yet. Without evidence configured
+(``serve.evidence.dir``) the evidence routes answer 404 ``evidence_off``; with
+``serve.ui.thumbnails`` off (no recorder, or one without thumbnails) every thumbnail is
+404 ``thumbnails_off``. Thumbnails do not need evidence.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def add_review_routes(
         if (deny := check_auth(request, role)) is not None:
             deny.headers.update(NO_STORE)
             return deny
-        if recorder is None:
+        if recorder is None or not recorder.evidence_on:
             return _error(404, "evidence_off", "evidence is off (serve.evidence.dir)")
         return None
 
@@ -104,14 +106,14 @@ def add_review_routes(
         return handler
 
     async def thumbnail(request: web.Request) -> web.Response:
-        if (deny := guard(request)) is not None:
+        if (deny := check_auth(request, "viewer")) is not None:
+            deny.headers.update(NO_STORE)
             return deny
-        assert recorder is not None
-        if not thumbnails:
+        if not thumbnails or recorder is None or recorder.thumbs is None:
             return _error(404, "thumbnails_off", "thumbnails are off (serve.ui.thumbnails)")
         kept = recorder.thumbnail(request.match_info["id"])
         if kept is None:
-            return _error(404, "not_found", "no frame of this stream is retained")
+            return _error(404, "not_found", "no sampled frame of this stream yet")
         headers = {**NO_STORE, "X-Restrav-Time": f"{kept.wall_s:.3f}"}
         return web.Response(body=kept.jpeg, content_type="image/jpeg", headers=headers)
 

@@ -28,12 +28,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import ServeSettings, StreamSpec
+from ..config import ServeSettings, ServeSinkSettings, StreamSpec
 from ..errors import InputError, RestravError, UnsupportedSource
 from ..media.sources import kind_for
 from ..metrics import StreamMetrics
 from ..types import StreamScore
-from .alerts import AlertEvent, AlertTracker
+from .alerts import AlertEvent, AlertTracker, EventBudget, StateEvent
 from .batch import EngineSample
 from .desired import DesiredSetWriter, DesiredStore, RedisDesiredStore, spec_from_record
 from .engine import Engine
@@ -95,8 +95,8 @@ def validate_spec(settings: ServeSettings, spec: StreamSpec, from_api: bool = Fa
 
 
 def retainer(evidence: EvidenceRecorder | None) -> Callable[[EngineSample], None] | None:
-    """What keeps each submitted sample's frame for evidence (compressed off the loop),
-    or None when evidence is off."""
+    """What hands each submitted sample's frame to the recorder (evidence, thumbnails;
+    compressed off the loop when wanted), or None when both are off."""
     if evidence is None:
         return None
     recorder = evidence
@@ -108,6 +108,33 @@ def retainer(evidence: EvidenceRecorder | None) -> Callable[[EngineSample], None
                                sample.repeated, frame)
 
     return retain
+
+
+def state_publisher(sink: Sink, settings: ServeSinkSettings, metrics: StreamMetrics | None
+                    ) -> Callable[[ManagedStream, StateEvent], None]:
+    """What puts a stream's state changes on ``restrav:events``, within the stream's
+    :class:`~monitor.live.alerts.EventBudget` (``state_events_burst`` at once, then one
+    per ``state_events_refill_s``): a flapping feed's excess is counted
+    (``restrav_stream_state_events_suppressed_total``, logged once per run) and the next
+    event that goes out says how many were left out."""
+
+    def publish(st: ManagedStream, event: StateEvent) -> None:
+        budget = st.state_budget
+        if budget is None:
+            budget = st.state_budget = EventBudget(settings.state_events_burst,
+                                                   settings.state_events_refill_s)
+        if not budget.take(event.at):
+            if metrics is not None:
+                metrics.state_events_suppressed.labels(st.spec.id).inc()
+            if budget.suppressed == 1:  # once per run of suppressed changes
+                log.info("stream %s: state changes too frequent; not all go to the event "
+                         "log (restrav_stream_state_events_suppressed_total)", st.spec.id)
+            return
+        if budget.suppressed:
+            event = dataclasses.replace(event, suppressed=budget.pop_suppressed())
+        sink.publish_event(event)
+
+    return publish
 
 
 class StreamManager:
@@ -135,7 +162,7 @@ class StreamManager:
         self.runner = StreamRunner(
             engine, settings, metrics, decode_threads, max_pixels,
             rng or random.Random(), clock, self._publish_alert,
-            retainer(evidence),
+            retainer(evidence), state_publisher(sink, settings.sinks, metrics),
         )
         self.writer = DesiredSetWriter(
             store, settings.persist_streams, lambda: {k: s.spec for k, s in self._streams.items()}

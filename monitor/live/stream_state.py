@@ -27,7 +27,7 @@ from ..config import StreamSpec
 from ..media.sampler import LiveSampler
 from ..media.sources.base import SourceFrame
 from ..redaction import redact_url
-from .alerts import AlertTracker
+from .alerts import AlertTracker, EventBudget
 
 STATES = ("starting", "running", "stalled", "reconnecting", "paused", "stopped", "failed")
 UNWATCHED_STATES = frozenset({"paused", "stopped", "failed"})
@@ -217,3 +217,5 @@ class ManagedStream:
         self.lost_credentials = False
         self.fence: int | None = None
         self.seq_offset = 0
+        self.state_budget: EventBudget | None = None
+        """What this stream may still put on ``restrav:events`` of its state changes."""

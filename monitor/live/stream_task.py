@@ -44,7 +44,7 @@ from ..media.sources.base import LiveSource
 from ..metrics import StreamMetrics
 from ..redaction import redact_text, redact_url
 from ..types import SourceClosed
-from .alerts import AlertEvent
+from .alerts import AlertEvent, StateEvent
 from .batch import EngineSample
 from .engine import Engine
 from .stream_state import (
@@ -71,8 +71,13 @@ class StreamRunner:
         clock: Callable[[], float],
         on_alert_event: Callable[[ManagedStream, AlertEvent], None] = lambda st, ev: None,
         on_sample: Callable[[EngineSample], None] | None = None,
+        on_state_event: Callable[[ManagedStream, StateEvent], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_state_event = on_state_event
+        """Called with every state change but to ``starting`` (a transition always followed
+        by ``running``, ``reconnecting`` or ``failed``): the manager puts it on
+        ``restrav:events``."""
         self.on_sample = on_sample
         """Called with every sample the engine accepted (evidence retention)."""
         self.on_alert_event = on_alert_event
@@ -104,6 +109,7 @@ class StreamRunner:
         if st.status.state == state and st.status.history:
             return
         now = self.clock()
+        previous = st.status.state if st.status.history else None
         st.status.state = state
         st.status.state_since = now
         st.status.history.append((state, now))
@@ -119,6 +125,11 @@ class StreamRunner:
             )
         else:
             log.info("stream %s: %s", st.spec.id, state)
+        if self.on_state_event is not None and state != "starting":  # always followed
+            reason = end_reason if state == "stopped" else None
+            if state == "failed":
+                reason = str((st.status.error or {}).get("code", "unknown"))
+            self.on_state_event(st, StateEvent(st.spec.id, state, now, previous, reason))
         if not watched(st):
             self.end_alert(st, end_reason or ("no_publisher" if awaiting else state))
 

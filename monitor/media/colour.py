@@ -16,6 +16,10 @@ Contract:
   8-bit levels equal the CPU path's ``rgb24`` frames), rotated for display, divided
   by 255 and resized to ``S x S`` bicubic with antialiasing, exactly as
   :func:`monitor.core.embed.preprocess` resizes RGB frames.
+* :func:`planes_to_small_rgb` makes the small RGB image of one frame's planes where they
+  are (a GPU decoder's frame on its GPU): the planes are box-averaged to the small size,
+  converted there with the same tables, and only the small image is copied to the host
+  (evidence and thumbnails of NVDEC streams, whose frames swscale cannot read).
 * Equivalence with the CPU path (PyAV ``to_ndarray(format="rgb24")``, then
   ``preprocess``): the RGB levels are identical but for about 0.05 % of values
   that are one level off (measured on every 4:2:0 shared clip by
@@ -36,6 +40,8 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 import torch.utils.dlpack
+
+from ..types import RGBArray
 
 Matrix = Literal["bt601", "bt709"]
 
@@ -194,3 +200,34 @@ def planes_to_pixels(
             )
         out[torch.tensor(idx, device=device)] = x
     return out
+
+
+def small_size(width_in: int, height_in: int, width: int) -> tuple[int, int]:
+    """The ``(w, h)`` of a frame shrunk to at most ``width`` px wide: both even, aspect
+    kept (as :func:`~monitor.media.decode.frame_to_small_rgb` sizes it)."""
+    w = max(2, min(width, width_in) // 2 * 2)
+    return w, max(2, round(height_in * w / max(1, width_in) / 2) * 2)
+
+
+def planes_to_small_rgb(planes: YUVPlanes, width: int) -> RGBArray:
+    """One frame's planes, wherever they are (host numpy, or tensors on a GPU), as RGB
+    ``uint8`` ``(h, w, 3)`` on the host at most ``width`` px wide (even sizes, aspect
+    kept, then rotated for display). Luma is box-averaged (``area``) to ``(h, w)`` and
+    chroma to ``(h/2, w/2)`` on the planes' device, converted there by
+    :func:`yuv_to_rgb`; the full-size RGB is never made and only the small image crosses
+    to the host (a few hundred KB a second for a thumbnail, not a 1080p frame)."""
+    y, u, v = (p if isinstance(p, torch.Tensor) else torch.from_numpy(np.asarray(p))
+               for p in (planes.y, planes.u, planes.v))
+    h_in, w_in = int(y.shape[-2]), int(y.shape[-1])
+    w, h = small_size(w_in, h_in, width)
+    with torch.inference_mode():
+        luma = F.interpolate(y.float()[None, None], size=(h, w), mode="area")
+        chroma = F.interpolate(torch.stack((u, v)).float()[None], size=(h // 2, w // 2),
+                               mode="area")
+        y8 = luma[0].round_().to(torch.uint8)
+        u8, v8 = chroma[0].round_().to(torch.uint8)
+        rgb = yuv_to_rgb(y8, u8[None], v8[None], planes.matrix, planes.full_range)
+        if planes.rotation_deg:
+            rgb = torch.rot90(rgb, k=planes.rotation_deg // 90, dims=(2, 3))
+        small: RGBArray = rgb[0].to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+    return small

@@ -9,7 +9,7 @@ Contract:
   counts it). Frames of a stream that is not open (removed meanwhile) are ignored.
 * :meth:`~FrameStore.window` returns a window's frames (one segment, sample times
   within ``[start_s, end_s]``), :meth:`~FrameStore.wait_window` waits for them with a
-  deadline, :meth:`~FrameStore.latest` is the stream's newest frame (its thumbnail).
+  deadline, :meth:`~FrameStore.latest` is the stream's newest retained frame.
 """
 
 from __future__ import annotations

@@ -38,11 +38,11 @@ from typing import Protocol, runtime_checkable
 
 from ...metrics import StreamMetrics
 from ...types import StreamScore
-from ..alerts import AlertEvent, Event, StreamEvent
+from ..alerts import Event
 
 log = logging.getLogger("restrav.sinks")
 
-Item = StreamScore | AlertEvent | StreamEvent
+Item = StreamScore | Event
 
 
 class SinkUnavailable(Exception):

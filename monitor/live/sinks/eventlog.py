@@ -3,7 +3,7 @@ or this process's from memory.
 
 Contract: :class:`EventLog` is a sink that ignores scores and keeps the last
 ``max_events`` events it is given (alert starts and ends, control changes,
-acknowledgements) in arrival order, each as its ``to_json()`` with a per-process
+acknowledgements, state changes) in arrival order, each as its ``to_json()`` with a per-process
 sequence number ``n`` (for pages to tell new rows from old). Bounded, O(1) per event,
 never blocks, nothing written anywhere.
 
@@ -87,7 +87,8 @@ def _text(v: Any) -> str:
 
 def _parsed(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any]:
     """One ``restrav:events`` entry as the page reads it (``to_json()``'s shape, with
-    ``n`` the entry id, and ``owner``/``fence`` when a replica with leases wrote it)."""
+    ``n`` the entry id, and ``owner``/``fence`` when a replica with leases wrote it;
+    ``suppressed`` an integer)."""
     out: dict[str, Any] = {"n": _text(entry_id)}
     for k, v in fields.items():
         name, text = _text(k), _text(v)
@@ -96,7 +97,7 @@ def _parsed(entry_id: Any, fields: dict[Any, Any]) -> dict[str, Any]:
                 out[name] = float(text) if text else None
             except ValueError:
                 out[name] = None
-        elif name == "fence" and text.isdigit():
+        elif name in ("fence", "suppressed") and text.isdigit():
             out[name] = int(text)
         else:
             out[name] = text

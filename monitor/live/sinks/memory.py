@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from ...types import StreamScore
-from ..alerts import AlertEvent, StreamEvent
+from ..alerts import AlertEvent, StateEvent, StreamEvent
 from .base import BufferedSink, Item
 
 
@@ -21,6 +21,8 @@ class MemorySink(BufferedSink):
         self.events: list[AlertEvent] = []
         self.changes: list[StreamEvent] = []
         """Who changed what (``control``, ``acknowledged``), apart from the alerts."""
+        self.states: list[StateEvent] = []
+        """The streams' state changes as published (within their budgets)."""
         self._changed = asyncio.Event()
 
     async def write(self, items: list[Item]) -> None:
@@ -30,6 +32,8 @@ class MemorySink(BufferedSink):
                 self.scores.append(it)
             elif isinstance(it, AlertEvent):
                 self.events.append(it)
+            elif isinstance(it, StateEvent):
+                self.states.append(it)
             else:
                 self.changes.append(it)
         self._changed.set()

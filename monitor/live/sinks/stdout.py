@@ -2,7 +2,9 @@
 
 One object per line: a score (``"type": "score"``, the fields of
 :meth:`~monitor.live.engine.StreamScore.to_json`) or an alert event
-(``"type": "event"``).
+(``"type": "event"``: alerts, who changed a stream). State changes are not written
+here (stderr logs them; ``restrav:events`` and the page's event log list them): the
+lines stay scores and the events a person acts on.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from typing import Any, TextIO
 
 from ...types import StreamScore
+from ..alerts import Event, StateEvent
 from .base import BufferedSink, Item
 
 
@@ -25,6 +28,11 @@ class StdoutSink(BufferedSink):
         super().__init__(**kw)
         self.stream = stream
         self.features = features
+
+    def publish_event(self, event: Event) -> None:
+        """Queue an alert's or a control event; state changes are not written here."""
+        if not isinstance(event, StateEvent):
+            super().publish_event(event)
 
     async def write(self, items: list[Item]) -> None:
         """Write and flush one line per item."""

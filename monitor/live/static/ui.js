@@ -229,7 +229,7 @@ async function refreshRowThumbs() {
       const r = await fetch("/streams/" + encodeURIComponent(id) + "/thumbnail", { headers: auth(), cache: "no-store" });
       if (!r.ok) {
         const code = ((await r.json().catch(() => ({}))).error || {}).code;
-        if (code === "evidence_off" || code === "thumbnails_off") thumbsOff.add(id);
+        if (code === "thumbnails_off") thumbsOff.add(id);
         continue;
       }
       const url = URL.createObjectURL(await r.blob());
@@ -603,13 +603,14 @@ function setBlob(el, url) {
   el.src = url;
 }
 async function refreshThumb(id) {
+  if (!ui.cfg.thumbnails) { $("dThumb").hidden = true; return; }  // serve.ui.thumbnails: false
   try {
     const url = await blobUrl("/streams/" + encodeURIComponent(id) + "/thumbnail");
     if (ui.selected !== id) { URL.revokeObjectURL(url); return; }
     setBlob($("dThumb"), url);
     $("dThumb").hidden = false;
   } catch (e) {
-    $("dThumb").hidden = true;  // none retained yet, evidence or thumbnails off
+    $("dThumb").hidden = true;  // no frame sampled yet
   }
 }
 
@@ -648,7 +649,10 @@ function describe(e) {
   if (e.kind === "alert_end") return "alert ended" + (e.reason ? ` (${e.reason})` : "");
   if (e.kind === "control") return `${e.action} by ${e.by}`;
   if (e.kind === "acknowledged") return `acknowledged by ${e.by}`;
-  if (e.kind === "state") return e.state;
+  if (e.kind === "state") {
+    return e.state + (e.reason ? ` (${e.reason})` : "")
+      + (e.suppressed ? ` · ${e.suppressed} earlier changes not logged` : "");
+  }
   return e.kind;
 }
 async function refreshEvents() {
@@ -657,13 +661,8 @@ async function refreshEvents() {
   try {
     const r = await fetch("/events?limit=100", { headers: auth(), cache: "no-store" });
     if (!r.ok) { $("eMsg").textContent = `events: HTTP ${r.status}`; return; }
-    const logged = (await r.json()).events;
-    // state changes come from the timelines' marks (every stream's, this page's history)
-    const states = [];
-    for (const [id, st] of ui.streams) {
-      for (const m of st.marks) if (m[1] === "state") states.push({ n: `s${id}@${m[0]}`, kind: "state", stream: id, at: m[0], state: m[2] });
-    }
-    const events = logged.concat(states).sort((a, b) => b.at - a.at).slice(0, 100);
+    // state changes are on restrav:events too (serve puts them there, within a budget)
+    const events = (await r.json()).events.sort((a, b) => b.at - a.at).slice(0, 100);
     const list = $("eList");
     const key = events.map((e) => e.n).join();
     if (list.dataset.key === key) return;

@@ -21,8 +21,8 @@ from typing import Any
 
 from ...config import ServeSourceSettings, StreamSpec
 from ...errors import DecodeError, InputError
-from ...types import SourceClosed
-from ..colour import frame_planes
+from ...types import RGBArray, SourceClosed
+from ..colour import frame_planes, planes_to_small_rgb
 from ..decode import (
     DecodeLimits,
     LiveVideo,
@@ -199,7 +199,7 @@ class AVSource:
                     image=av_frame,
                     to_rgb=frame_to_rgb,
                     to_planes=frame_planes,
-                    to_small=frame_to_small_rgb,
+                    to_small=small_rgb,
                 )
                 self.frames_read += 1
                 if not buf.put(frame, self._quit):
@@ -242,6 +242,21 @@ class AVSource:
             await asyncio.to_thread(t.join, _JOIN_TIMEOUT_S)
             if t.is_alive():
                 log.debug("decode thread of %s still in a blocking read", self.description)
+
+
+def small_rgb(frame: Any, width: int, scaler: Any = None) -> RGBArray:
+    """A decoded frame at most ``width`` px wide, RGB ``uint8`` on the host (evidence and
+    thumbnails): software frames through swscale (:func:`frame_to_small_rgb`, with the
+    caller's ``scaler``), NVDEC frames (format ``cuda``) scaled on their GPU by torch
+    (:func:`~monitor.media.colour.planes_to_small_rgb`: only the small image is copied).
+    ValueError for a frame neither can scale (a hardware format other than NV12)."""
+    if frame.format.name == "cuda":
+        planes = frame_planes(frame)
+        if planes is None:
+            sw = getattr(frame.sw_format, "name", None)
+            raise ValueError(f"cannot scale a hardware frame of {sw}")
+        return planes_to_small_rgb(planes, width)
+    return frame_to_small_rgb(frame, width, scaler)
 
 
 def nvdec_device(settings: ServeSourceSettings) -> int | None:
