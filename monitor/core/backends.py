@@ -40,7 +40,7 @@ import torch
 
 from ..errors import ConfigError
 from ..types import RGBArray
-from .autoselect import AutoChoice, choose_auto, cpu_flags
+from .autoselect import AutoChoice, choose_auto, isa_flags
 from .backbone import Backbone, CompileMode, load_backbone, resolve_device
 from .embed import Embedder, preprocess
 from .graphs import PACKAGES, build_runner, default_threads
@@ -122,8 +122,9 @@ def installed(runtime: str) -> bool:
 
 
 def has_bf16(flags: frozenset[str] | None = None) -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16)."""
-    f = cpu_flags() if flags is None else flags
+    """True when the CPU computes bfloat16 natively (AVX512_BF16 or AMX-BF16), under the
+    process's instruction-set caps (:func:`~monitor.core.autoselect.isa_flags`)."""
+    f = isa_flags() if flags is None else flags
     return "avx512_bf16" in f or "amx_bf16" in f
 
 
@@ -173,7 +174,7 @@ def choose_backend(
     if backend == "auto":
         if device.type != "cpu":
             return "torch", "float32"
-        return auto_candidates(cpu_flags(), is_installed)[0]
+        return auto_candidates(isa_flags(), is_installed)[0]
     if backend == "torch":
         if mode != "float32":
             raise ConfigError(
@@ -213,7 +214,7 @@ def resolve_auto(
     (:func:`~monitor.core.autoselect.choose_auto`)."""
     n = threads or default_threads()
     return choose_auto(
-        backbone, auto_candidates(cpu_flags(), is_installed), batch_size, n, cache_dir
+        backbone, auto_candidates(isa_flags(), is_installed), batch_size, n, cache_dir
     )
 
 
