@@ -115,6 +115,11 @@ def test_auto_candidates_are_always_within_the_bound() -> None:
     assert not [c for c in auto_candidates(ALL_FLAGS, lambda r: True) if c[1] != "float32"]
 
 
+def test_the_bound_check_uses_the_worst_drift_measured_on_any_cpu() -> None:
+    for key, per_cpu in backends.MEASURED_ON.items():
+        assert MEASURED_DRIFT[key][0] >= max(per_cpu.values()), key
+
+
 def test_a_reduced_mode_within_the_bound_needs_the_cpu_flags(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -247,6 +252,8 @@ def test_doctor_shows_the_auto_choice_and_each_modes_drift(
     for (rt, md), (drift, _dp) in MEASURED_DRIFT.items():
         (line,) = [x for x in first["measured_drift"] if x.startswith(f"{rt} {md}:")]
         assert f"drift {drift:.2g}" in line
+        for cpu, d in backends.MEASURED_ON.get((rt, md), {}).items():
+            assert f"; {cpu} {d:.2g}" in line
         assert ("auto never picks it" in line) == (not within_bounds(rt, md))
     again = _doctor(tiny_model_dir, tmp_path)["backend"]
     assert again["auto"]["decision"] == "cached" and again["runs"] == first["runs"]

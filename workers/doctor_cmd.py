@@ -132,6 +132,7 @@ def _backends(model: ModelSettings, model_found: bool) -> dict[str, Any]:
     from monitor.core.backends import (
         DRIFT_BOUND,
         MEASURED_DRIFT,
+        MEASURED_ON,
         choose_backend,
         installed,
         within_bounds,
@@ -164,6 +165,7 @@ def _backends(model: ModelSettings, model_found: bool) -> dict[str, Any]:
         f"{r} {m}: drift {d:.2g}, max dP(AI) {p:.2g} "
         f"({'within' if within_bounds(r, m) else 'over'} the {DRIFT_BOUND:.0%} bound"
         f"{'' if within_bounds(r, m) else '; auto never picks it'})"
+        + "".join(f"; {cpu} {v:.2g}" for cpu, v in MEASURED_ON.get((r, m), {}).items())
         for (r, m), (d, p) in MEASURED_DRIFT.items()
     ]
     return info

@@ -75,6 +75,16 @@ windows, random real-size ViT-S/14, measured by ``python -m bench.bench_backends
 ``auto``. These are measured on random weights: rerun the benchmark with ``--model`` on
 the real checkpoint before trusting a reduced mode."""
 
+MEASURED_ON: dict[tuple[str, str], dict[str, float]] = {
+    ("onnxruntime", "float32"): {"Xeon AMX": 2.3e-6, "EPYC AVX-512 (6 clips)": 4.5e-7},
+    ("openvino", "float32"): {"Xeon AMX": 2.8e-6, "EPYC AVX-512": 1.9e-6},
+    ("openvino", "bfloat16"): {"Xeon AMX": 0.72, "EPYC AVX512_BF16 without AMX": 0.72},
+    ("onnxruntime", "int8"): {"Xeon AMX": 1.5},
+}
+"""(runtime, mode) -> CPU -> the drift measured there (BENCHMARKS.md, 16 shared clips
+unless said), shown by ``restrav doctor``; :data:`MEASURED_DRIFT` holds at least the
+largest of them."""
+
 AUTO_ORDER: tuple[tuple[str, str], ...] = (
     ("openvino", "float32"),
     ("onnxruntime", "float32"),
