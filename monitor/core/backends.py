@@ -64,8 +64,8 @@ PROB_BOUND = 0.01
 
 MEASURED_DRIFT: dict[tuple[str, str], tuple[float, float]] = {
     ("torch", "float32"): (0.0, 0.0),
-    ("onnxruntime", "float32"): (3e-6, 2e-6),
-    ("openvino", "float32"): (3e-6, 2e-6),
+    ("onnxruntime", "float32"): (4e-6, 2e-6),
+    ("openvino", "float32"): (4e-6, 2e-6),
     ("openvino", "bfloat16"): (0.75, 0.38),
     ("onnxruntime", "int8"): (1.5, 0.89),
 }
@@ -76,8 +76,10 @@ windows, random real-size ViT-S/14, measured by ``python -m bench.bench_backends
 the real checkpoint before trusting a reduced mode."""
 
 MEASURED_ON: dict[tuple[str, str], dict[str, float]] = {
-    ("onnxruntime", "float32"): {"Xeon AMX": 2.3e-6, "EPYC AVX-512 (6 clips)": 4.5e-7},
-    ("openvino", "float32"): {"Xeon AMX": 2.8e-6, "EPYC AVX-512": 1.9e-6},
+    ("onnxruntime", "float32"): {"Xeon AMX": 2.3e-6, "EPYC AVX-512 (6 clips)": 4.5e-7,
+                                 "EPYC, torch capped to AVX2": 3.4e-6},
+    ("openvino", "float32"): {"Xeon AMX": 2.8e-6, "EPYC AVX-512": 1.9e-6,
+                              "EPYC capped to AVX2": 3.6e-6},
     ("openvino", "bfloat16"): {"Xeon AMX": 0.72, "EPYC AVX512_BF16 without AMX": 0.72},
     ("onnxruntime", "int8"): {"Xeon AMX": 1.5},
 }
