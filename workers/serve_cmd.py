@@ -15,12 +15,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -59,6 +58,7 @@ from .common import (
     build_classifier,
     build_embedder,
     check_port_free,
+    exit_now,
     settings_from_args,
 )
 
@@ -196,21 +196,6 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings, exit_process=True))
 
 
-def exit_now(status: int) -> NoReturn:
-    """End the process with ``status`` at once, without the interpreter's teardown.
-
-    For a device thread still inside a backbone batch: at interpreter exit Python
-    ends a daemon thread that comes back for the GIL with ``pthread_exit``, whose
-    unwinding through torch's (or a runtime's) C++ frames calls ``std::terminate``
-    (SIGABRT). Logs and standard streams are flushed first; everything else the
-    drain owns is already closed."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(status)
-
-
 def classifier_name(settings: Settings) -> str:
     """The classifier as evidence records name it: its file name, or ``default``."""
     path = settings.classifier.path
@@ -226,7 +211,8 @@ async def serve(
     ``embedder``: the backbone to use instead of loading ``settings.model`` (a
     simulation's stand-in; the rest of the composition is the same).
     ``exit_process`` (the CLI): when the device worker is still inside a batch after
-    the drain, end the process at once with the status (:func:`exit_now`) instead of
+    the drain, end the process at once with the status
+    (:func:`~workers.common.exit_now`) instead of
     returning; in-process callers (tests) leave it False and the worker ends after
     its batch."""
     s = settings.serve
