@@ -11,7 +11,12 @@
   ``--warmup`` seconds after every stream's first score ("ready s": from the process's
   start to then); each (backend, streams) in turn, backends alternating; and the
   engine's measured capacity (``restrav_engine_capacity_samples_per_second``) with the
-  number of full-rate streams it would carry (capacity / 11.5).
+  number of full-rate streams it would carry (capacity / 11.5). With ``--source rtsp``
+  the streams are real RTSP: rtsp-server-perl on loopback (``tests/liveproc.py``), one
+  ffmpeg publisher per stream pushing the clip in real time (``-re``, looping, copied,
+  not re-encoded), and serve reading them over UDP on loopback (the server refuses
+  interleaved TCP): depacketising and the RTP/RTSP path are
+  in the measurement, the publishers' CPU (small: no encode) shares the cores.
 
 The backbone is a random-weight real-size ViT-S/14 (speed does not depend on the
 weights). Graphs are built into a private cache before the clock starts (their cost is
@@ -21,6 +26,7 @@ on a shared machine only the ratios in one run mean anything.
 
 Usage: python -m bench.bench_cpu_paths [--fast openvino] [--threads 2] [--parts queue,serve]
        [--queue-clips 3] [--clip-seconds 3] [--streams 1,2] [--seconds 40] [--warmup 10]
+       [--source file|rtsp]
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from monitor.config import QueueSettings
 from monitor.core.backbone import load_backbone
 from monitor.core.graphs import build_runner
 from monitor.queue import Job, JobOptions, connect, enqueue
-from tests.liveproc import end
+from tests.liveproc import Publisher, RtspServer, end
 from tests.redisproc import RedisProcess, free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,17 +179,42 @@ def quantile(q: float, before: dict[float, float], after: dict[float, float]) ->
     return les[-1]
 
 
-def serve_run(backend: str, n: int, clip: Path, model: Path, cache: Path, threads: int,
-              root: Path, warmup: float, seconds: float) -> dict[str, Any]:
-    """One ``restrav serve`` with ``n`` real-time streams; figures over ``seconds``."""
+def file_streams(clip: Path, n: int) -> list[dict[str, Any]]:
+    """``n`` streams playing ``clip`` in real time from the file, looping."""
+    return [{"id": f"s{i}", "url": f"file://{clip}", "loop": True} for i in range(n)]
+
+
+class RtspFeeds:
+    """A loopback RTSP server with one real-time ffmpeg publisher per stream (mounts
+    ``s0``, ``s1``...), started once and shared by every row."""
+
+    def __init__(self, clip: Path, n: int, root: Path) -> None:
+        self.server = RtspServer(root / "rtsp.log")
+        self.server.start()
+        self.publishers = [Publisher(clip, self.server.publish_url(f"s{i}"),
+                                     root / f"publish-s{i}.log") for i in range(n)]
+        for pub in self.publishers:
+            pub.start()
+
+    def streams(self, n: int) -> list[dict[str, Any]]:
+        """The first ``n`` mounts as serve stream specs (RTP over UDP: rtsp-server-perl
+        refuses interleaved TCP)."""
+        return [{"id": f"s{i}", "url": self.server.read_url(f"s{i}"), "transport": "udp"}
+                for i in range(n)]
+
+    def stop(self) -> None:
+        """Stop the publishers, then the server."""
+        for pub in self.publishers:
+            pub.kill()
+        self.server.stop()
+
+
+def serve_run(backend: str, streams: list[dict[str, Any]], model: Path, cache: Path,
+              threads: int, root: Path, warmup: float, seconds: float) -> dict[str, Any]:
+    """One ``restrav serve`` with ``streams`` (real time); figures over ``seconds``."""
     port = free_port()
-    cfg = {
-        "serve": {
-            "api": {"port": port, "token": TOKEN},
-            "streams": [{"id": f"s{i}", "url": f"file://{clip}", "loop": True}
-                        for i in range(n)],
-        },
-    }
+    n = len(streams)
+    cfg = {"serve": {"api": {"port": port, "token": TOKEN}, "streams": streams}}
     cfg_path = root / f"serve-{backend}-{n}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     t_start = time.perf_counter()
@@ -238,6 +269,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--seconds", type=float, default=40.0)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--source", choices=["file", "rtsp"], default="file",
+                    help="serve's streams: local files or a loopback RTSP server")
     args = ap.parse_args()
     backends = ["torch", args.fast]
     root = Path(tempfile.mkdtemp(prefix="restrav-cpu-paths-"))
@@ -275,17 +308,27 @@ def main() -> None:
 
     if "serve" in args.parts:
         clip = make_720p(root / "stream.mp4", 20)
+        counts = [int(s) for s in args.streams.split(",")]
+        feeds = RtspFeeds(clip, max(counts), root) if args.source == "rtsp" else None
         rows = []
-        for n in [int(s) for s in args.streams.split(",")]:
-            for backend in backends:
-                r = serve_run(backend, n, clip, model, cache, args.threads, root,
-                              args.warmup, args.seconds)
-                results["serve"].append(r)
-                rows.append([backend, n, f"{r['ready_s']:.1f}", f"{r['sampled_hz']:.2f}",
-                             f"{r['scored_hz']:.2f}", f"{r['skipped']:.0f}",
-                             f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{r['capacity']:.1f}",
-                             f"{r['capacity'] / 11.5:.2f}", loadavg()])
-        print(f"\nrestrav serve: 720p25 streams played in real time, {args.seconds:g} s "
+        try:
+            for n in counts:
+                streams = feeds.streams(n) if feeds else file_streams(clip, n)
+                for backend in backends:
+                    r = serve_run(backend, streams, model, cache, args.threads, root,
+                                  args.warmup, args.seconds)
+                    results["serve"].append(r)
+                    rows.append([backend, n, f"{r['ready_s']:.1f}", f"{r['sampled_hz']:.2f}",
+                                 f"{r['scored_hz']:.2f}", f"{r['skipped']:.0f}",
+                                 f"{r['p50']:.2f}", f"{r['p95']:.2f}",
+                                 f"{r['capacity']:.1f}", f"{r['capacity'] / 11.5:.2f}",
+                                 loadavg()])
+        finally:
+            if feeds:
+                feeds.stop()
+        how = ("from a loopback RTSP server (RTP/UDP), published in real time by ffmpeg"
+               if feeds else "played in real time from a local file")
+        print(f"\nrestrav serve: 720p25 streams {how}, {args.seconds:g} s "
               f"measured after {args.warmup:g} s; per stream (full rate 11.5 Hz at hop 1)")
         print(table(["backend", "streams", "ready s", "sampled Hz", "scored Hz",
                      "windows skipped", "p50 latency s", "p95 latency s",

@@ -21,7 +21,16 @@ from pathlib import Path
 import pytest
 
 from monitor.core import autoselect, backends
-from monitor.core.autoselect import AutoChoice, auto_key, choose_auto, decision_path
+from monitor.core.autoselect import (
+    ISA_CAP_VARS,
+    AutoChoice,
+    auto_key,
+    capped_flags,
+    choose_auto,
+    decision_path,
+    isa_caps,
+    isa_flags,
+)
 from monitor.core.backbone import Backbone, load_backbone
 from monitor.core.backends import (
     AUTO_ORDER,
@@ -57,6 +66,13 @@ class ScriptedClock:
         if self.readings % 2 == 0:
             self.t += next(self.durations)
         return self.t
+
+
+@pytest.fixture(autouse=True)
+def _uncapped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No instruction-set cap from the environment the tests run in."""
+    for var in ISA_CAP_VARS:
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +115,11 @@ def test_auto_candidates_are_always_within_the_bound() -> None:
     assert not [c for c in auto_candidates(ALL_FLAGS, lambda r: True) if c[1] != "float32"]
 
 
+def test_the_bound_check_uses_the_worst_drift_measured_on_any_cpu() -> None:
+    for key, per_cpu in backends.MEASURED_ON.items():
+        assert MEASURED_DRIFT[key][0] >= max(per_cpu.values()), key
+
+
 def test_a_reduced_mode_within_the_bound_needs_the_cpu_flags(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -126,7 +147,7 @@ def test_a_cached_file_naming_a_mode_over_the_bound_is_not_followed(
     assert json.loads(path.read_text())["choice"] == ["torch", "float32"]
 
 
-CHANGES = ["cpu_model", "cpu_flags", "runtime_version", "weights", "batch", "threads"]
+CHANGES = ["cpu_model", "cpu_flags", "isa_cap", "runtime_version", "weights", "batch", "threads"]
 
 
 @ORT
@@ -148,6 +169,8 @@ def test_the_decision_is_measured_again_when_its_key_changes(
         monkeypatch.setattr(autoselect, "cpu_model", lambda: "Another CPU")
     elif change == "cpu_flags":
         monkeypatch.setattr(autoselect, "cpu_flags", lambda: frozenset({"avx2"}))
+    elif change == "isa_cap":  # the same CPU, the libraries capped to AVX2
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     elif change == "runtime_version":
         monkeypatch.setattr(autoselect, "runtime_version", lambda r: "0.0.1")
     elif change == "weights":
@@ -229,6 +252,73 @@ def test_doctor_shows_the_auto_choice_and_each_modes_drift(
     for (rt, md), (drift, _dp) in MEASURED_DRIFT.items():
         (line,) = [x for x in first["measured_drift"] if x.startswith(f"{rt} {md}:")]
         assert f"drift {drift:.2g}" in line
+        for cpu, d in backends.MEASURED_ON.get((rt, md), {}).items():
+            assert f"; {cpu} {d:.2g}" in line
         assert ("auto never picks it" in line) == (not within_bounds(rt, md))
     again = _doctor(tiny_model_dir, tmp_path)["backend"]
     assert again["auto"]["decision"] == "cached" and again["runs"] == first["runs"]
+
+
+XEON = frozenset({"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
+                  "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16"})
+
+
+@pytest.mark.parametrize(("caps", "kept"), [
+    ({}, XEON),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"sse4_2", "avx", "avx2", "fma"}),
+    ({"ATEN_CPU_CAPABILITY": "AVX2"}, {"sse4_2", "avx", "avx2", "fma"}),
+    ({"ATEN_CPU_CAPABILITY": "DEFAULT"}, {"sse4_2", "avx", "fma"}),
+    ({"ATEN_CPU_CAPABILITY": "AVX512"}, XEON),
+    ({"MKL_ENABLE_INSTRUCTIONS": "AVX512"}, {"sse4_2", "avx", "avx2", "fma", "avx512f",
+                                             "avx512bw", "avx_vnni"}),
+    ({"OV_CPU_MAX_ISA": "AVX512_CORE_VNNI"}, XEON - {"avx512_bf16", "amx_bf16", "amx_int8",
+                                                     "avx512_fp16"}),
+    ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_BF16"}, XEON - {"amx_bf16", "amx_int8",
+                                                       "avx512_fp16"}),
+    # the strictest of several caps wins
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "ATEN_CPU_CAPABILITY": "AVX2"},
+     {"sse4_2", "avx", "avx2", "fma"}),
+    ({"ONEDNN_MAX_CPU_ISA": "SOMETHING_NEW"}, XEON),
+])
+def test_an_isa_cap_removes_the_flags_above_it(caps: dict[str, str], kept: set[str]) -> None:
+    assert capped_flags(XEON, caps) == kept
+
+
+def test_under_an_avx2_cap_bf16_and_int8_are_not_candidates_and_the_key_differs(
+    monkeypatch: pytest.MonkeyPatch, tiny: Backbone
+) -> None:
+    # a reduced mode within the bound (none is today) would be a candidate on this CPU
+    monkeypatch.setitem(MEASURED_DRIFT, ("openvino", "bfloat16"), (0.005, 0.001))
+    monkeypatch.setitem(MEASURED_DRIFT, ("onnxruntime", "int8"), (0.005, 0.001))
+    monkeypatch.setattr(autoselect, "cpu_flags", lambda: XEON)
+    everything = lambda r: True  # noqa: E731
+    uncapped = auto_key(tiny, 8, 2)
+    assert {("openvino", "bfloat16"), ("onnxruntime", "int8")} <= set(
+        auto_candidates(isa_flags(), everything))
+    assert backends.has_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    monkeypatch.setenv("OV_CPU_MAX_ISA", "AVX2")
+    assert isa_caps() == {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"}
+    assert not {f for f in isa_flags() if f.startswith(("avx512", "amx"))}
+    assert [md for _, md in auto_candidates(isa_flags(), everything)] == ["float32"] * 3
+    assert not backends.has_bf16()
+    capped = auto_key(tiny, 8, 2)
+    assert capped["isa_caps"] == isa_caps() and capped != uncapped
+    assert decision_path(Path("/c"), capped) != decision_path(Path("/c"), uncapped)
+
+
+def test_the_key_names_the_isa_torch_really_dispatches_to(tiny: Backbone) -> None:
+    """In a fresh process started with ATen capped to AVX2, the key says so (torch reads
+    the variable once, at import: only a new process shows it)."""
+    code = ("import json; from monitor.core.autoselect import isa_in_use; "
+            "print(json.dumps(isa_in_use()))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    isa = json.loads(out)
+    assert isa["isa_caps"] == {"ATEN_CPU_CAPABILITY": "AVX2"}
+    # AVX2 or lower (a CPU without AVX2 dispatches to DEFAULT); never AVX512
+    assert isa["torch_cpu_capability"] in {"AVX2", "DEFAULT"}
+    # and the decision's key carries what this process runs at
+    key = auto_key(tiny, 8, 2)
+    assert {k: key[k] for k in isa} == autoselect.isa_in_use()

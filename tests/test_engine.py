@@ -6,6 +6,7 @@ the real device worker thread with micro-batching across streams.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -252,6 +253,34 @@ def test_overload_skips_whole_windows_never_single_samples(
     ]
     check_against_batch(small_embedder, renumbered, relabeled, hop=1)
     assert col.scores, "windows are scored again after the overload"
+
+
+async def test_drain_past_its_deadline_drops_the_queue_and_stops_after_the_batch(
+    clip: Path, small_embedder: Embedder
+) -> None:
+    samples = live_samples(decoded(clip), "a")[:10]
+    registry = CollectorRegistry()
+    gated = GatedEmbedder(small_embedder)  # the first batch blocks: the device is busy
+    settings = EngineSettings(max_batch=4, max_wait_ms=0, queue_samples=1000,
+                              max_backlog_per_stream=1000)
+    engine = Engine(gated, None, settings, StreamMetrics(registry))
+    engine.register("a", Collector())
+    engine.start()
+    for s in samples:
+        assert engine.submit(EngineSample("a", s.segment, s.k, s.time_s, s.frame, 0.0,
+                                          s.repeated))
+    assert not await engine.drain(0.2)  # the gated batch outlasts the deadline
+    assert engine.running and engine.backlog("a") == 0
+    dropped = registry.get_sample_value(
+        "restrav_stream_frames_dropped_total", {"stream": "a", "reason": "shutdown"})
+    counts = engine.counts("a")
+    assert counts is not None and dropped is not None
+    assert 6 <= dropped == counts.frames_dropped <= 9  # all but the batch in flight
+    gated.gate.set()
+    await asyncio.to_thread(engine.stop, 60)
+    assert not engine.running and engine.error is None
+    # the batch in flight finished; what was queued behind it never reached the device
+    assert engine.samples_embedded == len(samples) - dropped
 
 
 def test_scores_carry_the_classifier_probability(clip: Path, small_embedder: Embedder) -> None:

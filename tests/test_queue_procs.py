@@ -241,3 +241,31 @@ def test_job_that_crashes_its_worker_is_dead_lettered(
     assert fine is not None and fine["ok"] is True
     stats = queue_stats(client, "workers")
     assert stats.pending == 0 and stats.lag == 0 and stats.dead == 1
+
+
+def test_sigterm_while_a_job_computes_exits_0_not_an_abort(
+    client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """A job still inside its forward pass when the shutdown grace ends is released to
+    other workers and the process exits with the documented 0. The interpreter's
+    teardown under that job's thread aborted it (SIGABRT, "terminate called without an
+    active exception": pthread_exit unwinding through torch's C++)."""
+    from .conftest import build_tiny_dinov2
+
+    model = build_tiny_dinov2(tmp_path / "slow", hidden=384, layers=4, heads=6)
+    clip = tmp_path / "long.mp4"
+    write_clip(clip, fps=25, n_frames=250, size=(64, 48))  # 10 s: seconds of scoring
+    w = Workers(redis_url, model, tmp_path)
+    try:
+        w.start("w1", RESTRAV_QUEUE__SHUTDOWN_GRACE_S="0.2", RESTRAV_MODEL__IMAGE_SIZE="224")
+        w.wait_ready(client)
+        put(client, "slow", str(clip))
+        wait_for(lambda: client.xpending(keys.JOBS, "workers")["pending"] == 1, 60,
+                 "the job to be taken")
+    finally:
+        codes = w.stop()
+    log = w.log("w1")
+    assert "terminate called" not in log, log
+    assert codes == {"w1": 0}, log
+    assert "released 1 unfinished job" in log
+    assert not client.exists(keys.result_key("slow"))  # released, not answered

@@ -79,3 +79,55 @@ def test_serve_stdout_looping_file_then_sigterm_drains(
         assert x["p_ai"] is None and x["stream"] == "demo"
         assert len(x["features"]) == 21  # no classifier: the features are what is useful
     assert "drained cleanly" in (tmp_path / "err.log").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_under_overload_exits_with_status_1_not_an_abort(tmp_path: Path) -> None:
+    """A backbone far slower than its streams (ViT-S width, 4 layers, 224 px, one thread:
+    a few samples/s against 4 x 11.5 Hz), SIGTERM once the engine sheds, a drain
+    deadline shorter than one batch: the device thread is inside a forward pass when the
+    deadline passes. The process must exit with the documented status 1; the
+    interpreter's teardown under that thread aborted it (SIGABRT, "terminate called
+    without an active exception": pthread_exit unwinding through torch's C++)."""
+    from .conftest import build_tiny_dinov2
+
+    model_dir = build_tiny_dinov2(tmp_path / "slow", hidden=384, layers=4, heads=6)
+    clip = tmp_path / "loop.mp4"
+    write_clip(clip, fps=25, n_frames=75, size=(64, 48))
+    cfg = {
+        "model": {"ref": str(model_dir), "device": "cpu", "image_size": 224, "threads": 1,
+                  "backend": "torch"},
+        "classifier": {"path": "none"},
+        "serve": {
+            "api": {"port": free_port()},
+            "drain_deadline_s": 0.5,
+            "streams": [{"id": f"s{i}", "url": f"file://{clip}", "loop": True}
+                        for i in range(4)],
+        },
+    }
+    cfg_path = tmp_path / "serve.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    err_path = tmp_path / "err.log"
+    with (tmp_path / "out.jsonl").open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "-v", "serve", "--config", str(cfg_path)],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+            stdout=out, stderr=err,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while "engine overloaded" not in err_path.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    err_path.read_text()[-3000:])
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            status = proc.wait(timeout=60)  # a hang guard, not a timing
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    log = err_path.read_text()
+    assert "terminate called" not in log, log[-3000:]
+    assert status == 1, log[-3000:]
+    assert "drain incomplete" in log
+    assert "device worker is still in a batch" in log

@@ -4,11 +4,13 @@ logging, progress bars."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from monitor.config import MODEL_DTYPES, Settings, load_settings
 from monitor.errors import ConfigError
@@ -22,6 +24,23 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
+
+
+def exit_now(status: int) -> NoReturn:
+    """End the process with ``status`` at once, without the interpreter's teardown.
+
+    For a thread still inside a backbone forward pass when a drain's deadline passed
+    (serve's device worker, a queue worker's job): at interpreter exit Python ends a
+    daemon thread that comes back for the GIL with ``pthread_exit``, whose unwinding
+    through torch's (or a runtime's) C++ frames calls ``std::terminate``: SIGABRT,
+    "terminate called without an active exception", instead of the documented status.
+    Logs and standard streams are flushed first; the caller has closed everything
+    else it owns."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 def positive_int(text: str) -> int:

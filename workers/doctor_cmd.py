@@ -119,15 +119,20 @@ def _damaged_weights(directory: Path) -> list[str]:
 
 def _backends(model: ModelSettings, model_found: bool) -> dict[str, Any]:
     """The configured backbone runtime, what it resolves to here, the installed runtimes,
-    the CPU flags that matter, and every mode's measured drift (BENCHMARKS.md).
+    the CPU flags that matter (less what an instruction-set cap such as
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` forbids; the caps are listed), and every mode's measured
+    drift (BENCHMARKS.md).
 
     ``auto`` on a CPU with the model at hand is resolved as ``score`` and ``serve`` would:
     from this machine's cached decision, or measured now (once) and cached."""
-    from monitor.core.autoselect import cpu_flags, cpu_model
+    import torch
+
+    from monitor.core.autoselect import cpu_model, isa_caps, isa_flags
     from monitor.core.backbone import resolve_device
     from monitor.core.backends import (
         DRIFT_BOUND,
         MEASURED_DRIFT,
+        MEASURED_ON,
         choose_backend,
         installed,
         within_bounds,
@@ -135,7 +140,7 @@ def _backends(model: ModelSettings, model_found: bool) -> dict[str, Any]:
     from monitor.core.graphs import runtime_version
     from monitor.errors import ConfigError
 
-    flags = cpu_flags()
+    flags = isa_flags()
     info: dict[str, Any] = {"configured": f"{model.backend} {model.backend_mode}"}
     try:
         device = resolve_device(model.device)
@@ -153,10 +158,14 @@ def _backends(model: ModelSettings, model_found: bool) -> dict[str, Any]:
         f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
         if f in flags
     ]
+    caps = isa_caps()
+    info["isa_caps"] = [f"{k}={v}" for k, v in caps.items()]
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     info["measured_drift"] = [
         f"{r} {m}: drift {d:.2g}, max dP(AI) {p:.2g} "
         f"({'within' if within_bounds(r, m) else 'over'} the {DRIFT_BOUND:.0%} bound"
         f"{'' if within_bounds(r, m) else '; auto never picks it'})"
+        + "".join(f"; {cpu} {v:.2g}" for cpu, v in MEASURED_ON.get((r, m), {}).items())
         for (r, m), (d, p) in MEASURED_DRIFT.items()
     ]
     return info

@@ -56,6 +56,7 @@ from .common import (
     build_classifier,
     build_embedder,
     decode_limits,
+    exit_now,
     positive_int,
     settings_from_args,
 )
@@ -358,4 +359,9 @@ def run_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"worker {name}: ready", file=sys.stderr, flush=True)
     worker.run(stop)
+    if worker.busy:
+        # a job released at the grace deadline is still inside its forward pass
+        print(f"worker {name}: exiting while a released job is still computing "
+              "(not waited for)", file=sys.stderr, flush=True)
+        exit_now(EXIT_OK)
     return EXIT_OK

@@ -2,7 +2,11 @@
 
 Owns the composition (model, engine, sources, sinks, API), the signals and the
 exit codes: 0 after a clean drain, 1 when the drain deadline passed with work
-left, 3 for configuration or model errors (raised to the CLI).
+left, 3 for configuration or model errors (raised to the CLI). A backbone batch still
+computing at the deadline cannot be interrupted: `restrav serve` then exits at once
+(``os._exit``, after its sinks and logs are flushed) instead of tearing the
+interpreter down under it, which killed the device thread inside torch and aborted
+the process ("terminate called without an active exception", exit -6).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from .common import (
     build_classifier,
     build_embedder,
     check_port_free,
+    exit_now,
     settings_from_args,
 )
 
@@ -179,10 +184,16 @@ async def _let_go(solo: SoloGuard | None, task: asyncio.Task[None] | None) -> No
         await solo.client.aclose()
 
 
+SINK_RESERVE_S = 1.0
+"""Of the drain deadline, the part kept for the sinks' flush (at most a fifth of the
+deadline): an engine that cannot finish in time does not leave its delivered scores
+unflushed as well."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT; return the exit status."""
     settings = _settings(args)
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, exit_process=True))
 
 
 def classifier_name(settings: Settings) -> str:
@@ -193,12 +204,17 @@ def classifier_name(settings: Settings) -> str:
 
 async def serve(
     settings: Settings, stop: asyncio.Event | None = None,
-    embedder: TensorEmbedder | None = None,
+    embedder: TensorEmbedder | None = None, exit_process: bool = False,
 ) -> int:
     """The service: returns the exit status after a drain (``stop`` or a signal).
 
     ``embedder``: the backbone to use instead of loading ``settings.model`` (a
-    simulation's stand-in; the rest of the composition is the same)."""
+    simulation's stand-in; the rest of the composition is the same).
+    ``exit_process`` (the CLI): when the device worker is still inside a batch after
+    the drain, end the process at once with the status
+    (:func:`~workers.common.exit_now`) instead of
+    returning; in-process callers (tests) leave it False and the worker ends after
+    its batch."""
     s = settings.serve
     token = resolve_token(s.api)
     check_port_free(s.api.host, s.api.port)  # before the model load, which takes seconds
@@ -355,7 +371,8 @@ async def serve(
     await _let_go(None, solo_task)  # not renewed while draining: a successor sees it go
     await manager.stop()
     await _let_go(solo, None)  # our streams stopped: a successor may start now
-    engine_done = await engine.drain(max(0.0, deadline - time.monotonic()))
+    reserve = min(SINK_RESERVE_S, 0.2 * s.drain_deadline_s)
+    engine_done = await engine.drain(max(0.0, deadline - reserve - time.monotonic()))
     flushed = await sink.flush(max(0.0, deadline - time.monotonic()))
     if isinstance(manager, ClusteredStreamManager):
         n = await manager.handover()  # after the flush: our last scores land before the next owner
@@ -367,8 +384,14 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)
+    status = EXIT_OK
     if not (engine_done and flushed):
         log.error("drain incomplete: engine %s, sinks %s", engine_done, flushed)
-        return EXIT_SOME_FAILED
-    print("restrav serve: drained cleanly", file=sys.stderr, flush=True)
-    return EXIT_OK
+        status = EXIT_SOME_FAILED
+    else:
+        print("restrav serve: drained cleanly", file=sys.stderr, flush=True)
+    if exit_process and engine.running:
+        print(f"restrav serve: exiting with status {status} while the device worker is still "
+              "in a batch (not waited for)", file=sys.stderr, flush=True)
+        exit_now(status)
+    return status

@@ -10,11 +10,14 @@ Contract:
   hidden states differ by more than :data:`EMBEDDING_CHECK` is dropped and logged), and
   returns the fastest.
 * The decision is cached in ``<cache_dir>/auto-<key id>.json`` (JSON data, nothing
-  executed), keyed by :func:`auto_key`: the CPU's model and flags, torch's and the
-  runtimes' versions, the weights' SHA-256, the input size, the batch size and the
-  threads. A file whose key differs, that cannot be read, or whose recorded choice is
-  not among today's candidates is ignored and the measurement runs again (then
-  overwrites it).
+  executed), keyed by :func:`auto_key`: the CPU's model and flags, the instruction-set
+  caps the libraries are run under (:data:`ISA_CAP_VARS`) and the ISA torch dispatches
+  to, torch's and the runtimes' versions, the weights' SHA-256, the input size, the
+  batch size and the threads. A process capped to AVX2 on an AVX-512 CPU therefore
+  never reuses the uncapped decision, and :func:`isa_flags` (the CPU's flags less what
+  the caps forbid) is what the candidates are filtered by. A file whose key differs,
+  that cannot be read, or whose recorded choice is not among today's candidates is
+  ignored and the measurement runs again (then overwrites it).
 * The clock is injectable (``clock``) so tests can script the timings; nothing else is.
 """
 
@@ -27,7 +30,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,68 @@ def cpu_model() -> str:
     return _cpuinfo().get("model name", "")
 
 
+ISA_CAP_VARS: tuple[str, ...] = (
+    "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+)
+"""Environment variables that cap the instruction set a library dispatches to: oneDNN
+(torch's and OpenVINO's), OpenVINO's own kernels, ATen's vectorised kernels and MKL
+(torch's float32 GEMM). Each is read by its library once, at its first use, so its
+value at start-up is the one in force. ONNX Runtime has none (MLAS dispatches on
+CPUID): a capped process still runs it at the CPU's full ISA."""
+
+_AVX512 = ("avx512", "amx")
+_ABOVE_AVX2 = (*_AVX512, "avx_vnni", "avx_ne_convert", "avx_ifma")
+_ABOVE_AVX512_CORE = ("avx512_vnni", "avx512_bf16", "avx512_fp16", "amx")
+_CAP_REMOVES: dict[str, tuple[str, ...]] = {
+    "DEFAULT": ("avx2", *_ABOVE_AVX2), "SSE41": ("avx2", *_ABOVE_AVX2),
+    "SSE4_2": ("avx2", *_ABOVE_AVX2), "AVX": ("avx2", *_ABOVE_AVX2),
+    "AVX2": _ABOVE_AVX2, "AVX2_VNNI": _AVX512, "AVX2_VNNI_2": _AVX512,
+    "AVX512_CORE": _ABOVE_AVX512_CORE,
+    "AVX512_CORE_VNNI": ("avx512_bf16", "avx512_fp16", "amx"),
+    "AVX512_E1": ("avx512_bf16", "avx512_fp16", "amx"),
+    "AVX512_CORE_BF16": ("avx512_fp16", "amx"),
+    "AVX512_CORE_FP16": ("amx",), "AVX10_1_512": ("amx",),
+}
+"""A cap's value (upper case) -> prefixes of the /proc/cpuinfo flags it forbids. ``AVX512``
+is oneDNN-free (ATen's and MKL's name): ATen's AVX512 forbids nothing, MKL's means
+AVX512_CORE; a value not listed forbids nothing (it still keys the decision)."""
+
+
+def isa_caps(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The :data:`ISA_CAP_VARS` set in ``env`` (default the process's), values upper case."""
+    e = os.environ if env is None else env
+    return {v: e[v].strip().upper() for v in ISA_CAP_VARS if e.get(v, "").strip()}
+
+
+def capped_flags(flags: frozenset[str], caps: Mapping[str, str]) -> frozenset[str]:
+    """``flags`` less every flag one of ``caps`` (:func:`isa_caps`) forbids: the
+    strictest cap wins, since each caps some part of the forward pass."""
+    removed: set[str] = set()
+    for var, value in caps.items():
+        prefixes: tuple[str, ...]
+        if value == "AVX512":
+            prefixes = _ABOVE_AVX512_CORE if var == "MKL_ENABLE_INSTRUCTIONS" else ()
+        else:
+            prefixes = _CAP_REMOVES.get(value, ())
+        removed.update(f for f in flags if f.startswith(prefixes))
+    return flags - removed
+
+
+def isa_flags(env: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The CPU's flags as the libraries may use them: :func:`cpu_flags` less what the
+    instruction-set caps in ``env`` forbid (:func:`capped_flags`)."""
+    return capped_flags(cpu_flags(), isa_caps(env))
+
+
+def isa_in_use() -> dict[str, Any]:
+    """What says which instruction set the libraries run at in this process: the caps
+    (:func:`isa_caps`) and the ISA torch's ATen kernels dispatch to (read by torch once,
+    at import)."""
+    return {"isa_caps": isa_caps(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def _cpuinfo() -> dict[str, str]:
     """The first processor's ``key: value`` lines of ``/proc/cpuinfo``."""
     try:
@@ -81,6 +146,7 @@ def auto_key(backbone: Backbone, batch_size: int, threads: int) -> dict[str, Any
     return {
         "cpu_model": cpu_model(),
         "cpu_flags": sorted(cpu_flags()),
+        **isa_in_use(),
         "torch_version": torch.__version__,
         "onnxruntime_version": runtime_version("onnxruntime"),
         "openvino_version": runtime_version("openvino"),

@@ -292,7 +292,13 @@ class Engine:
         return True
 
     async def drain(self, timeout_s: float) -> bool:
-        """Stop intake, finish queued samples, stop the worker. True if done in time."""
+        """Stop intake, finish queued samples, stop the worker. True if done in time.
+
+        At the deadline the samples still queued are dropped (counted
+        ``frames_dropped{reason="shutdown"}``): the worker then stops after the batch it
+        is computing, which cannot be interrupted; :attr:`running` says whether it is
+        still in that batch (a process must not exit its interpreter under it: the
+        thread would be killed inside native code, see ``workers/serve_cmd.py``)."""
         with self._lock:
             self._accepting = False
             self._items.append(_STOP)
@@ -301,11 +307,38 @@ class Engine:
         if t is None:
             return True
         await asyncio.to_thread(t.join, max(0.0, timeout_s))
+        if t.is_alive():
+            dropped = self._abandon_queue()
+            log.warning("engine drain deadline passed: %d queued samples dropped; the batch "
+                        "in flight is not waited for", dropped)
         # let callbacks scheduled by the last batch run
         await asyncio.sleep(0)
         if not t.is_alive():
             self.close()
         return not t.is_alive()
+
+    def _abandon_queue(self) -> int:
+        """Drop every queued sample (the stop item stays): the worker stops after its
+        current batch. Returns the samples dropped."""
+        with self._lock:
+            kept: collections.deque[EngineSample | Unregister | _Stop] = collections.deque()
+            dropped = 0
+            for item in self._items:
+                if isinstance(item, EngineSample):
+                    dropped += 1
+                    a = self._admission.get(item.stream_id)
+                    if a is not None:
+                        a.frames_dropped += 1
+                        a.backlog = max(0, a.backlog - 1)
+                    if self.metrics is not None:
+                        self.metrics.frames_dropped.labels(item.stream_id, "shutdown").inc()
+                else:
+                    kept.append(item)
+            self._items.clear()
+            self._items.extend(kept)
+            self._queued = 0
+            self._ready.notify()
+        return dropped
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Synchronous stop (no event loop): finish queued samples and join the worker."""

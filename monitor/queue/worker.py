@@ -235,6 +235,13 @@ class Worker:
             log.warning("released %d unfinished job(s) for other workers", len(left))
 
     @property
+    def busy(self) -> bool:
+        """True while a job's thread is still running (after :meth:`run` returned: a job
+        released at the grace deadline whose scoring has not come back yet)."""
+        with self.ctx.mutex:
+            return any(t.is_alive() for t in self._threads.values())
+
+    @property
     def inflight(self) -> list[str]:
         """Entry ids being worked on now."""
         with self.ctx.mutex:
