@@ -21,6 +21,13 @@ quotes the URL's credentials):
     (``required``, ``optional``, ``none``), ``ssl_check_hostname`` (``true``/
     ``false``): TLS settings, for the sentinels and the data nodes alike.
 
+* ``redis+cluster://[[user]:password@]host[:port][,host[:port]...][/]`` and
+  ``rediss+cluster://...`` (TLS): Redis Cluster, through redis-py's ``RedisCluster``
+  (sync and asyncio). The hosts are startup nodes (default port 6379; any reachable
+  one suffices, the others are found from ``CLUSTER SLOTS``); a cluster has only
+  database 0, so the path is empty. The user and password are every node's. Query
+  options: the TLS ones above (with ``rediss+cluster://`` only).
+
 A Sentinel client asks the sentinels for the current primary whenever it opens a
 connection, and drops its connections when one fails or the node it reached turns
 out to be a replica (``READONLY``): after a failover the next command (or its
@@ -29,6 +36,12 @@ during a failover are the usual connection errors and ``READONLY`` refusals,
 which every writer already treats as an outage (:mod:`monitor.redis_faults`).
 
 Closing a client closes its connections to the sentinels as well.
+
+A cluster client follows the cluster's own redirections: a ``MOVED`` or a node that
+fails makes it read the slot map again (redis-py), so after a failover the next
+command (or its retry by the caller) reaches the promoted replica. On a cluster
+every Lua script and MULTI/EXEC must touch keys of one slot (:mod:`monitor.keys`);
+:func:`is_cluster` tells the callers that write differently there.
 
 :class:`Durability` is the ``WAIT`` after a write that must survive a failover (a job
 enqueued, a job's answer, a lease grant with its fencing increment): Redis replicates
@@ -49,8 +62,15 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 import redis.asyncio.sentinel as aiosentinel
+import redis.cluster as rcluster
 import redis.sentinel as sentinel
+from redis.exceptions import (
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+)
 
 from .errors import ConfigError
 from .redis_faults import NotReplicated
@@ -58,10 +78,14 @@ from .redis_faults import NotReplicated
 SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})
 """URL schemes of Redis Sentinel (the second with TLS)."""
 
+CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
+"""URL schemes of Redis Cluster (the second with TLS)."""
+
 PLAIN_SCHEMES = frozenset({"redis", "rediss", "unix"})
 """URL schemes of one Redis server."""
 
 DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_CLUSTER_PORT = 6379
 
 _TLS_OPTIONS = frozenset(
     {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
@@ -69,6 +93,20 @@ _TLS_OPTIONS = frozenset(
 _SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "sentinel_tls"})
 _CERT_REQS = frozenset({"required", "optional", "none"})
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _credentials(username: str | None, password: str | None, tls: bool,
+                 tls_options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """redis-py connection arguments for a user, a password and TLS (each if set)."""
+    out: dict[str, Any] = {}
+    if username is not None:
+        out["username"] = username
+    if password is not None:
+        out["password"] = password
+    if tls:
+        out["ssl"] = True
+        out.update(tls_options)
+    return out
 
 
 @dataclass(frozen=True)
@@ -88,27 +126,28 @@ class SentinelTarget:
 
     def data_kwargs(self) -> dict[str, Any]:
         """Connection arguments for the data nodes (primary, replicas)."""
-        out: dict[str, Any] = {"db": self.db}
-        if self.username is not None:
-            out["username"] = self.username
-        if self.password is not None:
-            out["password"] = self.password
-        if self.tls:
-            out["ssl"] = True
-            out.update(self.tls_options)
-        return out
+        return {"db": self.db,
+                **_credentials(self.username, self.password, self.tls, self.tls_options)}
 
     def sentinel_kwargs(self) -> dict[str, Any]:
         """Connection arguments for the sentinels (timeouts added by the caller)."""
-        out: dict[str, Any] = {}
-        if self.sentinel_username is not None:
-            out["username"] = self.sentinel_username
-        if self.sentinel_password is not None:
-            out["password"] = self.sentinel_password
-        if self.sentinel_tls:
-            out["ssl"] = True
-            out.update(self.tls_options)
-        return out
+        return _credentials(self.sentinel_username, self.sentinel_password,
+                            self.sentinel_tls, self.tls_options)
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """A parsed ``redis+cluster://`` URL. ``repr`` never shows the password."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_options: tuple[tuple[str, Any], ...] = ()
+
+    def node_kwargs(self) -> dict[str, Any]:
+        """Connection arguments for every node."""
+        return _credentials(self.username, self.password, self.tls, self.tls_options)
 
 
 @dataclass(frozen=True)
@@ -143,38 +182,48 @@ def _bad(what: str) -> ConfigError:
     return ConfigError(f"redis URL: {what}")
 
 
-def _host_port(item: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port)."""
+def _host_port(item: str, default_port: int, what: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port); ``what`` names the
+    node kind in errors (``sentinel``, ``cluster node``)."""
     if not item:
-        raise _bad("an empty sentinel address (two commas in a row?)")
+        raise _bad(f"an empty {what} address (two commas in a row?)")
     if item.startswith("["):
         host, sep, rest = item[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
-            raise _bad("a sentinel's IPv6 address must be written [addr]:port")
+            raise _bad(f"a {what}'s IPv6 address must be written [addr]:port")
         port_text = rest[1:] if rest else ""
     else:
         host, _, port_text = item.partition(":")
     if not host:
-        raise _bad("a sentinel address without a host")
+        raise _bad(f"a {what} address without a host")
     if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
+        return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise _bad(f"sentinel port {port_text!r} is not a port number")
+        raise _bad(f"{what} port {port_text!r} is not a port number")
     return host, int(port_text)
 
 
-def parse_sentinel_url(url: str) -> SentinelTarget | None:
-    """The sentinel target a ``redis+sentinel://`` or ``rediss+sentinel://`` URL names;
-    None for any other scheme. Raises :class:`ConfigError` (credentials never quoted)
-    when the URL is malformed or holds an unknown query option."""
+@dataclass(frozen=True)
+class _Parts:
+    """A multi-host URL split by hand (urlsplit would choke on ``h1:1,h2:2`` as a port)."""
+
+    tls: bool
+    username: str | None
+    password: str | None = field(repr=False)
+    hosts: list[str]
+    path: list[str]
+    options: dict[str, str]
+
+
+def _split(url: str, schemes: frozenset[str]) -> _Parts | None:
+    """``url`` split into its parts when its scheme is one of ``schemes`` (the TLS one
+    starts with ``rediss``), else None."""
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+    if not sep or scheme.lower() not in schemes:
         return None
-    tls = scheme.lower() == "rediss+sentinel"
-    # urlsplit would choke on "h1:1,h2:2" as a port: split by hand
     rest, _, query = rest.partition("?")
     if "#" in query or "#" in rest:
-        raise _bad("a fragment (#) has no meaning in a sentinel URL")
+        raise _bad(f"a fragment (#) has no meaning in a {scheme.lower()} URL")
     netloc, slash, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
     username: str | None = None
@@ -186,10 +235,40 @@ def parse_sentinel_url(url: str) -> SentinelTarget | None:
         if not colon and username is not None:
             # "user@host": redis-py reads a lone userinfo as the password (legacy AUTH)
             password, username = username, None
-    sentinels = tuple(_host_port(h) for h in hosts.split(","))
     parts = [unquote(p) for p in path.split("/")] if slash else []
     if parts and parts[-1] == "":
         parts.pop()  # a trailing slash
+    options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+    return _Parts(scheme.lower().startswith("rediss"), username, password,
+                  hosts.split(","), parts, options)
+
+
+def _tls_options(options: dict[str, str], allowed: frozenset[str]) -> tuple[tuple[str, Any], ...]:
+    """The TLS query options, checked; unknown options (not in ``allowed``) refused."""
+    unknown = set(options) - allowed
+    if unknown:
+        valid = ", ".join(sorted(allowed))
+        raise _bad(f"unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
+    out: list[tuple[str, Any]] = []
+    for key in sorted(_TLS_OPTIONS & set(options)):
+        value: Any = options[key]
+        if key == "ssl_cert_reqs" and value not in _CERT_REQS:
+            raise _bad(f"ssl_cert_reqs must be one of {', '.join(sorted(_CERT_REQS))}")
+        if key == "ssl_check_hostname":
+            value = _flag(key, value)
+        out.append((key, value))
+    return tuple(out)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget | None:
+    """The sentinel target a ``redis+sentinel://`` or ``rediss+sentinel://`` URL names;
+    None for any other scheme. Raises :class:`ConfigError` (credentials never quoted)
+    when the URL is malformed or holds an unknown query option."""
+    p = _split(url, SENTINEL_SCHEMES)
+    if p is None:
+        return None
+    sentinels = tuple(_host_port(h, DEFAULT_SENTINEL_PORT, "sentinel") for h in p.hosts)
+    parts = p.path
     if not parts or not parts[0]:
         raise _bad("a sentinel URL must name the service: redis+sentinel://HOST:PORT/SERVICE")
     if len(parts) > 2:
@@ -199,35 +278,41 @@ def parse_sentinel_url(url: str) -> SentinelTarget | None:
         if not parts[1].isdigit():
             raise _bad(f"database {parts[1]!r} is not a number")
         db = int(parts[1])
-    options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
-    unknown = set(options) - _TLS_OPTIONS - _SENTINEL_OPTIONS
-    if unknown:
-        valid = ", ".join(sorted(_TLS_OPTIONS | _SENTINEL_OPTIONS))
-        raise _bad(f"unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
-    tls_options: list[tuple[str, Any]] = []
-    for key in sorted(_TLS_OPTIONS & set(options)):
-        value: Any = options[key]
-        if key == "ssl_cert_reqs" and value not in _CERT_REQS:
-            raise _bad(f"ssl_cert_reqs must be one of {', '.join(sorted(_CERT_REQS))}")
-        if key == "ssl_check_hostname":
-            value = _flag(key, value)
-        tls_options.append((key, value))
+    options = p.options
+    tls_options = _tls_options(options, _TLS_OPTIONS | _SENTINEL_OPTIONS)
     sentinel_tls = _flag("sentinel_tls", options["sentinel_tls"]) if (
-        "sentinel_tls" in options) else tls
-    if tls_options and not (tls or sentinel_tls):
+        "sentinel_tls" in options) else p.tls
+    if tls_options and not (p.tls or sentinel_tls):
         raise _bad("TLS options need rediss+sentinel:// or sentinel_tls=true")
     return SentinelTarget(
         sentinels=sentinels,
         service=parts[0],
         db=db,
-        username=username,
-        password=password,
+        username=p.username,
+        password=p.password,
         sentinel_username=options.get("sentinel_username") or None,
         sentinel_password=options.get("sentinel_password") or None,
-        tls=tls,
+        tls=p.tls,
         sentinel_tls=sentinel_tls,
-        tls_options=tuple(tls_options),
+        tls_options=tls_options,
     )
+
+
+def parse_cluster_url(url: str) -> ClusterTarget | None:
+    """The cluster a ``redis+cluster://`` or ``rediss+cluster://`` URL names; None for
+    any other scheme. Raises :class:`ConfigError` (credentials never quoted) when the
+    URL is malformed or holds an unknown query option."""
+    p = _split(url, CLUSTER_SCHEMES)
+    if p is None:
+        return None
+    nodes = tuple(_host_port(h, DEFAULT_CLUSTER_PORT, "cluster node") for h in p.hosts)
+    if p.path and p.path != ["0"]:
+        raise _bad("a cluster has only database 0: a cluster URL has no path")
+    tls_options = _tls_options(p.options, _TLS_OPTIONS)
+    if tls_options and not p.tls:
+        raise _bad("TLS options need rediss+cluster://")
+    return ClusterTarget(nodes=nodes, username=p.username, password=p.password, tls=p.tls,
+                         tls_options=tls_options)
 
 
 def _flag(key: str, value: str) -> bool:
@@ -239,12 +324,13 @@ def _flag(key: str, value: str) -> bool:
 
 def check_redis_url(url: str) -> None:
     """Raise :class:`ConfigError` unless ``url`` is a Redis URL this module can connect
-    to (scheme, and for Sentinel the whole form). Never quotes credentials."""
-    if parse_sentinel_url(url) is not None:
+    to (scheme, and for Sentinel and Cluster the whole form). Never quotes credentials."""
+    if parse_sentinel_url(url) is not None or parse_cluster_url(url) is not None:
         return
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme not in PLAIN_SCHEMES:
-        schemes = ", ".join(f"{s}://" for s in sorted(PLAIN_SCHEMES | SENTINEL_SCHEMES))
+        every = PLAIN_SCHEMES | SENTINEL_SCHEMES | CLUSTER_SCHEMES
+        schemes = ", ".join(f"{s}://" for s in sorted(every))
         raise _bad(f"unsupported scheme {scheme or '(none)'!r}; use one of {schemes}")
 
 
@@ -286,12 +372,89 @@ class AsyncSentinelRedis(aioredis.Redis):
                 await s.aclose()
 
 
+_IN_FLUX = (RedisClusterUnreachableError, SlotNotCoveredError)
+"""redis-py's errors of a cluster with no reachable node, or a slot without a primary
+(mid-failover): no :class:`redis.RedisError`, so the cluster clients below raise them as
+:class:`redis.ConnectionError`, the outage every caller already rides out."""
+
+
+def _outage(exc: Exception) -> redis.ConnectionError:
+    return redis.ConnectionError(f"Redis Cluster: {exc}")
+
+
+class ClusterRedis(rcluster.RedisCluster):
+    """redis-py's ``RedisCluster`` whose commands and pipelines raise a cluster in flux
+    as :class:`redis.ConnectionError` (see :data:`_IN_FLUX`)."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """As redis-py's, with the outage errors translated."""
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except _IN_FLUX as exc:
+            raise _outage(exc) from exc
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        """As redis-py's: a ``ClusterPipeline``, whose ``execute`` translates the outage
+        errors (its class swapped for a subclass that only wraps ``execute``: redis-py
+        builds it from the client's internals, which are not ours to repeat)."""
+        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
+        pipe.__class__ = _ClusterPipeline
+        return pipe
+
+
+class _ClusterPipeline(rcluster.ClusterPipeline):
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            return super().execute(raise_on_error)
+        except _IN_FLUX as exc:
+            raise _outage(exc) from exc
+
+
+class AsyncClusterRedis(aiocluster.RedisCluster):
+    """The asyncio twin of :class:`ClusterRedis`."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """As redis-py's, with the outage errors translated."""
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _IN_FLUX as exc:
+            raise _outage(exc) from exc
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        """As redis-py's, with the outage errors of ``execute`` translated."""
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        # redis-py's stubs call the pipeline abstract (an attribute set in __init__)
+        return _AsyncClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _AsyncClusterPipeline(aiocluster.ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True
+                      ) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except _IN_FLUX as exc:
+            raise _outage(exc) from exc
+
+
 def _build(url: str, options: dict[str, Any], from_url: Any, manager_class: Any,
-           redis_class: Any) -> Any:
-    """One client for ``url``: ``from_url(url, **options)`` for one server, else a
-    ``redis_class`` of ``manager_class`` (redis-py's sync or asyncio Sentinel) holding
-    its manager, so that closing it closes the sentinels' connections."""
+           redis_class: Any, cluster_class: Any, node_class: Any) -> Any:
+    """One client for ``url``: ``from_url(url, **options)`` for one server; for a
+    cluster, ``cluster_class`` (:class:`ClusterRedis` or :class:`AsyncClusterRedis`)
+    with ``node_class`` (redis-py's sync or asyncio ``ClusterNode``) startup nodes;
+    else a ``redis_class`` of ``manager_class`` (redis-py's
+    sync or asyncio Sentinel) holding its manager, so that closing it closes the
+    sentinels' connections."""
     check_redis_url(url)
+    nodes = parse_cluster_url(url)
+    if nodes is not None:
+        try:
+            return cluster_class(
+                startup_nodes=[node_class(h, p) for h, p in nodes.nodes],
+                **{**options, **nodes.node_kwargs()},
+            )
+        except _IN_FLUX as exc:  # the sync client reads the slot map now
+            raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
     target = parse_sentinel_url(url)
     if target is None:
         return from_url(url, **options)
@@ -312,19 +475,31 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
     ``socket_connect_timeout``, ``socket_timeout``, ``health_check_interval``, ...),
     applied to the data nodes; for Sentinel the socket timeouts apply to the
     sentinels too. Raises :class:`ConfigError` for a URL of no supported form.
+    For a cluster URL the client is a :class:`ClusterRedis`: the same
+    command methods, typed here as ``redis.Redis`` for the callers' sake.
     """
     client: redis.Redis = _build(
-        url, options, redis.Redis.from_url, sentinel.Sentinel, SentinelRedis
+        url, options, redis.Redis.from_url, sentinel.Sentinel, SentinelRedis, ClusterRedis,
+        rcluster.ClusterNode,
     )
     return client
 
 
 def async_redis_client(url: str, **options: Any) -> aioredis.Redis:
-    """An asyncio client for ``url``; as :func:`redis_client`."""
+    """An asyncio client for ``url``; as :func:`redis_client` (a cluster URL gives a
+:class:`AsyncClusterRedis`)."""
     client: aioredis.Redis = _build(
-        url, options, aioredis.from_url, aiosentinel.Sentinel, AsyncSentinelRedis
+        url, options, aioredis.from_url, aiosentinel.Sentinel, AsyncSentinelRedis,
+        AsyncClusterRedis, aiocluster.ClusterNode,
     )
     return client
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` (or the pipeline of one) talks to a Redis Cluster: its scripts
+    and transactions must then touch one slot each."""
+    return isinstance(client, (rcluster.RedisCluster, aiocluster.RedisCluster,
+                               aiocluster.ClusterPipeline))
 
 
 def rediscover(client: Any) -> None:
@@ -347,13 +522,18 @@ async def arediscover(client: Any) -> None:
 
 
 __all__ = [
+    "AsyncClusterRedis",
     "AsyncSentinelRedis",
+    "ClusterRedis",
+    "ClusterTarget",
     "Durability",
     "SentinelRedis",
     "SentinelTarget",
     "arediscover",
     "async_redis_client",
     "check_redis_url",
+    "is_cluster",
+    "parse_cluster_url",
     "parse_sentinel_url",
     "redis_client",
     "rediscover",
