@@ -67,6 +67,7 @@ import redis.asyncio.sentinel as aiosentinel
 import redis.cluster as rcluster
 import redis.sentinel as sentinel
 from redis.exceptions import (
+    AskError,
     RedisClusterException,
     RedisClusterUnreachableError,
     SlotNotCoveredError,
@@ -502,6 +503,39 @@ def is_cluster(client: Any) -> bool:
                                aiocluster.ClusterPipeline))
 
 
+def key_pipeline(client: Any, key: str) -> Any:
+    """A non-transactional pipeline that sends its commands on one connection to the
+    node holding ``key``, so that a ``WAIT`` queued after them (:class:`Durability`)
+    counts their replication: ``client.pipeline(transaction=False)``, except on a
+    cluster, where ``WAIT`` works per node and redis-py's cluster pipeline would send
+    it to every node on other connections: there, a pipeline of the primary that
+    serves ``key``'s slot now. Every command queued must touch ``key``'s slot only.
+    Run it with :func:`run_key_pipeline`."""
+    if not isinstance(client, rcluster.RedisCluster):
+        return client.pipeline(transaction=False)
+    try:
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+    except _IN_FLUX as exc:
+        raise _outage(exc) from exc
+    return client.get_redis_connection(node).pipeline(transaction=False)
+
+
+def run_key_pipeline(client: Any, pipe: Any) -> list[Any]:
+    """``pipe.execute()`` for a :func:`key_pipeline` of ``client``. On a cluster, a node
+    that is gone or no longer serves the slot (``MOVED``, after a failover) makes the
+    client read the slot map again before the error is raised (an outage: the caller
+    retries, on the node that serves the slot then)."""
+    try:
+        return list(pipe.execute())
+    except (redis.ConnectionError, redis.TimeoutError, AskError):
+        if isinstance(client, rcluster.RedisCluster):
+            try:
+                client.nodes_manager.initialize()
+            except (redis.RedisError, *_IN_FLUX):
+                pass  # no node answers: the next try reads the map again
+        raise
+
+
 def rediscover(client: Any) -> None:
     """After a write the replicas did not acknowledge: close the idle connections of a
     Sentinel client (the caller's own, released after its write, among them), so that
@@ -533,8 +567,10 @@ __all__ = [
     "async_redis_client",
     "check_redis_url",
     "is_cluster",
+    "key_pipeline",
     "parse_cluster_url",
     "parse_sentinel_url",
     "redis_client",
     "rediscover",
+    "run_key_pipeline",
 ]
