@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -250,10 +251,9 @@ def test_sentinel_client_follows_a_failover(sentinel_setup: SentinelSetup) -> No
     direct.close()
 
 
-def test_submit_and_doctor_take_a_sentinel_url(
-    sentinel_setup: SentinelSetup, tmp_path: Path
-) -> None:
-    url = sentinel_setup.url()
+def submit_and_doctor(url: str, tmp_path: Path) -> dict[str, Any]:
+    """``restrav submit`` job ``s1`` to ``url``, then ``restrav doctor --json`` on it:
+    both succeed without showing the password (hunter2); returns doctor's redis part."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"x")
@@ -264,21 +264,41 @@ def test_submit_and_doctor_take_a_sentinel_url(
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["job_id"] == "s1"
     assert "hunter2" not in out.stdout + out.stderr
-    primary = sentinel_setup.node(sentinel_setup.primary_port() or 0)
-    try:
-        entries = primary.xrange(keys.JOBS)
-        assert [json.loads(f[keys.JOB_FIELD])["job_id"] for _, f in entries] == ["s1"]
-    finally:
-        primary.close()
     doc = subprocess.run(
         [sys.executable, "-m", "workers.cli", "doctor", "--json"],
         capture_output=True, text=True, env={**env, "RESTRAV_REDIS__URL": url}, timeout=120,
         cwd=ROOT,
     )
     assert "hunter2" not in doc.stdout + doc.stderr
-    report = json.loads(doc.stdout)
-    assert report["redis"]["reachable"] is True, report["redis"]
-    assert SERVICE in report["redis"]["url"]
+    report: dict[str, Any] = json.loads(doc.stdout)["redis"]
+    assert report["reachable"] is True, report
+    return report
+
+
+def test_submit_and_doctor_take_a_sentinel_url(
+    sentinel_setup: SentinelSetup, tmp_path: Path
+) -> None:
+    report = submit_and_doctor(sentinel_setup.url(), tmp_path)
+    assert SERVICE in report["url"]
+    primary = sentinel_setup.node(sentinel_setup.primary_port() or 0)
+    try:
+        entries = primary.xrange(keys.JOBS)
+        assert [json.loads(f[keys.JOB_FIELD])["job_id"] for _, f in entries] == ["s1"]
+    finally:
+        primary.close()
+
+
+def test_submit_and_doctor_take_a_cluster_url(
+    redis_cluster: ClusterSetup, tmp_path: Path
+) -> None:
+    report = submit_and_doctor(redis_cluster.url(), tmp_path)
+    assert report["url"].startswith("redis+cluster://")
+    client = connect(redis_cluster.url())
+    try:
+        entries = client.xrange(keys.JOBS)
+        assert [json.loads(f[keys.JOB_FIELD])["job_id"] for _, f in entries] == ["s1"]
+    finally:
+        client.close()
 
 
 def test_queue_clients_of_the_cli_time_out_reads_past_their_longest_block() -> None:
