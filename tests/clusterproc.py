@@ -11,6 +11,7 @@ itself."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import signal
@@ -66,6 +67,7 @@ class ClusterSetup:
             if port not in self.ports:
                 self.ports.append(port)
         self.nodes: dict[int, subprocess.Popen[bytes]] = {}
+        self.killed_ids: dict[int, str] = {}
 
     def url(self) -> str:
         """The ``redis+cluster://`` URL naming two of the nodes as startup nodes."""
@@ -161,6 +163,7 @@ class ClusterSetup:
 
     def kill(self, port: int) -> None:
         """SIGKILL one node (its data is gone: no persistence)."""
+        self.killed_ids[port] = str(self.node(port).execute_command("CLUSTER MYID"))
         proc = self.nodes.pop(port)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -180,11 +183,17 @@ class ClusterSetup:
 
     def bring_back(self, port: int, timeout_s: float = 60.0) -> None:
         """Restart a killed node empty and join it as a replica of a primary that has
-        none (the one whose replica was promoted)."""
+        none (the one whose replica was promoted). The killed node's id is forgotten
+        first (the new one on the same port gets another)."""
+        old_id = self.killed_ids.pop(port, None)
+        for p in self.nodes:
+            if old_id is not None:
+                with contextlib.suppress(redis.ResponseError):
+                    self.node(p).execute_command("CLUSTER FORGET", old_id)
+        alive = next(iter(self.nodes))
         self._start_node(port)
-        alive = next(p for p in self.nodes if p != port)
         self.node(alive).execute_command("CLUSTER MEET", "127.0.0.1", port)
-        lonely = self._primary_without_replica(timeout_s)
+        lonely = self._primary_without_replica(timeout_s, but=port)
         node_id = self.node(lonely).execute_command("CLUSTER MYID")
         deadline = time.monotonic() + timeout_s
         while True:  # MEET takes a moment to spread before REPLICATE accepts the id
@@ -197,10 +206,12 @@ class ClusterSetup:
                 time.sleep(0.2)
         self.wait_ok(timeout_s)
 
-    def _primary_without_replica(self, timeout_s: float) -> int:
+    def _primary_without_replica(self, timeout_s: float, but: int) -> int:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for port in self.primaries():
+                if port == but:
+                    continue
                 info = self.node(port).info("replication")
                 if int(info.get("connected_slaves", 0)) == 0 and self._serves_slots(port):
                     return port
