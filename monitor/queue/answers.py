@@ -15,6 +15,16 @@ stored result nor one being computed, and still notifies its own submission.
 A new submission of an answered job id gets the stored result again (note marked
 ``duplicate: 1``); the same entry delivered again is only acknowledged. Each of
 these writes is one script: a crash leaves all of it or none.
+
+On Redis Cluster these keys live in several slots and one script may touch one
+(:mod:`.answer_scripts`): the decision and the result are one script in the job id's
+slot, which also records the notes still to write (reply, note, dead letter) under
+:func:`monitor.keys.notes_key`; the notes follow one key at a time (each with its
+``WAIT`` when durability is on), then the record is deleted and the entry
+acknowledged. One result per job id and the fencing are kept (they live in the
+job id's slot); the notes are written at least once: a worker that dies between a
+note and the deletion of the record writes that note again on the entry's next
+delivery, and an entry without a valid job id is noted again when delivered again.
 """
 
 from __future__ import annotations
@@ -24,9 +34,13 @@ import logging
 import time
 from typing import Any
 
+import redis
+
 from .. import keys
 from ..redaction import redact_url
-from .answer_scripts import ANSWER, DUPLICATE
+from ..redis_conn import is_cluster, key_pipeline, run_key_pipeline
+from ..redis_faults import redis_unavailable
+from .answer_scripts import ANSWER, ANSWER_IN_SLOT, DUPLICATE
 from .context import WorkerContext
 from .jobs import DEAD_LETTERED, OUTCOME_DEAD, OUTCOME_DUPLICATE, WORKER_LOST, Entry, entry_ms, peek
 
@@ -48,6 +62,8 @@ class Answers:
         self.ctx = ctx
         self._answer = ctx.client.register_script(ANSWER)
         self._duplicate = ctx.client.register_script(DUPLICATE)
+        self._in_slot = ctx.client.register_script(ANSWER_IN_SLOT)
+        self.cluster = is_cluster(ctx.client)
 
     def base(self, entry: Entry, job_id: str | None, source: str | None) -> dict[str, Any]:
         """The fields every result has."""
@@ -86,6 +102,8 @@ class Answers:
         body = json.dumps(result)
         job_id = result.get("job_id") or ""
         error = result.get("error") or {}
+        if self.cluster:
+            return self._write_in_steps(entry, body, job_id, reply_to, mode, dead)
         pipe = ctx.client.pipeline(transaction=False)
         self._answer(
             client=pipe,
@@ -121,6 +139,105 @@ class Answers:
         if waits and outcome in (ANSWERED, ANSWERED_BEFORE):
             ctx.durability.check(replies[1], f"answer to job {job_id or entry.id}")
         return outcome
+
+    def _write_in_steps(
+        self, entry: Entry, body: str, job_id: str, reply_to: str | None, mode: str,
+        dead: list[str] | None,
+    ) -> int:
+        """:meth:`_write` on Redis Cluster (the module docstring): the script in the job
+        id's slot, then the notes it recorded, then the acknowledgement."""
+        ctx = self.ctx
+        stored = json.loads(body)
+        notes = {
+            "reply_to": reply_to,
+            "result": body if reply_to else None,
+            "note": self._note(job_id, entry.id, stored),
+            "dead": dead,
+        }
+        if not job_id:  # nothing to fence or store: notes and acknowledgement only
+            self._write_notes(notes)
+            self._acknowledge(entry)
+            return ANSWERED
+        pipe = key_pipeline(ctx.client, keys.result_key(job_id))
+        self._in_slot(
+            keys=[keys.result_key(job_id), keys.lock_key(job_id), keys.notes_key(job_id)],
+            args=[body, ctx.settings.result_ttl_s, entry.token or "", mode, json.dumps(notes)],
+            client=pipe,
+        )
+        waits = ctx.durability.queue_wait(pipe)
+        replies = run_key_pipeline(ctx.client, pipe)
+        outcome = int(replies[0])
+        if waits and outcome in (ANSWERED, ANSWERED_BEFORE):
+            ctx.durability.check(replies[1], f"answer to job {job_id}")
+        if outcome in (ANSWERED, ANSWERED_BEFORE):
+            self.flush_notes(job_id)
+        if outcome in (ANSWERED, ANSWERED_BEFORE) or (
+            mode == "fenced" and outcome == ALREADY_ANSWERED
+        ):
+            self._acknowledge(entry)
+        return outcome
+
+    @staticmethod
+    def _note(job_id: str, entry_id: str, stored: dict[str, Any]) -> list[str]:
+        """The fields of a note on ``restrav:results`` for a result ``stored``."""
+        return ["job_id", job_id, "entry_id", entry_id, "ok", "1" if stored.get("ok") else "0",
+                "code", (stored.get("error") or {}).get("code", "")]
+
+    def flush_notes(self, job_id: str) -> None:
+        """Cluster: write the notes recorded with ``job_id``'s result, if any are left,
+        then delete the record (each a durable write)."""
+        raw: Any = self.ctx.client.get(keys.notes_key(job_id))
+        if raw is None:
+            return
+        self._write_notes(json.loads(raw))
+        self._durable(keys.notes_key(job_id), lambda p: p.delete(keys.notes_key(job_id)),
+                      f"notes of job {job_id} written")
+
+    def _write_notes(self, notes: dict[str, Any]) -> None:
+        """Cluster: the reply (a reply stream of the wrong type is skipped, logged), the
+        dead letter and the note on ``restrav:results``, one key at a time."""
+        ctx = self.ctx
+        reply_to = notes.get("reply_to")
+        if reply_to and notes.get("result") is not None:
+            def reply(p: Any) -> None:
+                p.xadd(reply_to, {"result": notes["result"]}, maxlen=REPLY_MAXLEN,
+                       approximate=True)
+                p.expire(reply_to, ctx.settings.result_ttl_s)
+            try:
+                self._durable(reply_to, reply, f"reply on {reply_to}")
+            except redis.ResponseError as exc:
+                if redis_unavailable(exc):
+                    raise
+                log.warning("reply to %s not written: %s", reply_to, exc)
+        dead = notes.get("dead")
+        if dead:
+            fields = dict(zip(dead[::2], dead[1::2], strict=True))
+            self._durable(keys.JOBS_DEAD, lambda p: p.xadd(
+                keys.JOBS_DEAD, fields, maxlen=ctx.settings.dead_maxlen, approximate=True),
+                "dead letter")
+        note = notes["note"]
+        fields = dict(zip(note[::2], note[1::2], strict=True))
+        self._durable(keys.RESULTS, lambda p: p.xadd(
+            keys.RESULTS, fields, maxlen=ctx.settings.results_maxlen, approximate=True),
+            f"note on {keys.RESULTS}")
+
+    def _durable(self, key: str, queue: Any, what: str) -> None:
+        """Run the writes ``queue(pipe)`` puts on a pipeline of ``key``'s node, with a
+        ``WAIT`` after them when durability is on (too few acknowledgements raise
+        :class:`~monitor.redis_faults.NotReplicated`)."""
+        ctx = self.ctx
+        pipe = key_pipeline(ctx.client, key)
+        queue(pipe)
+        waits = ctx.durability.queue_wait(pipe)
+        replies = run_key_pipeline(ctx.client, pipe)
+        if waits:
+            ctx.durability.check(replies[-1], what)
+
+    def _acknowledge(self, entry: Entry) -> None:
+        """Cluster: forget the entry's last error and acknowledge it (two slots)."""
+        ctx = self.ctx
+        ctx.client.hdel(keys.JOBS_ERRORS, entry.id)
+        ctx.client.xack(keys.JOBS, ctx.group, entry.id)
 
     def publish(self, entry: Entry, result: dict[str, Any], reply_to: str | None) -> bool:
         """Store a scoring's result, note it on ``restrav:results``, reply, acknowledge:
@@ -169,6 +286,10 @@ class Answers:
             stored = {}
         if not isinstance(stored, dict):
             stored = {}
+        if self.cluster:
+            self._duplicate_in_steps(entry, reply_to, existing, stored)
+            self.finish(entry, OUTCOME_DUPLICATE)
+            return
         self._duplicate(
             keys=[keys.RESULTS, keys.JOBS, keys.JOBS_ERRORS, reply_to or keys.RESULTS],
             args=[
@@ -186,6 +307,23 @@ class Answers:
             ],
         )
         self.finish(entry, OUTCOME_DUPLICATE)
+
+    def _duplicate_in_steps(
+        self, entry: Entry, reply_to: str | None, existing: str, stored: dict[str, Any]
+    ) -> None:
+        """:meth:`duplicate` on Redis Cluster: the same entry again writes the notes its
+        answer recorded and did not write (its worker died in between); a new submission
+        gets the reply and a note marked duplicate; then the acknowledgement."""
+        job_id = entry.job_id or ""
+        if stored.get("entry_id") == entry.id:
+            self.flush_notes(job_id)
+        else:
+            self._write_notes({
+                "reply_to": reply_to,
+                "result": existing,
+                "note": [*self._note(job_id, entry.id, stored), "duplicate", "1"],
+            })
+        self._acknowledge(entry)
 
     def dead_letter(self, entry: Entry) -> bool:
         """Move an entry delivered too often to the dead-letter stream and answer it,
