@@ -149,3 +149,28 @@ def test_a_reply_stream_of_the_wrong_type_does_not_block_the_answer(
     assert c.xpending(keys.JOBS, "workers")["pending"] == 0
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         c.xlen("restrav:replies:wrongtype")
+
+
+def test_an_answer_tried_again_does_not_repeat_the_notes_written_by_the_first_try(
+    cluster_client: Any, clip: Path, scorer: ClipScorer
+) -> None:
+    """A try whose notes were written but not acknowledged by a replica (NOTREPLICATED)
+    is tried again: the result is found stored (this very body) and the notes record
+    still there; the notes already in their streams are not written twice."""
+    c = cluster_client
+    entry_id = submit(c, clip, "again")
+    worker = Worker(c, QueueSettings(**FAST_QUEUE), scorer, QueueMetrics(CollectorRegistry()),
+                    name="w5")
+    (entry,) = worker.fetcher.fetch(1, block=False)
+    result = worker.answers.base(entry, "again", str(clip))
+    result.update({"ok": True, "status": "scored"})
+    assert worker.answers.publish(entry, result, "restrav:replies:again")
+    # as if the first try had raised NOTREPLICATED before deleting its record
+    body = json.dumps(result)
+    notes = {"reply_to": "restrav:replies:again", "result": body, "dead": None,
+             "note": ["job_id", "again", "entry_id", entry_id, "ok", "1", "code", ""]}
+    c.set(keys.notes_key("again"), json.dumps(notes))
+    assert worker.answers.publish(entry, result, "restrav:replies:again")
+    assert len(notes_of(c, "again")) == 1
+    assert c.xlen("restrav:replies:again") == 1
+    assert c.get(keys.notes_key("again")) is None

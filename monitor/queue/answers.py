@@ -54,6 +54,11 @@ OWNED_ELSEWHERE = -1
 ANSWERED_BEFORE = 2
 """This attempt's own answer, written by an earlier try (its replication unconfirmed)."""
 
+LOOK_BACK = 1000
+"""Redis Cluster: how many of the newest entries of a note's stream are searched for
+the note of an earlier try before it is written again (:meth:`Answers.flush_notes`):
+a retry comes seconds later, so more notes than this in between are not expected."""
+
 
 class Answers:
     """Builds and writes a worker's answers."""
@@ -170,7 +175,8 @@ class Answers:
         if waits and outcome in (ANSWERED, ANSWERED_BEFORE):
             ctx.durability.check(replies[1], f"answer to job {job_id}")
         if outcome in (ANSWERED, ANSWERED_BEFORE):
-            self.flush_notes(job_id)
+            # a try before this one may have written some notes already
+            self.flush_notes(job_id, again=outcome == ANSWERED_BEFORE)
         if outcome in (ANSWERED, ANSWERED_BEFORE) or (
             mode == "fenced" and outcome == ALREADY_ANSWERED
         ):
@@ -183,22 +189,36 @@ class Answers:
         return ["job_id", job_id, "entry_id", entry_id, "ok", "1" if stored.get("ok") else "0",
                 "code", (stored.get("error") or {}).get("code", "")]
 
-    def flush_notes(self, job_id: str) -> None:
+    def flush_notes(self, job_id: str, again: bool) -> None:
         """Cluster: write the notes recorded with ``job_id``'s result, if any are left,
-        then delete the record (each a durable write)."""
+        then delete the record (each a durable write). ``again``: an earlier try (whose
+        replication was not confirmed, or whose worker died) may have written some of
+        them: each is looked for first among the newest :data:`LOOK_BACK` entries of its
+        stream and not written twice."""
         raw: Any = self.ctx.client.get(keys.notes_key(job_id))
         if raw is None:
             return
-        self._write_notes(json.loads(raw))
+        self._write_notes(json.loads(raw), again)
         self._durable(keys.notes_key(job_id), lambda p: p.delete(keys.notes_key(job_id)),
                       f"notes of job {job_id} written")
 
-    def _write_notes(self, notes: dict[str, Any]) -> None:
+    def _written(self, stream: str, field: str, value: str) -> bool:
+        """Whether one of the newest :data:`LOOK_BACK` entries of ``stream`` has
+        ``field`` equal to ``value`` (a note of an earlier try)."""
+        newest: Any = self.ctx.client.xrevrange(stream, count=LOOK_BACK)
+        return any(f.get(field) == value for _, f in newest)
+
+    def _write_notes(self, notes: dict[str, Any], again: bool = False) -> None:
         """Cluster: the reply (a reply stream of the wrong type is skipped, logged), the
-        dead letter and the note on ``restrav:results``, one key at a time."""
+        dead letter and the note on ``restrav:results``, one key at a time; with
+        ``again``, each only if an earlier try did not write it (:meth:`flush_notes`)."""
         ctx = self.ctx
         reply_to = notes.get("reply_to")
-        if reply_to and notes.get("result") is not None:
+        note = notes["note"]
+        entry_id = note[note.index("entry_id") + 1]
+        if reply_to and notes.get("result") is not None and not (
+            again and self._written_safely(reply_to, "result", notes["result"])
+        ):
             def reply(p: Any) -> None:
                 p.xadd(reply_to, {"result": notes["result"]}, maxlen=REPLY_MAXLEN,
                        approximate=True)
@@ -210,16 +230,27 @@ class Answers:
                     raise
                 log.warning("reply to %s not written: %s", reply_to, exc)
         dead = notes.get("dead")
-        if dead:
+        if dead and not (again and self._written(keys.JOBS_DEAD, "entry_id", entry_id)):
             fields = dict(zip(dead[::2], dead[1::2], strict=True))
             self._durable(keys.JOBS_DEAD, lambda p: p.xadd(
                 keys.JOBS_DEAD, fields, maxlen=ctx.settings.dead_maxlen, approximate=True),
                 "dead letter")
-        note = notes["note"]
+        if again and self._written(keys.RESULTS, "entry_id", entry_id):
+            return
         fields = dict(zip(note[::2], note[1::2], strict=True))
         self._durable(keys.RESULTS, lambda p: p.xadd(
             keys.RESULTS, fields, maxlen=ctx.settings.results_maxlen, approximate=True),
             f"note on {keys.RESULTS}")
+
+    def _written_safely(self, stream: str, field: str, value: str) -> bool:
+        """:meth:`_written` for a reply stream, which may be of the wrong type (then
+        False: writing it is skipped and logged)."""
+        try:
+            return self._written(stream, field, value)
+        except redis.ResponseError as exc:
+            if redis_unavailable(exc):
+                raise
+            return False
 
     def _durable(self, key: str, queue: Any, what: str) -> None:
         """Run the writes ``queue(pipe)`` puts on a pipeline of ``key``'s node, with a
@@ -316,7 +347,7 @@ class Answers:
         gets the reply and a note marked duplicate; then the acknowledgement."""
         job_id = entry.job_id or ""
         if stored.get("entry_id") == entry.id:
-            self.flush_notes(job_id)
+            self.flush_notes(job_id, again=True)
         else:
             self._write_notes({
                 "reply_to": reply_to,
