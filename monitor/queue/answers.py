@@ -34,19 +34,16 @@ import logging
 import time
 from typing import Any
 
-import redis
-
 from .. import keys
 from ..redaction import redact_url
 from ..redis_conn import is_cluster, key_pipeline, run_key_pipeline
-from ..redis_faults import redis_unavailable
 from .answer_scripts import ANSWER, ANSWER_IN_SLOT, DUPLICATE
 from .context import WorkerContext
 from .jobs import DEAD_LETTERED, OUTCOME_DEAD, OUTCOME_DUPLICATE, WORKER_LOST, Entry, entry_ms, peek
+from .notes import REPLY_MAXLEN, Notes
 
 log = logging.getLogger("restrav.queue")
 
-REPLY_MAXLEN = 10_000
 
 ANSWERED = 1
 ALREADY_ANSWERED = 0
@@ -54,10 +51,6 @@ OWNED_ELSEWHERE = -1
 ANSWERED_BEFORE = 2
 """This attempt's own answer, written by an earlier try (its replication unconfirmed)."""
 
-LOOK_BACK = 1000
-"""Redis Cluster: how many of the newest entries of a note's stream are searched for
-the note of an earlier try before it is written again (:meth:`Answers.flush_notes`):
-a retry comes seconds later, so more notes than this in between are not expected."""
 
 
 class Answers:
@@ -69,6 +62,7 @@ class Answers:
         self._duplicate = ctx.client.register_script(DUPLICATE)
         self._in_slot = ctx.client.register_script(ANSWER_IN_SLOT)
         self.cluster = is_cluster(ctx.client)
+        self.notes = Notes(ctx)
 
     def base(self, entry: Entry, job_id: str | None, source: str | None) -> dict[str, Any]:
         """The fields every result has."""
@@ -156,12 +150,12 @@ class Answers:
         notes = {
             "reply_to": reply_to,
             "result": body if reply_to else None,
-            "note": self._note(job_id, entry.id, stored),
+            "note": Notes.fields(job_id, entry.id, stored),
             "dead": dead,
         }
         if not job_id:  # nothing to fence or store: notes and acknowledgement only
-            self._write_notes(notes)
-            self._acknowledge(entry)
+            self.notes.write(notes)
+            self.notes.acknowledge(entry)
             return ANSWERED
         pipe = key_pipeline(ctx.client, keys.result_key(job_id))
         self._in_slot(
@@ -176,99 +170,12 @@ class Answers:
             ctx.durability.check(replies[1], f"answer to job {job_id}")
         if outcome in (ANSWERED, ANSWERED_BEFORE):
             # a try before this one may have written some notes already
-            self.flush_notes(job_id, again=outcome == ANSWERED_BEFORE)
+            self.notes.flush(job_id, again=outcome == ANSWERED_BEFORE)
         if outcome in (ANSWERED, ANSWERED_BEFORE) or (
             mode == "fenced" and outcome == ALREADY_ANSWERED
         ):
-            self._acknowledge(entry)
+            self.notes.acknowledge(entry)
         return outcome
-
-    @staticmethod
-    def _note(job_id: str, entry_id: str, stored: dict[str, Any]) -> list[str]:
-        """The fields of a note on ``restrav:results`` for a result ``stored``."""
-        return ["job_id", job_id, "entry_id", entry_id, "ok", "1" if stored.get("ok") else "0",
-                "code", (stored.get("error") or {}).get("code", "")]
-
-    def flush_notes(self, job_id: str, again: bool) -> None:
-        """Cluster: write the notes recorded with ``job_id``'s result, if any are left,
-        then delete the record (each a durable write). ``again``: an earlier try (whose
-        replication was not confirmed, or whose worker died) may have written some of
-        them: each is looked for first among the newest :data:`LOOK_BACK` entries of its
-        stream and not written twice."""
-        raw: Any = self.ctx.client.get(keys.notes_key(job_id))
-        if raw is None:
-            return
-        self._write_notes(json.loads(raw), again)
-        self._durable(keys.notes_key(job_id), lambda p: p.delete(keys.notes_key(job_id)),
-                      f"notes of job {job_id} written")
-
-    def _written(self, stream: str, field: str, value: str) -> bool:
-        """Whether one of the newest :data:`LOOK_BACK` entries of ``stream`` has
-        ``field`` equal to ``value`` (a note of an earlier try)."""
-        newest: Any = self.ctx.client.xrevrange(stream, count=LOOK_BACK)
-        return any(f.get(field) == value for _, f in newest)
-
-    def _write_notes(self, notes: dict[str, Any], again: bool = False) -> None:
-        """Cluster: the reply (a reply stream of the wrong type is skipped, logged), the
-        dead letter and the note on ``restrav:results``, one key at a time; with
-        ``again``, each only if an earlier try did not write it (:meth:`flush_notes`)."""
-        ctx = self.ctx
-        reply_to = notes.get("reply_to")
-        note = notes["note"]
-        entry_id = note[note.index("entry_id") + 1]
-        if reply_to and notes.get("result") is not None and not (
-            again and self._written_safely(reply_to, "result", notes["result"])
-        ):
-            def reply(p: Any) -> None:
-                p.xadd(reply_to, {"result": notes["result"]}, maxlen=REPLY_MAXLEN,
-                       approximate=True)
-                p.expire(reply_to, ctx.settings.result_ttl_s)
-            try:
-                self._durable(reply_to, reply, f"reply on {reply_to}")
-            except redis.ResponseError as exc:
-                if redis_unavailable(exc):
-                    raise
-                log.warning("reply to %s not written: %s", reply_to, exc)
-        dead = notes.get("dead")
-        if dead and not (again and self._written(keys.JOBS_DEAD, "entry_id", entry_id)):
-            fields = dict(zip(dead[::2], dead[1::2], strict=True))
-            self._durable(keys.JOBS_DEAD, lambda p: p.xadd(
-                keys.JOBS_DEAD, fields, maxlen=ctx.settings.dead_maxlen, approximate=True),
-                "dead letter")
-        if again and self._written(keys.RESULTS, "entry_id", entry_id):
-            return
-        fields = dict(zip(note[::2], note[1::2], strict=True))
-        self._durable(keys.RESULTS, lambda p: p.xadd(
-            keys.RESULTS, fields, maxlen=ctx.settings.results_maxlen, approximate=True),
-            f"note on {keys.RESULTS}")
-
-    def _written_safely(self, stream: str, field: str, value: str) -> bool:
-        """:meth:`_written` for a reply stream, which may be of the wrong type (then
-        False: writing it is skipped and logged)."""
-        try:
-            return self._written(stream, field, value)
-        except redis.ResponseError as exc:
-            if redis_unavailable(exc):
-                raise
-            return False
-
-    def _durable(self, key: str, queue: Any, what: str) -> None:
-        """Run the writes ``queue(pipe)`` puts on a pipeline of ``key``'s node, with a
-        ``WAIT`` after them when durability is on (too few acknowledgements raise
-        :class:`~monitor.redis_faults.NotReplicated`)."""
-        ctx = self.ctx
-        pipe = key_pipeline(ctx.client, key)
-        queue(pipe)
-        waits = ctx.durability.queue_wait(pipe)
-        replies = run_key_pipeline(ctx.client, pipe)
-        if waits:
-            ctx.durability.check(replies[-1], what)
-
-    def _acknowledge(self, entry: Entry) -> None:
-        """Cluster: forget the entry's last error and acknowledge it (two slots)."""
-        ctx = self.ctx
-        ctx.client.hdel(keys.JOBS_ERRORS, entry.id)
-        ctx.client.xack(keys.JOBS, ctx.group, entry.id)
 
     def publish(self, entry: Entry, result: dict[str, Any], reply_to: str | None) -> bool:
         """Store a scoring's result, note it on ``restrav:results``, reply, acknowledge:
@@ -347,14 +254,14 @@ class Answers:
         gets the reply and a note marked duplicate; then the acknowledgement."""
         job_id = entry.job_id or ""
         if stored.get("entry_id") == entry.id:
-            self.flush_notes(job_id, again=True)
+            self.notes.flush(job_id, again=True)
         else:
-            self._write_notes({
+            self.notes.write({
                 "reply_to": reply_to,
                 "result": existing,
-                "note": [*self._note(job_id, entry.id, stored), "duplicate", "1"],
+                "note": [*Notes.fields(job_id, entry.id, stored), "duplicate", "1"],
             })
-        self._acknowledge(entry)
+        self.notes.acknowledge(entry)
 
     def dead_letter(self, entry: Entry) -> bool:
         """Move an entry delivered too often to the dead-letter stream and answer it,
