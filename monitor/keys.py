@@ -50,6 +50,12 @@ def lock_key(job_id: str) -> str:
     return f"{PREFIX}:lock:{{{job_id}}}"
 
 
+def notes_key(job_id: str) -> str:
+    """On Redis Cluster only: the notes (reply, note, dead letter) of a job's answer still
+    to write, JSON, set with its result and deleted once they are written (with a TTL)."""
+    return f"{PREFIX}:notes:{{{job_id}}}"
+
+
 def heartbeat_key(worker: str) -> str:
     """One worker's heartbeat (JSON, TTL a few heartbeat intervals)."""
     return f"{WORKERS_PREFIX}{worker}"
@@ -74,6 +80,12 @@ def stream_scores(stream_id: str) -> str:
 def stream_latest(stream_id: str) -> str:
     """The hash with the latest score of one live feed: ``restrav:{stream}:latest``."""
     return f"{PREFIX}:{{{stream_id}}}:latest"
+
+
+def stream_events(stream_id: str) -> str:
+    """On Redis Cluster only: the fenced alert events of one live feed (capped stream),
+    each copied to :data:`EVENTS` once written (``monitor.live.sinks.fenced``)."""
+    return f"{PREFIX}:{{{stream_id}}}:events"
 
 
 def stream_lease(stream_id: str) -> str:

@@ -21,6 +21,13 @@ quotes the URL's credentials):
     (``required``, ``optional``, ``none``), ``ssl_check_hostname`` (``true``/
     ``false``): TLS settings, for the sentinels and the data nodes alike.
 
+* ``redis+cluster://[[user]:password@]host[:port][,host[:port]...][/]`` and
+  ``rediss+cluster://...`` (TLS): Redis Cluster, through redis-py's ``RedisCluster``
+  (sync and asyncio). The hosts are startup nodes (default port 6379; any reachable
+  one suffices, the others are found from ``CLUSTER SLOTS``); a cluster has only
+  database 0, so the path is empty. The user and password are every node's. Query
+  options: the TLS ones above (with ``rediss+cluster://`` only).
+
 A Sentinel client asks the sentinels for the current primary whenever it opens a
 connection, and drops its connections when one fails or the node it reached turns
 out to be a replica (``READONLY``): after a failover the next command (or its
@@ -30,6 +37,12 @@ which every writer already treats as an outage (:mod:`monitor.redis_faults`).
 
 Closing a client closes its connections to the sentinels as well.
 
+A cluster client follows the cluster's own redirections: a ``MOVED`` or a node that
+fails makes it read the slot map again (redis-py), so after a failover the next
+command (or its retry by the caller) reaches the promoted replica. On a cluster
+every Lua script and MULTI/EXEC must touch keys of one slot (:mod:`monitor.keys`);
+:func:`is_cluster` tells the callers that write differently there.
+
 :class:`Durability` is the ``WAIT`` after a write that must survive a failover (a job
 enqueued, a job's answer, a lease grant with its fencing increment): Redis replicates
 asynchronously, so a write the primary acknowledged can be missing on the replica a
@@ -37,78 +50,36 @@ sentinel promotes. With ``replicas`` > 0 such a write is sent in one pipeline wi
 ``WAIT replicas timeout_ms`` (same connection: ``WAIT`` counts the replicas that have
 this connection's writes), and fewer acknowledgements raise
 :class:`~monitor.redis_faults.NotReplicated`: the write is treated as not done.
-Base module: imports nothing of restrav-monitor but the error tree and
-:mod:`monitor.redis_faults`.
+Base module: imports nothing of restrav-monitor but :mod:`monitor.redis_faults` and
+:mod:`monitor.redis_urls` (the URL parsing).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 import redis.asyncio.sentinel as aiosentinel
+import redis.cluster as rcluster
 import redis.sentinel as sentinel
-
-from .errors import ConfigError
-from .redis_faults import NotReplicated
-
-SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})
-"""URL schemes of Redis Sentinel (the second with TLS)."""
-
-PLAIN_SCHEMES = frozenset({"redis", "rediss", "unix"})
-"""URL schemes of one Redis server."""
-
-DEFAULT_SENTINEL_PORT = 26379
-
-_TLS_OPTIONS = frozenset(
-    {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
+from redis.exceptions import (
+    AskError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
 )
-_SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "sentinel_tls"})
-_CERT_REQS = frozenset({"required", "optional", "none"})
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
-
-@dataclass(frozen=True)
-class SentinelTarget:
-    """A parsed ``redis+sentinel://`` URL. ``repr`` never shows the passwords."""
-
-    sentinels: tuple[tuple[str, int], ...]
-    service: str
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    sentinel_username: str | None = None
-    sentinel_password: str | None = field(default=None, repr=False)
-    tls: bool = False
-    sentinel_tls: bool = False
-    tls_options: tuple[tuple[str, Any], ...] = ()
-
-    def data_kwargs(self) -> dict[str, Any]:
-        """Connection arguments for the data nodes (primary, replicas)."""
-        out: dict[str, Any] = {"db": self.db}
-        if self.username is not None:
-            out["username"] = self.username
-        if self.password is not None:
-            out["password"] = self.password
-        if self.tls:
-            out["ssl"] = True
-            out.update(self.tls_options)
-        return out
-
-    def sentinel_kwargs(self) -> dict[str, Any]:
-        """Connection arguments for the sentinels (timeouts added by the caller)."""
-        out: dict[str, Any] = {}
-        if self.sentinel_username is not None:
-            out["username"] = self.sentinel_username
-        if self.sentinel_password is not None:
-            out["password"] = self.sentinel_password
-        if self.sentinel_tls:
-            out["ssl"] = True
-            out.update(self.tls_options)
-        return out
+from .redis_faults import NotReplicated
+from .redis_urls import (
+    ClusterTarget,
+    SentinelTarget,
+    check_redis_url,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 
 
 @dataclass(frozen=True)
@@ -137,115 +108,6 @@ class Durability:
                 f"NOTREPLICATED {what}: {int(acknowledged)} of {self.replicas} replica(s) "
                 f"acknowledged within {self.timeout_ms} ms"
             )
-
-
-def _bad(what: str) -> ConfigError:
-    return ConfigError(f"redis URL: {what}")
-
-
-def _host_port(item: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port)."""
-    if not item:
-        raise _bad("an empty sentinel address (two commas in a row?)")
-    if item.startswith("["):
-        host, sep, rest = item[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise _bad("a sentinel's IPv6 address must be written [addr]:port")
-        port_text = rest[1:] if rest else ""
-    else:
-        host, _, port_text = item.partition(":")
-    if not host:
-        raise _bad("a sentinel address without a host")
-    if not port_text:
-        return host, DEFAULT_SENTINEL_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise _bad(f"sentinel port {port_text!r} is not a port number")
-    return host, int(port_text)
-
-
-def parse_sentinel_url(url: str) -> SentinelTarget | None:
-    """The sentinel target a ``redis+sentinel://`` or ``rediss+sentinel://`` URL names;
-    None for any other scheme. Raises :class:`ConfigError` (credentials never quoted)
-    when the URL is malformed or holds an unknown query option."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
-        return None
-    tls = scheme.lower() == "rediss+sentinel"
-    # urlsplit would choke on "h1:1,h2:2" as a port: split by hand
-    rest, _, query = rest.partition("?")
-    if "#" in query or "#" in rest:
-        raise _bad("a fragment (#) has no meaning in a sentinel URL")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    username: str | None = None
-    password: str | None = None
-    if at:
-        user_text, colon, pw_text = userinfo.partition(":")
-        username = unquote(user_text) or None
-        password = unquote(pw_text) if colon else None
-        if not colon and username is not None:
-            # "user@host": redis-py reads a lone userinfo as the password (legacy AUTH)
-            password, username = username, None
-    sentinels = tuple(_host_port(h) for h in hosts.split(","))
-    parts = [unquote(p) for p in path.split("/")] if slash else []
-    if parts and parts[-1] == "":
-        parts.pop()  # a trailing slash
-    if not parts or not parts[0]:
-        raise _bad("a sentinel URL must name the service: redis+sentinel://HOST:PORT/SERVICE")
-    if len(parts) > 2:
-        raise _bad("a sentinel URL's path is /SERVICE or /SERVICE/DB")
-    db = 0
-    if len(parts) == 2:
-        if not parts[1].isdigit():
-            raise _bad(f"database {parts[1]!r} is not a number")
-        db = int(parts[1])
-    options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
-    unknown = set(options) - _TLS_OPTIONS - _SENTINEL_OPTIONS
-    if unknown:
-        valid = ", ".join(sorted(_TLS_OPTIONS | _SENTINEL_OPTIONS))
-        raise _bad(f"unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
-    tls_options: list[tuple[str, Any]] = []
-    for key in sorted(_TLS_OPTIONS & set(options)):
-        value: Any = options[key]
-        if key == "ssl_cert_reqs" and value not in _CERT_REQS:
-            raise _bad(f"ssl_cert_reqs must be one of {', '.join(sorted(_CERT_REQS))}")
-        if key == "ssl_check_hostname":
-            value = _flag(key, value)
-        tls_options.append((key, value))
-    sentinel_tls = _flag("sentinel_tls", options["sentinel_tls"]) if (
-        "sentinel_tls" in options) else tls
-    if tls_options and not (tls or sentinel_tls):
-        raise _bad("TLS options need rediss+sentinel:// or sentinel_tls=true")
-    return SentinelTarget(
-        sentinels=sentinels,
-        service=parts[0],
-        db=db,
-        username=username,
-        password=password,
-        sentinel_username=options.get("sentinel_username") or None,
-        sentinel_password=options.get("sentinel_password") or None,
-        tls=tls,
-        sentinel_tls=sentinel_tls,
-        tls_options=tuple(tls_options),
-    )
-
-
-def _flag(key: str, value: str) -> bool:
-    try:
-        return _BOOLS[value.lower()]
-    except KeyError:
-        raise _bad(f"{key} must be true or false") from None
-
-
-def check_redis_url(url: str) -> None:
-    """Raise :class:`ConfigError` unless ``url`` is a Redis URL this module can connect
-    to (scheme, and for Sentinel the whole form). Never quotes credentials."""
-    if parse_sentinel_url(url) is not None:
-        return
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-    if scheme not in PLAIN_SCHEMES:
-        schemes = ", ".join(f"{s}://" for s in sorted(PLAIN_SCHEMES | SENTINEL_SCHEMES))
-        raise _bad(f"unsupported scheme {scheme or '(none)'!r}; use one of {schemes}")
 
 
 def _sentinel_side(target: SentinelTarget, options: dict[str, Any]) -> dict[str, Any]:
@@ -286,12 +148,89 @@ class AsyncSentinelRedis(aioredis.Redis):
                 await s.aclose()
 
 
+_IN_FLUX = (RedisClusterUnreachableError, SlotNotCoveredError)
+"""redis-py's errors of a cluster with no reachable node, or a slot without a primary
+(mid-failover): no :class:`redis.RedisError`, so the cluster clients below raise them as
+:class:`redis.ConnectionError`, the outage every caller already rides out."""
+
+
+def _outage(exc: Exception) -> redis.ConnectionError:
+    return redis.ConnectionError(f"Redis Cluster: {exc}")
+
+
+class ClusterRedis(rcluster.RedisCluster):
+    """redis-py's ``RedisCluster`` whose commands and pipelines raise a cluster in flux
+    as :class:`redis.ConnectionError` (see :data:`_IN_FLUX`)."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """As redis-py's, with the outage errors translated."""
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except _IN_FLUX as exc:
+            raise _outage(exc) from exc
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        """As redis-py's: a ``ClusterPipeline``, whose ``execute`` translates the outage
+        errors (its class swapped for a subclass that only wraps ``execute``: redis-py
+        builds it from the client's internals, which are not ours to repeat)."""
+        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
+        pipe.__class__ = _ClusterPipeline
+        return pipe
+
+
+class _ClusterPipeline(rcluster.ClusterPipeline):
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            return super().execute(raise_on_error)
+        except _IN_FLUX as exc:
+            raise _outage(exc) from exc
+
+
+class AsyncClusterRedis(aiocluster.RedisCluster):
+    """The asyncio twin of :class:`ClusterRedis`."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """As redis-py's, with the outage errors translated."""
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except _IN_FLUX as exc:
+            raise _outage(exc) from exc
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        """As redis-py's, with the outage errors of ``execute`` translated."""
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        # redis-py's stubs call the pipeline abstract (an attribute set in __init__)
+        return _AsyncClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _AsyncClusterPipeline(aiocluster.ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True
+                      ) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except _IN_FLUX as exc:
+            raise _outage(exc) from exc
+
+
 def _build(url: str, options: dict[str, Any], from_url: Any, manager_class: Any,
-           redis_class: Any) -> Any:
-    """One client for ``url``: ``from_url(url, **options)`` for one server, else a
-    ``redis_class`` of ``manager_class`` (redis-py's sync or asyncio Sentinel) holding
-    its manager, so that closing it closes the sentinels' connections."""
+           redis_class: Any, cluster_class: Any, node_class: Any) -> Any:
+    """One client for ``url``: ``from_url(url, **options)`` for one server; for a
+    cluster, ``cluster_class`` (:class:`ClusterRedis` or :class:`AsyncClusterRedis`)
+    with ``node_class`` (redis-py's sync or asyncio ``ClusterNode``) startup nodes;
+    else a ``redis_class`` of ``manager_class`` (redis-py's
+    sync or asyncio Sentinel) holding its manager, so that closing it closes the
+    sentinels' connections."""
     check_redis_url(url)
+    nodes = parse_cluster_url(url)
+    if nodes is not None:
+        try:
+            return cluster_class(
+                startup_nodes=[node_class(h, p) for h, p in nodes.nodes],
+                **{**options, **nodes.node_kwargs()},
+            )
+        except _IN_FLUX as exc:  # the sync client reads the slot map now
+            raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
     target = parse_sentinel_url(url)
     if target is None:
         return from_url(url, **options)
@@ -312,19 +251,64 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
     ``socket_connect_timeout``, ``socket_timeout``, ``health_check_interval``, ...),
     applied to the data nodes; for Sentinel the socket timeouts apply to the
     sentinels too. Raises :class:`ConfigError` for a URL of no supported form.
+    For a cluster URL the client is a :class:`ClusterRedis`: the same
+    command methods, typed here as ``redis.Redis`` for the callers' sake.
     """
     client: redis.Redis = _build(
-        url, options, redis.Redis.from_url, sentinel.Sentinel, SentinelRedis
+        url, options, redis.Redis.from_url, sentinel.Sentinel, SentinelRedis, ClusterRedis,
+        rcluster.ClusterNode,
     )
     return client
 
 
 def async_redis_client(url: str, **options: Any) -> aioredis.Redis:
-    """An asyncio client for ``url``; as :func:`redis_client`."""
+    """An asyncio client for ``url``; as :func:`redis_client` (a cluster URL gives a
+:class:`AsyncClusterRedis`)."""
     client: aioredis.Redis = _build(
-        url, options, aioredis.from_url, aiosentinel.Sentinel, AsyncSentinelRedis
+        url, options, aioredis.from_url, aiosentinel.Sentinel, AsyncSentinelRedis,
+        AsyncClusterRedis, aiocluster.ClusterNode,
     )
     return client
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` (or the pipeline of one) talks to a Redis Cluster: its scripts
+    and transactions must then touch one slot each."""
+    return isinstance(client, (rcluster.RedisCluster, aiocluster.RedisCluster,
+                               aiocluster.ClusterPipeline))
+
+
+def key_pipeline(client: Any, key: str) -> Any:
+    """A non-transactional pipeline that sends its commands on one connection to the
+    node holding ``key``, so that a ``WAIT`` queued after them (:class:`Durability`)
+    counts their replication: ``client.pipeline(transaction=False)``, except on a
+    cluster, where ``WAIT`` works per node and redis-py's cluster pipeline would send
+    it to every node on other connections: there, a pipeline of the primary that
+    serves ``key``'s slot now. Every command queued must touch ``key``'s slot only.
+    Run it with :func:`run_key_pipeline`."""
+    if not isinstance(client, rcluster.RedisCluster):
+        return client.pipeline(transaction=False)
+    try:
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+    except _IN_FLUX as exc:
+        raise _outage(exc) from exc
+    return client.get_redis_connection(node).pipeline(transaction=False)
+
+
+def run_key_pipeline(client: Any, pipe: Any) -> list[Any]:
+    """``pipe.execute()`` for a :func:`key_pipeline` of ``client``. On a cluster, a node
+    that is gone or no longer serves the slot (``MOVED``, after a failover) makes the
+    client read the slot map again before the error is raised (an outage: the caller
+    retries, on the node that serves the slot then)."""
+    try:
+        return list(pipe.execute())
+    except (redis.ConnectionError, redis.TimeoutError, AskError):
+        if isinstance(client, rcluster.RedisCluster):
+            try:
+                client.nodes_manager.initialize()
+            except (redis.RedisError, *_IN_FLUX):
+                pass  # no node answers: the next try reads the map again
+        raise
 
 
 def rediscover(client: Any) -> None:
@@ -347,14 +331,21 @@ async def arediscover(client: Any) -> None:
 
 
 __all__ = [
+    "AsyncClusterRedis",
     "AsyncSentinelRedis",
+    "ClusterRedis",
+    "ClusterTarget",
     "Durability",
     "SentinelRedis",
     "SentinelTarget",
     "arediscover",
     "async_redis_client",
     "check_redis_url",
+    "is_cluster",
+    "key_pipeline",
+    "parse_cluster_url",
     "parse_sentinel_url",
     "redis_client",
     "rediscover",
+    "run_key_pipeline",
 ]

@@ -6,8 +6,9 @@ replica (``READONLY``, e.g. after its master died and before a failover), a
 replica that lost its master (``MASTERDOWN``), a dataset still loading
 (``LOADING``), a busy script (``BUSY``), too few replicas or a failed
 snapshot (``NOREPLICAS``, ``MISCONF``), a cluster in flux (``TRYAGAIN``,
-``CLUSTERDOWN``), or a write its replicas did not acknowledge in time
-(:class:`NotReplicated`, ``NOTREPLICATED``). Writers treat these like a lost connection: not ready,
+``CLUSTERDOWN``, a slot without a primary, a ``MOVED`` redis-py could not follow),
+or a write its replicas did not acknowledge in time (:class:`NotReplicated`,
+``NOTREPLICATED``). Writers treat these like a lost connection: not ready,
 buffer, retry with backoff, flush when Redis takes writes again.
 
 Where redis-py puts the code (each case seen from a real redis-server):
@@ -34,13 +35,16 @@ import re
 from collections.abc import Iterator
 
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
     ClusterDownError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterUnreachableError,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -125,11 +129,21 @@ def write_refused(exc: BaseException) -> bool:
     return refusal_code(exc) is not None
 
 
+_CLUSTER_IN_FLUX: tuple[type[Exception], ...] = (
+    RedisClusterUnreachableError, SlotNotCoveredError, AskError,
+)
+"""redis-py's Redis Cluster errors of a cluster failing over: no node reachable, a
+slot with no primary yet, a redirection (``MOVED``/``ASK``, :class:`AskError` is the
+base of both) still there after redis-py's own retries. The first two are no
+:class:`RedisError`: callers that catch only that must catch these as well."""
+
+
 def redis_unavailable(exc: BaseException) -> bool:
-    """True for a lost connection, a timeout or a refused write: an outage to ride out."""
-    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)) or write_refused(
-        exc
-    )
+    """True for a lost connection, a timeout, a refused write or a cluster in flux: an
+    outage to ride out."""
+    return isinstance(
+        exc, (RedisConnectionError, RedisTimeoutError, OSError, *_CLUSTER_IN_FLUX)
+    ) or write_refused(exc)
 
 
 __all__ = [

@@ -30,7 +30,7 @@ import redis
 import yaml
 
 from monitor import keys
-from monitor.redis_conn import redis_client
+from monitor.redis_conn import is_cluster, redis_client
 
 from .redisproc import free_port
 
@@ -160,7 +160,8 @@ class Cluster:
 
     def owners(self, ids: list[str]) -> dict[str, str | None]:
         """stream -> the replica holding its lease (None: free)."""
-        vals = self.r.mget([keys.stream_lease(s) for s in ids])
+        names = [keys.stream_lease(s) for s in ids]
+        vals = self.r.mget_nonatomic(names) if is_cluster(self.r) else self.r.mget(names)
         return {s: (v.rpartition(" ")[0] if v else None) for s, v in zip(ids, vals)}
 
     def loads(self, ids: list[str], names: list[str]) -> dict[str, int]:

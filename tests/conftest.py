@@ -111,6 +111,17 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[object]:
+    """A private Redis Cluster (3 primaries, 3 replicas, password ``hunter2``) for one
+    test: a :class:`tests.clusterproc.ClusterSetup`."""
+    from tests.clusterproc import ClusterSetup
+    from tests.sentinelproc import started
+
+    with started(ClusterSetup(tmp_path / "cluster", password="hunter2")) as setup:
+        yield setup
+
+
+@pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
     """A queue client (``monitor.queue.connect``) to the test's private redis-server."""
     from monitor.queue import connect

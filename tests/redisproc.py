@@ -26,6 +26,18 @@ def wait_port(port: int, timeout_s: float = 10.0) -> bool:
     return False
 
 
+def terminate_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process, then wait for each (SIGKILL after 10 s)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 class RedisProcess:
     """Start, stop and restart one redis-server on a fixed port."""
 

@@ -26,12 +26,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pytest
 import redis
 
-from tests.redisproc import free_port, wait_port
+from monitor.redis_faults import redis_unavailable
+from tests.redisproc import free_port, terminate_all, wait_port
 
 SERVICE = "restrav"
 PRIORITY = 100
@@ -42,14 +43,16 @@ T = TypeVar("T")
 
 
 def retrying(fn: Callable[[], T], timeout_s: float = 30.0, pause_s: float = 0.1) -> T:
-    """``fn()`` again while a failover makes it fail: connection errors, timeouts and
-    READONLY (a demoted primary), every ``pause_s`` until ``timeout_s`` (then raises)."""
+    """``fn()`` again while a failover makes it fail: connection errors, timeouts,
+    READONLY (a demoted primary), a cluster in flux (``CLUSTERDOWN``, a slot without a
+    primary: every error :func:`monitor.redis_faults.redis_unavailable` calls an outage),
+    every ``pause_s`` until ``timeout_s`` (then raises)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
-            if time.monotonic() > deadline:
+        except Exception as exc:  # narrowed on the next line: only outages are retried
+            if not redis_unavailable(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(pause_s)
 
@@ -333,20 +336,24 @@ class SentinelSetup:
         for port in list(self.stopped):
             self.nodes[port].send_signal(signal.SIGCONT)
         self.stopped.clear()
-        for proc in [*self.sentinels.values(), *self.nodes.values()]:
-            proc.terminate()
-        for proc in [*self.sentinels.values(), *self.nodes.values()]:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        terminate_all([*self.sentinels.values(), *self.nodes.values()])
         self.sentinels.clear()
         self.nodes.clear()
 
 
+class Startable(Protocol):
+    """A test setup of processes: :class:`SentinelSetup`, ``tests.clusterproc.ClusterSetup``."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Startable)
+
+
 @contextmanager
-def started(setup: SentinelSetup) -> Iterator[SentinelSetup]:
+def started(setup: S) -> Iterator[S]:
     """``setup`` started (the test fails if it cannot be), stopped at the end."""
     try:
         setup.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -28,13 +29,17 @@ from monitor.cluster.manager import ClusteredStreamManager
 from monitor.config import StreamSpec, load_settings
 from monitor.core.backbone import load_backbone
 from monitor.core.embed import Embedder
+from monitor.live.alerts import AlertEvent
 from monitor.live.desired import DesiredSetKeeper, RedisDesiredStore
 from monitor.live.engine import Engine
 from monitor.live.sinks import RedisSink
 from monitor.metrics import StreamMetrics
+from monitor.redis_conn import async_redis_client
 
 from .cluster_procs import Cluster, check_no_overlap, stream_clip, wait_for
+from .clusterproc import ClusterSetup
 from .redisproc import RedisProcess
+from .test_sinks import score
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +62,27 @@ def cluster(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Cluster]:
 def test_two_replicas_share_streams_and_fail_over_without_overlap(
     cluster: Cluster, clip: Path
 ) -> None:
+    share_and_fail_over(cluster, clip)
+
+
+def test_two_replicas_on_a_redis_cluster(
+    redis_cluster: ClusterSetup, tmp_path: Path, tiny_model_dir: Path, clip: Path
+) -> None:
+    """The same on a real Redis Cluster (``redis+cluster://``): the streams' keys are in
+    several slots on several nodes; leases, fenced scores and the API work there."""
+    c = Cluster(tmp_path, redis_cluster.url(), tiny_model_dir)
+    try:
+        ids = share_and_fail_over(c, clip)
+        nodes = {redis_cluster.port_of_slot_owner(keys.stream_lease(s)) for s in ids}
+        assert len(nodes) > 1
+    finally:
+        c.stop_all()
+
+
+def share_and_fail_over(cluster: Cluster, clip: Path) -> list[str]:
+    """Two replicas share 4 streams evenly (API on either), both show every owner,
+    every stream is scored; SIGKILL the owner of ``cam00``: the survivor takes its
+    streams over, with no seq/window overlap between the two owners. Returns the ids."""
     names = ["r1", "r2"]
     for n in names:
         cluster.start(n)
@@ -82,6 +108,53 @@ def test_two_replicas_share_streams_and_fail_over_without_overlap(
     for s in moved:
         runs = check_no_overlap(cluster.scores(s))
         assert len(runs) == 2  # the victim's ownership, then the survivor's
+    return ids
+
+
+async def test_fenced_scores_and_events_on_a_redis_cluster(redis_cluster: ClusterSetup) -> None:
+    """Fenced writes of streams in different slots, one batch: scores and alert events
+    written while the lease is ours (events also on ``restrav:events``), refused for
+    a former owner once another replica took the lease."""
+    client = async_redis_client(redis_cluster.url(), decode_responses=True)
+    ids = ["cam-a", "cam-b", "cam-c"]
+    assert len({redis_cluster.port_of_slot_owner(keys.stream_lease(s)) for s in ids}) > 1
+    a, b = LeaseStore(client, "a", 60), LeaseStore(client, "b", 60)
+    sink = RedisSink(client, owner="a")
+    try:
+        fences = {s: await a.acquire(s) for s in ids}
+        assert set(fences.values()) == {1}
+        assert await a.owners(ids) == dict.fromkeys(ids, Lease("a", 1))
+
+        def batch(seq: int) -> list[Any]:
+            return [it for s in ids for it in (
+                dataclasses.replace(score(s, seq), fence=1),
+                AlertEvent(s, "alert_start", 0.9, 10.0 + seq, 10.0 + seq, fence=1))]
+
+        await sink.write(batch(1))
+        assert sink.refused == 0
+        for s in ids:
+            assert [e["seq"] for e in await entries(client, keys.stream_scores(s))] == ["1"]
+            assert (await client.hget(keys.stream_latest(s), "seq")) == "1"
+            assert [e["owner"] for e in await entries(client, keys.stream_events(s))] == ["a"]
+        assert sorted(e["stream"] for e in await entries(client, keys.EVENTS)) == ids
+        # "b" takes cam-a over (the lease of "a" expired, say): "a" is fenced there only
+        await client.delete(keys.stream_lease("cam-a"))
+        assert await b.acquire("cam-a") == 2
+        await sink.write(batch(2))
+        assert sink.refused == 2  # cam-a's score and event
+        assert [e["seq"] for e in await entries(client, keys.stream_scores("cam-a"))] == ["1"]
+        assert len(await entries(client, keys.stream_events("cam-a"))) == 1
+        assert [e["seq"] for e in await entries(client, keys.stream_scores("cam-b"))] == [
+            "1", "2"]
+        assert sorted(e["stream"] for e in await entries(client, keys.EVENTS)) == sorted(
+            [*ids, "cam-b", "cam-c"])
+        assert len(await b.replicas()) == 0 and await a.renew({"cam-b": 1}) == {"cam-b": True}
+    finally:
+        await client.aclose()
+
+
+async def entries(client: Any, key: str) -> list[dict[str, str]]:
+    return [e for _, e in await client.xrange(key)]
 
 
 @pytest.fixture(scope="module")

@@ -210,6 +210,19 @@ def test_keda_asks_the_sentinels_when_redis_is_sentinel() -> None:
     assert urls == ["redis+sentinel://s0:26379,s1:26379/restrav/0"]
 
 
+def test_keda_reads_the_cluster_when_redis_is_a_cluster() -> None:
+    values: dict[str, Any] = {
+        "redis": {"url": "redis+cluster://n0:6379,n1:6379"},
+        "worker": {"keda": {"enabled": True, "clusterAddresses": "n0:6379,n1:6379"}},
+    }
+    (scaled,) = [d for d in render(values) if d["kind"] == "ScaledObject"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis-cluster-streams"
+    meta = trigger["metadata"]
+    assert meta["addresses"] == "n0:6379,n1:6379" and "address" not in meta
+    assert meta["stream"] == "restrav:jobs" and meta["consumerGroup"] == "workers"
+
+
 def test_serve_mounts_a_volume_at_the_evidence_folder() -> None:
     def serve_pod(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         (dep,) = [d for d in render(values) if d["kind"] == "Deployment"

@@ -14,7 +14,7 @@ MONITOR = Path(__file__).resolve().parents[1] / "monitor"
 
 BASE = {
     "__init__", "config", "errors", "keys", "metrics", "redaction", "redis_conn", "redis_faults",
-    "types",
+    "redis_urls", "types",
 }
 """The shared base: value types, errors, settings, metrics, Redis keys, redaction."""
 SHIMS = {"estimators"}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -25,10 +26,13 @@ from monitor.redis_conn import (
     SentinelRedis,
     async_redis_client,
     check_redis_url,
+    is_cluster,
+    parse_cluster_url,
     parse_sentinel_url,
     redis_client,
     rediscover,
 )
+from tests.clusterproc import ClusterSetup
 from tests.sentinelproc import SERVICE, SentinelSetup, retrying, started
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +94,11 @@ def test_sentinel_tls_options() -> None:
         ("redis+sentinel://h:1/svc?ssl_ca_certs=/ca", "TLS options need"),
         ("redis+sentinel://h:1/svc?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
         ("rediss+sentinel://h:1/svc?sentinel_tls=perhaps", "true or false"),
+        ("redis+cluster://h:1/1", "only database 0"),
+        ("redis+cluster://h:1,,h2:2", "empty cluster node"),
+        ("redis+cluster://h:70000", "cluster node port"),
+        ("redis+cluster://:hunter2@h:1?ssl_ca_certs=/ca", "TLS options need"),
+        ("redis+cluster://:hunter2@h:1?sentinel_tls=true", "unknown option"),
         ("http://:hunter2@h/0", "unsupported scheme"),
         ("h:6379", "unsupported scheme"),
     ],
@@ -137,6 +146,58 @@ def test_clients_of_a_sentinel_url_are_sentinel_clients() -> None:
         await a.aclose()
 
     asyncio.run(run())
+
+
+def test_cluster_url_parts() -> None:
+    t = parse_cluster_url("redis+cluster://app:s%40cret@10.0.0.1:7000,node-b,[::1]:7001/")
+    assert t is not None and parse_sentinel_url("redis+cluster://h:1") is None
+    assert t.nodes == (("10.0.0.1", 7000), ("node-b", 6379), ("::1", 7001))
+    assert t.node_kwargs() == {"username": "app", "password": "s@cret"}
+    assert "s@cret" not in repr(t)
+    t = parse_cluster_url("rediss+cluster://:pw@h:1?ssl_ca_certs=/ca.pem&ssl_check_hostname=no")
+    assert t is not None and t.tls
+    assert t.node_kwargs() == {"password": "pw", "ssl": True, "ssl_ca_certs": "/ca.pem",
+                               "ssl_check_hostname": False}
+    assert parse_cluster_url("redis://h:1/0") is None
+    url = "redis+cluster://:hunter2@h1:1,h2:2"
+    assert load_settings(None, redis={"url": url}).redis.url is not None
+    assert "hunter2" not in redact_url(url) and "h1:1,h2:2" in redact_url(url)
+
+
+def test_clients_of_a_cluster_url_are_cluster_clients() -> None:
+    # the sync client reads the slot map when built: nothing there is a connection error
+    with pytest.raises(redis.ConnectionError) as info:
+        redis_client("redis+cluster://:hunter2@127.0.0.1:1", socket_connect_timeout=0.5)
+    assert "hunter2" not in str(info.value)
+
+    async def run() -> None:
+        a = async_redis_client("redis+cluster://127.0.0.1:1", socket_connect_timeout=0.5)
+        assert is_cluster(a) and is_cluster(a.pipeline(transaction=False))
+        with pytest.raises(redis.RedisError):
+            await a.ping()
+        await a.aclose()
+
+    asyncio.run(run())
+    assert not is_cluster(redis.Redis())
+
+
+def test_cluster_client_follows_a_failover(redis_cluster: ClusterSetup) -> None:
+    client = connect(redis_cluster.url(), read_timeout_s=5)
+    try:
+        assert is_cluster(client)
+        names = [f"k{i}" for i in range(20)]  # over every primary
+        for k in names:
+            client.set(k, k)
+        victim = redis_cluster.port_of_slot_owner(names[0])
+        assert redis_cluster.node(victim).wait(1, 5000) == 1
+        redis_cluster.kill(victim)
+        redis_cluster.wait_promoted(victim)
+        # the same client, no restart: MOVED / a dead node makes it read the slot map
+        assert retrying(lambda: client.mget_nonatomic(names)) == names
+        retrying(lambda: client.set(names[0], "after"))
+        assert client.get(names[0]) == "after"
+    finally:
+        client.close()
 
 
 # ---- a real Sentinel setup --------------------------------------------------------
@@ -190,10 +251,9 @@ def test_sentinel_client_follows_a_failover(sentinel_setup: SentinelSetup) -> No
     direct.close()
 
 
-def test_submit_and_doctor_take_a_sentinel_url(
-    sentinel_setup: SentinelSetup, tmp_path: Path
-) -> None:
-    url = sentinel_setup.url()
+def submit_and_doctor(url: str, tmp_path: Path) -> dict[str, Any]:
+    """``restrav submit`` job ``s1`` to ``url``, then ``restrav doctor --json`` on it:
+    both succeed without showing the password (hunter2); returns doctor's redis part."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"x")
@@ -204,21 +264,41 @@ def test_submit_and_doctor_take_a_sentinel_url(
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["job_id"] == "s1"
     assert "hunter2" not in out.stdout + out.stderr
-    primary = sentinel_setup.node(sentinel_setup.primary_port() or 0)
-    try:
-        entries = primary.xrange(keys.JOBS)
-        assert [json.loads(f[keys.JOB_FIELD])["job_id"] for _, f in entries] == ["s1"]
-    finally:
-        primary.close()
     doc = subprocess.run(
         [sys.executable, "-m", "workers.cli", "doctor", "--json"],
         capture_output=True, text=True, env={**env, "RESTRAV_REDIS__URL": url}, timeout=120,
         cwd=ROOT,
     )
     assert "hunter2" not in doc.stdout + doc.stderr
-    report = json.loads(doc.stdout)
-    assert report["redis"]["reachable"] is True, report["redis"]
-    assert SERVICE in report["redis"]["url"]
+    report: dict[str, Any] = json.loads(doc.stdout)["redis"]
+    assert report["reachable"] is True, report
+    return report
+
+
+def test_submit_and_doctor_take_a_sentinel_url(
+    sentinel_setup: SentinelSetup, tmp_path: Path
+) -> None:
+    report = submit_and_doctor(sentinel_setup.url(), tmp_path)
+    assert SERVICE in report["url"]
+    primary = sentinel_setup.node(sentinel_setup.primary_port() or 0)
+    try:
+        entries = primary.xrange(keys.JOBS)
+        assert [json.loads(f[keys.JOB_FIELD])["job_id"] for _, f in entries] == ["s1"]
+    finally:
+        primary.close()
+
+
+def test_submit_and_doctor_take_a_cluster_url(
+    redis_cluster: ClusterSetup, tmp_path: Path
+) -> None:
+    report = submit_and_doctor(redis_cluster.url(), tmp_path)
+    assert report["url"].startswith("redis+cluster://")
+    client = connect(redis_cluster.url())
+    try:
+        entries = client.xrange(keys.JOBS)
+        assert [json.loads(f[keys.JOB_FIELD])["job_id"] for _, f in entries] == ["s1"]
+    finally:
+        client.close()
 
 
 def test_queue_clients_of_the_cli_time_out_reads_past_their_longest_block() -> None:

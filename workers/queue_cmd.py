@@ -106,7 +106,8 @@ def _add_redis_args(p: argparse.ArgumentParser) -> None:
         "--redis-url",
         metavar="URL",
         help="redis://[:password@]host:port/db, or Sentinel: "
-        "redis+sentinel://[:password@]host:port[,host:port...]/SERVICE[/DB] "
+        "redis+sentinel://[:password@]host:port[,host:port...]/SERVICE[/DB], or Cluster: "
+        "redis+cluster://[:password@]host:port[,host:port...] "
         "(default: redis.url from settings, RESTRAV_REDIS__URL)",
     )
 

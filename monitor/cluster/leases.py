@@ -24,12 +24,18 @@ Contract:
   acknowledge (a promoted replica could lack it, and its fencing increment) is
   released again and :meth:`acquire` returns None: the lease is not taken. The
   counter keeps the increment, which only skips a token.
+* On Redis Cluster (a ``redis+cluster://`` URL) each stream's lease and counter share
+  the stream's slot (hash tag), so the scripts are the same, sent one call per stream
+  rather than pipelined (redis-py's cluster pipeline does not load scripts); the
+  replica set and heartbeats are written without MULTI/EXEC (two slots). ``WAIT``
+  is refused there (a :class:`~monitor.errors.ConfigError`): not implemented yet.
 * Every method raises redis errors to the caller (the coordinator counts them
   and tries again on its next tick); nothing here sleeps or loops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -40,7 +46,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .. import keys
-from ..redis_conn import Durability, arediscover
+from ..errors import ConfigError
+from ..redis_conn import Durability, arediscover, is_cluster
 
 log = logging.getLogger("restrav.cluster")
 
@@ -122,10 +129,29 @@ class LeaseStore:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self.cluster = is_cluster(client)
+        if self.cluster and self.durability.enabled:
+            raise ConfigError(
+                "redis.wait_replicas > 0 is not supported for serve on Redis Cluster yet "
+                "(lease grants and scores would need WAIT on each stream's node); set "
+                "redis.wait_replicas: 0 for serve, or use Sentinel"
+            )
+
+    async def _mget(self, names: list[str]) -> list[Any]:
+        """MGET; on a cluster one GET per slot (redis-py's ``mget_nonatomic``)."""
+        if self.cluster:
+            return list(await self.client.mget_nonatomic(names))
+        return list(await self.client.mget(names))
 
     async def acquire(self, stream_id: str) -> int | None:
         """Take the free lease of ``stream_id``: the new fencing token, or None if held
         (or, with durability, if the replicas did not acknowledge the grant in time)."""
+        if self.cluster:  # one script, no pipeline (redis-py's cluster pipeline loads none)
+            granted = await self._acquire(
+                keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id)],
+                args=[self.replica, self.ttl_ms],
+            )
+            return int(granted[0]) if int(granted[0]) > 0 else None
         async with self.client.pipeline(transaction=False) as pipe:
             await self._acquire(
                 keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id)],
@@ -154,6 +180,12 @@ class LeaseStore:
         if not owned:
             return {}
         ids = sorted(owned)
+        if self.cluster:  # each stream's keys in its own slot: one script call each
+            done = await asyncio.gather(*(self._renew(
+                keys=[keys.stream_lease(sid), keys.stream_fence(sid)],
+                args=[self.replica, owned[sid], self.ttl_ms],
+            ) for sid in ids))
+            return {sid: int(r) > 0 for sid, r in zip(ids, done)}
         async with self.client.pipeline(transaction=False) as pipe:
             for sid in ids:
                 await self._renew(
@@ -175,21 +207,25 @@ class LeaseStore:
         """The current lease of each stream (None: free)."""
         if not stream_ids:
             return {}
-        raw = await self.client.mget([keys.stream_lease(s) for s in stream_ids])
+        raw = await self._mget([keys.stream_lease(s) for s in stream_ids])
         return {s: parse_lease(v) for s, v in zip(stream_ids, raw)}
 
     async def heartbeat(self, info: ReplicaInfo) -> None:
         """Register this replica and refresh its heartbeat (TTL: the lease TTL)."""
         body = json.dumps({"capacity": info.capacity, "owned": info.owned,
                            "draining": info.draining, "at": round(time.time(), 3)})
-        async with self.client.pipeline(transaction=True) as pipe:
+        # one transaction, except on a cluster (two slots): a name without a heartbeat
+        # is pruned by replicas(), a heartbeat without its name is not seen till the next
+        async with self.client.pipeline(transaction=not self.cluster) as pipe:
             pipe.sadd(keys.REPLICAS, self.replica)
             pipe.set(keys.replica_key(self.replica), body, px=self.ttl_ms)
             await pipe.execute()
 
     async def unregister(self) -> None:
         """Forget this replica's heartbeat (it is leaving)."""
-        async with self.client.pipeline(transaction=True) as pipe:
+        # one transaction, except on a cluster (two slots): a name without a heartbeat
+        # is pruned by replicas(), a heartbeat without its name is not seen till the next
+        async with self.client.pipeline(transaction=not self.cluster) as pipe:
             pipe.srem(keys.REPLICAS, self.replica)
             pipe.delete(keys.replica_key(self.replica))
             await pipe.execute()
@@ -199,7 +235,7 @@ class LeaseStore:
         names = sorted(_text(n) for n in await self.client.smembers(keys.REPLICAS))
         if not names:
             return []
-        raw = await self.client.mget([keys.replica_key(n) for n in names])
+        raw = await self._mget([keys.replica_key(n) for n in names])
         out: list[ReplicaInfo] = []
         dead: list[str] = []
         for name, v in zip(names, raw):

@@ -15,6 +15,16 @@ stored result nor one being computed, and still notifies its own submission.
 A new submission of an answered job id gets the stored result again (note marked
 ``duplicate: 1``); the same entry delivered again is only acknowledged. Each of
 these writes is one script: a crash leaves all of it or none.
+
+On Redis Cluster these keys live in several slots and one script may touch one
+(:mod:`.answer_scripts`): the decision and the result are one script in the job id's
+slot, which also records the notes still to write (reply, note, dead letter) under
+:func:`monitor.keys.notes_key`; the notes follow one key at a time (each with its
+``WAIT`` when durability is on), then the record is deleted and the entry
+acknowledged. One result per job id and the fencing are kept (they live in the
+job id's slot); the notes are written at least once: a worker that dies between a
+note and the deletion of the record writes that note again on the entry's next
+delivery, and an entry without a valid job id is noted again when delivered again.
 """
 
 from __future__ import annotations
@@ -26,19 +36,21 @@ from typing import Any
 
 from .. import keys
 from ..redaction import redact_url
-from .answer_scripts import ANSWER, DUPLICATE
+from ..redis_conn import is_cluster, key_pipeline, run_key_pipeline
+from .answer_scripts import ANSWER, ANSWER_IN_SLOT, DUPLICATE
 from .context import WorkerContext
 from .jobs import DEAD_LETTERED, OUTCOME_DEAD, OUTCOME_DUPLICATE, WORKER_LOST, Entry, entry_ms, peek
+from .notes import REPLY_MAXLEN, Notes
 
 log = logging.getLogger("restrav.queue")
 
-REPLY_MAXLEN = 10_000
 
 ANSWERED = 1
 ALREADY_ANSWERED = 0
 OWNED_ELSEWHERE = -1
 ANSWERED_BEFORE = 2
 """This attempt's own answer, written by an earlier try (its replication unconfirmed)."""
+
 
 
 class Answers:
@@ -48,6 +60,9 @@ class Answers:
         self.ctx = ctx
         self._answer = ctx.client.register_script(ANSWER)
         self._duplicate = ctx.client.register_script(DUPLICATE)
+        self._in_slot = ctx.client.register_script(ANSWER_IN_SLOT)
+        self.cluster = is_cluster(ctx.client)
+        self.notes = Notes(ctx)
 
     def base(self, entry: Entry, job_id: str | None, source: str | None) -> dict[str, Any]:
         """The fields every result has."""
@@ -86,6 +101,8 @@ class Answers:
         body = json.dumps(result)
         job_id = result.get("job_id") or ""
         error = result.get("error") or {}
+        if self.cluster:
+            return self._write_in_steps(entry, body, job_id, reply_to, mode, dead)
         pipe = ctx.client.pipeline(transaction=False)
         self._answer(
             client=pipe,
@@ -120,6 +137,44 @@ class Answers:
         outcome = int(replies[0])
         if waits and outcome in (ANSWERED, ANSWERED_BEFORE):
             ctx.durability.check(replies[1], f"answer to job {job_id or entry.id}")
+        return outcome
+
+    def _write_in_steps(
+        self, entry: Entry, body: str, job_id: str, reply_to: str | None, mode: str,
+        dead: list[str] | None,
+    ) -> int:
+        """:meth:`_write` on Redis Cluster (the module docstring): the script in the job
+        id's slot, then the notes it recorded, then the acknowledgement."""
+        ctx = self.ctx
+        stored = json.loads(body)
+        notes = {
+            "reply_to": reply_to,
+            "result": body if reply_to else None,
+            "note": Notes.fields(job_id, entry.id, stored),
+            "dead": dead,
+        }
+        if not job_id:  # nothing to fence or store: notes and acknowledgement only
+            self.notes.write(notes)
+            self.notes.acknowledge(entry)
+            return ANSWERED
+        pipe = key_pipeline(ctx.client, keys.result_key(job_id))
+        self._in_slot(
+            keys=[keys.result_key(job_id), keys.lock_key(job_id), keys.notes_key(job_id)],
+            args=[body, ctx.settings.result_ttl_s, entry.token or "", mode, json.dumps(notes)],
+            client=pipe,
+        )
+        waits = ctx.durability.queue_wait(pipe)
+        replies = run_key_pipeline(ctx.client, pipe)
+        outcome = int(replies[0])
+        if waits and outcome in (ANSWERED, ANSWERED_BEFORE):
+            ctx.durability.check(replies[1], f"answer to job {job_id}")
+        if outcome in (ANSWERED, ANSWERED_BEFORE):
+            # a try before this one may have written some notes already
+            self.notes.flush(job_id, again=outcome == ANSWERED_BEFORE)
+        if outcome in (ANSWERED, ANSWERED_BEFORE) or (
+            mode == "fenced" and outcome == ALREADY_ANSWERED
+        ):
+            self.notes.acknowledge(entry)
         return outcome
 
     def publish(self, entry: Entry, result: dict[str, Any], reply_to: str | None) -> bool:
@@ -169,6 +224,10 @@ class Answers:
             stored = {}
         if not isinstance(stored, dict):
             stored = {}
+        if self.cluster:
+            self._duplicate_in_steps(entry, reply_to, existing, stored)
+            self.finish(entry, OUTCOME_DUPLICATE)
+            return
         self._duplicate(
             keys=[keys.RESULTS, keys.JOBS, keys.JOBS_ERRORS, reply_to or keys.RESULTS],
             args=[
@@ -186,6 +245,23 @@ class Answers:
             ],
         )
         self.finish(entry, OUTCOME_DUPLICATE)
+
+    def _duplicate_in_steps(
+        self, entry: Entry, reply_to: str | None, existing: str, stored: dict[str, Any]
+    ) -> None:
+        """:meth:`duplicate` on Redis Cluster: the same entry again writes the notes its
+        answer recorded and did not write (its worker died in between); a new submission
+        gets the reply and a note marked duplicate; then the acknowledgement."""
+        job_id = entry.job_id or ""
+        if stored.get("entry_id") == entry.id:
+            self.notes.flush(job_id, again=True)
+        else:
+            self.notes.write({
+                "reply_to": reply_to,
+                "result": existing,
+                "note": [*Notes.fields(job_id, entry.id, stored), "duplicate", "1"],
+            })
+        self.notes.acknowledge(entry)
 
     def dead_letter(self, entry: Entry) -> bool:
         """Move an entry delivered too often to the dead-letter stream and answer it,

@@ -10,6 +10,13 @@ JUSTID``), and only while the lock still holds the token: a worker paused past
 the visibility timeout does not take an entry back from the worker that
 reclaimed it. The answer is written under the same condition (see
 :mod:`monitor.queue.answers`), and a lock is deleted only by the token it holds.
+
+On Redis Cluster the lock and ``restrav:jobs`` live in different slots: the renewal
+checks and extends the lock in one script, and claims the entry after it only when
+the lock held the token. A worker paused past the visibility timeout still does not
+take an entry back (its lock is gone or another's); the lock changing hands in the
+instant between the two steps would give back the entry's idle time to this worker
+for one heartbeat, and its answer is still refused (the answer is fenced).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 import redis
 
 from .. import keys
+from ..redis_conn import is_cluster
 from .context import WorkerContext
 from .jobs import Entry
 from .ops import queue_stats
@@ -37,6 +45,14 @@ _RENEW = """
 if redis.call('GET', KEYS[2]) ~= ARGV[4] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+# Redis Cluster: the lock part of _RENEW (the XCLAIM follows when it returns 1)
+# KEYS: 1 lock; ARGV: 1 token, 2 lock TTL ms
+_RENEW_LOCK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
@@ -117,6 +133,8 @@ class Leases:
         self._renew = ctx.client.register_script(_RENEW)
         self._take = ctx.client.register_script(_TAKE)
         self._release = ctx.client.register_script(_RELEASE)
+        self._renew_lock = ctx.client.register_script(_RENEW_LOCK)
+        self.cluster = is_cluster(ctx.client)
         self.instance = uuid.uuid4().hex[:12]
         self.stop = threading.Event()
 
@@ -138,7 +156,10 @@ class Leases:
     def release(self, job_id: str, token: str, client: redis.Redis | None = None) -> None:
         """Delete ``job_id``'s lock if it still holds ``token`` (compare-and-delete):
         a worker that lost the lock never removes its new owner's. ``client``: a
-        pipeline to queue the script on (default: the worker's client)."""
+        pipeline to queue the script on (default: the worker's client; on a cluster always
+        the client: redis-py's cluster pipeline does not load scripts)."""
+        if self.cluster:
+            client = None
         self._release(keys=[keys.lock_key(job_id)], args=[token], client=client)
 
     def give_back(self, entry: Entry) -> None:
@@ -181,7 +202,12 @@ class Leases:
         if unlocked:
             # not yet locked (being parsed or checked): plain renewal
             pipe.xclaim(keys.JOBS, ctx.group, ctx.name, 0, unlocked, justid=True)
-        for e in entries:
+        locked = [e for e in entries if e.token is not None and e.job_id is not None]
+        if self.cluster:
+            pipe.execute()
+            self._renew_in_steps(locked)
+            return
+        for e in locked:
             if e.token is not None and e.job_id is not None:
                 self._renew(
                     keys=[keys.JOBS, keys.lock_key(e.job_id)],
@@ -189,6 +215,17 @@ class Leases:
                     client=pipe,
                 )
         pipe.execute()
+
+    def _renew_in_steps(self, locked: list[Entry]) -> None:
+        """Cluster: renew each lock that still holds its token, then claim those entries."""
+        ctx = self.ctx
+        held: list[Any] = [
+            e.id for e in locked
+            if int(self._renew_lock(keys=[keys.lock_key(e.job_id or "")],
+                                    args=[e.token or "", ctx.lock_ms]))
+        ]
+        if held:
+            ctx.client.xclaim(keys.JOBS, ctx.group, ctx.name, 0, held, justid=True)
 
     def loop(self) -> None:
         """Beat every ``heartbeat_interval_s`` until :attr:`stop` is set (a thread)."""

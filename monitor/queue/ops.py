@@ -12,7 +12,7 @@ import redis
 
 from .. import keys
 from ..config import QueueSettings
-from ..redis_conn import Durability, redis_client
+from ..redis_conn import Durability, key_pipeline, redis_client, run_key_pipeline
 from .jobs import Job, QueueFull, entry_ms
 
 
@@ -83,10 +83,10 @@ def enqueue(
     if durability is None or not durability.enabled:
         entry_id: Any = client.xadd(keys.JOBS, fields)
         return str(entry_id)
-    pipe = client.pipeline(transaction=False)
+    pipe = key_pipeline(client, keys.JOBS)  # on a cluster: WAIT on the stream's node
     pipe.xadd(keys.JOBS, fields)
     durability.queue_wait(pipe)
-    entry_id, acked = pipe.execute()
+    entry_id, acked = run_key_pipeline(client, pipe)
     durability.check(acked, f"job {job.job_id} enqueued as {entry_id}")
     return str(entry_id)
 

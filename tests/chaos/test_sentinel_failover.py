@@ -99,6 +99,33 @@ def notes(client: redis.Redis) -> tuple[dict[str, int], list[int]]:
     return count, times
 
 
+def audit_jobs(client: redis.Redis, acked: list[str]) -> tuple[list[str], list[str], int,
+                                                                list[int]]:
+    """Once every job in ``acked`` has a result (or DONE_TIMEOUT_S passed): the lost ones
+    (no result), the ones answered twice (module docstring), how many were scored more
+    than once, and the time of every note (ms, :func:`notes`)."""
+    deadline = time.monotonic() + DONE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if all(client.exists(keys.result_key(j)) for j in acked):
+                break
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
+        time.sleep(0.5)
+    count, times = notes(client)
+    lost = [j for j in acked if not client.exists(keys.result_key(j))]
+    twice = [j for j, n in count.items() if n > 1]
+    return lost, twice, sum(runs(client, j) > 1 for j in acked), times
+
+
+def job_figures(acked: list[str], refused: list[str], lost: list[str], twice: list[str],
+                scored_twice: int) -> str:
+    """The queue's counts, for the printed summary."""
+    return (f"jobs acknowledged {len(acked)}, refused to the producer {len(refused)}, "
+            f"answered {len(acked) - len(lost)}, lost {len(lost)}, answered twice "
+            f"{len(twice)}, scored twice {scored_twice}")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -142,18 +169,7 @@ def test_queue_across_sentinel_failovers(
                 p.thread.join(150)
             acked = [j for p in producers for j in p.acknowledged]
             refused = [j for p in producers for j in p.refused]
-            deadline = time.monotonic() + DONE_TIMEOUT_S
-            while time.monotonic() < deadline:
-                try:
-                    if all(client.exists(keys.result_key(j)) for j in acked):
-                        break
-                except (redis.ConnectionError, redis.TimeoutError):
-                    pass
-                time.sleep(0.5)
-            count, times = notes(client)
-            lost = [j for j in acked if not client.exists(keys.result_key(j))]
-            twice = [j for j, n in count.items() if n > 1]
-            scored_twice = sum(runs(client, j) > 1 for j in acked)
+            lost, twice, scored_twice, times = audit_jobs(client, acked)
             resume = [min((t for t in times if t >= k * 1000), default=0) / 1000 - k
                       for k in kills]
             resume = [r for r in resume if r >= 0] or [float("nan")]
@@ -163,9 +179,7 @@ def test_queue_across_sentinel_failovers(
                 f"\nSentinel failovers: {len(kills)} {sig.name}s of the primary; promotion "
                 f"p50 {statistics.median(promote_s):.1f} s max {max(promote_s):.1f} s; old "
                 f"primary a synced replica again p50 {statistics.median(rejoin_s):.1f} s; "
-                f"jobs acknowledged {len(acked)}, refused to the producer "
-                f"{len(refused)}, answered {len(acked) - len(lost)}, lost {len(lost)}, "
-                f"answered twice {len(twice)}, scored twice {scored_twice}; kill to first "
+                f"{job_figures(acked, refused, lost, twice, scored_twice)}; kill to first "
                 f"answer after it p50 {pct(resume, 0.5):.1f} s p95 {pct(resume, 0.95):.1f} s; "
                 f"worker log lines naming a timeout {timeouts}; failovers the sentinels "
                 f"made {setup.sentinel_events('+switch-master')}, attempts with no "

@@ -23,6 +23,12 @@ come (:mod:`monitor.live.sinks.redis`). Under one token an owner's ``seq`` only
 grows, so nothing else is skipped. Returns: 1 written, 0 refused, 2 already there.
 
 Written entries get two more fields, ``owner`` (the replica) and ``fence``.
+
+On Redis Cluster a script may touch one slot: a fenced event is appended to the
+stream's own ``restrav:{stream}:events`` (its slot, checked with the lease) instead of
+``restrav:events``, and the sink copies each event written there to ``restrav:events``
+afterwards (:mod:`monitor.live.sinks.redis`); the scripts are sent whole (``EVAL``),
+as redis-py's cluster pipeline does not load scripts.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 from ... import keys
+from ...redis_conn import is_cluster
 
 # KEYS: lease, fence, target(s); ARGV: token, "<owner> <token>", maxlen, fields...
 _CHECK = """
@@ -71,6 +78,7 @@ class FencedWriter:
 
     def __init__(self, client: Any, owner: str) -> None:
         self.owner = owner
+        self.cluster = is_cluster(client)
         self._score = client.register_script(_SCORE)
         self._event = client.register_script(_EVENT)
 
@@ -78,23 +86,35 @@ class FencedWriter:
         self, pipe: Any, stream_id: str, fence: int, fields: dict[str, str], maxlen: int
     ) -> None:
         """Queue the fenced XADD of ``restrav:{stream}:scores`` + HSET of ``latest``."""
-        await self._score(
-            keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id),
-                  keys.stream_scores(stream_id), keys.stream_latest(stream_id)],
-            args=self._args(fence, maxlen, fields),
-            client=pipe,
-        )
+        names = [keys.stream_lease(stream_id), keys.stream_fence(stream_id),
+                 keys.stream_scores(stream_id), keys.stream_latest(stream_id)]
+        args = self._args(fence, maxlen, fields)
+        if self.cluster:
+            pipe.eval(_SCORE, len(names), *names, *args)
+            return
+        await self._score(keys=names, args=args, client=pipe)
 
     async def event(
         self, pipe: Any, stream_id: str, fence: int, fields: dict[str, str], maxlen: int
     ) -> None:
-        """Queue the fenced XADD of an alert event to ``restrav:events``."""
+        """Queue the fenced XADD of an alert event to ``restrav:events`` (on a cluster to
+        ``restrav:{stream}:events``: the caller copies it on, see the module docstring)."""
+        args = self._args(fence, maxlen, fields)
+        if self.cluster:
+            names = [keys.stream_lease(stream_id), keys.stream_fence(stream_id),
+                     keys.stream_events(stream_id)]
+            pipe.eval(_EVENT, len(names), *names, *args)
+            return
         await self._event(
             keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id), keys.EVENTS],
-            args=self._args(fence, maxlen, fields),
+            args=args,
             client=pipe,
         )
 
+    def stored(self, fence: int, fields: dict[str, str]) -> dict[str, str]:
+        """The fields a fenced write stores: ``fields`` with ``owner`` and ``fence``."""
+        return {**fields, "owner": self.owner, "fence": str(fence)}
+
     def _args(self, fence: int, maxlen: int, fields: dict[str, str]) -> list[str]:
-        f = {**fields, "owner": self.owner, "fence": str(fence)}
+        f = self.stored(fence, fields)
         return [str(fence), keys.lease_value(self.owner, fence), str(maxlen), *_flat(f)]

@@ -30,6 +30,13 @@ failover then loses no score the sink counted as written. Written again, a fence
 score already stored is not repeated (:mod:`monitor.live.sinks.fenced`); scores
 without a fencing token (serve without leases) and alert events may then appear
 twice.
+
+On Redis Cluster (a ``redis+cluster://`` URL) a batch is a plain pipeline (redis-py
+sends each node its commands; a stream's score and ``latest`` share its slot, so
+they go together to one node, but a batch is no longer one MULTI/EXEC), and a
+fenced event is stored in the stream's own ``restrav:{stream}:events``, then copied
+to ``restrav:events`` (:mod:`monitor.live.sinks.fenced`): a sink that dies between
+the two leaves the event in the stream's own log only.
 """
 
 from __future__ import annotations
@@ -115,18 +122,28 @@ class RedisSink(BufferedSink):
         """One MULTI/EXEC for the batch (then WAIT, with durability); fenced items are
         checked inside it."""
         fenced: dict[int, tuple[str, int]] = {}  # command index -> (stream, token)
+        copies: dict[int, Any] = {}  # cluster: command index -> event fields to copy
         waits = self.durability.enabled
+        cluster = self.fenced.cluster
         try:
-            async with self.client.pipeline(transaction=not waits) as pipe:
+            async with self.client.pipeline(transaction=not (waits or cluster)) as pipe:
                 if waits:  # MULTI/EXEC by hand: WAIT must follow on the same connection
                     pipe.execute_command("MULTI")
                 for it in items:
+                    if cluster and it.fence is not None and not isinstance(it, StreamScore):
+                        copies[len(pipe)] = self.fenced.stored(it.fence, event_fields(it))
                     await self._queue(pipe, it, fenced)
                 if waits:
                     pipe.execute_command("EXEC")
                     self.durability.queue_wait(pipe)
                 reply = await pipe.execute()
             results = self._acknowledged(reply) if waits else reply
+            written = [ev for idx, ev in copies.items() if int(results[idx]) == 1]
+            if written:  # the events the fence let through, on to the shared log
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for ev in written:
+                        pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
+                    await pipe.execute()
         except NotReplicated as exc:
             await arediscover(self.client)  # maybe a deposed primary: ask the sentinels
             raise SinkUnavailable("redis: NOTREPLICATED") from exc
@@ -143,7 +160,7 @@ class RedisSink(BufferedSink):
     async def _queue(self, pipe: Any, it: Item, fenced: dict[int, tuple[str, int]]) -> None:
         """Queue one item's writes on ``pipe``; fenced ones noted in ``fenced``."""
         if it.fence is not None:
-            fenced[len(pipe.command_stack)] = (it.stream_id, it.fence)
+            fenced[len(pipe)] = (it.stream_id, it.fence)
             if isinstance(it, StreamScore):
                 await self.fenced.score(
                     pipe, it.stream_id, it.fence, score_fields(it), self.scores_maxlen
