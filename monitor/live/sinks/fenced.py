@@ -3,8 +3,10 @@ or fenced, and a fenced event; each sent by ``EVALSHA`` inside a pipeline.
 
 Every script touches the keys of one stream only (its ``{stream}`` hash tag: one
 Redis Cluster slot), except the fenced event, which appends to ``restrav:events``.
-A call carries all the scores of one stream in a batch: the field names once, then
-the values of each score in order; each score is one ``XADD`` of the score stream,
+A call carries all the scores of one stream in a batch: the field names once (a JSON
+list), then one argument per score, the JSON list of its values (strings; one argument
+per score, not two per field, because a client encodes each argument on its own: that
+was most of the sink's CPU); each score is one ``XADD`` of the score stream,
 and ``latest`` is set once, to the fields of the last score written (so ``latest``
 always matches the newest entry). The call is atomic; calls of different streams
 are not one transaction.
@@ -38,20 +40,22 @@ those calls again.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from ... import keys
 
-# KEYS: scores, latest; ARGV: maxlen, k, k field names, then k values per score
+# KEYS: scores, latest; ARGV: maxlen, JSON list of the field names, then per score a
+# JSON list of its values (strings): one argument per score, not two per field
 PLAIN_SCORES = """
-local k = tonumber(ARGV[2])
+local names = cjson.decode(ARGV[2])
+local k = #names
 local f = {}
-for i = 1, k do f[2 * i - 1] = ARGV[2 + i] end
-local n = (#ARGV - 2 - k) / k
-for s = 0, n - 1 do
-  local base = 2 + k + s * k
-  for i = 1, k do f[2 * i] = ARGV[base + i] end
+for i = 1, k do f[2 * i - 1] = names[i] end
+for s = 3, #ARGV do
+  local v = cjson.decode(ARGV[s])
+  for i = 1, k do f[2 * i] = v[i] end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(f))
 end
 redis.call('HSET', KEYS[2], unpack(f))
@@ -64,34 +68,33 @@ if redis.call('GET', KEYS[1]) ~= ARGV[2] or redis.call('GET', KEYS[2]) ~= ARGV[1
 end
 """
 
-# KEYS: lease, fence, scores, latest; ARGV: token, "<owner> <token>", maxlen, k,
-# k field names (one is 'seq'), then k values per score
+# KEYS: lease, fence, scores, latest; ARGV: token, "<owner> <token>", maxlen, JSON list
+# of the field names (one is 'seq'), then per score a JSON list of its values
 FENCED_SCORES = _CHECK + """
-local k = tonumber(ARGV[4])
+local names = cjson.decode(ARGV[4])
+local k = #names
 local f, seqi = {}, nil
 for i = 1, k do
-  f[2 * i - 1] = ARGV[4 + i]
-  if ARGV[4 + i] == 'seq' then seqi = i end
+  f[2 * i - 1] = names[i]
+  if names[i] == 'seq' then seqi = i end
 end
 local last = redis.call('HMGET', KEYS[4], 'seq', 'owner', 'fence')
 local done = nil
 if last[1] and last[2] and last[3] and last[2] .. ' ' .. last[3] == ARGV[2] then
   done = tonumber(last[1])
 end
-local n = (#ARGV - 4 - k) / k
 local wrote = nil
-for s = 0, n - 1 do
-  local base = 4 + k + s * k
-  local seq = seqi and tonumber(ARGV[base + seqi])
+for s = 5, #ARGV do
+  local v = cjson.decode(ARGV[s])
+  local seq = seqi and tonumber(v[seqi])
   if not (seq and done and done >= seq) then
-    for i = 1, k do f[2 * i] = ARGV[base + i] end
+    for i = 1, k do f[2 * i] = v[i] end
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(f))
     if seq then done = seq end
-    wrote = base
+    wrote = true
   end
 end
 if not wrote then return 2 end
-for i = 1, k do f[2 * i] = ARGV[wrote + i] end
 redis.call('HSET', KEYS[4], unpack(f))
 return 1
 """
@@ -141,17 +144,14 @@ class FencedWriter:
     ) -> None:
         """Queue the fenced XADDs of ``restrav:{stream}:scores`` + HSET of ``latest`` for
         ``rows`` (one per score, in ``seq`` order, values in the order of ``names``)."""
-        args = [str(fence), keys.lease_value(self.owner, fence), str(maxlen),
-                str(len(names) + 2), *names, "owner", "fence"]
-        mark = (self.owner, str(fence))
-        for row in rows:
-            args += row
-            args += mark
+        mark = [self.owner, str(fence)]
         self.scores_lua.queue(
             pipe,
             (keys.stream_lease(stream_id), keys.stream_fence(stream_id),
              keys.stream_scores(stream_id), keys.stream_latest(stream_id)),
-            args,
+            [str(fence), keys.lease_value(self.owner, fence), str(maxlen),
+             json.dumps([*names, "owner", "fence"]),
+             *(json.dumps([*row, *mark]) for row in rows)],
         )
 
     def event(

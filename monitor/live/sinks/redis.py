@@ -64,6 +64,8 @@ SCORE_FIELDS: tuple[str, ...] = (
 )
 """The fields of a stored score, in order (the keys of :meth:`StreamScore.to_json`)."""
 
+_NAMES_JSON = json.dumps(SCORE_FIELDS)
+
 
 def _opt(v: object) -> str:
     return "" if v is None else str(v)
@@ -244,11 +246,9 @@ class RedisSink(BufferedSink):
                 self.fenced.scores(pipe, call.stream_id, call.fence, SCORE_FIELDS, rows,
                                    self.scores_maxlen)
                 return
-            args = [str(self.scores_maxlen), str(len(SCORE_FIELDS)), *SCORE_FIELDS]
-            for row in rows:
-                args += row
             self._plain.queue(pipe, (keys.stream_scores(call.stream_id),
-                                     keys.stream_latest(call.stream_id)), args)
+                                     keys.stream_latest(call.stream_id)),
+                              [str(self.scores_maxlen), _NAMES_JSON, *map(json.dumps, rows)])
         elif call.fence is not None:
             self.fenced.event(pipe, call.stream_id, call.fence, event_fields(first),
                               self.events_maxlen)
