@@ -40,7 +40,7 @@ from ..config import ServeSettings
 from ..errors import InputError
 from ..media.sampler import LiveSampler
 from ..media.sources import SourceContext, SourceError, opener_for
-from ..media.sources.base import LiveSource
+from ..media.sources.base import LiveSource, LoopWaker
 from ..metrics import StreamMetrics
 from ..redaction import redact_text, redact_url
 from ..types import SourceClosed
@@ -82,6 +82,7 @@ class StreamRunner:
         self.max_pixels = max_pixels
         self.rng = rng
         self.clock = clock
+        self._waker: LoopWaker | None = None  # one for all streams' frame buffers
 
     def start(self, st: ManagedStream) -> None:
         """Start the stream's task (state ``starting``)."""
@@ -153,12 +154,15 @@ class StreamRunner:
         if st.spec.credentials_ref is not None:
             cred = self.settings.credentials[st.spec.credentials_ref]
             url = inject_credentials(url, cred.username, cred.password.get_secret_value())
+        if self._waker is None:
+            self._waker = LoopWaker(asyncio.get_running_loop())
         return SourceContext(
             url=url,
             description=redact_url(st.spec.url),
             settings=self.settings.source,
             decode_threads=self.decode_threads,
             max_pixels=self.max_pixels,
+            waker=self._waker,
         )
 
     async def run(self, st: ManagedStream) -> None:
