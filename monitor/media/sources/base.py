@@ -316,7 +316,8 @@ class FrameBuffer:
             with self._cond:
                 if self._items:
                     item = self._items.popleft()
-                    self._cond.notify_all()
+                    if self.policy is DropPolicy.BLOCK:  # only a BLOCK producer waits
+                        self._cond.notify_all()
                     return item
                 if self._closed:
                     if self._error is not None:
