@@ -91,12 +91,23 @@ class StreamRunner:
 
     async def cancel(self, st: ManagedStream) -> None:
         """Cancel the stream's task and wait until its source is closed."""
-        t = st.task
-        st.task = None
-        if t is not None and not t.done():
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await self.cancel_all([st])
+
+    async def cancel_all(self, streams: list[ManagedStream]) -> None:
+        """Cancel the tasks of ``streams`` all at once, then wait until every source is
+        closed. One after the other, each wait took a few turns of the event loop, and a
+        turn of a loop serving hundreds of streams past its capacity takes up to a
+        second: shutting 256 streams down took minutes (BENCHMARKS.md, issue 25)."""
+        tasks = []
+        for st in streams:
+            t, st.task = st.task, None
+            if t is not None and not t.done():
+                t.cancel()
+                tasks.append(t)
+        ends = await asyncio.gather(*tasks, return_exceptions=True)
+        for end in ends:  # a bug (anything but the cancellation) propagates, as it did
+            if isinstance(end, BaseException) and not isinstance(end, asyncio.CancelledError):
+                raise end
 
     def set_state(self, st: ManagedStream, state: str, end_reason: str | None = None) -> None:
         """Record a state transition (status, history, metrics, log). Entering an
