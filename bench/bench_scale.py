@@ -260,13 +260,19 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
     load0 = os.getloadavg()[0]
     if profile is not None:
         return _profiled(args, cmd, tree, profile, load0)
-    try:
-        out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False,
-                             timeout=args.warmup + args.seconds + args.row_limit_s)
-    except subprocess.TimeoutExpired:
-        print(f"  row {n} ({tree.name}) did not finish within its limit", file=sys.stderr)
-        return {"streams": n, "tree": tree.name, "failed": "did not finish",
-                "load": (load0, os.getloadavg()[0])}
+    with subprocess.Popen(cmd, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as child:
+        try:
+            stdout, stderr = child.communicate(
+                timeout=args.warmup + args.seconds + args.row_limit_s)
+        except subprocess.TimeoutExpired:
+            print(f"  row {n} ({tree.name}) did not finish within its limit; where it is:\n"
+                  f"{_stacks(child.pid)}", file=sys.stderr)
+            child.kill()
+            child.communicate()
+            return {"streams": n, "tree": tree.name, "failed": "did not finish",
+                    "load": (load0, os.getloadavg()[0])}
+    out = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"row {n} failed:\n{out.stderr[-3000:]}")
@@ -274,6 +280,16 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
     r["load"] = (load0, os.getloadavg()[0])
     r["tree"] = tree.name
     return r
+
+
+def _stacks(pid: int) -> str:
+    """The Python stacks of process ``pid`` (``py-spy dump``), or why there are none."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    try:
+        return subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True,
+                              text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no py-spy dump: {exc})"
 
 
 def _profiled(args: argparse.Namespace, cmd: list[str], tree: Path, profile: Path,
