@@ -188,6 +188,17 @@ async def test_a_writer_that_stops_is_not_ready() -> None:
     assert not ok and "writer stopped" in why, why
 
 
+@pytest.fixture
+def r(redis_proc: RedisProcess) -> Iterator[redis.Redis]:
+    """A client of ``redis_proc`` (closed after the test: an unclosed socket is a
+    ResourceWarning, an error in whichever test the collector runs in)."""
+    client = redis.Redis.from_url(redis_proc.url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def _reference_fields(s: StreamScore) -> dict[str, str]:
     """The stored fields as first defined: ``str`` of each value of ``to_json``."""
     out: dict[str, str] = {}
@@ -223,12 +234,11 @@ def test_score_fields_are_the_json_values_as_strings() -> None:
 
 
 async def test_a_batch_is_one_call_per_stream_and_no_transaction(
-    redis_proc: RedisProcess,
+    redis_proc: RedisProcess, r: redis.Redis,
 ) -> None:
     """Scores of several streams interleaved in one batch: one script call per stream
     (its keys in its own hash-tag slot), no MULTI, each stream's entries in order and
     its ``latest`` equal to its newest entry."""
-    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
     sink = RedisSink.from_url(redis_proc.url, scores_maxlen=1000)
     batch: list[Any] = [score(f"cam-{i % 3}", i // 3) for i in range(30)]
     batch.insert(4, AlertEvent("cam-1", "alert_start", 0.9, 1000.0, 998.0))
@@ -248,11 +258,10 @@ async def test_a_batch_is_one_call_per_stream_and_no_transaction(
 
 
 async def test_a_stream_whose_call_fails_leaves_the_others_written_once(
-    redis_proc: RedisProcess,
+    redis_proc: RedisProcess, r: redis.Redis,
 ) -> None:
     """One stream's key holds a string (``WRONGTYPE``): the other streams of the batch
     are written, and not again when the failed stream's scores are retried and written."""
-    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
     r.set(keys.stream_scores("bad"), "not a stream")
     sink = RedisSink.from_url(redis_proc.url, retry_floor_s=0.01, retry_cap_s=0.05)
     await sink.start()
@@ -270,10 +279,11 @@ async def test_a_stream_whose_call_fails_leaves_the_others_written_once(
     assert sink.written == 20
 
 
-async def test_scripts_lost_by_the_server_are_loaded_again(redis_proc: RedisProcess) -> None:
+async def test_scripts_lost_by_the_server_are_loaded_again(
+    redis_proc: RedisProcess, r: redis.Redis
+) -> None:
     """A server that forgot the scripts (``SCRIPT FLUSH``, as after a restart or a
     failover) answers NOSCRIPT: the sink loads them and writes, with no failure."""
-    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
     registry = CollectorRegistry()
     sink = RedisSink.from_url(redis_proc.url, metrics=StreamMetrics(registry))
     await sink.start()
@@ -293,11 +303,10 @@ async def test_scripts_lost_by_the_server_are_loaded_again(redis_proc: RedisProc
 
 
 async def test_fenced_scores_of_a_batch_written_again_are_not_repeated(
-    redis_proc: RedisProcess,
+    redis_proc: RedisProcess, r: redis.Redis,
 ) -> None:
     """A fenced call carries several scores of a stream; written again with some new
     ones (a retry that found more buffered), only the new ones are appended."""
-    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
     r.set(keys.stream_fence("cam"), 3)
     r.set(keys.stream_lease("cam"), keys.lease_value("me", 3))
     sink = RedisSink.from_url(redis_proc.url, owner="me")
