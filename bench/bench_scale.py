@@ -193,7 +193,15 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
     lag = [x * 1000 for x in lags]
     stop.set()
     await tick
-    await task
+    try:  # a shutdown that outlasts serve's drain deadline says where its tasks wait
+        await asyncio.wait_for(asyncio.shield(task), 30.0)
+    except TimeoutError:
+        print("serve still shutting down after 30 s; its tasks:", file=sys.stderr)
+        for t in asyncio.all_tasks():
+            if t is not asyncio.current_task() and "stream:" not in t.get_name():
+                t.print_stack(limit=12, file=sys.stderr)
+        sys.stderr.flush()
+        await task
     # the windows written in the period (of at most 48 streams spread over all of them):
     # entry id (ms, the server's clock) - wall_end
     lat: list[float] = []
@@ -269,7 +277,8 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
             print(f"  row {n} ({tree.name}) did not finish within its limit; where it is:\n"
                   f"{_stacks(child.pid)}", file=sys.stderr)
             child.kill()
-            child.communicate()
+            _, err = child.communicate()
+            print(f"  its stderr (end):\n{err[-6000:]}", file=sys.stderr)
             return {"streams": n, "tree": tree.name, "failed": "did not finish",
                     "load": (load0, os.getloadavg()[0])}
     out = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
