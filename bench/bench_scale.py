@@ -193,7 +193,15 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
     lag = [x * 1000 for x in lags]
     stop.set()
     await tick
-    await task
+    try:  # a shutdown that outlasts serve's drain deadline says where its tasks wait
+        await asyncio.wait_for(asyncio.shield(task), 30.0)
+    except TimeoutError:
+        print("serve still shutting down after 30 s; its tasks:", file=sys.stderr)
+        for t in asyncio.all_tasks():
+            if t is not asyncio.current_task() and "stream:" not in t.get_name():
+                t.print_stack(limit=12, file=sys.stderr)
+        sys.stderr.flush()
+        await task
     # the windows written in the period (of at most 48 streams spread over all of them):
     # entry id (ms, the server's clock) - wall_end
     lat: list[float] = []
@@ -260,13 +268,20 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
     load0 = os.getloadavg()[0]
     if profile is not None:
         return _profiled(args, cmd, tree, profile, load0)
-    try:
-        out = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, check=False,
-                             timeout=args.warmup + args.seconds + args.row_limit_s)
-    except subprocess.TimeoutExpired:
-        print(f"  row {n} ({tree.name}) did not finish within its limit", file=sys.stderr)
-        return {"streams": n, "tree": tree.name, "failed": "did not finish",
-                "load": (load0, os.getloadavg()[0])}
+    with subprocess.Popen(cmd, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as child:
+        try:
+            stdout, stderr = child.communicate(
+                timeout=args.warmup + args.seconds + args.row_limit_s)
+        except subprocess.TimeoutExpired:
+            print(f"  row {n} ({tree.name}) did not finish within its limit; where it is:\n"
+                  f"{_stacks(child.pid)}", file=sys.stderr)
+            child.kill()
+            _, err = child.communicate()
+            print(f"  its stderr (end):\n{err[-6000:]}", file=sys.stderr)
+            return {"streams": n, "tree": tree.name, "failed": "did not finish",
+                    "load": (load0, os.getloadavg()[0])}
+    out = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"row {n} failed:\n{out.stderr[-3000:]}")
@@ -274,6 +289,16 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
     r["load"] = (load0, os.getloadavg()[0])
     r["tree"] = tree.name
     return r
+
+
+def _stacks(pid: int) -> str:
+    """The Python stacks of process ``pid`` (``py-spy dump``), or why there are none."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    try:
+        return subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True,
+                              text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no py-spy dump: {exc})"
 
 
 def _profiled(args: argparse.Namespace, cmd: list[str], tree: Path, profile: Path,

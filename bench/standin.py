@@ -57,6 +57,7 @@ from monitor.config import StreamSpec
 from monitor.media.sources.base import (
     DropPolicy,
     FrameBuffer,
+    LoopWaker,
     SourceContext,
     SourceFrame,
     register_source_kind,
@@ -133,6 +134,7 @@ class DecoderClock:
         self.loop = loop
         self.tick_s = tick_s
         self.sources: dict[int, SyntheticSource] = {}
+        self.waker = LoopWaker(loop)  # as serve shares one among its streams' buffers
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, src: SyntheticSource) -> None:
@@ -191,7 +193,7 @@ class SyntheticSource:
         """Have ``clock`` deliver the frames into a FrameBuffer (see the module docstring)."""
         self._clock = clock
         self._buffer = FrameBuffer(clock.loop, max(1, self.buffer_frames or 8),
-                                   DropPolicy.KEEP_LATEST)
+                                   DropPolicy.KEEP_LATEST, clock.waker)
         clock.add(self)
         return self
 

@@ -2,7 +2,7 @@
 
 Conventions (DESIGN.md): ``restrav:`` prefix; ``{...}`` is a Redis Cluster hash
 tag: it keeps one stream's keys (or one job's keys) in one slot, so the score
-append and the ``latest`` update can run in one MULTI/EXEC. Keys with a
+append and the ``latest`` update can run in one script call. Keys with a
 ``{job_id}`` part carry a TTL; streams are capped. Stream ids are validated
 (letters, digits, ``_ . -``) before they reach these functions.
 """

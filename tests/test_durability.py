@@ -209,9 +209,10 @@ async def _retrying(make: Any, timeout_s: float = 30.0) -> Any:
 
 async def _fenced_score(client: Any, owner: str, stream: str, token: int) -> int:
     """One fenced score write (1 written, 0 refused)."""
-    writer = FencedWriter(client, owner)
+    writer = FencedWriter(owner)
+    await writer.load(client)
     async with client.pipeline(transaction=True) as pipe:
-        await writer.score(pipe, stream, token, {"seq": "0"}, 100)
+        writer.scores(pipe, stream, token, ["seq"], [["0"]], 100)
         (res,) = await pipe.execute()
     return int(res)
 

@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 from monitor import keys
 from monitor.live.sinks import RedisSink
 from monitor.live.sinks.base import sink_ready_check
-from monitor.live.sinks.fenced import FencedWriter
+from monitor.live.sinks.fenced import FENCED_SCORES, FencedWriter
 from monitor.metrics import StreamMetrics
 from monitor.redis_faults import redis_unavailable, refusal_code, write_refused
 
@@ -213,12 +213,12 @@ async def test_read_only_replica_buffers_until_promoted(tmp_path: Path) -> None:
 
 async def transaction_error(url: str, fenced: bool, key: str = "x") -> Exception:
     """What redis-py raises for one write in MULTI/EXEC: a plain XADD + HSET, or a
-    fenced script (as :class:`RedisSink` sends them)."""
+    fenced script (as :class:`RedisSink` sends them; loaded before the refusal)."""
     client = aioredis.from_url(url)
     try:
         async with client.pipeline(transaction=True) as pipe:
             if fenced:
-                await FencedWriter(client, "me").score(pipe, "cam", 1, {"a": "1"}, 10)
+                FencedWriter("me").scores(pipe, "cam", 1, ["seq"], [["1"]], 10)
             else:
                 pipe.xadd(key, {"a": "1"})
                 pipe.hset(key + ":h", mapping={"a": "1"})
@@ -235,6 +235,7 @@ async def test_what_a_transaction_raises_is_read_as_a_refusal(refusal: Refusal) 
     with redis.Redis.from_url(refusal.rp.url) as r:  # "me" holds the lease, token 1
         r.set(keys.stream_fence("cam"), 1)
         r.set(keys.stream_lease("cam"), "me 1")
+        r.script_load(FENCED_SCORES)
     refusal.refuse()
     try:
         for fenced in (False, True):

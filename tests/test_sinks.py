@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor import keys
 from monitor.live.alerts import AlertEvent, StateEvent
-from monitor.live.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink
+from monitor.live.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink, score_fields
 from monitor.live.sinks.base import sink_ready_check
 from monitor.metrics import StreamMetrics
 from monitor.types import Score, StreamScore, WindowFeatures
@@ -188,3 +190,142 @@ async def test_a_writer_that_stops_is_not_ready() -> None:
     assert not sink.writing
     ok, why = await ready()
     assert not ok and "writer stopped" in why, why
+
+
+@pytest.fixture
+def r(redis_proc: RedisProcess) -> Iterator[redis.Redis]:
+    """A client of ``redis_proc`` (closed after the test: an unclosed socket is a
+    ResourceWarning, an error in whichever test the collector runs in)."""
+    client = redis.Redis.from_url(redis_proc.url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _reference_fields(s: StreamScore) -> dict[str, str]:
+    """The stored fields as first defined: ``str`` of each value of ``to_json``."""
+    out: dict[str, str] = {}
+    for k, v in s.to_json(features=True).items():
+        if k == "features":
+            out[k] = json.dumps(v)
+        elif v is None:
+            out[k] = ""
+        elif isinstance(v, bool):
+            out[k] = "1" if v else "0"
+        else:
+            out[k] = str(v)
+    return out
+
+
+def test_score_fields_are_the_json_values_as_strings() -> None:
+    """``score_fields`` builds the values without ``to_json``; they stay the same strings
+    (None, booleans, rounding, a feature that is not finite)."""
+    wf = WindowFeatures(features=np.array([0.1, -2.5e-7, np.nan] + [1 / 3] * 18),
+                        repeated_frames=2, zero_step_angle_deg=90.0)
+    cases = [
+        score("a", 7),
+        score("b", 0, p=None),
+        score("c", 3, p=0.75),
+        StreamScore("d", 12, 2, 1 / 7, 2 / 7, Score(window=wf, p_ai=np.float64(0.5),
+                                                     threshold=None, repeated_samples=None),
+                    arrival_s=0.0, scored_at=1700000000.123456789, wall_start=1 / 3,
+                    wall_end=2 / 3, fence=4),
+    ]
+    for s in cases:
+        assert score_fields(s) == _reference_fields(s)
+        assert list(score_fields(s)) == list(s.to_json(features=True))
+
+
+async def test_a_batch_is_one_call_per_stream_and_no_transaction(
+    redis_proc: RedisProcess, r: redis.Redis,
+) -> None:
+    """Scores of several streams interleaved in one batch: one script call per stream
+    (its keys in its own hash-tag slot), no MULTI, each stream's entries in order and
+    its ``latest`` equal to its newest entry."""
+    sink = RedisSink.from_url(redis_proc.url, scores_maxlen=1000)
+    batch: list[Any] = [score(f"cam-{i % 3}", i // 3) for i in range(30)]
+    batch.insert(4, AlertEvent("cam-1", "alert_start", 0.9, 1000.0, 998.0))
+    await sink.write(batch)  # the first: NOSCRIPT, loaded, sent again
+    r.config_resetstat()
+    await sink.write([score(f"cam-{i % 3}", 10 + i // 3) for i in range(30)])
+    stats = r.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 3
+    assert "cmdstat_multi" not in stats and "cmdstat_exec" not in stats
+    await sink.aclose()
+    for cam in ("cam-0", "cam-1", "cam-2"):
+        entries = r.xrange(keys.stream_scores(cam))
+        assert [int(f["seq"]) for _, f in entries] == list(range(20))
+        assert entries[5][1] == _reference_fields(score(cam, 5))
+        assert r.hgetall(keys.stream_latest(cam)) == entries[-1][1]
+    assert [f["kind"] for _, f in r.xrange(keys.EVENTS)] == ["alert_start"]
+
+
+async def test_a_stream_whose_call_fails_leaves_the_others_written_once(
+    redis_proc: RedisProcess, r: redis.Redis,
+) -> None:
+    """One stream's key holds a string (``WRONGTYPE``): the other streams of the batch
+    are written, and not again when the failed stream's scores are retried and written."""
+    r.set(keys.stream_scores("bad"), "not a stream")
+    sink = RedisSink.from_url(redis_proc.url, retry_floor_s=0.01, retry_cap_s=0.05)
+    await sink.start()
+    for i in range(10):
+        sink.publish(score("good", i))
+        sink.publish(score("bad", i))
+    assert not await sink.flush(0.5)
+    assert sink.buffered == 10 and not sink.available
+    assert seqs_of(r, "good") == list(range(10))
+    r.delete(keys.stream_scores("bad"))
+    assert await sink.flush(10)
+    await sink.aclose()
+    assert seqs_of(r, "good") == list(range(10))  # not written twice
+    assert seqs_of(r, "bad") == list(range(10))
+    assert sink.written == 20
+
+
+async def test_scripts_lost_by_the_server_are_loaded_again(
+    redis_proc: RedisProcess, r: redis.Redis
+) -> None:
+    """A server that forgot the scripts (``SCRIPT FLUSH``, as after a restart or a
+    failover) answers NOSCRIPT: the sink loads them and writes, with no failure."""
+    registry = CollectorRegistry()
+    sink = RedisSink.from_url(redis_proc.url, metrics=StreamMetrics(registry))
+    await sink.start()
+    for i in range(5):
+        sink.publish(score("s", i))
+    assert await sink.flush(10)
+    r.script_flush()
+    for i in range(5, 10):
+        sink.publish(score("s", i))
+    assert await sink.flush(10)
+    await sink.aclose()
+    assert seqs_of(r, "s") == list(range(10))
+    assert not registry.get_sample_value("restrav_sink_writes_total",
+                                         {"sink": "redis", "outcome": "failed"})
+    assert not registry.get_sample_value("restrav_sink_writes_total",
+                                         {"sink": "redis", "outcome": "error"})
+
+
+async def test_fenced_scores_of_a_batch_written_again_are_not_repeated(
+    redis_proc: RedisProcess, r: redis.Redis,
+) -> None:
+    """A fenced call carries several scores of a stream; written again with some new
+    ones (a retry that found more buffered), only the new ones are appended."""
+    r.set(keys.stream_fence("cam"), 3)
+    r.set(keys.stream_lease("cam"), keys.lease_value("me", 3))
+    sink = RedisSink.from_url(redis_proc.url, owner="me")
+    first = [dataclasses.replace(score("cam", i), fence=3) for i in range(4)]
+    await sink.write(first)
+    await sink.write(first[2:] + [dataclasses.replace(score("cam", i), fence=3)
+                                  for i in range(4, 6)])
+    await sink.write(first[1:3])  # nothing new
+    await sink.aclose()
+    entries = r.xrange(keys.stream_scores("cam"))
+    assert [int(f["seq"]) for _, f in entries] == list(range(6))
+    assert entries[0][1] == {**_reference_fields(first[0]), "owner": "me", "fence": "3"}
+    assert r.hgetall(keys.stream_latest("cam")) == entries[-1][1]
+    assert sink.refused == 0
+
+
+def seqs_of(r: redis.Redis, stream: str) -> list[int]:
+    return [int(f["seq"]) for _, f in r.xrange(keys.stream_scores(stream))]

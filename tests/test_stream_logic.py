@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from monitor.live.alerts import AlertTracker
 from monitor.live.service import Backoff, strip_credentials
 from monitor.media.sources import DropPolicy, FrameBuffer, SourceClosed, SourceError, SourceFrame
+from monitor.media.sources.base import LoopWaker
 
 
 def test_backoff_delays_stay_between_floor_and_exponential_ceiling() -> None:
@@ -109,6 +111,60 @@ async def test_buffer_block_policy_loses_nothing_and_ends_with_the_error() -> No
             got.append((await buf.get()).index)
     t.join()
     assert got == list(range(20)) and buf.dropped == 0
+
+
+async def test_buffers_sharing_a_waker_lose_no_frame_and_no_wake_up() -> None:
+    """Forty decode threads, each into its own small blocking buffer, all sharing one
+    :class:`LoopWaker`: every consumer gets every frame in order (a lost wake-up would
+    leave a consumer waiting for good)."""
+    loop = asyncio.get_running_loop()
+    waker = LoopWaker(loop)
+    bufs = [FrameBuffer(loop, capacity=2, policy=DropPolicy.BLOCK, waker=waker)
+            for _ in range(40)]
+
+    def produce(buf: FrameBuffer) -> None:
+        for i in range(150):
+            buf.put(_frame(i))
+        buf.close()
+
+    async def consume(buf: FrameBuffer) -> list[int]:
+        got = []
+        with pytest.raises(SourceClosed):
+            while True:
+                got.append((await buf.get()).index)
+        return got
+
+    threads = [threading.Thread(target=produce, args=(b,)) for b in bufs]
+    for t in threads:
+        t.start()
+    got = await asyncio.wait_for(asyncio.gather(*(consume(b) for b in bufs)), 30)
+    for t in threads:
+        t.join()
+    assert all(g == list(range(150)) for g in got)
+
+
+async def test_a_waker_coalesces_the_events_set_before_the_loop_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events set while a wake-up is pending ride on it: one self-pipe write for all."""
+    loop = asyncio.get_running_loop()
+    scheduled = []
+    real = loop.call_soon_threadsafe
+
+    def counting(cb: Any, *args: Any) -> Any:
+        scheduled.append(cb)
+        return real(cb, *args)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    waker = LoopWaker(loop)
+    events = [asyncio.Event() for _ in range(100)]
+    setter = threading.Thread(target=lambda: [waker.set(e) for e in events])
+    setter.start()
+    setter.join()  # the loop did not run meanwhile: one wake-up is pending
+    assert len(scheduled) == 1
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 5)
+    waker.set(events[0])  # the next one wakes the loop again
+    assert len(scheduled) == 2
 
 
 @pytest.mark.parametrize(("kind", "state", "reason"), [

@@ -109,3 +109,60 @@ async def test_a_long_stall_ends_the_read_and_the_stream_reconnects() -> None:
     assert st.error is None or st.error["code"] == "stalled"
     # the read ended after stall_reconnect_s, not at the first stall and not never
     assert time.monotonic() - t0 < 20
+
+
+CLOSING: dict[str, int] = {"n": 0, "started": 0, "alone": 0}
+ALL_CLOSING: list[asyncio.Event] = []
+
+
+class ClosingSource:
+    """50 fps; its ``aclose`` waits (2 s at most) until every source of the test is
+    closing: closed one after the other, each would wait alone (counted)."""
+
+    def __init__(self, name: str) -> None:
+        self.description = name
+        self.i = 0
+
+    @classmethod
+    async def open(cls, spec: StreamSpec, ctx: SourceContext) -> ClosingSource:
+        return cls(spec.id)
+
+    async def recv(self) -> SourceFrame:
+        await asyncio.sleep(0.02)
+        self.i += 1
+        return SourceFrame(pts_s=self.i * 0.02, arrival_s=time.monotonic(), index=self.i,
+                           image=IMAGE, to_rgb=lambda im: im)
+
+    async def aclose(self) -> None:
+        CLOSING["started"] += 1
+        if CLOSING["started"] == CLOSING["n"]:
+            ALL_CLOSING[0].set()
+        try:
+            await asyncio.wait_for(ALL_CLOSING[0].wait(), 2.0)
+        except TimeoutError:
+            CLOSING["alone"] += 1
+
+
+async def test_stop_cancels_every_stream_before_waiting_for_any() -> None:
+    """``stop`` cancels all stream tasks at once and then waits for them: cancelled and
+    awaited one by one, shutting hundreds of streams down on a saturated event loop
+    took minutes, past the drain deadline."""
+    CLOSING.update(n=4, started=0, alone=0)
+    ALL_CLOSING[:] = [asyncio.Event()]
+    register_source_kind("closing", ClosingSource.open, ("closing",))
+    settings = ServeSettings(persist_streams=False)
+    metrics = StreamMetrics(CollectorRegistry())
+    engine = Engine(StandInEmbedder(0.001, 0.0001, dim=8), None, settings.engine, metrics)
+    engine.start(asyncio.get_running_loop())
+    manager = StreamManager(engine, MemorySink(), settings, metrics)
+    for i in range(4):
+        await manager.add(StreamSpec(id=f"c{i}", url=f"closing://c{i}"), persist=False)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(
+        (st := manager.get(f"c{i}")) is not None and st.frames > 0 for i in range(4)
+    ):
+        await asyncio.sleep(0.05)
+    await manager.stop()
+    await engine.drain(10)
+    assert CLOSING["started"] == 4 and CLOSING["alone"] == 0
+    assert all(_states(manager, f"c{i}")[-1] == "stopped" for i in range(4))

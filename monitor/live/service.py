@@ -303,8 +303,9 @@ class StreamManager:
         """Stop intake: every stream task ends and its source closes (state ``stopped``)."""
         async with self._lock:
             self._accepting = False
-            for st in list(self._streams.values()):
-                await self.runner.cancel(st)
+            streams = list(self._streams.values())
+            await self.runner.cancel_all(streams)
+            for st in streams:
                 self.runner.set_state(st, "stopped", end_reason="shutdown")
         await self.writer.aclose()
 

@@ -40,7 +40,7 @@ from ..config import ServeSettings
 from ..errors import InputError
 from ..media.sampler import LiveSampler
 from ..media.sources import SourceContext, SourceError, opener_for
-from ..media.sources.base import LiveSource
+from ..media.sources.base import LiveSource, LoopWaker
 from ..metrics import StreamMetrics
 from ..redaction import redact_text, redact_url
 from ..types import SourceClosed
@@ -87,6 +87,7 @@ class StreamRunner:
         self.max_pixels = max_pixels
         self.rng = rng
         self.clock = clock
+        self._waker: LoopWaker | None = None  # one for all streams' frame buffers
 
     def start(self, st: ManagedStream) -> None:
         """Start the stream's task (state ``starting``)."""
@@ -95,12 +96,23 @@ class StreamRunner:
 
     async def cancel(self, st: ManagedStream) -> None:
         """Cancel the stream's task and wait until its source is closed."""
-        t = st.task
-        st.task = None
-        if t is not None and not t.done():
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await self.cancel_all([st])
+
+    async def cancel_all(self, streams: list[ManagedStream]) -> None:
+        """Cancel the tasks of ``streams`` all at once, then wait until every source is
+        closed. One after the other, each wait took a few turns of the event loop, and a
+        turn of a loop serving hundreds of streams past its capacity takes up to a
+        second: shutting 256 streams down took minutes (BENCHMARKS.md, issue 25)."""
+        tasks = []
+        for st in streams:
+            t, st.task = st.task, None
+            if t is not None and not t.done():
+                t.cancel()
+                tasks.append(t)
+        ends = await asyncio.gather(*tasks, return_exceptions=True)
+        for end in ends:  # a bug (anything but the cancellation) propagates, as it did
+            if isinstance(end, BaseException) and not isinstance(end, asyncio.CancelledError):
+                raise end
 
     def set_state(self, st: ManagedStream, state: str, end_reason: str | None = None) -> None:
         """Record a state transition (status, history, metrics, log). Entering an
@@ -164,12 +176,15 @@ class StreamRunner:
         if st.spec.credentials_ref is not None:
             cred = self.settings.credentials[st.spec.credentials_ref]
             url = inject_credentials(url, cred.username, cred.password.get_secret_value())
+        if self._waker is None:
+            self._waker = LoopWaker(asyncio.get_running_loop())
         return SourceContext(
             url=url,
             description=redact_url(st.spec.url),
             settings=self.settings.source,
             decode_threads=self.decode_threads,
             max_pixels=self.max_pixels,
+            waker=self._waker,
         )
 
     async def run(self, st: ManagedStream) -> None:

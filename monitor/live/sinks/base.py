@@ -49,6 +49,17 @@ class SinkUnavailable(Exception):
     """The sink's backend cannot be reached now; the batch will be retried."""
 
 
+class PartlyWritten(Exception):
+    """Raised by :meth:`BufferedSink.write` when part of a batch was written: only
+    ``unwritten`` is kept and retried; ``cause`` is handled as if the write had raised
+    it (an outage when it is :class:`SinkUnavailable`, else a failure)."""
+
+    def __init__(self, unwritten: list[Item], cause: Exception) -> None:
+        super().__init__(f"{len(unwritten)} item(s) not written: {cause!r}")
+        self.unwritten = unwritten
+        self.cause = cause
+
+
 @runtime_checkable
 class Sink(Protocol):
     """Where scores and events go (see the module docstring)."""
@@ -112,7 +123,8 @@ class BufferedSink:
 
     # -- subclass API
     async def write(self, items: list[Item]) -> None:
-        """Write a batch; raise :class:`SinkUnavailable` to retry it later."""
+        """Write a batch; raise :class:`SinkUnavailable` to retry it later, or
+        :class:`PartlyWritten` to retry only what was not written."""
         raise NotImplementedError
 
     # -- producer side
@@ -181,6 +193,10 @@ class BufferedSink:
             # sink writer boundary (sanctioned): whatever a write raises, the batch is kept,
             # retried, logged once per kind and counted; the writer never dies of it
             except Exception as exc:  # noqa: BLE001 - logged by _write_failed
+                if isinstance(exc, PartlyWritten):
+                    kept = set(map(id, exc.unwritten))
+                    self._written([it for it in batch if id(it) not in kept], t0)
+                    batch, exc = exc.unwritten, exc.cause
                 self._write_failed(batch, exc)
                 if self._closing:
                     self._idle.set()
@@ -197,15 +213,22 @@ class BufferedSink:
             self.last_error = ""
             self._logged_failures.clear()
             delay = self.retry_floor_s
-            self.written += len(batch)
+            self._written(batch, t0)
             if m is not None:
-                now = time.monotonic()
                 m.sink_writes.labels(self.name, "ok").inc()
-                m.stage_latency.labels("sink").observe(now - t0)
                 m.sink_buffered.labels(self.name).set(len(self._buf))
-                for it in batch:
-                    if isinstance(it, StreamScore):
-                        m.e2e_latency.labels(it.stream_id).observe(max(0.0, now - it.arrival_s))
+
+    def _written(self, items: list[Item], t0: float) -> None:
+        """Count ``items`` as written by a write begun at ``t0``: their latency observed."""
+        self.written += len(items)
+        m = self.metrics
+        if m is None or not items:
+            return
+        now = time.monotonic()
+        m.stage_latency.labels("sink").observe(now - t0)
+        for it in items:
+            if isinstance(it, StreamScore):
+                m.e2e_latency.labels(it.stream_id).observe(max(0.0, now - it.arrival_s))
 
     def _write_failed(self, batch: list[Item], exc: Exception) -> None:
         """Keep ``batch`` for a retry (bounded, oldest dropped), log and count ``exc``."""

@@ -1,82 +1,151 @@
 """The Redis sink: per stream a capped score stream and a ``latest`` hash, plus alert events.
 
-For each score, in one MULTI/EXEC with the other items of its batch:
-``XADD restrav:{stream}:scores MAXLEN ~ N * <fields>`` and
-``HSET restrav:{stream}:latest <fields>``, so ``latest`` always matches the
-newest entry of the score stream. Alert events go to ``restrav:events``
-(``XADD MAXLEN ~``). Field values are strings; ``p_ai`` is empty without a
-classifier; ``features`` is a JSON list of the 21 features.
+A batch is one pipeline (one round trip, not a transaction): per stream one script
+call (:mod:`monitor.live.sinks.fenced`) that appends each of the stream's scores of
+the batch, ``XADD restrav:{stream}:scores MAXLEN ~ N * <fields>``, and sets
+``HSET restrav:{stream}:latest <fields>`` to the last one, atomically: ``latest``
+always matches the newest entry. A call touches one stream's keys only (one hash-tag
+slot), so no command spans the slots of several streams. Alert events go to
+``restrav:events`` (``XADD MAXLEN ~``). Field values are strings (:data:`SCORE_FIELDS`);
+``p_ai`` is empty without a classifier; ``features`` is a JSON list of the 21 features.
 
 A connection or timeout error, or a refused write (``OOM`` at ``maxmemory``, a
-``READONLY`` replica, ``NOREPLICAS``, ``MISCONF``, ``BUSY``, ... also when Redis
-refuses a command of the MULTI/EXEC or the EXEC itself; see
+``READONLY`` replica, ``NOREPLICAS``, ``MISCONF``, ``BUSY``, ...; see
 :mod:`monitor.redis_faults`) raises :class:`SinkUnavailable`: the batch stays
 buffered (bounded), the sink reports itself unavailable (serve's /readyz turns
 503), and the batch is written when Redis takes writes again. Any other error
 (``WRONGTYPE``, a bug) propagates; :class:`~monitor.live.sinks.base.BufferedSink`
-keeps and retries that batch too, and logs it as a failure, not an outage.
+keeps and retries that batch too, and logs it as a failure, not an outage. When only
+some calls of a batch fail (a refusal or an error reply to one stream's call), the
+others are written and only the failed calls' items are kept
+(:class:`~monitor.live.sinks.base.PartlyWritten`), so a retry repeats no score that
+was written. A server that lacks the scripts (restarted, failed over) answers
+``NOSCRIPT``: they are loaded and those calls sent again at once.
 
 Items that carry a fencing token (replicas with leases) are written by the
 fenced scripts of :mod:`monitor.live.sinks.fenced` instead: Redis refuses them when
-the token is stale; each refusal is counted in
+the token is stale; each refused item is counted in
 ``restrav_stale_writes_refused_total{stream}`` and reported to ``on_refused``.
 
 With a :class:`~monitor.redis_conn.Durability` (``redis.wait_replicas`` > 0 and
-``redis.wait_scores``) the MULTI/EXEC is followed by ``WAIT`` on the same connection
-(one round trip): a batch fewer replicas acknowledged raises :class:`SinkUnavailable`
-(``NOTREPLICATED``), stays buffered and is written again, after the client asked the
-sentinels for the primary again (a deposed primary takes writes until demoted). A
-failover then loses no score the sink counted as written. Written again, a fenced
-score already stored is not repeated (:mod:`monitor.live.sinks.fenced`); scores
-without a fencing token (serve without leases) and alert events may then appear
-twice.
+``redis.wait_scores``) the pipeline ends with ``WAIT`` on the same connection
+(still one round trip): a batch fewer replicas acknowledged raises
+:class:`SinkUnavailable` (``NOTREPLICATED``), stays buffered and is written again,
+after the client asked the sentinels for the primary again (a deposed primary takes
+writes until demoted). A failover then loses no score the sink counted as written.
+Written again, a fenced score already stored is not repeated
+(:mod:`monitor.live.sinks.fenced`); scores without a fencing token (serve without
+leases) and alert events may then appear twice, as after a lost connection whose
+pipeline had reached Redis.
 
-On Redis Cluster (a ``redis+cluster://`` URL) a batch is a plain pipeline (redis-py
-sends each node its commands; a stream's score and ``latest`` share its slot, so
-they go together to one node, but a batch is no longer one MULTI/EXEC), and a
-fenced event is stored in the stream's own ``restrav:{stream}:events``, then copied
-to ``restrav:events`` (:mod:`monitor.live.sinks.fenced`): a sink that dies between
-the two leaves the event in the stream's own log only.
+On Redis Cluster (a ``redis+cluster://`` URL) redis-py sends each node its calls of
+the batch (a stream's call touches its one slot), the scripts are sent whole
+(``EVAL``), and a fenced event is stored in the stream's own
+``restrav:{stream}:events``, then copied to ``restrav:events``
+(:mod:`monitor.live.sinks.fenced`): a sink that dies between the two leaves the event
+in the stream's own log only. ``WAIT`` is not used there (serve refuses
+``redis.wait_replicas`` > 0 on a cluster).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ... import keys
 from ...metrics import StreamMetrics
-from ...redis_conn import Durability, arediscover, async_redis_client
+from ...redis_conn import Durability, arediscover, async_redis_client, is_cluster
 from ...redis_faults import NotReplicated, redis_unavailable, refusal_code
 from ...types import StreamScore
 from ..alerts import Event
-from .base import BufferedSink, Item, SinkUnavailable
-from .fenced import FencedWriter
+from .base import BufferedSink, Item, PartlyWritten, SinkUnavailable
+from .fenced import PLAIN_SCORES, FencedWriter, Lua
+
+log = logging.getLogger(__name__)
+
+SCORE_FIELDS: tuple[str, ...] = (
+    "stream", "seq", "segment", "start_s", "end_s", "p_ai", "threshold", "is_ai", "flagged",
+    "repeated_samples", "zero_steps", "zero_step_angle_deg", "wall_start", "wall_end",
+    "scored_at", "features",
+)
+"""The fields of a stored score, in order (the keys of :meth:`StreamScore.to_json`)."""
+
+_NAMES_JSON = json.dumps(SCORE_FIELDS)
+
+
+def _opt(v: object) -> str:
+    return "" if v is None else str(v)
+
+
+def score_values(score: StreamScore) -> list[str]:
+    """The string values of one stored score, in the order of :data:`SCORE_FIELDS`:
+    ``str`` of each value of ``score.to_json(features=True)``, ``""`` for None, ``"1"``
+    / ``"0"`` for booleans, ``features`` a JSON list (built without the dict)."""
+    s = score.score
+    w = s.window
+    is_ai = s.is_ai
+    return [
+        score.stream_id, str(score.seq), str(score.segment), str(round(score.start_s, 6)),
+        str(round(score.end_s, 6)), _opt(s.p_ai), _opt(s.threshold),
+        "" if is_ai is None else ("1" if is_ai else "0"), "1" if s.flagged else "0",
+        _opt(s.repeated_samples), str(w.repeated_frames), str(w.zero_step_angle_deg),
+        str(round(score.wall_start, 6)), str(round(score.wall_end, 6)),
+        str(round(score.scored_at, 6)), json.dumps(w.features.tolist()),
+    ]
 
 
 def score_fields(score: StreamScore) -> dict[str, str]:
     """The flat string fields stored for one score (stream entry and latest hash)."""
-    j = score.to_json(features=True)
-    out: dict[str, str] = {}
-    for k, v in j.items():
-        if k == "features":
-            out[k] = json.dumps(v)
-        elif v is None:
-            out[k] = ""
-        elif isinstance(v, bool):
-            out[k] = "1" if v else "0"
-        else:
-            out[k] = str(v)
-    return out
+    return dict(zip(SCORE_FIELDS, score_values(score), strict=True))
 
 
 def event_fields(event: Event) -> dict[str, str]:
     """The flat string fields stored for one event (an alert's, or who changed what)."""
     return {k: ("" if v is None else str(v)) for k, v in event.to_json().items()}
+
+
+def _sink_error(exc: Exception) -> Exception:
+    """:class:`SinkUnavailable` (caused by ``exc``) for a lost connection or a refused
+    write (an outage); ``exc`` itself for anything else (a bug, ``WRONGTYPE``)."""
+    if not redis_unavailable(exc):
+        return exc
+    out = SinkUnavailable(f"redis: {refusal_code(exc) or type(exc).__name__}")
+    out.__cause__ = exc
+    return out
+
+
+class _Call:
+    """One command of a batch's pipeline and the items it writes: a stream's scores
+    (one script call), or one event."""
+
+    __slots__ = ("fence", "items", "stream_id")
+
+    def __init__(self, stream_id: str, fence: int | None, items: list[Item]) -> None:
+        self.stream_id = stream_id
+        self.fence = fence
+        self.items = items
+
+
+def _calls(items: list[Item]) -> list[_Call]:
+    """``items`` as pipeline commands: the scores of one stream (and one token) in one
+    call, in order; each event in its own."""
+    by_stream: dict[tuple[str, int | None], _Call] = {}
+    out: list[_Call] = []
+    for it in items:
+        if isinstance(it, StreamScore):
+            call = by_stream.get((it.stream_id, it.fence))
+            if call is None:
+                call = by_stream[(it.stream_id, it.fence)] = _Call(it.stream_id, it.fence, [])
+                out.append(call)
+            call.items.append(it)
+        else:
+            out.append(_Call(it.stream_id, it.fence, [it]))
+    return out
 
 
 class RedisSink(BufferedSink):
@@ -99,7 +168,8 @@ class RedisSink(BufferedSink):
         self.client = client
         self.scores_maxlen = scores_maxlen
         self.events_maxlen = events_maxlen
-        self.fenced = FencedWriter(client, owner)
+        self.fenced = FencedWriter(owner, cluster=is_cluster(client))
+        self._plain = Lua(PLAIN_SCORES, whole=self.fenced.cluster)
         self.on_refused = on_refused
         self.refused = 0
 
@@ -119,76 +189,105 @@ class RedisSink(BufferedSink):
         return cls(client, metrics=metrics, **kw)
 
     async def write(self, items: list[Item]) -> None:
-        """One MULTI/EXEC for the batch (then WAIT, with durability); fenced items are
-        checked inside it."""
-        fenced: dict[int, tuple[str, int]] = {}  # command index -> (stream, token)
-        copies: dict[int, Any] = {}  # cluster: command index -> event fields to copy
-        waits = self.durability.enabled
-        cluster = self.fenced.cluster
-        try:
-            async with self.client.pipeline(transaction=not (waits or cluster)) as pipe:
-                if waits:  # MULTI/EXEC by hand: WAIT must follow on the same connection
-                    pipe.execute_command("MULTI")
-                for it in items:
-                    if cluster and it.fence is not None and not isinstance(it, StreamScore):
-                        copies[len(pipe)] = self.fenced.stored(it.fence, event_fields(it))
-                    await self._queue(pipe, it, fenced)
-                if waits:
-                    pipe.execute_command("EXEC")
-                    self.durability.queue_wait(pipe)
-                reply = await pipe.execute()
-            results = self._acknowledged(reply) if waits else reply
-            written = [ev for idx, ev in copies.items() if int(results[idx]) == 1]
-            if written:  # the events the fence let through, on to the shared log
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for ev in written:
-                        pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
-                    await pipe.execute()
-        except NotReplicated as exc:
-            await arediscover(self.client)  # maybe a deposed primary: ask the sentinels
-            raise SinkUnavailable("redis: NOTREPLICATED") from exc
-        except (RedisError, OSError) as exc:
-            if not redis_unavailable(exc):
-                raise
-            why = refusal_code(exc) or type(exc).__name__
-            raise SinkUnavailable(f"redis: {why}") from exc
-        offset = 1 if waits else 0  # the MULTI's own reply came first
-        for idx, (stream_id, token) in fenced.items():
-            if int(results[idx - offset]) == 0:
-                self._refused(stream_id, token)
-
-    async def _queue(self, pipe: Any, it: Item, fenced: dict[int, tuple[str, int]]) -> None:
-        """Queue one item's writes on ``pipe``; fenced ones noted in ``fenced``."""
-        if it.fence is not None:
-            fenced[len(pipe)] = (it.stream_id, it.fence)
-            if isinstance(it, StreamScore):
-                await self.fenced.score(
-                    pipe, it.stream_id, it.fence, score_fields(it), self.scores_maxlen
-                )
-            else:
-                await self.fenced.event(
-                    pipe, it.stream_id, it.fence, event_fields(it), self.events_maxlen
-                )
-        elif isinstance(it, StreamScore):
-            fields: Any = score_fields(it)
-            pipe.xadd(keys.stream_scores(it.stream_id), fields,
-                      maxlen=self.scores_maxlen, approximate=True)
-            pipe.hset(keys.stream_latest(it.stream_id), mapping=fields)
-        else:  # an alert's event, or who changed a stream
-            ev: Any = event_fields(it)
-            pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
-
-    def _acknowledged(self, reply: list[Any]) -> list[Any]:
-        """The EXEC results of a MULTI/EXEC + WAIT reply; raises what a transaction
-        pipeline would (a command's error) and :class:`NotReplicated` when short."""
-        results = reply[-2]
-        if results is None:
-            raise RedisError("EXEC aborted")
-        for r in results:
+        """One pipeline for the batch (module docstring): one script call per stream, one
+        XADD per event, then WAIT with durability. Calls the server did not know the script
+        of are sent again once it is loaded; calls that failed are left in
+        :class:`PartlyWritten`, the first error as its cause."""
+        calls = _calls(items)
+        results, acks = await self._send(calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            await self._guard(self._load())
+            again, more = await self._send([calls[i] for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
+            acks += more
+        for ack in acks:
+            try:
+                self.durability.check(ack, "score batch")
+            except NotReplicated as exc:
+                await arediscover(self.client)  # maybe a deposed primary: ask the sentinels
+                raise SinkUnavailable("redis: NOTREPLICATED") from exc
+        failed: list[tuple[_Call, Exception]] = []
+        copies: list[dict[str, str]] = []  # cluster: fenced events to copy to the shared log
+        for call, r in zip(calls, results, strict=True):
             if isinstance(r, Exception):
-                raise r
-        self.durability.check(reply[-1], "score batch")
-        return list(results)
+                failed.append((call, r))
+            elif call.fence is not None and int(r) == 0:
+                for _ in call.items:  # each a write refused as stale
+                    self._refused(call.stream_id, call.fence)
+            elif self.fenced.cluster and call.fence is not None and not isinstance(
+                call.items[0], StreamScore
+            ):
+                copies.append(self.fenced.stored(call.fence, event_fields(call.items[0])))
+        if copies:
+            await self._copy_events(copies)
+        if failed:
+            unwritten = [it for call, _ in failed for it in call.items]
+            raise PartlyWritten(unwritten, _sink_error(failed[0][1]))
+
+    async def _send(self, calls: list[_Call]) -> tuple[list[Any], list[Any]]:
+        """The pipeline of ``calls`` (and WAIT): one reply (or error) per call, and WAIT's
+        reply in a list (empty without durability). A lost connection or a refused WAIT
+        raises :class:`SinkUnavailable` for the whole batch."""
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            self._queue(pipe, call)
+        waits = self.durability.queue_wait(pipe)
+        replies: list[Any] = await self._guard(pipe.execute(raise_on_error=False))
+        acks = [replies.pop()] if waits else []
+        if acks and isinstance(acks[0], Exception):
+            raise _sink_error(acks[0])
+        return replies, acks
+
+    async def _copy_events(self, events: list[dict[str, str]]) -> None:
+        """Cluster: copy fenced events stored in their streams' own logs to
+        ``restrav:events``. They are stored already: a failure here is logged, not
+        retried (the batch must not write them twice)."""
+        pipe = self.client.pipeline(transaction=False)
+        for ev in events:
+            fields: Any = ev
+            pipe.xadd(keys.EVENTS, fields, maxlen=self.events_maxlen, approximate=True)
+        try:
+            await self._guard(pipe.execute())
+        except SinkUnavailable as exc:
+            log.warning("%d alert event(s) kept in their stream's own log only "
+                        "(restrav:{STREAM}:events): the copy to %s failed: %s",
+                        len(events), keys.EVENTS, exc)
+
+    @staticmethod
+    async def _guard(aw: Any) -> Any:
+        """Await ``aw``; a lost connection or a refusal raises :class:`SinkUnavailable`."""
+        try:
+            return await aw
+        except (RedisError, OSError) as exc:
+            err = _sink_error(exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    async def _load(self) -> None:
+        await self._plain.load(self.client)
+        await self.fenced.load(self.client)
+
+    def _queue(self, pipe: Any, call: _Call) -> None:
+        """Queue one call's command on ``pipe``."""
+        first = call.items[0]
+        if isinstance(first, StreamScore):
+            rows = [score_values(s) for s in call.items if isinstance(s, StreamScore)]
+            if call.fence is not None:
+                self.fenced.scores(pipe, call.stream_id, call.fence, SCORE_FIELDS, rows,
+                                   self.scores_maxlen)
+                return
+            self._plain.queue(pipe, (keys.stream_scores(call.stream_id),
+                                     keys.stream_latest(call.stream_id)),
+                              [str(self.scores_maxlen), _NAMES_JSON, *map(json.dumps, rows)])
+        elif call.fence is not None:
+            self.fenced.event(pipe, call.stream_id, call.fence, event_fields(first),
+                              self.events_maxlen)
+        else:  # an alert's event, or who changed a stream
+            ev: Any = event_fields(first)
+            pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
 
     def _refused(self, stream_id: str, token: int) -> None:
         self.refused += 1

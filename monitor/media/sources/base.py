@@ -141,6 +141,8 @@ class SourceContext:
     decode_threads: int = 0
     max_pixels: int = 8192 * 8192
     extra: dict[str, Any] = field(default_factory=dict)
+    waker: LoopWaker | None = None
+    """Shared by the frame buffers of all streams of the loop (None: each its own)."""
 
 
 SourceOpener = Callable[[StreamSpec, SourceContext], Awaitable[LiveSource]]
@@ -200,6 +202,36 @@ class DropPolicy(enum.Enum):
     """Make the producer wait (inputs read faster than real time that must not drop)."""
 
 
+class LoopWaker:
+    """Sets :class:`asyncio.Event` s of one event loop from other threads, coalesced:
+    the events set while a wake-up is on its way ride on it, so many producers (one
+    decode thread per stream) cost the loop one self-pipe write per wake-up, not one
+    per frame. At 300 streams x 25 fps a write per frame was a wake-up, a handle and a
+    pipe read each, 7,500 times a second (BENCHMARKS.md, issue 25). Thread-safe; an
+    event may be set from the loop's own thread too."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._due: list[asyncio.Event] = []
+
+    def set(self, event: asyncio.Event) -> None:
+        """Set ``event`` on the loop soon (never blocks; a closed loop is ignored)."""
+        with self._lock:
+            self._due.append(event)
+            if len(self._due) > 1:
+                return  # a wake-up is on its way and takes this one along
+        # a RuntimeError means the loop closed at shutdown: nobody is waiting
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            due, self._due = self._due, []
+        for event in due:
+            event.set()
+
+
 class FrameBuffer:
     """A bounded hand-off of frames from one producer thread to one asyncio consumer.
 
@@ -214,10 +246,13 @@ class FrameBuffer:
         loop: asyncio.AbstractEventLoop,
         capacity: int,
         policy: DropPolicy = DropPolicy.KEEP_LATEST,
+        waker: LoopWaker | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._loop = loop
+        # shared by the buffers of one loop (SourceContext.waker), or this buffer's own
+        self._waker = waker if waker is not None else LoopWaker(loop)
         self.capacity = capacity
         self.policy = policy
         self._items: collections.deque[SourceFrame] = collections.deque()
@@ -230,9 +265,7 @@ class FrameBuffer:
         self.dropped = 0
 
     def _wake(self) -> None:
-        # a RuntimeError means the loop closed at shutdown: nobody is waiting
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._event.set)
+        self._waker.set(self._event)
 
     def put(self, frame: SourceFrame, quit_event: threading.Event | None = None) -> bool:
         """Add a frame (producer thread). Returns False when the buffer is closed."""
@@ -283,7 +316,8 @@ class FrameBuffer:
             with self._cond:
                 if self._items:
                     item = self._items.popleft()
-                    self._cond.notify_all()
+                    if self.policy is DropPolicy.BLOCK:  # only a BLOCK producer waits
+                        self._cond.notify_all()
                     return item
                 if self._closed:
                     if self._error is not None:

@@ -31,7 +31,14 @@ from ..decode import (
     frame_to_small_rgb,
     gpu_decode_available,
 )
-from .base import DropPolicy, FrameBuffer, SourceContext, SourceError, SourceFrame
+from .base import (
+    DropPolicy,
+    FrameBuffer,
+    LoopWaker,
+    SourceContext,
+    SourceError,
+    SourceFrame,
+)
 
 log = logging.getLogger("restrav.sources")
 
@@ -84,8 +91,10 @@ class AVSource:
         cuda_device: int | None = None,
         hls_segment_s: float = 6.0,
         hls_buffer_bytes: int = 0,
+        waker: LoopWaker | None = None,
     ) -> None:
         self._url = url
+        self._waker = waker
         self.description = description
         self.cuda_device = cuda_device
         self._limits = limits
@@ -120,6 +129,7 @@ class AVSource:
             cuda_device=nvdec_device(s),
             hls_segment_s=s.hls_segment_s,
             hls_buffer_bytes=s.hls_buffer_mib << 20,
+            waker=ctx.waker,
         )
         await src.start()
         return src
@@ -154,7 +164,8 @@ class AVSource:
             # a decoded 4:2:0 frame (NV12/YUV420P): 1.5 bytes a pixel
             frame_bytes=info.width * info.height * 3 // 2, max_bytes=self._hls_buffer_bytes,
         )
-        self._buffer = FrameBuffer(asyncio.get_running_loop(), self._buffer_frames, self._policy)
+        self._buffer = FrameBuffer(asyncio.get_running_loop(), self._buffer_frames, self._policy,
+                                   self._waker)
         self._thread = threading.Thread(
             target=self._run, name=f"decode:{self.description[:40]}", daemon=True
         )
