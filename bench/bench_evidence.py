@@ -225,6 +225,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="scoring: seconds per run")
     p.add_argument("--repeats", type=int, default=4, help="capture, scoring: alternations")
     p.add_argument("--capture-frames", type=int, default=600, help="capture: frames a run")
+    p.add_argument("--scoring-only", action="store_true",
+                   help="skip the memory and capture sections")
     a = p.parse_args()
     torch.set_num_threads(1)
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -240,35 +242,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         s, ui = EvidenceSettings(), UiSettings()
-        print(f"Memory: defaults (frame_width {s.frame_width}, jpeg_quality {s.jpeg_quality}, "
-              f"56 frames a stream (24 + engine backlog 24 + 8), "
-              f"stream_bytes {s.stream_bytes // 1024} KiB, memory_bytes "
-              f"{s.memory_bytes // 2**20} MiB; thumbnails: the newest kept frame, "
-              f"thumbnail_memory_bytes {ui.thumbnail_memory_bytes // 2**20} MiB), "
-              "1280x720 input\n")
-        print("| streams | retained MiB | per stream KiB | thumbnails KiB "
-              "| refused (memory_bytes) |")
-        print("|---:|---:|---:|---:|---:|")
-        for n in (int(x) for x in a.streams.split(",")):
-            r = bench_memory(n, frames, tmp)
-            print(f"| {n} | {r['total_mib']:.1f} | {r['per_stream_kib']:.0f} "
-                  f"| {r['thumbs_kib']:.0f} | {r['refused']:.0f} |")
+        if not a.scoring_only:
+            print(f"Memory: defaults (frame_width {s.frame_width}, jpeg_quality {s.jpeg_quality}, "
+                  f"56 frames a stream (24 + engine backlog 24 + 8), "
+                  f"stream_bytes {s.stream_bytes // 1024} KiB, memory_bytes "
+                  f"{s.memory_bytes // 2**20} MiB; thumbnails: the newest kept frame, "
+                  f"thumbnail_memory_bytes {ui.thumbnail_memory_bytes // 2**20} MiB), "
+                  "1280x720 input\n")
+            print("| streams | retained MiB | per stream KiB | thumbnails KiB "
+                  "| refused (memory_bytes) |")
+            print("|---:|---:|---:|---:|---:|")
+            for n in (int(x) for x in a.streams.split(",")):
+                r = bench_memory(n, frames, tmp)
+                print(f"| {n} | {r['total_mib']:.1f} | {r['per_stream_kib']:.0f} "
+                      f"| {r['thumbs_kib']:.0f} | {r['refused']:.0f} |")
 
-        print(f"\nCapture throughput: {a.capture_frames} frames of 1280x720 yuv420p a run "
-              f"(64 streams), to 240 px wide + JPEG q75; the paths alternate {a.repeats} "
-              "times\n")
-        fps: dict[str, list[float]] = {name: [] for name, _, _ in CAPTURE_PATHS}
-        for _ in range(a.repeats):
-            for name, threads, kind in CAPTURE_PATHS:
-                fps[name].append(bench_capture(threads, [kind(f.frame) for f in frames],
-                                               a.capture_frames))
-        print("| capture path | frames/s: mean ± sd (min-max) | ms a frame | 720p streams "
-              "at 11.5 Hz kept up with |")
-        print("|---|---:|---:|---:|")
-        for name, xs in fps.items():
-            mean = statistics.mean(xs)
-            print(f"| {name} | {spread(xs)} | {1000 / mean:.2f} | {mean / 11.5:.0f} |")
-        print(f"\nload average after the capture runs: {load()}")
+            print(f"\nCapture throughput: {a.capture_frames} frames of 1280x720 yuv420p a run "
+                  f"(64 streams), to 240 px wide + JPEG q75; the paths alternate {a.repeats} "
+                  "times\n")
+            fps: dict[str, list[float]] = {name: [] for name, _, _ in CAPTURE_PATHS}
+            for _ in range(a.repeats):
+                for name, threads, kind in CAPTURE_PATHS:
+                    fps[name].append(bench_capture(threads, [kind(f.frame) for f in frames],
+                                                   a.capture_frames))
+            print("| capture path | frames/s: mean ± sd (min-max) | ms a frame | 720p streams "
+                  "at 11.5 Hz kept up with |")
+            print("|---|---:|---:|---:|")
+            for name, xs in fps.items():
+                mean = statistics.mean(xs)
+                print(f"| {name} | {spread(xs)} | {1000 / mean:.2f} | {mean / 11.5:.0f} |")
+            print(f"\nload average after the capture runs: {load()}")
 
         emb = Embedder(load_backbone(str(random_backbone_dir("tiny")), "cpu"), batch_size=16)
         small = camera_frames(96, 426, 240)
