@@ -7,8 +7,14 @@ its stream stalls, reconnects and resumes) and one file stream is removed and
 added again through the control API. serve's RSS, threads, open descriptors and
 (where CUDA and nvidia-smi exist) device memory are sampled every SAMPLE_S.
 After a warm-up third, the last third must be flat against the middle one
-(threads and fds within 2, RSS within 5 % + 20 MiB). Figures printed and
-recorded in RELIABILITY.md.
+(fds within 2, RSS within 5 % + 20 MiB; threads: the fewest of the last third within
+2 of the middle third's median). Threads are judged by their floor because libav's
+decoder and scaler pools (about 6 threads a stream) come and go with every
+reconnect and re-add, and a sample taken while an old decoder is closing counts the
+old pool and the new one: a median of 3-4 such samples moved by 3-6 between runs of
+the same code (seen 67 -> 70 with the Python threads steady at 22, `py-spy dump`, and
+every extra thread a libavutil or libavcodec pool thread, `gdb`). A leak raises the
+floor. Figures printed and recorded in RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -147,6 +153,8 @@ def test_soak_eight_streams_with_churn(tmp_path: Path, tiny_model_dir: Path) -> 
         return (samples[0][col], statistics.median(x[col] for x in mid),  # type: ignore[misc]
                 statistics.median(x[col] for x in last), max(x[col] for x in samples))  # type: ignore[misc]
 
+    thr_floor = min(x[2] for x in last)
+
     rss, thr, fds = fig(1), fig(2), fig(3)
     dev = [x[4] for x in samples if x[4] is not None]
     print(f"\nsoak {SOAK_S:.0f} s, 8 streams (2 RTSP, 6 looping files), {restarts} publisher "
@@ -154,11 +162,12 @@ def test_soak_eight_streams_with_churn(tmp_path: Path, tiny_model_dir: Path) -> 
     for name, f in (("RSS MiB", rss), ("threads", thr), ("open fds", fds)):
         print(f"  {name}: first {f[0]:.0f}, median middle third {f[1]:.0f}, "
               f"median last third {f[2]:.0f}, max {f[3]:.0f}")
+    print(f"  threads: fewest in the last third {thr_floor}")
     print("  device memory MiB: " + (f"first {dev[0]:.0f}, last {dev[-1]:.0f}, max {max(dev):.0f}"
                                       if dev else "n/a (no CUDA)"))
     print("  windows in Redis: " + ", ".join(f"{k} {v}" for k, v in scored.items()))
     print("  states at the end: " + ", ".join(f"{k} {v['state']}" for k, v in status.items()))
-    assert thr[2] <= thr[1] + 2 and fds[2] <= fds[1] + 2
+    assert thr_floor <= thr[1] + 2 and fds[2] <= fds[1] + 2
     assert rss[2] <= rss[1] * 1.05 + 20
     if dev:
         assert dev[-1] <= dev[len(dev) // 3] + 64
