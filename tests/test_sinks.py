@@ -34,6 +34,25 @@ def score(stream: str, seq: int, p: float | None = 0.25) -> StreamScore:
                        arrival_s=0.0, scored_at=1000.0 + seq)
 
 
+_clients: list[redis.Redis] = []
+
+
+def sync_client(url: str) -> redis.Redis:
+    """A sync client (decoded replies) closed when the test ends: an unclosed one's
+    socket warns when it is collected (ResourceWarning, an error in whichever test the
+    collector runs in)."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    _clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_sync_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 @pytest.fixture
 def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
     rp = RedisProcess(tmp_path)
@@ -53,7 +72,7 @@ async def test_scores_and_latest_are_written_together(redis_proc: RedisProcess) 
     sink.publish_event(AlertEvent("cam-1", "alert_start", 0.9, 1000.0, 998.0))
     assert await sink.flush(10)
     await sink.aclose()
-    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
+    r = sync_client(redis_proc.url)
     entries = r.xrange(keys.stream_scores("cam-1"))
     assert 50 <= len(entries) < 120  # capped, approximately
     latest = r.hgetall(keys.stream_latest("cam-1"))
@@ -85,7 +104,7 @@ async def test_outage_buffers_then_flushes_on_reconnect(redis_proc: RedisProcess
     redis_proc.start()  # an empty server on the same port
     assert await sink.flush(20)
     await sink.aclose()
-    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
+    r = sync_client(redis_proc.url)
     seqs = [int(e[1]["seq"]) for e in r.xrange(keys.stream_scores("s"))]
     assert seqs == list(range(1, 40))
     assert r.hget(keys.stream_latest("s"), "seq") == "39"
@@ -108,7 +127,7 @@ async def test_bounded_buffer_drops_oldest_and_counts(tmp_path: Path) -> None:
     rp.start()
     try:
         assert await sink.flush(20)
-        r = redis.Redis.from_url(rp.url, decode_responses=True)
+        r = sync_client(rp.url)
         assert [int(e[1]["seq"]) for e in r.xrange(keys.stream_scores("s"))] == list(range(15, 25))
     finally:
         await sink.aclose()
@@ -143,7 +162,7 @@ async def test_a_rejected_write_is_kept_retried_and_logged_once(
     """An error that is no outage (``WRONGTYPE``: the score stream's key holds a string)
     neither kills the writer nor loses the batch: not ready, logged once, retried, and
     written once the key is fixed."""
-    r = redis.Redis.from_url(redis_proc.url, decode_responses=True)
+    r = sync_client(redis_proc.url)
     r.set(keys.stream_scores("s"), "not a stream")
     registry = CollectorRegistry()
     sink = RedisSink.from_url(redis_proc.url, metrics=StreamMetrics(registry),
