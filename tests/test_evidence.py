@@ -474,7 +474,8 @@ async def test_the_event_log_keeps_the_newest_within_its_bound() -> None:
     assert [e["n"] for e in log.memory(10)] == [6, 5, 4]
     assert await log.recent(1) == ([{"n": 6, **AlertEvent(
         "cam", "alert_start", 0.9, 200.0, 199.0, evidence="e").to_json()}], "memory")
-    for events, limit, status in ((log, "2", 200), (log, "x", 400), (None, "2", 404)):
+    for events, limit, status in ((log, "2", 200), (log, "x", 400), (log, "0", 400),
+                                  (log, "501", 400), (None, "2", 404)):
         app = web.Application()
         add_review_routes(app, None, lambda request, role: None, events=events)
         async with TestClient(TestServer(app)) as c:
@@ -524,6 +525,61 @@ async def test_the_event_log_lists_every_replica_s_events_from_redis(redis_url: 
     events, source = await log.recent(10)
     assert source == "memory" and [e["stream"] for e in events] == ["cam-a"]
     await gone.aclose()
+
+
+async def test_the_event_log_filters_by_kind_past_a_flood_within_its_bound(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kind`` keeps only those kinds: an alert below more state changes than one page
+    (and than the limit) is still found, newest first; the scan stops at SCAN_BOUND
+    entries; memory answers filter the same way; an unknown kind is 400."""
+    import redis.asyncio as aioredis
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from monitor.live.alerts import StreamEvent
+    from monitor.live.review import add_review_routes
+    from monitor.live.sinks import EventLog
+    from monitor.live.sinks import eventlog as eventlog_module
+
+    client = aioredis.from_url(redis_url)
+    await client.delete("restrav:events")
+    alert = AlertEvent("cam", "alert_start", 0.9, 100.0, 99.0, evidence="e0")
+    await client.xadd("restrav:events", {k: str(v) for k, v in alert.to_json().items()})
+    await client.xadd("restrav:events", {"stream": "cam", "kind": "acknowledged",
+                                         "at": "101", "by": "alice", "evidence": "e0"})
+    for i in range(1200):
+        await client.xadd("restrav:events", {"stream": "flap", "kind": "state",
+                                             "state": "running", "at": str(200 + i)})
+    log = EventLog(client=client)
+    found, source = await log.recent(10, frozenset({"alert_start", "acknowledged"}))
+    assert source == "redis"
+    assert [(e["kind"], e["stream"]) for e in found] == [
+        ("acknowledged", "cam"), ("alert_start", "cam")]
+    assert found[1]["p_ai"] == 0.9 and found[1]["evidence"] == "e0"
+    states, _ = await log.recent(3, frozenset({"state"}))
+    assert [e["at"] for e in states] == [1399.0, 1398.0, 1397.0]
+    unfiltered, _ = await log.recent(50)
+    assert {e["kind"] for e in unfiltered} == {"state"}  # the flood hides them unfiltered
+    monkeypatch.setattr(eventlog_module, "SCAN_BOUND", 700)  # the alert is 1202 deep
+    assert (await log.recent(10, frozenset({"alert_start"})))[0] == []
+    monkeypatch.undo()
+    app = web.Application()
+    add_review_routes(app, None, lambda request, role: None, events=log)
+    async with TestClient(TestServer(app)) as c:
+        r = await c.get("/events?limit=5&kind=alert_start,alert_end")
+        assert r.status == 200
+        assert [e["evidence"] for e in (await r.json())["events"]] == ["e0"]
+        for bad in ("kind=alert", "kind=", "kind=state,bogus"):
+            r = await c.get(f"/events?{bad}")
+            assert r.status == 400 and (await r.json())["error"]["code"] == "bad_kind", bad
+    await client.aclose()
+    memory = EventLog()
+    memory.publish_event(alert)
+    for i in range(5):
+        memory.publish_event(StreamEvent("cam", "control", 110.0 + i, "bob", action="paused"))
+    assert [e["kind"] for e in memory.memory(10, frozenset({"alert_start"}))] == ["alert_start"]
+    assert [e["kind"] for e in (await memory.recent(2, frozenset({"control"})))[0]] == [
+        "control", "control"]
 
 
 async def test_state_changes_go_to_restrav_events_within_each_stream_s_budget(

@@ -18,6 +18,8 @@ from pydantic.json_schema import models_json_schema
 
 from ..config import STREAM_ID_PATTERN, StreamSpec
 from .evidence.recorder import EVIDENCE_ID_PATTERN
+from .review import MAX_EVENTS
+from .sinks.eventlog import KINDS
 
 
 class ErrorDetail(BaseModel):
@@ -132,6 +134,17 @@ OPERATIONS: tuple[tuple[str, str, str, bool, str | None, dict[int, str | None]],
 """The routes of :func:`monitor.live.api.create_app`, in the document's terms."""
 
 
+_KIND = "(" + "|".join(sorted(KINDS)) + ")"
+_EVENTS_QUERY = [
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS, "default": 100}},
+    {"name": "kind", "in": "query", "required": False,
+     "description": "comma-separated kinds to keep: " + ", ".join(sorted(KINDS)),
+     "schema": {"type": "string", "pattern": f"^{_KIND}(,{_KIND})*$"}},
+]
+"""``GET /events``'s query parameters."""
+
+
 def _response(model: str | None) -> dict[str, Any]:
     if model is None:
         return {"description": "no content"}
@@ -182,6 +195,8 @@ def openapi_document(version: str = "0") -> dict[str, Any]:
             op["parameters"] = [id_param if "{id}" in path else eid_param]
             # an id outside the pattern matches no route: 404 (never a 5xx)
             op["responses"].setdefault("404", _response(_ERR))
+        if path == "/events":
+            op["parameters"] = _EVENTS_QUERY
         if auth:
             op["security"] = [{"bearer": []}]
         if body is not None:

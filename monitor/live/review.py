@@ -7,10 +7,10 @@ browser or proxy keeps an image; images and tokens are never logged)::
     GET /evidence/{eid}/clip.mp4     the window's 24 sampled frames, H.264
     GET /evidence/{eid}/sheet.jpg    the contact sheet
     GET /streams/{id}/thumbnail      the stream's latest sampled frame, small (JPEG)
-    GET /events?limit=N              this process's recent events, newest first (at most
-                                     MAX_EVENTS): alerts (with their evidence ids), who
-                                     changed which stream, acknowledgements, streams'
-                                     state changes
+    GET /events?limit=N[&kind=K,...] recent events, newest first (at most MAX_EVENTS):
+                                     alerts (with their evidence ids), who changed which
+                                     stream, acknowledgements, streams' state changes;
+                                     ``kind`` keeps only those kinds (EventLog.KINDS)
     POST /evidence/{eid}/ack         (operator) acknowledge a record: an ``acknowledged``
                                      event with the token's name on ``restrav:events``
 
@@ -36,7 +36,7 @@ from aiohttp import web
 from .alerts import StreamEvent
 from .evidence.recorder import EvidenceRecorder
 from .evidence.writer import CLIP, RECORD, SHEET
-from .sinks.eventlog import EventLog
+from .sinks.eventlog import KINDS, EventLog
 from .tokens import PRINCIPAL_KEY
 
 log = logging.getLogger("restrav.api")
@@ -136,10 +136,18 @@ def add_review_routes(
         if events is None:
             return _error(404, "events_off", "no event log in this process")
         try:
-            limit = min(MAX_EVENTS, max(1, int(request.query.get("limit", "100"))))
+            limit = int(request.query.get("limit", "100"))
         except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_EVENTS:
             return _error(400, "bad_limit", f"limit: an integer, 1-{MAX_EVENTS}")
-        recent, source = await events.recent(limit)
+        kinds: frozenset[str] | None = None
+        if "kind" in request.query:
+            kinds = frozenset(k for k in request.query["kind"].split(",") if k)
+            if not kinds or not kinds <= KINDS:
+                return _error(400, "bad_kind", "kind: a comma-separated list of "
+                              + ", ".join(sorted(KINDS)))
+        recent, source = await events.recent(limit, kinds)
         return web.json_response({"events": recent, "source": source}, headers=NO_STORE)
 
     app.router.add_get("/events", recent_events)

@@ -13,6 +13,11 @@ replica's sink wrote, so a page on any replica lists every stream's alerts and w
 acknowledged them), with ``n`` the entry id and the numbers and the fence parsed back;
 when that read fails it answers from memory (this process's events) and says so in
 ``source``. Without a client it answers from memory.
+
+Given ``kinds`` (a subset of :data:`KINDS`), only events of those kinds are returned: from
+Redis, ``restrav:events`` is read newest first in pages until ``limit`` of them are found
+or :data:`SCAN_BOUND` entries were read (so a burst of state changes cannot hide an
+alert from a page that asks for alerts, and one request reads a bounded amount).
 """
 
 from __future__ import annotations
@@ -28,6 +33,15 @@ from ..alerts import Event
 
 _FLOATS = ("p_ai", "at", "since")
 """Event fields stored as strings that the page reads as numbers."""
+
+KINDS = frozenset({"alert_start", "alert_end", "control", "acknowledged", "state"})
+"""Every ``kind`` an event on ``restrav:events`` has."""
+
+SCAN_BOUND = 5000
+"""Most ``restrav:events`` entries one filtered :meth:`EventLog.recent` reads."""
+
+_PAGE = 500
+"""Entries per XREVRANGE of a filtered read."""
 
 
 class EventLog:
@@ -49,25 +63,49 @@ class EventLog:
         self._n += 1
         self._events.append({"n": self._n, **event.to_json()})
 
-    async def recent(self, limit: int) -> tuple[list[dict[str, Any]], str]:
-        """At most ``limit`` events, newest first, and where they come from: ``redis``
-        (every replica's) or ``memory`` (this process's; no client, or Redis failed)."""
+    async def recent(self, limit: int, kinds: frozenset[str] | None = None
+                     ) -> tuple[list[dict[str, Any]], str]:
+        """At most ``limit`` events (of ``kinds`` only, when given), newest first, and
+        where they come from: ``redis`` (every replica's) or ``memory`` (this process's;
+        no client, or Redis failed)."""
         if self.client is not None:
             try:
-                entries = await self.client.xrevrange(keys.EVENTS, count=limit)
+                if kinds is None:
+                    entries = await self.client.xrevrange(keys.EVENTS, count=limit)
+                    return [_parsed(eid, fields) for eid, fields in entries], "redis"
+                return await self._scan(limit, kinds), "redis"
             except (RedisError, OSError):
                 pass  # an outage: this process's own events are better than none
-            else:
-                return [_parsed(eid, fields) for eid, fields in entries], "redis"
-        return self.memory(limit), "memory"
+        return self.memory(limit, kinds), "memory"
 
-    def memory(self, limit: int) -> list[dict[str, Any]]:
-        """At most ``limit`` of this process's events, newest first."""
+    async def _scan(self, limit: int, kinds: frozenset[str]) -> list[dict[str, Any]]:
+        """Newest first, pages of ``restrav:events`` until ``limit`` events of ``kinds``
+        or :data:`SCAN_BOUND` entries read."""
+        out: list[dict[str, Any]] = []
+        top: Any = "+"
+        read = 0
+        while len(out) < limit and read < SCAN_BOUND:
+            page = await self.client.xrevrange(keys.EVENTS, max=top,
+                                               count=min(_PAGE, SCAN_BOUND - read))
+            for eid, fields in page:
+                event = _parsed(eid, fields)
+                if event.get("kind") in kinds and len(out) < limit:
+                    out.append(event)
+            read += len(page)
+            if len(page) < _PAGE:
+                break  # the stream's oldest entry was read
+            top = "(" + _text(page[-1][0])  # exclusive: continue below the last one read
+        return out
+
+    def memory(self, limit: int, kinds: frozenset[str] | None = None) -> list[dict[str, Any]]:
+        """At most ``limit`` of this process's events (of ``kinds``, when given), newest
+        first."""
         out: list[dict[str, Any]] = []
         for ev in reversed(self._events):
             if len(out) >= limit:
                 break
-            out.append(ev)
+            if kinds is None or ev.get("kind") in kinds:
+                out.append(ev)
         return out
 
     async def start(self) -> None:

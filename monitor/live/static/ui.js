@@ -644,6 +644,7 @@ async function showEvidence(eid) {
 
 // --- the event log: alerts, changes and acknowledgements across streams, newest first ---
 let eventsBusy = false;
+let eventsAgain = false; // asked for while a refresh was in flight (e.g. the filter changed)
 function describe(e) {
   if (e.kind === "alert_start") return `alert, P(AI) ${(Number(e.p_ai) * 100).toFixed(0)}%`;
   if (e.kind === "alert_end") return "alert ended" + (e.reason ? ` (${e.reason})` : "");
@@ -656,15 +657,19 @@ function describe(e) {
   return e.kind;
 }
 async function refreshEvents() {
-  if (eventsBusy) return;
+  if (eventsBusy) { eventsAgain = true; return; }
   eventsBusy = true;
+  eventsAgain = false;
   try {
-    const r = await fetch("/events?limit=100", { headers: auth(), cache: "no-store" });
+    // the server filters by kind, so a burst of state changes cannot push alerts out
+    const kind = $("eKind").value;
+    const q = "/events?limit=100" + (kind ? "&kind=" + kind : "");
+    const r = await fetch(q, { headers: auth(), cache: "no-store" });
     if (!r.ok) { $("eMsg").textContent = `events: HTTP ${r.status}`; return; }
-    // state changes are on restrav:events too (serve puts them there, within a budget)
+    $("eMsg").textContent = "";
     const events = (await r.json()).events.sort((a, b) => b.at - a.at).slice(0, 100);
     const list = $("eList");
-    const key = events.map((e) => e.n).join();
+    const key = kind + ":" + events.map((e) => e.n).join();
     if (list.dataset.key === key) return;
     list.dataset.key = key;
     const acked = new Map(events.filter((e) => e.kind === "acknowledged").map((e) => [e.evidence, e.by]));
@@ -700,6 +705,7 @@ async function refreshEvents() {
     $("eMsg").textContent = "events: " + err;
   } finally {
     eventsBusy = false;
+    if (eventsAgain) refreshEvents();
   }
 }
 async function acknowledge(eid) {
@@ -735,6 +741,7 @@ $("eventsBtn").addEventListener("click", () => {
   if (!$("events").hidden) { $("dClose").click(); refreshEvents(); }
 });
 $("eClose").addEventListener("click", () => { $("events").hidden = true; });
+$("eKind").addEventListener("change", refreshEvents);
 
 async function refreshDetail() {
   const id = ui.selected;
