@@ -56,6 +56,8 @@ Base module: imports nothing of restrav-monitor but :mod:`monitor.redis_faults` 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +67,8 @@ import redis.asyncio.cluster as aiocluster
 import redis.asyncio.sentinel as aiosentinel
 import redis.cluster as rcluster
 import redis.sentinel as sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
     RedisClusterException,
@@ -187,7 +191,60 @@ class _ClusterPipeline(rcluster.ClusterPipeline):
 
 
 class AsyncClusterRedis(aiocluster.RedisCluster):
-    """The asyncio twin of :class:`ClusterRedis`."""
+    """The asyncio twin of :class:`ClusterRedis`, plus one plain client per primary for
+    writes that must be followed by ``WAIT`` on their own connection
+    (:meth:`node_client`, :func:`anode_pipelines`), closed with it."""
+
+    node_options: dict[str, Any]
+    """The connection arguments of every node (the caller's options, credentials,
+    TLS): :func:`async_redis_client` sets them."""
+
+    def node_client(self, key: str) -> aioredis.Redis:
+        """A plain asyncio client of the primary serving ``key``'s slot in the slot map
+        known now (redis-py's public ``get_node_from_key``), built with
+        :attr:`node_options` and kept until :meth:`forget_node` or :meth:`aclose`.
+        Raises :class:`redis.ConnectionError` when no primary serves the slot."""
+        try:
+            node = self.get_node_from_key(key)
+        except _IN_FLUX as exc:
+            raise _outage(exc) from exc
+        if node is None:
+            raise _outage(SlotNotCoveredError(f"no primary for {key!r}'s slot"))
+        clients = self.__dict__.setdefault("_node_clients", {})
+        address = (node.host, int(node.port))
+        client = clients.get(address)
+        if client is None:
+            # no retries of its own: a failed node makes the caller read the slot map
+            # again and retry there (its writes are fenced or idempotent)
+            options = {"retry": AsyncRetry(NoBackoff(), 0), **getattr(self, "node_options", {})}
+            client = clients[address] = aioredis.Redis(host=node.host, port=int(node.port),
+                                                       **options)
+        found: aioredis.Redis = client
+        return found
+
+    async def forget_node(self, client: aioredis.Redis) -> None:
+        """Close a :meth:`node_client` whose node failed (a new one is built when the
+        slot map names it again)."""
+        clients: dict[tuple[str, int], aioredis.Redis] = self.__dict__.get("_node_clients", {})
+        for address, c in list(clients.items()):
+            if c is client:
+                del clients[address]
+                await c.aclose()
+
+    async def refresh_slots(self) -> None:
+        """Read the slot map again now (redis-py's ``nodes_manager.initialize``), after a
+        node failed or answered ``MOVED``; no node answering is left to the next try."""
+        try:
+            await self.nodes_manager.initialize()
+        except (redis.RedisError, *_IN_FLUX):
+            pass  # no node answers: the next try reads the map again
+
+    async def aclose(self) -> None:
+        """Close the per-node clients, then redis-py's connections."""
+        clients: dict[tuple[str, int], aioredis.Redis] = self.__dict__.pop("_node_clients", {})
+        for c in clients.values():
+            await c.aclose()
+        await super().aclose()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """As redis-py's, with the outage errors translated."""
@@ -224,13 +281,16 @@ def _build(url: str, options: dict[str, Any], from_url: Any, manager_class: Any,
     check_redis_url(url)
     nodes = parse_cluster_url(url)
     if nodes is not None:
+        node_options = {**options, **nodes.node_kwargs()}
         try:
-            return cluster_class(
-                startup_nodes=[node_class(h, p) for h, p in nodes.nodes],
-                **{**options, **nodes.node_kwargs()},
+            client = cluster_class(
+                startup_nodes=[node_class(h, p) for h, p in nodes.nodes], **node_options
             )
         except _IN_FLUX as exc:  # the sync client reads the slot map now
             raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+        if isinstance(client, AsyncClusterRedis):
+            client.node_options = node_options
+        return client
     target = parse_sentinel_url(url)
     if target is None:
         return from_url(url, **options)
@@ -311,6 +371,80 @@ def run_key_pipeline(client: Any, pipe: Any) -> list[Any]:
         raise
 
 
+NodeCall = tuple[str, Callable[[Any], None]]
+"""One command for :func:`anode_pipelines`: a key, and what queues the command (which
+touches that key's slot only) on a pipeline."""
+
+
+async def anode_pipelines(
+    client: AsyncClusterRedis, calls: Sequence[NodeCall], durability: Durability, what: str,
+) -> list[tuple[Any, Exception | None]]:
+    """Run ``calls`` on a Redis Cluster with ``WAIT`` on the connection that carried them.
+
+    The calls are grouped by the primary that serves each key's slot in the slot map
+    known now; each group is one non-transactional pipeline on one connection to that
+    node (:meth:`AsyncClusterRedis.node_client`): its commands, then
+    ``WAIT replicas timeout_ms`` when ``durability`` is enabled (``WAIT`` counts the
+    replicas that have this connection's writes, so it must share it). The groups run
+    concurrently. Returns, per call in order, ``(reply, fault)``: ``reply`` is the
+    command's reply or its error reply (a ``MOVED``/``ASK`` redirection when the node no
+    longer serves the slot); ``fault`` is None when the group ran and enough replicas
+    acknowledged it, else why every call of the group counts as not done: the
+    connection error or timeout (``reply`` is then that error too), a refused ``WAIT``,
+    or :class:`~monitor.redis_faults.NotReplicated` (``what`` names the writes in its
+    message). After a fault or a redirection the node's client is dropped (connection
+    faults) and the slot map is read again, so that a retry (the caller's: scripts
+    that are fenced or idempotent) goes to the node that serves the slot then.
+    """
+    try:  # reads the slot map the first time (public; at once once read)
+        await client.initialize()
+    except (RedisClusterException, *_IN_FLUX) as exc:
+        raise _outage(exc) from exc
+    groups: dict[int, tuple[aioredis.Redis, list[int]]] = {}
+    out: list[tuple[Any, Exception | None]] = [(None, None)] * len(calls)
+    uncovered = False
+    for i, (key, _queue) in enumerate(calls):
+        try:
+            node = client.node_client(key)
+        except redis.ConnectionError as exc:  # no primary for the slot now
+            out[i] = (exc, exc)
+            uncovered = True
+            continue
+        groups.setdefault(id(node), (node, []))[1].append(i)
+
+    async def one(node: aioredis.Redis, members: list[int]) -> bool:
+        """Run one node's group into ``out``; True when the slot map must be read again."""
+        pipe = node.pipeline(transaction=False)
+        for i in members:
+            calls[i][1](pipe)
+        waits = durability.queue_wait(pipe)
+        try:
+            replies = list(await pipe.execute(raise_on_error=False))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            for i in members:
+                out[i] = (exc, exc)
+            await client.forget_node(node)
+            return True
+        fault: Exception | None = None
+        if waits:
+            ack = replies.pop()
+            if isinstance(ack, Exception):
+                fault = ack
+            else:
+                try:
+                    durability.check(ack, what)
+                except NotReplicated as exc:
+                    fault = exc
+        for i, r in zip(members, replies, strict=True):
+            out[i] = (r, fault)
+        return fault is not None or any(isinstance(r, AskError) for r in replies)
+
+    moved = await asyncio.gather(*(one(n, m) for n, m in groups.values()))
+    if uncovered or any(moved):
+        await client.refresh_slots()
+    return out
+
+
 def rediscover(client: Any) -> None:
     """After a write the replicas did not acknowledge: close the idle connections of a
     Sentinel client (the caller's own, released after its write, among them), so that
@@ -336,8 +470,10 @@ __all__ = [
     "ClusterRedis",
     "ClusterTarget",
     "Durability",
+    "NodeCall",
     "SentinelRedis",
     "SentinelTarget",
+    "anode_pipelines",
     "arediscover",
     "async_redis_client",
     "check_redis_url",

@@ -161,6 +161,23 @@ class ClusterSetup:
                 return int(primary[1])
         raise RuntimeError(f"slot {slot} is not served")
 
+    def replica_of(self, port: int) -> int:
+        """The port of a replica of the primary ``port`` (its first, in ``INFO``)."""
+        info = self.node(port).info("replication")
+        replica = info.get("slave0")
+        if not isinstance(replica, dict):
+            raise RuntimeError(f"primary {port} has no replica: {info}")
+        return int(replica["port"])
+
+    def freeze(self, port: int) -> None:
+        """SIGSTOP one node: it stops answering and acknowledging replication, its
+        sockets stay open (a partition that closes nothing)."""
+        self.nodes[port].send_signal(signal.SIGSTOP)
+
+    def thaw(self, port: int) -> None:
+        """SIGCONT a node :meth:`freeze` stopped."""
+        self.nodes[port].send_signal(signal.SIGCONT)
+
     def kill(self, port: int) -> None:
         """SIGKILL one node (its data is gone: no persistence)."""
         self.killed_ids[port] = str(self.node(port).execute_command("CLUSTER MYID"))
@@ -228,5 +245,8 @@ class ClusterSetup:
 
     def stop(self) -> None:
         """Terminate every node."""
+        for proc in self.nodes.values():  # a frozen node ignores SIGTERM until thawed
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
         terminate_all(list(self.nodes.values()))
         self.nodes.clear()

@@ -48,7 +48,7 @@ from monitor.live.sinks.base import Sink, sink_ready_check
 from monitor.live.solo import SoloGuard
 from monitor.media.sources.rtsp import resolve_decode_backend
 from monitor.metrics import EvidenceMetrics, LiveFeedMetrics, StreamMetrics
-from monitor.redis_conn import async_redis_client, parse_cluster_url
+from monitor.redis_conn import async_redis_client
 from monitor.webrtc.hub import attach_webrtc
 
 from .common import (
@@ -259,11 +259,6 @@ async def serve(
     redis_sink: RedisSink | None = None
     if s.cluster.enabled and not redis_url:
         raise ConfigError("serve.cluster.enabled needs redis.url (leases live in Redis)")
-    if redis_url and parse_cluster_url(redis_url) and settings.redis.durability().enabled:
-        raise ConfigError(
-            "redis.wait_replicas > 0 is not supported by serve on Redis Cluster yet (the "
-            "queue's workers and submit do wait there); set it to 0 for serve, or use Sentinel"
-        )
     if redis_url:
         redis_sink = RedisSink.from_url(
             redis_url, settings.redis.connect_timeout_s, metrics=metrics,
