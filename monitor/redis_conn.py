@@ -50,8 +50,14 @@ sentinel promotes. With ``replicas`` > 0 such a write is sent in one pipeline wi
 ``WAIT replicas timeout_ms`` (same connection: ``WAIT`` counts the replicas that have
 this connection's writes), and fewer acknowledgements raise
 :class:`~monitor.redis_faults.NotReplicated`: the write is treated as not done.
-Base module: imports nothing of restrav-monitor but :mod:`monitor.redis_faults` and
-:mod:`monitor.redis_urls` (the URL parsing).
+Base module: imports nothing of restrav-monitor but :mod:`monitor.errors`,
+:mod:`monitor.redis_faults` and :mod:`monitor.redis_urls` (the URL parsing).
+
+A cluster URL whose nodes do not answer fails when the client reads the slot map (the
+sync client when it is built, the asyncio one at its first command or at
+:func:`acheck_cluster`) with a :class:`redis.ConnectionError` naming the nodes tried;
+one whose node is a Redis without cluster mode, with a
+:class:`~monitor.errors.ConfigError` that says which URL form to use.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 
+from .errors import ConfigError
 from .redis_faults import NotReplicated
 from .redis_urls import (
     ClusterTarget,
@@ -160,6 +167,37 @@ _IN_FLUX = (RedisClusterUnreachableError, SlotNotCoveredError)
 
 def _outage(exc: Exception) -> redis.ConnectionError:
     return redis.ConnectionError(f"Redis Cluster: {exc}")
+
+
+_NOT_A_CLUSTER = "Cluster mode is not enabled"
+"""In redis-py's error when a startup node is a Redis without ``cluster-enabled``."""
+
+
+def _connect_error(exc: RedisClusterException) -> Exception:
+    """The error to raise when reading the slot map failed: a
+    :class:`~monitor.errors.ConfigError` saying what to do when a node is no cluster
+    node (the URL's scheme is wrong), else the outage (:class:`redis.ConnectionError`,
+    the nodes named in its message, no credentials)."""
+    if _NOT_A_CLUSTER in str(exc):
+        return ConfigError(
+            "redis URL: a redis+cluster:// URL names a Redis without cluster mode "
+            "(cluster-enabled no); use redis://host:port (one server) or "
+            "redis+sentinel://... for it, or name the cluster's own nodes"
+        )
+    return _outage(exc)
+
+
+async def acheck_cluster(client: Any) -> None:
+    """Read the slot map of an asyncio cluster ``client`` now (redis-py connects only at
+    its first command): raises :class:`~monitor.errors.ConfigError` when a node is no
+    cluster node, :class:`redis.ConnectionError` when no node answers (an outage the
+    caller may ride out). No-op for other clients."""
+    if not isinstance(client, aiocluster.RedisCluster):
+        return
+    try:
+        await client.initialize()
+    except RedisClusterException as exc:
+        raise _connect_error(exc) from exc
 
 
 class ClusterRedis(rcluster.RedisCluster):
@@ -286,8 +324,8 @@ def _build(url: str, options: dict[str, Any], from_url: Any, manager_class: Any,
             client = cluster_class(
                 startup_nodes=[node_class(h, p) for h, p in nodes.nodes], **node_options
             )
-        except _IN_FLUX as exc:  # the sync client reads the slot map now
-            raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+        except RedisClusterException as exc:  # the sync client reads the slot map now
+            raise _connect_error(exc) from exc
         if isinstance(client, AsyncClusterRedis):
             client.node_options = node_options
         return client
@@ -473,6 +511,7 @@ __all__ = [
     "NodeCall",
     "SentinelRedis",
     "SentinelTarget",
+    "acheck_cluster",
     "anode_pipelines",
     "arediscover",
     "async_redis_client",

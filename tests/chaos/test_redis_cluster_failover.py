@@ -8,10 +8,10 @@ processes and a producer running `restrav submit` one job after another with
 the answer's result in the job id's slot, each note on its own node), and two
 `restrav serve` replicas sharing 6 looping file streams whose keys fall in several
 slots (leases TTL 2 s; serve with ``redis.wait_replicas: 1`` too: each node's score
-calls and lease grants, then ``WAIT`` on that node's connection). A primary is SIGKILLed RESTRAV_CHAOS_CLUSTER_KILLS times
-(default 3; the first one the node serving ``restrav:jobs``, then the others in
-turn): its replica takes its slots, the killed node comes back empty as a replica of
-that new primary, the load goes on.
+calls and lease grants, then ``WAIT`` on that node's connection). A primary is
+SIGKILLed RESTRAV_CHAOS_CLUSTER_KILLS times (default 3; the first one the node serving
+``restrav:jobs``, then the others in turn): its replica takes its slots, the killed
+node comes back empty as a replica of that new primary, the load goes on.
 
 Counted at the end: jobs acknowledged to the producer, answered, lost (acknowledged,
 no result), answered twice (more than one note on ``restrav:results`` not marked
