@@ -409,6 +409,19 @@ def run_key_pipeline(client: Any, pipe: Any) -> list[Any]:
         raise
 
 
+def _wait_refused(error: Exception, replies: list[Any]) -> Exception:
+    """Why a group whose ``WAIT`` got ``error`` is not done: the redirection one of its
+    commands got (the node no longer serves the slot), else ``WAIT``'s refusal by a
+    node that is a replica now (a deposed primary: :class:`redis.ReadOnlyError`, an
+    outage like any write refused by a replica), else ``error``."""
+    moved = next((r for r in replies if isinstance(r, AskError)), None)
+    if moved is not None:
+        return moved
+    if "replica" in str(error):
+        return redis.ReadOnlyError(str(error))
+    return error
+
+
 NodeCall = tuple[str, Callable[[Any], None]]
 """One command for :func:`anode_pipelines`: a key, and what queues the command (which
 touches that key's slot only) on a pipeline."""
@@ -467,7 +480,7 @@ async def anode_pipelines(
         if waits:
             ack = replies.pop()
             if isinstance(ack, Exception):
-                fault = ack
+                fault = _wait_refused(ack, replies)
             else:
                 try:
                     durability.check(ack, what)

@@ -19,7 +19,7 @@ from monitor import keys
 from monitor.cluster.leases import LeaseStore
 from monitor.live.alerts import AlertEvent
 from monitor.live.sinks import RedisSink
-from monitor.live.sinks.base import Item, PartlyWritten
+from monitor.live.sinks.base import Item, PartlyWritten, SinkUnavailable
 from monitor.redis_conn import AsyncClusterRedis, Durability, async_redis_client
 from monitor.redis_faults import NotReplicated
 
@@ -50,6 +50,20 @@ def _seqs(cluster: ClusterSetup, port: int, stream: str) -> list[str]:
         return [f["seq"] for _, f in node.xrange(keys.stream_scores(stream))]
     finally:
         node.close()
+
+
+async def _write_until_done(sink: RedisSink, pending: list[Item], timeout_s: float = 60) -> None:
+    """Write ``pending`` again until done, as BufferedSink does: only the unwritten items
+    of each try (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        try:
+            await sink.write(pending)
+            return
+        except PartlyWritten as exc:
+            assert time.monotonic() < deadline, exc
+            pending = list(exc.unwritten)
+            await asyncio.sleep(0.2)
 
 
 async def test_a_node_whose_replica_did_not_acknowledge_is_written_again_once(
@@ -142,18 +156,65 @@ async def test_the_sink_reaches_the_promoted_replica_after_a_primary_dies(
         # the victim is back as its replica
         await asyncio.to_thread(redis_cluster.wait_promoted, victim)
         await asyncio.to_thread(redis_cluster.bring_back, victim)
-        deadline = time.monotonic() + 60
-        while pending:  # as BufferedSink does: only the unwritten items again
-            try:
-                await sink.write(pending)
-                pending = []
-            except PartlyWritten as exc:
-                assert time.monotonic() < deadline, exc
-                pending = list(exc.unwritten)
-                await asyncio.sleep(0.2)
+        await _write_until_done(sink, pending)
         for s in IDS:  # replicated before the kill, then written to the promoted replica
             port = redis_cluster.port_of_slot_owner(keys.stream_lease(s))
             assert port != victim
             assert _seqs(redis_cluster, port, s) == ["1", "2"]
     finally:
         await client.aclose()
+
+
+async def test_a_frozen_primary_released_after_its_replica_took_over_is_not_written_to(
+    redis_cluster: ClusterSetup,
+) -> None:
+    """SIGSTOP a primary until its replica is promoted, then SIGCONT it, and write at once
+    through clients whose slot map still names it: a score batch and a lease grant sent
+    there are not done (the node answers ``MOVED``, or takes them as a deposed primary
+    without a replica to acknowledge them); then they are done on the promoted replica,
+    the old primary rejoins as its replica, and every score is stored once, by its one
+    owner."""
+    client = _client(redis_cluster)
+    other = _client(redis_cluster)  # a second replica's client: "b" takes a lease there
+    sink = RedisSink(client, owner="a", durability=WAIT)
+    store = LeaseStore(client, "a", 60, WAIT)
+    b = LeaseStore(other, "b", 60, WAIT)
+    try:
+        fences = {s: await store.acquire(s) for s in IDS}
+        await sink.write(_batch(1, fences))
+        await other.get(keys.stream_lease("cam-x2"))  # its slot map read now
+        victim = redis_cluster.port_of_slot_owner(keys.stream_lease("cam-a"))
+        promoted = redis_cluster.replica_of(victim)
+        assert redis_cluster.port_of_slot_owner(keys.stream_lease("cam-x2")) == victim, (
+            "cam-x2 must share cam-a's node")
+        redis_cluster.freeze(victim)
+        try:
+            await asyncio.to_thread(redis_cluster.wait_promoted, victim)
+        finally:
+            redis_cluster.thaw(victim)
+        with pytest.raises(PartlyWritten) as caught:  # the old primary, at once
+            await sink.write(_batch(2, fences))
+        assert {it.stream_id for it in caught.value.unwritten} >= {"cam-a"}
+        assert isinstance(caught.value.cause, SinkUnavailable), caught.value.cause  # outage
+        try:
+            assert await b.acquire("cam-x2") is None  # not acknowledged: not taken
+        except Exception as exc:  # or MOVED: the old primary knew already
+            assert "MOVED" in repr(exc) or "Moved" in type(exc).__name__, exc
+        await asyncio.to_thread(redis_cluster.wait_role, victim, "slave")
+        pending: list[Item] = list(caught.value.unwritten)
+        await _write_until_done(sink, pending)
+        token = await b.acquire("cam-x2")
+        assert token is not None and token >= 1
+        for s in IDS:
+            port = redis_cluster.port_of_slot_owner(keys.stream_lease(s))
+            assert _seqs(redis_cluster, port, s) == ["1", "2"]
+        assert redis_cluster.port_of_slot_owner(keys.stream_lease("cam-a")) == promoted
+        node = redis_cluster.node(promoted)
+        try:
+            owners = {f["owner"] for _, f in node.xrange(keys.stream_scores("cam-a"))}
+            assert owners == {"a"}
+        finally:
+            node.close()
+    finally:
+        await client.aclose()
+        await other.aclose()
