@@ -63,6 +63,7 @@ one whose node is a Redis without cluster mode, with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -165,12 +166,30 @@ _IN_FLUX = (RedisClusterUnreachableError, SlotNotCoveredError)
 :class:`redis.ConnectionError`, the outage every caller already rides out."""
 
 
-def _outage(exc: Exception) -> redis.ConnectionError:
-    return redis.ConnectionError(f"Redis Cluster: {exc}")
-
-
 _NOT_A_CLUSTER = "Cluster mode is not enabled"
 """In redis-py's error when a startup node is a Redis without ``cluster-enabled``."""
+
+_FLUX_MESSAGES = (
+    "startup_nodes could not agree on a valid slots cache",
+    "Redis Cluster cannot be connected",
+    "All slots are not covered",
+)
+"""How redis-py's sync client words a slot map it could not read (plain
+``RedisClusterException``): nodes that disagree mid-failover, none reachable, a slot
+without a primary. A worker died of the first one in a 16-kill chaos run."""
+
+
+def _in_flux(exc: RedisClusterException) -> bool:
+    """Whether ``exc`` is a cluster in flux (an outage), not a bug (e.g. keys of two
+    slots in one command) nor a node without cluster mode."""
+    if isinstance(exc, _IN_FLUX):
+        return True
+    text = str(exc)
+    return _NOT_A_CLUSTER not in text and text.startswith(_FLUX_MESSAGES)
+
+
+def _outage(exc: Exception) -> redis.ConnectionError:
+    return redis.ConnectionError(f"Redis Cluster: {exc}")
 
 
 def _connect_error(exc: RedisClusterException) -> Exception:
@@ -208,7 +227,9 @@ class ClusterRedis(rcluster.RedisCluster):
         """As redis-py's, with the outage errors translated."""
         try:
             return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except _IN_FLUX as exc:
+        except RedisClusterException as exc:
+            if not _in_flux(exc):
+                raise
             raise _outage(exc) from exc
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
@@ -224,7 +245,9 @@ class _ClusterPipeline(rcluster.ClusterPipeline):
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         try:
             return super().execute(raise_on_error)
-        except _IN_FLUX as exc:
+        except RedisClusterException as exc:
+            if not _in_flux(exc):
+                raise
             raise _outage(exc) from exc
 
 
@@ -244,7 +267,9 @@ class AsyncClusterRedis(aiocluster.RedisCluster):
         Raises :class:`redis.ConnectionError` when no primary serves the slot."""
         try:
             node = self.get_node_from_key(key)
-        except _IN_FLUX as exc:
+        except RedisClusterException as exc:
+            if not _in_flux(exc):
+                raise
             raise _outage(exc) from exc
         if node is None:
             raise _outage(SlotNotCoveredError(f"no primary for {key!r}'s slot"))
@@ -272,10 +297,9 @@ class AsyncClusterRedis(aiocluster.RedisCluster):
     async def refresh_slots(self) -> None:
         """Read the slot map again now (redis-py's ``nodes_manager.initialize``), after a
         node failed or answered ``MOVED``; no node answering is left to the next try."""
-        try:
+        # no node answers (or they disagree): the next try reads the map again
+        with contextlib.suppress(redis.RedisError, RedisClusterException):
             await self.nodes_manager.initialize()
-        except (redis.RedisError, *_IN_FLUX):
-            pass  # no node answers: the next try reads the map again
 
     async def aclose(self) -> None:
         """Close the per-node clients, then redis-py's connections."""
@@ -288,7 +312,9 @@ class AsyncClusterRedis(aiocluster.RedisCluster):
         """As redis-py's, with the outage errors translated."""
         try:
             return await super().execute_command(*args, **kwargs)
-        except _IN_FLUX as exc:
+        except RedisClusterException as exc:
+            if not _in_flux(exc):
+                raise
             raise _outage(exc) from exc
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
@@ -304,7 +330,9 @@ class _AsyncClusterPipeline(aiocluster.ClusterPipeline):
                       ) -> list[Any]:
         try:
             return await super().execute(raise_on_error, allow_redirections)
-        except _IN_FLUX as exc:
+        except RedisClusterException as exc:
+            if not _in_flux(exc):
+                raise
             raise _outage(exc) from exc
 
 
@@ -388,7 +416,9 @@ def key_pipeline(client: Any, key: str) -> Any:
         return client.pipeline(transaction=False)
     try:
         node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-    except _IN_FLUX as exc:
+    except RedisClusterException as exc:
+        if not _in_flux(exc):
+            raise
         raise _outage(exc) from exc
     return client.get_redis_connection(node).pipeline(transaction=False)
 
@@ -402,10 +432,9 @@ def run_key_pipeline(client: Any, pipe: Any) -> list[Any]:
         return list(pipe.execute())
     except (redis.ConnectionError, redis.TimeoutError, AskError):
         if isinstance(client, rcluster.RedisCluster):
-            try:
+            # no node answers (or they disagree): the next try reads the map again
+            with contextlib.suppress(redis.RedisError, RedisClusterException):
                 client.nodes_manager.initialize()
-            except (redis.RedisError, *_IN_FLUX):
-                pass  # no node answers: the next try reads the map again
         raise
 
 
@@ -449,8 +478,8 @@ async def anode_pipelines(
     """
     try:  # reads the slot map the first time (public; at once once read)
         await client.initialize()
-    except (RedisClusterException, *_IN_FLUX) as exc:
-        raise _outage(exc) from exc
+    except RedisClusterException as exc:
+        raise _connect_error(exc) from exc
     groups: dict[int, tuple[aioredis.Redis, list[int]]] = {}
     out: list[tuple[Any, Exception | None]] = [(None, None)] * len(calls)
     uncovered = False
