@@ -296,7 +296,7 @@ def test_a_cluster_slot_map_that_cannot_be_read_is_an_outage() -> None:
     bug (keys of two slots) and a node without cluster mode are not outages."""
     from redis.exceptions import RedisClusterException
 
-    from monitor.redis_conn import _in_flux
+    from monitor.redis_cluster import _in_flux
 
     disagree = RedisClusterException(
         "startup_nodes could not agree on a valid slots cache: 127.0.0.1:1 vs 127.0.0.1:2 "
