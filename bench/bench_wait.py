@@ -1,14 +1,18 @@
 """The cost of waiting for a replica (``redis.wait_replicas``) per durable write.
 
-    python bench/bench_wait.py [--n 2000]
+    python bench/bench_wait.py [--n 2000] [--cluster]
 
-Starts a real primary and one replica (redis-server, loopback, no persistence) and
-times, with and without ``WAIT 1``, the writes that wait: ``enqueue`` (XADD of a
-job), a job's answer (the fenced answer script, through ``Answers.publish``), and a
-lease grant (``LeaseStore.acquire``, asyncio), and a batch of serve's fenced scores
-(``RedisSink.write``: MULTI/EXEC, then WAIT on the same connection with
-``redis.wait_scores``) of 1 and of 8 scores. Prints the CPU (lscpu) and one table
-row per write: mean and p99 latency in microseconds, without and with WAIT.
+Starts a real primary and one replica (redis-server, loopback, no persistence), or
+with ``--cluster`` a Redis Cluster of three primaries with one replica each
+(``tests/clusterproc.py``), and times, with and without ``WAIT 1``, the writes that
+wait: ``enqueue`` (XADD of a job), a job's answer (the fenced answer script, through
+``Answers.publish``; on a cluster the script, then each note with WAIT on its node),
+a lease grant (``LeaseStore.acquire``, asyncio), and batches of serve's fenced scores
+(``RedisSink.write``: one pipeline of one script call per stream, WAIT on the same
+connection; on a cluster one such pipeline per node, concurrently): 1 score, 8 scores
+of one stream, and 6 streams of 1 score each (on a cluster, on all three nodes).
+Prints the CPU (lscpu), the load average, and one table row per write: mean and p99
+latency in microseconds, without and with WAIT.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import platform
 import subprocess
 import sys
@@ -38,6 +43,7 @@ from monitor.queue.answers import Answers  # noqa: E402
 from monitor.queue.context import WorkerContext  # noqa: E402
 from monitor.queue.jobs import Entry  # noqa: E402
 from monitor.redis_conn import Durability, async_redis_client  # noqa: E402
+from tests.clusterproc import ClusterSetup  # noqa: E402
 from tests.sentinelproc import SentinelSetup  # noqa: E402
 from tests.test_sinks import score  # noqa: E402
 
@@ -100,15 +106,23 @@ def bench_answer(url: str, n: int, durability: Durability, tag: str) -> list[flo
 
 
 async def bench_async(url: str, n: int, durability: Durability, tag: str
-                      ) -> tuple[list[float], list[float], list[float]]:
-    """Lease grants, then score batches of 1 and of 8 through the sink."""
+                      ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Lease grants, then score batches of 1 and of 8 through the sink; then batches of 6
+    streams with one score each."""
     client = async_redis_client(url, socket_connect_timeout=2, socket_timeout=2)
     store = LeaseStore(client, "bench", 60.0, durability)
     sink = RedisSink(client, owner="bench", durability=durability)
     leases: list[float] = []
     ones: list[float] = []
     eights: list[float] = []
+    sixes: list[float] = []
     try:
+        many = {f"m{tag}{k}": await store.acquire(f"m{tag}{k}") for k in range(6)}
+        for i in range(n):
+            batch6 = [dataclasses.replace(score(sid, i), fence=tok) for sid, tok in many.items()]
+            t0 = time.perf_counter()
+            await sink.write(batch6)
+            sixes.append(time.perf_counter() - t0)
         for i in range(n):
             sid = f"s{tag}{i}"
             t0 = time.perf_counter()
@@ -125,34 +139,50 @@ async def bench_async(url: str, n: int, durability: Durability, tag: str
         assert sink.refused == 0
     finally:
         await client.aclose()
-    return leases, ones, eights
+    return leases, ones, eights, sixes
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--cluster", action="store_true",
+                    help="a Redis Cluster (3 primaries, 1 replica each) instead of one pair")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        setup = SentinelSetup(Path(d), replicas=1, sentinels=0)
-        setup.start()
-        try:
+        setup: SentinelSetup | ClusterSetup
+        if args.cluster:
+            setup = ClusterSetup(Path(d))
+            setup.start()
+            url = setup.url()
+        else:
+            setup = SentinelSetup(Path(d), replicas=1, sentinels=0)
+            setup.start()
             url = f"redis://127.0.0.1:{setup.node_ports[0]}/0"
+        try:
             rows: dict[str, list[tuple[float, float]]] = {}
+            for label, dur in (("off", Durability()), ("wait", WAIT)):  # warm up, not kept
+                warm = max(20, args.n // 10)
+                bench_enqueue(url, warm, dur)
+                bench_answer(url, warm, dur, f"w{label}")
+                asyncio.run(bench_async(url, warm, dur, f"w{label}"))
             for label, dur in (("off", Durability()), ("wait", WAIT)):
                 rows.setdefault("enqueue (XADD)", []).append(
                     stats_us(bench_enqueue(url, args.n, dur)))
                 rows.setdefault("answer (script)", []).append(
                     stats_us(bench_answer(url, args.n, dur, label)))
-                leases, ones, eights = asyncio.run(bench_async(url, args.n, dur, label))
+                leases, ones, eights, sixes = asyncio.run(bench_async(url, args.n, dur, label))
                 rows.setdefault("lease grant (script)", []).append(stats_us(leases))
-                rows.setdefault("score batch of 1 (sink: MULTI/EXEC + WAIT)", []).append(
-                    stats_us(ones))
-                rows.setdefault("score batch of 8 (sink: MULTI/EXEC + WAIT)", []).append(
+                rows.setdefault("score batch of 1 (sink)", []).append(stats_us(ones))
+                rows.setdefault("score batch of 8, one stream (sink)", []).append(
                     stats_us(eights))
+                rows.setdefault("score batch of 6 streams x 1 (sink)", []).append(
+                    stats_us(sixes))
         finally:
             setup.stop()
-    print(f"{cpu()}; Python {platform.python_version()}; n={args.n} each, primary + "
-          "1 replica on loopback")
+    where = ("Redis Cluster, 3 primaries + 3 replicas" if args.cluster
+             else "primary + 1 replica")
+    print(f"{cpu()}; Python {platform.python_version()}; n={args.n} each, {where} on "
+          f"loopback; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
     print("| write | without WAIT mean / p99 (us) | WAIT 1 mean / p99 (us) |")
     print("|---|---|---|")
     for name, ((m0, p0), (m1, p1)) in rows.items():

@@ -50,8 +50,18 @@ sentinel promotes. With ``replicas`` > 0 such a write is sent in one pipeline wi
 ``WAIT replicas timeout_ms`` (same connection: ``WAIT`` counts the replicas that have
 this connection's writes), and fewer acknowledgements raise
 :class:`~monitor.redis_faults.NotReplicated`: the write is treated as not done.
-Base module: imports nothing of restrav-monitor but :mod:`monitor.redis_faults` and
-:mod:`monitor.redis_urls` (the URL parsing).
+The cluster clients, their outage translation and the per-node pipelines for ``WAIT``
+(:func:`key_pipeline`, :func:`anode_pipelines`) live in :mod:`monitor.redis_cluster`
+and are re-exported here.
+
+Base module: imports nothing of restrav-monitor but :mod:`monitor.redis_cluster`,
+:mod:`monitor.redis_faults` and :mod:`monitor.redis_urls` (the URL parsing).
+
+A cluster URL whose nodes do not answer fails when the client reads the slot map (the
+sync client when it is built, the asyncio one at its first command or at
+:func:`acheck_cluster`) with a :class:`redis.ConnectionError` naming the nodes tried;
+one whose node is a Redis without cluster mode, with a
+:class:`~monitor.errors.ConfigError` that says which URL form to use.
 """
 
 from __future__ import annotations
@@ -65,13 +75,19 @@ import redis.asyncio.cluster as aiocluster
 import redis.asyncio.sentinel as aiosentinel
 import redis.cluster as rcluster
 import redis.sentinel as sentinel
-from redis.exceptions import (
-    AskError,
-    RedisClusterException,
-    RedisClusterUnreachableError,
-    SlotNotCoveredError,
-)
+from redis.exceptions import RedisClusterException
 
+from .redis_cluster import (
+    AsyncClusterRedis,
+    ClusterRedis,
+    NodeCall,
+    acheck_cluster,
+    anode_pipelines,
+    connect_error,
+    is_cluster,
+    key_pipeline,
+    run_key_pipeline,
+)
 from .redis_faults import NotReplicated
 from .redis_urls import (
     ClusterTarget,
@@ -148,71 +164,6 @@ class AsyncSentinelRedis(aioredis.Redis):
                 await s.aclose()
 
 
-_IN_FLUX = (RedisClusterUnreachableError, SlotNotCoveredError)
-"""redis-py's errors of a cluster with no reachable node, or a slot without a primary
-(mid-failover): no :class:`redis.RedisError`, so the cluster clients below raise them as
-:class:`redis.ConnectionError`, the outage every caller already rides out."""
-
-
-def _outage(exc: Exception) -> redis.ConnectionError:
-    return redis.ConnectionError(f"Redis Cluster: {exc}")
-
-
-class ClusterRedis(rcluster.RedisCluster):
-    """redis-py's ``RedisCluster`` whose commands and pipelines raise a cluster in flux
-    as :class:`redis.ConnectionError` (see :data:`_IN_FLUX`)."""
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        """As redis-py's, with the outage errors translated."""
-        try:
-            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except _IN_FLUX as exc:
-            raise _outage(exc) from exc
-
-    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
-        """As redis-py's: a ``ClusterPipeline``, whose ``execute`` translates the outage
-        errors (its class swapped for a subclass that only wraps ``execute``: redis-py
-        builds it from the client's internals, which are not ours to repeat)."""
-        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
-        pipe.__class__ = _ClusterPipeline
-        return pipe
-
-
-class _ClusterPipeline(rcluster.ClusterPipeline):
-    def execute(self, raise_on_error: bool = True) -> list[Any]:
-        try:
-            return super().execute(raise_on_error)
-        except _IN_FLUX as exc:
-            raise _outage(exc) from exc
-
-
-class AsyncClusterRedis(aiocluster.RedisCluster):
-    """The asyncio twin of :class:`ClusterRedis`."""
-
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        """As redis-py's, with the outage errors translated."""
-        try:
-            return await super().execute_command(*args, **kwargs)
-        except _IN_FLUX as exc:
-            raise _outage(exc) from exc
-
-    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
-        """As redis-py's, with the outage errors of ``execute`` translated."""
-        if shard_hint:
-            raise RedisClusterException("shard_hint is deprecated in cluster mode")
-        # redis-py's stubs call the pipeline abstract (an attribute set in __init__)
-        return _AsyncClusterPipeline(self, transaction)  # type: ignore[abstract]
-
-
-class _AsyncClusterPipeline(aiocluster.ClusterPipeline):
-    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True
-                      ) -> list[Any]:
-        try:
-            return await super().execute(raise_on_error, allow_redirections)
-        except _IN_FLUX as exc:
-            raise _outage(exc) from exc
-
-
 def _build(url: str, options: dict[str, Any], from_url: Any, manager_class: Any,
            redis_class: Any, cluster_class: Any, node_class: Any) -> Any:
     """One client for ``url``: ``from_url(url, **options)`` for one server; for a
@@ -224,13 +175,16 @@ def _build(url: str, options: dict[str, Any], from_url: Any, manager_class: Any,
     check_redis_url(url)
     nodes = parse_cluster_url(url)
     if nodes is not None:
+        node_options = {**options, **nodes.node_kwargs()}
         try:
-            return cluster_class(
-                startup_nodes=[node_class(h, p) for h, p in nodes.nodes],
-                **{**options, **nodes.node_kwargs()},
+            client = cluster_class(
+                startup_nodes=[node_class(h, p) for h, p in nodes.nodes], **node_options
             )
-        except _IN_FLUX as exc:  # the sync client reads the slot map now
-            raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+        except RedisClusterException as exc:  # the sync client reads the slot map now
+            raise connect_error(exc) from exc
+        if isinstance(client, AsyncClusterRedis):
+            client.node_options = node_options
+        return client
     target = parse_sentinel_url(url)
     if target is None:
         return from_url(url, **options)
@@ -271,46 +225,6 @@ def async_redis_client(url: str, **options: Any) -> aioredis.Redis:
     return client
 
 
-def is_cluster(client: Any) -> bool:
-    """Whether ``client`` (or the pipeline of one) talks to a Redis Cluster: its scripts
-    and transactions must then touch one slot each."""
-    return isinstance(client, (rcluster.RedisCluster, aiocluster.RedisCluster,
-                               aiocluster.ClusterPipeline))
-
-
-def key_pipeline(client: Any, key: str) -> Any:
-    """A non-transactional pipeline that sends its commands on one connection to the
-    node holding ``key``, so that a ``WAIT`` queued after them (:class:`Durability`)
-    counts their replication: ``client.pipeline(transaction=False)``, except on a
-    cluster, where ``WAIT`` works per node and redis-py's cluster pipeline would send
-    it to every node on other connections: there, a pipeline of the primary that
-    serves ``key``'s slot now. Every command queued must touch ``key``'s slot only.
-    Run it with :func:`run_key_pipeline`."""
-    if not isinstance(client, rcluster.RedisCluster):
-        return client.pipeline(transaction=False)
-    try:
-        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-    except _IN_FLUX as exc:
-        raise _outage(exc) from exc
-    return client.get_redis_connection(node).pipeline(transaction=False)
-
-
-def run_key_pipeline(client: Any, pipe: Any) -> list[Any]:
-    """``pipe.execute()`` for a :func:`key_pipeline` of ``client``. On a cluster, a node
-    that is gone or no longer serves the slot (``MOVED``, after a failover) makes the
-    client read the slot map again before the error is raised (an outage: the caller
-    retries, on the node that serves the slot then)."""
-    try:
-        return list(pipe.execute())
-    except (redis.ConnectionError, redis.TimeoutError, AskError):
-        if isinstance(client, rcluster.RedisCluster):
-            try:
-                client.nodes_manager.initialize()
-            except (redis.RedisError, *_IN_FLUX):
-                pass  # no node answers: the next try reads the map again
-        raise
-
-
 def rediscover(client: Any) -> None:
     """After a write the replicas did not acknowledge: close the idle connections of a
     Sentinel client (the caller's own, released after its write, among them), so that
@@ -336,8 +250,11 @@ __all__ = [
     "ClusterRedis",
     "ClusterTarget",
     "Durability",
+    "NodeCall",
     "SentinelRedis",
     "SentinelTarget",
+    "acheck_cluster",
+    "anode_pipelines",
     "arediscover",
     "async_redis_client",
     "check_redis_url",

@@ -15,4 +15,5 @@ export RESTRAV_CHAOS_FUZZ_EXAMPLES=${RESTRAV_CHAOS_FUZZ_EXAMPLES:-25} # full: 60
 export RESTRAV_SOAK_S=${RESTRAV_SOAK_S:-60}                          # full: 120; by hand: 3600
 export RESTRAV_CHAOS_FAILOVERS=${RESTRAV_CHAOS_FAILOVERS:-4}         # full: 20 (queue), 10 (serve)
 export RESTRAV_CHAOS_CLUSTER_KILLS=${RESTRAV_CHAOS_CLUSTER_KILLS:-2} # full: 3 (Redis Cluster)
+export RESTRAV_CHAOS_CLUSTER_FREEZES=${RESTRAV_CHAOS_CLUSTER_FREEZES:-1} # full: 1 (Redis Cluster, SIGSTOP)
 exec ./scripts/test.sh -m chaos "$@"

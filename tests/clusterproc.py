@@ -68,6 +68,7 @@ class ClusterSetup:
                 self.ports.append(port)
         self.nodes: dict[int, subprocess.Popen[bytes]] = {}
         self.killed_ids: dict[int, str] = {}
+        self.frozen: set[int] = set()
 
     def url(self) -> str:
         """The ``redis+cluster://`` URL naming two of the nodes as startup nodes."""
@@ -154,12 +155,50 @@ class ClusterSetup:
 
     def port_of_slot_owner(self, key: str) -> int:
         """The port of the primary serving ``key``'s slot now."""
-        any_port = next(iter(self.nodes))
+        any_port = self._answering()[0]
         slot = int(self.node(any_port).execute_command("CLUSTER KEYSLOT", key))
         for start, end, primary, *_ in self.node(any_port).execute_command("CLUSTER SLOTS"):
             if int(start) <= slot <= int(end):
                 return int(primary[1])
         raise RuntimeError(f"slot {slot} is not served")
+
+    def replica_of(self, port: int) -> int:
+        """The port of a replica of the primary ``port`` (its first, in ``INFO``)."""
+        info = self.node(port).info("replication")
+        replica = info.get("slave0")
+        if not isinstance(replica, dict):
+            raise RuntimeError(f"primary {port} has no replica: {info}")
+        return int(replica["port"])
+
+    def freeze(self, port: int) -> None:
+        """SIGSTOP one node: it stops answering and acknowledging replication, its
+        sockets stay open (a partition that closes nothing). The waits below skip it."""
+        self.nodes[port].send_signal(signal.SIGSTOP)
+        self.frozen.add(port)
+
+    def thaw(self, port: int) -> None:
+        """SIGCONT a node :meth:`freeze` stopped."""
+        self.nodes[port].send_signal(signal.SIGCONT)
+        self.frozen.discard(port)
+
+    def _answering(self) -> list[int]:
+        return [p for p in self.nodes if p not in self.frozen]
+
+    def wait_role(self, port: int, role: str, timeout_s: float = 60.0) -> None:
+        """Until node ``port`` reports ``role`` (``master``/``slave``) with its link up
+        and every answering node is ``ok`` (a thawed primary rejoining as a replica)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                info = self.node(port).info("replication")
+            except (redis.ConnectionError, redis.TimeoutError):
+                info = {}
+            if info.get("role") == role and (
+                role == "master" or info.get("master_link_status") == "up"
+            ) and all(self.state(p).get("cluster_state") == "ok" for p in self._answering()):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"node {port} did not become a {role}")
 
     def kill(self, port: int) -> None:
         """SIGKILL one node (its data is gone: no persistence)."""
@@ -169,13 +208,14 @@ class ClusterSetup:
         proc.wait(timeout=10)
 
     def wait_promoted(self, dead_port: int, timeout_s: float = 30.0) -> None:
-        """Until the slots of the killed primary ``dead_port`` are served by another node
-        and the cluster is ``ok`` again on every running node."""
+        """Until the slots of the killed (or frozen) primary ``dead_port`` are served by
+        another node and the cluster is ``ok`` again on every answering node."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            states = [self.state(p) for p in self.nodes]
+            states = [self.state(p) for p in self._answering()]
             if all(s.get("cluster_state") == "ok" for s in states) and not any(
-                self._serves_slots(dead_port, seen_from=p) for p in self.nodes
+                self._serves_slots(dead_port, seen_from=p) for p in self._answering()
+                if p != dead_port
             ):
                 return
             time.sleep(0.1)
@@ -228,5 +268,8 @@ class ClusterSetup:
 
     def stop(self) -> None:
         """Terminate every node."""
+        for proc in self.nodes.values():  # a frozen node ignores SIGTERM until thawed
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
         terminate_all(list(self.nodes.values()))
         self.nodes.clear()

@@ -204,3 +204,57 @@ def test_serve_without_streams_or_token_says_what_is_missing(
     text = serve_until(tmp_path, "no streams and no API token", "--model",
                        str(tiny_model_dir), "--device", "cpu")
     assert "--stream ID=URL" in text and "serve.api.token" in text, text
+
+
+CLUSTER_DOWN = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"  # closed
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("submit", "--redis-url", CLUSTER_DOWN, "/tmp/x.mp4"),
+        ("worker", "--check", "--redis-url", CLUSTER_DOWN),
+    ],
+)
+def test_an_unreachable_redis_cluster_is_one_line_exit_3(args: tuple[str, ...]) -> None:
+    """The sync cluster client reads the slot map when it is built: no node answering is
+    the usual one line (with the nodes tried), not a traceback."""
+    proc = restrav(*args)
+    assert_one_line(proc, 3, "Redis unavailable", "Redis Cluster", "127.0.0.1", "--redis-url")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_says_why_a_redis_cluster_is_unreachable(tiny_model_dir: Path) -> None:
+    proc = restrav("doctor", "--json", "--model", str(tiny_model_dir), "--redis-url",
+                   CLUSTER_DOWN)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)["redis"]
+    assert report["reachable"] is False and report["error"] == "ConnectionError"
+    assert "cannot be connected" in report["detail"], report
+
+
+def test_serve_rides_out_an_unreachable_redis_cluster_at_start(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """As with one Redis down at start: serve starts, says so in one warning, buffers."""
+    text = serve_until(tmp_path, "API listening on", "--model", str(tiny_model_dir),
+                       "--device", "cpu", "--stream", "cam=/nonexistent.mp4",
+                       "--redis-url", CLUSTER_DOWN)
+    assert "Redis Cluster unreachable at start" in text and "--redis-url" in text, text
+    assert "Traceback" not in text, text
+
+
+def test_a_cluster_url_naming_a_plain_redis_says_which_url_to_use(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A ``redis+cluster://`` URL whose node runs without cluster mode: exit 3 with the
+    URL form to use, for every start path (serve before its model load)."""
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    url = f"redis+cluster://127.0.0.1:{port}"
+    for args in (("submit", "/tmp/x.mp4"), ("worker", "--check"),
+                 ("serve", "--port", "0", "--model", str(tmp_path / "no-model"),
+                  "--stream", "cam=/nonexistent.mp4")):
+        proc = restrav(*args, "--redis-url", url)
+        assert_one_line(proc, 3, "without cluster mode", "redis://host:port")
+    doctor = json.loads(restrav("doctor", "--json", "--redis-url", url).stdout)["redis"]
+    assert doctor["error"] == "ConfigError" and "without cluster mode" in doctor["detail"]

@@ -14,7 +14,7 @@ MONITOR = Path(__file__).resolve().parents[1] / "monitor"
 
 BASE = {
     "__init__", "config", "errors", "keys", "metrics", "redaction", "redis_conn", "redis_faults",
-    "redis_urls", "types",
+    "redis_urls", "redis_cluster", "types",
 }
 """The shared base: value types, errors, settings, metrics, Redis keys, redaction."""
 SHIMS = {"estimators"}

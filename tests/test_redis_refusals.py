@@ -287,3 +287,26 @@ async def test_other_errors_are_not_refusals_even_when_a_key_looks_like_a_code(
         rp.stop()
     assert not redis_unavailable(ValueError("x"))
     assert redis_unavailable(ConnectionRefusedError())
+
+
+def test_a_cluster_slot_map_that_cannot_be_read_is_an_outage() -> None:
+    """redis-py's sync cluster client words a slot map it could not read (nodes that
+    disagree mid-failover: a worker died of it in a 16-kill chaos run) as a plain
+    RedisClusterException: the cluster clients raise those as ConnectionError; a
+    bug (keys of two slots) and a node without cluster mode are not outages."""
+    from redis.exceptions import RedisClusterException
+
+    from monitor.redis_cluster import _in_flux
+
+    disagree = RedisClusterException(
+        "startup_nodes could not agree on a valid slots cache: 127.0.0.1:1 vs 127.0.0.1:2 "
+        "on slot: 5684")
+    assert _in_flux(disagree)
+    assert _in_flux(RedisClusterException("Redis Cluster cannot be connected. Please provide "
+                                          "at least one reachable node: Error 111"))
+    assert _in_flux(RedisClusterException("All slots are not covered after query all "
+                                          "startup_nodes. 10 of 16384 covered..."))
+    assert not _in_flux(RedisClusterException(
+        "Redis Cluster cannot be connected. Please provide at least one reachable node: "
+        "Cluster mode is not enabled on this node"))
+    assert not _in_flux(RedisClusterException("Keys in request don't hash to the same slot"))

@@ -198,7 +198,7 @@ def _redis(url: str | None) -> dict[str, Any]:
     import redis
 
     from monitor.errors import ConfigError
-    from monitor.redaction import redact_url
+    from monitor.redaction import redact_text, redact_url
     from monitor.redis_conn import redis_client
 
     try:
@@ -216,6 +216,7 @@ def _redis(url: str | None) -> dict[str, Any]:
             "url": redact_url(url),
             "reachable": False,
             "error": type(exc).__name__,
+            "detail": redact_text(str(exc))[:500],
         }
 
 

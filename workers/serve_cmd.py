@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+import redis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -48,7 +49,7 @@ from monitor.live.sinks.base import Sink, sink_ready_check
 from monitor.live.solo import SoloGuard
 from monitor.media.sources.rtsp import resolve_decode_backend
 from monitor.metrics import EvidenceMetrics, LiveFeedMetrics, StreamMetrics
-from monitor.redis_conn import async_redis_client, parse_cluster_url
+from monitor.redis_conn import acheck_cluster, async_redis_client, parse_cluster_url
 from monitor.webrtc.hub import attach_webrtc
 
 from .common import (
@@ -203,6 +204,22 @@ def classifier_name(settings: Settings) -> str:
     return path.name if path is not None else "default"
 
 
+async def _check_cluster(url: str, timeout_s: float) -> None:
+    """A cluster URL at start: read the slot map once. A node without cluster mode is a
+    :class:`ConfigError` (exit 3, saying which URL form to use); no node answering is
+    logged and ridden out like any Redis outage at start (scores buffered, /readyz 503
+    until the cluster answers)."""
+    client = async_redis_client(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        await acheck_cluster(client)
+    except redis.ConnectionError as exc:
+        log.warning("Redis Cluster unreachable at start (%s); going on: scores are buffered "
+                    "and /readyz answers 503 until a node answers (check the nodes and "
+                    "--redis-url)", exc)
+    finally:
+        await client.aclose()
+
+
 async def serve(
     settings: Settings, stop: asyncio.Event | None = None,
     embedder: TensorEmbedder | None = None, exit_process: bool = False,
@@ -226,6 +243,8 @@ async def serve(
     redis_url = settings.redis.url.get_secret_value() if settings.redis.url else None
     replica = s.cluster.replica or socket.gethostname()
     solo: SoloGuard | None = None
+    if redis_url and parse_cluster_url(redis_url):  # before the model load, as below
+        await _check_cluster(redis_url, settings.redis.connect_timeout_s)
     if redis_url and not s.cluster.enabled:  # before the model load: a refusal is quick
         solo = SoloGuard(async_redis_client(
             redis_url, socket_connect_timeout=settings.redis.connect_timeout_s,
@@ -259,11 +278,6 @@ async def serve(
     redis_sink: RedisSink | None = None
     if s.cluster.enabled and not redis_url:
         raise ConfigError("serve.cluster.enabled needs redis.url (leases live in Redis)")
-    if redis_url and parse_cluster_url(redis_url) and settings.redis.durability().enabled:
-        raise ConfigError(
-            "redis.wait_replicas > 0 is not supported by serve on Redis Cluster yet (the "
-            "queue's workers and submit do wait there); set it to 0 for serve, or use Sentinel"
-        )
     if redis_url:
         redis_sink = RedisSink.from_url(
             redis_url, settings.redis.connect_timeout_s, metrics=metrics,

@@ -27,8 +27,13 @@ Contract:
 * On Redis Cluster (a ``redis+cluster://`` URL) each stream's lease and counter share
   the stream's slot (hash tag), so the scripts are the same, sent one call per stream
   rather than pipelined (redis-py's cluster pipeline does not load scripts); the
-  replica set and heartbeats are written without MULTI/EXEC (two slots). ``WAIT``
-  is refused there (a :class:`~monitor.errors.ConfigError`): not implemented yet.
+  replica set and heartbeats are written without MULTI/EXEC (two slots). With a
+  durability there, a grant is sent on a connection to the primary serving the
+  stream's slot, followed by ``WAIT`` on that connection
+  (:func:`~monitor.redis_conn.anode_pipelines`); a grant the replicas did not
+  acknowledge is released and not taken, as above, and a grant whose node failed or
+  answered ``MOVED`` raises the error (the coordinator tries again on its next tick,
+  after the client read the slot map again).
 * Every method raises redis errors to the caller (the coordinator counts them
   and tries again on its next tick); nothing here sleeps or loops.
 """
@@ -46,8 +51,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .. import keys
-from ..errors import ConfigError
-from ..redis_conn import Durability, arediscover, is_cluster
+from ..redis_conn import Durability, anode_pipelines, arediscover, is_cluster
+from ..redis_faults import NotReplicated
 
 log = logging.getLogger("restrav.cluster")
 
@@ -130,12 +135,6 @@ class LeaseStore:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self.cluster = is_cluster(client)
-        if self.cluster and self.durability.enabled:
-            raise ConfigError(
-                "redis.wait_replicas > 0 is not supported for serve on Redis Cluster yet "
-                "(lease grants and scores would need WAIT on each stream's node); set "
-                "redis.wait_replicas: 0 for serve, or use Sentinel"
-            )
 
     async def _mget(self, names: list[str]) -> list[Any]:
         """MGET; on a cluster one GET per slot (redis-py's ``mget_nonatomic``)."""
@@ -146,24 +145,43 @@ class LeaseStore:
     async def acquire(self, stream_id: str) -> int | None:
         """Take the free lease of ``stream_id``: the new fencing token, or None if held
         (or, with durability, if the replicas did not acknowledge the grant in time)."""
+        lease, fence = keys.stream_lease(stream_id), keys.stream_fence(stream_id)
+        if self.cluster and self.durability.enabled:
+            return await self._acquire_on_node(stream_id)
         if self.cluster:  # one script, no pipeline (redis-py's cluster pipeline loads none)
-            granted = await self._acquire(
-                keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id)],
-                args=[self.replica, self.ttl_ms],
-            )
+            granted = await self._acquire(keys=[lease, fence], args=[self.replica, self.ttl_ms])
             return int(granted[0]) if int(granted[0]) > 0 else None
         async with self.client.pipeline(transaction=False) as pipe:
-            await self._acquire(
-                keys=[keys.stream_lease(stream_id), keys.stream_fence(stream_id)],
-                args=[self.replica, self.ttl_ms],
-                client=pipe,
-            )
+            await self._acquire(keys=[lease, fence], args=[self.replica, self.ttl_ms],
+                                client=pipe)
             waits = self.durability.queue_wait(pipe)
             res = await pipe.execute()
-        token = int(res[0][0])
+        return await self._granted(stream_id, int(res[0][0]),
+                                   waits and int(res[1]) >= self.durability.replicas)
+
+    async def _acquire_on_node(self, stream_id: str) -> int | None:
+        """Cluster with durability: the grant script and WAIT on one connection to the
+        primary serving the stream's slot (module docstring)."""
+        lease, fence = keys.stream_lease(stream_id), keys.stream_fence(stream_id)
+        ((reply, fault),) = await anode_pipelines(
+            self.client,
+            [(lease, lambda pipe: pipe.execute_command(
+                "EVAL", _ACQUIRE, 2, lease, fence, self.replica, self.ttl_ms))],
+            self.durability, f"lease grant of {stream_id}",
+        )
+        if isinstance(reply, Exception):  # the node failed, or no longer serves the slot
+            raise reply
+        if fault is not None and not isinstance(fault, NotReplicated):
+            raise fault  # a refused WAIT
+        return await self._granted(stream_id, int(reply[0]), fault is None)
+
+    async def _granted(self, stream_id: str, token: int, acknowledged: bool) -> int | None:
+        """The outcome of a grant script: ``token`` (0: the lease is held), kept only when
+        the replicas ``acknowledged`` it (always, without durability); one they did not is
+        released again (best effort) and None returned."""
         if token <= 0:
             return None
-        if waits and int(res[1]) < self.durability.replicas:
+        if self.durability.enabled and not acknowledged:
             log.warning(
                 "stream %s: lease grant (fence %d) not acknowledged by %d replica(s) within "
                 "%d ms; not taken", stream_id, token, self.durability.replicas,

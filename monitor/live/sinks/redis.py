@@ -43,12 +43,20 @@ the batch (a stream's call touches its one slot), the scripts are sent whole
 (``EVAL``), and a fenced event is stored in the stream's own
 ``restrav:{stream}:events``, then copied to ``restrav:events``
 (:mod:`monitor.live.sinks.fenced`): a sink that dies between the two leaves the event
-in the stream's own log only. ``WAIT`` is not used there (serve refuses
-``redis.wait_replicas`` > 0 on a cluster).
+in the stream's own log only. With a :class:`~monitor.redis_conn.Durability` there,
+``WAIT`` must run on the connection that carried each node's writes: the calls are
+grouped by the primary serving each call's slot and each node gets one pipeline of its
+calls and ``WAIT`` on one connection (:func:`~monitor.redis_conn.anode_pipelines`).
+The calls of a node that failed, answered ``MOVED`` (no longer serves the slot) or whose
+replicas did not acknowledge in time count as not written (:class:`PartlyWritten`: the
+other nodes' calls are done) and are written again once the client has read the slot
+map again; the event copies to ``restrav:events`` wait too, and a copy not acknowledged
+is logged (not written again).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -59,7 +67,13 @@ from redis.exceptions import NoScriptError, RedisError
 
 from ... import keys
 from ...metrics import StreamMetrics
-from ...redis_conn import Durability, arediscover, async_redis_client, is_cluster
+from ...redis_conn import (
+    Durability,
+    anode_pipelines,
+    arediscover,
+    async_redis_client,
+    is_cluster,
+)
 from ...redis_faults import NotReplicated, redis_unavailable, refusal_code
 from ...types import StreamScore
 from ..alerts import Event
@@ -172,6 +186,7 @@ class RedisSink(BufferedSink):
         self._plain = Lua(PLAIN_SCORES, whole=self.fenced.cluster)
         self.on_refused = on_refused
         self.refused = 0
+        self._by_node = self.fenced.cluster and self.durability.enabled
 
     @classmethod
     def from_url(
@@ -229,7 +244,10 @@ class RedisSink(BufferedSink):
     async def _send(self, calls: list[_Call]) -> tuple[list[Any], list[Any]]:
         """The pipeline of ``calls`` (and WAIT): one reply (or error) per call, and WAIT's
         reply in a list (empty without durability). A lost connection or a refused WAIT
-        raises :class:`SinkUnavailable` for the whole batch."""
+        raises :class:`SinkUnavailable` for the whole batch. On a cluster with durability:
+        :meth:`_send_by_node`."""
+        if self._by_node:
+            return await self._send_by_node(calls), []
         pipe = self.client.pipeline(transaction=False)
         for call in calls:
             self._queue(pipe, call)
@@ -240,16 +258,53 @@ class RedisSink(BufferedSink):
             raise _sink_error(acks[0])
         return replies, acks
 
+    async def _send_by_node(self, calls: list[_Call]) -> list[Any]:
+        """Cluster with durability: the calls grouped by the primary serving each call's
+        slot, one pipeline per node ending with WAIT on its connection
+        (:func:`~monitor.redis_conn.anode_pipelines`). One reply (or error) per call; a
+        call of a node that failed, answered ``MOVED`` or whose replicas did not
+        acknowledge in time gets that error (e.g. :class:`NotReplicated`): it counts as
+        not written and stays buffered (fenced scores are not repeated when written
+        again)."""
+        def queue(call: _Call) -> Callable[[Any], None]:
+            return lambda pipe: self._queue(pipe, call)
+
+        done = await self._guard(anode_pipelines(
+            self.client, [(self._slot_key(c), queue(c)) for c in calls],  # type: ignore[arg-type]
+            self.durability, "score batch",
+        ))
+        return [r if fault is None else fault for r, fault in done]
+
+    @staticmethod
+    def _slot_key(call: _Call) -> str:
+        """A key of the slot ``call`` writes: its stream's, or ``restrav:events`` for an
+        event without a fencing token (a fenced one goes to its stream's own log)."""
+        if call.fence is None and not isinstance(call.items[0], StreamScore):
+            return keys.EVENTS
+        return keys.stream_scores(call.stream_id)
+
     async def _copy_events(self, events: list[dict[str, str]]) -> None:
         """Cluster: copy fenced events stored in their streams' own logs to
         ``restrav:events``. They are stored already: a failure here is logged, not
         retried (the batch must not write them twice)."""
-        pipe = self.client.pipeline(transaction=False)
-        for ev in events:
-            fields: Any = ev
-            pipe.xadd(keys.EVENTS, fields, maxlen=self.events_maxlen, approximate=True)
+        def xadd(ev: Any, pipe: Any) -> None:
+            pipe.xadd(keys.EVENTS, ev, maxlen=self.events_maxlen, approximate=True)
+
         try:
-            await self._guard(pipe.execute())
+            if self._by_node:  # with WAIT, as the events' first writes
+                done = await self._guard(anode_pipelines(
+                    self.client,  # type: ignore[arg-type]
+                    [(keys.EVENTS, functools.partial(xadd, ev)) for ev in events],
+                    self.durability, "alert event copy",
+                ))
+                errors = [f or r for r, f in done if f or isinstance(r, Exception)]
+                if errors:
+                    raise SinkUnavailable(str(errors[0]))
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for ev in events:
+                    xadd(ev, pipe)
+                await self._guard(pipe.execute())
         except SinkUnavailable as exc:
             log.warning("%d alert event(s) kept in their stream's own log only "
                         "(restrav:{STREAM}:events): the copy to %s failed: %s",
