@@ -51,6 +51,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic_core import to_json
+
 from ... import keys
 
 # KEYS: scores, latest; ARGV: maxlen, JSON list of the field names, then per score a
@@ -125,7 +127,7 @@ class Lua:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
         self.whole = whole
 
-    def queue(self, pipe: Any, keys_: Sequence[str], args: Sequence[str]) -> None:
+    def queue(self, pipe: Any, keys_: Sequence[str], args: Sequence[str | bytes]) -> None:
         """Queue ``EVALSHA`` (``EVAL`` when ``whole``) on ``pipe`` (a pipeline or a client)."""
         if self.whole:
             pipe.execute_command("EVAL", self.text, len(keys_), *keys_, *args)
@@ -164,7 +166,7 @@ class FencedWriter:
              keys.stream_scores(stream_id), keys.stream_latest(stream_id)),
             [str(fence), keys.lease_value(self.owner, fence), str(maxlen),
              json.dumps([*names, "owner", "fence"]),
-             *(json.dumps([*row, *mark]) for row in rows)],
+             *(to_json([*row, *mark]) for row in rows)],
         )
 
     def event(
