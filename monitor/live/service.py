@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ..config import ServeSettings, ServeSinkSettings, StreamSpec
@@ -100,12 +100,19 @@ def retainer(evidence: EvidenceRecorder | None) -> Callable[[EngineSample], None
     if evidence is None:
         return None
     recorder = evidence
+    # whether a frame type offers small_rgb, by type: isinstance() against a runtime
+    # Protocol looks every member up on each call (several us, once per sample)
+    small: dict[type, bool] = {}
 
     def retain(sample: EngineSample) -> None:
         frame = sample.frame
-        if isinstance(frame, SmallFrame):
+        kind = type(frame)
+        ok = small.get(kind)
+        if ok is None:
+            ok = small[kind] = callable(getattr(kind, "small_rgb", None))
+        if ok:
             recorder.on_sample(sample.stream_id, sample.segment, sample.k, sample.time_s,
-                               sample.repeated, frame)
+                               sample.repeated, cast(SmallFrame, frame))
 
     return retain
 
