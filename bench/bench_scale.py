@@ -198,31 +198,19 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         m1 = _scrape(await (await http.get(url)).text())
     rss, hwm = _rss_mib()
     lag = [x * 1000 for x in lags]
-    stop.set()
-    await tick
-    try:  # a shutdown that outlasts serve's drain deadline says where its tasks wait
-        await asyncio.wait_for(asyncio.shield(task), 30.0)
-    except TimeoutError:
-        print("serve still shutting down after 30 s; its tasks:", file=sys.stderr)
-        for t in asyncio.all_tasks():
-            if t is not asyncio.current_task() and "stream:" not in t.get_name():
-                t.print_stack(limit=12, file=sys.stderr)
-        sys.stderr.flush()
-        await task
-    # the windows written in the period (of at most 48 streams spread over all of them):
-    # entry id (ms, the server's clock) - wall_end
+    # the windows written in the period (of at most 48 streams spread over all of them;
+    # all stored by now: an entry's id is the time it was written): entry id (ms, the
+    # server's clock) - wall_end
     lat: list[float] = []
     lo, hi = int(t0w * 1000), int(t1w * 1000)
     sampled = range(0, n, max(1, n // 48))
     for i in sampled:
         for eid, f in await rc.xrange(f"restrav:{{s{i}}}:scores", min=lo, max=hi):
             lat.append(int(eid.split(b"-")[0]) / 1000 - float(f[b"wall_end"]))
-    await rc.flushall()
-    await rc.aclose()
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
     embedded = d.get("restrav_engine_batch_size_sum", 0.0)
     cpu = {k: th1.get(k, 0.0) - th0.get(k, 0.0) for k in th1}
-    return {
+    result = {
         "streams": n, "seconds": elapsed,
         "offered_hz": d.get("restrav_stream_frames_sampled_total", 0.0) / elapsed / n,
         "sustained_hz": len(lat) / elapsed / len(sampled),
@@ -240,6 +228,22 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         "lag_p99_ms": _pct(lag, 0.99), "lag_max_ms": max(lag, default=float("nan")),
         "redis_cps": (c1 - c0) / elapsed, "rss_mib": rss, "hwm_mib": hwm,
     }
+    # the figures before the shutdown: a row whose serve does not stop still has them
+    print(json.dumps(result), flush=True)
+    stop.set()
+    await tick
+    try:  # a shutdown that outlasts serve's drain deadline says where its tasks wait
+        await asyncio.wait_for(asyncio.shield(task), 30.0)
+    except TimeoutError:
+        print("serve still shutting down after 30 s; its tasks:", file=sys.stderr)
+        for t in asyncio.all_tasks():
+            if t is not asyncio.current_task() and "stream:" not in t.get_name():
+                t.print_stack(limit=12, file=sys.stderr)
+        sys.stderr.flush()
+        await task
+    await rc.flushall()
+    await rc.aclose()
+    return result
 
 
 async def sources_only(n: int, fps: float, seconds: float) -> float:
@@ -287,8 +291,14 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
             print(f"  row {n} ({tree.name}) did not finish within its limit; where it is:\n"
                   f"{_stacks(child.pid)}", file=sys.stderr)
             child.kill()
-            _, err = child.communicate()
+            out_, err = child.communicate()
             print(f"  its stderr (end):\n{err[-6000:]}", file=sys.stderr)
+            measured = [ln for ln in out_.splitlines() if ln.startswith("{")]
+            if measured:  # measured, then its serve did not stop
+                r0: dict[str, Any] = json.loads(measured[-1])
+                r0.update(tree=tree.name, shutdown="hung",
+                          load=(load0, os.getloadavg()[0]))
+                return r0
             return {"streams": n, "tree": tree.name, "failed": "did not finish",
                     "load": (load0, os.getloadavg()[0])}
     out = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
@@ -364,8 +374,10 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         split = " / ".join(f"{sh.get(k, 0.0):.2f}" for k in
                            ("MainThread", "restrav-device", "restrav-host", "other"))
         sources = f"{r['sources_us']:.0f}" if "sources_us" in r else "?"
-        print(f"| {r['tree']} | {r['streams']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | "
-              f"{r['offered_hz']:.2f} | {r['sustained_hz']:.2f} | {r['embedded_sps']:.0f} | "
+        hung = " (shutdown hung)" if r.get("shutdown") == "hung" else ""
+        print(f"| {r['tree']}{hung} | {r['streams']} | "
+              f"{r['load'][0]:.1f}-{r['load'][1]:.1f} | {r['offered_hz']:.2f} | "
+              f"{r['sustained_hz']:.2f} | {r['embedded_sps']:.0f} | "
               f"{r['frames_per_s']:.0f} | {r['batch_mean']:.0f} | {r['skipped']:.0f} | "
               f"{sum(r['dropped'].values()):.0f} | "
               f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} | {r['cpu_us']:.0f} ({split}) | "
