@@ -71,6 +71,41 @@ redis.call('HSET', KEYS[2], unpack(f))
 return 1
 """
 
+# One server (not a cluster): the scores of every stream of a batch in one call. KEYS:
+# per stream its scores and latest; ARGV: maxlen, JSON list of the field names, JSON list
+# of each stream's number of scores, then per score a JSON list of its values. A stream
+# whose command fails (WRONGTYPE, ...) gets its error text in the reply and its other
+# commands are not run; the other streams are written: one reply per stream, 1 or an
+# error text (redis.pcall: a Lua error would leave earlier streams written and report
+# none of them).
+PLAIN_BATCH = """
+local names = cjson.decode(ARGV[2])
+local counts = cjson.decode(ARGV[3])
+local k = #names
+local f = {}
+for i = 1, k do f[2 * i - 1] = names[i] end
+local out = {}
+local a = 4
+for s = 1, #counts do
+  local failed = nil
+  for r = 1, counts[s] do
+    if not failed then
+      local v = cjson.decode(ARGV[a])
+      for i = 1, k do f[2 * i] = v[i] end
+      local res = redis.pcall('XADD', KEYS[2 * s - 1], 'MAXLEN', '~', ARGV[1], '*', unpack(f))
+      if type(res) == 'table' and res.err then failed = res.err end
+    end
+    a = a + 1
+  end
+  if not failed then
+    local res = redis.pcall('HSET', KEYS[2 * s], unpack(f))
+    if type(res) == 'table' and res.err then failed = res.err end
+  end
+  out[s] = failed or 1
+end
+return out
+"""
+
 _CHECK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] or redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0

@@ -1,11 +1,15 @@
 """The Redis sink: per stream a capped score stream and a ``latest`` hash, plus alert events.
 
-A batch is one pipeline (one round trip, not a transaction): per stream one script
-call (:mod:`monitor.live.sinks.fenced`) that appends each of the stream's scores of
-the batch, ``XADD restrav:{stream}:scores MAXLEN ~ N * <fields>``, and sets
+A batch is one pipeline (one round trip, not a transaction). For each stream a script
+(:mod:`monitor.live.sinks.fenced`) appends each of the stream's scores of the batch,
+``XADD restrav:{stream}:scores MAXLEN ~ N * <fields>``, and sets
 ``HSET restrav:{stream}:latest <fields>`` to the last one, atomically: ``latest``
-always matches the newest entry. A call touches one stream's keys only (one hash-tag
-slot), so no command spans the slots of several streams. Alert events go to
+always matches the newest entry. On Redis Cluster, and for fenced scores, that is one
+script call per stream, touching that stream's keys only (one hash-tag slot), so no
+command spans the slots of several streams; on one server the unfenced scores of all
+the batch's streams go in one script call (``PLAIN_BATCH``: the per-call cost of
+redis-py, packing and reading one reply, was most of the sink's CPU at hundreds of
+streams), which reports each stream's outcome as its own call would. Alert events go to
 ``restrav:events`` (``XADD MAXLEN ~``). Field values are strings (:data:`SCORE_FIELDS`);
 ``p_ai`` is empty without a classifier; ``features`` is a JSON list of the 21 features.
 
@@ -51,13 +55,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
 from pydantic_core import to_json
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ... import keys
 from ...metrics import StreamMetrics
@@ -66,7 +70,7 @@ from ...redis_faults import NotReplicated, redis_unavailable, refusal_code
 from ...types import StreamScore
 from ..alerts import Event
 from .base import BufferedSink, Item, PartlyWritten, SinkUnavailable
-from .fenced import PLAIN_SCORES, FencedWriter, Lua
+from .fenced import PLAIN_BATCH, PLAIN_SCORES, FencedWriter, Lua
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +219,7 @@ class RedisSink(BufferedSink):
         self.events_maxlen = events_maxlen
         self.fenced = FencedWriter(owner, cluster=is_cluster(client))
         self._plain = Lua(PLAIN_SCORES, whole=self.fenced.cluster)
+        self._batch = Lua(PLAIN_BATCH)  # one server only (not used on a cluster)
         self.on_refused = on_refused
         self.refused = 0
 
@@ -274,18 +279,54 @@ class RedisSink(BufferedSink):
     async def _send(self, calls: list[_Call]) -> tuple[list[Any], list[Any]]:
         """The pipeline of ``calls`` (and WAIT): one reply (or error) per call, and WAIT's
         reply in a list (empty without durability). A lost connection or a refused WAIT
-        raises :class:`SinkUnavailable` for the whole batch."""
+        raises :class:`SinkUnavailable` for the whole batch.
+
+        On one server the unfenced scores of several streams go in one script call
+        (:data:`~monitor.live.sinks.fenced.PLAIN_BATCH`: per call of the pipeline
+        redis-py spends about 15 us packing it and reading its reply, and at hundreds
+        of streams a batch holds about one score per stream); its reply is one result
+        per stream, handed to each call as if it had been sent alone."""
         pipe = self.client.pipeline(transaction=False)
         scores = [it for call in calls for it in call.items if isinstance(it, StreamScore)]
         rows = iter(score_rows(scores))  # the batch's values at once, in the calls' order
-        for call in calls:
-            self._queue(pipe, call, rows)
+        values = {id(call): [next(rows) for _ in call.items] for call in calls
+                  if isinstance(call.items[0], StreamScore)}
+        together = [c for c in calls if c.fence is None and isinstance(c.items[0], StreamScore)]
+        if self.fenced.cluster or len(together) < 2:
+            together = []
+        if together:
+            self._queue_together(pipe, together, values)
+        joined = {id(c) for c in together}
+        alone = [c for c in calls if id(c) not in joined]
+        for call in alone:
+            self._queue(pipe, call, values.get(id(call), []))
         waits = self.durability.queue_wait(pipe)
         replies: list[Any] = await self._guard(pipe.execute(raise_on_error=False))
         acks = [replies.pop()] if waits else []
         if acks and isinstance(acks[0], Exception):
             raise _sink_error(acks[0])
-        return replies, acks
+        result_of: dict[int, Any] = {}
+        if together:
+            first = replies.pop(0)
+            if isinstance(first, Exception):  # the whole call (NOSCRIPT, a refusal)
+                result_of.update((id(c), first) for c in together)
+            else:
+                for c, r in zip(together, first, strict=True):
+                    if isinstance(r, bytes):
+                        r = r.decode(errors="replace")
+                    result_of[id(c)] = ResponseError(r) if isinstance(r, str) else r
+        result_of.update((id(c), r) for c, r in zip(alone, replies, strict=True))
+        return [result_of[id(c)] for c in calls], acks
+
+    def _queue_together(self, pipe: Any, calls: list[_Call],
+                        values: dict[int, list[list[str]]]) -> None:
+        """Queue the unfenced scores of ``calls`` (several streams) as one script call."""
+        keys_: list[str] = []
+        for call in calls:
+            keys_ += (keys.stream_scores(call.stream_id), keys.stream_latest(call.stream_id))
+        counts = json.dumps([len(call.items) for call in calls])
+        self._batch.queue(pipe, keys_, [str(self.scores_maxlen), _NAMES_JSON, counts,
+                                        *(to_json(v) for c in calls for v in values[id(c)])])
 
     async def _copy_events(self, events: list[dict[str, str]]) -> None:
         """Cluster: copy fenced events stored in their streams' own logs to
@@ -315,15 +356,17 @@ class RedisSink(BufferedSink):
 
     async def _load(self) -> None:
         await self._plain.load(self.client)
+        if not self.fenced.cluster:
+            await self._batch.load(self.client)
         await self.fenced.load(self.client)
 
-    def _queue(self, pipe: Any, call: _Call, values: Iterator[list[str]]) -> None:
+    def _queue(self, pipe: Any, call: _Call, values: list[list[str]]) -> None:
         """Queue one call's command on ``pipe``; a call of scores takes its scores' values
-        (:func:`score_values`) from ``values``, one list per score. Each score's values go
-        as one JSON list (decoded by the script; their stored text is the strings)."""
+        (:func:`score_values`, one list per score). Each score's values go as one JSON
+        list (decoded by the script; their stored text is the strings)."""
         first = call.items[0]
         if isinstance(first, StreamScore):
-            rows = [next(values) for _ in call.items]
+            rows = values
             if call.fence is not None:
                 self.fenced.scores(pipe, call.stream_id, call.fence, SCORE_FIELDS, rows,
                                    self.scores_maxlen)
