@@ -436,3 +436,19 @@ async def test_fenced_scores_of_a_batch_written_again_are_not_repeated(
 
 def seqs_of(r: redis.Redis, stream: str) -> list[int]:
     return [int(f["seq"]) for _, f in r.xrange(keys.stream_scores(stream))]
+
+
+def test_features_json_keeps_to_json_dumps_where_to_json_formats_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The installed pydantic_core writes the probes as json.dumps does (the fast path is
+    in use); one that did not would leave every row to json.dumps, same text."""
+    from monitor.live.sinks import redis as redis_sink
+
+    assert redis_sink._to_json_agrees(), "pydantic_core formats floats otherwise: slow path"
+    rows = np.random.default_rng(1).random((50, 21)) * 100
+    calls: list[Any] = []
+    monkeypatch.setattr(redis_sink, "_to_json_agrees", lambda: False)
+    monkeypatch.setattr(redis_sink, "to_json", lambda *a, **k: calls.append(a) or b"")
+    assert features_json(rows) == [json.dumps(r.tolist()) for r in rows]
+    assert calls == []

@@ -53,6 +53,7 @@ in the stream's own log only. ``WAIT`` is not used there (serve refuses
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -114,18 +115,36 @@ digits at least (``1e-05``), where :func:`pydantic_core.to_json` writes ``0.0000
 (the shortest that reads back, ``1e+16`` from 1e16 on); tests/test_sinks.py checks it."""
 
 
+_PROBES = [0.1, 1 / 3, 1e-4, -2.5e-4, 5.0, -0.0, 0.0, 1e15, 1e16, 1.2345678901234568e17,
+           1e22, 1.7976931348623157e308, float("nan"), float("inf"), float("-inf")]
+
+
+@functools.cache
+def _to_json_agrees() -> bool:
+    """Whether this pydantic_core writes the probes as ``json.dumps`` does (checked once:
+    another version may format floats otherwise; then :func:`features_json` keeps to
+    ``json.dumps``)."""
+    try:
+        text = to_json([_PROBES], inf_nan_mode="constants").decode()
+    except (TypeError, ValueError):
+        return False
+    return "[" + text[2:-2].replace(",", ", ") + "]" == json.dumps(_PROBES)
+
+
 def features_json(rows: np.ndarray) -> list[str]:
     """``json.dumps(row.tolist())`` of each row of a 2-D float array: the same text, made
     in one :func:`pydantic_core.to_json` call for the rows whose every value is 0, not
     finite or at least :data:`_SHORT_MIN` in magnitude (about 10x faster: the float
     formatting of ``json.dumps`` was the Redis sink's largest cost), ``json.dumps`` for
-    the others."""
+    the others (and for all when this pydantic_core formats the probes otherwise)."""
     if rows.ndim != 2 or rows.dtype.kind != "f":
         raise ValueError(f"features_json needs a 2-D float array, not {rows.dtype} "
                          f"{rows.shape}")
     a = np.abs(rows)
     with np.errstate(invalid="ignore"):
         fast = ((a >= _SHORT_MIN) | (a == 0) | ~np.isfinite(a)).all(axis=1)
+    if not _to_json_agrees():
+        fast[:] = False
     out = [""] * rows.shape[0]
     quick = np.flatnonzero(fast).tolist()
     if quick:
