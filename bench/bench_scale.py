@@ -19,7 +19,10 @@ Per row, over ``--seconds`` after ``--warmup``:
   entry id is the server's clock), over the windows written in the period by up to 48
   streams spread over all of them;
 * CPU per sample: process CPU time (all threads) / samples embedded, and the share of
-  the event loop, the device thread and the host thread (``/proc/self/task``);
+  the event loop, the device thread and the host thread (``/proc/self/task``); of it,
+  the stand-in sources' own part: the thread time of the decoder clock's ticks (the
+  frames made and put into the streams' buffers, which real decode threads would do
+  outside the loop), measured in the same row;
 * event-loop lag (a 10 ms ticker: p99, max); Redis commands per second (``INFO
   commandstats`` delta, the bench's own INFO excluded); RSS at the end.
 
@@ -180,6 +183,8 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         if task.done():
             task.result()
         m0 = _scrape(await (await http.get(url)).text())
+        clock = decoder_clock()  # the one the streams' sources were opened with
+        src0 = clock.cpu_s
         c0, cpu0, th0 = await _commands(rc), time.process_time(), _thread_cpu()
         lags.clear()
         print("measuring", flush=True)  # a profiler attaches now (--profile)
@@ -187,10 +192,44 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - t0
         t1w = time.time()
-        cpu1, th1, c1 = time.process_time(), _thread_cpu(), await _commands(rc)
+        cpu1, th1 = time.process_time(), _thread_cpu()
+        src1 = clock.cpu_s
+        c1 = await _commands(rc)
         m1 = _scrape(await (await http.get(url)).text())
     rss, hwm = _rss_mib()
     lag = [x * 1000 for x in lags]
+    # the windows written in the period (of at most 48 streams spread over all of them;
+    # all stored by now: an entry's id is the time it was written): entry id (ms, the
+    # server's clock) - wall_end
+    lat: list[float] = []
+    lo, hi = int(t0w * 1000), int(t1w * 1000)
+    sampled = range(0, n, max(1, n // 48))
+    for i in sampled:
+        for eid, f in await rc.xrange(f"restrav:{{s{i}}}:scores", min=lo, max=hi):
+            lat.append(int(eid.split(b"-")[0]) / 1000 - float(f[b"wall_end"]))
+    d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
+    embedded = d.get("restrav_engine_batch_size_sum", 0.0)
+    cpu = {k: th1.get(k, 0.0) - th0.get(k, 0.0) for k in th1}
+    result = {
+        "streams": n, "seconds": elapsed,
+        "offered_hz": d.get("restrav_stream_frames_sampled_total", 0.0) / elapsed / n,
+        "sustained_hz": len(lat) / elapsed / len(sampled),
+        "frames_per_s": d.get("restrav_stream_frames_decoded_total", 0.0) / elapsed,
+        "embedded_sps": embedded / elapsed,
+        "batch_mean": embedded / max(1.0, d.get("restrav_engine_batch_size_count", 0.0)),
+        "skipped": d.get("restrav_stream_windows_skipped_total", 0.0),
+        "dropped": {k[8:]: v for k, v in d.items() if k.startswith("dropped:") and v},
+        "p50_ms": 1000 * _pct(lat, 0.5), "p95_ms": 1000 * _pct(lat, 0.95),
+        "cpu_us": 1e6 * (cpu1 - cpu0) / max(1.0, embedded),
+        # the stand-in decoders' ticks (frames made and put in the buffers), measured in
+        # the row: real decode threads would pay it outside the event loop
+        "sources_us": 1e6 * (src1 - src0) / max(1.0, embedded),
+        "cpu_share": {k: v / elapsed for k, v in cpu.items()},
+        "lag_p99_ms": _pct(lag, 0.99), "lag_max_ms": max(lag, default=float("nan")),
+        "redis_cps": (c1 - c0) / elapsed, "rss_mib": rss, "hwm_mib": hwm,
+    }
+    # the figures before the shutdown: a row whose serve does not stop still has them
+    print(json.dumps(result), flush=True)
     stop.set()
     await tick
     try:  # a shutdown that outlasts serve's drain deadline says where its tasks wait
@@ -202,34 +241,9 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
                 t.print_stack(limit=12, file=sys.stderr)
         sys.stderr.flush()
         await task
-    # the windows written in the period (of at most 48 streams spread over all of them):
-    # entry id (ms, the server's clock) - wall_end
-    lat: list[float] = []
-    lo, hi = int(t0w * 1000), int(t1w * 1000)
-    sampled = range(0, n, max(1, n // 48))
-    for i in sampled:
-        for eid, f in await rc.xrange(f"restrav:{{s{i}}}:scores", min=lo, max=hi):
-            lat.append(int(eid.split(b"-")[0]) / 1000 - float(f[b"wall_end"]))
     await rc.flushall()
     await rc.aclose()
-    d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
-    embedded = d.get("restrav_engine_batch_size_sum", 0.0)
-    cpu = {k: th1.get(k, 0.0) - th0.get(k, 0.0) for k in th1}
-    return {
-        "streams": n, "seconds": elapsed,
-        "offered_hz": d.get("restrav_stream_frames_sampled_total", 0.0) / elapsed / n,
-        "sustained_hz": len(lat) / elapsed / len(sampled),
-        "frames_per_s": d.get("restrav_stream_frames_decoded_total", 0.0) / elapsed,
-        "embedded_sps": embedded / elapsed,
-        "batch_mean": embedded / max(1.0, d.get("restrav_engine_batch_size_count", 0.0)),
-        "skipped": d.get("restrav_stream_windows_skipped_total", 0.0),
-        "dropped": {k[8:]: v for k, v in d.items() if k.startswith("dropped:") and v},
-        "p50_ms": 1000 * _pct(lat, 0.5), "p95_ms": 1000 * _pct(lat, 0.95),
-        "cpu_us": 1e6 * (cpu1 - cpu0) / max(1.0, embedded),
-        "cpu_share": {k: v / elapsed for k, v in cpu.items()},
-        "lag_p99_ms": _pct(lag, 0.99), "lag_max_ms": max(lag, default=float("nan")),
-        "redis_cps": (c1 - c0) / elapsed, "rss_mib": rss, "hwm_mib": hwm,
-    }
+    return result
 
 
 async def sources_only(n: int, fps: float, seconds: float) -> float:
@@ -277,8 +291,14 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
             print(f"  row {n} ({tree.name}) did not finish within its limit; where it is:\n"
                   f"{_stacks(child.pid)}", file=sys.stderr)
             child.kill()
-            _, err = child.communicate()
+            out_, err = child.communicate()
             print(f"  its stderr (end):\n{err[-6000:]}", file=sys.stderr)
+            measured = [ln for ln in out_.splitlines() if ln.startswith("{")]
+            if measured:  # measured, then its serve did not stop
+                r0: dict[str, Any] = json.loads(measured[-1])
+                r0.update(tree=tree.name, shutdown="hung",
+                          load=(load0, os.getloadavg()[0]))
+                return r0
             return {"streams": n, "tree": tree.name, "failed": "did not finish",
                     "load": (load0, os.getloadavg()[0])}
     out = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
@@ -325,11 +345,16 @@ def _profiled(args: argparse.Namespace, cmd: list[str], tree: Path, profile: Pat
 
 
 def export_tree(rev: str, into: Path) -> Path:
-    """The files of commit ``rev`` under ``into`` (for before/after runs of one change)."""
+    """The files of commit ``rev`` under ``into`` (for before/after runs of one change),
+    with this tree's harness (``bench/``): both sides are measured by the same code and
+    only the service differs."""
     into.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True,
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    shutil.rmtree(into / "bench")
+    shutil.copytree(ROOT / "bench", into / "bench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     return into
 
 
@@ -337,22 +362,26 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     """The table."""
     print("| tree | streams | load avg | offered Hz/stream | sustained Hz/stream | samples/s | "
           "frames/s | mean batch | windows skipped | frames dropped | p50 / p95 latency ms | "
-          "CPU us/sample (loop / device / host / other, CPU-s/s) | loop lag p99 / max ms | "
-          "Redis cmd/s | RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "CPU us/sample (loop / device / host / other, CPU-s/s) | of which stand-in sources "
+          "us/sample | loop lag p99 / max ms | Redis cmd/s | RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "failed" in r:
             print(f"| {r['tree']} | {r['streams']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | "
-                  f"{r['failed']} |" + " |" * 12)
+                  f"{r['failed']} |" + " |" * 13)
             continue
         sh = r["cpu_share"]
         split = " / ".join(f"{sh.get(k, 0.0):.2f}" for k in
                            ("MainThread", "restrav-device", "restrav-host", "other"))
-        print(f"| {r['tree']} | {r['streams']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | "
-              f"{r['offered_hz']:.2f} | {r['sustained_hz']:.2f} | {r['embedded_sps']:.0f} | "
+        sources = f"{r['sources_us']:.0f}" if "sources_us" in r else "?"
+        hung = " (shutdown hung)" if r.get("shutdown") == "hung" else ""
+        print(f"| {r['tree']}{hung} | {r['streams']} | "
+              f"{r['load'][0]:.1f}-{r['load'][1]:.1f} | {r['offered_hz']:.2f} | "
+              f"{r['sustained_hz']:.2f} | {r['embedded_sps']:.0f} | "
               f"{r['frames_per_s']:.0f} | {r['batch_mean']:.0f} | {r['skipped']:.0f} | "
               f"{sum(r['dropped'].values()):.0f} | "
               f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} | {r['cpu_us']:.0f} ({split}) | "
+              f"{sources} | "
               f"{r['lag_p99_ms']:.0f} / {r['lag_max_ms']:.0f} | {r['redis_cps']:.0f} | "
               f"{r['rss_mib']:.0f} |")
 

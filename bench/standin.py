@@ -136,6 +136,9 @@ class DecoderClock:
         self.sources: dict[int, SyntheticSource] = {}
         self.waker = LoopWaker(loop)  # as serve shares one among its streams' buffers
         self._timer: asyncio.TimerHandle | None = None
+        self.cpu_s = 0.0
+        """CPU time its ticks took (thread time): what the stand-in decoders cost the
+        event loop, which real decode threads would pay in their own threads."""
 
     def add(self, src: SyntheticSource) -> None:
         """Deliver ``src``'s frames from now on."""
@@ -148,11 +151,13 @@ class DecoderClock:
         self.sources.pop(id(src), None)
 
     def _tick(self) -> None:
+        cpu0 = time.thread_time()
         now = time.monotonic()
         for src in list(self.sources.values()):
             src.deliver(now)
         self._timer = (self.loop.call_later(self.tick_s, self._tick) if self.sources
                        else None)
+        self.cpu_s += time.thread_time() - cpu0
 
 
 _CLOCKS: dict[asyncio.AbstractEventLoop, DecoderClock] = {}

@@ -26,13 +26,20 @@ Where redis-py puts the code (each case seen from a real redis-server):
 
 :func:`refusal_code` takes these wrappings off, one layer at a time, and
 reads the code of the error reply inside.
+
+A fault of the client, not of the server: redis-py (8.2) can swallow a task's
+cancellation that lands while a command is in flight (the command returns normally,
+the task runs on). :func:`cancel_and_wait` stops a task that awaits Redis all the same.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextlib
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from redis.exceptions import (
     AskError,
@@ -146,7 +153,26 @@ def redis_unavailable(exc: BaseException) -> bool:
     ) or write_refused(exc)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any], recancel_s: float = 0.1) -> None:
+    """Cancel ``task`` and return once it has ended (its cancellation suppressed; any
+    other exception it ended with is raised, as ``await task`` would).
+
+    A single ``cancel()`` is not enough for a task that awaits redis-py: a cancellation
+    that lands while a command is in flight can be swallowed (redis-py 8.2: the command
+    returns its reply and the task runs on, ``cancelling()`` still 1; in about 9 of 10
+    cancels one to three loop turns into an ``EVAL``, tests/test_redis_conn.py). A
+    renewal loop then sleeps to its next turn as if never cancelled, and whoever
+    awaits it waits forever: ``serve`` hung in its drain that way, under load, where a
+    command spans more loop turns (BENCHMARKS.md, issue 25). So ``task`` is cancelled
+    again every ``recancel_s`` while it still runs."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=recancel_s)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 __all__ = [
-    "REFUSAL_CLASSES", "REFUSAL_CODES", "NotReplicated", "redis_unavailable", "refusal_code",
-    "write_refused",
+    "REFUSAL_CLASSES", "REFUSAL_CODES", "NotReplicated", "cancel_and_wait", "redis_unavailable",
+    "refusal_code", "write_refused",
 ]

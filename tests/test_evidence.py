@@ -639,3 +639,33 @@ async def test_state_changes_go_to_restrav_events_within_each_stream_s_budget(
     assert b == [("stopped", "running", "deleted"), ("running", "starting", None)]
     assert reg.get_sample_value("restrav_stream_state_events_suppressed_total",
                                 {"stream": "cam-a"}) == 7
+
+
+def test_the_retainer_hands_on_frames_that_can_be_scaled_only() -> None:
+    """serve's per-sample retainer passes a sample's frame to the recorder when its type
+    has ``small_rgb`` (looked up once per type, not with a Protocol check per sample)."""
+    from typing import cast
+
+    from monitor.live.batch import EngineSample
+    from monitor.live.service import retainer
+
+    class Scalable:
+        def small_rgb(self, width: int, scaler: Any = None) -> np.ndarray:
+            return _picture(0)
+
+    class Plain:
+        small_rgb = None  # an attribute, not a method
+
+    seen: list[tuple[str, int]] = []
+
+    class Recorder:
+        def on_sample(self, stream_id: str, segment: int, k: int, time_s: float,
+                      repeated: bool, frame: Any) -> None:
+            seen.append((stream_id, k))
+
+    assert retainer(None) is None
+    retain = retainer(cast(EvidenceRecorder, Recorder()))
+    assert retain is not None
+    for k, frame in enumerate([Scalable(), Plain(), object(), Scalable(), Plain()]):
+        retain(EngineSample("cam", 0, k, k * 0.087, cast(Any, frame), 0.0))
+    assert seen == [("cam", 0), ("cam", 3)]

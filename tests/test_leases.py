@@ -21,7 +21,7 @@ from monitor.cluster.assignment import plan, targets
 from monitor.cluster.leases import Lease, LeaseStore, ReplicaInfo, parse_lease
 from monitor.live.alerts import AlertEvent
 from monitor.live.sinks import RedisSink
-from monitor.live.sinks.redis import event_fields
+from monitor.live.sinks.fields import event_fields
 from monitor.metrics import StreamMetrics
 from monitor.types import Score, StreamScore, WindowFeatures
 

@@ -312,3 +312,55 @@ def test_queue_clients_of_the_cli_time_out_reads_past_their_longest_block() -> N
         assert c.connection_pool.connection_kwargs["socket_timeout"] == 6.0
     finally:
         c.close()
+
+
+async def test_a_task_awaiting_redis_is_stopped_though_redis_py_swallows_its_cancel(
+    redis_url: str,
+) -> None:
+    """A renewal loop on Redis (serve's single-serve key: ``SoloGuard.run``) cancelled
+    while its command is in flight: redis-py can swallow the cancellation (the command
+    returns, the loop sleeps on), which hung serve's drain under load. ``_let_go`` (via
+    ``cancel_and_wait``) ends it every time; each attempt cancels after 1-3 loop turns,
+    where a single cancel was swallowed in about 9 of 10 tries here."""
+    import redis.asyncio as aioredis
+
+    from monitor.live.solo import SoloGuard
+    from monitor.redis_faults import cancel_and_wait
+    from workers.serve_cmd import _let_go
+
+    for turn in range(30):
+        guard = SoloGuard(aioredis.from_url(redis_url), "r1", ttl_s=5.0,
+                          renew_s=0.0)  # always renewing
+        await guard.acquire()
+        task = asyncio.create_task(guard.run())
+        for _ in range(1 + turn % 3):
+            await asyncio.sleep(0)
+        # stops, releases, closes; not wait_for: its cancel of a hung _let_go would be
+        # swallowed in turn, and the test would hang instead of failing
+        stopping = asyncio.ensure_future(_let_go(guard, task))
+        await asyncio.wait({stopping}, timeout=5.0)
+        if not stopping.done():
+            await cancel_and_wait(task)  # clean up (the code under test failed)
+            await stopping
+            pytest.fail(f"try {turn}: the renewal task was still running after 5 s")
+        stopping.result()
+        assert task.done() and not guard.held
+
+
+async def test_cancel_and_wait_raises_what_the_task_ended_with() -> None:
+    """Not a cancellation: the task's own error comes back, as ``await task`` gives it."""
+    from monitor.redis_faults import cancel_and_wait
+
+    async def fails_when_cancelled() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ValueError("cleanup failed") from None
+
+    task = asyncio.create_task(fails_when_cancelled())
+    await asyncio.sleep(0)
+    with pytest.raises(ValueError, match="cleanup failed"):
+        await cancel_and_wait(task)
+    done = asyncio.create_task(asyncio.sleep(0))
+    await done
+    await cancel_and_wait(done)  # already ended: returns at once

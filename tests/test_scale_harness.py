@@ -130,3 +130,17 @@ async def test_clocked_frames_come_through_a_frame_buffer_that_keeps_the_latest(
     assert nxt.index == late.index + 1 and nxt.dropped_before == 0
     await src.aclose()
     assert id(src) not in clock.sources
+
+
+async def test_the_decoder_clock_counts_the_cpu_time_of_its_ticks() -> None:
+    """bench_scale reports the stand-in sources' own CPU from ``DecoderClock.cpu_s``: it
+    grows while ticks deliver frames and stays within the thread's CPU time."""
+    clock = decoder_clock()
+    before, cpu0 = clock.cpu_s, time.thread_time()
+    srcs = [SyntheticSource(f"t{i}", 200.0, 4, buffer_frames=4).clocked(clock)
+            for i in range(50)]
+    await asyncio.sleep(0.2)
+    spent = clock.cpu_s - before
+    assert 0 < spent <= time.thread_time() - cpu0
+    for src in srcs:
+        await src.aclose()

@@ -20,6 +20,7 @@ from monitor import keys
 from monitor.live.alerts import AlertEvent, StateEvent
 from monitor.live.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink, score_fields
 from monitor.live.sinks.base import sink_ready_check
+from monitor.live.sinks.fields import features_json, score_rows, score_values
 from monitor.metrics import StreamMetrics
 from monitor.types import Score, StreamScore, WindowFeatures
 
@@ -256,12 +257,98 @@ def test_score_fields_are_the_json_values_as_strings() -> None:
         assert list(score_fields(s)) == list(s.to_json(features=True))
 
 
-async def test_a_batch_is_one_call_per_stream_and_no_transaction(
+def _awkward_floats(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Floats whose text is hard: every magnitude (random bit patterns), float32 values
+    widened, short decimals, powers of ten and two at the edges of ``repr``'s notation
+    switches, signed zeros, NaN and the infinities."""
+    bits = rng.integers(0, 2**63, n, dtype=np.int64).view(np.float64)
+    edges = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-4, -1e-4, np.nextafter(1e-4, 0),
+             9.999999999999999e-05, 1.5e-05, 1e-5, 1e-7, 1e16, np.nextafter(1e16, 0),
+             1e15, 1e17, 123456789012345678.0, 5e-324, 1.7976931348623157e308, 0.1, 1 / 3,
+             2.0**-14, 2.0**53, 2.0**53 + 2, 5.0, -2.5e-7, 90.0, 1e22, 1e23]
+    return np.concatenate([
+        bits[np.isfinite(bits)],
+        rng.random(n) * 10.0 ** rng.integers(-8, 20, n),
+        (rng.standard_normal(n).astype(np.float32)).astype(np.float64),
+        np.array([round(x, d) for x, d in zip(rng.random(n) * 1000, rng.integers(0, 7, n))]),
+        np.array(edges * 3),
+    ])
+
+
+def test_features_json_is_the_text_of_json_dumps() -> None:
+    """The batch's features are formatted at once (pydantic_core) where that gives the
+    same text, ``json.dumps`` elsewhere: every row is ``json.dumps`` of its list, for
+    floats of every magnitude and kind, in rows mixing fast and slow values."""
+    rng = np.random.default_rng(25)
+    values = _awkward_floats(rng, 20_000)
+    rng.shuffle(values)
+    values = values[: len(values) // 21 * 21]
+    rows = values.reshape(-1, 21)
+    # and rows of values the fast path takes only (most rows of the mixture hold a value
+    # below 1e-4: random bit patterns are mostly tiny or huge)
+    plain = rng.random((300, 21)) * 10.0 ** rng.integers(-3, 17, (300, 21))
+    for m in (rows, plain, plain.astype(np.float32), rows[:1], rows[:0]):
+        assert features_json(m) == [json.dumps(r.tolist()) for r in m]
+    assert sum(all(v == 0 or abs(v) >= 1e-4 or not np.isfinite(v) for v in r)
+               for r in rows) > 10  # both paths were taken
+    with pytest.raises(ValueError):
+        features_json(np.arange(21).reshape(1, 21))
+
+
+def test_score_rows_are_score_values() -> None:
+    """``score_rows`` (the sink's batch) gives each score the strings of ``score_values``,
+    also for features that are not float rows of one length."""
+    rng = np.random.default_rng(7)
+    cases = [score(f"s{i % 4}", i) for i in range(40)]
+    for i, s in enumerate(cases[:20]):
+        feats = rng.random(21) * 10.0 ** float(rng.integers(-6, 3))
+        feats[i % 21] = [np.nan, -0.0, 2e-5, 1e17][i % 4]
+        cases[i] = dataclasses.replace(s, score=dataclasses.replace(
+            s.score, window=dataclasses.replace(s.score.window, features=feats)))
+    assert score_rows(cases) == [score_values(s) for s in cases]
+    odd = [*cases[:3], dataclasses.replace(cases[3], score=dataclasses.replace(
+        cases[3].score, window=dataclasses.replace(cases[3].score.window,
+                                                   features=np.arange(5))))]
+    assert score_rows(odd) == [score_values(s) for s in odd]
+    assert score_rows([]) == []
+
+
+async def test_stored_scores_are_the_fields_of_the_old_derivation(
     redis_proc: RedisProcess, r: redis.Redis,
 ) -> None:
-    """Scores of several streams interleaved in one batch: one script call per stream
-    (its keys in its own hash-tag slot), no MULTI, each stream's entries in order and
-    its ``latest`` equal to its newest entry."""
+    """Through Redis, plain and fenced: every stored field of scores with awkward features
+    (tiny, huge, NaN, signed zero) is the string the reference derivation gives."""
+    rng = np.random.default_rng(3)
+    values = _awkward_floats(rng, 200)
+    batch = []
+    for i in range(24):
+        feats = rng.choice(values, 21)
+        if i % 2:
+            feats = rng.random(21) * 100  # rows of the fast path
+        s = score("cam-a" if i < 12 else "cam-b", i % 12)
+        batch.append(dataclasses.replace(s, score=dataclasses.replace(
+            s.score, window=dataclasses.replace(s.score.window, features=feats))))
+    sink = RedisSink.from_url(redis_proc.url, scores_maxlen=1000)
+    await sink.write(batch[:12])
+    await sink.aclose()
+    fenced = RedisSink.from_url(redis_proc.url, scores_maxlen=1000, owner="r1")
+    r.set(keys.stream_lease("cam-b"), keys.lease_value("r1", 5))
+    r.set(keys.stream_fence("cam-b"), "5")
+    await fenced.write([dataclasses.replace(s, fence=5) for s in batch[12:]])
+    await fenced.aclose()
+    stored = [f for _, f in r.xrange(keys.stream_scores("cam-a"))]
+    assert stored == [_reference_fields(s) for s in batch[:12]]
+    stored_b = [f for _, f in r.xrange(keys.stream_scores("cam-b"))]
+    assert [{k: v for k, v in f.items() if k not in ("owner", "fence")}
+            for f in stored_b] == [_reference_fields(s) for s in batch[12:]]
+
+
+async def test_a_batch_is_one_call_and_no_transaction(
+    redis_proc: RedisProcess, r: redis.Redis,
+) -> None:
+    """Scores of several streams interleaved in one batch, on one server: one script call
+    for all of them (on a cluster one per stream: tests/test_queue_cluster.py), no MULTI,
+    each stream's entries in order and its ``latest`` equal to its newest entry."""
     sink = RedisSink.from_url(redis_proc.url, scores_maxlen=1000)
     batch: list[Any] = [score(f"cam-{i % 3}", i // 3) for i in range(30)]
     batch.insert(4, AlertEvent("cam-1", "alert_start", 0.9, 1000.0, 998.0))
@@ -269,7 +356,8 @@ async def test_a_batch_is_one_call_per_stream_and_no_transaction(
     r.config_resetstat()
     await sink.write([score(f"cam-{i % 3}", 10 + i // 3) for i in range(30)])
     stats = r.info("commandstats")
-    assert stats["cmdstat_evalsha"]["calls"] == 3
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_xadd"]["calls"] == 30 and stats["cmdstat_hset"]["calls"] == 3
     assert "cmdstat_multi" not in stats and "cmdstat_exec" not in stats
     await sink.aclose()
     for cam in ("cam-0", "cam-1", "cam-2"):
@@ -348,3 +436,19 @@ async def test_fenced_scores_of_a_batch_written_again_are_not_repeated(
 
 def seqs_of(r: redis.Redis, stream: str) -> list[int]:
     return [int(f["seq"]) for _, f in r.xrange(keys.stream_scores(stream))]
+
+
+def test_features_json_keeps_to_json_dumps_where_to_json_formats_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The installed pydantic_core writes the probes as json.dumps does (the fast path is
+    in use); one that did not would leave every row to json.dumps, same text."""
+    from monitor.live.sinks import redis as redis_sink
+
+    assert redis_sink._to_json_agrees(), "pydantic_core formats floats otherwise: slow path"
+    rows = np.random.default_rng(1).random((50, 21)) * 100
+    calls: list[Any] = []
+    monkeypatch.setattr(redis_sink, "_to_json_agrees", lambda: False)
+    monkeypatch.setattr(redis_sink, "to_json", lambda *a, **k: calls.append(a) or b"")
+    assert features_json(rows) == [json.dumps(r.tolist()) for r in rows]
+    assert calls == []

@@ -50,6 +50,7 @@ from monitor.live.solo import SoloGuard
 from monitor.media.sources.rtsp import resolve_decode_backend
 from monitor.metrics import EvidenceMetrics, LiveFeedMetrics, StreamMetrics
 from monitor.redis_conn import acheck_cluster, async_redis_client, parse_cluster_url
+from monitor.redis_faults import cancel_and_wait
 from monitor.webrtc.hub import attach_webrtc
 
 from .common import (
@@ -178,9 +179,7 @@ def listen_urls(addresses: list[Any]) -> list[str]:
 async def _let_go(solo: SoloGuard | None, task: asyncio.Task[None] | None) -> None:
     """Stop renewing the single-serve key (``task``), then delete it (``solo``)."""
     if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)  # a cancel redis-py swallowed hung the drain
     if solo is not None:
         await solo.release()
         await solo.client.aclose()

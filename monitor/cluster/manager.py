@@ -52,6 +52,7 @@ from ..live.desired import record_for
 from ..live.stream_state import StreamStatus
 from ..media.sources import kind_for
 from ..redaction import redact_url
+from ..redis_faults import cancel_and_wait
 from .coordination import ORPHAN_TICKS, REDIS_ERRORS, LeaseCoordination
 
 log = logging.getLogger("restrav.cluster")
@@ -209,9 +210,7 @@ class ClusteredStreamManager(LeaseCoordination):
         stream stops; the leases are kept, and renewed, until :meth:`handover`."""
         self._draining = True
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await cancel_and_wait(self._loop_task)
         with contextlib.suppress(*REDIS_ERRORS):
             await self.leases.heartbeat(self._info())
         self._drain_task = asyncio.create_task(self._keep_leases(), name="cluster-drain-leases")
@@ -221,9 +220,7 @@ class ClusteredStreamManager(LeaseCoordination):
         """Drain, last step (after the sinks flushed): stop renewing, release every lease
         we hold and leave the replica set. Returns the number of streams handed over."""
         if self._drain_task is not None:
-            self._drain_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain_task
+            await cancel_and_wait(self._drain_task)
         n = 0
         for sid, token in list(self.owned.items()):
             try:

@@ -21,7 +21,6 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 
 from .. import keys
 from ..config import StreamSpec
+from ..redis_faults import cancel_and_wait
 from .stream_state import strip_credentials
 
 log = logging.getLogger("restrav.streams")
@@ -240,6 +240,4 @@ class DesiredSetWriter:
     async def aclose(self) -> None:
         """Stop a pending resync."""
         if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+            await cancel_and_wait(self._sync_task)

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ..config import ServeSettings, ServeSinkSettings, StreamSpec
@@ -100,12 +100,15 @@ def retainer(evidence: EvidenceRecorder | None) -> Callable[[EngineSample], None
     if evidence is None:
         return None
     recorder = evidence
+    small: dict[type, bool] = {}  # by type: isinstance() on a runtime Protocol costs us
 
     def retain(sample: EngineSample) -> None:
         frame = sample.frame
-        if isinstance(frame, SmallFrame):
+        if (ok := small.get(type(frame))) is None:
+            ok = small[type(frame)] = callable(getattr(type(frame), "small_rgb", None))
+        if ok:
             recorder.on_sample(sample.stream_id, sample.segment, sample.k, sample.time_s,
-                               sample.repeated, frame)
+                               sample.repeated, cast(SmallFrame, frame))
 
     return retain
 

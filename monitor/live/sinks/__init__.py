@@ -9,8 +9,9 @@ from __future__ import annotations
 from .base import BufferedSink, Sink, SinkUnavailable
 from .eventlog import EventLog
 from .fanout import FanoutSink
+from .fields import score_fields
 from .memory import MemorySink
-from .redis import RedisSink, score_fields
+from .redis import RedisSink
 from .stdout import StdoutSink
 
 __all__ = [

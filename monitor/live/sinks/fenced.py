@@ -51,6 +51,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic_core import to_json
+
 from ... import keys
 
 # KEYS: scores, latest; ARGV: maxlen, JSON list of the field names, then per score a
@@ -67,6 +69,41 @@ for s = 3, #ARGV do
 end
 redis.call('HSET', KEYS[2], unpack(f))
 return 1
+"""
+
+# One server (not a cluster): the scores of every stream of a batch in one call. KEYS:
+# per stream its scores and latest; ARGV: maxlen, JSON list of the field names, JSON list
+# of each stream's number of scores, then per score a JSON list of its values. A stream
+# whose command fails (WRONGTYPE, ...) gets its error text in the reply and its other
+# commands are not run; the other streams are written: one reply per stream, 1 or an
+# error text (redis.pcall: a Lua error would leave earlier streams written and report
+# none of them).
+PLAIN_BATCH = """
+local names = cjson.decode(ARGV[2])
+local counts = cjson.decode(ARGV[3])
+local k = #names
+local f = {}
+for i = 1, k do f[2 * i - 1] = names[i] end
+local out = {}
+local a = 4
+for s = 1, #counts do
+  local failed = nil
+  for r = 1, counts[s] do
+    if not failed then
+      local v = cjson.decode(ARGV[a])
+      for i = 1, k do f[2 * i] = v[i] end
+      local res = redis.pcall('XADD', KEYS[2 * s - 1], 'MAXLEN', '~', ARGV[1], '*', unpack(f))
+      if type(res) == 'table' and res.err then failed = res.err end
+    end
+    a = a + 1
+  end
+  if not failed then
+    local res = redis.pcall('HSET', KEYS[2 * s], unpack(f))
+    if type(res) == 'table' and res.err then failed = res.err end
+  end
+  out[s] = failed or 1
+end
+return out
 """
 
 _CHECK = """
@@ -125,7 +162,7 @@ class Lua:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
         self.whole = whole
 
-    def queue(self, pipe: Any, keys_: Sequence[str], args: Sequence[str]) -> None:
+    def queue(self, pipe: Any, keys_: Sequence[str], args: Sequence[str | bytes]) -> None:
         """Queue ``EVALSHA`` (``EVAL`` when ``whole``) on ``pipe`` (a pipeline or a client)."""
         if self.whole:
             pipe.execute_command("EVAL", self.text, len(keys_), *keys_, *args)
@@ -164,7 +201,7 @@ class FencedWriter:
              keys.stream_scores(stream_id), keys.stream_latest(stream_id)),
             [str(fence), keys.lease_value(self.owner, fence), str(maxlen),
              json.dumps([*names, "owner", "fence"]),
-             *(json.dumps([*row, *mark]) for row in rows)],
+             *(to_json([*row, *mark]) for row in rows)],
         )
 
     def event(

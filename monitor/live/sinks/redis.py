@@ -1,12 +1,16 @@
 """The Redis sink: per stream a capped score stream and a ``latest`` hash, plus alert events.
 
-A batch is one pipeline (one round trip, not a transaction): per stream one script
-call (:mod:`monitor.live.sinks.fenced`) that appends each of the stream's scores of
-the batch, ``XADD restrav:{stream}:scores MAXLEN ~ N * <fields>``, and sets
+A batch is one pipeline (one round trip, not a transaction). For each stream a script
+(:mod:`monitor.live.sinks.fenced`) appends each of the stream's scores of the batch,
+``XADD restrav:{stream}:scores MAXLEN ~ N * <fields>``, and sets
 ``HSET restrav:{stream}:latest <fields>`` to the last one, atomically: ``latest``
-always matches the newest entry. A call touches one stream's keys only (one hash-tag
-slot), so no command spans the slots of several streams. Alert events go to
-``restrav:events`` (``XADD MAXLEN ~``). Field values are strings (:data:`SCORE_FIELDS`);
+always matches the newest entry. On Redis Cluster, and for fenced scores, that is one
+script call per stream, touching that stream's keys only (one hash-tag slot), so no
+command spans the slots of several streams; on one server the unfenced scores of all
+the batch's streams go in one script call (``PLAIN_BATCH``: the per-call cost of
+redis-py, packing and reading one reply, was most of the sink's CPU at hundreds of
+streams), which reports each stream's outcome as its own call would. Alert events go to
+``restrav:events`` (``XADD MAXLEN ~``). Field values are strings (:mod:`.fields`);
 ``p_ai`` is empty without a classifier; ``features`` is a JSON list of the 21 features.
 
 A connection or timeout error, or a refused write (``OOM`` at ``maxmemory``, a
@@ -63,7 +67,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from pydantic_core import to_json
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ... import keys
 from ...metrics import StreamMetrics
@@ -76,51 +81,20 @@ from ...redis_conn import (
 )
 from ...redis_faults import NotReplicated, redis_unavailable, refusal_code
 from ...types import StreamScore
-from ..alerts import Event
 from .base import BufferedSink, Item, PartlyWritten, SinkUnavailable
-from .fenced import PLAIN_SCORES, FencedWriter, Lua
+from .fenced import PLAIN_BATCH, PLAIN_SCORES, FencedWriter, Lua
+from .fields import NAMES_JSON, SCORE_FIELDS, event_fields, score_rows
 
 log = logging.getLogger(__name__)
 
-SCORE_FIELDS: tuple[str, ...] = (
-    "stream", "seq", "segment", "start_s", "end_s", "p_ai", "threshold", "is_ai", "flagged",
-    "repeated_samples", "zero_steps", "zero_step_angle_deg", "wall_start", "wall_end",
-    "scored_at", "features",
-)
-"""The fields of a stored score, in order (the keys of :meth:`StreamScore.to_json`)."""
-
-_NAMES_JSON = json.dumps(SCORE_FIELDS)
-
-
-def _opt(v: object) -> str:
-    return "" if v is None else str(v)
-
-
-def score_values(score: StreamScore) -> list[str]:
-    """The string values of one stored score, in the order of :data:`SCORE_FIELDS`:
-    ``str`` of each value of ``score.to_json(features=True)``, ``""`` for None, ``"1"``
-    / ``"0"`` for booleans, ``features`` a JSON list (built without the dict)."""
-    s = score.score
-    w = s.window
-    is_ai = s.is_ai
-    return [
-        score.stream_id, str(score.seq), str(score.segment), str(round(score.start_s, 6)),
-        str(round(score.end_s, 6)), _opt(s.p_ai), _opt(s.threshold),
-        "" if is_ai is None else ("1" if is_ai else "0"), "1" if s.flagged else "0",
-        _opt(s.repeated_samples), str(w.repeated_frames), str(w.zero_step_angle_deg),
-        str(round(score.wall_start, 6)), str(round(score.wall_end, 6)),
-        str(round(score.scored_at, 6)), json.dumps(w.features.tolist()),
-    ]
-
-
-def score_fields(score: StreamScore) -> dict[str, str]:
-    """The flat string fields stored for one score (stream entry and latest hash)."""
-    return dict(zip(SCORE_FIELDS, score_values(score), strict=True))
-
-
-def event_fields(event: Event) -> dict[str, str]:
-    """The flat string fields stored for one event (an alert's, or who changed what)."""
-    return {k: ("" if v is None else str(v)) for k, v in event.to_json().items()}
+def _score_values(calls: list[_Call]) -> dict[int, list[list[str]]]:
+    """The stored values of every score of ``calls`` (made for the whole batch at once,
+    :func:`score_rows`), by ``id(call)``, one list per score in the call's order; calls
+    of events have none."""
+    scores = [it for call in calls for it in call.items if isinstance(it, StreamScore)]
+    rows = iter(score_rows(scores))
+    return {id(call): [next(rows) for _ in call.items] for call in calls
+            if isinstance(call.items[0], StreamScore)}
 
 
 def _sink_error(exc: Exception) -> Exception:
@@ -184,6 +158,7 @@ class RedisSink(BufferedSink):
         self.events_maxlen = events_maxlen
         self.fenced = FencedWriter(owner, cluster=is_cluster(client))
         self._plain = Lua(PLAIN_SCORES, whole=self.fenced.cluster)
+        self._batch = Lua(PLAIN_BATCH)  # one server only (not used on a cluster)
         self.on_refused = on_refused
         self.refused = 0
         self._by_node = self.fenced.cluster and self.durability.enabled
@@ -245,20 +220,56 @@ class RedisSink(BufferedSink):
         """The pipeline of ``calls`` (and WAIT): one reply (or error) per call, and WAIT's
         reply in a list (empty without durability). A lost connection or a refused WAIT
         raises :class:`SinkUnavailable` for the whole batch. On a cluster with durability:
-        :meth:`_send_by_node`."""
+        :meth:`_send_by_node`.
+
+        On one server the unfenced scores of several streams go in one script call
+        (:data:`~monitor.live.sinks.fenced.PLAIN_BATCH`: per call of the pipeline
+        redis-py spends about 15 us packing it and reading its reply, and at hundreds
+        of streams a batch holds about one score per stream); its reply is one result
+        per stream, handed to each call as if it had been sent alone."""
+        values = _score_values(calls)
         if self._by_node:
-            return await self._send_by_node(calls), []
+            return await self._send_by_node(calls, values), []
         pipe = self.client.pipeline(transaction=False)
-        for call in calls:
-            self._queue(pipe, call)
+        together = [c for c in calls if c.fence is None and isinstance(c.items[0], StreamScore)]
+        if self.fenced.cluster or len(together) < 2:
+            together = []
+        if together:
+            self._queue_together(pipe, together, values)
+        joined = {id(c) for c in together}
+        alone = [c for c in calls if id(c) not in joined]
+        for call in alone:
+            self._queue(pipe, call, values.get(id(call), []))
         waits = self.durability.queue_wait(pipe)
         replies: list[Any] = await self._guard(pipe.execute(raise_on_error=False))
         acks = [replies.pop()] if waits else []
         if acks and isinstance(acks[0], Exception):
             raise _sink_error(acks[0])
-        return replies, acks
+        result_of: dict[int, Any] = {}
+        if together:
+            first = replies.pop(0)
+            if isinstance(first, Exception):  # the whole call (NOSCRIPT, a refusal)
+                result_of.update((id(c), first) for c in together)
+            else:
+                for c, r in zip(together, first, strict=True):
+                    if isinstance(r, bytes):
+                        r = r.decode(errors="replace")
+                    result_of[id(c)] = ResponseError(r) if isinstance(r, str) else r
+        result_of.update((id(c), r) for c, r in zip(alone, replies, strict=True))
+        return [result_of[id(c)] for c in calls], acks
 
-    async def _send_by_node(self, calls: list[_Call]) -> list[Any]:
+    def _queue_together(self, pipe: Any, calls: list[_Call],
+                        values: dict[int, list[list[str]]]) -> None:
+        """Queue the unfenced scores of ``calls`` (several streams) as one script call."""
+        keys_: list[str] = []
+        for call in calls:
+            keys_ += (keys.stream_scores(call.stream_id), keys.stream_latest(call.stream_id))
+        counts = json.dumps([len(call.items) for call in calls])
+        self._batch.queue(pipe, keys_, [str(self.scores_maxlen), NAMES_JSON, counts,
+                                        *(to_json(v) for c in calls for v in values[id(c)])])
+
+    async def _send_by_node(self, calls: list[_Call], values: dict[int, list[list[str]]]
+                            ) -> list[Any]:
         """Cluster with durability: the calls grouped by the primary serving each call's
         slot, one pipeline per node ending with WAIT on its connection
         (:func:`~monitor.redis_conn.anode_pipelines`). One reply (or error) per call; a
@@ -267,7 +278,7 @@ class RedisSink(BufferedSink):
         not written and stays buffered (fenced scores are not repeated when written
         again)."""
         def queue(call: _Call) -> Callable[[Any], None]:
-            return lambda pipe: self._queue(pipe, call)
+            return lambda pipe: self._queue(pipe, call, values.get(id(call), []))
 
         done = await self._guard(anode_pipelines(
             self.client, [(self._slot_key(c), queue(c)) for c in calls],  # type: ignore[arg-type]
@@ -323,20 +334,24 @@ class RedisSink(BufferedSink):
 
     async def _load(self) -> None:
         await self._plain.load(self.client)
+        if not self.fenced.cluster:
+            await self._batch.load(self.client)
         await self.fenced.load(self.client)
 
-    def _queue(self, pipe: Any, call: _Call) -> None:
-        """Queue one call's command on ``pipe``."""
+    def _queue(self, pipe: Any, call: _Call, values: list[list[str]]) -> None:
+        """Queue one call's command on ``pipe``; a call of scores takes its scores' values
+        (:mod:`.fields`, one list per score). Each score's values go as one JSON
+        list (decoded by the script; their stored text is the strings)."""
         first = call.items[0]
         if isinstance(first, StreamScore):
-            rows = [score_values(s) for s in call.items if isinstance(s, StreamScore)]
+            rows = values
             if call.fence is not None:
                 self.fenced.scores(pipe, call.stream_id, call.fence, SCORE_FIELDS, rows,
                                    self.scores_maxlen)
                 return
             self._plain.queue(pipe, (keys.stream_scores(call.stream_id),
                                      keys.stream_latest(call.stream_id)),
-                              [str(self.scores_maxlen), _NAMES_JSON, *map(json.dumps, rows)])
+                              [str(self.scores_maxlen), NAMES_JSON, *map(to_json, rows)])
         elif call.fence is not None:
             self.fenced.event(pipe, call.stream_id, call.fence, event_fields(first),
                               self.events_maxlen)
