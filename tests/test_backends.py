@@ -217,15 +217,21 @@ def test_bfloat16_where_it_cannot_compute_runs_float32_and_says_so(capped: bool)
             env[var] = "AVX2"
     code = ("import logging, torch; logging.basicConfig(); "
             "from monitor.core.backends import choose_backend; "
-            "print(*choose_backend('openvino', 'bfloat16', torch.device('cpu')))")
+            "from monitor.config import ModelSettings; "
+            "from workers.doctor_cmd import _backends; "
+            "print(*choose_backend('openvino', 'bfloat16', torch.device('cpu'))); "
+            "m = ModelSettings(device='cpu', backend='openvino', backend_mode='bfloat16'); "
+            "print('doctor:', _backends(m, False).get('note', 'no note'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    runs, doctor = out.stdout.splitlines()
     if capped:
-        assert out.stdout.split() == ["openvino", "float32"]
+        assert runs.split() == ["openvino", "float32"]
         assert "no bfloat16 unit" in out.stderr and "float32 runs" in out.stderr
+        assert doctor == f"doctor: {backends.BF16_FALLBACK}"
     elif backends.has_bf16():
-        assert out.stdout.split() == ["openvino", "bfloat16"]
-        assert "bfloat16 unit" not in out.stderr
+        assert runs.split() == ["openvino", "bfloat16"]
+        assert "bfloat16 unit" not in out.stderr and doctor == "doctor: no note"
 
 
 def test_a_missing_runtime_names_what_to_install() -> None:
