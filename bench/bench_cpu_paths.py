@@ -77,12 +77,15 @@ def make_720p(path: Path, seconds: float) -> Path:
 
 
 def env_for(backend: str, model: Path, cache: Path, threads: int) -> dict[str, str]:
-    """Environment of a worker or serve process running ``backend``."""
+    """Environment of a worker or serve process running ``backend`` (``name`` or
+    ``name+KEY=VALUE+KEY=VALUE``: settings of that row, as environment variables)."""
+    name, *extra = backend.split("+")
     return dict(
         os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
         RESTRAV_MODEL__REF=str(model), RESTRAV_MODEL__DEVICE="cpu",
-        RESTRAV_MODEL__THREADS=str(threads), RESTRAV_MODEL__BACKEND=backend,
+        RESTRAV_MODEL__THREADS=str(threads), RESTRAV_MODEL__BACKEND=name,
         RESTRAV_MODEL__GRAPH_CACHE=str(cache),
+        **dict(kv.split("=", 1) for kv in extra),
     )
 
 
@@ -94,7 +97,8 @@ def queue_run(backend: str, clips: list[Path], model: Path, cache: Path, threads
     """(seconds to ready, seconds from the first XADD to the last answer) for one worker."""
     client = connect(url)
     client.flushdb()
-    name = f"w-{backend}"
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", backend)
+    name = f"w-{label}"
     env = env_for(backend, model, cache, threads)
     env.update(RESTRAV_REDIS__URL=url, RESTRAV_QUEUE__BLOCK_MS="100")
     t_start = time.perf_counter()
@@ -108,7 +112,7 @@ def queue_run(backend: str, clips: list[Path], model: Path, cache: Path, threads
                 sys.exit(f"worker {name} did not start; see {root}/{name}.log")
             time.sleep(0.1)
         ready = time.perf_counter() - t_start
-        ids = [f"{backend}-{i}" for i in range(len(clips))]
+        ids = [f"{label}-{i}" for i in range(len(clips))]
         t0 = time.perf_counter()
         for job_id, clip in zip(ids, clips):
             enqueue(client, Job(job_id=job_id, source=str(clip), options=JobOptions()),
@@ -179,6 +183,28 @@ def quantile(q: float, before: dict[float, float], after: dict[float, float]) ->
     return les[-1]
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid``, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core of the machine spent busy so far (/proc/stat: all but idle
+    and iowait), whoever ran: beside this process's, it shows the other load."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(vals[:8]) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_mean_ms(a: list[tuple[str, dict[str, str], float]],
+                  b: list[tuple[str, dict[str, str], float]], stage: str) -> float:
+    """Mean of one engine stage's latency (ms per batch) between two scrapes."""
+    name = "restrav_stage_latency_seconds"
+    n = total(b, name + "_count", stage=stage) - total(a, name + "_count", stage=stage)
+    t = total(b, name + "_sum", stage=stage) - total(a, name + "_sum", stage=stage)
+    return 1e3 * t / n if n else float("nan")
+
+
 def file_streams(clip: Path, n: int) -> list[dict[str, Any]]:
     """``n`` streams playing ``clip`` in real time from the file, looping."""
     return [{"id": f"s{i}", "url": f"file://{clip}", "loop": True} for i in range(n)]
@@ -215,11 +241,12 @@ def serve_run(backend: str, streams: list[dict[str, Any]], model: Path, cache: P
     port = free_port()
     n = len(streams)
     cfg = {"serve": {"api": {"port": port, "token": TOKEN}, "streams": streams}}
-    cfg_path = root / f"serve-{backend}-{n}.yaml"
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", backend)
+    cfg_path = root / f"serve-{label}-{n}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     t_start = time.perf_counter()
-    with (root / f"serve-{backend}-{n}.out").open("wb") as out, \
-            (root / f"serve-{backend}-{n}.log").open("wb") as log:
+    with (root / f"serve-{label}-{n}.out").open("wb") as out, \
+            (root / f"serve-{label}-{n}.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "serve", "--config", str(cfg_path)],
             cwd=REPO, env=env_for(backend, model, cache, threads), stdout=out, stderr=log,
@@ -236,7 +263,9 @@ def serve_run(backend: str, streams: list[dict[str, Any]], model: Path, cache: P
         ready = time.perf_counter() - t_start  # to every stream's first score
         time.sleep(warmup)
         a, t0 = scrape(port), time.perf_counter()
+        cpu0, busy0 = proc_cpu_s(proc.pid), machine_busy_s()
         time.sleep(seconds)
+        cpu1, busy1 = proc_cpu_s(proc.pid), machine_busy_s()
         b, el = scrape(port), time.perf_counter() - t0
         lat_a = buckets(a, "restrav_stream_e2e_latency_seconds")
         lat_b = buckets(b, "restrav_stream_e2e_latency_seconds")
@@ -246,7 +275,15 @@ def serve_run(backend: str, streams: list[dict[str, Any]], model: Path, cache: P
             a, "restrav_stream_frames_sampled_total")
         skipped = total(b, "restrav_stream_windows_skipped_total") - total(
             a, "restrav_stream_windows_skipped_total")
+        embedded = total(b, "restrav_engine_batch_size_sum") - total(
+            a, "restrav_engine_batch_size_sum")
+        batches = total(b, "restrav_engine_batch_size_count") - total(
+            a, "restrav_engine_batch_size_count")
         return {
+            "embedded_per_s": embedded / el, "batch_mean": embedded / max(batches, 1.0),
+            "convert_ms": stage_mean_ms(a, b, "convert"), "embed_ms": stage_mean_ms(a, b, "embed"),
+            "serve_cores": (cpu1 - cpu0) / el, "machine_cores": (busy1 - busy0) / el,
+            "cpu_ms_per_sample": 1e3 * (cpu1 - cpu0) / max(embedded, 1.0),
             "backend": backend, "streams": n, "ready_s": ready,
             "sampled_hz": sampled / el / n, "scored_hz": scored / el / n,
             "skipped": skipped, "p50": quantile(0.5, lat_a, lat_b),
@@ -271,17 +308,19 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--source", choices=["file", "rtsp"], default="file",
                     help="serve's streams: local files or a loopback RTSP server")
+    ap.add_argument("--backends", help="the rows' backends in turn (default: torch,FAST); a "
+                    "backend may carry settings, e.g. openvino+RESTRAV_DECODE__THREADS=0")
     args = ap.parse_args()
-    backends = ["torch", args.fast]
+    backends = (args.backends.split(",") if args.backends else ["torch", args.fast])
     root = Path(tempfile.mkdtemp(prefix="restrav-cpu-paths-"))
     print(f"CPU: {cpu_line()}")
     print(f"threads {args.threads}; backends {backends}; load at start {loadavg()}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; logs in {root}")
     model, cache = random_backbone_dir("vits14"), root / "graphs"
-    if args.fast != "torch":
-        _, info = build_runner(load_backbone(str(model), "cpu"), args.fast, "float32",
+    for fast in sorted({b.split("+")[0] for b in backends} - {"torch"}):
+        _, info = build_runner(load_backbone(str(model), "cpu"), fast, "float32",
                                args.threads, cache)
-        print(f"{args.fast} graph built in {info.build_s:.1f} s (before the clock)")
+        print(f"{fast} graph built in {info.build_s:.1f} s (before the clock)")
     results: dict[str, Any] = {"cpu": cpu_line(), "queue": [], "serve": []}
 
     if "queue" in args.parts:
@@ -333,6 +372,15 @@ def main() -> None:
         print(table(["backend", "streams", "ready s", "sampled Hz", "scored Hz",
                      "windows skipped", "p50 latency s", "p95 latency s",
                      "capacity samples/s", "streams at 11.5 Hz", "load"], rows))
+        print("\nwhere the CPU went, same rows (serve's own CPU seconds from /proc, all its "
+              "threads; the machine's busy cores, anyone's; the engine's mean stage times)")
+        print(table(["backend", "streams", "samples embedded/s", "mean batch",
+                     "convert ms/batch", "embed ms/batch", "serve CPU ms/sample",
+                     "serve cores busy", "machine cores busy"],
+                    [[r["backend"], r["streams"], f"{r['embedded_per_s']:.2f}",
+                      f"{r['batch_mean']:.1f}", f"{r['convert_ms']:.1f}", f"{r['embed_ms']:.1f}",
+                      f"{r['cpu_ms_per_sample']:.1f}", f"{r['serve_cores']:.2f}",
+                      f"{r['machine_cores']:.2f}"] for r in results["serve"]]))
     print(f"\n(load at the end: {loadavg()})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -394,7 +394,8 @@ class EngineSettings(_Section):
     max_batch: int | None = Field(
         None, ge=1, le=1024,
         description="Frames per forward pass; None: derived from the measured batch cost "
-        "(16 to 256).",
+        "(16 to 256) on a GPU, model.batch_size on a CPU (the CPU's full rate is reached "
+        "there; larger batches only delay scores).",
     )
     max_wait_ms: float = Field(10.0, ge=0, le=10_000)
     queue_samples: int | None = Field(

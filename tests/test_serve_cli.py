@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -9,7 +10,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,6 +24,33 @@ from .redisproc import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_serve(cfg: dict[str, Any], tmp_path: Path, done: Callable[[Path], bool],
+              at_end: Callable[[], None] = lambda: None) -> Path:
+    """Run ``restrav serve`` with ``cfg`` until ``done(stdout file)`` (at most 120 s), call
+    ``at_end``, SIGTERM it and check it exits 0; returns the stdout file (JSON lines)."""
+    cfg_path = tmp_path / "serve.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out_path = tmp_path / "out.jsonl"
+    with out_path.open("w") as out, (tmp_path / "err.log").open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "serve", "--config", str(cfg_path)],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+            stdout=out, stderr=err,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not done(out_path):
+                time.sleep(0.5)
+            at_end()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return out_path
+
+
 def test_serve_help_explains() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "workers.cli", "serve", "--help"], cwd=ROOT,
@@ -27,6 +58,40 @@ def test_serve_help_explains() -> None:
     ).stdout
     for word in ("--config", "--stream", "SIGTERM", "restrav:{stream}:scores", "/metrics"):
         assert word in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                    reason="onnxruntime not installed (the cpu-fast extra)")
+def test_cpu_runtime_backend_serves_with_batches_of_the_model_batch_size(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A CPU runtime backend: the conversion threads prepare the model input (torch
+    single-threaded) and scores come out; the engine's batch limit is model.batch_size
+    (a CPU's full rate is reached there), not the GPU's derived 16-256."""
+    clip = tmp_path / "loop.mp4"
+    write_clip(clip, fps=25, n_frames=75, size=(64, 48))
+    port = free_port()
+    cfg = {
+        "model": {"ref": str(tiny_model_dir), "device": "cpu", "image_size": 112, "threads": 2,
+                  "backend": "onnxruntime", "batch_size": 6, "graph_cache": str(tmp_path)},
+        "classifier": {"path": "none"},
+        "serve": {"api": {"port": port, "token": "t"},
+                  "streams": [{"id": "demo", "url": f"file://{clip}", "loop": True}]},
+    }
+    metrics: list[str] = []
+
+    def scrape() -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                     headers={"Authorization": "Bearer t"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            metrics.append(r.read().decode())
+
+    out_path = run_serve(cfg, tmp_path, lambda p: len(p.read_text().splitlines()) >= 3, scrape)
+    scores = [json.loads(x) for x in out_path.read_text().splitlines()]
+    assert len(scores) >= 3 and all(len(x["features"]) == 21 for x in scores)
+    assert "restrav_engine_batch_limit 6.0" in metrics[0]
+    assert 'reason="convert_error"' not in metrics[0]
 
 
 @pytest.mark.slow
@@ -44,28 +109,10 @@ def test_serve_stdout_looping_file_then_sigterm_drains(
             "engine": {"hop": 2},
         },
     }
-    cfg_path = tmp_path / "serve.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    out_path = tmp_path / "out.jsonl"
-    with out_path.open("w") as out, (tmp_path / "err.log").open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "serve", "--config", str(cfg_path)],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
-            stdout=out, stderr=err,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                segs = {json.loads(x)["segment"] for x in out_path.read_text().splitlines()}
-                if len(segs) >= 2:
-                    break
-                time.sleep(0.5)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    def two_segments(out: Path) -> bool:
+        return len({json.loads(x)["segment"] for x in out.read_text().splitlines()}) >= 2
+
+    out_path = run_serve(cfg, tmp_path, two_segments)
     lines = [json.loads(x) for x in out_path.read_text().splitlines()]
     assert {x["type"] for x in lines} == {"score"}
     scores = [x for x in lines if x["stream"] == "demo"]

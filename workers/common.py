@@ -159,15 +159,26 @@ def decode_limits(settings: Settings) -> DecodeLimits:
 
 def build_embedder(settings: Settings) -> Embedder:
     """Load the backbone named by the settings and wrap it in an Embedder on the chosen
-    backend (:func:`monitor.core.backends.make_embedder`, the one place that chooses)."""
+    backend (:func:`monitor.core.backends.make_embedder`, the one place that chooses).
+
+    With a runtime backend (OpenVINO, ONNX Runtime: the CPU) this process's torch is
+    then set to one intra-op thread: the runtime computes the backbone on its own
+    threads, and torch only prepares pixels (one frame per thread, in parallel, see
+    :mod:`monitor.core.resize`) and the geometry, where a team of two threads per small
+    operation cost more CPU than it saved (BENCHMARKS.md, issue 22 fourth part)."""
+    import torch
+
     from monitor.core.backends import make_embedder
 
     m = settings.model
-    return make_embedder(
+    emb = make_embedder(
         m.ref, m.device, m.dtype, m.image_size, batch_size=m.batch_size,
         normalize=m.normalize, compile=m.compile, backend=m.backend, mode=m.backend_mode,
         threads=m.threads, cache_dir=m.graph_cache,
     )
+    if emb.runner is not None:
+        torch.set_num_threads(1)
+    return emb
 
 
 def build_classifier(settings: Settings, embedding_dim: int | None = None) -> Classifier | None:

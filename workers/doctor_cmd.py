@@ -130,6 +130,7 @@ def _backends(model: ModelSettings, model_found: bool) -> dict[str, Any]:
     from monitor.core.autoselect import cpu_model, isa_caps, isa_flags
     from monitor.core.backbone import resolve_device
     from monitor.core.backends import (
+        BF16_FALLBACK,
         DRIFT_BOUND,
         MEASURED_DRIFT,
         MEASURED_ON,
@@ -146,6 +147,8 @@ def _backends(model: ModelSettings, model_found: bool) -> dict[str, Any]:
         device = resolve_device(model.device)
         rt, md = choose_backend(model.backend, model.backend_mode, device, installed)
         info["runs"] = f"{rt} {md}"
+        if model.backend != "auto" and md != model.backend_mode:
+            info["note"] = BF16_FALLBACK
         if model.backend == "auto" and device.type == "cpu" and model.dtype == "float32":
             info.update(_auto(model, model_found))
     except ConfigError as exc:

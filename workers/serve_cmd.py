@@ -256,6 +256,7 @@ async def serve(
     # renewed from now on: the model load may outlast the key's TTL
     solo_task = asyncio.create_task(solo.run(), name="solo-guard") if solo else None
 
+    cpu_model = False  # the backbone loaded here runs on the CPU
     if embedder is None:
         log.info("loading model %s", settings.model.ref)
         try:
@@ -263,9 +264,20 @@ async def serve(
         except BaseException:  # not started: the key goes now, not after its TTL
             await _let_go(solo, solo_task)
             raise
+        cpu_model = loaded.device.type == "cpu"
+        if cpu_model and s.engine.max_batch is None:
+            # a CPU runs at its full rate from model.batch_size (8) on; a larger batch only
+            # makes each sample wait longer for its score (BENCHMARKS.md, issue 22 fourth part)
+            s = s.model_copy(update={"engine": s.engine.model_copy(
+                update={"max_batch": loaded.batch_size})})
         loaded.batch_size = max(loaded.batch_size, s.engine.max_batch or MAX_DERIVED_BATCH)
         embedder = loaded
     s = s.model_copy(update={"source": resolve_decode_backend(s.source, str(embedder.device))})
+    decode_threads = settings.decode.threads
+    if decode_threads == 0 and cpu_model:
+        # one FFmpeg thread per stream on a CPU model: FFmpeg's own threads (cores + 1 per
+        # stream) cost more CPU per frame and preempt the backbone's threads
+        decode_threads = 1
     classifier = build_classifier(settings, embedder.embedding_dim)
     if classifier is None:
         log.warning("classifier 'none': scores carry features only (p_ai null)")
@@ -313,7 +325,7 @@ async def serve(
         manager = clustered = ClusteredStreamManager(
             engine, sink, s, metrics, redis_client, replica,
             durability=settings.redis.durability(),
-            decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+            decode_threads=decode_threads, max_pixels=settings.decode.max_pixels,
             evidence=evidence,
         )
         redis_sink.on_refused = clustered.on_refused
@@ -324,7 +336,7 @@ async def serve(
             store = RedisDesiredStore(redis_client)
         manager = StreamManager(
             engine, sink, s, metrics, store,
-            decode_threads=settings.decode.threads, max_pixels=settings.decode.max_pixels,
+            decode_threads=decode_threads, max_pixels=settings.decode.max_pixels,
             evidence=evidence,
         )
 

@@ -177,7 +177,9 @@ def choose_backend(
     ``auto`` is torch float32 on CUDA; on a CPU the first of :func:`auto_candidates`
     (``mode`` is then ignored), the choice before :func:`make_embedder` measures them.
     A named backend must be installed (:class:`MissingRuntime` otherwise) and run on
-    the CPU; its mode is kept as asked, whatever its drift (reported by ``restrav doctor``).
+    the CPU; its mode is kept as asked, whatever its drift (reported by ``restrav doctor``),
+    except bfloat16 where it cannot compute (:func:`bf16_computes`): that resolves to
+    float32 with a WARNING (:data:`BF16_FALLBACK`), so that what runs is what is reported.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -204,7 +206,33 @@ def choose_backend(
         raise ConfigError("mode bfloat16 is offered by the openvino backend only")
     if mode == "int8" and backend != "onnxruntime":
         raise ConfigError("mode int8 is offered by the onnxruntime backend only")
+    if mode == "bfloat16" and not bf16_computes():
+        log.warning("%s", BF16_FALLBACK)
+        return backend, "float32"
     return backend, mode
+
+
+BF16_FALLBACK = (
+    "backend mode bfloat16: this CPU, under this process's instruction-set caps, has no "
+    "bfloat16 unit (AVX512_BF16 or AMX-BF16, as OpenVINO reports it): OpenVINO would "
+    "compute float32, so float32 runs (the same features and speed; `restrav doctor` "
+    "shows the caps)"
+)
+"""Logged (WARNING) when bfloat16 is asked for where it cannot run."""
+
+
+def bf16_computes(flags: frozenset[str] | None = None) -> bool:
+    """True when OpenVINO computes bfloat16 here: the CPU's flags under the caps
+    (:func:`has_bf16`) and OpenVINO's own view (``BF16`` among the CPU plugin's
+    ``OPTIMIZATION_CAPABILITIES``; ``OV_CPU_MAX_ISA=AVX2`` removes it) both say so.
+    Asked for bfloat16 where they do not, OpenVINO silently computes float32."""
+    if not has_bf16(flags):
+        return False
+    if not installed("openvino"):
+        return True  # the missing runtime is reported by whoever asks for it
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 

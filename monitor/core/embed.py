@@ -5,6 +5,13 @@ Contract:
 * :func:`preprocess` turns RGB ``uint8`` frames into the model input:
   float32 / 255, bicubic resize with antialiasing to 224 x 224, no crop, no
   mean/std normalisation unless asked.
+* With a runtime backend on the CPU and torch's intra-op threads at 1 (the composition
+  roots set it: torch then only prepares pixels), RGB frames are resized one at a time by
+  :func:`monitor.core.resize.frame_pixels` (the same function as :func:`preprocess`
+  within float32 rounding, about a third of its CPU time), and :meth:`Embedder.prepare`
+  offers that per frame to callers that prepare frames in parallel threads (the
+  streaming engine's conversion threads); :meth:`Embedder.embed_tensor` takes such
+  prepared ``(3, S, S)`` tensors beside RGB frames and YUV planes.
 * :class:`Embedder` runs a frozen :class:`~monitor.core.backbone.Backbone` (loaded by
   :func:`~monitor.core.backbone.load_backbone`) under ``torch.inference_mode`` in
   batches and returns, per frame, the final LayerNorm output of ALL tokens (CLS +
@@ -24,6 +31,7 @@ import torch.nn.functional as F
 from ..media.colour import YUVPlanes, planes_to_pixels
 from ..types import RGBArray
 from .backbone import Backbone, CompileMode
+from .resize import frame_pixels, parallel_safe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,10 +166,33 @@ class Embedder:
             hidden: torch.Tensor = out.last_hidden_state[:n]
             return hidden.reshape(n, -1).float()
 
-    def pixels(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
-        """Model input ``(N, 3, S, S)`` on the device for RGB frames and/or YUV planes
-        (converted on the device by :func:`monitor.media.colour.planes_to_pixels`)."""
+    @property
+    def prepares_frames(self) -> bool:
+        """True when :meth:`prepare` is the cheap per-frame path and may run in several
+        threads at once: a runtime backend (torch's own forward keeps :func:`preprocess`)
+        on the CPU with torch single-threaded (:func:`~monitor.core.resize.parallel_safe`);
+        the caller's threads must then run torch single-threaded too
+        (``torch.set_num_threads(1)`` in each)."""
+        return self.runner is not None and self.device.type == "cpu" and parallel_safe()
+
+    def prepare(self, frame: RGBArray) -> torch.Tensor:
+        """One RGB frame -> its ``(3, S, S)`` model input on the CPU, unnormalised (SPEC
+        section 2; :func:`~monitor.core.resize.frame_pixels`). Thread-safe."""
+        return frame_pixels(frame, self.backbone.image_size)
+
+    def pixels(self, frames: Sequence[RGBArray | YUVPlanes | torch.Tensor]) -> torch.Tensor:
+        """Model input ``(N, 3, S, S)`` on the device for RGB frames, YUV planes
+        (converted on the device by :func:`monitor.media.colour.planes_to_pixels`) and/or
+        frames already through :meth:`prepare`."""
         size, dev = self.backbone.image_size, self.device
+        if self.prepares_frames and all(not isinstance(f, YUVPlanes) for f in frames):
+            ready = [f if isinstance(f, torch.Tensor) else self.prepare(f)  # type: ignore[arg-type]
+                     for f in frames]
+            if not ready:
+                return torch.empty(0, 3, size, size)
+            return _normalise(torch.stack(ready), self.normalize)
+        if any(isinstance(f, torch.Tensor) for f in frames):
+            raise ValueError("prepared pixels are accepted only where prepares_frames is True")
         yuv = [i for i, f in enumerate(frames) if isinstance(f, YUVPlanes)]
         if not yuv:
             return preprocess(frames, size, dev, self.normalize)  # type: ignore[arg-type]
@@ -177,8 +208,11 @@ class Embedder:
         )
         return out
 
-    def embed_tensor(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
-        """Embed frames (RGB arrays and/or YUV planes); ``(N, D)`` float32 on the device."""
+    def embed_tensor(
+        self, frames: Sequence[RGBArray | YUVPlanes | torch.Tensor]
+    ) -> torch.Tensor:
+        """Embed frames (RGB arrays, YUV planes and/or :meth:`prepare` d pixels);
+        ``(N, D)`` float32 on the device."""
         chunks = []
         for i in range(0, len(frames), self.batch_size):
             part = frames[i : i + self.batch_size]

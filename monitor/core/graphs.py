@@ -309,6 +309,11 @@ def _onnxruntime_runner(files: dict[str, bytes], threads: int) -> Runner:
 
 
 def _openvino_runner(files: dict[str, bytes], threads: int, mode: str) -> Runner:
+    """OpenVINO's forward: ``threads`` single-threaded streams (THROUGHPUT), a batch split
+    across them in contiguous parts computed at once. On two cores this cost 9 % less CPU
+    per frame than one stream of two threads (69 vs 76 ms, BENCHMARKS.md, issue 22
+    fourth part): no barrier between the threads of every layer, so a thread preempted by
+    decoding stalls only its own part."""
     import openvino as ov
 
     core = ov.Core()
@@ -317,18 +322,24 @@ def _openvino_runner(files: dict[str, bytes], threads: int, mode: str) -> Runner
     config = {
         "INFERENCE_NUM_THREADS": threads,
         "INFERENCE_PRECISION_HINT": "bf16" if mode == "bfloat16" else "f32",
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "THROUGHPUT" if threads > 1 else "LATENCY",
+        "NUM_STREAMS": threads,
         # no pinning: the decode threads share these cores, the OS places both
         "ENABLE_CPU_PINNING": False,
     }
     compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
+    requests = [compiled.create_infer_request() for _ in range(threads)]
 
     def run(pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.detach().cpu().float().contiguous().numpy()
-        out = request.infer({0: x})
-        return torch.from_numpy(np.array(out[compiled.output(0)], dtype=np.float32))
+        parts = np.array_split(x, min(len(requests), len(x))) if len(x) else [x]
+        for req, part in zip(requests, parts):
+            req.start_async({0: part})
+        outs = []
+        for req, _ in zip(requests, parts):
+            req.wait()
+            outs.append(np.array(req.get_output_tensor(0).data, dtype=np.float32))
+        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
 
     return run
 

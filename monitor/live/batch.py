@@ -4,7 +4,9 @@
 
 * :meth:`BatchScorer.embed` (the device step): converts the sampled frames, once per
   distinct frame and in parallel (RGB on the CPU, or 4:2:0 planes converted on the
-  device with ``pixel_path="yuv"``), and runs one forward pass for the batch;
+  device with ``pixel_path="yuv"``; where the embedder prepares frames itself,
+  ``prepares_frames``: a CPU runtime backend, each conversion thread also resizes its
+  frames to the model input, single-threaded), and runs one forward pass for the batch;
 * :meth:`BatchScorer.score` (the host step, in batch order; it owns the window
   states): computes every sample's step distance and angle on the device in one
   batched update (:class:`~monitor.core.geometry.StepTable`: one embedding and one
@@ -23,11 +25,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -77,6 +80,22 @@ class TensorEmbedder(Protocol):
 
     def embed_tensor(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
         """``(N, D)`` float32 on :attr:`device`."""
+        ...
+
+
+class FramePreparer(Protocol):
+    """An embedder that also turns one RGB frame into its model input, in any thread
+    (:class:`~monitor.core.embed.Embedder` on a CPU runtime backend); its
+    ``embed_tensor`` then takes those tensors."""
+
+    @property
+    def prepares_frames(self) -> bool:
+        """True when :meth:`prepare` may run in the conversion threads (torch
+        single-threaded there)."""
+        ...
+
+    def prepare(self, frame: RGBArray) -> torch.Tensor:
+        """``(3, S, S)`` float32 model input of one RGB frame."""
         ...
 
 
@@ -172,13 +191,23 @@ class BatchScorer:
         self._states: dict[str, WindowState] = {}
         self.table = StepTable(self.dim, self.device)
         self._batches = 0
+        self.pixel_path = pixel_path(settings.pixel_path, self.device)
+        self._convert: Callable[[RGBFrame], Any] = (
+            _convert_yuv if self.pixel_path == "yuv" else _convert_rgb)
+        prepares = self.pixel_path == "rgb" and getattr(embedder, "prepares_frames", False)
+        if prepares:
+            self._convert = functools.partial(_convert_prepared, cast(FramePreparer, embedder))
+        self.prepares_frames = bool(prepares)
+        """The conversion threads also make the model input (see the module docstring)."""
         self._pool = (
-            concurrent.futures.ThreadPoolExecutor(settings.convert_threads, "restrav-convert")
+            concurrent.futures.ThreadPoolExecutor(
+                settings.convert_threads, "restrav-convert",
+                # torch single-threaded in each: one team of intra-op threads per
+                # converting thread would oversubscribe the cores
+                initializer=_single_threaded_torch if prepares else None)
             if settings.convert_threads > 1
             else None
         )
-        self.pixel_path = pixel_path(settings.pixel_path, self.device)
-        self._convert = _convert_yuv if self.pixel_path == "yuv" else _convert_rgb
         self.windows_scored = 0
         self.samples_embedded = 0
 
@@ -205,7 +234,8 @@ class BatchScorer:
         m = self.metrics
         t_start = time.monotonic()
         samples: list[EngineSample] = []
-        rgbs: list[RGBArray | YUVPlanes] = []
+        # RGB arrays, YUV planes or prepared pixels (a FramePreparer's)
+        rgbs: list[Any] = []
         todo = [item for item in batch if isinstance(item, EngineSample)]
         # one conversion per distinct frame (repeated samples share one; a PyAV frame must
         # not be converted by two threads at once), in parallel across frames
@@ -230,7 +260,7 @@ class BatchScorer:
         self.samples_embedded += len(samples)
         return Embedded(batch, samples, z, t_start, t_conv, t_embed)
 
-    def convert_all(self, frames: list[RGBFrame]) -> list[RGBArray | YUVPlanes | None]:
+    def convert_all(self, frames: list[RGBFrame]) -> list[Any]:
         """Convert ``frames`` in order: in one contiguous chunk per conversion thread, so
         that a batch costs one pool round trip per thread, not one per frame (about 80 us
         each: more than taking the planes of a GPU frame)."""
@@ -240,7 +270,7 @@ class BatchScorer:
         k = min(self.settings.convert_threads, len(frames))
         size = -(-len(frames) // k)
         chunks = [frames[i : i + size] for i in range(0, len(frames), size)]
-        out: list[RGBArray | YUVPlanes | None] = []
+        out: list[Any] = []
         for part in self._pool.map(lambda c: [convert(f) for f in c], chunks):
             out.extend(part)
         return out
@@ -378,6 +408,20 @@ def _convert_rgb(frame: RGBFrame) -> RGBArray | YUVPlanes | None:
     """RGB pixels of a frame; None when the frame cannot be converted."""
     try:
         return frame.rgb()
+    except Exception:  # one bad frame must not cost the batch; counted by the caller
+        log.debug("conversion failed", exc_info=True)
+        return None
+
+
+def _single_threaded_torch() -> None:
+    torch.set_num_threads(1)
+
+
+def _convert_prepared(embedder: FramePreparer, frame: RGBFrame) -> torch.Tensor | None:
+    """A frame's model input, made by the embedder in this thread; None when the frame
+    cannot be converted."""
+    try:
+        return embedder.prepare(frame.rgb())
     except Exception:  # one bad frame must not cost the batch; counted by the caller
         log.debug("conversion failed", exc_info=True)
         return None
