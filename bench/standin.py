@@ -1,14 +1,14 @@
 """Stand-ins of known cost for benchmarks and tests: a backbone and a live source.
 
 They live in the benchmark layer (tests import them from here): the service knows
-nothing of them. ``serve`` takes any :class:`~monitor.live.batch.TensorEmbedder`
+nothing of them. ``serve`` takes any :class:`~monitor.live.conversion.TensorEmbedder`
 (``workers.serve_cmd.serve(..., embedder=...)``) and any registered source kind, so a
 simulation swaps only what needs a GPU (decode and the model) and drives the rest of
 the real service.
 
 Contract:
 
-* :class:`StandInEmbedder` fits :class:`~monitor.live.batch.TensorEmbedder`: one call
+* :class:`StandInEmbedder` fits :class:`~monitor.live.conversion.TensorEmbedder`: one call
   for ``n`` frames sleeps ``fixed_s + n * per_sample_s`` (the GIL is released, as
   while a GPU computes) and returns ``(n, dim)`` float32 embeddings drawn from a
   seeded generator (distinct, so that every step and angle is defined). It measures

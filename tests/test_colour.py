@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 from monitor.config import EngineSettings
 from monitor.core.embed import Embedder, preprocess
 from monitor.core.geometry import window_features
-from monitor.live.batch import EngineSample, pixel_path
+from monitor.live.batch import EngineSample
+from monitor.live.conversion import pixel_path
 from monitor.live.engine import Engine
 from monitor.media.colour import YUVPlanes, frame_planes, planes_to_pixels, yuv_to_rgb
 from monitor.media.decode import LiveVideo, frame_to_rgb

@@ -443,12 +443,12 @@ def test_features_json_keeps_to_json_dumps_where_to_json_formats_otherwise(
 ) -> None:
     """The installed pydantic_core writes the probes as json.dumps does (the fast path is
     in use); one that did not would leave every row to json.dumps, same text."""
-    from monitor.live.sinks import redis as redis_sink
+    from monitor.live.sinks import fields as fields_module
 
-    assert redis_sink._to_json_agrees(), "pydantic_core formats floats otherwise: slow path"
+    assert fields_module._to_json_agrees(), "pydantic_core formats floats otherwise: slow path"
     rows = np.random.default_rng(1).random((50, 21)) * 100
     calls: list[Any] = []
-    monkeypatch.setattr(redis_sink, "_to_json_agrees", lambda: False)
-    monkeypatch.setattr(redis_sink, "to_json", lambda *a, **k: calls.append(a) or b"")
+    monkeypatch.setattr(fields_module, "_to_json_agrees", lambda: False)
+    monkeypatch.setattr(fields_module, "to_json", lambda *a, **k: calls.append(a) or b"")
     assert features_json(rows) == [json.dumps(r.tolist()) for r in rows]
     assert calls == []

@@ -36,7 +36,7 @@ from monitor.live.api import (
     redis_ready_check,
     resolve_token,
 )
-from monitor.live.batch import TensorEmbedder
+from monitor.live.conversion import TensorEmbedder
 from monitor.live.engine import GIL_SWITCH_INTERVAL_S, Engine, freeze_startup_heap
 from monitor.live.evidence.recorder import EvidenceRecorder
 from monitor.live.http_guard import ServerLog

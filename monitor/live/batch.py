@@ -30,73 +30,35 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from ..config import EngineSettings
 from ..core.geometry import ZERO_STEP_EPS, StepTable, WindowRing, features_from_steps_batch
-from ..media.colour import YUVPlanes
 from ..media.decode_guard import rss_bytes
 from ..metrics import StreamMetrics
 from ..types import (
     WINDOW_SAMPLES,
-    RGBArray,
     Score,
     StreamScore,
     WindowClassifier,
     WindowFeatures,
     zero_step_angle_of,
 )
+from .conversion import (
+    FramePreparer,
+    RGBFrame,
+    TensorEmbedder,
+    convert_prepared,
+    convert_rgb,
+    convert_yuv,
+    pixel_path,
+    single_threaded_torch,
+)
 
 log = logging.getLogger("restrav.engine")
-
-
-class RGBFrame(Protocol):
-    """Anything that can give its RGB pixels (a :class:`~monitor.media.sources.SourceFrame`)."""
-
-    def rgb(self) -> RGBArray:
-        """RGB ``uint8`` ``(H, W, 3)``."""
-        ...
-
-    def planes(self) -> YUVPlanes | None:
-        """Its 4:2:0 planes for conversion on the device, or None (use :meth:`rgb`)."""
-        ...
-
-
-class TensorEmbedder(Protocol):
-    """What the engine needs from the model (:class:`~monitor.core.embed.Embedder` fits)."""
-
-    @property
-    def embedding_dim(self) -> int:
-        """D."""
-        ...
-
-    @property
-    def device(self) -> torch.device:
-        """Where embeddings are returned."""
-        ...
-
-    def embed_tensor(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
-        """``(N, D)`` float32 on :attr:`device`."""
-        ...
-
-
-class FramePreparer(Protocol):
-    """An embedder that also turns one RGB frame into its model input, in any thread
-    (:class:`~monitor.core.embed.Embedder` on a CPU runtime backend); its
-    ``embed_tensor`` then takes those tensors."""
-
-    @property
-    def prepares_frames(self) -> bool:
-        """True when :meth:`prepare` may run in the conversion threads (torch
-        single-threaded there)."""
-        ...
-
-    def prepare(self, frame: RGBArray) -> torch.Tensor:
-        """``(3, S, S)`` float32 model input of one RGB frame."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,10 +155,10 @@ class BatchScorer:
         self._batches = 0
         self.pixel_path = pixel_path(settings.pixel_path, self.device)
         self._convert: Callable[[RGBFrame], Any] = (
-            _convert_yuv if self.pixel_path == "yuv" else _convert_rgb)
+            convert_yuv if self.pixel_path == "yuv" else convert_rgb)
         prepares = self.pixel_path == "rgb" and getattr(embedder, "prepares_frames", False)
         if prepares:
-            self._convert = functools.partial(_convert_prepared, cast(FramePreparer, embedder))
+            self._convert = functools.partial(convert_prepared, cast(FramePreparer, embedder))
         self.prepares_frames = bool(prepares)
         """The conversion threads also make the model input (see the module docstring)."""
         self._pool = (
@@ -204,7 +166,7 @@ class BatchScorer:
                 settings.convert_threads, "restrav-convert",
                 # torch single-threaded in each: one team of intra-op threads per
                 # converting thread would oversubscribe the cores
-                initializer=_single_threaded_torch if prepares else None)
+                initializer=single_threaded_torch if prepares else None)
             if settings.convert_threads > 1
             else None
         )
@@ -402,47 +364,3 @@ class BatchScorer:
             m.device_memory.labels(dev, "reserved").set(torch.cuda.memory_reserved(self.device))
         else:
             m.device_memory.labels(dev, "rss").set(rss_bytes())
-
-
-def _convert_rgb(frame: RGBFrame) -> RGBArray | YUVPlanes | None:
-    """RGB pixels of a frame; None when the frame cannot be converted."""
-    try:
-        return frame.rgb()
-    except Exception:  # one bad frame must not cost the batch; counted by the caller
-        log.debug("conversion failed", exc_info=True)
-        return None
-
-
-def _single_threaded_torch() -> None:
-    torch.set_num_threads(1)
-
-
-def _convert_prepared(embedder: FramePreparer, frame: RGBFrame) -> torch.Tensor | None:
-    """A frame's model input, made by the embedder in this thread; None when the frame
-    cannot be converted."""
-    try:
-        return embedder.prepare(frame.rgb())
-    except Exception:  # one bad frame must not cost the batch; counted by the caller
-        log.debug("conversion failed", exc_info=True)
-        return None
-
-
-def _convert_yuv(frame: RGBFrame) -> RGBArray | YUVPlanes | None:
-    """A frame's planes (converted on the device later), else its RGB pixels; None when
-    the frame cannot be converted."""
-    try:
-        return frame.planes() or frame.rgb()
-    except Exception:  # one bad frame must not cost the batch; counted by the caller
-        log.debug("conversion failed", exc_info=True)
-        return None
-
-
-def pixel_path(setting: str, device: torch.device) -> str:
-    """``yuv`` (4:2:0 planes uploaded, converted and resized on the device) or ``rgb``
-    (RGB made on the CPU by FFmpeg). ``auto`` takes ``yuv`` on CUDA, where it moves half
-    the bytes and frees the CPU, and ``rgb`` on the CPU, where swscale's SIMD
-    conversion is the faster of the two. Both give the same pixels (monitor.media.colour)."""
-    if setting == "auto":
-        return "yuv" if device.type == "cuda" else "rgb"
-    return setting
-

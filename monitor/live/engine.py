@@ -72,9 +72,9 @@ from .batch import (
     BatchScorer,
     Embedded,
     EngineSample,
-    TensorEmbedder,
     Unregister,
 )
+from .conversion import TensorEmbedder
 from .shedding import (
     ACCEPT,
     YIELD_WINDOW,

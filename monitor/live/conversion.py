@@ -1,0 +1,115 @@
+"""Sampled frames into what the model takes: the conversions the engine's threads run.
+
+Contract: :class:`RGBFrame` is what the engine gets (RGB pixels, or 4:2:0 planes for a
+device-side conversion); :class:`TensorEmbedder` is what it needs of the model and
+:class:`FramePreparer` the embedders that also make a frame's model input themselves
+(a CPU runtime backend). The ``convert_*`` functions turn one frame into RGB, planes or
+a prepared input, in any thread, and answer None (logged at debug) for a frame that
+cannot be converted, so one bad frame never costs the batch. :func:`pixel_path`
+resolves ``serve.engine.pixel_path``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from ..media.colour import YUVPlanes
+from ..types import RGBArray
+
+log = logging.getLogger("restrav.engine")
+
+
+class RGBFrame(Protocol):
+    """Anything that can give its RGB pixels (a :class:`~monitor.media.sources.SourceFrame`)."""
+
+    def rgb(self) -> RGBArray:
+        """RGB ``uint8`` ``(H, W, 3)``."""
+        ...
+
+    def planes(self) -> YUVPlanes | None:
+        """Its 4:2:0 planes for conversion on the device, or None (use :meth:`rgb`)."""
+        ...
+
+
+class TensorEmbedder(Protocol):
+    """What the engine needs from the model (:class:`~monitor.core.embed.Embedder` fits)."""
+
+    @property
+    def embedding_dim(self) -> int:
+        """D."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where embeddings are returned."""
+        ...
+
+    def embed_tensor(self, frames: Sequence[RGBArray | YUVPlanes]) -> torch.Tensor:
+        """``(N, D)`` float32 on :attr:`device`."""
+        ...
+
+
+class FramePreparer(Protocol):
+    """An embedder that also turns one RGB frame into its model input, in any thread
+    (:class:`~monitor.core.embed.Embedder` on a CPU runtime backend); its
+    ``embed_tensor`` then takes those tensors."""
+
+    @property
+    def prepares_frames(self) -> bool:
+        """True when :meth:`prepare` may run in the conversion threads (torch
+        single-threaded there)."""
+        ...
+
+    def prepare(self, frame: RGBArray) -> torch.Tensor:
+        """``(3, S, S)`` float32 model input of one RGB frame."""
+        ...
+
+
+def convert_rgb(frame: RGBFrame) -> RGBArray | YUVPlanes | None:
+    """RGB pixels of a frame; None when the frame cannot be converted."""
+    try:
+        return frame.rgb()
+    except Exception:  # one bad frame must not cost the batch; counted by the caller
+        log.debug("conversion failed", exc_info=True)
+        return None
+
+
+def single_threaded_torch() -> None:
+    """A conversion thread's initializer where the embedder prepares frames: torch on
+    one thread (two made the resize's small products 5-10x dearer)."""
+    torch.set_num_threads(1)
+
+
+def convert_prepared(embedder: FramePreparer, frame: RGBFrame) -> torch.Tensor | None:
+    """A frame's model input, made by the embedder in this thread; None when the frame
+    cannot be converted."""
+    try:
+        return embedder.prepare(frame.rgb())
+    except Exception:  # one bad frame must not cost the batch; counted by the caller
+        log.debug("conversion failed", exc_info=True)
+        return None
+
+
+def convert_yuv(frame: RGBFrame) -> RGBArray | YUVPlanes | None:
+    """A frame's planes (converted on the device later), else its RGB pixels; None when
+    the frame cannot be converted."""
+    try:
+        return frame.planes() or frame.rgb()
+    except Exception:  # one bad frame must not cost the batch; counted by the caller
+        log.debug("conversion failed", exc_info=True)
+        return None
+
+
+def pixel_path(setting: str, device: torch.device) -> str:
+    """``yuv`` (4:2:0 planes uploaded, converted and resized on the device) or ``rgb``
+    (RGB made on the CPU by FFmpeg). ``auto`` takes ``yuv`` on CUDA, where it moves half
+    the bytes and frees the CPU, and ``rgb`` on the CPU, where swscale's SIMD
+    conversion is the faster of the two. Both give the same pixels (monitor.media.colour)."""
+    if setting == "auto":
+        return "yuv" if device.type == "cuda" else "rgb"
+    return setting
+
