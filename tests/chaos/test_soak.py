@@ -14,7 +14,14 @@ reconnect and re-add, and a sample taken while an old decoder is closing counts 
 old pool and the new one: a median of 3-4 such samples moved by 3-6 between runs of
 the same code (seen 67 -> 70 with the Python threads steady at 22, `py-spy dump`, and
 every extra thread a libavutil or libavcodec pool thread, `gdb`). A leak raises the
-floor. Figures printed and recorded in RELIABILITY.md.
+floor. Still, in the first minutes the floor itself climbs: on 2026-12-07 runs of 60-120 s
+went 36 -> 63 (this code) and 64 -> 80 (0904415, before that session) while the 1 h soak
+(RELIABILITY.md) held 56 threads from its middle third to its end, so the pools fill up
+to a level and stay there. A short run therefore passes the thread check when either the
+floor holds (as above) or no sample exceeds the first by more than
+:data:`WARMUP_THREADS_PER_STREAM` per stream (the warm-up seen; a leaked decoder per
+churn cycle, 68 -> 307 in 60 s, is far past it). Figures printed and recorded in
+RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ SOAK_OUT = os.environ.get("RESTRAV_SOAK_OUT")
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(SOAK_S + 900)]
 CHURN_S = 10.0
+#: How many threads a stream may add during a short soak's warm-up (module docstring).
+WARMUP_THREADS_PER_STREAM = 5
+STREAMS = 8
 SAMPLE_S = 5.0
 
 
@@ -167,7 +177,11 @@ def test_soak_eight_streams_with_churn(tmp_path: Path, tiny_model_dir: Path) -> 
                                       if dev else "n/a (no CUDA)"))
     print("  windows in Redis: " + ", ".join(f"{k} {v}" for k, v in scored.items()))
     print("  states at the end: " + ", ".join(f"{k} {v['state']}" for k, v in status.items()))
-    assert thr_floor <= thr[1] + 2 and fds[2] <= fds[1] + 2
+    warmup_cap = thr[0] + WARMUP_THREADS_PER_STREAM * STREAMS
+    print(f"  threads: warm-up cap {warmup_cap:.0f} (first + "
+          f"{WARMUP_THREADS_PER_STREAM} a stream)")
+    assert thr_floor <= thr[1] + 2 or thr[3] <= warmup_cap, "threads keep rising"
+    assert fds[2] <= fds[1] + 2
     assert rss[2] <= rss[1] * 1.05 + 20
     if dev:
         assert dev[-1] <= dev[len(dev) // 3] + 64
