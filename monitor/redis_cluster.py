@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -84,6 +84,18 @@ def _outage(exc: Exception) -> redis.ConnectionError:
     return redis.ConnectionError(f"Redis Cluster: {exc}")
 
 
+@contextlib.contextmanager
+def _outages() -> Iterator[None]:
+    """Raise a cluster in flux (:func:`_in_flux`) from the block as the outage
+    (:class:`redis.ConnectionError`); other cluster errors pass unchanged."""
+    try:
+        yield
+    except RedisClusterException as exc:
+        if not _in_flux(exc):
+            raise
+        raise _outage(exc) from exc
+
+
 def connect_error(exc: RedisClusterException) -> Exception:
     """The error to raise when reading the slot map failed: a
     :class:`~monitor.errors.ConfigError` saying what to do when a node is no cluster
@@ -117,12 +129,8 @@ class ClusterRedis(rcluster.RedisCluster):
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """As redis-py's, with the outage errors translated."""
-        try:
+        with _outages():
             return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except RedisClusterException as exc:
-            if not _in_flux(exc):
-                raise
-            raise _outage(exc) from exc
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         """As redis-py's: a ``ClusterPipeline``, whose ``execute`` translates the outage
@@ -135,12 +143,8 @@ class ClusterRedis(rcluster.RedisCluster):
 
 class _ClusterPipeline(rcluster.ClusterPipeline):
     def execute(self, raise_on_error: bool = True) -> list[Any]:
-        try:
+        with _outages():
             return super().execute(raise_on_error)
-        except RedisClusterException as exc:
-            if not _in_flux(exc):
-                raise
-            raise _outage(exc) from exc
 
 
 class AsyncClusterRedis(aiocluster.RedisCluster):
@@ -157,12 +161,8 @@ class AsyncClusterRedis(aiocluster.RedisCluster):
         known now (redis-py's public ``get_node_from_key``), built with
         :attr:`node_options` and kept until :meth:`forget_node` or :meth:`aclose`.
         Raises :class:`redis.ConnectionError` when no primary serves the slot."""
-        try:
+        with _outages():
             node = self.get_node_from_key(key)
-        except RedisClusterException as exc:
-            if not _in_flux(exc):
-                raise
-            raise _outage(exc) from exc
         if node is None:
             raise _outage(SlotNotCoveredError(f"no primary for {key!r}'s slot"))
         clients = self.__dict__.setdefault("_node_clients", {})
@@ -202,12 +202,8 @@ class AsyncClusterRedis(aiocluster.RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """As redis-py's, with the outage errors translated."""
-        try:
+        with _outages():
             return await super().execute_command(*args, **kwargs)
-        except RedisClusterException as exc:
-            if not _in_flux(exc):
-                raise
-            raise _outage(exc) from exc
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         """As redis-py's, with the outage errors of ``execute`` translated."""
@@ -220,12 +216,8 @@ class AsyncClusterRedis(aiocluster.RedisCluster):
 class _AsyncClusterPipeline(aiocluster.ClusterPipeline):
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True
                       ) -> list[Any]:
-        try:
+        with _outages():
             return await super().execute(raise_on_error, allow_redirections)
-        except RedisClusterException as exc:
-            if not _in_flux(exc):
-                raise
-            raise _outage(exc) from exc
 
 
 def is_cluster(client: Any) -> bool:
@@ -245,12 +237,8 @@ def key_pipeline(client: Any, key: str) -> Any:
     Run it with :func:`run_key_pipeline`."""
     if not isinstance(client, rcluster.RedisCluster):
         return client.pipeline(transaction=False)
-    try:
+    with _outages():
         node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-    except RedisClusterException as exc:
-        if not _in_flux(exc):
-            raise
-        raise _outage(exc) from exc
     return client.get_redis_connection(node).pipeline(transaction=False)
 
 
@@ -307,10 +295,7 @@ async def anode_pipelines(
     faults) and the slot map is read again, so that a retry (the caller's: scripts
     that are fenced or idempotent) goes to the node that serves the slot then.
     """
-    try:  # reads the slot map the first time (public; at once once read)
-        await client.initialize()
-    except RedisClusterException as exc:
-        raise connect_error(exc) from exc
+    await acheck_cluster(client)  # reads the slot map the first time (at once once read)
     groups: dict[int, tuple[aioredis.Redis, list[int]]] = {}
     out: list[tuple[Any, Exception | None]] = [(None, None)] * len(calls)
     uncovered = False

@@ -11,9 +11,10 @@ resolves ``serve.engine.pixel_path``.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, Protocol, TypeVar
 
 import torch
 
@@ -21,6 +22,9 @@ from ..media.colour import YUVPlanes
 from ..types import RGBArray
 
 log = logging.getLogger("restrav.engine")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class RGBFrame(Protocol):
@@ -69,39 +73,44 @@ class FramePreparer(Protocol):
         ...
 
 
-def convert_rgb(frame: RGBFrame) -> RGBArray | YUVPlanes | None:
+def _or_none(convert: Callable[P, T]) -> Callable[P, T | None]:
+    """``convert`` answering None (logged at debug) for a frame it cannot convert: one bad
+    frame must not cost the batch (the caller counts it)."""
+    @functools.wraps(convert)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> T | None:
+        try:
+            return convert(*args, **kwargs)
+        except Exception:
+            log.debug("conversion failed", exc_info=True)
+            return None
+
+    return guarded
+
+
+@_or_none
+def convert_rgb(frame: RGBFrame) -> RGBArray | YUVPlanes:
     """RGB pixels of a frame; None when the frame cannot be converted."""
-    try:
-        return frame.rgb()
-    except Exception:  # one bad frame must not cost the batch; counted by the caller
-        log.debug("conversion failed", exc_info=True)
-        return None
+    return frame.rgb()
+
+
+@_or_none
+def convert_prepared(embedder: FramePreparer, frame: RGBFrame) -> torch.Tensor:
+    """A frame's model input, made by the embedder in this thread; None when the frame
+    cannot be converted."""
+    return embedder.prepare(frame.rgb())
+
+
+@_or_none
+def convert_yuv(frame: RGBFrame) -> RGBArray | YUVPlanes:
+    """A frame's planes (converted on the device later), else its RGB pixels; None when
+    the frame cannot be converted."""
+    return frame.planes() or frame.rgb()
 
 
 def single_threaded_torch() -> None:
     """A conversion thread's initializer where the embedder prepares frames: torch on
     one thread (two made the resize's small products 5-10x dearer)."""
     torch.set_num_threads(1)
-
-
-def convert_prepared(embedder: FramePreparer, frame: RGBFrame) -> torch.Tensor | None:
-    """A frame's model input, made by the embedder in this thread; None when the frame
-    cannot be converted."""
-    try:
-        return embedder.prepare(frame.rgb())
-    except Exception:  # one bad frame must not cost the batch; counted by the caller
-        log.debug("conversion failed", exc_info=True)
-        return None
-
-
-def convert_yuv(frame: RGBFrame) -> RGBArray | YUVPlanes | None:
-    """A frame's planes (converted on the device later), else its RGB pixels; None when
-    the frame cannot be converted."""
-    try:
-        return frame.planes() or frame.rgb()
-    except Exception:  # one bad frame must not cost the batch; counted by the caller
-        log.debug("conversion failed", exc_info=True)
-        return None
 
 
 def pixel_path(setting: str, device: torch.device) -> str:

@@ -344,14 +344,13 @@ class RedisSink(BufferedSink):
         list (decoded by the script; their stored text is the strings)."""
         first = call.items[0]
         if isinstance(first, StreamScore):
-            rows = values
             if call.fence is not None:
-                self.fenced.scores(pipe, call.stream_id, call.fence, SCORE_FIELDS, rows,
+                self.fenced.scores(pipe, call.stream_id, call.fence, SCORE_FIELDS, values,
                                    self.scores_maxlen)
                 return
             self._plain.queue(pipe, (keys.stream_scores(call.stream_id),
                                      keys.stream_latest(call.stream_id)),
-                              [str(self.scores_maxlen), NAMES_JSON, *map(to_json, rows)])
+                              [str(self.scores_maxlen), NAMES_JSON, *map(to_json, values)])
         elif call.fence is not None:
             self.fenced.event(pipe, call.stream_id, call.fence, event_fields(first),
                               self.events_maxlen)
