@@ -24,7 +24,6 @@ admission and the threads are the engine's; this module never takes its lock.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import functools
 import logging
 import time
@@ -51,11 +50,11 @@ from .conversion import (
     FramePreparer,
     RGBFrame,
     TensorEmbedder,
+    conversion_pool,
     convert_prepared,
     convert_rgb,
     convert_yuv,
     pixel_path,
-    single_threaded_torch,
 )
 
 log = logging.getLogger("restrav.engine")
@@ -162,11 +161,7 @@ class BatchScorer:
         self.prepares_frames = bool(prepares)
         """The conversion threads also make the model input (see the module docstring)."""
         self._pool = (
-            concurrent.futures.ThreadPoolExecutor(
-                settings.convert_threads, "restrav-convert",
-                # torch single-threaded in each: one team of intra-op threads per
-                # converting thread would oversubscribe the cores
-                initializer=single_threaded_torch if prepares else None)
+            conversion_pool(settings.convert_threads, single_threaded=prepares)
             if settings.convert_threads > 1
             else None
         )

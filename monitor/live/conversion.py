@@ -11,8 +11,10 @@ resolves ``serve.engine.pixel_path``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -111,6 +113,26 @@ def single_threaded_torch() -> None:
     """A conversion thread's initializer where the embedder prepares frames: torch on
     one thread (two made the resize's small products 5-10x dearer)."""
     torch.set_num_threads(1)
+
+
+def conversion_pool(workers: int, single_threaded: bool) -> concurrent.futures.ThreadPoolExecutor:
+    """The engine's pool of ``workers`` conversion threads (``restrav-convert_N``), every
+    one started before this returns (torch on one thread in each when ``single_threaded``).
+
+    A ThreadPoolExecutor starts a thread only when a task finds none idle, so its thread
+    count would climb for minutes with the load and with each burst after a reconnect;
+    started at once, serve's thread count is flat from the first frame and a climb means a
+    leak."""
+    pool = concurrent.futures.ThreadPoolExecutor(
+        workers, "restrav-convert",
+        # torch single-threaded in each: one team of intra-op threads per converting
+        # thread would oversubscribe the cores
+        initializer=single_threaded_torch if single_threaded else None)
+    # each task holds its thread until all have arrived, so every task gets its own thread
+    barrier = threading.Barrier(workers)
+    for done in [pool.submit(barrier.wait, 30.0) for _ in range(workers)]:
+        done.result()
+    return pool
 
 
 def pixel_path(setting: str, device: torch.device) -> str:

@@ -282,8 +282,16 @@ def _video_stream(container: Any, source: str) -> Any:
     )
 
 
+SCALE_THREADS = 1
+"""swscale threads per conversion. One: conversions already run in parallel (a pool of
+conversion threads, one decoder per stream), and PyAV's default (0, automatic) gives each
+converting thread's cached scaler its own team of slice threads, created on first use
+and kept while the thread lives: more threads than cores, and a thread count that climbs
+as pools grow."""
+
+
 def _to_rgb(frame: Any) -> RGBArray:
-    rgb: RGBArray = frame.to_ndarray(format="rgb24")
+    rgb: RGBArray = frame.to_ndarray(format="rgb24", threads=SCALE_THREADS)
     rot = normalise_rotation(getattr(frame, "rotation", 0) or 0)
     # rotation is the counter-clockwise angle to apply for display
     if rot:
@@ -508,7 +516,8 @@ def frame_to_small_rgb(frame: Any, width: int, scaler: Any = None,
     h = max(2, round(h_in * w / max(1, w_in) / 2) * 2)
     try:
         small = (scaler or new_scaler()).reformat(frame, width=w, height=h, format="rgb24",
-                                                  interpolation=interpolation)
+                                                  interpolation=interpolation,
+                                                  threads=SCALE_THREADS)
     except (av.error.FFmpegError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot scale the frame: {exc}") from None
     rgb: RGBArray = small.to_ndarray()
@@ -518,6 +527,7 @@ def frame_to_small_rgb(frame: Any, width: int, scaler: Any = None,
 
 __all__ = [
     "LOOKAHEAD_FRAMES",
+    "SCALE_THREADS",
     "DecodeLimits",
     "LiveVideo",
     "MediaSource",

@@ -38,7 +38,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..media.colour import frame_planes
-from ..media.decode import frame_to_small_rgb
+from ..media.decode import SCALE_THREADS, frame_to_small_rgb
 from ..media.sources.base import (
     DropPolicy,
     FrameBuffer,
@@ -66,7 +66,7 @@ class WebRTCError(SourceError):
 
 def frame_to_rgb(frame: Any) -> RGBArray:
     """An aiortc (PyAV) video frame as RGB ``uint8`` ``(H, W, 3)``."""
-    rgb: RGBArray = frame.to_ndarray(format="rgb24")
+    rgb: RGBArray = frame.to_ndarray(format="rgb24", threads=SCALE_THREADS)
     return rgb
 
 
