@@ -147,7 +147,8 @@ def test_a_cached_file_naming_a_mode_over_the_bound_is_not_followed(
     assert json.loads(path.read_text())["choice"] == ["torch", "float32"]
 
 
-CHANGES = ["cpu_model", "cpu_flags", "isa_cap", "runtime_version", "weights", "batch", "threads"]
+CHANGES = ["cpu_model", "cpu_flags", "isa_cap", "runtime_version", "runner_version", "weights",
+           "batch", "threads"]
 
 
 @ORT
@@ -173,6 +174,8 @@ def test_the_decision_is_measured_again_when_its_key_changes(
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     elif change == "runtime_version":
         monkeypatch.setattr(autoselect, "runtime_version", lambda r: "0.0.1")
+    elif change == "runner_version":  # the runners configured otherwise (streams, hints)
+        monkeypatch.setattr(autoselect, "RUNNER_VERSION", autoselect.RUNNER_VERSION + 1)
     elif change == "weights":
         bb = load_backbone(str(build_tiny_dinov2(tmp_path / "other", seed=7)), "cpu")
     elif change == "batch":

@@ -13,8 +13,9 @@ Contract:
   executed), keyed by :func:`auto_key`: the CPU's model and flags, the instruction-set
   caps the libraries are run under (:data:`ISA_CAP_VARS`) and the ISA torch dispatches
   to, torch's and the runtimes' versions, the weights' SHA-256, the input size, the
-  batch size and the threads. A process capped to AVX2 on an AVX-512 CPU therefore
-  never reuses the uncapped decision, and :func:`isa_flags` (the CPU's flags less what
+  batch size, the threads and how the runners are configured
+  (:data:`monitor.core.graphs.RUNNER_VERSION`). A process capped to AVX2 on an AVX-512
+  CPU therefore never reuses the uncapped decision, and :func:`isa_flags` (the CPU's flags less what
   the caps forbid) is what the candidates are filtered by. A file whose key differs,
   that cannot be read, or whose recorded choice is not among today's candidates is
   ignored and the measurement runs again (then overwrites it).
@@ -38,7 +39,14 @@ from typing import Any
 import torch
 
 from .backbone import Backbone
-from .graphs import Runner, build_runner, default_cache_dir, runtime_version, weights_sha256
+from .graphs import (
+    RUNNER_VERSION,
+    Runner,
+    build_runner,
+    default_cache_dir,
+    runtime_version,
+    weights_sha256,
+)
 
 log = logging.getLogger("restrav.backends")
 
@@ -156,6 +164,7 @@ def auto_key(backbone: Backbone, batch_size: int, threads: int) -> dict[str, Any
         "batch_size": batch_size,
         "threads": threads,
         "select_version": SELECT_VERSION,
+        "runner_version": RUNNER_VERSION,
     }
 
 

@@ -40,6 +40,10 @@ from .backbone import Backbone
 log = logging.getLogger("restrav.backends")
 
 EXPORTER_VERSION = 1
+RUNNER_VERSION = 2
+"""Bumped when a runner's configuration changes (threads, streams, hints: 2 is OpenVINO's
+single-threaded streams, issue 22's fourth part). The graphs stay valid; what ``auto``
+measured with the old runners does not (monitor.core.autoselect keys on it)."""
 PACKAGES: dict[str, str] = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 """Runtime name -> the Python distribution that provides it (both in the cpu-fast extra)."""
 
