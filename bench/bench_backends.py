@@ -53,14 +53,17 @@ MODES = ("torch:float32", "torch:bfloat16-mixed", "onnxruntime:float32", "openvi
 
 
 def cpu_line() -> str:
-    """The CPU model and the flags that matter, from lscpu."""
+    """The CPU model (with its family and model numbers: "AMD EPYC" alone names several
+    generations, whose OpenVINO speeds differed 1.6x, BENCHMARKS.md) and the flags that
+    matter, from lscpu."""
     out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     info = dict(
         (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in out.splitlines())
     )
     flags = set(info.get("Flags", "").split())
     return (
-        f"{info.get('Model name', '?')}, {info.get('CPU(s)', '?')} CPUs; flags: "
+        f"{info.get('Model name', '?')} (family {info.get('CPU family', '?')} model "
+        f"{info.get('Model', '?')}), {info.get('CPU(s)', '?')} CPUs; flags: "
         + " ".join(f for f in FLAGS if f in flags)
     )
 
