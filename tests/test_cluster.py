@@ -185,7 +185,7 @@ async def replica_a(
     sink = sink_cls(client, metrics=metrics, owner="a")
     await sink.start()
     mgr = ClusteredStreamManager(engine, sink, settings, metrics, client, "a")
-    sink.on_refused = mgr.on_refused
+    mgr.bind_sink(sink)
     try:
         yield mgr, sink, client, metrics
     finally:
@@ -215,6 +215,8 @@ async def test_a_write_refused_as_stale_stops_the_stream_at_once(
         assert await thief.acquire("cam") == 2
         await wait_for_async(lambda: "cam" not in mgr.owned, "the stream to stop")
         assert sink.refused >= 1
+        # the sink was told: a's leftovers are refused at once, not kept for a renewal
+        assert ("cam", 1) in sink._released and sink.lapse_grace_s == 120
         assert metrics.registry.get_sample_value(
             "restrav_lease_losses_total", {"reason": "refused"}) == 1.0
         assert metrics.registry.get_sample_value(

@@ -328,7 +328,7 @@ async def serve(
             decode_threads=decode_threads, max_pixels=settings.decode.max_pixels,
             evidence=evidence,
         )
-        redis_sink.on_refused = clustered.on_refused
+        clustered.bind_sink(redis_sink)
         print(f"restrav serve: replica {replica} (leases in Redis)", file=sys.stderr, flush=True)
     else:
         store = None

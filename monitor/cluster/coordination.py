@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -84,8 +85,17 @@ class LeaseCoordination(StreamManager):
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._renewed_at = time.monotonic()
+        self.on_released: Callable[[str, int], None] | None = None
+        """Told of every lease this replica stops holding (released, lost, handed over):
+        the Redis sink then refuses its leftover writes at once instead of keeping them
+        for a renewal that will not come (:class:`~monitor.live.sinks.RedisSink`)."""
         if metrics is not None:
             metrics.capacity_streams.set(self.cfg.capacity_streams)
+
+    def _ended(self, stream_id: str, token: int) -> None:
+        """This replica no longer holds ``stream_id`` under ``token``."""
+        if self.on_released is not None:
+            self.on_released(stream_id, token)
 
     async def _keep_leases(self) -> None:
         """While draining: every interval, the draining heartbeat and the renewal of the
@@ -157,6 +167,7 @@ class LeaseCoordination(StreamManager):
                 log.warning("stream %s: sink not flushed before its release", stream_id)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.leases.release(stream_id, token)
+            self._ended(stream_id, token)
             if self.metrics is not None:
                 self.metrics.handovers.labels(reason).inc()
         log.info("stream %s handed over (%s)", stream_id, reason)
@@ -164,8 +175,10 @@ class LeaseCoordination(StreamManager):
     async def _lose(self, stream_id: str, reason: str) -> None:
         """The lease is gone (or was never provably ours): stop at once, release nothing."""
         async with self._lock:
-            if self.owned.pop(stream_id, None) is None:
+            token = self.owned.pop(stream_id, None)
+            if token is None:
                 return
+            self._ended(stream_id, token)
             if self.metrics is not None:  # counted with the loss, before the stop's awaits
                 self.metrics.lease_losses.labels(reason).inc()
             st = self._streams.pop(stream_id, None)

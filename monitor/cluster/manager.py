@@ -49,6 +49,7 @@ from .. import keys
 from ..config import StreamSpec
 from ..errors import InputError, RestravError
 from ..live.desired import record_for
+from ..live.sinks import RedisSink
 from ..live.stream_state import StreamStatus
 from ..media.sources import kind_for
 from ..redaction import redact_url
@@ -223,6 +224,7 @@ class ClusteredStreamManager(LeaseCoordination):
             await cancel_and_wait(self._drain_task)
         n = 0
         for sid, token in list(self.owned.items()):
+            self._ended(sid, token)
             try:
                 if await self.leases.release(sid, token):
                     n += 1
@@ -235,6 +237,14 @@ class ClusteredStreamManager(LeaseCoordination):
             await self.leases.unregister()
         log.info("handed over %d streams", n)
         return n
+
+    def bind_sink(self, sink: RedisSink) -> None:
+        """Wire the fenced Redis sink to this replica's leases: a refused write stops the
+        stream (:meth:`on_refused`); writes whose lease lapsed wait up to one lease TTL
+        for its renewal, and none for a lease this replica let go."""
+        sink.on_refused = self.on_refused
+        sink.lapse_grace_s = self.cfg.lease_ttl_s
+        self.on_released = sink.released
 
     def on_refused(self, stream_id: str, token: int) -> None:
         """The sink's callback for a write refused as stale: stop the stream now."""

@@ -30,6 +30,7 @@ RELIABILITY.md.
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
@@ -126,12 +127,17 @@ def test_queue_and_streams_across_redis_cluster_failovers(
             totals = {"gaps": 0, "backwards": 0, "double_owner": 0}
             resume: list[float] = []
             stored = 0
+            where: list[str] = []  # each gap's stream, seqs and fences (the failure message)
             for sid in ids:
                 raw = retrying(lambda sid=sid: serve.r.xrange(keys.stream_scores(sid)), 60.0)
                 entries = [(int(i.split("-")[0]), f) for i, f in raw]
                 stored += len(entries)
                 for k, v in audit(entries).items():
                     totals[k] += v
+                where += [f"{sid} seq {a['seq']} (fence {a['fence']}, {ma} ms) -> {b['seq']} "
+                          f"(fence {b['fence']}, {mb} ms)"
+                          for (ma, a), (mb, b) in itertools.pairwise(entries)
+                          if int(b["seq"]) != int(a["seq"]) + 1]
                 resume += [first / 1000 - k for k in kills
                            if (first := next((ms for ms, _ in entries if ms >= k * 1000), None))]
             refused_writes = sum(serve.metric(n, "restrav_stale_writes_refused_total")
@@ -148,7 +154,8 @@ def test_queue_and_streams_across_redis_cluster_failovers(
                 f"{pct(resume, 0.5):.1f} s p95 {pct(resume, 0.95):.1f} s"
             )
             assert (len(kills), lost, twice) == (KILLS + FREEZES, [], []), "see the figures"
-            assert totals == {"gaps": 0, "backwards": 0, "double_owner": 0}
+            assert totals == {"gaps": 0, "backwards": 0, "double_owner": 0}, (
+                f"kills at {[round(k * 1000) for k in kills]} ms; " + "; ".join(where))
             assert len(acked) >= KILLS
         finally:
             producer.stop.set()

@@ -21,15 +21,20 @@ that reaches Redis after that moment is refused, however long that owner was pau
 or partitioned. The lease check matters when Redis lost its data: the counter then
 starts again at 1 and a new owner may get the very token a former owner still holds;
 the lease names the new owner, so the former one is still refused. A write while the
-lease is absent (expired, released, or lost with Redis' data) is refused as well. A
-refusal is not an outage: the caller counts it and drops the items (they belong to an
-ownership that ended).
+lease is absent is not written either: with the counter still at the writer's token
+(the lease expired and nobody took it: a renewal that came late, or that a failover
+lost) the script answers :data:`LAPSED` (3), and the caller keeps the items, for the
+owner's next renewal takes the lease back under the same token
+(:mod:`monitor.cluster.leases`); dropping them would leave a gap in ``seq`` that the
+owner's later writes close over. Otherwise (released and taken, or lost with Redis'
+data) it is refused. A refusal is not an outage: the caller counts it and drops the
+items (they belong to an ownership that ended).
 
 A fenced score is written once per owner: a score whose ``seq`` is at or below the
 ``seq`` that ``latest`` holds for the same owner and token is skipped (a batch written
 again because its replica acknowledgement did not come, :mod:`monitor.live.sinks.redis`).
 Under one token an owner's ``seq`` only grows, so nothing else is skipped. Returns: 1
-some written, 0 refused, 2 every score already there. Written entries get two more
+some written, 0 refused, 2 every score already there, 3 lapsed. Written entries get two more
 fields, ``owner`` (the replica) and ``fence``.
 
 Scripts are sent by hash (:class:`Lua`); a server that does not know one (restarted,
@@ -106,8 +111,14 @@ end
 return out
 """
 
+LAPSED = 3
+"""A fenced script's answer when the writer's lease expired and nobody took it (the
+lease is absent, the counter still equals the writer's token): nothing written."""
+
 _CHECK = """
-if redis.call('GET', KEYS[1]) ~= ARGV[2] or redis.call('GET', KEYS[2]) ~= ARGV[1] then
+local lease, fence = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])
+if lease ~= ARGV[2] or fence ~= ARGV[1] then
+  if (not lease) and fence == ARGV[1] then return 3 end
   return 0
 end
 """

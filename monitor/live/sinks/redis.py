@@ -29,7 +29,12 @@ was written. A server that lacks the scripts (restarted, failed over) answers
 Items that carry a fencing token (replicas with leases) are written by the
 fenced scripts of :mod:`monitor.live.sinks.fenced` instead: Redis refuses them when
 the token is stale; each refused item is counted in
-``restrav_stale_writes_refused_total{stream}`` and reported to ``on_refused``.
+``restrav_stale_writes_refused_total{stream}`` and reported to ``on_refused``. Items
+whose lease lapsed (expired, nobody took it) are kept like an outage's
+(:class:`PartlyWritten`, :class:`SinkUnavailable`: the owner's renewal takes the lease
+back and they are written, in order); they count as refused after ``lapse_grace_s``
+of lapse (the lease TTL: no renewal came), or at once for a lease the replica let go
+(:meth:`RedisSink.released`).
 
 With a :class:`~monitor.redis_conn.Durability` (``redis.wait_replicas`` > 0 and
 ``redis.wait_scores``) the pipeline ends with ``WAIT`` on the same connection
@@ -63,6 +68,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +88,7 @@ from ...redis_conn import (
 from ...redis_faults import NotReplicated, redis_unavailable, refusal_code
 from ...types import StreamScore
 from .base import BufferedSink, Item, PartlyWritten, SinkUnavailable
-from .fenced import PLAIN_BATCH, PLAIN_SCORES, FencedWriter, Lua
+from .fenced import LAPSED, PLAIN_BATCH, PLAIN_SCORES, FencedWriter, Lua
 from .fields import NAMES_JSON, SCORE_FIELDS, event_fields, score_rows
 
 log = logging.getLogger(__name__)
@@ -136,6 +142,11 @@ def _calls(items: list[Item]) -> list[_Call]:
     return out
 
 
+_RELEASED_KEPT = 4096
+"""How many released (stream, token) pairs a sink remembers (their leftover writes come
+within a flush or two of the release)."""
+
+
 class RedisSink(BufferedSink):
     """Scores and events into Redis (see the module docstring)."""
 
@@ -149,9 +160,13 @@ class RedisSink(BufferedSink):
         owner: str = "",
         on_refused: Callable[[str, int], None] | None = None,
         durability: Durability | None = None,
+        lapse_grace_s: float = 10.0,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        self.lapse_grace_s = lapse_grace_s
+        self._lapsed_since: dict[tuple[str, int], float] = {}
+        self._released: dict[tuple[str, int], None] = {}  # insertion-ordered, bounded
         self.durability = durability or Durability()
         self.client = client
         self.scores_maxlen = scores_maxlen
@@ -203,18 +218,48 @@ class RedisSink(BufferedSink):
         for call, r in zip(calls, results, strict=True):
             if isinstance(r, Exception):
                 failed.append((call, r))
-            elif call.fence is not None and int(r) == 0:
+            elif call.fence is not None and int(r) == LAPSED and self._lapse_kept(call):
+                failed.append((call, SinkUnavailable(
+                    f"the lease of {call.stream_id} lapsed (fence {call.fence}): kept for "
+                    "its renewal")))
+            elif call.fence is not None and int(r) in (0, LAPSED):
                 for _ in call.items:  # each a write refused as stale
                     self._refused(call.stream_id, call.fence)
             elif self.fenced.cluster and call.fence is not None and not isinstance(
                 call.items[0], StreamScore
             ):
                 copies.append(self.fenced.stored(call.fence, event_fields(call.items[0])))
+        if self._lapsed_since:  # a lease written under again: its next lapse starts anew
+            for call, r in zip(calls, results, strict=True):
+                if call.fence is not None and not isinstance(r, Exception) and int(r) in (1, 2):
+                    self._lapsed_since.pop((call.stream_id, call.fence), None)
         if copies:
             await self._copy_events(copies)
         if failed:
             unwritten = [it for call, _ in failed for it in call.items]
             raise PartlyWritten(unwritten, _sink_error(failed[0][1]))
+
+    def released(self, stream_id: str, token: int) -> None:
+        """This replica no longer holds ``stream_id``'s lease under ``token`` (released,
+        lost): its writes answered lapsed from now on are refused at once."""
+        self._released[(stream_id, token)] = None
+        if len(self._released) > _RELEASED_KEPT:
+            del self._released[next(iter(self._released))]
+
+    def _lapse_kept(self, call: _Call) -> bool:
+        """Whether a call answered :data:`~monitor.live.sinks.fenced.LAPSED` is kept for
+        the lease's renewal: yes until its lease has been lapsed ``lapse_grace_s`` (from
+        the first such answer for this stream and token), then no (refused); no at once
+        for a lease :meth:`released`."""
+        key = (call.stream_id, call.fence or 0)
+        if key in self._released:
+            return False
+        now = time.monotonic()
+        first = self._lapsed_since.setdefault(key, now)
+        if now - first <= self.lapse_grace_s:
+            return True
+        del self._lapsed_since[key]
+        return False
 
     async def _send(self, calls: list[_Call]) -> tuple[list[Any], list[Any]]:
         """The pipeline of ``calls`` (and WAIT): one reply (or error) per call, and WAIT's
