@@ -236,6 +236,15 @@ class SyntheticSource:
                 t += self.burst_s - into
         return t
 
+    async def recv_due(self, next_pts_s: float | None) -> list[SourceFrame]:
+        """The buffered frames once one may close ``next_pts_s`` (clocked delivery: the
+        buffer's ``get_due``); one frame as :meth:`recv` otherwise."""
+        if self._buffer is not None:
+            if self._closed:
+                raise SourceClosed(self.description)
+            return await self._buffer.get_due(next_pts_s)
+        return [await self.recv()]
+
     async def recv(self) -> SourceFrame:
         """The next frame, at its time on the source clock."""
         if self._buffer is not None:
