@@ -35,7 +35,6 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
 
 from ..config import ServeSettings
 from ..errors import InputError
@@ -172,14 +171,12 @@ class StreamRunner:
         if self.metrics is not None:
             self.metrics.source_errors.labels(st.spec.id, code).inc()
 
-    def _submit(self, st: ManagedStream, r: LiveResolved[SourceFrame], sampled: Any,
+    def _submit(self, st: ManagedStream, r: LiveResolved[SourceFrame],
                 submit: Callable[[EngineSample], bool],
                 on_sample: Callable[[EngineSample], None] | None) -> None:
-        """Hand one resolved sample to the engine; a refused one counts on the status."""
+        """Hand one resolved sample to the engine; a refused one counts on the status
+        (the caller counts the samples)."""
         status = st.status
-        status.samples += 1
-        if sampled is not None:
-            sampled.inc()
         sample = EngineSample(
             stream_id=st.spec.id, segment=r.segment, k=r.k, time_s=r.time_s,
             frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
@@ -324,6 +321,7 @@ class StreamRunner:
                     status.frames += len(frames)
                     if decoded is not None:
                         decoded.inc(len(frames))
+                    n = 0
                     for frame in frames:
                         if frame.dropped_before:
                             status.frames_dropped += frame.dropped_before
@@ -334,8 +332,13 @@ class StreamRunner:
                         reason, samples = sampler.push(frame, frame.pts_s)
                         if reason is not None:
                             self.gap(st, reason)
+                        n += len(samples)
                         for r in samples:
-                            self._submit(st, r, sampled, submit, on_sample)
+                            self._submit(st, r, submit, on_sample)
+                    if n:  # one count per read, not per sample
+                        status.samples += n
+                        if sampled is not None:
+                            sampled.inc(n)
         except TimeoutError:
             if not watch.expired:
                 raise
