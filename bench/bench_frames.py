@@ -1,31 +1,42 @@
 """What reading frames costs the event loop: per frame (``recv``) or per sample (``recv_due``).
 
-N clocked :class:`~bench.standin.SyntheticSource` s (25 fps, frames put into real
-:class:`~monitor.media.sources.base.FrameBuffer` s by one
-:class:`~bench.standin.DecoderClock`, as in ``bench_scale``) are read by N tasks, each
-running a :class:`~monitor.media.sampler.LiveSampler` as a stream task does, through
-``recv`` (one wake-up per frame) or ``recv_due`` (one per sample). Nothing else runs:
-no engine, no sink. Per mode, over ``--seconds`` after ``--warmup``: frames and
-samples per second, and the loop's thread CPU per sample, total and less the clock's
-own ticks (the stand-in decoders' share, which real decode threads pay outside the
-loop). Modes alternate ``--repeat`` times in one process; the load average is printed.
+N sources of 25 fps frames in real :class:`~monitor.media.sources.base.FrameBuffer` s
+are read by N tasks, each running a :class:`~monitor.media.sampler.LiveSampler` as a
+stream task does, through ``recv`` (one wake-up per frame) or ``recv_due`` (one per
+sample). Nothing else runs: no engine, no sink. The frames come either from
+``bench_scale``'s clocked :class:`~bench.standin.SyntheticSource` s (one
+:class:`~bench.standin.DecoderClock` on the loop, every 5 ms: ``--producers 0``) or,
+as decode threads hand them over, from ``--producers`` threads, each putting its
+sources' frames at their own times (random phases), so that a frame may wake the loop
+from its sleep. Per mode, over ``--seconds`` after ``--warmup``: frames and samples per
+second, and the loop's thread CPU per sample (with the clock: less its ticks, which
+real decode threads pay outside the loop). Modes alternate ``--repeat`` times in one
+process; the load average is printed.
 
-Example: ``python -m bench.bench_frames --streams 300 --seconds 10 --repeat 2``.
+Example: ``python -m bench.bench_frames --streams 300 --seconds 10 --repeat 2
+[--producers 8]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import os
+import random
+import threading
 import time
+from typing import Any
+
+import numpy as np
 
 from bench.standin import SyntheticSource, decoder_clock
 from monitor.config import ServeSourceSettings
 from monitor.media.sampler import LiveSampler
+from monitor.media.sources.base import FrameBuffer, LoopWaker, SourceFrame
 
 
-async def _reader(src: SyntheticSource, due: bool, counts: list[int]) -> None:
+async def _reader(src: Any, due: bool, counts: list[int]) -> None:
     sampler: LiveSampler[object] = LiveSampler(0.5)
     while True:
         if due:
@@ -40,24 +51,68 @@ async def _reader(src: SyntheticSource, due: bool, counts: list[int]) -> None:
             counts[1] += len(samples)
 
 
-async def _row(streams: int, due: bool, seconds: float, warmup: float) -> dict[str, float]:
+class _Threaded:
+    """A reader's view of one FrameBuffer that a producer thread fills."""
+
+    def __init__(self, buf: FrameBuffer) -> None:
+        self.buffer = buf
+        self.recv = buf.get
+        self.recv_due = buf.get_due
+
+
+def _produce(bufs: list[FrameBuffer], fps: float, quit_: threading.Event) -> None:
+    """Put each buffer's frames at their times (25 fps, a random phase per buffer)."""
+    rng = random.Random(len(bufs))
+    t0 = time.monotonic()
+    due = [(t0 + rng.random() / fps, k, 0) for k in range(len(bufs))]
+    heapq.heapify(due)
+    image = np.zeros((16, 16, 3), np.uint8)
+    while not quit_.is_set():
+        t, k, i = due[0]
+        wait = t - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        heapq.heapreplace(due, (t + 1 / fps, k, i + 1))
+        bufs[k].put(SourceFrame(pts_s=i / fps, arrival_s=time.monotonic(), index=i,
+                                image=image, to_rgb=lambda im: im))
+
+
+async def _row(streams: int, due: bool, seconds: float, warmup: float,
+               producers: int) -> dict[str, float]:
     settings = ServeSourceSettings()
-    sources = []
-    for i in range(streams):
-        src = SyntheticSource(f"s{i}", 25.0, 16, phase=True, buffer_frames=settings.buffer_frames)
-        sources.append(src.clocked(decoder_clock()))
+    loop = asyncio.get_running_loop()
+    clock = decoder_clock()
+    quit_ = threading.Event()
+    threads = []
+    sources: list[Any] = []
+    if producers:
+        waker = LoopWaker(loop)
+        bufs = [FrameBuffer(loop, settings.buffer_frames, waker=waker) for _ in range(streams)]
+        sources = [_Threaded(b) for b in bufs]
+        threads = [threading.Thread(target=_produce, args=(bufs[p::producers], 25.0, quit_),
+                                    daemon=True) for p in range(producers)]
+        for th in threads:
+            th.start()
+    else:
+        for i in range(streams):
+            src = SyntheticSource(f"s{i}", 25.0, 16, phase=True,
+                                  buffer_frames=settings.buffer_frames)
+            sources.append(src.clocked(clock))
     counts = [0, 0]
     tasks = [asyncio.create_task(_reader(s, due, counts)) for s in sources]
     await asyncio.sleep(warmup)
-    clock = decoder_clock()
     f0, s0, c0, k0, t0 = counts[0], counts[1], time.thread_time(), clock.cpu_s, time.monotonic()
     await asyncio.sleep(seconds)
     f1, s1, c1, k1, t1 = counts[0], counts[1], time.thread_time(), clock.cpu_s, time.monotonic()
+    quit_.set()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for s in sources:
-        clock.remove(s)
+        if isinstance(s, SyntheticSource):
+            clock.remove(s)
+    for th in threads:
+        th.join()
     samples = s1 - s0
     return {
         "frames/s": (f1 - f0) / (t1 - t0),
@@ -73,6 +128,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--producers", type=int, default=0,
+                    help="decode threads putting the frames (0: the stand-in's clock)")
     args = ap.parse_args()
     print("| read | load avg | frames/s | samples/s | loop CPU us/sample | less the stand-in "
           "decoders us/sample |")
@@ -80,7 +137,8 @@ def main() -> None:
     for _ in range(args.repeat):
         for due in (False, True):
             la = os.getloadavg()[0]
-            r = asyncio.run(_row(args.streams, due, args.seconds, args.warmup))
+            r = asyncio.run(_row(args.streams, due, args.seconds, args.warmup,
+                                 args.producers))
             print(f"| {'recv_due' if due else 'recv'} | {la:.1f}-{os.getloadavg()[0]:.1f} | "
                   f"{r['frames/s']:.0f} | {r['samples/s']:.0f} | {r['loop us/sample']:.1f} | "
                   f"{r['less clock us/sample']:.1f} |", flush=True)
