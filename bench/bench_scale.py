@@ -162,7 +162,8 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         per_s = args.per_sample_ms / 1000
     n = args.point
     query = (f"fps={args.fps:g}&size=16&jitter_ms={args.jitter_ms:g}"
-             f"&burst_every_s={args.burst_every_s:g}&burst_ms={args.burst_ms:g}")
+             f"&burst_every_s={args.burst_every_s:g}&burst_ms={args.burst_ms:g}"
+             f"&delivery={args.delivery}")
     streams = tuple(StreamSpec(id=f"s{i}", url=f"synth://s{i}?{query}") for i in range(n))
     port = free_port()
     engine = {} if args.convert_threads is None else {"convert_threads": args.convert_threads}
@@ -183,7 +184,8 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         if task.done():
             task.result()
         m0 = _scrape(await (await http.get(url)).text())
-        clock = decoder_clock()  # the one the streams' sources were opened with
+        # the one the streams' sources were opened with
+        clock = decoder_clock(threaded=args.delivery == "thread")
         src0 = clock.cpu_s
         c0, cpu0, th0 = await _commands(rc), time.process_time(), _thread_cpu()
         lags.clear()
@@ -275,7 +277,7 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
            profile: Path | None, tree: Path = ROOT) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.bench_scale", "--point", str(n), "--redis", redis_url]
     for k in ("seconds", "warmup", "model", "fps", "jitter_ms", "burst_every_s", "burst_ms",
-              "dim", "fixed_ms", "per_sample_ms", "convert_threads"):
+              "dim", "fixed_ms", "per_sample_ms", "convert_threads", "delivery"):
         v = getattr(args, k)
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -429,6 +431,9 @@ def main() -> int:
     p.add_argument("--per-sample-ms", type=float, default=None, help="override b (ms)")
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--jitter-ms", type=float, default=0.0)
+    p.add_argument("--delivery", choices=("clock", "thread"), default="clock",
+                   help="frames put by the loop's 5 ms clock (default) or by a thread at "
+                   "each frame's own time, as decode threads do")
     p.add_argument("--burst-every-s", type=float, default=0.0)
     p.add_argument("--burst-ms", type=float, default=0.0)
     p.add_argument("--dim", type=int, default=64, help="stand-in embedding size")
@@ -461,7 +466,7 @@ def main() -> int:
     print("# bench_scale: N live streams through the real serve (stand-in backbone)")
     print(f"CPU: {cpu_model()}; flags: {cpu_flags()}")
     print(f"stand-in backbone: {a:g} ms + n x {b:g} ms per batch ({args.model} H100 model); "
-          f"sources {args.fps:g} fps, jitter {args.jitter_ms:g} ms, bursts "
+          f"sources {args.fps:g} fps ({args.delivery}), jitter {args.jitter_ms:g} ms, bursts "
           f"{args.burst_ms:g} ms every {args.burst_every_s:g} s; D = {args.dim}; "
           f"{args.warmup:g} s warm-up, {args.seconds:g} s measured per row\n")
     with tempfile.TemporaryDirectory() as tmp:
