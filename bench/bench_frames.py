@@ -11,7 +11,8 @@ sources' frames at their own times (random phases), so that a frame may wake the
 from its sleep. Per mode, over ``--seconds`` after ``--warmup``: frames and samples per
 second, and the loop's thread CPU per sample (with the clock: less its ticks, which
 real decode threads pay outside the loop). Modes alternate ``--repeat`` times in one
-process; the load average is printed.
+process; the load average is printed. ``--wake-probe`` first measures what one wake-up
+of an idle loop costs on the machine (a timer and nothing else).
 
 Example: ``python -m bench.bench_frames --streams 300 --seconds 10 --repeat 2
 [--producers 8]``.
@@ -122,6 +123,22 @@ async def _row(streams: int, due: bool, seconds: float, warmup: float,
     }
 
 
+async def _wake(period_s: float, seconds: float) -> tuple[float, float]:
+    """A bare loop woken by one timer every ``period_s``: (wake-ups/s, CPU us each)."""
+    loop = asyncio.get_running_loop()
+    n = [0]
+
+    def tick() -> None:
+        n[0] += 1
+        loop.call_later(period_s, tick)
+
+    loop.call_later(period_s, tick)
+    c0, t0 = time.thread_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    c1, t1 = time.thread_time(), time.monotonic()
+    return n[0] / (t1 - t0), 1e6 * (c1 - c0) / max(1, n[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--streams", type=int, default=300)
@@ -130,7 +147,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--producers", type=int, default=0,
                     help="decode threads putting the frames (0: the stand-in's clock)")
+    ap.add_argument("--wake-probe", action="store_true",
+                    help="first, what one wake-up of an idle loop costs (a timer every "
+                    "10, 5, 1 ms)")
     args = ap.parse_args()
+    if args.wake_probe:
+        for period in (0.01, 0.005, 0.001):
+            rate, us = asyncio.run(_wake(period, 3.0))
+            print(f"wake-up probe: a timer every {period * 1e3:g} ms: {rate:.0f} wake-ups/s, "
+                  f"{us:.1f} us of loop CPU each (load {os.getloadavg()[0]:.1f})")
     print("| read | load avg | frames/s | samples/s | loop CPU us/sample | less the stand-in "
           "decoders us/sample |")
     print("|---|---|---|---|---|---|")
