@@ -203,6 +203,8 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.warmup)
         if task.done():
             task.result()
+        if args.switch_interval_ms is not None:  # over what serve set at its start
+            sys.setswitchinterval(args.switch_interval_ms / 1000)
         m0 = _scrape(await (await http.get(url)).text())
         # the one the streams' sources were opened with
         clock = decoder_clock(threaded=args.delivery == "thread")
@@ -301,7 +303,8 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
            profile: Path | None, tree: Path = ROOT) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.bench_scale", "--point", str(n), "--redis", redis_url]
     for k in ("seconds", "warmup", "model", "fps", "jitter_ms", "burst_every_s", "burst_ms",
-              "dim", "fixed_ms", "per_sample_ms", "convert_threads", "delivery"):
+              "dim", "fixed_ms", "per_sample_ms", "convert_threads", "delivery",
+              "switch_interval_ms"):
         v = getattr(args, k)
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -460,6 +463,9 @@ def main() -> int:
     p.add_argument("--per-sample-ms", type=float, default=None, help="override b (ms)")
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--jitter-ms", type=float, default=0.0)
+    p.add_argument("--switch-interval-ms", type=float, default=None,
+                   help="sys.setswitchinterval for the measured period, over serve's "
+                   "(1 ms); Python's default is 5")
     p.add_argument("--delivery", choices=("clock", "thread"), default="clock",
                    help="frames put by the loop's 5 ms clock (default) or by a thread at "
                    "each frame's own time, as decode threads do")
