@@ -171,32 +171,6 @@ class StreamRunner:
         if self.metrics is not None:
             self.metrics.source_errors.labels(st.spec.id, code).inc()
 
-    def _submit(self, st: ManagedStream, r: LiveResolved[SourceFrame],
-                submit: Callable[[EngineSample], bool],
-                on_sample: Callable[[EngineSample], None] | None) -> None:
-        """Hand one resolved sample to the engine; a refused one counts on the status
-        (the caller counts the samples)."""
-        status = st.status
-        sample = EngineSample(
-            stream_id=st.spec.id, segment=r.segment, k=r.k, time_s=r.time_s,
-            frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
-        )
-        ok = submit(sample)
-        if ok and on_sample is not None:
-            on_sample(sample)
-        if not ok:
-            # plain fields of the engine, O(1): reading the counter back from the
-            # registry scanned every metric (ms at hundreds of streams, on every
-            # refused sample) and collapsed the loop
-            status.frames_dropped += 1
-            counts = self.engine.counts(st.spec.id)
-            if counts is not None:
-                status.windows_skipped = counts.windows_skipped
-                status.windows_yielded = counts.windows_yielded
-                status.yielding = counts.yielding
-        elif status.yielding:
-            status.yielding = False
-
     def _context(self, st: ManagedStream) -> SourceContext:
         url = st.spec.url
         if st.spec.credentials_ref is not None:
@@ -334,7 +308,7 @@ class StreamRunner:
                             self.gap(st, reason)
                         n += len(samples)
                         for r in samples:
-                            self._submit(st, r, submit, on_sample)
+                            _submit(self.engine, st, r, submit, on_sample)
                     if n:  # one count per read, not per sample
                         status.samples += n
                         if sampled is not None:
@@ -393,6 +367,33 @@ class _StallWatch:
         """No more checks (the read ended)."""
         if self._timer is not None:
             self._timer.cancel()
+
+
+def _submit(engine: Engine, st: ManagedStream, r: LiveResolved[SourceFrame],
+            submit: Callable[[EngineSample], bool],
+            on_sample: Callable[[EngineSample], None] | None) -> None:
+    """Hand one resolved sample to the engine; a refused one counts on the status (the
+    caller counts the samples)."""
+    status = st.status
+    sample = EngineSample(
+        stream_id=st.spec.id, segment=r.segment, k=r.k, time_s=r.time_s,
+        frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
+    )
+    ok = submit(sample)
+    if ok and on_sample is not None:
+        on_sample(sample)
+    if not ok:
+        # plain fields of the engine, O(1): reading the counter back from the registry
+        # scanned every metric (ms at hundreds of streams, on every refused sample) and
+        # collapsed the loop
+        status.frames_dropped += 1
+        counts = engine.counts(st.spec.id)
+        if counts is not None:
+            status.windows_skipped = counts.windows_skipped
+            status.windows_yielded = counts.windows_yielded
+            status.yielding = counts.yielding
+    elif status.yielding:
+        status.yielding = False
 
 
 def _release(exc: BaseException) -> None:
