@@ -24,7 +24,10 @@ Per row, over ``--seconds`` after ``--warmup``:
   frames made and put into the streams' buffers, which real decode threads would do
   outside the loop), measured in the same row;
 * event-loop lag (a 10 ms ticker: p99, max); Redis commands per second (``INFO
-  commandstats`` delta, the bench's own INFO excluded); RSS at the end.
+  commandstats`` delta, the bench's own INFO excluded); RSS at the end;
+* wake-ups per second per thread (voluntary context switches: each sleep of a thread
+  ends in one, and on a virtual machine one costs tens of µs of the thread's CPU;
+  ``bench_frames --wake-probe``).
 
 ``--compare BEFORE,AFTER`` runs every row for two commits in turn (``--repeat`` times),
 the before/after of one change in the same conditions. ``--profile N`` runs one row
@@ -99,6 +102,23 @@ def _thread_cpu() -> dict[str, float]:
     return dict(out)
 
 
+def _thread_sleeps() -> dict[str, int]:
+    """Voluntary context switches so far (a thread's sleeps: each ends in a wake-up) per
+    Python thread name, as :func:`_thread_cpu` groups them."""
+    out: Counter[str] = Counter()
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        n = next((int(ln.split()[1]) for ln in status.splitlines()
+                  if ln.startswith("voluntary_ctxt_switches")), 0)
+        name = names.get(int(task.name), "other")
+        out[name if name in ("MainThread", "restrav-device", "restrav-host") else "other"] += n
+    return dict(out)
+
+
 def _rss_mib() -> tuple[float, float]:
     info = dict(ln.split(":", 1) for ln in Path("/proc/self/status").read_text().splitlines()
                 if ":" in ln)
@@ -162,7 +182,8 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         per_s = args.per_sample_ms / 1000
     n = args.point
     query = (f"fps={args.fps:g}&size=16&jitter_ms={args.jitter_ms:g}"
-             f"&burst_every_s={args.burst_every_s:g}&burst_ms={args.burst_ms:g}")
+             f"&burst_every_s={args.burst_every_s:g}&burst_ms={args.burst_ms:g}"
+             f"&delivery={args.delivery}")
     streams = tuple(StreamSpec(id=f"s{i}", url=f"synth://s{i}?{query}") for i in range(n))
     port = free_port()
     engine = {} if args.convert_threads is None else {"convert_threads": args.convert_threads}
@@ -182,10 +203,14 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.warmup)
         if task.done():
             task.result()
+        if args.switch_interval_ms is not None:  # over what serve set at its start
+            sys.setswitchinterval(args.switch_interval_ms / 1000)
         m0 = _scrape(await (await http.get(url)).text())
-        clock = decoder_clock()  # the one the streams' sources were opened with
+        # the one the streams' sources were opened with
+        clock = decoder_clock(threaded=args.delivery == "thread")
         src0 = clock.cpu_s
         c0, cpu0, th0 = await _commands(rc), time.process_time(), _thread_cpu()
+        sl0 = _thread_sleeps()
         lags.clear()
         print("measuring", flush=True)  # a profiler attaches now (--profile)
         t0w, t0 = time.time(), time.monotonic()
@@ -193,6 +218,7 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         t1w = time.time()
         cpu1, th1 = time.process_time(), _thread_cpu()
+        sl1 = _thread_sleeps()
         src1 = clock.cpu_s
         c1 = await _commands(rc)
         m1 = _scrape(await (await http.get(url)).text())
@@ -225,6 +251,8 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         # the row: real decode threads would pay it outside the event loop
         "sources_us": 1e6 * (src1 - src0) / max(1.0, embedded),
         "cpu_share": {k: v / elapsed for k, v in cpu.items()},
+        # wake-ups from sleep per second, per thread (each costs the thread CPU)
+        "wakes_per_s": {k: (v - sl0.get(k, 0)) / elapsed for k, v in sl1.items()},
         "lag_p99_ms": _pct(lag, 0.99), "lag_max_ms": max(lag, default=float("nan")),
         "redis_cps": (c1 - c0) / elapsed, "rss_mib": rss, "hwm_mib": hwm,
     }
@@ -275,7 +303,8 @@ def _child(args: argparse.Namespace, n: int, redis_url: str,
            profile: Path | None, tree: Path = ROOT) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.bench_scale", "--point", str(n), "--redis", redis_url]
     for k in ("seconds", "warmup", "model", "fps", "jitter_ms", "burst_every_s", "burst_ms",
-              "dim", "fixed_ms", "per_sample_ms", "convert_threads"):
+              "dim", "fixed_ms", "per_sample_ms", "convert_threads", "delivery",
+              "switch_interval_ms"):
         v = getattr(args, k)
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -363,17 +392,22 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     print("| tree | streams | load avg | offered Hz/stream | sustained Hz/stream | samples/s | "
           "frames/s | mean batch | windows skipped | frames dropped | p50 / p95 latency ms | "
           "CPU us/sample (loop / device / host / other, CPU-s/s) | of which stand-in sources "
-          "us/sample | loop lag p99 / max ms | Redis cmd/s | RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "us/sample | loop lag p99 / max ms | Redis cmd/s | RSS MiB | "
+          "wake-ups/s (loop / device / host / other) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "failed" in r:
             print(f"| {r['tree']} | {r['streams']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | "
-                  f"{r['failed']} |" + " |" * 13)
+                  f"{r['failed']} |" + " |" * 14)
             continue
         sh = r["cpu_share"]
         split = " / ".join(f"{sh.get(k, 0.0):.2f}" for k in
                            ("MainThread", "restrav-device", "restrav-host", "other"))
         sources = f"{r['sources_us']:.0f}" if "sources_us" in r else "?"
+        wk = r.get("wakes_per_s")
+        wakes = " / ".join(f"{wk.get(k, 0.0):.0f}" for k in
+                           ("MainThread", "restrav-device", "restrav-host", "other")
+                           ) if wk else "?"
         hung = " (shutdown hung)" if r.get("shutdown") == "hung" else ""
         print(f"| {r['tree']}{hung} | {r['streams']} | "
               f"{r['load'][0]:.1f}-{r['load'][1]:.1f} | {r['offered_hz']:.2f} | "
@@ -383,7 +417,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
               f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} | {r['cpu_us']:.0f} ({split}) | "
               f"{sources} | "
               f"{r['lag_p99_ms']:.0f} / {r['lag_max_ms']:.0f} | {r['redis_cps']:.0f} | "
-              f"{r['rss_mib']:.0f} |")
+              f"{r['rss_mib']:.0f} | {wakes} |")
 
 
 def summarise_profile(path: Path, top: int = 25) -> None:
@@ -429,6 +463,12 @@ def main() -> int:
     p.add_argument("--per-sample-ms", type=float, default=None, help="override b (ms)")
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--jitter-ms", type=float, default=0.0)
+    p.add_argument("--switch-interval-ms", type=float, default=None,
+                   help="sys.setswitchinterval for the measured period, over serve's "
+                   "(1 ms); Python's default is 5")
+    p.add_argument("--delivery", choices=("clock", "thread"), default="clock",
+                   help="frames put by the loop's 5 ms clock (default) or by a thread at "
+                   "each frame's own time, as decode threads do")
     p.add_argument("--burst-every-s", type=float, default=0.0)
     p.add_argument("--burst-ms", type=float, default=0.0)
     p.add_argument("--dim", type=int, default=64, help="stand-in embedding size")
@@ -461,7 +501,7 @@ def main() -> int:
     print("# bench_scale: N live streams through the real serve (stand-in backbone)")
     print(f"CPU: {cpu_model()}; flags: {cpu_flags()}")
     print(f"stand-in backbone: {a:g} ms + n x {b:g} ms per batch ({args.model} H100 model); "
-          f"sources {args.fps:g} fps, jitter {args.jitter_ms:g} ms, bursts "
+          f"sources {args.fps:g} fps ({args.delivery}), jitter {args.jitter_ms:g} ms, bursts "
           f"{args.burst_ms:g} ms every {args.burst_every_s:g} s; D = {args.dim}; "
           f"{args.warmup:g} s warm-up, {args.seconds:g} s measured per row\n")
     with tempfile.TemporaryDirectory() as tmp:

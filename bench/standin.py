@@ -33,7 +33,9 @@ Contract:
   (keep the latest ``serve.source.buffer_frames``; the frame after a hole carries
   ``dropped_before``) and ``recv`` is the buffer's ``get``, so the event loop pays
   what it pays for a real source (``delivery=sleep``: one ``asyncio.sleep`` per
-  frame instead, and no buffer unless ``buffer_frames`` is given).
+  frame instead, and no buffer unless ``buffer_frames`` is given; ``delivery=thread``:
+  a thread puts each frame at its own time, as decode threads do, see
+  :class:`DecoderClock`).
   :func:`register_synthetic_source` registers it as kind ``synthetic`` (scheme
   ``synth``); nothing is registered at import. Decode is not modelled: a frame
   costs the service nothing until it is sampled.
@@ -42,6 +44,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import threading
 import time
@@ -128,27 +131,44 @@ def _rgb(image: Any) -> Any:
 class DecoderClock:
     """Delivers the frames of every clocked :class:`SyntheticSource` of one event loop:
     every ``tick_s`` the frames due go into their sources' buffers (one timer for all
-    streams, as decode threads hand over frames; see the module docstring)."""
+    streams, as decode threads hand over frames; see the module docstring).
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float = 0.005) -> None:
+    ``threaded=True``: one thread (``synth-decode``) instead of the loop's timer puts
+    each source's frames at their own due times, as a decode thread per stream would
+    (a frame may then wake the loop from its sleep, where the loop's own tick hands
+    over all the frames of 5 ms in the one turn it runs anyway)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float = 0.005,
+                 threaded: bool = False) -> None:
         self.loop = loop
         self.tick_s = tick_s
+        self.threaded = threaded
         self.sources: dict[int, SyntheticSource] = {}
         self.waker = LoopWaker(loop)  # as serve shares one among its streams' buffers
         self._timer: asyncio.TimerHandle | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
         self.cpu_s = 0.0
         """CPU time its ticks took (thread time): what the stand-in decoders cost the
-        event loop, which real decode threads would pay in their own threads."""
+        event loop, which real decode threads would pay in their own threads (threaded:
+        the thread's own CPU time)."""
 
     def add(self, src: SyntheticSource) -> None:
         """Deliver ``src``'s frames from now on."""
-        self.sources[id(src)] = src
-        if self._timer is None:
+        with self._lock:
+            self.sources[id(src)] = src
+        if self.threaded:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="synth-decode",
+                                                daemon=True)
+                self._thread.start()
+        elif self._timer is None:
             self._timer = self.loop.call_later(self.tick_s, self._tick)
 
     def remove(self, src: SyntheticSource) -> None:
         """Stop delivering ``src``'s frames."""
-        self.sources.pop(id(src), None)
+        with self._lock:
+            self.sources.pop(id(src), None)
 
     def _tick(self) -> None:
         cpu0 = time.thread_time()
@@ -159,18 +179,49 @@ class DecoderClock:
                        else None)
         self.cpu_s += time.thread_time() - cpu0
 
+    def _run(self) -> None:
+        """The decode thread: each source's next frame at its due time, earliest first."""
+        cpu0 = time.thread_time()
+        heap: list[tuple[float, int]] = []
+        known: set[int] = set()
+        while not self.loop.is_closed():
+            with self._lock:
+                if not self.sources:
+                    break
+                for key, src in self.sources.items():
+                    if key not in known:
+                        known.add(key)
+                        heapq.heappush(heap, (src.due(src._i), key))
+            if not heap:
+                time.sleep(self.tick_s)
+                continue
+            due, key = heap[0]
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, self.tick_s))
+                self.cpu_s = time.thread_time() - cpu0
+                continue
+            heapq.heappop(heap)
+            got = self.sources.get(key)
+            if got is None:
+                known.discard(key)
+                continue
+            got.deliver(time.monotonic())
+            heapq.heappush(heap, (got.due(got._i), key))
+            self.cpu_s = time.thread_time() - cpu0
 
-_CLOCKS: dict[asyncio.AbstractEventLoop, DecoderClock] = {}
+
+_CLOCKS: dict[tuple[asyncio.AbstractEventLoop, bool], DecoderClock] = {}
 
 
-def decoder_clock() -> DecoderClock:
-    """The running loop's :class:`DecoderClock`."""
+def decoder_clock(threaded: bool = False) -> DecoderClock:
+    """The running loop's :class:`DecoderClock` (the threaded one: ``threaded``)."""
     loop = asyncio.get_running_loop()
-    for old in [lp for lp in _CLOCKS if lp.is_closed()]:
+    for old in [k for k in _CLOCKS if k[0].is_closed()]:
         del _CLOCKS[old]
-    if loop not in _CLOCKS:
-        _CLOCKS[loop] = DecoderClock(loop)
-    return _CLOCKS[loop]
+    if (loop, threaded) not in _CLOCKS:
+        _CLOCKS[(loop, threaded)] = DecoderClock(loop, threaded=threaded)
+    return _CLOCKS[(loop, threaded)]
 
 
 class SyntheticSource:
@@ -222,7 +273,9 @@ class SyntheticSource:
                   int(q.get("frames", "0")), float(q.get("jitter_ms", "0")) / 1000,
                   float(q.get("burst_every_s", "0")), float(q.get("burst_ms", "0")) / 1000,
                   q.get("phase", "1") == "1", ctx.settings.buffer_frames)
-        return src if q.get("delivery") == "sleep" else src.clocked(decoder_clock())
+        if q.get("delivery") == "sleep":
+            return src
+        return src.clocked(decoder_clock(threaded=q.get("delivery") == "thread"))
 
     def due(self, i: int) -> float:
         """When frame ``i`` is handed over (monotonic seconds)."""
@@ -235,6 +288,15 @@ class SyntheticSource:
             if into < self.burst_s:
                 t += self.burst_s - into
         return t
+
+    async def recv_due(self, next_pts_s: float | None) -> list[SourceFrame]:
+        """The buffered frames once one may close ``next_pts_s`` (clocked delivery: the
+        buffer's ``get_due``); one frame as :meth:`recv` otherwise."""
+        if self._buffer is not None:
+            if self._closed:
+                raise SourceClosed(self.description)
+            return await self._buffer.get_due(next_pts_s)
+        return [await self.recv()]
 
     async def recv(self) -> SourceFrame:
         """The next frame, at its time on the source clock."""

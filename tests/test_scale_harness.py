@@ -144,3 +144,22 @@ async def test_the_decoder_clock_counts_the_cpu_time_of_its_ticks() -> None:
     assert 0 < spent <= time.thread_time() - cpu0
     for src in srcs:
         await src.aclose()
+
+
+async def test_a_threaded_decoder_clock_puts_each_frame_from_its_own_thread() -> None:
+    """``delivery=thread``: frames come in order with regular pts, put by the clock's
+    thread (not the loop), whose CPU time is counted and which ends with its sources."""
+    clock = decoder_clock(threaded=True)
+    assert clock is not decoder_clock() and clock is decoder_clock(threaded=True)
+    srcs = [SyntheticSource(f"d{i}", 100.0, 4, phase=True, buffer_frames=8).clocked(clock)
+            for i in range(3)]
+    for src in srcs:
+        frames = [await src.recv() for _ in range(5)]
+        assert [f.index for f in frames] == list(range(5))
+        assert [f.pts_s for f in frames] == pytest.approx([i / 100 for i in range(5)])
+    thread = clock._thread
+    assert thread is not None and thread.name == "synth-decode" and clock.cpu_s > 0
+    for src in srcs:
+        await src.aclose()
+    thread.join(2)
+    assert not thread.is_alive()

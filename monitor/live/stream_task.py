@@ -38,9 +38,9 @@ from collections.abc import Callable
 
 from ..config import ServeSettings
 from ..errors import InputError
-from ..media.sampler import LiveSampler
+from ..media.sampler import LiveResolved, LiveSampler
 from ..media.sources import SourceContext, SourceError, opener_for
-from ..media.sources.base import LiveSource, LoopWaker
+from ..media.sources.base import LiveSource, LoopWaker, SourceFrame
 from ..metrics import StreamMetrics
 from ..redaction import redact_text, redact_url
 from ..types import SourceClosed
@@ -249,13 +249,16 @@ class StreamRunner:
     async def _consume(self, st: ManagedStream, source: LiveSource) -> None:
         """Read frames until the source ends (returns) or fails (SourceError).
 
-        One await per frame, the source's own: no task, no timer per frame (at 25 fps
-        and hundreds of streams a task and an ``asyncio.wait`` per frame were a tenth
-        of the event loop; BENCHMARKS.md, issue 25). Stalls are found by a watchdog
-        timer that fires once per ``stall_after_s`` of the stream: it marks the
-        stream stalled (the window ends) and, after ``stall_reconnect_s`` without a
-        frame, ends the read (the pending ``recv`` is cancelled; sources lose no
-        frame to a cancelled ``recv``) with a ``stalled`` SourceError."""
+        One await per frame, the source's own (``recv``), or per sample where the
+        source has ``recv_due`` (the frames up to the one that closes the next sample
+        time come at once): no task, no timer per frame (at 25 fps and hundreds of
+        streams a task and an ``asyncio.wait`` per frame were a tenth of the event
+        loop, a wake-up per frame most of the rest; BENCHMARKS.md, issue 25). Stalls
+        are found by a watchdog timer that fires once per ``stall_after_s`` of the
+        stream: it marks the stream stalled (the window ends) and, after
+        ``stall_reconnect_s`` without a frame, ends the read (the pending ``recv`` is
+        cancelled; sources lose no frame to a cancelled ``recv``) with a ``stalled``
+        SourceError."""
         s = self.settings.source
         sampler = st.sampler
         assert sampler is not None
@@ -270,12 +273,18 @@ class StreamRunner:
         status = st.status
         loop = asyncio.get_running_loop()
         watch = _StallWatch(self, st, loop, s.stall_after_s, s.stall_reconnect_s)
+        # a source with recv_due hands over the frames between two samples with the
+        # frame after them: one wake-up per sample, not per frame (BENCHMARKS.md, issue 25)
+        recv_due = getattr(source, "recv_due", None)
         try:
             async with asyncio.timeout(None) as deadline:
                 watch.start(deadline)
                 while True:
                     try:
-                        frame = await source.recv()
+                        if recv_due is not None:
+                            frames = await recv_due(sampler.next_time_s)
+                        else:
+                            frames = [await source.recv()]
                     except SourceClosed:
                         return
                     watch.last_frame = time.monotonic()
@@ -283,40 +292,27 @@ class StreamRunner:
                         self.set_state(st, "running")
                         status.error = None
                     watch.stalled = False
-                    status.frames += 1
+                    status.frames += len(frames)
                     if decoded is not None:
-                        decoded.inc()
-                    if frame.dropped_before:
-                        status.frames_dropped += frame.dropped_before
-                        if m is not None:
-                            m.frames_dropped.labels(sid, "buffer_full").inc(frame.dropped_before)
-                        self.gap(st, "drop")
-                    reason, samples = sampler.push(frame, frame.pts_s)
-                    if reason is not None:
-                        self.gap(st, reason)
-                    for r in samples:
-                        status.samples += 1
+                        decoded.inc(len(frames))
+                    n = 0
+                    for frame in frames:
+                        if frame.dropped_before:
+                            status.frames_dropped += frame.dropped_before
+                            if m is not None:
+                                m.frames_dropped.labels(sid, "buffer_full").inc(
+                                    frame.dropped_before)
+                            self.gap(st, "drop")
+                        reason, samples = sampler.push(frame, frame.pts_s)
+                        if reason is not None:
+                            self.gap(st, reason)
+                        n += len(samples)
+                        for r in samples:
+                            _submit(self.engine, st, r, submit, on_sample)
+                    if n:  # one count per read, not per sample
+                        status.samples += n
                         if sampled is not None:
-                            sampled.inc()
-                        sample = EngineSample(
-                            stream_id=sid, segment=r.segment, k=r.k, time_s=r.time_s,
-                            frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
-                        )
-                        ok = submit(sample)
-                        if ok and on_sample is not None:
-                            on_sample(sample)
-                        if not ok:
-                            # plain fields of the engine, O(1): reading the counter back
-                            # from the registry scanned every metric (ms at hundreds of
-                            # streams, on every refused sample) and collapsed the loop
-                            status.frames_dropped += 1
-                            counts = self.engine.counts(sid)
-                            if counts is not None:
-                                status.windows_skipped = counts.windows_skipped
-                                status.windows_yielded = counts.windows_yielded
-                                status.yielding = counts.yielding
-                        elif status.yielding:
-                            status.yielding = False
+                            sampled.inc(n)
         except TimeoutError:
             if not watch.expired:
                 raise
@@ -371,6 +367,33 @@ class _StallWatch:
         """No more checks (the read ended)."""
         if self._timer is not None:
             self._timer.cancel()
+
+
+def _submit(engine: Engine, st: ManagedStream, r: LiveResolved[SourceFrame],
+            submit: Callable[[EngineSample], bool],
+            on_sample: Callable[[EngineSample], None] | None) -> None:
+    """Hand one resolved sample to the engine; a refused one counts on the status (the
+    caller counts the samples)."""
+    status = st.status
+    sample = EngineSample(
+        stream_id=st.spec.id, segment=r.segment, k=r.k, time_s=r.time_s,
+        frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
+    )
+    ok = submit(sample)
+    if ok and on_sample is not None:
+        on_sample(sample)
+    if not ok:
+        # plain fields of the engine, O(1): reading the counter back from the registry
+        # scanned every metric (ms at hundreds of streams, on every refused sample) and
+        # collapsed the loop
+        status.frames_dropped += 1
+        counts = engine.counts(st.spec.id)
+        if counts is not None:
+            status.windows_skipped = counts.windows_skipped
+            status.windows_yielded = counts.windows_yielded
+            status.yielding = counts.yielding
+    elif status.yielding:
+        status.yielding = False
 
 
 def _release(exc: BaseException) -> None:

@@ -194,6 +194,13 @@ class TrackSource:
             raise RuntimeError("TrackSource.recv() before start()")
         return await self.buffer.get()
 
+    async def recv_due(self, next_pts_s: float | None) -> list[SourceFrame]:
+        """The buffered frames, once one may close ``next_pts_s``
+        (:meth:`~monitor.media.sources.base.FrameBuffer.get_due`); errors as :meth:`recv`."""
+        if self.buffer is None:
+            raise RuntimeError("TrackSource.recv_due() before start()")
+        return await self.buffer.get_due(next_pts_s)
+
     async def aclose(self, publisher_ended: bool = False) -> None:
         """Stop draining and release queued frames; idempotent. Does not close the peer.
         ``publisher_ended``: the publisher ended its session itself (WHIP DELETE), a

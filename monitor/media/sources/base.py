@@ -23,6 +23,12 @@ and what a new kind such as WebRTC implements)::
   when it returns it).
 * ``dropped_before`` counts frames the source dropped just before this one (a
   full buffer keeping the latest): the stream ends its window there.
+* Optionally ``await source.recv_due(next_pts_s)`` -> a non-empty list of frames in
+  arrival order (the same errors as ``recv``): every frame buffered, returned once
+  one of them may close the sample time ``next_pts_s`` (None: any frame), or may end
+  the window (time going back, a dropped frame), or the buffer is half full
+  (:meth:`FrameBuffer.get_due`). The frames between two samples then cost the event
+  loop no wake-up; a reader without it uses ``recv``.
 * Openers register per kind with :func:`register_source_kind`; a spec's kind
   is explicit or inferred from its URL scheme (:func:`kind_for`).
 * Error messages and ``description`` never contain credentials (use
@@ -35,10 +41,11 @@ import asyncio
 import collections
 import contextlib
 import enum
+import math
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from ...config import ServeSourceSettings, StreamSpec
@@ -193,6 +200,10 @@ def opener_for(kind: str) -> SourceOpener:
         raise UnsupportedSource(f"unknown source kind {kind!r}") from None
 
 
+_DUE_EPS_S = 1e-9
+"""Slack of :meth:`FrameBuffer.get_due`'s time comparison (the sampler's own is 1e-9)."""
+
+
 class DropPolicy(enum.Enum):
     """What a full :class:`FrameBuffer` does with a new frame."""
 
@@ -262,6 +273,8 @@ class FrameBuffer:
         self._error: BaseException | None = None
         self._pending_drops = 0
         self._waiting = False  # the consumer waits on _event (guarded by _cond)
+        self._wake_pts: float | None = None  # get_due's hint while it waits (ditto)
+        self._last_pts = -math.inf  # the last frame put (ditto)
         self.dropped = 0
 
     def _wake(self) -> None:
@@ -295,8 +308,12 @@ class FrameBuffer:
                 self._pending_drops = 0
             self._items.append(frame)
             # wake the loop only when the consumer waits: a self-pipe write per frame cost
-            # the loop a wake-up per frame even while it was busy draining the buffer
-            wake, self._waiting = self._waiting, False
+            # the loop a wake-up per frame even while it was busy draining the buffer;
+            # get_due's consumer only for a frame it needs now (see get_due)
+            wake = self._waiting and self._due(frame)
+            self._last_pts = frame.pts_s
+            if wake:
+                self._waiting = False
         if wake:
             self._wake()
         return True
@@ -310,6 +327,26 @@ class FrameBuffer:
             self._cond.notify_all()
         self._wake()
 
+    def _due(self, frame: SourceFrame) -> bool:
+        """Whether ``frame`` must wake a waiting consumer (under ``_cond``): always for
+        ``get``; for ``get_due``, when the frame may close the sample time it waits for,
+        may end the window (time going back, not finite, a hole before it), or the
+        buffer is half full (never a drop for want of a wake-up)."""
+        wake_pts = self._wake_pts
+        pts = frame.pts_s
+        return (
+            wake_pts is None
+            or not pts + _DUE_EPS_S < wake_pts  # also NaN
+            or pts + _DUE_EPS_S < self._last_pts
+            or frame.dropped_before > 0
+            or len(self._items) * 2 >= self.capacity
+        )
+
+    def _raise_closed(self) -> NoReturn:
+        if self._error is not None:
+            raise self._error
+        raise SourceClosed("source ended")
+
     async def get(self) -> SourceFrame:
         """The next frame (consumer side)."""
         while True:
@@ -320,11 +357,37 @@ class FrameBuffer:
                         self._cond.notify_all()
                     return item
                 if self._closed:
-                    if self._error is not None:
-                        raise self._error
-                    raise SourceClosed("source ended")
+                    self._raise_closed()
                 self._event.clear()
                 self._waiting = True
+                self._wake_pts = None
+            await self._event.wait()
+
+    async def get_due(self, next_pts_s: float | None) -> list[SourceFrame]:
+        """Every buffered frame, in order (consumer side; at least one).
+
+        With the buffer empty, waits until a frame arrives whose ``pts_s`` is at least
+        ``next_pts_s`` (less a nanosecond: it may close that sample time; None: any
+        frame), or one that may end the window (its pts before the previous frame's,
+        not finite, or ``dropped_before``), or the buffer is half full, or it is
+        closed. The frames before such a frame wait in the buffer, unread, and come
+        with it: a live sampler's frames between two sample times cost the event loop
+        no wake-up, and a sample is resolved as soon as it was with :meth:`get` (by the
+        first frame after its time). Raises as :meth:`get` once the frames are taken;
+        a cancelled call takes none."""
+        while True:
+            with self._cond:
+                if self._items:
+                    items = list(self._items)
+                    self._items.clear()
+                    if self.policy is DropPolicy.BLOCK:
+                        self._cond.notify_all()
+                    return items
+                if self._closed:
+                    self._raise_closed()
+                self._event.clear()
+                self._waiting = True
+                self._wake_pts = next_pts_s
             await self._event.wait()
 
     def __len__(self) -> int:

@@ -238,6 +238,13 @@ class AVSource:
             raise SourceClosed("source not started")
         return await self._buffer.get()
 
+    async def recv_due(self, next_pts_s: float | None) -> list[SourceFrame]:
+        """The buffered frames, once one may close ``next_pts_s``
+        (:meth:`~monitor.media.sources.base.FrameBuffer.get_due`)."""
+        if self._buffer is None:
+            raise SourceClosed("source not started")
+        return await self._buffer.get_due(next_pts_s)
+
     @property
     def dropped(self) -> int:
         """Frames dropped by the buffer so far."""

@@ -1,0 +1,200 @@
+"""Frames handed over per sample, not per frame (:meth:`FrameBuffer.get_due`, a source's
+``recv_due``): a waiting reader is woken only by a frame that may close the sample time
+it waits for, or may end the window, or a half-full buffer; the frames before it come
+with it. The stream task reads a source that has ``recv_due`` that way and makes the
+very samples the sampler makes over every frame, one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from typing import Any, cast
+
+import numpy as np
+
+from monitor.config import ServeSettings, StreamSpec
+from monitor.live.alerts import AlertTracker
+from monitor.live.batch import EngineSample
+from monitor.live.engine import Engine
+from monitor.live.stream_state import ManagedStream
+from monitor.live.stream_task import StreamRunner
+from monitor.media.sampler import LiveSampler
+from monitor.media.sources import DropPolicy, FrameBuffer, SourceClosed, SourceFrame
+from monitor.types import SAMPLE_INTERVAL_S
+
+IMAGE = np.zeros((2, 2, 3), np.uint8)
+
+
+def _frame(i: int, pts_s: float, dropped_before: int = 0) -> SourceFrame:
+    return SourceFrame(pts_s=pts_s, arrival_s=time.monotonic(), index=i, image=IMAGE,
+                       to_rgb=lambda im: im, dropped_before=dropped_before)
+
+
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def _waiting_reader(buf: FrameBuffer, next_pts_s: float | None,
+                          ) -> asyncio.Task[list[SourceFrame]]:
+    task = asyncio.create_task(buf.get_due(next_pts_s))
+    await _turns()
+    assert not task.done()  # the buffer is empty: it waits
+    return task
+
+
+async def test_frames_before_the_sample_time_wake_no_reader_and_come_with_the_next() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=8)
+    task = await _waiting_reader(buf, 0.1)
+    buf.put(_frame(0, 0.04))
+    buf.put(_frame(1, 0.08))
+    await _turns()
+    assert not task.done()
+    buf.put(_frame(2, 0.12))  # may close t = 0.1
+    got = await asyncio.wait_for(task, 5)
+    assert [f.index for f in got] == [0, 1, 2]
+
+
+async def test_without_a_sample_time_every_frame_wakes_the_reader() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=8)
+    task = await _waiting_reader(buf, None)
+    buf.put(_frame(0, 5.0))
+    assert [f.index for f in await asyncio.wait_for(task, 5)] == [0]
+
+
+async def test_a_frame_that_may_end_the_window_wakes_the_reader() -> None:
+    loop = asyncio.get_running_loop()
+    buf = FrameBuffer(loop, capacity=8)
+    buf.put(_frame(0, 1.0))
+    assert len(await buf.get_due(None)) == 1
+    task = await _waiting_reader(buf, 1.05)
+    buf.put(_frame(1, 0.0))  # time went back
+    assert [f.index for f in await asyncio.wait_for(task, 5)] == [1]
+    task = await _waiting_reader(buf, 0.05)
+    buf.put(_frame(2, 0.01, dropped_before=3))  # a hole before it
+    assert [f.index for f in await asyncio.wait_for(task, 5)] == [2]
+    task = await _waiting_reader(buf, 0.05)
+    buf.put(_frame(3, float("nan")))
+    assert [f.index for f in await asyncio.wait_for(task, 5)] == [3]
+
+
+async def test_a_half_full_buffer_wakes_the_reader_before_it_would_drop() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=6, policy=DropPolicy.KEEP_LATEST)
+    task = await _waiting_reader(buf, 100.0)
+    for i in range(2):
+        buf.put(_frame(i, i * 0.01))
+    await _turns()
+    assert not task.done()
+    buf.put(_frame(2, 0.02))
+    assert [f.index for f in await asyncio.wait_for(task, 5)] == [0, 1, 2]
+    assert buf.dropped == 0
+
+
+async def test_the_end_wakes_the_reader_after_its_frames() -> None:
+    buf = FrameBuffer(asyncio.get_running_loop(), capacity=8)
+    task = await _waiting_reader(buf, 100.0)
+    buf.put(_frame(0, 0.0))
+    await _turns()
+    assert not task.done()
+    buf.close()
+    assert [f.index for f in await asyncio.wait_for(task, 5)] == [0]
+    try:
+        await buf.get_due(None)
+        raise AssertionError("a closed, empty buffer returned")
+    except SourceClosed:
+        pass
+
+
+def _script() -> list[tuple[float, int]]:
+    """(pts, dropped_before) of 300 frames at 25 fps with jitter in pts, a hole, time
+    going back (a restart), a jump forward and a run of equal pts."""
+    rng = random.Random(7)
+    out = []
+    for i in range(300):
+        pts = i / 25 + rng.uniform(0, 0.01)
+        if i >= 120:
+            pts -= 4.0  # back
+        if i >= 200:
+            pts += 9.0  # a jump forward
+        if 250 <= i < 256:
+            pts = out[-1][0] if i > 250 else pts
+        out.append((pts, 2 if i == 60 else 0))
+    return out
+
+
+class _ScriptSource:
+    """Frames of :func:`_script` put by a thread into a real FrameBuffer, a few at a
+    time; ``due`` chooses whether the reader has ``recv_due``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, due: bool) -> None:
+        self.description = "script"
+        self.buffer = FrameBuffer(loop, capacity=64, policy=DropPolicy.BLOCK)
+        if due:
+            self.recv_due = self.buffer.get_due
+        self._thread = threading.Thread(target=self._produce, daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        for i, (pts, dropped) in enumerate(_script()):
+            self.buffer.put(_frame(i, pts, dropped))
+            if i % 3 == 0:
+                time.sleep(0.002)  # the reader catches up and waits
+        self.buffer.close()
+
+    async def recv(self) -> SourceFrame:
+        return await self.buffer.get()
+
+    async def aclose(self) -> None:
+        self.buffer.close()
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self.samples: list[EngineSample] = []
+
+    def submit(self, sample: EngineSample) -> bool:
+        self.samples.append(sample)
+        return True
+
+    def counts(self, stream_id: str) -> Any:
+        return None
+
+
+def _reference() -> list[tuple[int, int, float, int, bool]]:
+    """What the stream task did frame by frame: a hole ends the window, then push; a
+    gap the sampler found is counted through the task's ``gap``, which ends the window
+    again (the frame that found it anchors no grid)."""
+    sampler: LiveSampler[int] = LiveSampler(0.5)
+    out = []
+    for i, (pts, dropped) in enumerate(_script()):
+        if dropped:
+            sampler.gap()
+        reason, samples = sampler.push(i, pts)
+        if reason is not None:
+            sampler.gap()
+        for r in samples:
+            out.append((r.segment, r.k, r.time_s, r.frame, r.repeated))
+    return out
+
+
+async def test_the_stream_task_makes_the_same_samples_reading_per_sample_or_per_frame() -> None:
+    settings = ServeSettings(persist_streams=False)
+    got = {}
+    for due in (False, True):
+        engine = _Engine()
+        runner = StreamRunner(cast(Engine, engine), settings, None, 0, 1 << 20,
+                              random.Random(0), time.time)
+        st = ManagedStream(StreamSpec(id="s", url="x://s"), "x", 1,
+                           AlertTracker("s", 0.8, 0.6, 0.0))
+        st.sampler = LiveSampler(0.5)
+        source = _ScriptSource(asyncio.get_running_loop(), due)
+        await asyncio.wait_for(runner._consume(st, source), 30)
+        got[due] = [(s.segment, s.k, s.time_s, cast(SourceFrame, s.frame).index, s.repeated)
+                    for s in engine.samples]
+        assert st.status.frames == 300 and st.status.frames_dropped == 2
+        assert st.status.samples == len(engine.samples)
+        assert st.status.gaps == {"drop": 1, "pts_backwards": 1, "pts_jump": 1}
+    assert got[True] == got[False] == _reference()
+    assert len(got[True]) > 3 / SAMPLE_INTERVAL_S
