@@ -49,6 +49,8 @@ _SID = r"{id:[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}}"
 _FILES = {CLIP: "video/mp4", SHEET: "image/jpeg"}
 MAX_EVENTS = 500
 """Most events one ``GET /events`` returns (and the event log keeps)."""
+EVENTS_QUERY = frozenset({"limit", "kind"})
+"""``GET /events``'s query parameters; any other is refused (400 ``bad_query``)."""
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -135,6 +137,10 @@ def add_review_routes(
             return deny
         if events is None:
             return _error(404, "events_off", "no event log in this process")
+        if unknown := sorted(set(request.query) - EVENTS_QUERY):
+            # a misspelt filter (`?knd=alert_start`) must not answer every event
+            return _error(400, "bad_query", f"unknown query parameter(s) {unknown}: "
+                          "/events takes limit and kind")
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
@@ -158,4 +164,4 @@ def add_review_routes(
     app.router.add_get(f"/streams/{_SID}/thumbnail", thumbnail)
 
 
-__all__ = ["NO_STORE", "add_review_routes"]
+__all__ = ["EVENTS_QUERY", "NO_STORE", "add_review_routes"]
