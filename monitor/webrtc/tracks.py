@@ -38,7 +38,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..media.colour import frame_planes
-from ..media.decode import SCALE_THREADS, frame_to_small_rgb
+from ..media.decode import frame_to_rgb, frame_to_small_rgb
 from ..media.sources.base import (
     DropPolicy,
     FrameBuffer,
@@ -46,7 +46,6 @@ from ..media.sources.base import (
     SourceFrame,
 )
 from ..metrics import WebRTCMetrics
-from ..types import RGBArray
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +61,6 @@ class WebRTCError(SourceError):
     def __init__(self, message: str, code: str = "webrtc", permanent: bool = False,
                  expected: bool = False) -> None:
         super().__init__(message, code=code, permanent=permanent, expected=expected)
-
-
-def frame_to_rgb(frame: Any) -> RGBArray:
-    """An aiortc (PyAV) video frame as RGB ``uint8`` ``(H, W, 3)``."""
-    rgb: RGBArray = frame.to_ndarray(format="rgb24", threads=SCALE_THREADS)
-    return rgb
 
 
 def rtp_seconds(frame: Any) -> float:
@@ -175,7 +168,7 @@ class TrackSource:
                         arrival_s=now,
                         index=self._index,
                         image=frame,
-                        to_rgb=frame_to_rgb,
+                        to_rgb=frame_to_rgb,  # aiortc's frames are PyAV's: as RTSP's
                         to_planes=frame_planes,
                         to_small=frame_to_small_rgb,
                     )
