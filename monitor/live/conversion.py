@@ -82,6 +82,8 @@ def _or_none(convert: Callable[P, T]) -> Callable[P, T | None]:
     def guarded(*args: P.args, **kwargs: P.kwargs) -> T | None:
         try:
             return convert(*args, **kwargs)
+        # per-frame conversion boundary (sanctioned): one bad frame must not cost the
+        # batch; the engine logs and counts it (frames_dropped{reason="convert_error"})
         except Exception:
             log.debug("conversion failed", exc_info=True)
             return None
