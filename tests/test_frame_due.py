@@ -163,17 +163,15 @@ class _Engine:
 
 
 def _reference() -> list[tuple[int, int, float, int, bool]]:
-    """What the stream task did frame by frame: a hole ends the window, then push; a
-    gap the sampler found is counted through the task's ``gap``, which ends the window
-    again (the frame that found it anchors no grid)."""
+    """The sampler over every frame, as the stream task runs it: a hole ends the window,
+    then push; a gap the sampler found itself is only counted (the frame that found it
+    anchors the new segment's grid)."""
     sampler: LiveSampler[int] = LiveSampler(0.5)
     out = []
     for i, (pts, dropped) in enumerate(_script()):
         if dropped:
             sampler.gap()
-        reason, samples = sampler.push(i, pts)
-        if reason is not None:
-            sampler.gap()
+        _, samples = sampler.push(i, pts)
         for r in samples:
             out.append((r.segment, r.k, r.time_s, r.frame, r.repeated))
     return out

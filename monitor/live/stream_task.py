@@ -157,9 +157,11 @@ class StreamRunner:
             log.info("stream %s: alert ended (%s)", st.spec.id, reason)
             self.on_alert_event(st, event)
 
-    def gap(self, st: ManagedStream, reason: str) -> None:
-        """End the stream's window (counted once per gap that interrupted samples)."""
-        if st.sampler is not None:
+    def gap(self, st: ManagedStream, reason: str, end_window: bool = True) -> None:
+        """End the stream's window (counted once per gap that interrupted samples).
+        ``end_window=False`` only counts it: a gap the sampler found itself, whose frame
+        already anchors the new segment's grid."""
+        if end_window and st.sampler is not None:
             st.sampler.gap()
         st.status.gaps[reason] = st.status.gaps.get(reason, 0) + 1
         if self.metrics is not None:
@@ -304,8 +306,8 @@ class StreamRunner:
                                     frame.dropped_before)
                             self.gap(st, "drop")
                         reason, samples = sampler.push(frame, frame.pts_s)
-                        if reason is not None:
-                            self.gap(st, reason)
+                        if reason is not None:  # the frame that found it starts the next
+                            self.gap(st, reason, end_window=False)
                         n += len(samples)
                         for r in samples:
                             _submit(self.engine, st, r, submit, on_sample)
