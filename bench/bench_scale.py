@@ -22,12 +22,19 @@ Per row, over ``--seconds`` after ``--warmup``:
   the event loop, the device thread and the host thread (``/proc/self/task``); of it,
   the stand-in sources' own part: the thread time of the decoder clock's ticks (the
   frames made and put into the streams' buffers, which real decode threads would do
-  outside the loop), measured in the same row;
+  outside the loop), measured in the same row; the control plane's own cost is the
+  first less the second (decode is left out of the simulation; real decode threads
+  add theirs);
 * event-loop lag (a 10 ms ticker: p99, max); Redis commands per second (``INFO
   commandstats`` delta, the bench's own INFO excluded); RSS at the end;
 * wake-ups per second per thread (voluntary context switches: each sleep of a thread
   ends in one, and on a virtual machine one costs tens of µs of the thread's CPU;
   ``bench_frames --wake-probe``).
+
+``--busy-cores 0,2`` alternates rows without and with two SCHED_IDLE spinners that
+keep the vCPUs from halting (a diagnostic: on this kind of VM a halted vCPU makes the
+next wake-up cost tens of microseconds of the woken thread's CPU). With several rows of
+one kind (``--repeat``) the medians are printed under the table.
 
 ``--compare BEFORE,AFTER`` runs every row for two commits in turn (``--repeat`` times),
 the before/after of one change in the same conditions. ``--profile N`` runs one row
@@ -44,16 +51,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -299,8 +309,36 @@ async def sources_only(n: int, fps: float, seconds: float) -> float:
     return 1e6 * (time.process_time() - cpu0) / max(1, frames - f0)
 
 
+_SPIN = ("import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+         "while True:\n    pass\n")
+
+
+@contextlib.contextmanager
+def _busy(cores: int) -> Iterator[None]:
+    """``cores`` spinning processes at SCHED_IDLE for the duration (none for 0): they take
+    only CPU time nobody else wants, so the cores never halt. On a virtual machine a
+    halted vCPU costs the thread it wakes for tens of microseconds (the wake-probe of
+    bench_frames) and a cache its neighbours have used; a GPU host busy with hundreds of
+    streams does not halt its cores either (a diagnostic, BENCHMARKS.md, issue 25)."""
+    procs = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(cores)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def _child(args: argparse.Namespace, n: int, redis_url: str,
-           profile: Path | None, tree: Path = ROOT) -> dict[str, Any]:
+           profile: Path | None, tree: Path = ROOT, busy: int = 0) -> dict[str, Any]:
+    with _busy(busy):
+        r = _row(args, n, redis_url, profile, tree)
+    r["busy"] = busy
+    return r
+
+
+def _row(args: argparse.Namespace, n: int, redis_url: str,
+         profile: Path | None, tree: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.bench_scale", "--point", str(n), "--redis", redis_url]
     for k in ("seconds", "warmup", "model", "fps", "jitter_ms", "burst_every_s", "burst_ms",
               "dim", "fixed_ms", "per_sample_ms", "convert_threads", "delivery",
@@ -392,32 +430,54 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     print("| tree | streams | load avg | offered Hz/stream | sustained Hz/stream | samples/s | "
           "frames/s | mean batch | windows skipped | frames dropped | p50 / p95 latency ms | "
           "CPU us/sample (loop / device / host / other, CPU-s/s) | of which stand-in sources "
-          "us/sample | loop lag p99 / max ms | Redis cmd/s | RSS MiB | "
-          "wake-ups/s (loop / device / host / other) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "us/sample | control plane us/sample (less the sources) | loop lag p99 / max ms | "
+          "Redis cmd/s | RSS MiB | wake-ups/s (loop / device / host / other) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "failed" in r:
             print(f"| {r['tree']} | {r['streams']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | "
-                  f"{r['failed']} |" + " |" * 14)
+                  f"{r['failed']} |" + " |" * 15)
             continue
         sh = r["cpu_share"]
         split = " / ".join(f"{sh.get(k, 0.0):.2f}" for k in
                            ("MainThread", "restrav-device", "restrav-host", "other"))
         sources = f"{r['sources_us']:.0f}" if "sources_us" in r else "?"
+        own = f"{r['cpu_us'] - r['sources_us']:.0f}" if "sources_us" in r else "?"
         wk = r.get("wakes_per_s")
         wakes = " / ".join(f"{wk.get(k, 0.0):.0f}" for k in
                            ("MainThread", "restrav-device", "restrav-host", "other")
                            ) if wk else "?"
         hung = " (shutdown hung)" if r.get("shutdown") == "hung" else ""
-        print(f"| {r['tree']}{hung} | {r['streams']} | "
+        busy = f" (busy {r['busy']})" if r.get("busy") else ""
+        print(f"| {r['tree']}{busy}{hung} | {r['streams']} | "
               f"{r['load'][0]:.1f}-{r['load'][1]:.1f} | {r['offered_hz']:.2f} | "
               f"{r['sustained_hz']:.2f} | {r['embedded_sps']:.0f} | "
               f"{r['frames_per_s']:.0f} | {r['batch_mean']:.0f} | {r['skipped']:.0f} | "
               f"{sum(r['dropped'].values()):.0f} | "
               f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} | {r['cpu_us']:.0f} ({split}) | "
-              f"{sources} | "
+              f"{sources} | {own} | "
               f"{r['lag_p99_ms']:.0f} / {r['lag_max_ms']:.0f} | {r['redis_cps']:.0f} | "
               f"{r['rss_mib']:.0f} | {wakes} |")
+
+
+def print_medians(rows: list[dict[str, Any]]) -> None:
+    """Median CPU per sample of each (tree, busy cores, streams) with several rows: on a
+    shared virtual machine one row's figure moves by a third from one minute to the next."""
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        if "cpu_us" in r:
+            groups.setdefault((r["tree"], r.get("busy", 0), r["streams"]), []).append(r)
+    if not any(len(g) > 1 for g in groups.values()):
+        return
+    print("\n| tree | busy cores | streams | rows | CPU us/sample: median (min-max) | "
+          "control plane less the sources: median (min-max) |")
+    print("|---|---|---|---|---|---|")
+    for (tree, busy, n), g in groups.items():
+        cpu = [r["cpu_us"] for r in g]
+        own = [r["cpu_us"] - r.get("sources_us", 0.0) for r in g]
+        print(f"| {tree} | {busy} | {n} | {len(g)} | {statistics.median(cpu):.0f} "
+              f"({min(cpu):.0f}-{max(cpu):.0f}) | {statistics.median(own):.0f} "
+              f"({min(own):.0f}-{max(own):.0f}) |")
 
 
 def summarise_profile(path: Path, top: int = 25) -> None:
@@ -480,7 +540,11 @@ def main() -> int:
                    help="before/after: run each row for both commits, alternating")
     p.add_argument("--trees", default=None, metavar="DIR,DIR",
                    help="as --compare, for source trees (e.g. one with an extra package)")
-    p.add_argument("--repeat", type=int, default=1, help="rows per tree (--compare, --trees)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rows per tree (--compare, --trees, --busy-cores); medians printed")
+    p.add_argument("--busy-cores", default="0", metavar="N[,N]",
+                   help="SCHED_IDLE spinners during each row, so the vCPUs never halt (a "
+                   "diagnostic of the VM's wake-up cost); several values alternate")
     p.add_argument("--row-limit-s", type=float, default=240.0,
                    help="a row still running this long after warm-up + seconds is cut")
     p.add_argument("--point", type=int, default=None, help=argparse.SUPPRESS)
@@ -522,13 +586,16 @@ def main() -> int:
                     summarise_profile(out)
                 return 0
             rows = []
+            busy = [int(v) for v in args.busy_cores.split(",")]
+            runs = [(tree, b) for tree in trees for b in busy]
             for n in (int(v) for v in args.streams.split(",")):
-                for _ in range(args.repeat if len(trees) > 1 else 1):
-                    for tree in trees:
-                        rows.append(_child(args, n, rs.url, None, tree))
+                for _ in range(args.repeat if len(runs) > 1 else 1):
+                    for tree, b in runs:
+                        rows.append(_child(args, n, rs.url, None, tree, b))
                         print(f"  done {n}: {json.dumps(rows[-1])}", file=sys.stderr,
                               flush=True)
             print_rows(rows)
+            print_medians(rows)
             n = max(int(v) for v in args.streams.split(","))
             us = asyncio.run(sources_only(n, args.fps, 10.0))
             print(f"\nThe harness's own share: {n} synthetic sources read by a bare loop cost "
