@@ -18,8 +18,8 @@ HEAVY = ("torch", "transformers", "sklearn", "matplotlib", "pyarrow", "aiortc")
 TRAIN_EXTRA = ("sklearn", "pyarrow", "matplotlib")
 
 
-def run_python(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+def run_python(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **extra_env}
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
@@ -78,8 +78,10 @@ def test_training_commands_say_which_extra_is_missing(tmp_path: Path) -> None:
 def test_score_windows_progress_counts_frames(tmp_path: Path, tiny_model_dir: Path) -> None:
     clip = tmp_path / "a.mp4"
     write_clip(clip, fps=25, n_frames=75, size=(64, 48))
+    # every update drawn (tqdm's TQDM_* defaults): a tiny clip is embedded within the 0.1 s
+    # a bar waits between draws, and the frames bar is cleared when it closes
     proc = run_python("-m", "workers.cli", "score", "--windows", "--progress", "--model",
-                      str(tiny_model_dir), "--device", "cpu", str(clip))
+                      str(tiny_model_dir), "--device", "cpu", str(clip), TQDM_MININTERVAL="0")
     assert proc.returncode == 0, proc.stderr
     counts = [int(n) for n in re.findall(r"(\d+)frame", proc.stderr)]
     assert counts and max(counts) >= 24, proc.stderr  # every embedded frame was counted
