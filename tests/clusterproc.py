@@ -37,10 +37,12 @@ def _bindable(port: int) -> bool:
 
 
 def free_cluster_port() -> int:
-    """A free loopback port whose cluster bus port (+10000) is free too; a cluster
-    node's port must be at most 55535."""
+    """A free loopback port whose cluster bus port (+10000) is free too, both below the
+    kernel's ephemeral range (32768 up on Linux): a port found free there could be taken
+    by any outgoing connection (or another test's ``free_port``) before the node binds
+    it, and the node then exits (a full-suite run lost a cluster test that way)."""
     for _ in range(1000):
-        port = random.randint(20000, 55535)
+        port = random.randint(10000, 22767)
         if _bindable(port) and _bindable(port + 10000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
