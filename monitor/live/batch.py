@@ -23,7 +23,6 @@ admission and the threads are the engine's; this module never takes its lock.
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import time
@@ -31,11 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import numpy as np
 import torch
 
 from ..config import EngineSettings
-from ..core.geometry import ZERO_STEP_EPS, StepTable, WindowRing, features_from_steps_batch
+from ..core.geometry import ZERO_STEP_EPS, StepTable, features_from_steps_batch
+from ..core.window_table import WindowTable
 from ..media.decode_guard import rss_bytes
 from ..metrics import StreamMetrics
 from ..types import (
@@ -99,30 +98,16 @@ class Embedded:
 
 
 class WindowState:
-    """Worker side state of one stream: its slot in the scorer's StepTable, its host ring
-    and the window's metadata."""
+    """Worker side state of one stream: its slot in the scorer's StepTable and
+    WindowTable (which hold its window's geometry and sample times) and the window's
+    metadata."""
 
-    def __init__(
-        self,
-        dim: int,
-        device: torch.device,
-        eps: float,
-        hop: int,
-        scored: Any,
-        zero_step_angle_deg: float,
-        slot: int = 0,
-    ) -> None:
-        # host side only: the device side is the scorer's StepTable (slot ``slot``)
-        self.ring = WindowRing(dim, device, eps, zero_step_angle_deg=zero_step_angle_deg,
-                               device_state=False)
+    def __init__(self, hop: int, scored: Any, slot: int = 0) -> None:
         self.slot = slot
         self.position = 0  # in the current window's trajectory (1: its first sample)
         self.hop = hop
         self.segment = -1
         self.k = -1
-        self.times: collections.deque[float] = collections.deque(maxlen=WINDOW_SAMPLES)
-        self.arrivals: collections.deque[float] = collections.deque(maxlen=WINDOW_SAMPLES)
-        self.repeats: collections.deque[bool] = collections.deque(maxlen=WINDOW_SAMPLES - 1)
         self.seq = 0
         self.scored = scored  # the stream's windows_scored child, or None
 
@@ -151,6 +136,7 @@ class BatchScorer:
         self.zero_step_angle_deg = zero_step_angle_of(classifier)
         self._states: dict[str, WindowState] = {}
         self.table = StepTable(self.dim, self.device)
+        self.windows = WindowTable(self.eps, self.zero_step_angle_deg)
         self._batches = 0
         self.pixel_path = pixel_path(settings.pixel_path, self.device)
         self._convert: Callable[[RGBFrame], Any] = (
@@ -180,9 +166,8 @@ class BatchScorer:
             if hop is None:
                 return None
             m = self.metrics
-            st = WindowState(self.dim, self.device, self.eps, hop,
-                              m.windows_scored.labels(sid) if m is not None else None,
-                              self.zero_step_angle_deg, self.table.add())
+            st = WindowState(hop, m.windows_scored.labels(sid) if m is not None else None,
+                             self.table.add())
             self._states[sid] = st
         return st
 
@@ -247,65 +232,51 @@ class BatchScorer:
         t_start, t_conv, t_embed = e.t_start, e.t_conv, e.t_embed
 
         # geometry: every sample's step on the device in one batched update (StepTable),
-        # synchronise once, then commit in order
-        states: list[WindowState | None] = []
+        # synchronise once, then commit the batch to the windows' host side (WindowTable)
+        kept: list[EngineSample] = []
+        states: list[WindowState] = []
         rows: list[int] = []
         slots: list[int] = []
         positions: list[int] = []
+        due: list[bool] = []
         for i, smp in enumerate(samples):
             st = self.state(smp.stream_id)
-            states.append(st)
             if st is None:
                 continue
             restart = not (smp.segment == st.segment and smp.k == st.k + 1)
             st.segment, st.k = smp.segment, smp.k
-            st.position = 1 if restart else st.position + 1
+            pos = st.position = 1 if restart else st.position + 1
+            kept.append(smp)
+            states.append(st)
             rows.append(i)
             slots.append(st.slot)
-            positions.append(st.position)
-        host = np.zeros((0, 2))
+            positions.append(pos)
+            # a window is due once full, then every hop samples
+            due.append(pos >= WINDOW_SAMPLES and (pos - WINDOW_SAMPLES) % st.hop == 0)
+        ready: list[tuple[WindowState, EngineSample, WindowFeatures, int, float]] = []
+        feats: Any = None
         if rows:
             zs = z if len(rows) == len(samples) else z[torch.tensor(rows, device=z.device)]
             host = self.table.push(zs, slots, positions).cpu().numpy()
-        due: list[tuple[WindowState, EngineSample, tuple[Any, Any, int], float, int,
-                        float]] = []
-        j = -1
-        for smp, st in zip(samples, states):
-            if st is None:
-                continue
-            j += 1
-            if positions[j] == 1:
-                st.ring.commit(None, None)
-                st.times.clear()
-                st.arrivals.clear()
-                st.repeats.clear()
-            else:
-                st.ring.commit(float(host[j, 0]), float(host[j, 1]))
-                st.repeats.append(smp.repeated)
-            st.times.append(smp.time_s)
-            st.arrivals.append(smp.arrival_s)
-            ring = st.ring
-            if ring.ready and (ring.samples - WINDOW_SAMPLES) % st.hop == 0:
-                steps = ring.window_steps()
-                assert steps is not None
-                due.append((st, smp, steps, st.times[0], sum(st.repeats), st.arrivals[0]))
-        # the features of every window due in the batch in one vectorised call
-        ready: list[tuple[WindowState, EngineSample, WindowFeatures, int, float]] = []
-        if due:
-            feats = features_from_steps_batch(np.stack([w[2][0] for w in due]),
-                                              np.stack([w[2][1] for w in due]))
-            for row, (st, smp, (d, a, zeros), start_s, reps, first) in zip(feats, due):
-                wf = WindowFeatures(features=row, repeated_frames=zeros, start_s=start_s,
-                                    distances=d, angles_deg=a,
-                                    zero_step_angle_deg=self.zero_step_angle_deg)
-                ready.append((st, smp, wf, reps, first))
+            w = self.windows.commit(slots, positions, host, [s.time_s for s in kept],
+                                    [s.arrival_s for s in kept], [s.repeated for s in kept],
+                                    due)
+            if w.rows:
+                # the features of every window due in the batch in one vectorised call
+                feats = features_from_steps_batch(w.distances, w.angles_deg)
+                angle = self.zero_step_angle_deg
+                for j, row, d, a, zeros, start_s, reps, first in zip(
+                        w.rows, feats, w.distances, w.angles_deg, w.zero_steps, w.start_s,
+                        w.repeats, w.first_arrival):
+                    wf = WindowFeatures(features=row, repeated_frames=zeros, start_s=start_s,
+                                        distances=d, angles_deg=a, zero_step_angle_deg=angle)
+                    ready.append((states[j], kept[j], wf, reps, first))
         t_geom = time.monotonic()
 
         probs: list[float | None] = [None] * len(ready)
         threshold: float | None = None
         if ready and self.classifier is not None:
-            feats = np.stack([r[2].features for r in ready])
-            probs = [float(p) for p in self.classifier.predict_proba(feats)]
+            probs = self.classifier.predict_proba(feats).tolist()
             threshold = float(self.classifier.threshold)
         t_cls = time.monotonic()
 
