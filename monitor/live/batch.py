@@ -34,9 +34,9 @@ import torch
 
 from ..config import EngineSettings
 from ..core.geometry import ZERO_STEP_EPS, StepTable, features_from_steps_batch
-from ..core.window_table import WindowTable
+from ..core.window_table import DueWindows, WindowTable
 from ..media.decode_guard import rss_bytes
-from ..metrics import StreamMetrics
+from ..metrics import StreamMetrics, observe_each
 from ..types import (
     WINDOW_SAMPLES,
     Score,
@@ -239,8 +239,9 @@ class BatchScorer:
         slots: list[int] = []
         positions: list[int] = []
         due: list[bool] = []
+        known = self._states
         for i, smp in enumerate(samples):
-            st = self.state(smp.stream_id)
+            st = known.get(smp.stream_id) or self.state(smp.stream_id)
             if st is None:
                 continue
             restart = not (smp.segment == st.segment and smp.k == st.k + 1)
@@ -253,7 +254,7 @@ class BatchScorer:
             positions.append(pos)
             # a window is due once full, then every hop samples
             due.append(pos >= WINDOW_SAMPLES and (pos - WINDOW_SAMPLES) % st.hop == 0)
-        ready: list[tuple[WindowState, EngineSample, WindowFeatures, int, float]] = []
+        w: DueWindows | None = None
         feats: Any = None
         if rows:
             zs = z if len(rows) == len(samples) else z[torch.tensor(rows, device=z.device)]
@@ -264,61 +265,46 @@ class BatchScorer:
             if w.rows:
                 # the features of every window due in the batch in one vectorised call
                 feats = features_from_steps_batch(w.distances, w.angles_deg)
-                angle = self.zero_step_angle_deg
-                for j, row, d, a, zeros, start_s, reps, first in zip(
-                        w.rows, feats, w.distances, w.angles_deg, w.zero_steps, w.start_s,
-                        w.repeats, w.first_arrival):
-                    wf = WindowFeatures(features=row, repeated_frames=zeros, start_s=start_s,
-                                        distances=d, angles_deg=a, zero_step_angle_deg=angle)
-                    ready.append((states[j], kept[j], wf, reps, first))
+            else:
+                w = None
         t_geom = time.monotonic()
 
-        probs: list[float | None] = [None] * len(ready)
+        probs: list[float | None] | None = None
         threshold: float | None = None
-        if ready and self.classifier is not None:
+        if w is not None and self.classifier is not None:
             probs = self.classifier.predict_proba(feats).tolist()
             threshold = float(self.classifier.threshold)
         t_cls = time.monotonic()
 
-        now = time.time()
-        wall = now - time.monotonic()  # monotonic -> Unix time
         out: list[StreamScore] = []
-        for (st, smp, wf, reps, first_arrival), prob in zip(ready, probs):
-            score = Score(
-                window=wf, p_ai=prob, threshold=threshold, source=smp.stream_id,
-                repeated_samples=reps,
-            )
-            out.append(
-                StreamScore(
-                    stream_id=smp.stream_id,
-                    seq=st.seq,
-                    segment=smp.segment,
-                    start_s=wf.start_s,
-                    end_s=smp.time_s,
-                    score=score,
-                    arrival_s=smp.arrival_s,
-                    scored_at=now,
-                    wall_start=first_arrival + wall,
-                    wall_end=smp.arrival_s + wall,
-                )
-            )
-            st.seq += 1
+        if w is not None:
+            now = time.time()
+            wall = now - time.monotonic()  # monotonic -> Unix time
+            angle = self.zero_step_angle_deg
+            for j, row, d, a, zeros, start_s, reps, first, prob in zip(
+                    w.rows, feats, w.distances, w.angles_deg, w.zero_steps, w.start_s,
+                    w.repeats, w.first_arrival, probs or [None] * len(w.rows)):
+                st, smp = states[j], kept[j]
+                wf = WindowFeatures(row, zeros, start_s, d, a, angle)
+                sid = smp.stream_id
+                out.append(StreamScore(sid, st.seq, smp.segment, start_s, smp.time_s,
+                                       Score(wf, prob, threshold, sid, reps), smp.arrival_s,
+                                       now, first + wall, smp.arrival_s + wall))
+                st.seq += 1
+                if st.scored is not None:
+                    st.scored.inc()
         self.windows_scored += len(out)
         self._batches += 1
         if m is not None:
             m.batch_size.observe(len(samples))
             stage = m.stage_latency
-            queued = stage.labels("queue")
-            for smp in samples:
-                queued.observe(max(0.0, t_start - smp.arrival_s))
+            observe_each(stage.labels("queue"),
+                         [max(0.0, t_start - smp.arrival_s) for smp in samples])
             stage.labels("convert").observe(t_conv - t_start)
             stage.labels("embed").observe(t_embed - t_conv)
             stage.labels("geometry").observe(t_geom - t_embed)
-            if ready:
+            if out:
                 stage.labels("classify").observe(t_cls - t_geom)
-            for st, *_ in ready:
-                if st.scored is not None:
-                    st.scored.inc()
             if self._batches % 50 == 1:
                 self._record_memory(m)
         return out
