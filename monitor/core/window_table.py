@@ -19,6 +19,15 @@ from ..types import WINDOW_SAMPLES, FloatArray, check_zero_step_angle
 N_D = WINDOW_SAMPLES - 1
 N_A = WINDOW_SAMPLES - 2
 IntArray = npt.NDArray[np.int64]
+_LOW23 = (1 << N_D) - 1
+_BITS = _LOW23 | (_LOW23 << 32)
+_POP12 = np.array([bin(i).count("1") for i in range(1 << 12)], dtype=np.int64)
+
+
+def _popcount23(x: IntArray) -> list[int]:
+    """The set bits of each value below 2**23 (numpy < 2 has no bitwise_count)."""
+    out: list[int] = (_POP12[x & 0xFFF] + _POP12[x >> 12]).tolist()
+    return out
 
 
 class DueWindows:
@@ -71,25 +80,30 @@ class WindowTable:
                  capacity: int = 64) -> None:
         self.zero_step_eps = zero_step_eps
         self.zero_step_angle_deg = check_zero_step_angle(zero_step_angle_deg)
-        # each ring is written twice (at i and i + size), so that the last ``size`` values
-        # are one contiguous run of columns whatever the write position
-        self.dist = np.zeros((capacity, 2 * N_D))
-        self.zero = np.zeros((capacity, 2 * N_D), dtype=bool)
-        self.repeated = np.zeros((capacity, 2 * N_D), dtype=bool)
-        self.angle = np.zeros((capacity, 2 * N_A))
-        self.times = np.zeros((capacity, WINDOW_SAMPLES))
-        self.arrivals = np.zeros((capacity, WINDOW_SAMPLES))
+        # rings by slot: the distance of a window's sample p at column (p - 2) % 23, its
+        # angle at (p - 3) % 22, its time and arrival at (p - 1) % 24. A window's first
+        # sample writes meaningless values into the columns of its samples 24 and 23
+        # (negative p - 2, p - 3), which they overwrite before the window is first read
+        # (at 24, after its writes).
+        self.dist = np.zeros((capacity, N_D))
+        # the zero-length and repeated flags of each slot's last 23 steps as bits, newest
+        # lowest (zero-length in bits 0-22, repeated in 32-54): a window's count is a
+        # popcount; the bit of a window's first sample is shifted out by its 23 steps
+        self.bits = np.zeros(capacity, dtype=np.int64)
+        self.angle = np.zeros((capacity, N_A))
+        self.times = np.zeros((capacity, WINDOW_SAMPLES, 2))  # time, arrival
         self.prev_d = np.zeros(capacity)  # the last step of each slot, and whether zero
         self.prev_zero = np.zeros(capacity, dtype=bool)
-        self._d_cols = np.arange(N_D)
-        self._a_cols = np.arange(N_A)
+        # column offsets of a window ending at p: its oldest distance is at (p - 1) % 23,
+        # its oldest angle at (p - 2) % 22, its first time at p % 24
+        self._d_cols = np.arange(N_D) - 1
+        self._a_cols = np.arange(N_A) - 2
 
     def _grow(self, slots: int) -> None:
         cap = len(self.dist)
         while cap < slots:
             cap *= 2
-        for name in ("dist", "zero", "repeated", "angle", "times", "arrivals", "prev_d",
-                     "prev_zero"):
+        for name in ("dist", "bits", "angle", "times", "prev_d", "prev_zero"):
             old = getattr(self, name)
             new = np.zeros((cap, *old.shape[1:]), dtype=old.dtype)
             new[: len(old)] = old
@@ -104,12 +118,11 @@ class WindowTable:
             self._grow(max(slots) + 1)
         s = np.array(slots, dtype=np.int64)
         p = np.array(positions, dtype=np.int64)
-        t = np.array(times, dtype=np.float64)
-        arr = np.array(arrivals, dtype=np.float64)
+        t = np.array([times, arrivals], dtype=np.float64).T
         rep = np.array(repeated, dtype=bool)
         dv = np.array(due, dtype=bool)
         if len(set(slots)) == n:  # the usual batch: one sample per stream, one round
-            return self._round(s, p, steps, t, arr, rep, dv, np.arange(n))
+            return self._round(s, p, steps, t, rep, dv, np.arange(n))
         # several samples of a stream: round r takes each stream's r-th sample of the batch
         seen: dict[int, int] = {}
         occ: list[int] = []
@@ -120,7 +133,7 @@ class WindowTable:
         parts = []
         for r in range(int(occurrence.max()) + 1):
             i = np.flatnonzero(occurrence == r)
-            parts.append(self._round(s[i], p[i], steps[i], t[i], arr[i], rep[i], dv[i], i))
+            parts.append(self._round(s[i], p[i], steps[i], t[i], rep[i], dv[i], i))
         rows = np.array([x for part in parts for x in part.rows], dtype=np.int64)
         order = np.argsort(rows, kind="stable")
         return DueWindows(
@@ -132,43 +145,31 @@ class WindowTable:
         )
 
     def _round(self, s: IntArray, p: IntArray, steps: FloatArray, t: FloatArray,
-               arr: FloatArray, rep: npt.NDArray[np.bool_], dv: npt.NDArray[np.bool_],
+               rep: npt.NDArray[np.bool_], dv: npt.NDArray[np.bool_],
                rows: IntArray) -> DueWindows:
         """Commit samples of distinct slots (``rows``: their indices in the batch)."""
         d, dot = steps[:, 0], steps[:, 1]
         zero = d < self.zero_step_eps
         # the angle as WindowRing.commit computes it (fmin/fmax: a NaN cosine clips to -1,
-        # as Python's min(1, max(-1, nan)) does); rows below position 3 have none
+        # as Python's min(1, max(-1, nan)) does); meaningless below position 3
         with np.errstate(divide="ignore", invalid="ignore"):
             cos = np.fmin(1.0, np.fmax(-1.0, dot / (self.prev_d[s] * d)))
             angle = np.where(zero | self.prev_zero[s], self.zero_step_angle_deg,
                              np.degrees(np.arccos(cos)))
         self.prev_d[s] = d
         self.prev_zero[s] = zero
-        ts = (p - 1) % WINDOW_SAMPLES
-        self.times[s, ts] = t
-        self.arrivals[s, ts] = arr
-        has_d = p >= 2
-        sd, cd = s[has_d], (p[has_d] - 2) % N_D
-        for col in (cd, cd + N_D):
-            self.dist[sd, col] = d[has_d]
-            self.zero[sd, col] = zero[has_d]
-            self.repeated[sd, col] = rep[has_d]
-        has_a = p >= 3
-        sa, ca = s[has_a], (p[has_a] - 3) % N_A
-        self.angle[sa, ca] = angle[has_a]
-        self.angle[sa, ca + N_A] = angle[has_a]
-        # the due windows: the last 23 distances (the oldest at column (p - 1) % 23 of
-        # the doubled ring), the last 22 angles, the first of the last 24 times
-        sk, pk = s[dv][:, None], p[dv]
-        dcols = ((pk - 1) % N_D)[:, None] + self._d_cols
-        first = pk % WINDOW_SAMPLES
-        return DueWindows(
-            rows[dv].tolist(),
-            self.dist[sk, dcols],
-            self.angle[sk, ((pk - 2) % N_A)[:, None] + self._a_cols],
-            self.zero[sk, dcols].sum(axis=1).tolist(),
-            self.repeated[sk, dcols].sum(axis=1).tolist(),
-            self.times[sk[:, 0], first].tolist(),
-            self.arrivals[sk[:, 0], first].tolist(),
-        )
+        self.dist[s, (p - 2) % N_D] = d
+        self.bits[s] = ((self.bits[s] << 1) & _BITS) | zero | (rep.astype(np.int64) << 32)
+        self.angle[s, (p - 3) % N_A] = angle
+        self.times[s, (p - 1) % WINDOW_SAMPLES] = t
+        if not dv.any():
+            return DueWindows([], np.empty((0, N_D)), np.empty((0, N_A)), [], [], [], [])
+        # the due windows, oldest value first
+        sk, pk = s[dv][:, None], p[dv][:, None]
+        dcols = (pk + self._d_cols) % N_D
+        bits = self.bits[sk[:, 0]]
+        first = self.times[sk[:, 0], pk[:, 0] % WINDOW_SAMPLES].T.tolist()
+        return DueWindows(rows[dv].tolist(), self.dist[sk, dcols],
+                          self.angle[sk, (pk + self._a_cols) % N_A],
+                          _popcount23(bits & _LOW23), _popcount23(bits >> 32),
+                          first[0], first[1])
