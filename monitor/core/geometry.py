@@ -346,7 +346,7 @@ class StepTable:
     def push(self, z: torch.Tensor, slots: list[int], positions: list[int]) -> torch.Tensor:
         """The batch's ``(n, 2)`` (distance, dot with the previous step); see the class.
 
-        A batch with one sample per stream (the usual case) takes 14 tensor operations,
+        A batch with one sample per stream (the usual case) takes 12 tensor operations,
         one host-to-device index copy included; one with several samples of a stream
         gathers their previous rows within the batch (a few more). Both give the same
         floats for every row that is defined."""
@@ -361,13 +361,13 @@ class StepTable:
         """:meth:`push` of a batch whose samples are of distinct streams: each previous
         embedding and step is the table's (the dot of a row below position 3 is then the
         slot's stale step's: meaningless, as the class says)."""
-        zr = z.to(self.last_z.dtype)
+        zr = z if z.dtype == self.last_z.dtype else z.to(self.last_z.dtype)
         idx = torch.tensor(slots, dtype=torch.long, device=self.device)
         # float64 minus the stored dtype promotes exactly: as if converted first
         steps = zr.to(torch.float64) - self.last_z.index_select(0, idx)
         before = self.last_step.index_select(0, idx)
-        out = torch.stack([(steps * steps).sum(1).clamp_min_(0.0).sqrt_(),
-                           (steps * before).sum(1)], dim=1)
+        # a sum of squares is never below 0 (the general path's clamp leaves it as it is)
+        out = torch.stack([(steps * steps).sum(1).sqrt_(), (steps * before).sum(1)], dim=1)
         self.last_z.index_copy_(0, idx, zr)
         self.last_step.index_copy_(0, idx, steps)
         return out
