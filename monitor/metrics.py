@@ -35,7 +35,8 @@ def observe_each(histogram: Histogram, amounts: Sequence[float]) -> None:
     total = getattr(histogram, "_sum", None)
     buckets = getattr(histogram, "_buckets", None)
     bounds = getattr(histogram, "_upper_bounds", None)
-    if (type(total) is not MutexValue or buckets is None or bounds is None
+    if (type(total) is not MutexValue or not hasattr(total, "_lock")
+            or not hasattr(total, "_value") or buckets is None or bounds is None
             or not all(type(b) is MutexValue for b in buckets)):
         for a in amounts:
             histogram.observe(a)
