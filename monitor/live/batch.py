@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 from ..config import EngineSettings
@@ -272,7 +273,7 @@ class BatchScorer:
         probs: list[float | None] | None = None
         threshold: float | None = None
         if w is not None and self.classifier is not None:
-            probs = self.classifier.predict_proba(feats).tolist()
+            probs = np.asarray(self.classifier.predict_proba(feats), dtype=np.float64).tolist()
             threshold = float(self.classifier.threshold)
         t_cls = time.monotonic()
 
