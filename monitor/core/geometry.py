@@ -318,8 +318,9 @@ class StepTable:
     distance and its dot product with the previous step, exactly what
     :meth:`WindowRing.push` returns for the same sequence (row values are meaningless
     for position 1, and the dot for position 2), to be committed in order with
-    :meth:`WindowRing.commit`. Steps are taken between embeddings as stored
-    (``ring_dtype``) in float64, as the ring does.
+    :meth:`WindowRing.commit` (or a batch at once with
+    :class:`~monitor.core.window_table.WindowTable`). Steps are taken between embeddings
+    as stored (``ring_dtype``) in float64, as the ring does.
     """
 
     def __init__(self, dim: int, device: torch.device | str = "cpu",

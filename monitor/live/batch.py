@@ -11,10 +11,11 @@
   states): computes every sample's step distance and angle on the device in one
   batched update (:class:`~monitor.core.geometry.StepTable`: one embedding and one
   step per stream, a few tensor operations per batch), synchronises with the host
-  once, commits them to each stream's :class:`~monitor.core.geometry.WindowRing`
-  (host side only), and for the windows that are due (full, then every ``hop``
-  samples) computes the 21 features in one vectorised call, classifies them in one
-  call and builds the :class:`~monitor.types.StreamScore`. A window is 24 consecutive
+  once, commits the whole batch to the streams' windows in a few numpy operations
+  (:class:`~monitor.core.window_table.WindowTable`, which also gathers the windows
+  that are due: full, then every ``hop`` samples), computes their 21 features in one
+  vectorised call, classifies them in one call and builds the
+  :class:`~monitor.types.StreamScore`. A window is 24 consecutive
   samples of one segment: any discontinuity restarts the stream's trajectory.
 
 The features are in the feature convention of the classifier applied. Delivery,
