@@ -51,3 +51,36 @@ def test_a_histogram_of_another_layout_is_observed_one_by_one() -> None:
     h = Other()
     observe_each(h, [0.5, 0.25])  # type: ignore[arg-type]
     assert h.seen == [0.5, 0.25]
+
+
+def test_the_host_step_observes_the_queue_per_sample_and_each_stage_per_batch() -> None:
+    """BatchScorer.score: the queue latency of every sample (observe_each), the other
+    stages once per batch, ``classify`` only in batches that scored a window (its series
+    absent before the first, as with labels() per batch)."""
+    import torch
+
+    from bench.bench_host_step import _batches
+    from monitor.config import EngineSettings
+    from monitor.live.batch import BatchScorer
+    from monitor.metrics import StreamMetrics
+
+    class Embedder:
+        device = torch.device("cpu")
+        embedding_dim = 8
+
+    registry = CollectorRegistry()
+    scorer = BatchScorer(Embedder(), None, EngineSettings(convert_threads=1),  # type: ignore[arg-type]
+                         StreamMetrics(registry), lambda sid: 1)
+
+    def count(stage: str) -> float | None:
+        return registry.get_sample_value("restrav_stage_latency_seconds_count",
+                                         {"stage": stage})
+
+    samples = scored = 0
+    for i, e in enumerate(_batches(30, 10, 100, 8, seed=0)):
+        scored += bool(scorer.score(e))
+        samples += len(e.samples)
+        assert count("queue") == samples
+        assert count("convert") == count("embed") == count("geometry") == i + 1
+        assert count("classify") == (scored or None)
+    assert 0 < scored < 100

@@ -140,6 +140,7 @@ class BatchScorer:
         self.table = StepTable(self.dim, self.device)
         self.windows = WindowTable(self.eps, self.zero_step_angle_deg)
         self._batches = 0
+        self._stages: dict[str, Any] = {}  # restrav_stage_latency_seconds children
         self.pixel_path = pixel_path(settings.pixel_path, self.device)
         self._convert: Callable[[RGBFrame], Any] = (
             convert_yuv if self.pixel_path == "yuv" else convert_rgb)
@@ -299,17 +300,25 @@ class BatchScorer:
         self._batches += 1
         if m is not None:
             m.batch_size.observe(len(samples))
-            stage = m.stage_latency
-            observe_each(stage.labels("queue"),
+            stage = self._stage
+            observe_each(stage(m, "queue"),
                          [max(0.0, t_start - smp.arrival_s) for smp in samples])
-            stage.labels("convert").observe(t_conv - t_start)
-            stage.labels("embed").observe(t_embed - t_conv)
-            stage.labels("geometry").observe(t_geom - t_embed)
+            stage(m, "convert").observe(t_conv - t_start)
+            stage(m, "embed").observe(t_embed - t_conv)
+            stage(m, "geometry").observe(t_geom - t_embed)
             if out:
-                stage.labels("classify").observe(t_cls - t_geom)
+                stage(m, "classify").observe(t_cls - t_geom)
             if self._batches % 50 == 1:
                 self._record_memory(m)
         return out
+
+    def _stage(self, m: StreamMetrics, name: str) -> Any:
+        """The child ``name`` of ``restrav_stage_latency_seconds``, made on first use (as
+        ``labels()`` each batch did: a stage's series appears when first observed)."""
+        child = self._stages.get(name)
+        if child is None:
+            child = self._stages[name] = m.stage_latency.labels(name)
+        return child
 
     def _record_memory(self, m: StreamMetrics) -> None:
         dev = str(self.device)
