@@ -169,7 +169,8 @@ def main() -> int:
     from bench.common import machine, table
 
     print("# bench_host_step: BatchScorer.score alone (the engine's host step)")
-    print(f"{machine(torch.device('cpu'))}; {cpu_model()}; flags: {cpu_flags()}")
+    print(f"{machine(torch.device('cpu'))} (each run: 1 torch thread); {cpu_model()}; "
+          f"flags: {cpu_flags()}")
     print(f"{args.streams} streams, batches of {args.batch}, D = {args.dim}, hop 1, bundled "
           f"classifier, {args.batches} batches timed{', GIL contended' if args.contend else ''}"
           "\n")
