@@ -14,12 +14,43 @@ exports, which is what an operator writing a dashboard or an alert looks for.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.values import MutexValue
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+
+
+def observe_each(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts`` in order (``histogram`` a child,
+    or a histogram without labels), in one pass: the same bucket counts and the same
+    ``_sum`` float (added in the same order), with one lock per bucket touched instead
+    of two per observation (the engine observes every sample's queue latency). Values
+    the in-process histogram of prometheus_client does not hold (multiprocess mode, or
+    another layout of its internals) are observed one by one."""
+    total = getattr(histogram, "_sum", None)
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if (type(total) is not MutexValue or not hasattr(total, "_lock")
+            or not hasattr(total, "_value") or buckets is None or bounds is None
+            or not all(type(b) is MutexValue for b in buckets)):
+        for a in amounts:
+            histogram.observe(a)
+        return
+    counts: dict[int, int] = {}
+    for a in amounts:
+        if a == a:  # NaN: observe() counts it in no bucket
+            i = bisect.bisect_left(bounds, a)
+            counts[i] = counts.get(i, 0) + 1
+    with total._lock:
+        for a in amounts:
+            total._value += a
+    for i, c in counts.items():
+        buckets[i].inc(c)
 
 
 # --- streaming service (live feeds, engine, sinks) -------------------------------------

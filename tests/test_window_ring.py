@@ -252,3 +252,38 @@ def test_a_ring_without_device_state_only_commits() -> None:
     with pytest.raises(RuntimeError, match="only commits"):
         ring.push(torch.zeros(8))
     assert ring.commit(None, None) is None and ring.samples == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_step_tables_per_stream_path_equals_its_general_path(seed: int) -> None:
+    """Batches of distinct streams (StepTable._push_distinct) give the general path's
+    floats and leave the same table, bit for bit; the stale dot of a row below position 3
+    is the only difference the class allows."""
+    _per_stream_path_against_general(seed, "cpu")
+
+
+@pytest.mark.cuda
+def test_the_step_tables_per_stream_path_equals_its_general_path_on_cuda() -> None:
+    _per_stream_path_against_general(0, "cuda")
+
+
+def _per_stream_path_against_general(seed: int, device: str) -> None:
+    rng = np.random.default_rng(seed)
+    dim, streams = 32, 40
+    fast, general = StepTable(dim, device, capacity=4), StepTable(dim, device, capacity=4)
+    slots = [fast.add() for _ in range(streams)]
+    assert slots == [general.add() for _ in range(streams)]
+    pos = [0] * streams
+    for _ in range(60):
+        who = rng.permutation(streams)[: rng.integers(1, streams + 1)].tolist()
+        z = torch.from_numpy(rng.normal(size=(len(who), dim)).astype(np.float32)).to(device)
+        for s in who:
+            pos[s] = 1 if pos[s] == 0 or rng.random() < 0.05 else pos[s] + 1
+        positions = [pos[s] for s in who]
+        a = fast.push(z, [slots[s] for s in who], positions).cpu().numpy()
+        b = general._push_general(z, [slots[s] for s in who], positions).cpu().numpy()
+        p = np.array(positions)
+        assert a[p >= 2, 0].tobytes() == b[p >= 2, 0].tobytes()
+        assert a[p >= 3, 1].tobytes() == b[p >= 3, 1].tobytes()
+        assert torch.equal(fast.last_z, general.last_z)
+        assert torch.equal(fast.last_step, general.last_step)

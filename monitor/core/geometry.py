@@ -318,8 +318,9 @@ class StepTable:
     distance and its dot product with the previous step, exactly what
     :meth:`WindowRing.push` returns for the same sequence (row values are meaningless
     for position 1, and the dot for position 2), to be committed in order with
-    :meth:`WindowRing.commit`. Steps are taken between embeddings as stored
-    (``ring_dtype``) in float64, as the ring does.
+    :meth:`WindowRing.commit` (or a batch at once with
+    :class:`~monitor.core.window_table.WindowTable`). Steps are taken between embeddings
+    as stored (``ring_dtype``) in float64, as the ring does.
     """
 
     def __init__(self, dim: int, device: torch.device | str = "cpu",
@@ -344,10 +345,38 @@ class StepTable:
         self._free.append(slot)
 
     def push(self, z: torch.Tensor, slots: list[int], positions: list[int]) -> torch.Tensor:
-        """The batch's ``(n, 2)`` (distance, dot with the previous step); see the class."""
+        """The batch's ``(n, 2)`` (distance, dot with the previous step); see the class.
+
+        A batch with one sample per stream (the usual case) takes 12 tensor operations,
+        one host-to-device index copy included; one with several samples of a stream
+        gathers their previous rows within the batch (a few more). Both give the same
+        floats for every row that is defined."""
         n = len(slots)
         if z.shape != (n, self.dim):
             raise ValueError(f"embeddings {tuple(z.shape)}, expected ({n}, {self.dim})")
+        if len(set(slots)) == n:
+            return self._push_distinct(z, slots)
+        return self._push_general(z, slots, positions)
+
+    def _push_distinct(self, z: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """:meth:`push` of a batch whose samples are of distinct streams: each previous
+        embedding and step is the table's (the dot of a row below position 3 is then the
+        slot's stale step's: meaningless, as the class says)."""
+        zr = z if z.dtype == self.last_z.dtype else z.to(self.last_z.dtype)
+        idx = torch.tensor(slots, dtype=torch.long, device=self.device)
+        # float64 minus the stored dtype promotes exactly: as if converted first
+        steps = zr.to(torch.float64) - self.last_z.index_select(0, idx)
+        before = self.last_step.index_select(0, idx)
+        # a sum of squares is never below 0 (the general path's clamp leaves it as it is)
+        out = torch.stack([(steps * steps).sum(1).sqrt_(), (steps * before).sum(1)], dim=1)
+        self.last_z.index_copy_(0, idx, zr)
+        self.last_step.index_copy_(0, idx, steps)
+        return out
+
+    def _push_general(self, z: torch.Tensor, slots: list[int],
+                      positions: list[int]) -> torch.Tensor:
+        """:meth:`push` of any batch (several samples of a stream in order)."""
+        n = len(slots)
         # where each sample's previous embedding and previous step are: an earlier row of
         # the batch (same slot), else row n + k of the table rows gathered below
         last_row: dict[int, int] = {}
@@ -362,20 +391,21 @@ class StepTable:
             prev[i] = j
             prev_step[i] = j if pos >= 3 else i  # unused below position 3
             last_row[slot] = i
+        # every index list in one host-to-device copy: table | prev | prev_step | rows | keys
+        t, k = len(table), len(last_row)
+        idx = torch.tensor(table + prev + prev_step + list(last_row.values())
+                           + list(last_row.keys()), dtype=torch.long, device=self.device)
+        t_idx, prev_idx = idx[:t], idx[t : t + n]
+        step_idx, rows, keys = idx[t + n : t + 2 * n], idx[t + 2 * n : t + 2 * n + k], idx[-k:]
         zr = z.to(self.last_z.dtype)
-        dev = self.device
-        t_idx = torch.tensor(table, dtype=torch.long, device=dev)
         z64 = zr.to(torch.float64)
         all_z = torch.cat([z64, self.last_z.index_select(0, t_idx).to(torch.float64)])
-        steps = z64 - all_z.index_select(0, torch.tensor(prev, dtype=torch.long, device=dev))
+        steps = z64 - all_z.index_select(0, prev_idx)
         all_steps = torch.cat([steps, self.last_step.index_select(0, t_idx)])
-        before = all_steps.index_select(0, torch.tensor(prev_step, dtype=torch.long,
-                                                        device=dev))
-        out = torch.stack([(steps * steps).sum(1).clamp_min(0.0).sqrt(),
+        before = all_steps.index_select(0, step_idx)
+        out = torch.stack([(steps * steps).sum(1).clamp_min_(0.0).sqrt_(),
                            (steps * before).sum(1)], dim=1)
         # each slot keeps its last sample's embedding and step for the next batch
-        rows = torch.tensor(list(last_row.values()), dtype=torch.long, device=dev)
-        keys = torch.tensor(list(last_row.keys()), dtype=torch.long, device=dev)
         self.last_z.index_copy_(0, keys, zr.index_select(0, rows))
         self.last_step.index_copy_(0, keys, steps.index_select(0, rows))
         return out

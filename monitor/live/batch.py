@@ -11,10 +11,11 @@
   states): computes every sample's step distance and angle on the device in one
   batched update (:class:`~monitor.core.geometry.StepTable`: one embedding and one
   step per stream, a few tensor operations per batch), synchronises with the host
-  once, commits them to each stream's :class:`~monitor.core.geometry.WindowRing`
-  (host side only), and for the windows that are due (full, then every ``hop``
-  samples) computes the 21 features in one vectorised call, classifies them in one
-  call and builds the :class:`~monitor.types.StreamScore`. A window is 24 consecutive
+  once, commits the whole batch to the streams' windows in a few numpy operations
+  (:class:`~monitor.core.window_table.WindowTable`, which also gathers the windows
+  that are due: full, then every ``hop`` samples), computes their 21 features in one
+  vectorised call, classifies them in one call and builds the
+  :class:`~monitor.types.StreamScore`. A window is 24 consecutive
   samples of one segment: any discontinuity restarts the stream's trajectory.
 
 The features are in the feature convention of the classifier applied. Delivery,
@@ -23,7 +24,6 @@ admission and the threads are the engine's; this module never takes its lock.
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import time
@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from ..config import EngineSettings
-from ..core.geometry import ZERO_STEP_EPS, StepTable, WindowRing, features_from_steps_batch
+from ..core.geometry import ZERO_STEP_EPS, StepTable, features_from_steps_batch
+from ..core.window_table import DueWindows, WindowTable
 from ..media.decode_guard import rss_bytes
-from ..metrics import StreamMetrics
+from ..metrics import StreamMetrics, observe_each
 from ..types import (
     WINDOW_SAMPLES,
     Score,
@@ -99,30 +100,16 @@ class Embedded:
 
 
 class WindowState:
-    """Worker side state of one stream: its slot in the scorer's StepTable, its host ring
-    and the window's metadata."""
+    """Worker side state of one stream: its slot in the scorer's StepTable and
+    WindowTable (which hold its window's geometry and sample times) and the window's
+    metadata."""
 
-    def __init__(
-        self,
-        dim: int,
-        device: torch.device,
-        eps: float,
-        hop: int,
-        scored: Any,
-        zero_step_angle_deg: float,
-        slot: int = 0,
-    ) -> None:
-        # host side only: the device side is the scorer's StepTable (slot ``slot``)
-        self.ring = WindowRing(dim, device, eps, zero_step_angle_deg=zero_step_angle_deg,
-                               device_state=False)
+    def __init__(self, hop: int, scored: Any, slot: int = 0) -> None:
         self.slot = slot
         self.position = 0  # in the current window's trajectory (1: its first sample)
         self.hop = hop
         self.segment = -1
         self.k = -1
-        self.times: collections.deque[float] = collections.deque(maxlen=WINDOW_SAMPLES)
-        self.arrivals: collections.deque[float] = collections.deque(maxlen=WINDOW_SAMPLES)
-        self.repeats: collections.deque[bool] = collections.deque(maxlen=WINDOW_SAMPLES - 1)
         self.seq = 0
         self.scored = scored  # the stream's windows_scored child, or None
 
@@ -151,7 +138,9 @@ class BatchScorer:
         self.zero_step_angle_deg = zero_step_angle_of(classifier)
         self._states: dict[str, WindowState] = {}
         self.table = StepTable(self.dim, self.device)
+        self.windows = WindowTable(self.eps, self.zero_step_angle_deg)
         self._batches = 0
+        self._stages: dict[str, Any] = {}  # restrav_stage_latency_seconds children
         self.pixel_path = pixel_path(settings.pixel_path, self.device)
         self._convert: Callable[[RGBFrame], Any] = (
             convert_yuv if self.pixel_path == "yuv" else convert_rgb)
@@ -180,9 +169,8 @@ class BatchScorer:
             if hop is None:
                 return None
             m = self.metrics
-            st = WindowState(self.dim, self.device, self.eps, hop,
-                              m.windows_scored.labels(sid) if m is not None else None,
-                              self.zero_step_angle_deg, self.table.add())
+            st = WindowState(hop, m.windows_scored.labels(sid) if m is not None else None,
+                             self.table.add())
             self._states[sid] = st
         return st
 
@@ -247,110 +235,90 @@ class BatchScorer:
         t_start, t_conv, t_embed = e.t_start, e.t_conv, e.t_embed
 
         # geometry: every sample's step on the device in one batched update (StepTable),
-        # synchronise once, then commit in order
-        states: list[WindowState | None] = []
+        # synchronise once, then commit the batch to the windows' host side (WindowTable)
+        kept: list[EngineSample] = []
+        states: list[WindowState] = []
         rows: list[int] = []
         slots: list[int] = []
         positions: list[int] = []
+        due: list[bool] = []
+        known = self._states
         for i, smp in enumerate(samples):
-            st = self.state(smp.stream_id)
-            states.append(st)
+            st = known.get(smp.stream_id) or self.state(smp.stream_id)
             if st is None:
                 continue
             restart = not (smp.segment == st.segment and smp.k == st.k + 1)
             st.segment, st.k = smp.segment, smp.k
-            st.position = 1 if restart else st.position + 1
+            pos = st.position = 1 if restart else st.position + 1
+            kept.append(smp)
+            states.append(st)
             rows.append(i)
             slots.append(st.slot)
-            positions.append(st.position)
-        host = np.zeros((0, 2))
+            positions.append(pos)
+            # a window is due once full, then every hop samples
+            due.append(pos >= WINDOW_SAMPLES and (pos - WINDOW_SAMPLES) % st.hop == 0)
+        w: DueWindows | None = None
+        feats: Any = None
         if rows:
             zs = z if len(rows) == len(samples) else z[torch.tensor(rows, device=z.device)]
             host = self.table.push(zs, slots, positions).cpu().numpy()
-        due: list[tuple[WindowState, EngineSample, tuple[Any, Any, int], float, int,
-                        float]] = []
-        j = -1
-        for smp, st in zip(samples, states):
-            if st is None:
-                continue
-            j += 1
-            if positions[j] == 1:
-                st.ring.commit(None, None)
-                st.times.clear()
-                st.arrivals.clear()
-                st.repeats.clear()
+            w = self.windows.commit(slots, positions, host, [s.time_s for s in kept],
+                                    [s.arrival_s for s in kept], [s.repeated for s in kept],
+                                    due)
+            if w.rows:
+                # the features of every window due in the batch in one vectorised call
+                feats = features_from_steps_batch(w.distances, w.angles_deg)
             else:
-                st.ring.commit(float(host[j, 0]), float(host[j, 1]))
-                st.repeats.append(smp.repeated)
-            st.times.append(smp.time_s)
-            st.arrivals.append(smp.arrival_s)
-            ring = st.ring
-            if ring.ready and (ring.samples - WINDOW_SAMPLES) % st.hop == 0:
-                steps = ring.window_steps()
-                assert steps is not None
-                due.append((st, smp, steps, st.times[0], sum(st.repeats), st.arrivals[0]))
-        # the features of every window due in the batch in one vectorised call
-        ready: list[tuple[WindowState, EngineSample, WindowFeatures, int, float]] = []
-        if due:
-            feats = features_from_steps_batch(np.stack([w[2][0] for w in due]),
-                                              np.stack([w[2][1] for w in due]))
-            for row, (st, smp, (d, a, zeros), start_s, reps, first) in zip(feats, due):
-                wf = WindowFeatures(features=row, repeated_frames=zeros, start_s=start_s,
-                                    distances=d, angles_deg=a,
-                                    zero_step_angle_deg=self.zero_step_angle_deg)
-                ready.append((st, smp, wf, reps, first))
+                w = None
         t_geom = time.monotonic()
 
-        probs: list[float | None] = [None] * len(ready)
+        probs: list[float | None] | None = None
         threshold: float | None = None
-        if ready and self.classifier is not None:
-            feats = np.stack([r[2].features for r in ready])
-            probs = [float(p) for p in self.classifier.predict_proba(feats)]
+        if w is not None and self.classifier is not None:
+            probs = np.asarray(self.classifier.predict_proba(feats), dtype=np.float64).tolist()
             threshold = float(self.classifier.threshold)
         t_cls = time.monotonic()
 
-        now = time.time()
-        wall = now - time.monotonic()  # monotonic -> Unix time
         out: list[StreamScore] = []
-        for (st, smp, wf, reps, first_arrival), prob in zip(ready, probs):
-            score = Score(
-                window=wf, p_ai=prob, threshold=threshold, source=smp.stream_id,
-                repeated_samples=reps,
-            )
-            out.append(
-                StreamScore(
-                    stream_id=smp.stream_id,
-                    seq=st.seq,
-                    segment=smp.segment,
-                    start_s=wf.start_s,
-                    end_s=smp.time_s,
-                    score=score,
-                    arrival_s=smp.arrival_s,
-                    scored_at=now,
-                    wall_start=first_arrival + wall,
-                    wall_end=smp.arrival_s + wall,
-                )
-            )
-            st.seq += 1
+        if w is not None:
+            now = time.time()
+            wall = now - time.monotonic()  # monotonic -> Unix time
+            angle = self.zero_step_angle_deg
+            for j, row, d, a, zeros, start_s, reps, first, prob in zip(
+                    w.rows, feats, w.distances, w.angles_deg, w.zero_steps, w.start_s,
+                    w.repeats, w.first_arrival, probs or [None] * len(w.rows)):
+                st, smp = states[j], kept[j]
+                wf = WindowFeatures(row, zeros, start_s, d, a, angle)
+                sid = smp.stream_id
+                out.append(StreamScore(sid, st.seq, smp.segment, start_s, smp.time_s,
+                                       Score(wf, prob, threshold, sid, reps), smp.arrival_s,
+                                       now, first + wall, smp.arrival_s + wall))
+                st.seq += 1
+                if st.scored is not None:
+                    st.scored.inc()
         self.windows_scored += len(out)
         self._batches += 1
         if m is not None:
             m.batch_size.observe(len(samples))
-            stage = m.stage_latency
-            queued = stage.labels("queue")
-            for smp in samples:
-                queued.observe(max(0.0, t_start - smp.arrival_s))
-            stage.labels("convert").observe(t_conv - t_start)
-            stage.labels("embed").observe(t_embed - t_conv)
-            stage.labels("geometry").observe(t_geom - t_embed)
-            if ready:
-                stage.labels("classify").observe(t_cls - t_geom)
-            for st, *_ in ready:
-                if st.scored is not None:
-                    st.scored.inc()
+            stage = self._stage
+            observe_each(stage(m, "queue"),
+                         [max(0.0, t_start - smp.arrival_s) for smp in samples])
+            stage(m, "convert").observe(t_conv - t_start)
+            stage(m, "embed").observe(t_embed - t_conv)
+            stage(m, "geometry").observe(t_geom - t_embed)
+            if out:
+                stage(m, "classify").observe(t_cls - t_geom)
             if self._batches % 50 == 1:
                 self._record_memory(m)
         return out
+
+    def _stage(self, m: StreamMetrics, name: str) -> Any:
+        """The child ``name`` of ``restrav_stage_latency_seconds``, made on first use (as
+        ``labels()`` each batch did: a stage's series appears when first observed)."""
+        child = self._stages.get(name)
+        if child is None:
+            child = self._stages[name] = m.stage_latency.labels(name)
+        return child
 
     def _record_memory(self, m: StreamMetrics) -> None:
         dev = str(self.device)
