@@ -246,14 +246,6 @@ def test_the_step_table_checks_the_batch_shape() -> None:
         table.push(torch.zeros(2, 5), [table.add(), table.add()], [1, 1])
 
 
-def test_a_ring_without_device_state_only_commits() -> None:
-    ring = WindowRing(8, device_state=False)
-    assert ring.ring.numel() == 0
-    with pytest.raises(RuntimeError, match="only commits"):
-        ring.push(torch.zeros(8))
-    assert ring.commit(None, None) is None and ring.samples == 1
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_step_tables_per_stream_path_equals_its_general_path(seed: int) -> None:
     """Batches of distinct streams (StepTable._push_distinct) give the general path's

@@ -1,5 +1,5 @@
 """The engine's batched host step gives what one WindowRing per stream gives, bit for bit:
-WindowTable against WindowRing.commit / window_steps."""
+WindowTable against WindowRing.commit / features."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from monitor.types import WINDOW_SAMPLES
 
 
 class Reference:
-    """One stream as the host step kept it before WindowTable: a ring that only commits
-    and deques of the last 24 times and arrivals and 23 repeated flags."""
+    """One stream as the host step kept it before WindowTable: a ring committed the
+    StepTable's values and deques of the last 24 times and arrivals and 23 repeated flags."""
 
     def __init__(self, angle: float) -> None:
-        self.ring = WindowRing(4, zero_step_angle_deg=angle, device_state=False)
+        self.ring = WindowRing(4, zero_step_angle_deg=angle)
         self.times: collections.deque[float] = collections.deque(maxlen=WINDOW_SAMPLES)
         self.arrivals: collections.deque[float] = collections.deque(maxlen=WINDOW_SAMPLES)
         self.repeats: collections.deque[bool] = collections.deque(maxlen=WINDOW_SAMPLES - 1)
@@ -38,9 +38,10 @@ class Reference:
         self.arrivals.append(arr)
         if not due:
             return None
-        steps = self.ring.window_steps()
-        assert steps is not None
-        return (*steps, sum(self.repeats), self.times[0], self.arrivals[0])
+        w = self.ring.features()
+        assert w is not None
+        return (w.distances, w.angles_deg, w.repeated_frames, sum(self.repeats),
+                self.times[0], self.arrivals[0])
 
 
 def _steps(rng: np.random.Generator, n: int) -> np.ndarray:

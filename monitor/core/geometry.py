@@ -155,8 +155,7 @@ class WindowRing:
     it in push order. ``window()`` returns
     the 24 embeddings of the current window, oldest first (a copy).
     ``zero_step_angle_deg`` is the feature convention (0 or 90, see the module
-    docstring), fixed for the ring's life. ``device_state=False`` allocates nothing
-    on the device: the scalars come from a :class:`StepTable` and the ring only commits.
+    docstring), fixed for the ring's life.
     """
 
     def __init__(
@@ -166,16 +165,14 @@ class WindowRing:
         zero_step_eps: float = ZERO_STEP_EPS,
         ring_dtype: torch.dtype = torch.float32,
         zero_step_angle_deg: float = 0.0,
-        device_state: bool = True,
     ) -> None:
         self.dim = dim
         self.device = torch.device(device)
         self.zero_step_eps = zero_step_eps
         self.zero_step_angle_deg = check_zero_step_angle(zero_step_angle_deg)
-        # device_state=False: the steps come from elsewhere (a StepTable), only commit()
-        self.ring = torch.zeros(WINDOW_SAMPLES if device_state else 0, dim, dtype=ring_dtype,
+        self.ring = torch.zeros(WINDOW_SAMPLES, dim, dtype=ring_dtype,
                                 device=self.device)
-        self.steps = torch.zeros(2 if device_state else 0, dim, dtype=torch.float64,
+        self.steps = torch.zeros(2, dim, dtype=torch.float64,
                                  device=self.device)
         self._head = -1  # ring slot of the newest embedding
         self._cur_step = 0  # steps slot the next step is written to
@@ -212,8 +209,6 @@ class WindowRing:
 
         ``restart=True`` makes this sample the first of a new window (a gap).
         """
-        if not len(self.ring):
-            raise RuntimeError("a ring made with device_state=False only commits")
         zf = z.reshape(-1)
         if zf.numel() != self.dim:
             raise ValueError(f"embedding has {zf.numel()} values, expected {self.dim}")
@@ -272,15 +267,6 @@ class WindowRing:
         if r is None:
             return self.commit(None, None)
         return self.commit(float(r[0]), float(r[1]))
-
-    def window_steps(self) -> tuple[FloatArray, FloatArray, int] | None:
-        """The last 23 distances, 22 angles (copies) and the window's zero-length steps,
-        or None before the window is full (for :func:`features_from_steps_batch`)."""
-        if not self.ready:
-            return None
-        return (np.fromiter(self._d, dtype=np.float64, count=N_DISTANCES),
-                np.fromiter(self._a, dtype=np.float64, count=N_ANGLES),
-                sum(self._zero))
 
     def features(self, start_s: float = 0.0) -> WindowFeatures | None:
         """The 21 features of the last 24 samples, or None before the window is full."""

@@ -1,7 +1,7 @@
 """The host side of many streams' windows, one batch at a time (SPEC sections 4 and 8).
 
 :class:`WindowTable` is the engine's form of :meth:`~monitor.core.geometry.WindowRing.commit`
-and :meth:`~monitor.core.geometry.WindowRing.window_steps` for all its streams at once:
+and the steps of :meth:`~monitor.core.geometry.WindowRing.features` for all its streams at once:
 where a ring takes one sample's ``(distance, dot)`` at a time in Python, the table takes
 a batch's as arrays and does each step (zero-length steps, cosine, angle, the writes
 into every stream's window, the windows due) in a few numpy operations per batch. It
@@ -70,8 +70,9 @@ class WindowTable:
     arrival (monotonic) and whether the sampler marked it repeated, and whether a window
     ends at it (``due``: only at position 24 or later). Several samples of one stream may
     be in a batch, in order. Returns the due windows as :class:`DueWindows`, equal to what
-    a :class:`~monitor.core.geometry.WindowRing` per stream (``commit``, then
-    ``window_steps``) and the last 24 times / arrivals / 23 repeated flags give.
+    a :class:`~monitor.core.geometry.WindowRing` per stream (``commit``, then the
+    distances, angles and zero-length steps of ``features``) and the last 24 times /
+    arrivals / 23 repeated flags give.
     ``zero_step_eps`` and ``zero_step_angle_deg`` are the ring's. A slot needs no reset:
     position 1 starts it over. The table grows to any slot it is given.
     """
