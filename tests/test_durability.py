@@ -222,7 +222,7 @@ async def _fenced_score(client: Any, owner: str, stream: str, token: int) -> int
     writer = FencedWriter(owner)
     await writer.load(client)
     async with client.pipeline(transaction=True) as pipe:
-        writer.scores(pipe, stream, token, ["seq"], [["0"]], 100)
+        writer.scores(pipe, stream, token, ["seq"], ['["0"]'], 100)
         (res,) = await pipe.execute()
     return int(res)
 

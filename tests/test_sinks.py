@@ -20,7 +20,7 @@ from monitor import keys
 from monitor.live.alerts import AlertEvent, StateEvent
 from monitor.live.sinks import FanoutSink, MemorySink, RedisSink, StdoutSink, score_fields
 from monitor.live.sinks.base import sink_ready_check
-from monitor.live.sinks.fields import features_json, score_rows, score_values
+from monitor.live.sinks.fields import features_json
 from monitor.metrics import StreamMetrics
 from monitor.types import Score, StreamScore, WindowFeatures
 
@@ -293,24 +293,6 @@ def test_features_json_is_the_text_of_json_dumps() -> None:
                for r in rows) > 10  # both paths were taken
     with pytest.raises(ValueError):
         features_json(np.arange(21).reshape(1, 21))
-
-
-def test_score_rows_are_score_values() -> None:
-    """``score_rows`` (the sink's batch) gives each score the strings of ``score_values``,
-    also for features that are not float rows of one length."""
-    rng = np.random.default_rng(7)
-    cases = [score(f"s{i % 4}", i) for i in range(40)]
-    for i, s in enumerate(cases[:20]):
-        feats = rng.random(21) * 10.0 ** float(rng.integers(-6, 3))
-        feats[i % 21] = [np.nan, -0.0, 2e-5, 1e17][i % 4]
-        cases[i] = dataclasses.replace(s, score=dataclasses.replace(
-            s.score, window=dataclasses.replace(s.score.window, features=feats)))
-    assert score_rows(cases) == [score_values(s) for s in cases]
-    odd = [*cases[:3], dataclasses.replace(cases[3], score=dataclasses.replace(
-        cases[3].score, window=dataclasses.replace(cases[3].score.window,
-                                                   features=np.arange(5))))]
-    assert score_rows(odd) == [score_values(s) for s in odd]
-    assert score_rows([]) == []
 
 
 async def test_stored_scores_are_the_fields_of_the_old_derivation(

@@ -201,18 +201,19 @@ class FencedWriter:
 
     def scores(
         self, pipe: Any, stream_id: str, fence: int, names: Sequence[str],
-        rows: Sequence[Sequence[str]], maxlen: int,
+        rows: Sequence[str], maxlen: int,
     ) -> None:
         """Queue the fenced XADDs of ``restrav:{stream}:scores`` + HSET of ``latest`` for
-        ``rows`` (one per score, in ``seq`` order, values in the order of ``names``)."""
-        mark = [self.owner, str(fence)]
+        ``rows`` (one per score, in ``seq`` order: each the JSON list of its string
+        values in the order of ``names``, :func:`~.fields.score_json_rows`)."""
+        mark = "," + to_json([self.owner, str(fence)]).decode()[1:]
         self.scores_lua.queue(
             pipe,
             (keys.stream_lease(stream_id), keys.stream_fence(stream_id),
              keys.stream_scores(stream_id), keys.stream_latest(stream_id)),
             [str(fence), keys.lease_value(self.owner, fence), str(maxlen),
              json.dumps([*names, "owner", "fence"]),
-             *(to_json([*row, *mark]) for row in rows)],
+             *(row[:-1] + mark for row in rows)],
         )
 
     def event(

@@ -73,7 +73,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from pydantic_core import to_json
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ... import keys
@@ -89,16 +88,16 @@ from ...redis_faults import NotReplicated, redis_unavailable, refusal_code
 from ...types import StreamScore
 from .base import BufferedSink, Item, PartlyWritten, SinkUnavailable
 from .fenced import LAPSED, PLAIN_BATCH, PLAIN_SCORES, FencedWriter, Lua
-from .fields import NAMES_JSON, SCORE_FIELDS, event_fields, score_rows
+from .fields import NAMES_JSON, SCORE_FIELDS, event_fields, score_json_rows
 
 log = logging.getLogger(__name__)
 
-def _score_values(calls: list[_Call]) -> dict[int, list[list[str]]]:
-    """The stored values of every score of ``calls`` (made for the whole batch at once,
-    :func:`score_rows`), by ``id(call)``, one list per score in the call's order; calls
-    of events have none."""
+def _score_values(calls: list[_Call]) -> dict[int, list[str]]:
+    """The stored values of every score of ``calls`` as the JSON list the scripts decode
+    (made for the whole batch at once, :func:`score_json_rows`), by ``id(call)``, one
+    text per score in the call's order; calls of events have none."""
     scores = [it for call in calls for it in call.items if isinstance(it, StreamScore)]
-    rows = iter(score_rows(scores))
+    rows = iter(score_json_rows(scores))
     return {id(call): [next(rows) for _ in call.items] for call in calls
             if isinstance(call.items[0], StreamScore)}
 
@@ -304,16 +303,16 @@ class RedisSink(BufferedSink):
         return [result_of[id(c)] for c in calls], acks
 
     def _queue_together(self, pipe: Any, calls: list[_Call],
-                        values: dict[int, list[list[str]]]) -> None:
+                        values: dict[int, list[str]]) -> None:
         """Queue the unfenced scores of ``calls`` (several streams) as one script call."""
         keys_: list[str] = []
         for call in calls:
             keys_ += (keys.stream_scores(call.stream_id), keys.stream_latest(call.stream_id))
         counts = json.dumps([len(call.items) for call in calls])
         self._batch.queue(pipe, keys_, [str(self.scores_maxlen), NAMES_JSON, counts,
-                                        *(to_json(v) for c in calls for v in values[id(c)])])
+                                        *(v for c in calls for v in values[id(c)])])
 
-    async def _send_by_node(self, calls: list[_Call], values: dict[int, list[list[str]]]
+    async def _send_by_node(self, calls: list[_Call], values: dict[int, list[str]]
                             ) -> list[Any]:
         """Cluster with durability: the calls grouped by the primary serving each call's
         slot, one pipeline per node ending with WAIT on its connection
@@ -383,10 +382,10 @@ class RedisSink(BufferedSink):
             await self._batch.load(self.client)
         await self.fenced.load(self.client)
 
-    def _queue(self, pipe: Any, call: _Call, values: list[list[str]]) -> None:
+    def _queue(self, pipe: Any, call: _Call, values: list[str]) -> None:
         """Queue one call's command on ``pipe``; a call of scores takes its scores' values
-        (:mod:`.fields`, one list per score). Each score's values go as one JSON
-        list (decoded by the script; their stored text is the strings)."""
+        (:func:`~.fields.score_json_rows`: each score's values as one JSON list, decoded
+        by the script; their stored text is the strings)."""
         first = call.items[0]
         if isinstance(first, StreamScore):
             if call.fence is not None:
@@ -395,7 +394,7 @@ class RedisSink(BufferedSink):
                 return
             self._plain.queue(pipe, (keys.stream_scores(call.stream_id),
                                      keys.stream_latest(call.stream_id)),
-                              [str(self.scores_maxlen), NAMES_JSON, *map(to_json, values)])
+                              [str(self.scores_maxlen), NAMES_JSON, *values])
         elif call.fence is not None:
             self.fenced.event(pipe, call.stream_id, call.fence, event_fields(first),
                               self.events_maxlen)
