@@ -51,6 +51,7 @@ from bench.common import random_backbone_dir, table
 from monitor import keys
 from monitor.config import QueueSettings
 from monitor.core.backbone import load_backbone
+from monitor.core.backends import resolve_auto
 from monitor.core.graphs import build_runner
 from monitor.queue import Job, JobOptions, connect, enqueue
 from tests.liveproc import Publisher, RtspServer, end
@@ -318,8 +319,15 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; logs in {root}")
     model, cache = random_backbone_dir("vits14"), root / "graphs"
     for fast in sorted({b.split("+")[0] for b in backends} - {"torch"}):
-        _, info = build_runner(load_backbone(str(model), "cpu"), fast, "float32",
-                               args.threads, cache)
+        backbone = load_backbone(str(model), "cpu")
+        if fast == "auto":  # measured and cached as serve and the worker will read it
+            t0 = time.perf_counter()
+            choice = resolve_auto(backbone, 8, args.threads, cache)
+            fps = ", ".join(f"{k} {v:.2f}" for k, v in choice.frames_per_s.items())
+            print(f"auto picks {choice.runtime} {choice.mode} ({fps} frames/s at batch 8), "
+                  f"decided in {time.perf_counter() - t0:.1f} s (before the clock)")
+            continue
+        _, info = build_runner(backbone, fast, "float32", args.threads, cache)
         print(f"{fast} graph built in {info.build_s:.1f} s (before the clock)")
     results: dict[str, Any] = {"cpu": cpu_line(), "queue": [], "serve": []}
 

@@ -113,6 +113,18 @@ def test_every_batch_size_runs_through_one_graph(tiny_model_dir: Path, tmp_path:
         assert torch.allclose(runner(x[:n]), want[:n], atol=1e-4)
 
 
+@pytest.mark.parametrize("runtime", ["auto", "torch", "tensorrt"])
+def test_a_graph_is_built_for_a_graph_runtime_only(
+    runtime: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``auto`` (resolved elsewhere), torch (no graph) or an unknown name is refused,
+    not built as another runtime's graph under that name."""
+    bb = load_backbone(str(tiny_model_dir), "cpu")
+    with pytest.raises(ValueError, match="onnxruntime or openvino"):
+        build_runner(bb, runtime, cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 def _entry(tmp_path: Path) -> Path:
     (entry,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     return entry

@@ -358,9 +358,14 @@ def build_runner(
 ) -> tuple[Runner, BuildInfo]:
     """A runtime's forward for ``backbone``, from the verified cache or built (and cached).
 
+    ``runtime`` is ``onnxruntime`` or ``openvino`` (ValueError otherwise: ``auto`` is
+    resolved by :func:`monitor.core.backends.resolve_auto`, torch needs no graph).
     ``calibration`` (pixels, int8 only) is part of the key: other frames, another graph.
     """
     import time
+
+    if runtime not in ("onnxruntime", "openvino"):
+        raise ValueError(f"no graph for runtime {runtime!r}: onnxruntime or openvino")
 
     cal_sha = (
         hashlib.sha256(np.ascontiguousarray(calibration, dtype=np.float32).tobytes()).hexdigest()
