@@ -398,7 +398,8 @@ def _profiled(args: argparse.Namespace, cmd: list[str], tree: Path, profile: Pat
         for line in child.stdout:
             if line.startswith("measuring"):
                 break
-        subprocess.run([spy, "record", "--threads", "--nonblocking", "-r", "100", "-f", "raw",
+        gil = ["--gil"] if args.gil else []
+        subprocess.run([spy, "record", "--threads", "--nonblocking", *gil, "-r", "100", "-f", "raw",
                         "-d", str(max(1, int(args.seconds) - 1)), "-o", str(profile),
                         "--pid", str(child.pid)], capture_output=True, check=True)
         rest = child.stdout.read()
@@ -480,9 +481,10 @@ def print_medians(rows: list[dict[str, Any]]) -> None:
               f"({min(own):.0f}-{max(own):.0f}) |")
 
 
-def summarise_profile(path: Path, top: int = 25) -> None:
+def summarise_profile(path: Path, top: int = 25, gil: bool = False) -> None:
     """Where the time goes, from py-spy's raw (collapsed) stacks: per thread, the share
-    of samples in each function (self) and under it (inclusive)."""
+    of samples in each function (self) and under it (inclusive); ``gil``: the samples
+    are of the thread holding the GIL only (``py-spy --gil``)."""
     by_thread: Counter[str] = Counter()
     self_t: Counter[tuple[str, str]] = Counter()
     incl: Counter[tuple[str, str]] = Counter()
@@ -499,8 +501,8 @@ def summarise_profile(path: Path, top: int = 25) -> None:
         for f in set(frames):
             incl[(thread, f)] += c
     total = sum(by_thread.values())
-    print(f"py-spy: {total} samples at 100 Hz over the measured period, while a thread ran "
-          f"(idle left out)\n")
+    print(f"py-spy: {total} samples at 100 Hz over the measured period, while a thread "
+          f"{'held the GIL' if gil else 'ran (idle left out)'}\n")
     for thread, c in by_thread.most_common(4):
         print(f"### {thread}: {100 * c / total:.0f} % of the samples\n")
         print("| function | self % of thread | inclusive % |")
@@ -536,6 +538,10 @@ def main() -> int:
                    help="serve.engine.convert_threads (default: the setting's default)")
     p.add_argument("--profile", type=int, default=None, metavar="N",
                    help="run N streams under py-spy and print where the time goes")
+    p.add_argument("--gil", action="store_true",
+                   help="with --profile: sample only the thread holding the GIL (py-spy "
+                   "--gil): where the Python CPU goes, without the waits a thread "
+                   "that is not idle to py-spy spends in the kernel")
     p.add_argument("--compare", default=None, metavar="REV,REV",
                    help="before/after: run each row for both commits, alternating")
     p.add_argument("--trees", default=None, metavar="DIR,DIR",
@@ -583,7 +589,7 @@ def main() -> int:
                     r = _child(args, args.profile, rs.url, out, tree)
                     print_rows([r])
                     print()
-                    summarise_profile(out)
+                    summarise_profile(out, gil=args.gil)
                 return 0
             rows = []
             busy = [int(v) for v in args.busy_cores.split(",")]
