@@ -20,7 +20,8 @@ Per row, over ``--seconds`` after ``--warmup``:
   streams spread over all of them;
 * CPU per sample: process CPU time (all threads) / samples embedded, and the share of
   the event loop, the device thread and the host thread (``/proc/self/task``); of it,
-  the stand-in sources' own part: the thread time of the decoder clock's ticks (the
+  the share spent in the kernel (system time: syscalls, wake-ups); and the stand-in
+  sources' own part: the thread time of the decoder clock's ticks (the
   frames made and put into the streams' buffers, which real decode threads would do
   outside the loop), measured in the same row; the control plane's own cost is the
   first less the second (decode is left out of the simulation; real decode threads
@@ -220,6 +221,7 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         clock = decoder_clock(threaded=args.delivery == "thread")
         src0 = clock.cpu_s
         c0, cpu0, th0 = await _commands(rc), time.process_time(), _thread_cpu()
+        times0 = os.times()
         sl0 = _thread_sleeps()
         lags.clear()
         print("measuring", flush=True)  # a profiler attaches now (--profile)
@@ -228,6 +230,7 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         elapsed = time.monotonic() - t0
         t1w = time.time()
         cpu1, th1 = time.process_time(), _thread_cpu()
+        times1 = os.times()
         sl1 = _thread_sleeps()
         src1 = clock.cpu_s
         c1 = await _commands(rc)
@@ -257,6 +260,8 @@ async def run_point(args: argparse.Namespace) -> dict[str, Any]:
         "dropped": {k[8:]: v for k, v in d.items() if k.startswith("dropped:") and v},
         "p50_ms": 1000 * _pct(lat, 0.5), "p95_ms": 1000 * _pct(lat, 0.95),
         "cpu_us": 1e6 * (cpu1 - cpu0) / max(1.0, embedded),
+        # of it in the kernel (system time: syscalls, wake-ups, page faults)
+        "kernel_share": (times1.system - times0.system) / max(1e-9, cpu1 - cpu0),
         # the stand-in decoders' ticks (frames made and put in the buffers), measured in
         # the row: real decode threads would pay it outside the event loop
         "sources_us": 1e6 * (src1 - src0) / max(1.0, embedded),
@@ -430,20 +435,22 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     """The table."""
     print("| tree | streams | load avg | offered Hz/stream | sustained Hz/stream | samples/s | "
           "frames/s | mean batch | windows skipped | frames dropped | p50 / p95 latency ms | "
-          "CPU us/sample (loop / device / host / other, CPU-s/s) | of which stand-in sources "
+          "CPU us/sample (loop / device / host / other, CPU-s/s) | of which in the kernel | "
+          "of which stand-in sources "
           "us/sample | control plane us/sample (less the sources) | loop lag p99 / max ms | "
           "Redis cmd/s | RSS MiB | wake-ups/s (loop / device / host / other) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "failed" in r:
             print(f"| {r['tree']} | {r['streams']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} | "
-                  f"{r['failed']} |" + " |" * 15)
+                  f"{r['failed']} |" + " |" * 16)
             continue
         sh = r["cpu_share"]
         split = " / ".join(f"{sh.get(k, 0.0):.2f}" for k in
                            ("MainThread", "restrav-device", "restrav-host", "other"))
         sources = f"{r['sources_us']:.0f}" if "sources_us" in r else "?"
         own = f"{r['cpu_us'] - r['sources_us']:.0f}" if "sources_us" in r else "?"
+        kernel = f"{100 * r['kernel_share']:.0f} %" if "kernel_share" in r else "?"
         wk = r.get("wakes_per_s")
         wakes = " / ".join(f"{wk.get(k, 0.0):.0f}" for k in
                            ("MainThread", "restrav-device", "restrav-host", "other")
@@ -456,7 +463,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
               f"{r['frames_per_s']:.0f} | {r['batch_mean']:.0f} | {r['skipped']:.0f} | "
               f"{sum(r['dropped'].values()):.0f} | "
               f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} | {r['cpu_us']:.0f} ({split}) | "
-              f"{sources} | {own} | "
+              f"{kernel} | {sources} | {own} | "
               f"{r['lag_p99_ms']:.0f} / {r['lag_max_ms']:.0f} | {r['redis_cps']:.0f} | "
               f"{r['rss_mib']:.0f} | {wakes} |")
 

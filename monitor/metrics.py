@@ -14,15 +14,55 @@ exports, which is what an operator writing a dashboard or an alert looks for.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.values import MutexValue
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+
+
+def without_created_series() -> None:
+    """Stop exporting the ``*_created`` series of counters and histograms, process-wide
+    (prometheus_client's switch; call before the first scrape). No dashboard, alert or
+    script reads them, and at 300 streams they were a quarter of /metrics' lines and
+    about 60 % of its generation time (BENCHMARKS.md, issue 25)."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class Exposition:
+    """The Prometheus text of ``registry``, made off the event loop: in a worker thread
+    (made on the loop it took 250-600 ms at 300 streams, and every stream's frames
+    waited), one at a time: a scrape that arrives while one is being made gets that one
+    (prometheus_client's collection is thread-safe; the values are of that moment)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._making: asyncio.Future[bytes] | None = None
+
+    async def text(self) -> bytes:
+        """The exposition (bytes of ``generate_latest``)."""
+        if self._making is None:
+            self._making = asyncio.ensure_future(
+                asyncio.to_thread(generate_latest, self.registry))
+            self._making.add_done_callback(self._made)
+        # shielded: a scrape that disconnects does not cancel the others' text
+        return await asyncio.shield(self._making)
+
+    def _made(self, fut: asyncio.Future[bytes]) -> None:
+        if self._making is fut:
+            self._making = None
 
 
 def observe_each(histogram: Histogram, amounts: Sequence[float]) -> None:

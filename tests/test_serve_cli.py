@@ -92,6 +92,9 @@ def test_cpu_runtime_backend_serves_with_batches_of_the_model_batch_size(
     assert len(scores) >= 3 and all(len(x["features"]) == 21 for x in scores)
     assert "restrav_engine_batch_limit 6.0" in metrics[0]
     assert 'reason="convert_error"' not in metrics[0]
+    # no *_created series (without_created_series), the counters themselves kept
+    assert "restrav_stream_frames_decoded_total{" in metrics[0]
+    assert "_created" not in metrics[0]
 
 
 @pytest.mark.slow

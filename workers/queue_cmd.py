@@ -28,7 +28,7 @@ from monitor import keys
 from monitor.config import QueueSettings, Settings, load_settings
 from monitor.errors import ConfigError, RestravError
 from monitor.media.fetch import SourcePolicy
-from monitor.metrics import QueueMetrics
+from monitor.metrics import QueueMetrics, without_created_series
 from monitor.queue import (
     JOB_ID_PATTERN,
     ClipScorer,
@@ -331,6 +331,7 @@ def run_worker(args: argparse.Namespace) -> int:
         max_hop=q.max_hop,
     )
     policy = source_policy(q)
+    without_created_series()
     registry = CollectorRegistry()
     metrics = QueueMetrics(registry)
     if args.metrics_port:

@@ -48,7 +48,12 @@ from monitor.live.sinks import EventLog, FanoutSink, RedisSink, StdoutSink
 from monitor.live.sinks.base import Sink, sink_ready_check
 from monitor.live.solo import SoloGuard
 from monitor.media.sources.rtsp import resolve_decode_backend
-from monitor.metrics import EvidenceMetrics, LiveFeedMetrics, StreamMetrics
+from monitor.metrics import (
+    EvidenceMetrics,
+    LiveFeedMetrics,
+    StreamMetrics,
+    without_created_series,
+)
 from monitor.redis_conn import acheck_cluster, async_redis_client, parse_cluster_url
 from monitor.redis_faults import cancel_and_wait
 from monitor.webrtc.hub import attach_webrtc
@@ -236,6 +241,7 @@ async def serve(
     token = resolve_token(s.api)
     check_port_free(s.api.host, s.api.port)  # before the model load, which takes seconds
     check_streams(s)
+    without_created_series()
     registry = CollectorRegistry()
     metrics = StreamMetrics(registry)
     loop = asyncio.get_running_loop()

@@ -54,13 +54,13 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from ..config import ApiSettings, StreamSpec
 from ..errors import InputError, RestravError
-from ..metrics import StreamMetrics
+from ..metrics import Exposition, StreamMetrics
 from .alerts import StreamEvent
 from .evidence.recorder import EvidenceRecorder
 from .http_guard import JsonTooDeep, loads_json
@@ -76,6 +76,7 @@ ReadyCheck = Callable[[], Awaitable[tuple[bool, str]]]
 """An async check for /readyz: returns (ok, reason)."""
 
 CTX_KEY: web.AppKey[ApiContext] = web.AppKey("restrav_ctx")
+EXPOSITION_KEY: web.AppKey[Exposition] = web.AppKey("restrav_exposition")
 
 
 @dataclass
@@ -251,10 +252,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition. Readiness is evaluated first: a scraper that never calls
     /readyz (a bare Prometheus) still reads the current ``restrav_serve_ready``."""
-    ctx = request.app[CTX_KEY]
-    await readiness(ctx)
-    payload = generate_latest(ctx.metrics.registry)
-    resp = web.Response(body=payload)
+    await readiness(request.app[CTX_KEY])
+    resp = web.Response(body=await request.app[EXPOSITION_KEY].text())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
 
@@ -349,7 +348,7 @@ def create_app(ctx: ApiContext) -> web.Application:
     app = web.Application(
         client_max_size=ctx.settings.max_body_bytes, middlewares=[_count_and_guard]
     )
-    app[CTX_KEY] = ctx
+    app[CTX_KEY], app[EXPOSITION_KEY] = ctx, Exposition(ctx.metrics.registry)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
