@@ -148,6 +148,11 @@ class DecoderClock:
         self._timer: asyncio.TimerHandle | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # the loop's tick: each source's next due time, earliest first (a source is
+        # visited when a frame of it is due, not every tick)
+        self._heap: list[tuple[float, int, SyntheticSource]] = []
+        self._queued: set[int] = set()
+        self._entries = 0
         self.cpu_s = 0.0
         """CPU time its ticks took (thread time): what the stand-in decoders cost the
         event loop, which real decode threads would pay in their own threads (threaded:
@@ -157,6 +162,8 @@ class DecoderClock:
         """Deliver ``src``'s frames from now on."""
         with self._lock:
             self.sources[id(src)] = src
+        if not self.threaded:
+            self._queue(src)
         if self.threaded:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="synth-decode",
@@ -170,11 +177,25 @@ class DecoderClock:
         with self._lock:
             self.sources.pop(id(src), None)
 
+    def _queue(self, src: SyntheticSource) -> None:
+        """Put ``src``'s next due time in the tick's heap (once: a source has one entry)."""
+        if id(src) not in self._queued and not src.ended:
+            self._queued.add(id(src))
+            self._entries += 1
+            heapq.heappush(self._heap, (src.next_due(), self._entries, src))
+
     def _tick(self) -> None:
+        """Deliver the frames due by now: the sources whose next frame is due, from the
+        heap; a removed source's entry is dropped when it comes up."""
         cpu0 = time.thread_time()
         now = time.monotonic()
-        for src in list(self.sources.values()):
-            src.deliver(now)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, src = heapq.heappop(heap)
+            self._queued.discard(id(src))
+            if self.sources.get(id(src)) is src:
+                src.deliver(now)
+                self._queue(src)
         self._timer = (self.loop.call_later(self.tick_s, self._tick) if self.sources
                        else None)
         self.cpu_s += time.thread_time() - cpu0
@@ -191,7 +212,7 @@ class DecoderClock:
                 for key, src in self.sources.items():
                     if key not in known:
                         known.add(key)
-                        heapq.heappush(heap, (src.due(src._i), key))
+                        heapq.heappush(heap, (src.next_due(), key))
             if not heap:
                 time.sleep(self.tick_s)
                 continue
@@ -207,7 +228,7 @@ class DecoderClock:
                 known.discard(key)
                 continue
             got.deliver(time.monotonic())
-            heapq.heappush(heap, (got.due(got._i), key))
+            heapq.heappush(heap, (got.next_due(), key))
             self.cpu_s = time.thread_time() - cpu0
 
 
@@ -241,6 +262,7 @@ class SyntheticSource:
         self._t0 = time.monotonic() + (self._rng.random() / fps if phase else 0.0)
         self.buffer_frames = buffer_frames  # 0: unbounded
         self._i = 0
+        self._due = (-1, 0.0)  # (frame, its due time): drawn once per frame
         self._closed = False
         self._clock: DecoderClock | None = None
         self._buffer: FrameBuffer | None = None
@@ -253,15 +275,26 @@ class SyntheticSource:
         clock.add(self)
         return self
 
+    @property
+    def ended(self) -> bool:
+        """True once every frame of a finite source was handed over."""
+        return bool(self.frames) and self._i >= self.frames
+
+    def next_due(self) -> float:
+        """When the next frame is handed over (:meth:`due`, drawn once per frame)."""
+        if self._due[0] != self._i:
+            self._due = (self._i, self.due(self._i))
+        return self._due[1]
+
     def deliver(self, now: float) -> None:
         """Put the frames due by ``now`` into the buffer (the clock's tick)."""
         assert self._buffer is not None
-        while (not self.frames or self._i < self.frames) and self.due(self._i) <= now:
+        while not self.ended and self.next_due() <= now:
             i = self._i
             self._i += 1
             self._buffer.put(SourceFrame(pts_s=i / self.fps, arrival_s=now, index=i,
                                          image=self._image, to_rgb=_rgb))
-        if self.frames and self._i >= self.frames:
+        if self.ended:
             self._buffer.close()
 
     @classmethod

@@ -21,7 +21,7 @@ from bench.standin import (
     register_synthetic_source,
 )
 from monitor.config import ApiSettings, RedisSettings, ServeSettings, Settings, StreamSpec
-from monitor.types import FEATURE_NAMES
+from monitor.types import FEATURE_NAMES, SourceClosed
 from tests.redisproc import free_port
 
 
@@ -144,6 +144,40 @@ async def test_the_decoder_clock_counts_the_cpu_time_of_its_ticks() -> None:
     assert 0 < spent <= time.thread_time() - cpu0
     for src in srcs:
         await src.aclose()
+
+
+class _Counted(SyntheticSource):
+    """Counts the clock's visits."""
+
+    visits = 0
+
+    def deliver(self, now: float) -> None:
+        self.visits += 1
+        super().deliver(now)
+
+
+async def test_the_loop_clock_visits_a_source_when_its_frame_is_due_only() -> None:
+    """The tick takes the sources whose next frame is due (a heap), not all of them every
+    tick: slow sources are visited about once a frame; a finite source ends, a removed
+    one is not visited again; a fast one beside them gets every frame."""
+    clock = decoder_clock()
+    slow = [_Counted(f"v{i}", 4.0, 4, buffer_frames=4).clocked(clock) for i in range(20)]
+    fast = _Counted("vf", 200.0, 4, buffer_frames=64).clocked(clock)
+    finite = _Counted("vn", 200.0, 4, frames=3, buffer_frames=8).clocked(clock)
+    await asyncio.sleep(0.3)  # 60 ticks of 5 ms; each slow source is due twice at most
+    assert all(1 <= s.visits <= 3 for s in slow), [s.visits for s in slow]
+    assert [(await finite.recv()).index for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(SourceClosed):
+        await finite.recv()
+    ended = finite.visits
+    frames = [await fast.recv() for _ in range(20)]
+    assert [f.index for f in frames] == list(range(20))
+    await fast.aclose()
+    gone = fast.visits
+    await asyncio.sleep(0.1)
+    assert fast.visits == gone and finite.visits == ended
+    for s in slow:
+        await s.aclose()
 
 
 async def test_a_threaded_decoder_clock_puts_each_frame_from_its_own_thread() -> None:
