@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ...metrics import StreamMetrics
 from ...types import StreamScore
@@ -120,6 +120,10 @@ class BufferedSink:
         self._logged_failures: set[str] = set()  # kinds logged since the last good write
         # looked up once: _put runs for every score
         self._m_buffered = metrics.sink_buffered.labels(self.name) if metrics else None
+        # each stream's e2e latency child, looked up once (a labels() call per score
+        # otherwise); the registry keeps these children for good (forget_stream drops
+        # gauges only), so a cached one is never one the exposition has dropped
+        self._m_e2e: dict[str, Any] = {}
 
     # -- subclass API
     async def write(self, items: list[Item]) -> None:
@@ -226,9 +230,13 @@ class BufferedSink:
             return
         now = time.monotonic()
         m.stage_latency.labels("sink").observe(now - t0)
+        e2e = self._m_e2e
         for it in items:
             if isinstance(it, StreamScore):
-                m.e2e_latency.labels(it.stream_id).observe(max(0.0, now - it.arrival_s))
+                h = e2e.get(it.stream_id)
+                if h is None:
+                    h = e2e[it.stream_id] = m.e2e_latency.labels(it.stream_id)
+                h.observe(max(0.0, now - it.arrival_s))
 
     def _write_failed(self, batch: list[Item], exc: Exception) -> None:
         """Keep ``batch`` for a retry (bounded, oldest dropped), log and count ``exc``."""
