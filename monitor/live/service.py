@@ -380,14 +380,7 @@ class StreamManager:
         if st.seq_offset or st.fence is not None:
             sc = dataclasses.replace(sc, seq=sc.seq + st.seq_offset, fence=st.fence)
         st.status.windows_scored += 1
-        st.status.last_score = {
-            "seq": sc.seq,
-            "p_ai": sc.p_ai,
-            "start_s": round(sc.start_s, 6),
-            "end_s": round(sc.end_s, 6),
-            "flagged": sc.score.flagged,
-            "at": round(sc.scored_at, 3),
-        }
+        st.status.scored = sc  # last_score is built from it when read
         m = self.metrics
         if m is not None and sc.p_ai is not None:
             g_score, g_ts = gauges or (m.last_score.labels(st.spec.id),
