@@ -3,6 +3,8 @@ the batch hand-over and the status built when asked, each the same as per score.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from prometheus_client import CollectorRegistry
 
@@ -73,3 +75,93 @@ def test_last_score_is_built_from_the_last_window_when_read() -> None:
     assert remote.to_json() == st.status.to_json()
     remote.last_score = None
     assert remote.to_json()["last_score"] is None
+
+
+async def test_publish_many_is_publish_of_each() -> None:
+    """``publish_many`` leaves the buffer, the drops and the metrics as ``publish`` of each
+    score would, with room for all of them and past ``buffer_max``."""
+    from monitor.live.alerts import AlertEvent
+
+    def exposition(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return sorted((s.name, s.labels, s.value) for m in registry.collect()
+                      for s in m.samples if s.name.startswith("restrav_sink")
+                      and not s.name.endswith("_created"))
+
+    event = AlertEvent("a", "alert_start", 0.9, 1.0, 1.0)
+    batches = [[score(sid, k) for sid in ("a", "b", "c")] for k in range(3)]
+    for buffer_max in (100, 7):
+        sinks = []
+        for many in (False, True):
+            registry = CollectorRegistry()
+            sink = MemorySink(metrics=StreamMetrics(registry), buffer_max=buffer_max)
+            sink.publish_event(event)
+            for batch in batches:
+                if many:
+                    sink.publish_many(batch)
+                    sink.publish_many([])
+                else:
+                    for sc in batch:
+                        sink.publish(sc)
+            sinks.append((sink, exposition(registry)))
+        (one, one_m), (many_, many_m) = sinks
+        assert list(map(id, many_._buf)) == list(map(id, one._buf))
+        assert many_.dropped == one.dropped
+        assert many_m == one_m
+        assert many_._wake.is_set() and not many_._idle.is_set()
+    assert one.dropped == 3 and len(one._buf) == 7
+
+
+def test_a_batch_publishes_in_order_when_it_ends_and_isolates_callbacks() -> None:
+    """Within the engine's batch scope the scores (and an alert between them) reach the
+    sink only when the batch's callbacks have all run, in the order published, runs of
+    scores with one ``publish_many``; a callback that raises loses no other score."""
+    import types
+
+    from monitor.config import StreamSpec, load_settings
+    from monitor.live.alerts import AlertEvent, AlertTracker
+    from monitor.live.engine import _dispatch
+    from monitor.live.service import StreamManager
+    from monitor.live.stream_state import ManagedStream
+
+    sink = MemorySink()
+    calls: list[str] = []
+    publish_many = sink.publish_many
+
+    def counted(scores: list[StreamScore]) -> None:
+        calls.append(",".join(f"{s.stream_id}{s.seq}" for s in scores))
+        publish_many(scores)
+
+    sink.publish_many = counted  # type: ignore[method-assign]
+    engine = types.SimpleNamespace()
+    mgr = StreamManager(engine, sink, load_settings().serve)  # type: ignore[arg-type]
+    assert engine.batch_scope == mgr.out.batch
+    streams = {}
+    for sid in ("a", "b"):
+        st = ManagedStream(StreamSpec(id=sid, url=f"rtsp://127.0.0.1/{sid}"), "rtsp", 8,
+                           AlertTracker(sid, 0.8, 0.6, 0.0))
+        mgr._streams[sid] = st
+        mgr.runner.set_state(st, "running")
+        streams[sid] = st
+    sink._buf.clear()
+    seen: list[int] = []
+
+    def on(sid: str) -> Callable[[StreamScore], None]:
+        def cb(sc: StreamScore) -> None:
+            seen.append(len(sink._buf))
+            mgr._on_score(streams[sid], sc)
+        return cb
+
+    def bad(sc: StreamScore) -> None:
+        raise RuntimeError("boom")
+
+    _dispatch([(on("a"), score("a", 0, p=0.1)), (bad, score("x", 0)),
+               (on("b"), score("b", 0, p=0.9)), (on("a"), score("a", 1, p=0.2))],
+              engine.batch_scope)
+    assert seen == [0, 0, 0]  # nothing queued while the batch runs
+    got = [(type(x).__name__, x.stream_id, getattr(x, "seq", None)) for x in sink._buf]
+    assert got == [("StreamScore", "a", 0), ("AlertEvent", "b", None),
+                   ("StreamScore", "b", 0), ("StreamScore", "a", 1)]
+    assert isinstance(sink._buf[1], AlertEvent) and sink._buf[1].kind == "alert_start"
+    assert calls == ["a0", "b0,a1"]
+    mgr._on_score(streams["a"], score("a", 2))  # outside a batch: queued at once
+    assert [getattr(x, "seq", None) for x in sink._buf][-1] == 2 and len(calls) == 2
