@@ -3,7 +3,7 @@ the batch hand-over and the status built when asked, each the same as per score.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -165,3 +165,31 @@ def test_a_batch_publishes_in_order_when_it_ends_and_isolates_callbacks() -> Non
     assert calls == ["a0", "b0,a1"]
     mgr._on_score(streams["a"], score("a", 2))  # outside a batch: queued at once
     assert [getattr(x, "seq", None) for x in sink._buf][-1] == 2 and len(calls) == 2
+
+
+def test_fanout_publish_many_reaches_every_sink_past_a_failing_one() -> None:
+    """The fan-out queues a batch in every sink; one that raises is counted once and the
+    others still get it; the live feed folds the batch as one publish per score, the
+    event log ignores it."""
+    from monitor.live.livefeed import LiveFeed
+    from monitor.live.sinks import EventLog, FanoutSink
+
+    class Broken(MemorySink):
+        def publish_many(self, scores: Sequence[StreamScore]) -> None:
+            raise RuntimeError("boom")
+
+    clock = [2000.0]
+    batch = [score("a", 1, p=0.3), score("b", 1, p=0.5), score("a", 2, p=0.1)]
+    statuses = [{"id": sid, "kind": "file", "url": f"file:///{sid}.mp4", "state": "running",
+                 "paused": False, "error": None, "reconnects": 0, "windows_scored": 1,
+                 "alert_active": False, "gaps": {}, "history": []} for sid in ("a", "b")]
+    feeds = [LiveFeed(statuses=lambda: statuses, clock=lambda: clock[0]) for _ in range(2)]
+    mem, log = MemorySink(), EventLog()
+    fan = FanoutSink([Broken(), mem, feeds[0], log])
+    fan.publish_many(batch)
+    for sc in batch:
+        feeds[1].publish(sc)
+    assert fan.errors == 1 and list(map(id, mem._buf)) == list(map(id, batch))
+    tick = feeds[0].tick()
+    assert tick == feeds[1].tick() and tick["points"]["a"][1] == 0.3
+    assert feeds[0].detail("a") == feeds[1].detail("a") is not None

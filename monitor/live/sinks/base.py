@@ -3,6 +3,7 @@
 A sink receives scores and alert events without ever blocking the engine::
 
     sink.publish(score)        # non-blocking: into a bounded buffer
+    sink.publish_many(scores)  # the same for each, in order (one wake-up per batch)
     sink.publish_event(event)
     await sink.start()         # starts its writer task
     await sink.flush(timeout)  # waits until the buffer is written (True) or time is up
