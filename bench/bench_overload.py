@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,10 @@ class CountingSink:
         if self.t0 <= now <= self.t1:
             r.longest_wait_s = max(r.longest_wait_s, now - max(r.last_at, self.t0))
             r.last_at = now
+
+    def publish_many(self, scores: Sequence[StreamScore]) -> None:
+        for sc in scores:
+            self.publish(sc)
 
     def publish_event(self, event: AlertEvent) -> None:
         pass

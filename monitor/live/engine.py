@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import logging
 import queue
@@ -173,6 +174,10 @@ class Engine:
         self._admission: dict[str, _Admission] = {}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.batch_scope: Callable[[], contextlib.AbstractContextManager[object]] = (
+            contextlib.nullcontext)
+        """Entered around each batch's score callbacks (on the loop): the stream manager
+        holds what they publish until the batch's last one has run."""
         self._accepting = True
         self.shedder = Shedder(settings.rotation_windows)
         self.sizing = EngineSizing(settings, self.shedder, metrics)
@@ -501,10 +506,10 @@ class Engine:
             calls = [(a.callback, sc) for sc in scores
                      if (a := self._admission.get(sc.stream_id)) is not None]
         if self._loop is None:
-            _dispatch(calls)
+            _dispatch(calls, self.batch_scope)
             return
         try:
-            self._loop.call_soon_threadsafe(_dispatch, calls)
+            self._loop.call_soon_threadsafe(_dispatch, calls, self.batch_scope)
         except RuntimeError:  # the loop closed under us at shutdown
             return
 
@@ -525,13 +530,16 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
-def _dispatch(calls: list[tuple[ScoreCallback, StreamScore]]) -> None:
-    """Run a batch's score callbacks (on the event loop); one that raises is logged and
-    the others still run."""
-    for callback, sc in calls:
-        # callback boundary: a failing callback of one stream must not lose the batch's
-        # other scores (one loop callback per score isolated them, as this does)
-        try:
-            callback(sc)
-        except Exception:
-            log.exception("score callback of stream %s failed", sc.stream_id)
+def _dispatch(calls: list[tuple[ScoreCallback, StreamScore]],
+              scope: Callable[[], contextlib.AbstractContextManager[object]]
+              = contextlib.nullcontext) -> None:
+    """Run a batch's score callbacks (on the event loop) within ``scope()``; one that
+    raises is logged and the others still run."""
+    with scope():
+        for callback, sc in calls:
+            # callback boundary: a failing callback of one stream must not lose the batch's
+            # other scores (one loop callback per score isolated them, as this does)
+            try:
+                callback(sc)
+            except Exception:
+                log.exception("score callback of stream %s failed", sc.stream_id)

@@ -42,7 +42,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +198,11 @@ class LiveFeed:
         # kept as is: the named-feature dict is built when a page asks for the stream
         # (detail), not for every window (it cost as much as the rest of the feed)
         tr.latest = score
+
+    def publish_many(self, scores: Sequence[StreamScore]) -> None:
+        """:meth:`publish` each score, in order."""
+        for sc in scores:
+            self.publish(sc)
 
     def publish_event(self, event: Event) -> None:
         """Open or close an alert period of the event's stream (other events: nothing)."""

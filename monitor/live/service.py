@@ -40,6 +40,7 @@ from .engine import Engine
 from .evidence.capture import SmallFrame
 from .evidence.recorder import EvidenceRecorder
 from .sinks.base import Sink
+from .sinks.held import BatchPublisher
 from .stream_state import STATES, Backoff, ManagedStream, StreamStatus, strip_credentials, watched
 from .stream_task import StreamRunner
 
@@ -158,6 +159,9 @@ class StreamManager:
     ) -> None:
         self.engine = engine
         self.sink = sink
+        self.out = BatchPublisher(sink)  # a batch's scores queued at once (engine.batch_scope)
+        if engine is not None:
+            engine.batch_scope = self.out.batch
         self.evidence = evidence
         self.settings = settings
         self.metrics = metrics
@@ -380,14 +384,7 @@ class StreamManager:
         if st.seq_offset or st.fence is not None:
             sc = dataclasses.replace(sc, seq=sc.seq + st.seq_offset, fence=st.fence)
         st.status.windows_scored += 1
-        st.status.last_score = {
-            "seq": sc.seq,
-            "p_ai": sc.p_ai,
-            "start_s": round(sc.start_s, 6),
-            "end_s": round(sc.end_s, 6),
-            "flagged": sc.score.flagged,
-            "at": round(sc.scored_at, 3),
-        }
+        st.status.scored = sc  # last_score is built from it when read
         m = self.metrics
         if m is not None and sc.p_ai is not None:
             g_score, g_ts = gauges or (m.last_score.labels(st.spec.id),
@@ -410,10 +407,10 @@ class StreamManager:
                 if event.kind == "alert_start":
                     m.alerts.labels(st.spec.id).inc()
             self._publish_alert(st, event)
-        self.sink.publish(sc)
+        self.out.publish(sc)
 
     def _publish_alert(self, st: ManagedStream, event: AlertEvent) -> None:
         """Write an alert transition to the sink, with the owner's fence."""
         if st.fence is not None:
             event = dataclasses.replace(event, fence=st.fence)
-        self.sink.publish_event(event)
+        self.out.publish_event(event)

@@ -27,6 +27,7 @@ from ..config import StreamSpec
 from ..media.sampler import LiveSampler
 from ..media.sources.base import SourceFrame
 from ..redaction import redact_url
+from ..types import StreamScore
 from .alerts import AlertTracker, EventBudget
 
 STATES = ("starting", "running", "stalled", "reconnecting", "paused", "stopped", "failed")
@@ -137,7 +138,6 @@ class StreamStatus:
     windows_scored: int = 0
     windows_skipped: int = 0
     gaps: dict[str, int] = field(default_factory=dict)
-    last_score: dict[str, Any] | None = None
     alert_active: bool = False
     history: list[tuple[str, float]] = field(default_factory=list)
     owner: str | None = None
@@ -145,6 +145,35 @@ class StreamStatus:
     priority: int = 0
     yielding: bool = False
     windows_yielded: int = 0
+    scored: StreamScore | None = field(default=None, init=False, repr=False, compare=False)
+    """The stream's last scored window, kept as is (set for every window): :attr:`last_score`
+    is built from it when read, not for every window."""
+    _last_score: dict[str, Any] | None = field(default=None, init=False, repr=False,
+                                               compare=False)
+
+    @property
+    def last_score(self) -> dict[str, Any] | None:
+        """The last scored window: ``seq``, ``p_ai``, ``start_s`` and ``end_s`` (rounded
+        to 6 places), ``flagged``, ``at`` (the time it was scored, 3 places); None before
+        the first. Built from :attr:`scored` when first read after a window (the same
+        dict until the next), or as set (another replica's, from :meth:`from_json`)."""
+        sc = self.scored
+        if sc is not None:
+            self.scored = None
+            self._last_score = {
+                "seq": sc.seq,
+                "p_ai": sc.p_ai,
+                "start_s": round(sc.start_s, 6),
+                "end_s": round(sc.end_s, 6),
+                "flagged": sc.score.flagged,
+                "at": round(sc.scored_at, 3),
+            }
+        return self._last_score
+
+    @last_score.setter
+    def last_score(self, value: dict[str, Any] | None) -> None:
+        self.scored = None
+        self._last_score = value
 
     def to_json(self) -> dict[str, Any]:
         """JSON view (``history``: the last state transitions, oldest first)."""
@@ -178,7 +207,7 @@ class StreamStatus:
     def from_json(cls, d: dict[str, Any]) -> StreamStatus:
         """The status another replica published with :meth:`to_json`. Raises KeyError,
         TypeError or ValueError for a malformed object."""
-        return cls(
+        status = cls(
             id=str(d["id"]), kind=str(d["kind"]), url=str(d["url"]), state=str(d["state"]),
             state_since=float(d["state_since"]), paused=bool(d["paused"]), hop=int(d["hop"]),
             error=d.get("error"), reconnects=int(d.get("reconnects", 0)),
@@ -187,12 +216,14 @@ class StreamStatus:
             windows_scored=int(d.get("windows_scored", 0)),
             windows_skipped=int(d.get("windows_skipped", 0)),
             gaps={str(k): int(v) for k, v in dict(d.get("gaps") or {}).items()},
-            last_score=d.get("last_score"), alert_active=bool(d.get("alert_active", False)),
+            alert_active=bool(d.get("alert_active", False)),
             history=[(str(h["state"]), float(h["at"])) for h in d.get("history") or []],
             owner=d.get("owner"), fence=d.get("fence"),
             priority=int(d.get("priority", 0)), yielding=bool(d.get("yielding", False)),
             windows_yielded=int(d.get("windows_yielded", 0)),
         )
+        status.last_score = d.get("last_score")
+        return status
 
 
 class ManagedStream:

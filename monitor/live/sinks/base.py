@@ -3,6 +3,7 @@
 A sink receives scores and alert events without ever blocking the engine::
 
     sink.publish(score)        # non-blocking: into a bounded buffer
+    sink.publish_many(scores)  # the same for each, in order (one wake-up per batch)
     sink.publish_event(event)
     await sink.start()         # starts its writer task
     await sink.flush(timeout)  # waits until the buffer is written (True) or time is up
@@ -33,8 +34,8 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from ...metrics import StreamMetrics
 from ...types import StreamScore
@@ -68,6 +69,10 @@ class Sink(Protocol):
 
     def publish(self, score: StreamScore) -> None:
         """Queue one score (never blocks)."""
+        ...
+
+    def publish_many(self, scores: Sequence[StreamScore]) -> None:
+        """Queue scores in order, as :meth:`publish` of each would (never blocks)."""
         ...
 
     def publish_event(self, event: Event) -> None:
@@ -120,6 +125,10 @@ class BufferedSink:
         self._logged_failures: set[str] = set()  # kinds logged since the last good write
         # looked up once: _put runs for every score
         self._m_buffered = metrics.sink_buffered.labels(self.name) if metrics else None
+        # each stream's e2e latency child, looked up once (a labels() call per score
+        # otherwise); the registry keeps these children for good (forget_stream drops
+        # gauges only), so a cached one is never one the exposition has dropped
+        self._m_e2e: dict[str, Any] = {}
 
     # -- subclass API
     async def write(self, items: list[Item]) -> None:
@@ -128,21 +137,40 @@ class BufferedSink:
         raise NotImplementedError
 
     # -- producer side
-    def _put(self, item: Item) -> None:
+    def _append(self, item: Item) -> None:
         if len(self._buf) >= self.buffer_max:
             self._buf.popleft()
             self.dropped += 1
             if self.metrics is not None:
                 self.metrics.sink_dropped.labels(self.name, "buffer_full").inc()
         self._buf.append(item)
+
+    def _queued(self) -> None:
+        """Wake the writer and set the buffered gauge, after items were appended."""
         self._idle.clear()
         self._wake.set()
         if self._m_buffered is not None:
             self._m_buffered.set(len(self._buf))
 
+    def _put(self, item: Item) -> None:
+        self._append(item)
+        self._queued()
+
     def publish(self, score: StreamScore) -> None:
         """Queue one score."""
         self._put(score)
+
+    def publish_many(self, scores: Sequence[StreamScore]) -> None:
+        """Queue scores in order: the same buffer, drops and counts as :meth:`publish` of
+        each, with one wake-up and one gauge update for all of them."""
+        if not scores:
+            return
+        if len(self._buf) + len(scores) <= self.buffer_max:
+            self._buf.extend(scores)
+        else:
+            for sc in scores:
+                self._append(sc)
+        self._queued()
 
     def publish_event(self, event: Event) -> None:
         """Queue one event."""
@@ -226,9 +254,13 @@ class BufferedSink:
             return
         now = time.monotonic()
         m.stage_latency.labels("sink").observe(now - t0)
+        e2e = self._m_e2e
         for it in items:
             if isinstance(it, StreamScore):
-                m.e2e_latency.labels(it.stream_id).observe(max(0.0, now - it.arrival_s))
+                h = e2e.get(it.stream_id)
+                if h is None:
+                    h = e2e[it.stream_id] = m.e2e_latency.labels(it.stream_id)
+                h.observe(max(0.0, now - it.arrival_s))
 
     def _write_failed(self, batch: list[Item], exc: Exception) -> None:
         """Keep ``batch`` for a retry (bounded, oldest dropped), log and count ``exc``."""

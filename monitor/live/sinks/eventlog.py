@@ -23,6 +23,7 @@ alert from a page that asks for alerts, and one request reads a bounded amount).
 from __future__ import annotations
 
 import collections
+from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -56,6 +57,9 @@ class EventLog:
         """An async Redis client to read ``restrav:events`` from, or None (memory)."""
 
     def publish(self, score: StreamScore) -> None:
+        """Scores are not events: ignored."""
+
+    def publish_many(self, scores: Sequence[StreamScore]) -> None:
         """Scores are not events: ignored."""
 
     def publish_event(self, event: Event) -> None:

@@ -32,6 +32,16 @@ class FanoutSink:
                 self.errors += 1
                 log.exception("sink %s failed to queue a score", s.name)
 
+    def publish_many(self, scores: Sequence[StreamScore]) -> None:
+        """Queue the scores in every sink (each sink's failure counted once)."""
+        for s in self.sinks:
+            try:
+                s.publish_many(scores)
+            # sink fan-out boundary (sanctioned): one sink's failure is counted and logged
+            except Exception:
+                self.errors += 1
+                log.exception("sink %s failed to queue %d scores", s.name, len(scores))
+
     def publish_event(self, event: Event) -> None:
         """Queue the event in every sink."""
         for s in self.sinks:
