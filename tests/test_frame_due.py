@@ -13,6 +13,7 @@ import time
 from typing import Any, cast
 
 import numpy as np
+import pytest
 
 from monitor.config import ServeSettings, StreamSpec
 from monitor.live.alerts import AlertTracker
@@ -196,3 +197,44 @@ async def test_the_stream_task_makes_the_same_samples_reading_per_sample_or_per_
         assert st.status.gaps == {"drop": 1, "pts_backwards": 1, "pts_jump": 1}
     assert got[True] == got[False] == _reference()
     assert len(got[True]) > 3 / SAMPLE_INTERVAL_S
+
+
+async def test_a_cancelled_wait_loses_no_frame_and_its_late_wake_up_is_harmless() -> None:
+    """A read cancelled while it waits (a stall, a stop) takes no frame; the wake-up the
+    frame after it scheduled still runs (on the cancelled wait) and the next read gets
+    every frame; a wake-up that finds no reader waiting is a no-op."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    buf = FrameBuffer(loop, capacity=8)
+    task = await _waiting_reader(buf, 0.1)
+    buf.put(_frame(0, 0.12))  # wakes the reader: the wake-up is on its way
+    task.cancel()
+    await _turns()
+    assert task.cancelled()
+    assert len(buf) == 1
+    buf.close()  # a wake-up with nobody waiting
+    await _turns()
+    assert [f.index for f in await asyncio.wait_for(buf.get_due(0.2), 5)] == [0]
+    with pytest.raises(SourceClosed):
+        await asyncio.wait_for(buf.get_due(0.2), 5)
+    assert errors == []  # no wake-up failed on the loop
+
+
+async def test_a_reader_woken_for_nothing_waits_again() -> None:
+    """A wake-up left over from a read that already returned (its frames came another way)
+    wakes the next read for nothing: it finds the buffer empty and waits again."""
+    loop = asyncio.get_running_loop()
+    buf = FrameBuffer(loop, capacity=8)
+    task = await _waiting_reader(buf, None)
+    buf.put(_frame(0, 0.0))  # schedules the wake-up of this read
+    buf.close()  # schedules another
+    got = await asyncio.wait_for(task, 5)
+    assert [f.index for f in got] == [0]
+    buf2 = FrameBuffer(loop, capacity=8)
+    reader = await _waiting_reader(buf2, None)
+    buf2._wakeup.set()  # spurious: nothing buffered
+    await _turns()
+    assert not reader.done()
+    buf2.put(_frame(1, 0.0))
+    assert [f.index for f in await asyncio.wait_for(reader, 5)] == [1]

@@ -213,8 +213,17 @@ class DropPolicy(enum.Enum):
     """Make the producer wait (inputs read faster than real time that must not drop)."""
 
 
+class Settable(Protocol):
+    """What :class:`LoopWaker` sets: an :class:`asyncio.Event`, or anything with ``set()``."""
+
+    def set(self) -> None:
+        """Called on the loop's thread."""
+        ...
+
+
 class LoopWaker:
-    """Sets :class:`asyncio.Event` s of one event loop from other threads, coalesced:
+    """Sets :class:`asyncio.Event` s (any :class:`Settable`) of one event loop from other
+    threads, coalesced:
     the events set while a wake-up is on its way ride on it, so many producers (one
     decode thread per stream) cost the loop one self-pipe write per wake-up, not one
     per frame. At 300 streams x 25 fps a write per frame was a wake-up, a handle and a
@@ -224,9 +233,9 @@ class LoopWaker:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._due: list[asyncio.Event] = []
+        self._due: list[Settable] = []
 
-    def set(self, event: asyncio.Event) -> None:
+    def set(self, event: Settable) -> None:
         """Set ``event`` on the loop soon (never blocks; a closed loop is ignored)."""
         with self._lock:
             self._due.append(event)
@@ -241,6 +250,26 @@ class LoopWaker:
             due, self._due = self._due, []
         for event in due:
             event.set()
+
+
+class _Wakeup:
+    """A :class:`FrameBuffer` consumer's wait: one bare future per wait, resolved on the
+    loop by :meth:`set` (an :class:`asyncio.Event`'s wait and set cost the loop about
+    twice as much per sample: a waiter list, its loop check, a try/finally;
+    BENCHMARKS.md, issue 25). Used on the loop's thread only."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        """Wake the waiting consumer, if any (a cancelled wait is left as it is)."""
+        fut = self.fut
+        if fut is not None:
+            self.fut = None
+            if not fut.done():
+                fut.set_result(None)
 
 
 class FrameBuffer:
@@ -268,17 +297,17 @@ class FrameBuffer:
         self.policy = policy
         self._items: collections.deque[SourceFrame] = collections.deque()
         self._cond = threading.Condition()
-        self._event = asyncio.Event()
+        self._wakeup = _Wakeup()
         self._closed = False
         self._error: BaseException | None = None
         self._pending_drops = 0
-        self._waiting = False  # the consumer waits on _event (guarded by _cond)
+        self._waiting = False  # the consumer waits on _wakeup (guarded by _cond)
         self._wake_pts: float | None = None  # get_due's hint while it waits (ditto)
         self._last_pts = -math.inf  # the last frame put (ditto)
         self.dropped = 0
 
     def _wake(self) -> None:
-        self._waker.set(self._event)
+        self._waker.set(self._wakeup)
 
     def put(self, frame: SourceFrame, quit_event: threading.Event | None = None) -> bool:
         """Add a frame (producer thread). Returns False when the buffer is closed."""
@@ -358,10 +387,11 @@ class FrameBuffer:
                     return item
                 if self._closed:
                     self._raise_closed()
-                self._event.clear()
                 self._waiting = True
                 self._wake_pts = None
-            await self._event.wait()
+                # created on the loop's thread before any wake-up can run there
+                fut = self._wakeup.fut = self._loop.create_future()
+            await fut
 
     async def get_due(self, next_pts_s: float | None) -> list[SourceFrame]:
         """Every buffered frame, in order (consumer side; at least one).
@@ -385,10 +415,10 @@ class FrameBuffer:
                     return items
                 if self._closed:
                     self._raise_closed()
-                self._event.clear()
                 self._waiting = True
                 self._wake_pts = next_pts_s
-            await self._event.wait()
+                fut = self._wakeup.fut = self._loop.create_future()
+            await fut
 
     def __len__(self) -> int:
         with self._cond:
