@@ -218,17 +218,15 @@ class Settable(Protocol):
 
     def set(self) -> None:
         """Called on the loop's thread."""
-        ...
 
 
 class LoopWaker:
     """Sets :class:`asyncio.Event` s (any :class:`Settable`) of one event loop from other
-    threads, coalesced:
-    the events set while a wake-up is on its way ride on it, so many producers (one
-    decode thread per stream) cost the loop one self-pipe write per wake-up, not one
-    per frame. At 300 streams x 25 fps a write per frame was a wake-up, a handle and a
-    pipe read each, 7,500 times a second (BENCHMARKS.md, issue 25). Thread-safe; an
-    event may be set from the loop's own thread too."""
+    threads, coalesced: the events set while a wake-up is on its way ride on it, so many
+    producers (one decode thread per stream) cost the loop one self-pipe write per
+    wake-up, not one per frame. At 300 streams x 25 fps a write per frame was a wake-up,
+    a handle and a pipe read each, 7,500 times a second (BENCHMARKS.md, issue 25).
+    Thread-safe; an event may be set from the loop's own thread too."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -253,10 +251,8 @@ class LoopWaker:
 
 
 class _Wakeup:
-    """A :class:`FrameBuffer` consumer's wait: one bare future per wait, resolved on the
-    loop by :meth:`set` (an :class:`asyncio.Event`'s wait and set cost the loop about
-    twice as much per sample: a waiter list, its loop check, a try/finally;
-    BENCHMARKS.md, issue 25). Used on the loop's thread only."""
+    """A :class:`FrameBuffer` consumer's wait: a future per wait, resolved on the loop by
+    :meth:`set` (no :class:`asyncio.Event` waiter list). On the loop's thread only."""
 
     __slots__ = ("fut",)
 
@@ -265,11 +261,9 @@ class _Wakeup:
 
     def set(self) -> None:
         """Wake the waiting consumer, if any (a cancelled wait is left as it is)."""
-        fut = self.fut
-        if fut is not None:
-            self.fut = None
-            if not fut.done():
-                fut.set_result(None)
+        fut, self.fut = self.fut, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
 
 class FrameBuffer:
