@@ -41,7 +41,7 @@ from ..errors import InputError
 from ..media.sampler import LiveSampler
 from ..media.sources import SourceContext, SourceError, opener_for
 from ..media.sources.base import LiveSource, LoopWaker
-from ..metrics import StreamMetrics
+from ..metrics import StreamMetrics, adder
 from ..redaction import redact_text, redact_url
 from ..types import SourceClosed
 from .alerts import AlertEvent, StateEvent
@@ -268,8 +268,8 @@ class StreamRunner:
         sid = st.spec.id
         # the stream's metric children, looked up once (a labels() call per frame and
         # per sample cost a lock and a dict lookup each)
-        decoded = m.frames_decoded.labels(sid) if m is not None else None
-        sampled = m.frames_sampled.labels(sid) if m is not None else None
+        decoded = adder(m.frames_decoded.labels(sid)) if m is not None else None
+        sampled = adder(m.frames_sampled.labels(sid)) if m is not None else None
         submit = self.engine.submit
         on_sample = self.on_sample  # evidence retention, when on
         status = st.status
@@ -296,7 +296,7 @@ class StreamRunner:
                     watch.stalled = False
                     status.frames += len(frames)
                     if decoded is not None:
-                        decoded.inc(len(frames))
+                        decoded(len(frames))
                     n = 0
                     for frame in frames:
                         if frame.dropped_before:
@@ -323,7 +323,7 @@ class StreamRunner:
                     if n:  # one count per read, not per sample
                         status.samples += n
                         if sampled is not None:
-                            sampled.inc(n)
+                            sampled(n)
         except TimeoutError:
             if not watch.expired:
                 raise
