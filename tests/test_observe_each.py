@@ -41,15 +41,20 @@ def test_the_exposition_equals_one_observe_per_value() -> None:
     assert _exposed(ra) == _exposed(rb)
 
 
+class _Other:
+    """A metric of another layout: records what it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def observe(self, v: float) -> None:
+        self.seen.append(v)
+
+    inc = observe
+
+
 def test_a_histogram_of_another_layout_is_observed_one_by_one() -> None:
-    class Other:
-        def __init__(self) -> None:
-            self.seen: list[float] = []
-
-        def observe(self, v: float) -> None:
-            self.seen.append(v)
-
-    h = Other()
+    h = _Other()
     observe_each(h, [0.5, 0.25])  # type: ignore[arg-type]
     assert h.seen == [0.5, 0.25]
 
@@ -100,14 +105,6 @@ def test_an_adder_exposes_what_inc_does() -> None:
         b.labels("s").inc(n)
     assert _exposed(ra) == _exposed(rb)
     assert ra.get_sample_value("x_total", {"stream": "s"}) == 16
-
-    class Other:
-        def __init__(self) -> None:
-            self.seen: list[float] = []
-
-        def inc(self, v: float) -> None:
-            self.seen.append(v)
-
-    c = Other()
+    c = _Other()
     adder(c)(4)  # type: ignore[arg-type]
     assert c.seen == [4]
