@@ -290,12 +290,13 @@ class FrameBuffer:
         self.capacity = capacity
         self.policy = policy
         self._items: collections.deque[SourceFrame] = collections.deque()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # bare on the hot paths: no Condition.__enter__
+        self._cond = threading.Condition(self._lock)
         self._wakeup = _Wakeup()
         self._closed = False
         self._error: BaseException | None = None
         self._pending_drops = 0
-        self._waiting = False  # the consumer waits on _wakeup (guarded by _cond)
+        self._waiting = False  # the consumer waits on _wakeup (guarded by _lock)
         self._wake_pts: float | None = None  # get_due's hint while it waits (ditto)
         self._last_pts = -math.inf  # the last frame put (ditto)
         self.dropped = 0
@@ -305,7 +306,7 @@ class FrameBuffer:
 
     def put(self, frame: SourceFrame, quit_event: threading.Event | None = None) -> bool:
         """Add a frame (producer thread). Returns False when the buffer is closed."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return False
             if len(self._items) >= self.capacity:
@@ -351,7 +352,7 @@ class FrameBuffer:
         self._wake()
 
     def _due(self, frame: SourceFrame) -> bool:
-        """Whether ``frame`` must wake a waiting consumer (under ``_cond``): always for
+        """Whether ``frame`` must wake a waiting consumer (under ``_lock``): always for
         ``get``; for ``get_due``, when the frame may close the sample time it waits for,
         may end the window (time going back, not finite, a hole before it), or the
         buffer is half full (never a drop for want of a wake-up)."""
@@ -373,7 +374,7 @@ class FrameBuffer:
     async def get(self) -> SourceFrame:
         """The next frame (consumer side)."""
         while True:
-            with self._cond:
+            with self._lock:
                 if self._items:
                     item = self._items.popleft()
                     if self.policy is DropPolicy.BLOCK:  # only a BLOCK producer waits
@@ -400,7 +401,7 @@ class FrameBuffer:
         first frame after its time). Raises as :meth:`get` once the frames are taken;
         a cancelled call takes none."""
         while True:
-            with self._cond:
+            with self._lock:
                 if self._items:
                     items = list(self._items)
                     self._items.clear()
@@ -415,5 +416,5 @@ class FrameBuffer:
             await fut
 
     def __len__(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._items)
