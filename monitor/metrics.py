@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -63,6 +63,18 @@ class Exposition:
     def _made(self, fut: asyncio.Future[bytes]) -> None:
         if self._making is fut:
             self._making = None
+
+
+def adder(counter: Counter) -> Callable[[float], None]:
+    """``counter.inc`` for amounts known to be >= 0 (``counter`` a child, or a counter
+    without labels), without its checks per call: the in-process value's own ``inc``
+    (one lock; the same exposition), or ``counter.inc`` where prometheus_client keeps it
+    otherwise (multiprocess mode, another layout of its internals). For counts added
+    per sample of every stream (the stream task's frames and samples)."""
+    value = getattr(counter, "_value", None)
+    if type(value) is MutexValue and hasattr(value, "_lock") and hasattr(value, "_value"):
+        return value.inc
+    return counter.inc
 
 
 def observe_each(histogram: Histogram, amounts: Sequence[float]) -> None:

@@ -13,11 +13,12 @@ import time
 from typing import Any, cast
 
 import numpy as np
+import pytest
 
 from monitor.config import ServeSettings, StreamSpec
 from monitor.live.alerts import AlertTracker
 from monitor.live.batch import EngineSample
-from monitor.live.engine import Engine
+from monitor.live.engine import Engine, StreamCounts
 from monitor.live.stream_state import ManagedStream
 from monitor.live.stream_task import StreamRunner
 from monitor.media.sampler import LiveSampler
@@ -196,3 +197,105 @@ async def test_the_stream_task_makes_the_same_samples_reading_per_sample_or_per_
         assert st.status.gaps == {"drop": 1, "pts_backwards": 1, "pts_jump": 1}
     assert got[True] == got[False] == _reference()
     assert len(got[True]) > 3 / SAMPLE_INTERVAL_S
+
+
+async def test_a_cancelled_wait_loses_no_frame_and_its_late_wake_up_is_harmless() -> None:
+    """A read cancelled while it waits (a stall, a stop) takes no frame; the wake-up the
+    frame after it scheduled still runs (on the cancelled wait) and the next read gets
+    every frame; a wake-up that finds no reader waiting is a no-op."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    buf = FrameBuffer(loop, capacity=8)
+    task = await _waiting_reader(buf, 0.1)
+    buf.put(_frame(0, 0.12))  # wakes the reader: the wake-up is on its way
+    task.cancel()
+    await _turns()
+    assert task.cancelled()
+    assert len(buf) == 1
+    buf.close()  # a wake-up with nobody waiting
+    await _turns()
+    assert [f.index for f in await asyncio.wait_for(buf.get_due(0.2), 5)] == [0]
+    with pytest.raises(SourceClosed):
+        await asyncio.wait_for(buf.get_due(0.2), 5)
+    assert errors == []  # no wake-up failed on the loop
+
+
+async def test_a_reader_woken_for_nothing_waits_again() -> None:
+    """A wake-up left over from a read that already returned (its frames came another way)
+    wakes the next read for nothing: it finds the buffer empty and waits again."""
+    loop = asyncio.get_running_loop()
+    buf = FrameBuffer(loop, capacity=8)
+    task = await _waiting_reader(buf, None)
+    buf.put(_frame(0, 0.0))  # schedules the wake-up of this read
+    buf.close()  # schedules another
+    got = await asyncio.wait_for(task, 5)
+    assert [f.index for f in got] == [0]
+    buf2 = FrameBuffer(loop, capacity=8)
+    reader = await _waiting_reader(buf2, None)
+    buf2._wakeup.set()  # spurious: nothing buffered
+    await _turns()
+    assert not reader.done()
+    buf2.put(_frame(1, 0.0))
+    assert [f.index for f in await asyncio.wait_for(reader, 5)] == [1]
+
+
+class _RefusingEngine(_Engine):
+    """Refuses the samples whose ``k`` is in ``refuse`` (as a yielding stream's), counting
+    them as the engine's plain fields do."""
+
+    def __init__(self, refuse: set[int]) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.refused = 0
+
+    def submit(self, sample: EngineSample) -> bool:
+        if sample.segment == 0 and sample.k in self.refuse:
+            self.refused += 1
+            return False
+        return super().submit(sample)
+
+    def counts(self, stream_id: str) -> Any:
+        return StreamCounts(windows_skipped=self.refused, windows_yielded=self.refused,
+                            frames_dropped=self.refused, yielding=True, priority=0)
+
+
+async def test_refused_samples_count_on_the_status_and_reach_no_sample_callback() -> None:
+    """A sample the engine refuses counts as dropped on the status, with the engine's
+    counts copied (yielding shown); the next accepted one clears ``yielding``; only
+    accepted samples reach ``on_sample`` (evidence)."""
+    engine = _RefusingEngine({5, 6, 7})
+    seen: list[EngineSample] = []
+    runner = StreamRunner(cast(Engine, engine), ServeSettings(persist_streams=False), None,
+                          0, 1 << 20, random.Random(0), time.time, on_sample=seen.append)
+    st = ManagedStream(StreamSpec(id="s", url="x://s"), "x", 1,
+                       AlertTracker("s", 0.8, 0.6, 0.0))
+    st.sampler = LiveSampler(0.5)
+    loop = asyncio.get_running_loop()
+    buf = FrameBuffer(loop, capacity=64, policy=DropPolicy.BLOCK)
+
+    class _Source:
+        description = "refused"
+        recv_due = buf.get_due
+
+        async def recv(self) -> SourceFrame:
+            return await buf.get()
+
+        async def aclose(self) -> None:
+            buf.close()
+
+    for i in range(12):  # 0.0 .. 0.44 s: samples k = 0..5 of segment 0
+        buf.put(_frame(i, i * 0.04))
+    task = asyncio.create_task(runner._consume(st, _Source()))
+    await _turns(20)
+    assert [s.k for s in seen] == [0, 1, 2, 3, 4]
+    assert st.status.frames_dropped == 1 and st.status.yielding
+    assert st.status.windows_yielded == 1 == st.status.windows_skipped
+    for i in range(12, 40):
+        buf.put(_frame(i, i * 0.04))
+    buf.close()
+    await asyncio.wait_for(task, 5)
+    assert seen == engine.samples
+    assert [s.k for s in seen][5:8] == [8, 9, 10]
+    assert st.status.frames_dropped == 3 and not st.status.yielding
+    assert st.status.samples == len(seen) + 3

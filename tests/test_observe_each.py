@@ -1,13 +1,14 @@
-"""observe_each: a batch of observations exposes exactly what one observe() each does."""
+"""observe_each: a batch of observations exposes exactly what one observe() each does;
+adder: a counter child's cheaper inc exposes exactly what inc() does."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from monitor.metrics import STAGE_BUCKETS_S, observe_each
+from monitor.metrics import STAGE_BUCKETS_S, adder, observe_each
 
 
 def _exposed(r: CollectorRegistry) -> list[bytes]:
@@ -40,15 +41,20 @@ def test_the_exposition_equals_one_observe_per_value() -> None:
     assert _exposed(ra) == _exposed(rb)
 
 
+class _Other:
+    """A metric of another layout: records what it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def observe(self, v: float) -> None:
+        self.seen.append(v)
+
+    inc = observe
+
+
 def test_a_histogram_of_another_layout_is_observed_one_by_one() -> None:
-    class Other:
-        def __init__(self) -> None:
-            self.seen: list[float] = []
-
-        def observe(self, v: float) -> None:
-            self.seen.append(v)
-
-    h = Other()
+    h = _Other()
     observe_each(h, [0.5, 0.25])  # type: ignore[arg-type]
     assert h.seen == [0.5, 0.25]
 
@@ -84,3 +90,21 @@ def test_the_host_step_observes_the_queue_per_sample_and_each_stage_per_batch() 
         assert count("convert") == count("embed") == count("geometry") == i + 1
         assert count("classify") == (scored or None)
     assert 0 < scored < 100
+
+
+def test_an_adder_exposes_what_inc_does() -> None:
+    """Counts of frames and samples per read (0 included) through :func:`adder` and
+    through ``inc``: the same exposition; another layout falls back to ``inc``."""
+    ra, rb = CollectorRegistry(), CollectorRegistry()
+    a = Counter("x_total", "x", ["stream"], registry=ra)
+    b = Counter("x_total", "x", ["stream"], registry=rb)
+    add = adder(a.labels("s"))
+    assert add != a.labels("s").inc  # the cheaper path is taken
+    for n in [3, 0, 1, 2, 2, 7, 1]:
+        add(n)
+        b.labels("s").inc(n)
+    assert _exposed(ra) == _exposed(rb)
+    assert ra.get_sample_value("x_total", {"stream": "s"}) == 16
+    c = _Other()
+    adder(c)(4)  # type: ignore[arg-type]
+    assert c.seen == [4]

@@ -38,10 +38,10 @@ from collections.abc import Callable
 
 from ..config import ServeSettings
 from ..errors import InputError
-from ..media.sampler import LiveResolved, LiveSampler
+from ..media.sampler import LiveSampler
 from ..media.sources import SourceContext, SourceError, opener_for
-from ..media.sources.base import LiveSource, LoopWaker, SourceFrame
-from ..metrics import StreamMetrics
+from ..media.sources.base import LiveSource, LoopWaker
+from ..metrics import StreamMetrics, adder
 from ..redaction import redact_text, redact_url
 from ..types import SourceClosed
 from .alerts import AlertEvent, StateEvent
@@ -268,8 +268,8 @@ class StreamRunner:
         sid = st.spec.id
         # the stream's metric children, looked up once (a labels() call per frame and
         # per sample cost a lock and a dict lookup each)
-        decoded = m.frames_decoded.labels(sid) if m is not None else None
-        sampled = m.frames_sampled.labels(sid) if m is not None else None
+        decoded = adder(m.frames_decoded.labels(sid)) if m is not None else None
+        sampled = adder(m.frames_sampled.labels(sid)) if m is not None else None
         submit = self.engine.submit
         on_sample = self.on_sample  # evidence retention, when on
         status = st.status
@@ -296,7 +296,7 @@ class StreamRunner:
                     watch.stalled = False
                     status.frames += len(frames)
                     if decoded is not None:
-                        decoded.inc(len(frames))
+                        decoded(len(frames))
                     n = 0
                     for frame in frames:
                         if frame.dropped_before:
@@ -310,11 +310,20 @@ class StreamRunner:
                             self.gap(st, reason, end_window=False)
                         n += len(samples)
                         for r in samples:
-                            _submit(self.engine, st, r, submit, on_sample)
+                            # positional: a frozen dataclass's keyword call costs more
+                            sample = EngineSample(sid, r.segment, r.k, r.time_s, r.frame,
+                                                  r.frame.arrival_s, r.repeated)
+                            if not submit(sample):
+                                _refused(self.engine, st)
+                                continue
+                            if on_sample is not None:
+                                on_sample(sample)
+                            if status.yielding:
+                                status.yielding = False
                     if n:  # one count per read, not per sample
                         status.samples += n
                         if sampled is not None:
-                            sampled.inc(n)
+                            sampled(n)
         except TimeoutError:
             if not watch.expired:
                 raise
@@ -371,31 +380,18 @@ class _StallWatch:
             self._timer.cancel()
 
 
-def _submit(engine: Engine, st: ManagedStream, r: LiveResolved[SourceFrame],
-            submit: Callable[[EngineSample], bool],
-            on_sample: Callable[[EngineSample], None] | None) -> None:
-    """Hand one resolved sample to the engine; a refused one counts on the status (the
-    caller counts the samples)."""
+def _refused(engine: Engine, st: ManagedStream) -> None:
+    """A sample the engine refused counts on the status (the caller counts the samples)."""
     status = st.status
-    sample = EngineSample(
-        stream_id=st.spec.id, segment=r.segment, k=r.k, time_s=r.time_s,
-        frame=r.frame, arrival_s=r.frame.arrival_s, repeated=r.repeated,
-    )
-    ok = submit(sample)
-    if ok and on_sample is not None:
-        on_sample(sample)
-    if not ok:
-        # plain fields of the engine, O(1): reading the counter back from the registry
-        # scanned every metric (ms at hundreds of streams, on every refused sample) and
-        # collapsed the loop
-        status.frames_dropped += 1
-        counts = engine.counts(st.spec.id)
-        if counts is not None:
-            status.windows_skipped = counts.windows_skipped
-            status.windows_yielded = counts.windows_yielded
-            status.yielding = counts.yielding
-    elif status.yielding:
-        status.yielding = False
+    # plain fields of the engine, O(1): reading the counter back from the registry
+    # scanned every metric (ms at hundreds of streams, on every refused sample) and
+    # collapsed the loop
+    status.frames_dropped += 1
+    counts = engine.counts(st.spec.id)
+    if counts is not None:
+        status.windows_skipped = counts.windows_skipped
+        status.windows_yielded = counts.windows_yielded
+        status.yielding = counts.yielding
 
 
 def _release(exc: BaseException) -> None:

@@ -217,16 +217,11 @@ class LiveSampler(Generic[F]):
                 t = self._t0 + self._k * self.interval_s
                 if t + _TIME_EPS_S >= pts_s:
                     break
-                out.append(
-                    LiveResolved(
-                        time_s=t,
-                        frame=self._cur,
-                        frame_index=self._cur_index,
-                        repeated=self._last_index == self._cur_index,
-                        segment=self.segment,
-                        k=self._k,
-                    )
-                )
+                # positional (time_s, frame, frame_index, repeated, segment, k): a frozen
+                # dataclass's keyword call costs a third more, per sample of every stream
+                out.append(LiveResolved(t, self._cur, self._cur_index,
+                                        self._last_index == self._cur_index,
+                                        self.segment, self._k))
                 self._last_index = self._cur_index
                 self._k += 1
             self._cur, self._cur_pts, self._cur_index = frame, pts_s, self._count

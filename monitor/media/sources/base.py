@@ -213,20 +213,27 @@ class DropPolicy(enum.Enum):
     """Make the producer wait (inputs read faster than real time that must not drop)."""
 
 
+class Settable(Protocol):
+    """What :class:`LoopWaker` sets: an :class:`asyncio.Event`, or anything with ``set()``."""
+
+    def set(self) -> None:
+        """Called on the loop's thread."""
+
+
 class LoopWaker:
-    """Sets :class:`asyncio.Event` s of one event loop from other threads, coalesced:
-    the events set while a wake-up is on its way ride on it, so many producers (one
-    decode thread per stream) cost the loop one self-pipe write per wake-up, not one
-    per frame. At 300 streams x 25 fps a write per frame was a wake-up, a handle and a
-    pipe read each, 7,500 times a second (BENCHMARKS.md, issue 25). Thread-safe; an
-    event may be set from the loop's own thread too."""
+    """Sets :class:`asyncio.Event` s (any :class:`Settable`) of one event loop from other
+    threads, coalesced: the events set while a wake-up is on its way ride on it, so many
+    producers (one decode thread per stream) cost the loop one self-pipe write per
+    wake-up, not one per frame. At 300 streams x 25 fps a write per frame was a wake-up,
+    a handle and a pipe read each, 7,500 times a second (BENCHMARKS.md, issue 25).
+    Thread-safe; an event may be set from the loop's own thread too."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._lock = threading.Lock()
-        self._due: list[asyncio.Event] = []
+        self._due: list[Settable] = []
 
-    def set(self, event: asyncio.Event) -> None:
+    def set(self, event: Settable) -> None:
         """Set ``event`` on the loop soon (never blocks; a closed loop is ignored)."""
         with self._lock:
             self._due.append(event)
@@ -241,6 +248,22 @@ class LoopWaker:
             due, self._due = self._due, []
         for event in due:
             event.set()
+
+
+class _Wakeup:
+    """A :class:`FrameBuffer` consumer's wait: a future per wait, resolved on the loop by
+    :meth:`set` (no :class:`asyncio.Event` waiter list). On the loop's thread only."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        """Wake the waiting consumer, if any (a cancelled wait is left as it is)."""
+        fut, self.fut = self.fut, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
 
 class FrameBuffer:
@@ -267,22 +290,23 @@ class FrameBuffer:
         self.capacity = capacity
         self.policy = policy
         self._items: collections.deque[SourceFrame] = collections.deque()
-        self._cond = threading.Condition()
-        self._event = asyncio.Event()
+        self._lock = threading.Lock()  # bare on the hot paths: no Condition.__enter__
+        self._cond = threading.Condition(self._lock)
+        self._wakeup = _Wakeup()
         self._closed = False
         self._error: BaseException | None = None
         self._pending_drops = 0
-        self._waiting = False  # the consumer waits on _event (guarded by _cond)
+        self._waiting = False  # the consumer waits on _wakeup (guarded by _lock)
         self._wake_pts: float | None = None  # get_due's hint while it waits (ditto)
         self._last_pts = -math.inf  # the last frame put (ditto)
         self.dropped = 0
 
     def _wake(self) -> None:
-        self._waker.set(self._event)
+        self._waker.set(self._wakeup)
 
     def put(self, frame: SourceFrame, quit_event: threading.Event | None = None) -> bool:
         """Add a frame (producer thread). Returns False when the buffer is closed."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return False
             if len(self._items) >= self.capacity:
@@ -328,7 +352,7 @@ class FrameBuffer:
         self._wake()
 
     def _due(self, frame: SourceFrame) -> bool:
-        """Whether ``frame`` must wake a waiting consumer (under ``_cond``): always for
+        """Whether ``frame`` must wake a waiting consumer (under ``_lock``): always for
         ``get``; for ``get_due``, when the frame may close the sample time it waits for,
         may end the window (time going back, not finite, a hole before it), or the
         buffer is half full (never a drop for want of a wake-up)."""
@@ -350,7 +374,7 @@ class FrameBuffer:
     async def get(self) -> SourceFrame:
         """The next frame (consumer side)."""
         while True:
-            with self._cond:
+            with self._lock:
                 if self._items:
                     item = self._items.popleft()
                     if self.policy is DropPolicy.BLOCK:  # only a BLOCK producer waits
@@ -358,10 +382,11 @@ class FrameBuffer:
                     return item
                 if self._closed:
                     self._raise_closed()
-                self._event.clear()
                 self._waiting = True
                 self._wake_pts = None
-            await self._event.wait()
+                # created on the loop's thread before any wake-up can run there
+                fut = self._wakeup.fut = self._loop.create_future()
+            await fut
 
     async def get_due(self, next_pts_s: float | None) -> list[SourceFrame]:
         """Every buffered frame, in order (consumer side; at least one).
@@ -376,7 +401,7 @@ class FrameBuffer:
         first frame after its time). Raises as :meth:`get` once the frames are taken;
         a cancelled call takes none."""
         while True:
-            with self._cond:
+            with self._lock:
                 if self._items:
                     items = list(self._items)
                     self._items.clear()
@@ -385,11 +410,11 @@ class FrameBuffer:
                     return items
                 if self._closed:
                     self._raise_closed()
-                self._event.clear()
                 self._waiting = True
                 self._wake_pts = next_pts_s
-            await self._event.wait()
+                fut = self._wakeup.fut = self._loop.create_future()
+            await fut
 
     def __len__(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._items)
