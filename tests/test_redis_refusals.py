@@ -218,7 +218,7 @@ async def transaction_error(url: str, fenced: bool, key: str = "x") -> Exception
     try:
         async with client.pipeline(transaction=True) as pipe:
             if fenced:
-                FencedWriter("me").scores(pipe, "cam", 1, ["seq"], [["1"]], 10)
+                FencedWriter("me").scores(pipe, "cam", 1, ["seq"], ['["1"]'], 10)
             else:
                 pipe.xadd(key, {"a": "1"})
                 pipe.hset(key + ":h", mapping={"a": "1"})
