@@ -38,7 +38,7 @@ from ..config import EngineSettings
 from ..core.geometry import ZERO_STEP_EPS, StepTable, features_from_steps_batch
 from ..core.window_table import DueWindows, WindowTable
 from ..media.decode_guard import rss_bytes
-from ..metrics import StreamMetrics, observe_each
+from ..metrics import StreamMetrics, adder, observe_each
 from ..types import (
     WINDOW_SAMPLES,
     Score,
@@ -111,7 +111,7 @@ class WindowState:
         self.segment = -1
         self.k = -1
         self.seq = 0
-        self.scored = scored  # the stream's windows_scored child, or None
+        self.scored = scored  # adds to the stream's windows_scored child, or None
 
 
 class BatchScorer:
@@ -169,8 +169,8 @@ class BatchScorer:
             if hop is None:
                 return None
             m = self.metrics
-            st = WindowState(hop, m.windows_scored.labels(sid) if m is not None else None,
-                             self.table.add())
+            scored = adder(m.windows_scored.labels(sid)) if m is not None else None
+            st = WindowState(hop, scored, self.table.add())
             self._states[sid] = st
         return st
 
@@ -295,7 +295,7 @@ class BatchScorer:
                                        now, first + wall, smp.arrival_s + wall))
                 st.seq += 1
                 if st.scored is not None:
-                    st.scored.inc()
+                    st.scored(1)
         self.windows_scored += len(out)
         self._batches += 1
         if m is not None:
