@@ -4,7 +4,6 @@ score callbacks publish and queues it in the sink when the batch ends."""
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import cast
 
@@ -12,15 +11,15 @@ from ...types import StreamScore
 from ..alerts import Event
 from .base import Item, Sink
 
-log = logging.getLogger("restrav.sinks")
-
 
 class BatchPublisher:
     """Publishes scores and events to ``sink``; within :meth:`batch` they are held, in
     order, and queued when it ends: each run of scores with one
     :meth:`~monitor.live.sinks.base.Sink.publish_many` (one wake-up and one gauge update
     per sink, not one per score), an event between them with ``publish_event``, so
-    the sink receives everything in the order it was published."""
+    the sink receives everything in the order it was published. A sink's failure is not
+    caught here: serve's sink is the fan-out (:class:`~.fanout.FanoutSink`), the
+    boundary that counts and logs each sink's failure and reaches the others."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
@@ -60,18 +59,9 @@ class BatchPublisher:
             if not isinstance(it, StreamScore):
                 self._queue_scores(held[start:i])
                 start = i + 1
-                try:
-                    self.sink.publish_event(it)
-                # callback boundary, as where each score's callback published it itself
-                except Exception:
-                    log.exception("sink %s failed to queue an event", self.sink.name)
+                self.sink.publish_event(it)
         self._queue_scores(held[start:])
 
     def _queue_scores(self, scores: list[Item]) -> None:
-        if not scores:
-            return
-        try:
+        if scores:
             self.sink.publish_many(cast(list[StreamScore], scores))
-        # callback boundary, as where each score's callback published it itself
-        except Exception:
-            log.exception("sink %s failed to queue %d scores", self.sink.name, len(scores))
