@@ -48,6 +48,10 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
+class PortTaken(RuntimeError):
+    """A node exited at start because its client or bus port was bound meanwhile."""
+
+
 class ClusterSetup:
     """A Redis Cluster of ``primaries`` primaries and as many replicas (see the module
     docstring); ``password`` (if any) is every node's ``requirepass`` and ``masterauth``."""
@@ -65,9 +69,7 @@ class ClusterSetup:
         self.node_timeout_ms = node_timeout_ms
         self.ports: list[int] = []
         while len(self.ports) < 2 * primaries:
-            port = free_cluster_port()
-            if port not in self.ports:
-                self.ports.append(port)
+            self.ports.append(self._another_port())
         self.nodes: dict[int, subprocess.Popen[bytes]] = {}
         self.killed_ids: dict[int, str] = {}
         self.frozen: set[int] = set()
@@ -83,23 +85,71 @@ class ClusterSetup:
         return redis.Redis(port=port, password=self.password, decode_responses=True,
                            socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
+    def _another_port(self) -> int:
+        """A free port pair (see :func:`free_cluster_port`) whose client and bus ports
+        are neither client nor bus port of a node already chosen (node A on 10045 has
+        its bus on 20045, so node B must not get 20045)."""
+        taken = {q for p in self.ports for q in (p, p + 10000)}
+        while True:
+            port = free_cluster_port()
+            if port not in taken and port + 10000 not in taken:
+                return port
+
     def _start_node(self, port: int) -> None:
+        """Start the node on ``port``; :class:`PortTaken` if it exited because the port
+        (or its bus port) was bound meanwhile, RuntimeError (with its log) otherwise."""
+        log = self.dir / f"node-{port}.log"
+        log.unlink(missing_ok=True)
         args = [self.exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.dir),
+                "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(log),
                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                 "--cluster-node-timeout", str(self.node_timeout_ms)]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
         (self.dir / f"nodes-{port}.conf").unlink(missing_ok=True)
-        self.nodes[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL)
-        if not wait_port(port):
-            raise RuntimeError(f"cluster node on port {port} did not start")
+        with log.open("ab") as early:  # what it says before it opens its log file
+            proc = subprocess.Popen(args, stdout=early, stderr=subprocess.STDOUT)
+        self.nodes[port] = proc
+        if wait_port(port, alive=proc) and self._answers_as(port, proc):
+            return
+        del self.nodes[port]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait(timeout=10)
+        said = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+        if "Address already in use" in said:
+            raise PortTaken(port)
+        raise RuntimeError(f"cluster node on port {port} did not start "
+                           f"(exit {proc.returncode}); its log ends:\n{said}")
+
+    def _answers_as(self, port: int, proc: subprocess.Popen[bytes],
+                    timeout_s: float = 10.0) -> bool:
+        """Whether what listens on ``port`` is ``proc`` (its ``INFO`` process id), not a
+        stranger that took the port first (our node then exits, but the port answers)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                pid = self.node(port).info("server").get("process_id")
+            except (redis.RedisError, OSError):
+                time.sleep(0.05)
+                continue
+            return bool(pid == proc.pid)
+        return False
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Start every node, create the cluster, wait for ``cluster_state:ok`` on all."""
-        for port in self.ports:
-            self._start_node(port)
+        """Start every node, create the cluster, wait for ``cluster_state:ok`` on all.
+        A node whose port was taken between choosing it and binding it (anything on
+        the machine may bind a free port meanwhile) moves to another port, three times
+        at most."""
+        for i in range(len(self.ports)):
+            for attempt in range(4):
+                try:
+                    self._start_node(self.ports[i])
+                    break
+                except PortTaken:
+                    if attempt == 3:
+                        raise
+                    self.ports[i] = self._another_port()
         cmd = [self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                "--cluster-replicas", "1", "--cluster-yes"]
         if self.password:

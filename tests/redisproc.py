@@ -15,9 +15,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout_s: float = 10.0) -> bool:
+def wait_port(port: int, timeout_s: float = 10.0,
+              alive: subprocess.Popen[bytes] | None = None) -> bool:
+    """Whether ``port`` accepts a connection within ``timeout_s``; False at once when
+    the process ``alive`` (the one meant to listen there) has exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            return False
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return True
