@@ -23,7 +23,12 @@ shared clip's centre window, with P(AI) under the bundled classifier. Speed: the
 linear shapes of one batch of 8 frames (2056 tokens) timed as float32 ``mm``, bf16 ``mm``
 and int8 ``torch._int_mm`` (where this torch has it on the CPU), and each scheme's sum
 (x2 for the split schemes, not counting the splitting itself): an upper bound on what a
-kernel could give, not an end-to-end mode.
+kernel could give, not an end-to-end mode. bf16 and bf16x2 need the products summed
+*and returned* in float32 (a bf16 output rounds every activation again); torch's CPU
+``mm`` returns bf16, so the next column times oneDNN's bf16 "fpmath" mode (float32 in
+and out, bf16 products), the one float32-output bf16 GEMM torch offers. The last column
+is the whole forward's bound by Amdahl: the Linears' share of an eager float32 forward
+(measured with the torch profiler) sped up by that ratio, the rest unchanged.
 
 Usage: python -m bench.precision_schemes [--every 2] [--threads 2] [--seconds 1]
 """
@@ -32,7 +37,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -110,6 +116,38 @@ def patch_linears(model: torch.nn.Module, scheme: list[str]) -> None:
         mod.forward = forward  # type: ignore[method-assign]
 
 
+@contextmanager
+def fpmath_bf16() -> Iterator[None]:
+    """float32 matmuls computed by oneDNN in its bf16 "fpmath" mode: inputs rounded to
+    bf16, products summed in float32, a float32 result (the one way torch's CPU kernels
+    give a bf16 GEMM a float32 output; a plain bf16 ``mm`` rounds its output to bf16)."""
+    knob = torch.backends.mkldnn.matmul
+    before = knob.fp32_precision
+    knob.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        knob.fp32_precision = before
+
+
+def linear_share(model: torch.nn.Module, pixels: torch.Tensor) -> float:
+    """The share of an eager float32 forward's operator time spent in the Linears
+    (``aten::addmm``/``mm``/``linear``), by the torch profiler over three forwards: the
+    part a faster matmul can speed up (the rest bounds the whole forward's gain)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model(pixel_values=pixels)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                model(pixel_values=pixels)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    linear = sum(e.self_cpu_time_total for e in events
+                 if e.key in ("aten::addmm", "aten::mm", "aten::linear"))
+    return linear / total if total else float("nan")
+
+
 SHAPES = ((384, 384), (384, 384), (384, 384), (384, 384), (384, 1536), (1536, 384))
 """(in, out) of one block's Linears: q, k, v, attention output, MLP up, MLP down."""
 
@@ -118,13 +156,19 @@ def matmul_speed(tokens: int, seconds: float) -> dict[str, float]:
     """Seconds of one block's linear matmuls at ``tokens`` rows, per element type."""
     out: dict[str, float] = {}
     gen = torch.Generator().manual_seed(0)
-    for kind in ("fp32", "bf16", "int8"):
+    for kind in ("fp32", "bf16", "bf16-f32out", "int8"):
         total = 0.0
         for k, n in SHAPES:
             a = torch.randn(tokens, k, generator=gen)
             b = torch.randn(k, n, generator=gen)
             if kind == "bf16":
                 a, b = a.bfloat16(), b.bfloat16()
+            if kind == "bf16-f32out":
+                with fpmath_bf16():
+                    per, _ = timed(lambda a=a, b=b: torch.mm(a, b), torch.device("cpu"),
+                                   seconds)
+                total += per
+                continue
             if kind == "int8":
                 a = torch.randint(-127, 128, (tokens, k), dtype=torch.int8, generator=gen)
                 b = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=gen)
@@ -157,10 +201,16 @@ def main() -> None:
     cost = {"fp32": speed["fp32"], "w-bf16": speed["fp32"], "a-bf16": speed["bf16"],
             "bf16": speed["bf16"], "bf16x2": 2 * speed["bf16"], "w-int8": speed["fp32"],
             "int8": speed["int8"], "int8x2": 2 * speed["int8"]}
+    # bf16 with a float32 output (what bf16 and bf16x2 need: a bf16 output is a rounding
+    # of every activation again) as torch's kernels offer it
+    cost_f32out = {"a-bf16": speed["bf16-f32out"], "bf16": speed["bf16-f32out"],
+                   "bf16x2": 2 * speed["bf16-f32out"]}
     clf_dir = resolve_classifier_ref(None)
     assert clf_dir is not None
     clf = load_classifier(clf_dir)
     bb = load_backbone(str(random_backbone_dir("vits14")), "cpu")
+    share = linear_share(bb.model, torch.randn(8, 3, 224, 224,
+                                               generator=torch.Generator().manual_seed(0)))
     emb = Embedder(bb, batch_size=8)
     scheme = ["fp32"]
     patch_linears(bb.model, scheme)
@@ -185,14 +235,21 @@ def main() -> None:
             for z, r in zip(zs, zr)])
         dp = float(np.abs(clf.predict_proba(f) - pr).max())
         ratio = speed["fp32"] / cost[name]
+        ratio_f32out = speed["fp32"] / cost_f32out.get(name, cost[name])
+        bound = 1.0 / ((1.0 - share) + share / ratio_f32out)
         rows.append([name, f"{d.max():.2g}", int(np.argmax(d.max(0))), f"{dp:.3g}",
                      f"{np.median(emb_err):.2g}", f"{np.median(step_err):.2g}",
-                     f"{ratio:.2f}x" if ratio == ratio else "n/a"])
+                     f"{ratio:.2f}x" if ratio == ratio else "n/a",
+                     f"{ratio_f32out:.2f}x" if ratio_f32out == ratio_f32out else "n/a",
+                     f"{bound:.2f}x" if bound == bound else "n/a"])
     print("\nmatmul seconds for one block's linears at 2056 tokens: "
           + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in speed.items()))
     print(f"\n{len(wins)} clips' centre windows; drift against float32 on the same clips")
+    print(f"linears' share of an eager float32 forward (batch 8, torch profiler): "
+          f"{share:.1%}")
     print(table(["scheme", "drift", "worst feature", "max dP(AI)", "emb. rel. err (median)",
-                 "step rel. err (median)", "linears' matmul speed vs fp32"], rows))
+                 "step rel. err (median)", "linears' matmul speed vs fp32",
+                 "same, bf16 with a float32 output", "whole forward at most"], rows))
     print(f"\n(load at the end: {loadavg()}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
 
