@@ -8,11 +8,22 @@ import subprocess
 import time
 from pathlib import Path
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free right now, never one this process was given before: the
+    kernel may hand the same port to two ``bind(0)`` calls in a row once the first
+    socket is closed, and a setup asking for six ports (Sentinel's nodes and sentinels)
+    must not get one twice."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no loopback port that was not handed out before")
 
 
 def wait_port(port: int, timeout_s: float = 10.0,

@@ -60,3 +60,10 @@ def test_chosen_ports_never_collide_with_a_bus_port(tmp_path: Path) -> None:
         setup = ClusterSetup(tmp_path / "cluster", primaries=3)
         every = [q for p in setup.ports for q in (p, p + 10000)]
         assert len(every) == len(set(every)) == 12
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    from tests.redisproc import free_port
+
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)

@@ -243,12 +243,10 @@ async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    import socket
+    """A TCP port free on 127.0.0.1 right now (:func:`tests.redisproc.free_port`)."""
+    from tests.redisproc import free_port as free
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free()
 
 
 def tiny_classifier(directory: Path) -> Path:
