@@ -128,11 +128,14 @@ class ClusterSetup:
         stranger that took the port first (our node then exits, but the port answers)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and proc.poll() is None:
+            client = self.node(port)
             try:
-                pid = self.node(port).info("server").get("process_id")
+                pid = client.info("server").get("process_id")
             except (redis.RedisError, OSError):
                 time.sleep(0.05)
                 continue
+            finally:
+                client.close()
             return bool(pid == proc.pid)
         return False
 
