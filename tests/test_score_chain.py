@@ -193,3 +193,23 @@ def test_fanout_publish_many_reaches_every_sink_past_a_failing_one() -> None:
     tick = feeds[0].tick()
     assert tick == feeds[1].tick() and tick["points"]["a"][1] == 0.3
     assert feeds[0].detail("a") == feeds[1].detail("a") is not None
+
+
+def test_a_failing_score_callback_is_counted_and_the_others_run() -> None:
+    """The callback boundary logs and counts a callback that raises, per stream, and the
+    batch's other callbacks still run."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.live.engine import _dispatch
+    from monitor.metrics import StreamMetrics
+
+    metrics = StreamMetrics(CollectorRegistry())
+    got: list[str] = []
+
+    def bad(sc: StreamScore) -> None:
+        raise RuntimeError("boom")
+
+    _dispatch([(bad, score("x", 0)), (lambda sc: got.append(sc.stream_id), score("a", 0)),
+               (bad, score("x", 1))], metrics=metrics)
+    assert got == ["a"]
+    assert metrics.windows_skipped.labels("x", "callback_failed")._value.get() == 2

@@ -506,10 +506,10 @@ class Engine:
             calls = [(a.callback, sc) for sc in scores
                      if (a := self._admission.get(sc.stream_id)) is not None]
         if self._loop is None:
-            _dispatch(calls, self.batch_scope)
+            _dispatch(calls, self.batch_scope, self.metrics)
             return
         try:
-            self._loop.call_soon_threadsafe(_dispatch, calls, self.batch_scope)
+            self._loop.call_soon_threadsafe(_dispatch, calls, self.batch_scope, self.metrics)
         except RuntimeError:  # the loop closed under us at shutdown
             return
 
@@ -532,9 +532,10 @@ def freeze_startup_heap() -> int:
 
 def _dispatch(calls: list[tuple[ScoreCallback, StreamScore]],
               scope: Callable[[], contextlib.AbstractContextManager[object]]
-              = contextlib.nullcontext) -> None:
+              = contextlib.nullcontext, metrics: StreamMetrics | None = None) -> None:
     """Run a batch's score callbacks (on the event loop) within ``scope()``; one that
-    raises is logged and the others still run."""
+    raises is logged, counted (``restrav_stream_windows_skipped_total{reason=
+    "callback_failed"}``) and the others still run."""
     with scope():
         for callback, sc in calls:
             # callback boundary: a failing callback of one stream must not lose the batch's
@@ -543,3 +544,5 @@ def _dispatch(calls: list[tuple[ScoreCallback, StreamScore]],
                 callback(sc)
             except Exception:
                 log.exception("score callback of stream %s failed", sc.stream_id)
+                if metrics is not None:
+                    metrics.windows_skipped.labels(sc.stream_id, "callback_failed").inc()
